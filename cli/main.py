@@ -1,0 +1,323 @@
+"""`mlxspec`: the command line. A thin Typer layer over `mlx_specialize`.
+
+Every command turns a bad input into one `error: ...` line on stderr and exit code 2;
+progress goes to stderr; results go to stdout (`--json`: one JSON object, last).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import mlx_specialize as ms
+from mlx_specialize import ui
+from mlx_specialize.backend import BLAS, blas_advice, device_name, matmul_gflops, train_dtype
+from mlx_specialize.errors import SpecializeError
+
+app = typer.Typer(
+    help="Small language models specialized to your domain, cheap to run. "
+    "Start with `mlxspec specialize` (runs on the bundled demo corpus).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+tokenizer_app = typer.Typer(help="Tokenizer commands.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+out = Console()
+
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout (last).")
+QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or messages.")
+CACHE_OPT = typer.Option(None, "--cache-dir", help="Token and model cache [default: $MLXSPEC_CACHE or ~/.cache/mlx-specialize].")
+
+
+def handle_errors(fn):
+    """Run a command; report user errors as one line (exit 2), never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ui.set_quiet(bool(kwargs.get("quiet")) or bool(kwargs.get("json_out")))
+        try:
+            return fn(*args, **kwargs)
+        except SpecializeError as err:
+            fail(str(err))
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
+            fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
+        except KeyboardInterrupt:
+            fail("interrupted", code=130)
+        except Exception as err:  # a bug: still one line, traceback on request
+            if os.environ.get("MLXSPEC_DEBUG"):
+                raise
+            fail(f"internal error: {type(err).__name__}: {err} (set MLXSPEC_DEBUG=1 for the traceback)", code=1)
+
+    return wrapper
+
+
+def fail(message: str, code: int = 2):
+    ui.console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def emit(result: dict, json_out: bool, table: Table | None = None) -> None:
+    if json_out:
+        print(json.dumps(result, default=float))
+    elif table is not None:
+        out.print(table)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.2f}" if x < 1e4 else f"{x:,.0f}"
+
+
+def _train_options(**opts) -> dict:
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+# ---- doctor / presets ------------------------------------------------------------
+@app.command()
+@handle_errors
+def doctor(json_out: bool = JSON_OPT):
+    """Platform, device, versions, BLAS in use and measured matmul speed."""
+    import mlx.core as mx
+
+    try:
+        import mlx_lm
+
+        mlx_lm_version = mlx_lm.__version__
+    except Exception:  # mlx-lm missing or broken: doctor still reports the rest
+        mlx_lm_version = "not installed"
+    gflops = matmul_gflops()
+    report = {
+        "platform": f"{platform.system()} {platform.machine()} ({platform.platform()})",
+        "python": platform.python_version(),
+        "device": device_name(),
+        "mlx": mx.__version__,
+        "mlx_lm": mlx_lm_version,
+        "mlx_specialize": ms.__version__,
+        "blas": BLAS.name or "none",
+        "blas_path": BLAS.path,
+        "blas_note": BLAS.note,
+        "matmul_gflops_f32": round(gflops, 1),
+        "dtype": train_dtype(),
+    }
+    if json_out:
+        return emit(report, True)
+    table = Table(title="mlxspec doctor", show_header=False)
+    for k, v in report.items():
+        table.add_row(k, str(v))
+    out.print(table)
+    if sys.platform == "linux" and device_name() == "CPU" and (BLAS.name is None or gflops < 20):
+        out.print(f"[yellow]slow BLAS ({gflops:.0f} GFLOP/s):[/yellow] {blas_advice()}")
+
+
+@app.command()
+@handle_errors
+def presets(json_out: bool = JSON_OPT):
+    """Model presets with parameter counts and training FLOPs per token."""
+    from mlx_specialize.models.presets import describe
+
+    rows = [describe(p) for p in ms.PRESETS.values()]
+    table = Table(title="presets (parameters at each preset's default vocabulary)")
+    for col in ("preset", "role", "L", "d", "mlp", "heads", "vocab", "ctx", "params", "FLOP/tok"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("preset", "role") else "right")
+    for r in rows:
+        table.add_row(r["name"], r["role"], str(r["layers"]), str(r["d_model"]), str(r["mlp"]), str(r["heads"]),
+                      str(r["vocab"]), str(r["context"]), f"{r['params'] / 1e6:.1f}M",
+                      f"{r['train_flops_per_token'] / 1e6:,.0f}M")
+    emit({"presets": rows}, json_out, table)
+
+
+# ---- tokenizer -------------------------------------------------------------------
+@tokenizer_app.command("train")
+@handle_errors
+def tokenizer_train(
+    out_dir: Path = typer.Argument(..., help="Folder to write tokenizer.model (+ configs) into."),
+    corpus: str = typer.Option(",".join(ms.bundled_names()), help="Corpus spec to train on (train split)."),
+    vocab_size: int = typer.Option(8192, help="Vocabulary size (8k laptop presets, 32k paper presets)."),
+    sample_chars: int = typer.Option(4_000_000, help="Characters of text to train on."),
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Train a SentencePiece BPE tokenizer (byte fallback) on a corpus sample."""
+    from mlx_specialize.train.jobs import fit_tokenizer
+
+    if (out_dir / "tokenizer.model").exists():
+        raise SpecializeError(f"{out_dir}/tokenizer.model exists; choose another folder")
+    tok = fit_tokenizer(ms.load_corpus(corpus), vocab_size, sample_chars)
+    tok.save(out_dir)
+    result = {"tokenizer": str(out_dir / "tokenizer.model"), "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint}
+    if json_out:
+        return emit(result, True)
+    out.print(f"wrote {result['tokenizer']} ({tok.vocab_size} tokens)")
+
+
+# ---- training --------------------------------------------------------------------
+def _summary_table(title: str, summary: dict) -> Table:
+    table = Table(title=title, show_header=False)
+    for k, v in summary.items():
+        table.add_row(k, _fmt(v) if isinstance(v, float) else str(v))
+    return table
+
+
+@app.command("pretrain")
+@handle_errors
+def pretrain_cmd(
+    out_dir: Path = typer.Argument(..., help="Run folder (model, checkpoints, metrics)."),
+    generic: str = typer.Option(",".join(ms.bundled_names()), help="Generic corpus spec."),
+    preset: str = typer.Option("small", help="Model preset (see `mlxspec presets`)."),
+    tokens: int = typer.Option(400_000, help="Pre-training budget in tokens."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer instead of training one."),
+    vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary [default: the preset's]."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the preset's]."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step [default: the preset's]."),
+    context: Optional[int] = typer.Option(None, help="Tokens per window [default: the preset's]."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
+    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps."),
+    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
+    patience: Optional[int] = typer.Option(None, help="Early-stop after N evaluations without improvement (0: off)."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (0: only at the end)."),
+    seed: int = typer.Option(0, help="Seed of initialization and data order."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in OUT_DIR."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Pre-train a model from scratch on a generic corpus."""
+    p = ms.get_preset(preset)
+    tok = ms.Tokenizer.load(tokenizer) if tokenizer else None
+    if tok is None and resume and (out_dir / "tokenizer.model").exists():
+        tok = ms.Tokenizer.load(out_dir)
+    result = ms.pretrain(generic, p, out_dir, tokens, tokenizer=tok, vocab_size=vocab_size, cache_dir=cache_dir,
+                         resume=resume, overwrite=overwrite, seed=seed,
+                         **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
+                                          warmup=warmup, eval_every=eval_every, patience=patience,
+                                          checkpoint_every=checkpoint_every))
+    summary = {"model": str(result.model_dir), **result.summary}
+    emit(summary, json_out, _summary_table(f"pre-trained {preset} -> {out_dir}", summary))
+
+
+@app.command("finetune")
+@handle_errors
+def finetune_cmd(
+    model: Path = typer.Argument(..., help="Model folder to start from."),
+    out_dir: Path = typer.Argument(..., help="Run folder for the fine-tuned model."),
+    domain: str = typer.Option("python-docs", help="Domain corpus spec."),
+    domain_tokens: Optional[int] = typer.Option(None, help="Use only the first N tokens of the domain's train split."),
+    tokens: Optional[int] = typer.Option(None, help="Fine-tuning budget in tokens [default: 4 passes over the domain data]."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the base's / 3]."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step [default: 16]."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
+    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps [default: 10]."),
+    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps [default: 10]."),
+    patience: Optional[int] = typer.Option(None, help="Early-stop after N evaluations without improvement [default: 3]."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (0: only at the end)."),
+    seed: int = typer.Option(0, help="Seed of the data order."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in OUT_DIR."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Fine-tune a model on a domain, early-stopping on the domain's valid split."""
+    result = ms.finetune(model, domain, out_dir, domain_tokens, tokens, cache_dir=cache_dir, resume=resume,
+                         overwrite=overwrite, seed=seed,
+                         **_train_options(lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
+                                          eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every))
+    summary = {"model": str(result.model_dir), **result.summary}
+    emit(summary, json_out, _summary_table(f"fine-tuned {model} on {domain} -> {out_dir}", summary))
+
+
+# ---- eval / generate -------------------------------------------------------------
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    model: Path = typer.Argument(..., help="Model folder."),
+    corpus: str = typer.Option("python-docs", help="Corpus spec."),
+    split: str = typer.Option("test", help="train, valid or test."),
+    max_tokens: Optional[int] = typer.Option(None, help="Evaluate only the first N tokens."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Perplexity and bits per byte of a model on a corpus split."""
+    result = ms.evaluate_model(model, corpus, split, cache_dir, max_tokens=max_tokens)
+    report = {"model": str(model), "corpus": corpus, "split": split, **result.to_dict()}
+    emit(report, json_out, _summary_table(f"{model} on {corpus}:{split}", report))
+
+
+@app.command()
+@handle_errors
+def generate(
+    model: Path = typer.Argument(..., help="Model folder."),
+    prompt: str = typer.Option("", help="Text to continue."),
+    max_tokens: int = typer.Option(100, help="Tokens to generate at most."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy)."),
+    top_k: int = typer.Option(0, help="Sample from the k most likely tokens (0: all)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    json_out: bool = JSON_OPT,
+):
+    """Sample text from a model."""
+    m, tok, _ = ms.load_model(model)
+    text = ms.generate_text(m, tok, prompt, max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    if json_out:
+        return emit({"prompt": prompt, "text": text}, True)
+    out.print(prompt + text, markup=False, highlight=False)
+
+
+# ---- the main job ----------------------------------------------------------------
+@app.command()
+@handle_errors
+def specialize(
+    domain: str = typer.Option("python-docs", help="Target domain: bundled name, file/folder, or hf:NAME."),
+    generic: Optional[str] = typer.Option(None, help="Generic corpus [default: bundled corpora except the domain]."),
+    method: str = typer.Option("finetune", help="Specialization method (finetune)."),
+    base: Optional[Path] = typer.Option(None, help="Start from this pre-trained model instead of pre-training one."),
+    preset: str = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: runs/DOMAIN-METHOD[-N]]."),
+    domain_tokens: Optional[int] = typer.Option(None, help="Use only the first N domain train tokens (limited domain data)."),
+    pretrain_tokens: int = typer.Option(400_000, help="Generic pre-training budget in tokens (cached, shared by domains)."),
+    finetune_tokens: int = typer.Option(120_000, help="Specialization budget in tokens (early stopping may use fewer)."),
+    vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary when pre-training [default: the preset's]."),
+    lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate [default: pre-training rate / 3]."),
+    seed: int = typer.Option(0, help="Seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Specialize a small model to a domain: pre-train (or reuse) a generic model, fine-tune, report."""
+    report = ms.specialize(domain=domain, generic=generic, method=method, base=str(base) if base else None,
+                           preset=preset, out_dir=out_dir, domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens,
+                           finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,
+                           cache_dir=cache_dir, overwrite=overwrite)
+    table = Table(title=f"{report['method']} on {report['domain']}: {report['params'] / 1e6:.2f}M params -> {report['model']}")
+    for col in ("", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"):
+        table.add_column(col)
+    pre, fin = report["phases"]["pretrain"], report["phases"]["finetune"]
+    cached = " (cached)" if pre.get("cached") else " (given)" if "given" in pre else ""
+    table.add_row(f"generic pre-training{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
+                  f"{report['ppl_before']:.2f}", f"{report['bpb_before']:.3f}")
+    table.add_row("domain fine-tuning", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
+                  f"{report['ppl_after']:.2f}", f"{report['bpb_after']:.3f}")
+    if not json_out:
+        out.print(table)
+        out.print(f"generation: {report['gen_tok_s']:.0f} tok/s (batch 1); domain data: {fin['domain_tokens']:,} tokens"
+                  f"{', early-stopped' if fin['stopped_early'] else ''}")
+    emit(report, json_out)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Compute backend: optimized BLAS on Linux, device facts, dtype policy.
+
+The `mlx-cpu` wheel links a reference BLAS (float32 matmul ~4 GFLOP/s on two x86
+cores). MLX calls `cblas_sgemm` (and LAPACK) through the dynamic linker, so loading
+an optimized BLAS with RTLD_GLOBAL *before* `mlx.core` is imported makes MLX use it
+(~180-195 GFLOP/s here, 45x). This module must therefore be imported before
+`mlx.core`; `mlx_specialize/__init__.py` imports it first.
+
+Search order (first that loads wins), all skipped when MLXSPEC_BLAS=off:
+  1. MLXSPEC_BLAS=/path/to/libblas.so   an explicit library;
+  2. the system OpenBLAS (Debian/Ubuntu `libopenblas0`): built for every x86 CPU;
+  3. Intel MKL from PyPI (`pip install mlx-specialize[mkl]`): every x86 CPU;
+  4. PyPI `cmeel-openblas` (a declared dependency): built for AVX-512 only and
+     linked to libgfortran.so.5, so it is loaded only when this CPU has AVX-512
+     and the library resolves; otherwise it is skipped, never crashed on.
+A failure to find any never breaks import: `mlxspec doctor` then says how to get one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import platform
+import sys
+import sysconfig
+from dataclasses import dataclass
+
+ENV_VAR = "MLXSPEC_BLAS"
+
+
+@dataclass
+class BlasInfo:
+    """What `load_optimized_blas` did: `name` of the library loaded (or None), its
+    `path`, and `note`, a one-line reason when nothing was loaded."""
+
+    name: str | None = None
+    path: str | None = None
+    note: str = ""
+
+
+BLAS = BlasInfo(note="not attempted")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _site_dirs() -> list[str]:
+    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    dirs += [p for p in sys.path if p.endswith("site-packages")]
+    return list(dict.fromkeys(dirs))
+
+
+def _candidates() -> list[tuple[str, str]]:
+    """(name, path) pairs to try, best first."""
+    found: list[tuple[str, str]] = []
+    arch = platform.machine()
+    for pattern in (
+        f"/usr/lib/{arch}-linux-gnu/libopenblas.so.0",
+        f"/usr/lib/{arch}-linux-gnu/openblas-pthread/libopenblas.so.0",
+        "/usr/lib64/libopenblas.so.0",
+        "/usr/lib/libopenblas.so.0",
+    ):
+        if os.path.exists(pattern):
+            found.append(("system OpenBLAS", pattern))
+            break
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
+        mkl = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
+        if mkl:
+            found.append(("Intel MKL (PyPI)", mkl[-1]))
+            break
+    flags = _cpu_flags()
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        for site in _site_dirs():
+            path = os.path.join(site, "cmeel.prefix", "lib", "libopenblas.so.0")
+            if os.path.exists(path):
+                found.append(("OpenBLAS SkylakeX (PyPI cmeel-openblas)", path))
+                break
+    return found
+
+
+def load_optimized_blas() -> BlasInfo:
+    """Load the best optimized BLAS for this machine with RTLD_GLOBAL.
+
+    Has an effect only on Linux and only before `mlx.core` is first imported.
+    Returns the module-level `BLAS` record, also updated in place."""
+    setting = os.environ.get(ENV_VAR, "").strip()
+    if sys.platform != "linux":
+        BLAS.note = "not needed (MLX uses Accelerate/Metal on macOS)"
+        return BLAS
+    if setting.lower() in ("off", "0", "none", "false"):
+        BLAS.note = f"disabled by {ENV_VAR}={setting}"
+        return BLAS
+    if "mlx.core" in sys.modules:
+        BLAS.note = "mlx.core was imported before mlx_specialize: import mlx_specialize first"
+        return BLAS
+    candidates = [("MLXSPEC_BLAS", setting)] if setting else _candidates()
+    errors = []
+    for name, path in candidates:
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            errors.append(f"{name}: {err}")
+            continue
+        BLAS.name, BLAS.path, BLAS.note = name, path, ""
+        return BLAS
+    BLAS.note = "; ".join(errors) or "no optimized BLAS found (reference BLAS is ~45x slower)"
+    return BLAS
+
+
+def blas_advice() -> str:
+    """How to get a fast BLAS, for `doctor` and warnings."""
+    return (
+        "install one: `apt-get install libopenblas0` (Debian/Ubuntu), or "
+        "`pip install 'mlx-specialize[mkl]'`, or point MLXSPEC_BLAS at a libblas.so"
+    )
+
+
+def device_name() -> str:
+    """'Metal GPU', 'CUDA GPU' or 'CPU': where MLX runs arrays by default."""
+    import mlx.core as mx
+
+    if mx.default_device().type == mx.gpu:
+        if sys.platform == "darwin":
+            return "Metal GPU"
+        return "CUDA GPU"
+    return "CPU"
+
+
+def train_dtype() -> str:
+    """The dtype policy: float32 on CPU (x86 MLX has no fast bf16 matmul, ~5 GFLOP/s),
+    float32 weights on GPU as well (mixed precision is not used yet)."""
+    return "float32"
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Measured float32 n x n x n matmul throughput in GFLOP/s (best of `repeats`)."""
+    import time
+
+    import mlx.core as mx
+
+    a = mx.random.normal((n, n))
+    b = mx.random.normal((n, n))
+    mx.eval(a @ b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mx.eval(a @ b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9

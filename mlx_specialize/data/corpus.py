@@ -1,0 +1,331 @@
+"""Text corpora: where documents come from and which split each belongs to.
+
+A corpus is named by a *spec* string, the same everywhere (`--domain`, `--generic`):
+
+- a bundled name: `python-docs`, `go-code`, `postgres-docs`, `python-code`
+  (see `data/demo/SOURCES.md`);
+- a local file or folder: `.jsonl`, `.json`, `.parquet`, `.txt`, optionally `.gz`;
+  a folder is read recursively, in sorted order;
+- a Hugging Face dataset: `hf:NAME[:CONFIG][?field=text&split=train&streaming=1]`,
+  loaded with `datasets.load_dataset` (NAME may also be a local dataset folder);
+- several of the above joined by commas: their documents concatenated (a mixture).
+
+Splits: a record's own `split` field wins (minipile has one); then a file or folder
+named train / valid / validation / dev / test; then a dataset's own splits; otherwise a
+deterministic document-level split from a hash of the text (90% / 5% / 5%).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import parse_qs
+
+from ..errors import SpecializeError
+
+SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "validation": "valid",
+    "val": "valid",
+    "dev": "valid",
+    "test": "test",
+    "testing": "test",
+}
+TEXT_EXTENSIONS = (".jsonl", ".json", ".parquet", ".txt")
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+MAX_DOC_CHARS = 12_000  # plain-text files are cut at paragraph breaks into documents
+
+
+def bundled_names() -> list[str]:
+    """Names of the corpora that ship inside the package."""
+    return sorted(p.name[: -len(".jsonl.gz")] for p in DEMO_DIR.glob("*.jsonl.gz"))
+
+
+def hash_split(text: str) -> str:
+    """Deterministic document-level split: 90% train, 5% valid, 5% test."""
+    bucket = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest(), "big") % 100
+    return "train" if bucket < 90 else "valid" if bucket < 95 else "test"
+
+
+def _split_from_path(path: Path) -> str | None:
+    for part in [path.name.split(".")[0], *reversed(path.parent.parts)]:
+        if part.lower() in SPLIT_ALIASES:
+            return SPLIT_ALIASES[part.lower()]
+    return None
+
+
+def _open_text(path: Path):
+    """Open a (possibly gzipped) text file after checking it is not binary."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(8192)
+    except (OSError, EOFError) as err:
+        raise SpecializeError(f"cannot read {path}: {err}") from None
+    if b"\x00" in head:
+        raise SpecializeError(f"{path} is a binary file, not text")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 4:  # not just a character cut by the 8 KiB window
+            raise SpecializeError(f"{path} is not UTF-8 text") from None
+    return io.TextIOWrapper(opener(path, "rb"), encoding="utf-8", errors="strict")
+
+
+def _cut_paragraphs(text: str, limit: int = MAX_DOC_CHARS) -> Iterator[str]:
+    """Cut long plain text at blank lines into documents of at most ~`limit` chars."""
+    doc: list[str] = []
+    size = 0
+    for para in text.split("\n\n"):
+        if size and size + len(para) > limit:
+            yield "\n\n".join(doc)
+            doc, size = [], 0
+        doc.append(para)
+        size += len(para) + 2
+    if doc:
+        yield "\n\n".join(doc)
+
+
+def _pick_text(record, field_name: str | None, where: str) -> str:
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict):
+        raise SpecializeError(f"{where}: expected JSON objects or strings, got {type(record).__name__}")
+    if field_name is not None:
+        if field_name not in record:
+            raise SpecializeError(f"{where}: no field '{field_name}' (fields: {', '.join(record)})")
+        return record[field_name]
+    for name in ("text", "content"):
+        if name in record:
+            return record[name]
+    raise SpecializeError(f"{where}: no 'text' or 'content' field (fields: {', '.join(record)}); pass ?field=NAME")
+
+
+@dataclass
+class LocalFiles:
+    """Documents from local files. Yields (text, split or None) pairs."""
+
+    paths: list[Path]
+    field_name: str | None = None
+
+    def records(self) -> Iterator[tuple[str, str | None]]:
+        for path in self.paths:
+            file_split = _split_from_path(path)
+            for text, split in self._file_records(path):
+                yield text, split or file_split
+
+    def _file_records(self, path: Path) -> Iterator[tuple[str, str | None]]:
+        kind = path.name[: -len(".gz")] if path.name.endswith(".gz") else path.name
+        if kind.endswith(".parquet"):
+            yield from self._parquet(path)
+        elif kind.endswith(".txt"):
+            with _open_text(path) as f:
+                text = self._read(f, path)
+            for doc in _cut_paragraphs(text):
+                yield doc, None
+        elif kind.endswith(".jsonl"):
+            yield from self._jsonl(path)
+        else:  # .json: one array (or {"data": [...]}) or, as often on the hub, JSON lines
+            with _open_text(path) as f:
+                raw = self._read(f, path)
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as err:
+                if "Extra data" not in err.msg:
+                    raise SpecializeError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+                yield from self._jsonl(path)
+                return
+            if isinstance(data, dict):
+                data = next((v for v in data.values() if isinstance(v, list)), [data])
+            for i, rec in enumerate(data):
+                yield self._record(rec, f"{path} item {i}")
+
+    def _read(self, f, path: Path) -> str:
+        try:
+            return f.read()
+        except UnicodeDecodeError:
+            raise SpecializeError(f"{path} is not UTF-8 text") from None
+
+    def _record(self, rec, where: str) -> tuple[str, str | None]:
+        text = _pick_text(rec, self.field_name, where)
+        split = rec.get("split") if isinstance(rec, dict) else None
+        return text, SPLIT_ALIASES.get(str(split).lower()) if split is not None else None
+
+    def _jsonl(self, path: Path) -> Iterator[tuple[str, str | None]]:
+        with _open_text(path) as f:
+            lineno = 0
+            while True:
+                try:
+                    line = f.readline()
+                except UnicodeDecodeError:
+                    raise SpecializeError(f"{path} is not UTF-8 text") from None
+                except (OSError, EOFError) as err:
+                    raise SpecializeError(f"cannot read {path}: {err}") from None
+                if not line:
+                    return
+                lineno += 1
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise SpecializeError(f"{path}:{lineno} is not valid JSON: {err.msg}") from None
+                yield self._record(rec, f"{path}:{lineno}")
+
+    def _parquet(self, path: Path) -> Iterator[tuple[str, str | None]]:
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as err:  # pyarrow raises its own error types
+            raise SpecializeError(f"{path} is not a readable parquet file: {err}") from None
+        names = pf.schema_arrow.names
+        text_col = self.field_name or next((n for n in ("text", "content") if n in names), None)
+        if text_col not in names:
+            raise SpecializeError(f"{path}: no column '{text_col or 'text'}' (columns: {', '.join(names)})")
+        cols = [text_col] + (["split"] if "split" in names else [])
+        for batch in pf.iter_batches(columns=cols, batch_size=1024):
+            rows = batch.to_pydict()
+            splits = rows.get("split") or [None] * len(rows[text_col])
+            for text, split in zip(rows[text_col], splits):
+                yield text, SPLIT_ALIASES.get(str(split).lower()) if split is not None else None
+
+    def fingerprint(self, h) -> None:
+        h.update(f"files|{self.field_name}".encode())
+        for path in self.paths:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+
+
+@dataclass
+class HFDataset:
+    """Documents from `datasets.load_dataset(name, config)`, one split at a time."""
+
+    name: str
+    config: str | None = None
+    field_name: str | None = None
+    split: str | None = None  # take only this dataset split, then hash-split it
+    streaming: bool = True
+    _splits: dict = field(default_factory=dict, repr=False)
+
+    def _load(self):
+        if not self._splits:
+            import datasets
+
+            datasets.logging.set_verbosity_error()
+            try:
+                loaded = datasets.load_dataset(self.name, self.config, streaming=self.streaming)
+            except Exception as err:  # datasets raises many error types
+                raise SpecializeError(f"cannot load dataset '{self.name}': {str(err).splitlines()[0]}") from None
+            if self.split is not None:
+                if self.split not in loaded:
+                    raise SpecializeError(f"dataset '{self.name}' has no split '{self.split}' (has: {', '.join(loaded)})")
+                loaded = {self.split: loaded[self.split]}
+            self._splits = dict(loaded)
+        return self._splits
+
+    def records(self) -> Iterator[tuple[str, str | None]]:
+        splits = self._load()
+        own = {SPLIT_ALIASES.get(k.lower()) for k in splits} >= {"train", "valid"} and self.split is None
+        for key, rows in splits.items():
+            ours = SPLIT_ALIASES.get(key.lower()) if own else None
+            for i, rec in enumerate(rows):
+                yield _pick_text(rec, self.field_name, f"{self.name}[{key}] row {i}"), ours
+
+    def fingerprint(self, h) -> None:
+        h.update(f"hf|{self.name}|{self.config}|{self.field_name}|{self.split}".encode())
+        for key, ds in self._load().items():
+            h.update(f"{key}|{getattr(ds, '_fingerprint', None)}".encode())
+
+
+@dataclass
+class Corpus:
+    """A named source of documents with train / valid / test splits."""
+
+    spec: str
+    sources: list
+
+    @property
+    def name(self) -> str:
+        return self.spec
+
+    def documents(self, split: str) -> Iterator[str]:
+        """Documents of one split (`train`, `valid` or `test`), in corpus order."""
+        if split not in SPLITS:
+            raise SpecializeError(f"unknown split '{split}' (use one of {', '.join(SPLITS)})")
+        for source in self.sources:
+            for text, own_split in source.records():
+                if not isinstance(text, str) or not text.strip():
+                    continue
+                if (own_split or hash_split(text)) == split:
+                    yield text
+
+    def fingerprint(self) -> str:
+        """A hash of the corpus content and options: the key of tokenized caches."""
+        h = hashlib.sha256()
+        for source in self.sources:
+            source.fingerprint(h)
+        return h.hexdigest()[:16]
+
+
+def _parse_hf(spec: str) -> HFDataset:
+    body, _, query = spec[len("hf:"):].partition("?")
+    name, _, config = body.partition(":")
+    opts = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(opts) - {"field", "split", "streaming"}
+    if unknown or not name:
+        raise SpecializeError(f"bad dataset spec '{spec}': use hf:NAME[:CONFIG][?field=text&split=train&streaming=1]")
+    streaming = opts.get("streaming", "1").lower() not in ("0", "false", "no")
+    return HFDataset(name, config or None, opts.get("field"), opts.get("split"), streaming)
+
+
+def _local_files(path: Path) -> list[Path]:
+    def supported(p: Path) -> bool:
+        name = p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name
+        return name.endswith(TEXT_EXTENSIONS)
+
+    if path.is_file():
+        if not supported(path):
+            raise SpecializeError(f"{path}: unsupported file type (use {', '.join(TEXT_EXTENSIONS)}, optionally .gz)")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and supported(p) and not p.name.startswith("."))
+    if not files:
+        raise SpecializeError(f"{path} holds no {', '.join(TEXT_EXTENSIONS)} files")
+    return files
+
+
+def load_corpus(spec: str, field_name: str | None = None) -> Corpus:
+    """Resolve a corpus spec (see module docstring) without reading documents yet."""
+    spec = spec.strip()
+    if not spec:
+        raise SpecializeError("empty corpus name")
+    sources: list = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if part.startswith("hf:"):
+            sources.append(_parse_hf(part))
+        elif part in bundled_names() and not os.path.exists(part):
+            sources.append(LocalFiles([DEMO_DIR / f"{part}.jsonl.gz"], field_name))
+        elif os.path.exists(part):
+            sources.append(LocalFiles(_local_files(Path(part)), field_name))
+        else:
+            raise SpecializeError(
+                f"unknown corpus '{part}': not a file or folder, and not a bundled corpus "
+                f"({', '.join(bundled_names())}) or hf:NAME dataset"
+            )
+    return Corpus(spec, sources)
+
+
+def default_generic(domain_spec: str) -> str:
+    """The bundled generic mix for a target domain: every bundled corpus but the target."""
+    names = [n for n in bundled_names() if n != domain_spec.strip()]
+    return ",".join(names)

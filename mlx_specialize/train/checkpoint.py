@@ -1,0 +1,70 @@
+"""Training checkpoints: the full state needed to continue a run exactly.
+
+    RUN/checkpoints/step_00000120/
+        model.safetensors      weights
+        optimizer.safetensors  AdamW moments, step counter, learning rate
+        state.json             step, data position, RNG key, early-stopping state,
+                               budget counters (tokens, FLOPs, seconds)
+
+A checkpoint is written into a temporary folder and renamed into place, so it is either
+complete or absent; the newest `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from ..errors import SpecializeError
+from ..models.io import load_arrays
+
+PREFIX = "step_"
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "state.json").exists())
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, keep: int = 2) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp_{PREFIX}{step:08d}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore weights and optimizer state in place; return the saved trainer state."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise SpecializeError(f"checkpoint {path} is corrupt (state.json unreadable)") from None
+    weights = load_arrays(path / "model.safetensors")
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as err:
+        raise SpecializeError(f"checkpoint {path} does not fit this model: {str(err).splitlines()[0]}") from None
+    opt = load_arrays(path / "optimizer.safetensors")
+    optimizer.state = tree_unflatten(list(opt.items()))
+    mx.eval(model.parameters(), optimizer.state)
+    return state

@@ -1,0 +1,77 @@
+"""Perplexity and bits per byte of a model on a tokenized split."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..data.tokens import TokenizedSplit, eval_batches
+from ..models.dense import Model
+
+
+@dataclass
+class EvalResult:
+    """nll: summed negative log-likelihood (nats) over `tokens` predicted tokens;
+    `bytes`: UTF-8 bytes of text those tokens cover."""
+
+    nll: float
+    tokens: int
+    bytes: float
+
+    @property
+    def loss(self) -> float:
+        return self.nll / max(self.tokens, 1)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / math.log(2) / max(self.bytes, 1.0)
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "ppl": self.ppl, "bpb": self.bits_per_byte, "tokens": self.tokens}
+
+
+def summed_nll(model: Model, x: mx.array, y: mx.array, mask: mx.array) -> mx.array:
+    """Sum over unmasked positions of -log p(y | x). x, y, mask: [B, L]."""
+    logits = model(x)
+    return (nn.losses.cross_entropy(logits, y) * mask).sum()
+
+
+def make_eval_fn(model: Model):
+    """A compiled `summed_nll` that reads the model's current weights."""
+    return partial(mx.compile, inputs=model.state)(partial(summed_nll, model))
+
+
+def evaluate(
+    model: Model,
+    split: TokenizedSplit,
+    context: int,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    eval_fn=None,
+    on_batch=None,
+) -> EvalResult:
+    """Evaluate on the split's tokens (its first `max_tokens`, if given): each token
+    after the first predicted once, windows of `context` without overlap.
+
+    `on_batch(n_tokens)` is called after each batch (for progress bars)."""
+    eval_fn = eval_fn or make_eval_fn(model)
+    total = mx.array(0.0)
+    count = 0
+    for x, y, m in eval_batches(split.tokens, context, batch_size, max_tokens):
+        total = total + eval_fn(mx.array(x), mx.array(y), mx.array(m))
+        mx.eval(total)
+        count += int(np.sum(m))
+        if on_batch:
+            on_batch(int(np.count_nonzero(x)))
+    covered = min(split.n_tokens, (max_tokens or split.n_tokens) + 1)
+    n_bytes = split.n_bytes * covered / max(split.n_tokens, 1)
+    return EvalResult(float(total.item()), count, n_bytes)

@@ -1,0 +1,132 @@
+"""Whole training jobs: pre-train from scratch, fine-tune from a model, evaluate.
+
+Each takes corpus specs and folders (what the command line takes) and returns a
+summary dict; the command line is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from .. import ui
+from ..data.corpus import Corpus, load_corpus
+from ..data.tokenizer import Tokenizer, train_tokenizer
+from ..data.tokens import TokenizedSplit, tokenize_split
+from ..errors import SpecializeError
+from ..models.dense import Model, count_params
+from ..models.io import load_model
+from ..models.presets import Preset
+from .evaluate import EvalResult, evaluate
+from .trainer import TrainConfig, Trainer
+
+
+def tokenize(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir=None, max_tokens: int | None = None) -> TokenizedSplit:
+    """`tokenize_split` with a progress bar (cache hits are instant and silent)."""
+    with ui.task(f"tokenizing {corpus.name}:{split}", None) as advance:
+        return tokenize_split(corpus, split, tokenizer, cache_dir, max_tokens, on_progress=advance)
+
+
+def fit_tokenizer(corpus: Corpus, vocab_size: int, sample_chars: int = 4_000_000) -> Tokenizer:
+    ui.info(f"training a {vocab_size}-token SentencePiece tokenizer on {corpus.name}")
+    return train_tokenizer(corpus.documents("train"), vocab_size, sample_chars)
+
+
+def steps_for(tokens: int, cfg: TrainConfig) -> int:
+    """Optimizer steps that consume `tokens` training tokens (at least 1)."""
+    return max(1, math.ceil(tokens / cfg.tokens_per_step))
+
+
+@dataclass
+class JobResult:
+    """What a job produced: the model folder and the run's summary."""
+
+    model_dir: Path
+    summary: dict
+
+
+def pretrain(
+    generic: str,
+    preset: Preset,
+    out_dir: str | os.PathLike,
+    tokens: int,
+    tokenizer: Tokenizer | None = None,
+    vocab_size: int | None = None,
+    cache_dir=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    **train_options,
+) -> JobResult:
+    """Pre-train a `preset` model from scratch on `tokens` tokens of the generic corpus.
+
+    A tokenizer is trained on the generic corpus unless one is given."""
+    corpus = load_corpus(generic)
+    if tokenizer is None:
+        tokenizer = fit_tokenizer(corpus, vocab_size or preset.vocab)
+    train = tokenize(corpus, "train", tokenizer, cache_dir)
+    valid = tokenize(corpus, "valid", tokenizer, cache_dir)
+    mx.random.seed(train_options.get("seed", 0))
+    model = Model(preset.model_args(tokenizer.vocab_size))
+    options = {"batch_size": preset.batch_size, "context": preset.context, "lr": preset.lr,
+               "warmup": preset.warmup, **train_options}
+    cfg = TrainConfig(steps=1, **options)
+    cfg.steps = steps_for(tokens, cfg)
+    ui.info(
+        f"pre-training '{preset.name}' ({count_params(model.args)['total'] / 1e6:.2f}M params) on {generic}: "
+        f"{cfg.steps} steps x {cfg.tokens_per_step:,} tokens ({train.n_tokens:,} tokens in the set)"
+    )
+    meta = {"job": "pretrain", "preset": preset.name, "corpus": generic, "lr": cfg.lr}
+    summary = Trainer(model, tokenizer, train, valid, cfg, out_dir, meta).run(resume=resume, overwrite=overwrite)
+    return JobResult(Path(out_dir), summary)
+
+
+def finetune(
+    base: str | os.PathLike,
+    domain: str,
+    out_dir: str | os.PathLike,
+    domain_tokens: int | None = None,
+    max_tokens: int | None = None,
+    batch_size: int | None = None,
+    cache_dir=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    **train_options,
+) -> JobResult:
+    """Fine-tune the model in `base` on the first `domain_tokens` of the domain's train
+    split, early-stopping on its valid split; train on at most `max_tokens` tokens
+    (default: 4 passes over the domain data). The learning rate defaults to the base's
+    pre-training rate / 3, as the paper does for its smallest domain sets."""
+    model, tokenizer, config = load_model(base)
+    corpus = load_corpus(domain)
+    train = tokenize(corpus, "train", tokenizer, cache_dir, domain_tokens)
+    valid = tokenize(corpus, "valid", tokenizer, cache_dir)
+    context = config.get("mlxspec", {}).get("context") or config.get("max_position_embeddings", 256)
+    base_meta = config.get("mlxspec", {})
+    options = {"patience": 3, "warmup": 10, "eval_every": 10, "lr": base_meta.get("lr", 1e-3) / 3,
+               "batch_size": batch_size or 16, "context": context, **train_options}
+    cfg = TrainConfig(steps=1, **options)
+    cfg.steps = steps_for(max_tokens or 4 * train.n_tokens, cfg)
+    ui.info(
+        f"fine-tuning {base} on {domain}: {train.n_tokens:,} domain tokens, at most {cfg.steps} steps "
+        f"x {cfg.tokens_per_step:,} tokens, early stopping on valid (patience {cfg.patience})"
+    )
+    meta = {"job": "finetune", "base": str(base), "corpus": domain, "preset": base_meta.get("preset"), "lr": cfg.lr}
+    summary = Trainer(model, tokenizer, train, valid, cfg, out_dir, meta).run(resume=resume, overwrite=overwrite)
+    summary["domain_tokens"] = train.n_tokens
+    return JobResult(Path(out_dir), summary)
+
+
+def evaluate_model(
+    model_dir: str | os.PathLike, corpus: str, split: str = "test", cache_dir=None, batch_size: int = 8,
+    max_tokens: int | None = None, loaded: tuple | None = None,
+) -> EvalResult:
+    """Perplexity and bits per byte of a saved model on a corpus split."""
+    model, tokenizer, config = loaded or load_model(model_dir)
+    data = tokenize(load_corpus(corpus), split, tokenizer, cache_dir)
+    context = config.get("mlxspec", {}).get("context") or config.get("max_position_embeddings", 256)
+    with ui.task(f"evaluating {corpus}:{split}", min(data.n_tokens, max_tokens or data.n_tokens)) as advance:
+        return evaluate(model, data, context, batch_size, max_tokens, on_batch=advance)

@@ -1,0 +1,322 @@
+"""The training loop: one compiled step over explicit state, budget accounting,
+validation with early stopping, exact resume.
+
+State = model weights + optimizer state (AdamW moments, step counter) + an explicit
+PRNG key. `step(batch)` is compiled once with `mx.compile(inputs=state, outputs=state)`;
+batches always have the shape [grad_accum, batch_size, context + 1], so it never
+recompiles. Batch i of the run is `PackedWindows.batch(i)`, a pure function of i, so a
+run resumed from a checkpoint sees exactly the batches it would have seen.
+
+The run folder:
+    RUN/config.json, model.safetensors, tokenizer.*   best model (mlx-lm loadable)
+    RUN/metrics.jsonl                                one JSON object per log/eval
+    RUN/summary.json                                 final budget and quality figures
+    RUN/checkpoints/step_*/                          full state, the last K kept
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+
+from .. import ui
+from ..data.tokenizer import BOS_ID, Tokenizer
+from ..data.tokens import PackedWindows, TokenizedSplit
+from ..errors import SpecializeError
+from ..models.dense import Model, flops_per_token
+from ..models.io import save_model
+from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from .evaluate import evaluate, make_eval_fn
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and budget of one training run.
+
+    steps: optimizer steps at most (one step = grad_accum x batch_size windows of
+    `context` tokens); lr: peak learning rate after `warmup` linear steps, then
+    `schedule` ("cosine" to lr * min_lr_ratio, or "constant"); clip: max global
+    gradient norm (paper: 5.0); patience: stop after this many evaluations without a
+    better validation loss (0: never stop early)."""
+
+    steps: int
+    batch_size: int = 16
+    context: int = 256
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup: int = 50
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    clip: float = 5.0
+    eval_every: int = 50
+    eval_tokens: int = 32_768
+    eval_batch_size: int = 8
+    patience: int = 0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.grad_accum * self.batch_size * self.context
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_schedule(cfg: TrainConfig):
+    """Linear warm-up from 0 to cfg.lr, then cosine decay or constant."""
+    warmup = max(0, min(cfg.warmup, cfg.steps - 1))
+    if cfg.schedule == "constant":
+        after = cfg.lr
+    elif cfg.schedule == "cosine":
+        after = optim.cosine_decay(cfg.lr, max(cfg.steps - warmup, 1), cfg.lr * cfg.min_lr_ratio)
+    else:
+        raise SpecializeError(f"unknown schedule '{cfg.schedule}' (cosine or constant)")
+    if warmup == 0:
+        return after if callable(after) else (lambda step: mx.array(after))
+    after_fn = after if callable(after) else (lambda step: mx.array(after))
+    return optim.join_schedules([optim.linear_schedule(0.0, cfg.lr, warmup), after_fn], [warmup])
+
+
+def peak_memory_bytes() -> int:
+    """Peak memory of this process: MLX's allocator peak, or the RSS peak, the larger."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return max(int(mx.get_peak_memory()), int(rss))
+
+
+@dataclass
+class Budget:
+    """Counters of what a run spent: tokens trained on, FLOPs, wall-clock seconds."""
+
+    tokens: int = 0
+    flops: float = 0.0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains `model` on `train` windows, validating on `valid` (optional)."""
+
+    def __init__(
+        self,
+        model: Model,
+        tokenizer: Tokenizer,
+        train: TokenizedSplit,
+        valid: TokenizedSplit | None,
+        config: TrainConfig,
+        run_dir: str | os.PathLike,
+        meta: dict | None = None,
+    ):
+        self.model, self.tokenizer, self.cfg = model, tokenizer, config
+        self.train, self.valid = train, valid
+        self.run_dir = Path(run_dir)
+        self.meta = meta or {}
+        self.windows = PackedWindows(train.tokens, config.context, config.batch_size, config.seed)
+        self.flops_per_token = flops_per_token(model.args, config.context)
+        self.optimizer = optim.AdamW(
+            learning_rate=lr_schedule(config),
+            betas=list(config.betas),
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            bias_correction=True,
+        )
+        self.optimizer.init(model.trainable_parameters())
+        self.rng = [mx.random.key(config.seed)]
+        self.step = 0
+        self.budget = Budget()
+        self.best_valid = math.inf
+        self.bad_evals = 0
+        self.history: list[dict] = []
+
+    # ---- the compiled step -------------------------------------------------------
+    def _build_step(self):
+        model, optimizer, cfg = self.model, self.optimizer, self.cfg
+        state = [model.state, optimizer.state, self.rng]
+
+        def loss_fn(model, x, y):
+            mask = (y != BOS_ID).astype(mx.float32)
+            ce = nn.losses.cross_entropy(model(x), y)
+            return (ce * mask).sum() / mx.maximum(mask.sum(), 1.0)
+
+        loss_and_grad = nn.value_and_grad(model, loss_fn)
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(batch):
+            # batch: [grad_accum, batch_size, context + 1] int32
+            self.rng[0], _ = mx.random.split(self.rng[0])
+            loss, grads = loss_and_grad(model, batch[0, :, :-1], batch[0, :, 1:])
+            for a in range(1, cfg.grad_accum):
+                loss_a, grads_a = loss_and_grad(model, batch[a, :, :-1], batch[a, :, 1:])
+                loss = loss + loss_a
+                grads = tree_map(mx.add, grads, grads_a)
+            if cfg.grad_accum > 1:
+                loss = loss / cfg.grad_accum
+                grads = tree_map(lambda g: g / cfg.grad_accum, grads)
+            grads, grad_norm = optim.clip_grad_norm(grads, cfg.clip)
+            optimizer.update(model, grads)
+            return loss, grad_norm
+
+        return step
+
+    def _batch(self, step: int) -> mx.array:
+        A = self.cfg.grad_accum
+        return mx.array(np.stack([self.windows.batch(step * A + a) for a in range(A)]))
+
+    # ---- state -------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "data_position": self.step * self.cfg.grad_accum,
+            "rng_key": np.asarray(self.rng[0]).tolist(),
+            "best_valid": None if math.isinf(self.best_valid) else self.best_valid,
+            "bad_evals": self.bad_evals,
+            "tokens": self.budget.tokens,
+            "flops": self.budget.flops,
+            "seconds": self.budget.seconds,
+            "tokenizer": self.tokenizer.fingerprint,
+            "config": self.cfg.to_dict(),
+        }
+
+    def _restore(self, state: dict) -> None:
+        if state.get("tokenizer") != self.tokenizer.fingerprint:
+            raise SpecializeError("the checkpoint was written with another tokenizer; cannot resume this run")
+        self.step = state["step"]
+        self.rng[0] = mx.array(state["rng_key"], dtype=mx.uint32)
+        self.best_valid = math.inf if state["best_valid"] is None else state["best_valid"]
+        self.bad_evals = state["bad_evals"]
+        self.budget = Budget(state["tokens"], state["flops"], state["seconds"])
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> dict | None:
+        """Check the run folder and return the checkpoint state to resume from, if any."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpts = checkpoint_dirs(self.run_dir)
+        metrics = self.run_dir / "metrics.jsonl"
+        if resume and ckpts:
+            state = load_checkpoint(ckpts[-1], self.model, self.optimizer)
+            self._restore(state)
+            if metrics.exists():  # drop what was logged after the checkpoint
+                kept = [l for l in metrics.read_text().splitlines() if l and json.loads(l)["step"] <= self.step]
+                metrics.write_text("".join(l + "\n" for l in kept))
+            ui.info(f"resuming {self.run_dir} from step {self.step}")
+            return state
+        if (ckpts or (self.run_dir / "summary.json").exists()) and not overwrite and not resume:
+            raise SpecializeError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
+        for old in (metrics, self.run_dir / "summary.json"):
+            if old.exists():
+                old.unlink()
+        return None
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self._state(), self.cfg.keep_checkpoints)
+
+    # ---- validation --------------------------------------------------------------
+    def validate(self) -> float:
+        result = evaluate(self.model, self.valid, self.cfg.context, self.cfg.eval_batch_size,
+                          self.cfg.eval_tokens, self._eval_fn)
+        self._log({"event": "valid", "step": self.step, "tokens": self.budget.tokens,
+                   "valid_loss": result.loss, "valid_ppl": result.ppl, "valid_bpb": result.bits_per_byte})
+        if result.loss < self.best_valid:
+            self.best_valid, self.bad_evals = result.loss, 0
+            self._save_best()
+        else:
+            self.bad_evals += 1
+        return result.loss
+
+    def _save_best(self) -> None:
+        save_model(self.model, self.run_dir, self.tokenizer, {**self.meta, "step": self.step, "context": self.cfg.context})
+
+    # ---- the loop ----------------------------------------------------------------
+    def run(self, resume: bool = False, overwrite: bool = False) -> dict:
+        """Train until `steps`, early stopping, or an interrupt (which checkpoints).
+        Returns the summary also written to RUN/summary.json."""
+        cfg = self.cfg
+        self._prepare_run_dir(resume, overwrite)
+        (self.run_dir / "run.json").write_text(json.dumps({"train": cfg.to_dict(), **self.meta}, indent=2))
+        self._eval_fn = make_eval_fn(self.model) if self.valid is not None else None
+        step_fn = self._build_step()
+        stopped_early = False
+        start_step = self.step
+        mx.reset_peak_memory()
+        window_tokens = 0
+        window_start = time.perf_counter()
+        try:
+            with ui.progress("loss", "toks") as bar:
+                task = bar.add_task("training", total=cfg.steps, completed=self.step, loss="loss -", toks="")
+                while self.step < cfg.steps:
+                    t0 = time.perf_counter()
+                    loss, grad_norm = step_fn(self._batch(self.step))
+                    mx.eval(loss, grad_norm, self.model.state, self.optimizer.state)
+                    dt = time.perf_counter() - t0
+                    self.step += 1
+                    self.budget.tokens += cfg.tokens_per_step
+                    self.budget.flops += cfg.tokens_per_step * self.flops_per_token
+                    self.budget.seconds += dt
+                    window_tokens += cfg.tokens_per_step
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        elapsed = time.perf_counter() - window_start
+                        tok_s = window_tokens / max(elapsed, 1e-9)
+                        loss_v = loss.item()
+                        if not math.isfinite(loss_v):
+                            raise SpecializeError(f"training diverged at step {self.step} (loss {loss_v}); lower --lr")
+                        self._log({"event": "train", "step": self.step, "tokens": self.budget.tokens,
+                                   "flops": self.budget.flops, "seconds": self.budget.seconds, "loss": loss_v,
+                                   "grad_norm": grad_norm.item(), "lr": self.optimizer.learning_rate.item(),
+                                   "tok_s": tok_s})
+                        bar.update(task, loss=f"loss {loss_v:.3f}", toks=f"{tok_s:,.0f} tok/s")
+                        window_tokens, window_start = 0, time.perf_counter()
+                    bar.update(task, completed=self.step)
+                    if self.valid is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                        self.validate()
+                        if cfg.patience and self.bad_evals >= cfg.patience:
+                            stopped_early = True
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.checkpoint()
+                    if stopped_early:
+                        ui.info(f"early stop at step {self.step}: no better validation loss in {cfg.patience} evaluations")
+                        break
+        except KeyboardInterrupt:
+            self.checkpoint()
+            raise SpecializeError(f"interrupted at step {self.step}; checkpoint saved, rerun with --resume") from None
+        if self.valid is None:
+            self._save_best()
+        self.checkpoint()
+        summary = {
+            "steps": self.step,
+            "steps_this_session": self.step - start_step,
+            "tokens": self.budget.tokens,
+            "flops": self.budget.flops,
+            "seconds": self.budget.seconds,
+            "tok_s": self.budget.tokens / max(self.budget.seconds, 1e-9),
+            "peak_memory_bytes": peak_memory_bytes(),
+            "stopped_early": stopped_early,
+            "best_valid_loss": None if math.isinf(self.best_valid) else self.best_valid,
+            "best_valid_ppl": None if math.isinf(self.best_valid) else math.exp(self.best_valid),
+            "final_train_loss": next((h["loss"] for h in reversed(self.history) if h["event"] == "train"), None),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary

@@ -1,0 +1,50 @@
+"""Terminal output: one stderr console and Rich progress bars, silenced in quiet mode.
+
+Everything human-readable goes to stderr, so `--json` leaves stdout with JSON alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+QUIET = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global QUIET
+    QUIET = quiet
+
+
+def info(message: str) -> None:
+    if not QUIET:
+        console.print(message)
+
+
+def progress(*extra_fields: str) -> Progress:
+    """A progress bar with step counts, ETA and the named task fields (e.g. loss)."""
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *[TextColumn(f"{{task.fields[{name}]}}") for name in extra_fields],
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
+    return Progress(*columns, console=console, disable=QUIET, transient=False)
+
+
+@contextlib.contextmanager
+def task(description: str, total: float | None, **fields):
+    """`with task("tokenizing", total) as advance: advance(n)` — a one-task progress bar."""
+    with progress(*fields) as bar:
+        tid = bar.add_task(description, total=total, **fields)
+
+        def advance(n: float = 1, **updates):
+            bar.update(tid, advance=n, **updates)
+
+        yield advance
