@@ -92,7 +92,11 @@ def specialize(
     if method not in METHODS:
         raise SpecializeError(f"unknown method '{method}' (available: {', '.join(METHODS)})")
     cache_dir = Path(cache_dir or default_cache_dir())
-    domain_corpus = load_corpus(domain)  # fail fast on a bad domain spec
+    domain_corpus = load_corpus(domain)
+    for split in ("train", "valid", "test"):  # fail fast, before any pre-training
+        if next(domain_corpus.documents(split), None) is None:
+            raise SpecializeError(f"domain corpus '{domain}' has no documents in its {split} split")
+    get_preset(preset)
     generic = generic or default_generic(domain)
     if not generic:
         raise SpecializeError(f"no generic corpus: pass --generic (bundled: {', '.join(bundled_names())})")

@@ -10,10 +10,10 @@ exactly the same token ids.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -128,35 +128,36 @@ def train_tokenizer(
     sentences = list(_training_sentences(docs, sample_chars))
     if not sentences:
         raise SpecializeError("cannot train a tokenizer: the corpus has no text")
-    with tempfile.TemporaryDirectory() as tmp:
-        prefix = os.path.join(tmp, "sp")
-        try:
-            spm.SentencePieceTrainer.Train(
-                sentence_iterator=iter(sentences),
-                model_prefix=prefix,
-                model_type="bpe",
-                vocab_size=vocab_size,
-                hard_vocab_limit=False,
-                byte_fallback=True,
-                character_coverage=0.9995,
-                split_digits=True,
-                allow_whitespace_only_pieces=True,
-                remove_extra_whitespaces=False,
-                add_dummy_prefix=False,
-                normalization_rule_name="identity",
-                max_sentence_length=4 * SENTENCE_CHARS + 16,
-                input_sentence_size=0,
-                shuffle_input_sentence=False,
-                unk_id=UNK_ID,
-                bos_id=BOS_ID,
-                eos_id=EOS_ID,
-                pad_id=-1,
-                num_threads=os.cpu_count() or 1,
-                minloglevel=2,
-            )
-        except RuntimeError as err:
-            raise SpecializeError(f"tokenizer training failed: {str(err).splitlines()[0]}") from None
-        return Tokenizer(Path(prefix + ".model").read_bytes())
+    # Trained into memory: no temporary path ends up inside the model, so the same
+    # text always gives byte-identical models (and the same fingerprint).
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.Train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,
+            byte_fallback=True,
+            character_coverage=0.9995,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            normalization_rule_name="identity",
+            max_sentence_length=4 * SENTENCE_CHARS + 16,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_id=-1,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        raise SpecializeError(f"tokenizer training failed: {str(err).splitlines()[0]}") from None
+    return Tokenizer(model.getvalue())
 
 
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> None:

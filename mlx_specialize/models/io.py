@@ -83,7 +83,7 @@ def load_model(folder: str | os.PathLike, tokenizer: Tokenizer | None = None) ->
     saved = config.get("mlxspec", {}).get("tokenizer")
     if tokenizer is None:
         tokenizer = Tokenizer.load(folder)
-    elif saved is not None and saved != tokenizer.fingerprint:
+    if saved is not None and saved != tokenizer.fingerprint:
         raise SpecializeError(
             f"{folder} was trained with another tokenizer ({saved}, not {tokenizer.fingerprint}); "
             "use that model's own tokenizer"

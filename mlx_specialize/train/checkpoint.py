@@ -53,12 +53,19 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, kee
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore weights and optimizer state in place; return the saved trainer state."""
+def load_checkpoint(path: Path, model, optimizer, tokenizer_fingerprint: str) -> dict:
+    """Restore weights and optimizer state in place; return the saved trainer state.
+
+    Refuses a checkpoint written with another tokenizer before touching the model."""
     try:
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError):
         raise SpecializeError(f"checkpoint {path} is corrupt (state.json unreadable)") from None
+    if state.get("tokenizer") != tokenizer_fingerprint:
+        raise SpecializeError(
+            f"checkpoint {path} was written with another tokenizer ({state.get('tokenizer')}, "
+            f"not {tokenizer_fingerprint}); resume with the run's own tokenizer"
+        )
     weights = load_arrays(path / "model.safetensors")
     try:
         model.load_weights(list(weights.items()), strict=True)

@@ -196,8 +196,6 @@ class Trainer:
         }
 
     def _restore(self, state: dict) -> None:
-        if state.get("tokenizer") != self.tokenizer.fingerprint:
-            raise SpecializeError("the checkpoint was written with another tokenizer; cannot resume this run")
         self.step = state["step"]
         self.rng[0] = mx.array(state["rng_key"], dtype=mx.uint32)
         self.best_valid = math.inf if state["best_valid"] is None else state["best_valid"]
@@ -215,7 +213,7 @@ class Trainer:
         ckpts = checkpoint_dirs(self.run_dir)
         metrics = self.run_dir / "metrics.jsonl"
         if resume and ckpts:
-            state = load_checkpoint(ckpts[-1], self.model, self.optimizer)
+            state = load_checkpoint(ckpts[-1], self.model, self.optimizer, self.tokenizer.fingerprint)
             self._restore(state)
             if metrics.exists():  # drop what was logged after the checkpoint
                 kept = [l for l in metrics.read_text().splitlines() if l and json.loads(l)["step"] <= self.step]

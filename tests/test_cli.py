@@ -1,0 +1,118 @@
+"""The `mlxspec` command line: the main job end to end, and bad input as one clear line."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.conftest import GENERIC
+
+MLXSPEC = [shutil.which("mlxspec")] if shutil.which("mlxspec") else [sys.executable, "-m", "cli.main"]
+runner = CliRunner()
+
+
+def run_cli(*args):
+    return subprocess.run([*MLXSPEC, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_specialize_end_to_end_then_reuses_the_pretrained_model(tmp_path):
+    common = ["specialize", "--domain", "python-docs", "--preset", "tiny", "--vocab-size", "512",
+              "--pretrain-tokens", 60 * 1024, "--finetune-tokens", 20 * 1024, "--cache-dir", tmp_path / "cache", "--json"]
+    first = run_cli(*common, "--out", tmp_path / "run1")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout.strip().splitlines()[-1])
+    for key in ("domain", "method", "ppl_before", "ppl_after", "params", "gen_tok_s", "bpb_before", "bpb_after"):
+        assert key in report
+    assert report["method"] == "finetune" and report["domain"] == "python-docs"
+    assert report["ppl_after"] < report["ppl_before"]
+    assert report["gen_tok_s"] > 0 and report["params"] > 0
+    for phase in ("pretrain", "finetune"):
+        assert report["phases"][phase]["tokens"] > 0
+        assert report["phases"][phase]["seconds"] > 0 and report["phases"][phase]["flops"] > 0
+    assert report["phases"]["pretrain"]["cached"] is False
+    assert (tmp_path / "run1" / "model.safetensors").exists() and (tmp_path / "run1" / "report.json").exists()
+
+    second = run_cli(*common, "--out", tmp_path / "run2", "--domain-tokens", 5000)
+    assert second.returncode == 0, second.stderr
+    again = json.loads(second.stdout.strip().splitlines()[-1])
+    assert again["phases"]["pretrain"]["cached"] is True
+    assert again["phases"]["pretrain"]["tokens"] == report["phases"]["pretrain"]["tokens"]
+    assert again["phases"]["finetune"]["domain_tokens"] == 5000
+    assert again["ppl_before"] == pytest.approx(report["ppl_before"])
+
+    gen = run_cli("generate", tmp_path / "run1", "--prompt", "The ", "--max-tokens", 10, "--temperature", 0)
+    assert gen.returncode == 0 and gen.stdout.startswith("The ")
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    for command in ("doctor", "presets", "tokenizer", "pretrain", "finetune", "eval", "generate", "specialize"):
+        assert command in result.stdout
+
+
+def test_doctor_and_presets_report_json():
+    doctor = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)
+    assert doctor["device"] in ("CPU", "Metal GPU", "CUDA GPU") and doctor["matmul_gflops_f32"] > 0
+    assert doctor["dtype"] == "float32"
+    presets = json.loads(runner.invoke(app, ["presets", "--json"]).stdout)["presets"]
+    assert {"tiny", "small", "medium", "paper-slm", "paper-llm"} <= {p["name"] for p in presets}
+
+
+def _bad_inputs(tmp_path, model_dir, other_tokenizer):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 40)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(model_dir, foreign)
+    other_tokenizer.save(foreign)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(model_dir, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    base = ["specialize", "--base", model_dir, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out"]
+    return {
+        "missing path": (["specialize", "--domain", tmp_path / "nope.jsonl"], "unknown corpus"),
+        "unknown domain": (["specialize", "--domain", "klingon-poetry"], "unknown corpus"),
+        "empty corpus": ([*base, "--domain", tmp_path / "empty.jsonl"], "no documents"),
+        "binary corpus": ([*base, "--domain", tmp_path / "binary.jsonl"], "binary"),
+        "unknown preset": (["specialize", "--preset", "gigantic"], "unknown preset"),
+        "unknown method": (["specialize", "--method", "magic"], "unknown method"),
+        "another tokenizer": ([*base[:2], foreign, *base[3:]], "another tokenizer"),
+        "truncated weights": (["eval", truncated, "--cache-dir", tmp_path / "cache"], "corrupt or truncated"),
+        "missing model": (["eval", tmp_path / "no-model"], "no model"),
+    }
+
+
+def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path, tiny_model_dir):
+    from mlx_specialize import train_tokenizer, load_corpus
+
+    other = train_tokenizer(load_corpus("go-code").documents("valid"), 400)
+    for name, (args, message) in _bad_inputs(tmp_path, tiny_model_dir, other).items():
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, (name, result.output)
+        lines = [l for l in result.stderr.splitlines() if l.strip()]
+        assert lines and lines[-1].startswith("error:") and message in " ".join(lines), (name, result.stderr)
+        assert "Traceback" not in result.output + result.stderr, name
+    assert not (tmp_path / "out").exists()  # nothing was written by the failed runs
+
+
+def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02" * 1000)
+    result = run_cli("specialize", "--domain", tmp_path / "binary.txt", "--generic", GENERIC)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    args = ["finetune", str(tiny_model_dir), str(out), "--tokens", "2048", "--batch-size", "8",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert runner.invoke(app, args).exit_code == 0
+    weights = (out / "model.safetensors").read_bytes()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert (out / "model.safetensors").read_bytes() == weights

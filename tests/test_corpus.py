@@ -1,0 +1,121 @@
+"""Corpus loading: every format, split rules, and clear errors on bad input."""
+
+import gzip
+import json
+
+import pytest
+
+import mlx_specialize as ms
+from mlx_specialize.data.corpus import SPLITS, hash_split
+from mlx_specialize.errors import SpecializeError
+
+
+@pytest.fixture(scope="module")
+def docs():
+    """Real documents with minipile's own splits (from the bundled python-code)."""
+    corpus = ms.load_corpus("python-code")
+    return {split: list(corpus.documents(split))[:6] for split in SPLITS}
+
+
+def records(docs):
+    return [{"text": t, "split": s, "source": "x"} for s in SPLITS for t in docs[s]]
+
+
+def read_all(spec):
+    corpus = ms.load_corpus(spec)
+    return {split: list(corpus.documents(split)) for split in SPLITS}
+
+
+def test_bundled_corpora_have_their_fixed_splits():
+    assert set(ms.bundled_names()) >= {"go-code", "postgres-docs", "python-code", "python-docs"}
+    got = read_all("python-docs")
+    assert all(len(got[s]) > 0 for s in SPLITS)
+    assert not set(got["train"]) & set(got["test"])
+
+
+def test_jsonl_and_gzip_with_a_split_field(tmp_path, docs):
+    lines = "\n".join(json.dumps(r) for r in records(docs)) + "\n"
+    (tmp_path / "a.jsonl").write_text(lines)
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.write(lines)
+    assert read_all(str(tmp_path / "a.jsonl")) == docs
+    assert read_all(str(tmp_path / "b.jsonl.gz")) == docs
+
+
+def test_json_array_and_json_lines_named_json(tmp_path, docs):
+    (tmp_path / "array.json").write_text(json.dumps(records(docs)))
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in records(docs)))
+    assert read_all(str(tmp_path / "array.json")) == docs
+    assert read_all(str(tmp_path / "lines.json")) == docs
+
+
+def test_parquet(tmp_path, docs):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = records(docs)
+    pq.write_table(pa.table({"content": [r["text"] for r in rows], "split": [r["split"] for r in rows]}),
+                   tmp_path / "d.parquet")
+    assert read_all(str(tmp_path / "d.parquet")) == docs
+
+
+def test_folder_with_split_named_files_and_text_files(tmp_path, docs):
+    for split, name in (("train", "train"), ("valid", "validation"), ("test", "test")):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in docs[split]))
+    assert read_all(str(tmp_path)) == docs
+    txt = tmp_path / "txt"
+    (txt / "dev").mkdir(parents=True)
+    (txt / "dev" / "notes.txt").write_text(docs["valid"][0])
+    assert read_all(str(txt))["valid"] == list(ms.data.corpus._cut_paragraphs(docs["valid"][0]))
+
+
+def test_documents_without_splits_get_a_deterministic_hash_split(tmp_path):
+    texts = [f"document number {i} " * 20 for i in range(400)]
+    (tmp_path / "plain.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    got = read_all(str(tmp_path / "plain.jsonl"))
+    assert sum(len(v) for v in got.values()) == 400
+    assert 320 < len(got["train"]) < 390 and got["valid"] and got["test"]
+    assert all(hash_split(t) == s for s in SPLITS for t in got[s])
+
+
+def test_hf_datasets_spec_on_a_local_dataset_folder(tmp_path, docs):
+    for split, name in (("train", "train"), ("valid", "validation"), ("test", "test")):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps({"body": t}) for t in docs[split]))
+    got = read_all(f"hf:{tmp_path}?field=body")
+    assert got == docs
+    only_train = read_all(f"hf:{tmp_path}?field=body&split=train&streaming=0")
+    assert sorted(sum(only_train.values(), [])) == sorted(docs["train"])
+
+
+def test_a_mixture_concatenates_corpora():
+    mix = ms.load_corpus("go-code,python-code")
+    assert len(list(mix.documents("test"))) == (len(list(ms.load_corpus("go-code").documents("test")))
+                                                 + len(list(ms.load_corpus("python-code").documents("test"))))
+
+
+def test_fingerprint_follows_content(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"text": "one document"}))
+    first = ms.load_corpus(str(path)).fingerprint()
+    assert ms.load_corpus(str(path)).fingerprint() == first
+    path.write_text(json.dumps({"text": "another document"}))
+    assert ms.load_corpus(str(path)).fingerprint() != first
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "unknown corpus"),
+        (lambda p: (p / "bin.jsonl").write_bytes(b"\x7fELF\x00\x01\x02" * 100), "binary file"),
+        (lambda p: (p / "latin.txt").write_bytes("caf\xe9 ".encode("latin-1") * 50), "not UTF-8"),
+        (lambda p: (p / "bad.jsonl").write_text('{"text": "ok"}\n{broken\n'), "not valid JSON"),
+        (lambda p: (p / "nofield.jsonl").write_text('{"body": "x"}\n'), "no 'text' or 'content' field"),
+        (lambda p: (p / "img.png").write_bytes(b"\x89PNG"), "unsupported file type"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, setup, message):
+    setup(tmp_path)
+    target = next(iter(sorted(tmp_path.iterdir())), tmp_path / "missing.jsonl")
+    with pytest.raises(SpecializeError, match=message):
+        corpus = ms.load_corpus(str(target))
+        list(corpus.documents("train"))

@@ -1,0 +1,80 @@
+"""The dense LM: causality, KV cache, parameter accounting, config round trip."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_specialize as ms
+from mlx_specialize.models.dense import ModelArgs, count_params
+from mlx_specialize.models.generate import generate_tokens
+from mlx.utils import tree_flatten
+
+
+@pytest.fixture
+def model():
+    mx.random.seed(3)
+    return ms.Model(ms.get_preset("tiny").model_args(vocab_size=300))
+
+
+def test_changing_future_tokens_never_changes_past_logits(model):
+    x = mx.random.randint(3, 300, (2, 40), key=mx.random.key(0))
+    base = model(x)
+    for cut in (1, 17, 39):
+        y = mx.array(np.array(x))
+        y[:, cut:] = (y[:, cut:] + 7) % 300
+        changed = model(y)
+        assert mx.array_equal(changed[:, :cut], base[:, :cut]).item()
+        assert not mx.allclose(changed[:, cut:], base[:, cut:]).item()
+
+
+def test_cached_forward_equals_full_forward(model):
+    x = mx.random.randint(3, 300, (2, 30), key=mx.random.key(1))
+    full = model(x)
+    cache = model.make_cache()
+    pieces = [model(x[:, :11], cache), model(x[:, 11:14], cache)]
+    pieces += [model(x[:, i : i + 1], cache) for i in range(14, 30)]
+    assert cache[0].offset == 30
+    np.testing.assert_allclose(np.array(mx.concatenate(pieces, axis=1)), np.array(full), atol=2e-5)
+
+
+def test_cache_grows_past_its_first_allocation(model):
+    x = mx.random.randint(3, 300, (1, 300), key=mx.random.key(2))
+    full = model(x)
+    cache = model.make_cache()
+    first = model(x[:, :250], cache)
+    rest = [model(x[:, i : i + 1], cache) for i in range(250, 300)]
+    np.testing.assert_allclose(np.array(mx.concatenate([first, *rest], axis=1)), np.array(full), atol=2e-5)
+
+
+def test_greedy_generation_matches_argmax_of_full_forward(model):
+    prompt = [1, 50, 60, 70]
+    generated = list(generate_tokens(model, prompt, 8, temperature=0, stop_at_eos=False))
+    seq = list(prompt)
+    for _ in range(8):
+        seq.append(int(mx.argmax(model(mx.array([seq]))[0, -1]).item()))
+    assert generated == seq[len(prompt):]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_count_params_matches_the_module(tied):
+    args = ModelArgs(hidden_size=48, num_hidden_layers=3, intermediate_size=128, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=333, tie_word_embeddings=tied)
+    model = ms.Model(args)
+    actual = sum(v.size for _, v in tree_flatten(model.parameters()))
+    assert count_params(args)["total"] == actual
+
+
+def test_model_args_from_dict_ignores_unknown_fields():
+    args = ModelArgs.from_dict({"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64,
+                                "num_attention_heads": 2, "vocab_size": 300, "mlxspec": {"x": 1}, "torch_dtype": "f32"})
+    assert args.num_key_value_heads == 2 and args.model_type == "llama"
+
+
+def test_paper_presets_have_the_papers_sizes():
+    slm = count_params(ms.get_preset("paper-slm").model_args())["total"]
+    llm = count_params(ms.get_preset("paper-llm").model_args())["total"]
+    assert 115e6 < slm < 130e6 and 740e6 < llm < 780e6
+    for name in ("tiny", "small", "medium"):
+        ratio = (count_params(ms.get_preset(f"{name}-llm").model_args())["total"]
+                 / count_params(ms.get_preset(name).model_args())["total"])
+        assert 5.0 < ratio < 7.0, (name, ratio)
