@@ -62,7 +62,7 @@ def evaluate(
     """Evaluate on the split's tokens (its first `max_tokens`, if given): each token
     after the first predicted once, windows of `context` without overlap.
 
-    `on_batch(n_tokens)` is called after each batch (for progress bars)."""
+    `on_batch(n_targets)` is called after each batch (for progress bars)."""
     eval_fn = eval_fn or make_eval_fn(model)
     total = mx.array(0.0)
     count = 0
@@ -71,7 +71,7 @@ def evaluate(
         mx.eval(total)
         count += int(np.sum(m))
         if on_batch:
-            on_batch(int(np.count_nonzero(x)))
+            on_batch(int(np.count_nonzero(y)))
     covered = min(split.n_tokens, (max_tokens or split.n_tokens) + 1)
     n_bytes = split.n_bytes * covered / max(split.n_tokens, 1)
     return EvalResult(float(total.item()), count, n_bytes)

@@ -79,7 +79,7 @@ def pretrain(
         f"pre-training '{preset.name}' ({count_params(model.args)['total'] / 1e6:.2f}M params) on {generic}: "
         f"{cfg.steps} steps x {cfg.tokens_per_step:,} tokens ({train.n_tokens:,} tokens in the set)"
     )
-    meta = {"job": "pretrain", "preset": preset.name, "corpus": generic, "lr": cfg.lr}
+    meta = {"job": "pretrain", "preset": preset.name, "corpus": generic, "lr": cfg.lr, "batch_size": cfg.batch_size}
     summary = Trainer(model, tokenizer, train, valid, cfg, out_dir, meta).run(resume=resume, overwrite=overwrite)
     return JobResult(Path(out_dir), summary)
 
@@ -90,7 +90,6 @@ def finetune(
     out_dir: str | os.PathLike,
     domain_tokens: int | None = None,
     max_tokens: int | None = None,
-    batch_size: int | None = None,
     cache_dir=None,
     resume: bool = False,
     overwrite: bool = False,
@@ -99,7 +98,8 @@ def finetune(
     """Fine-tune the model in `base` on the first `domain_tokens` of the domain's train
     split, early-stopping on its valid split; train on at most `max_tokens` tokens
     (default: 4 passes over the domain data). The learning rate defaults to the base's
-    pre-training rate / 3, as the paper does for its smallest domain sets."""
+    pre-training rate / 3, as the paper does for its smallest domain sets; the batch size
+    to the base's."""
     model, tokenizer, config = load_model(base)
     corpus = load_corpus(domain)
     train = tokenize(corpus, "train", tokenizer, cache_dir, domain_tokens)
@@ -107,14 +107,15 @@ def finetune(
     context = config.get("mlxspec", {}).get("context") or config.get("max_position_embeddings", 256)
     base_meta = config.get("mlxspec", {})
     options = {"patience": 3, "warmup": 10, "eval_every": 10, "lr": base_meta.get("lr", 1e-3) / 3,
-               "batch_size": batch_size or 16, "context": context, **train_options}
+               "batch_size": base_meta.get("batch_size", 8), "context": context, **train_options}
     cfg = TrainConfig(steps=1, **options)
     cfg.steps = steps_for(max_tokens or 4 * train.n_tokens, cfg)
     ui.info(
         f"fine-tuning {base} on {domain}: {train.n_tokens:,} domain tokens, at most {cfg.steps} steps "
         f"x {cfg.tokens_per_step:,} tokens, early stopping on valid (patience {cfg.patience})"
     )
-    meta = {"job": "finetune", "base": str(base), "corpus": domain, "preset": base_meta.get("preset"), "lr": cfg.lr}
+    meta = {"job": "finetune", "base": str(base), "corpus": domain, "preset": base_meta.get("preset"),
+            "lr": base_meta.get("lr", cfg.lr), "batch_size": cfg.batch_size}
     summary = Trainer(model, tokenizer, train, valid, cfg, out_dir, meta).run(resume=resume, overwrite=overwrite)
     summary["domain_tokens"] = train.n_tokens
     return JobResult(Path(out_dir), summary)
@@ -128,5 +129,6 @@ def evaluate_model(
     model, tokenizer, config = loaded or load_model(model_dir)
     data = tokenize(load_corpus(corpus), split, tokenizer, cache_dir)
     context = config.get("mlxspec", {}).get("context") or config.get("max_position_embeddings", 256)
-    with ui.task(f"evaluating {corpus}:{split}", min(data.n_tokens, max_tokens or data.n_tokens)) as advance:
+    targets = min(data.n_tokens - 1, max_tokens or data.n_tokens)
+    with ui.task(f"evaluating {corpus}:{split}", targets) as advance:
         return evaluate(model, data, context, batch_size, max_tokens, on_batch=advance)

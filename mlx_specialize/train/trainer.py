@@ -22,7 +22,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -109,7 +109,6 @@ class Budget:
     tokens: int = 0
     flops: float = 0.0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:

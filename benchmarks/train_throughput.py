@@ -1,0 +1,177 @@
+"""Training throughput: our compiled MLX step vs PyTorch CPU eager, same model and batch.
+
+    python benchmarks/train_throughput.py --preset small --preset medium
+
+For each preset: the same llama-style model (RMSNorm, RoPE, SDPA, SwiGLU, tied
+embeddings, float32), the same batch shape, AdamW + gradient clipping in both. Rounds
+alternate MLX and PyTorch (each round times `--steps` steps after its own warm-up), so
+drifts of machine speed hit both alike. Prints tokens/s of each (median over rounds),
+the ratio MLX / PyTorch, and MLX's achieved FLOP/s (6N + attention per token, see
+`flops_per_token`) as a fraction of the float32 matmul peak measured in the same run.
+
+Needs `pip install torch` (not a dependency of the package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
+import mlx.core as mx
+import numpy as np
+from mlx_specialize.backend import BLAS, matmul_gflops
+from mlx_specialize.data.tokens import TokenizedSplit
+from mlx_specialize.train.trainer import TrainConfig, Trainer
+
+
+class _NoTokenizer:
+    fingerprint = "benchmark"
+
+
+def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0):
+    """Our trainer's compiled step on random tokens; returns step() -> loss float."""
+    mx.random.seed(seed)
+    model = ms.Model(preset.model_args(vocab))
+    tokens = np.random.default_rng(seed).integers(3, vocab, 200_000).astype(np.uint16)
+    cfg = TrainConfig(steps=10**9, batch_size=batch_size, context=context, warmup=10)
+    trainer = Trainer(model, _NoTokenizer(), TokenizedSplit(tokens, 0, 0, "random"), None, cfg, "/tmp/unused")
+    step_fn = trainer._build_step()
+    state = {"i": 0}
+
+    def step():
+        loss, _ = step_fn(trainer._batch(state["i"]))
+        mx.eval(loss, model.state, trainer.optimizer.state)
+        state["i"] += 1
+        return loss.item()
+
+    return step
+
+
+def torch_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0):
+    """The same model in PyTorch eager (float32), AdamW, clip 5.0."""
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    D, F_, H, L = preset.hidden, preset.mlp, preset.heads, preset.layers
+    Dh = D // H
+
+    class RMSNorm(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = tnn.Parameter(torch.ones(D))
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
+
+    inv = 1.0 / (10000 ** (torch.arange(0, Dh, 2).float() / Dh))
+    ang = torch.outer(torch.arange(context).float(), inv)
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+
+    def rope(x):
+        x1, x2 = x[..., : Dh // 2], x[..., Dh // 2 :]
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    class Block(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n1, self.n2 = RMSNorm(), RMSNorm()
+            self.qkv = tnn.Linear(D, 3 * D, bias=False)
+            self.o = tnn.Linear(D, D, bias=False)
+            self.gate, self.up = tnn.Linear(D, F_, bias=False), tnn.Linear(D, F_, bias=False)
+            self.down = tnn.Linear(F_, D, bias=False)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = self.qkv(self.n1(x)).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(rope(q), rope(k), v, is_causal=True)
+            h = x + self.o(a.transpose(1, 2).reshape(B, T, D))
+            m = self.n2(h)
+            return h + self.down(F.silu(self.gate(m)) * self.up(m))
+
+    class LM(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = tnn.Embedding(vocab, D)
+            self.blocks = tnn.ModuleList([Block() for _ in range(L)])
+            self.norm = RMSNorm()
+
+        def forward(self, x):
+            h = self.emb(x)
+            for b in self.blocks:
+                h = b(h)
+            return self.norm(h) @ self.emb.weight.T
+
+    model = LM()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
+    gen = torch.Generator().manual_seed(seed)
+
+    def step():
+        batch = torch.randint(3, vocab, (batch_size, context + 1), generator=gen)
+        loss = F.cross_entropy(model(batch[:, :-1]).reshape(-1, vocab), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def time_steps(step, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", action="append", help="laptop preset(s) to measure [small, medium]")
+    parser.add_argument("--batch-size", type=int, help="windows per step [preset's]")
+    parser.add_argument("--context", type=int, help="tokens per window [preset's]")
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    peak = matmul_gflops(1024)
+    print(f"BLAS: {BLAS.name or 'reference (none loaded)'}; MLX float32 matmul peak {peak:.0f} GFLOP/s; "
+          f"torch {torch.__version__} threads {torch.get_num_threads()}")
+    results = []
+    for name in args.preset or ["small", "medium"]:
+        preset = ms.get_preset(name)
+        B, T = args.batch_size or preset.batch_size, args.context or preset.context
+        tokens_per_step = B * T
+        flops_tok = ms.flops_per_token(preset.model_args(args.vocab), T)
+        steppers = {"mlx": mlx_stepper(preset, B, T, args.vocab), "torch": torch_stepper(preset, B, T, args.vocab)}
+        for step in steppers.values():  # warm-up: compile, allocate
+            step(), step()
+        rates = {k: [] for k in steppers}
+        for _ in range(args.rounds):
+            for key, step in steppers.items():
+                rates[key].append(tokens_per_step * args.steps / time_steps(step, args.steps))
+        mlx_tok_s, torch_tok_s = statistics.median(rates["mlx"]), statistics.median(rates["torch"])
+        row = {
+            "preset": name, "params": ms.count_params(preset.model_args(args.vocab))["total"],
+            "batch": B, "context": T, "vocab": args.vocab,
+            "mlx_tok_s": mlx_tok_s, "torch_tok_s": torch_tok_s, "ratio_mlx_over_torch": mlx_tok_s / torch_tok_s,
+            "mlx_gflops": mlx_tok_s * flops_tok / 1e9, "fraction_of_matmul_peak": mlx_tok_s * flops_tok / 1e9 / peak,
+            "rounds": {k: [round(r) for r in v] for k, v in rates.items()},
+        }
+        results.append(row)
+        print(f"{name:8s} {row['params'] / 1e6:5.1f}M params  B={B} T={T}  MLX {mlx_tok_s:8,.0f} tok/s  "
+              f"PyTorch {torch_tok_s:8,.0f} tok/s  ratio {row['ratio_mlx_over_torch']:.2f}x  "
+              f"MLX {row['mlx_gflops']:.1f} GFLOP/s = {row['fraction_of_matmul_peak']:.1%} of matmul peak")
+    if args.json:
+        print(json.dumps({"matmul_peak_gflops": peak, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
