@@ -4,10 +4,11 @@
 
 For each preset: the same llama-style model (RMSNorm, RoPE, SDPA, SwiGLU, tied
 embeddings, float32), the same batch shape, AdamW + gradient clipping in both. Rounds
-alternate MLX and PyTorch (each round times `--steps` steps after its own warm-up), so
-drifts of machine speed hit both alike. Prints tokens/s of each (median over rounds),
-the ratio MLX / PyTorch, and MLX's achieved FLOP/s (6N + attention per token, see
-`flops_per_token`) as a fraction of the float32 matmul peak measured in the same run.
+alternate MLX and PyTorch; each round times `--steps` steps after its own warm-up, in a
+fresh process, so neither framework's idle BLAS/OpenMP threads steal cores from the
+other, and drifts of machine speed hit both alike. Prints tokens/s of each (median over
+rounds), the ratio MLX / PyTorch, and MLX's achieved FLOP/s (6N + attention per token,
+see `flops_per_token`) as a fraction of the float32 matmul peak measured in the same run.
 
 Needs `pip install torch` (not a dependency of the package).
 """
@@ -16,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
@@ -129,6 +133,25 @@ def time_steps(step, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def worker(framework: str, preset_name: str, batch: int, context: int, vocab: int, steps: int) -> None:
+    """One measurement in a fresh process: warm up, time `steps` steps, print tok/s."""
+    preset = ms.get_preset(preset_name)
+    make = mlx_stepper if framework == "mlx" else torch_stepper
+    step = make(preset, batch, context, vocab)
+    step(), step()  # compile / allocate
+    print(json.dumps({"tok_s": batch * context * steps / time_steps(step, steps)}))
+
+
+def measure(framework: str, name: str, batch: int, context: int, vocab: int, steps: int) -> float:
+    cmd = [sys.executable, __file__, "--worker", framework, "--preset", name, "--batch-size", str(batch),
+           "--context", str(context), "--vocab", str(vocab), "--steps", str(steps)]
+    # PyTorch runs with our BLAS loader off: an OpenBLAS loaded with RTLD_GLOBAL takes over
+    # torch's own BLAS calls too and made PyTorch 5.5x slower here (420 vs 2,300 tok/s).
+    env = {**os.environ, "MLXSPEC_BLAS": "off"} if framework == "torch" else None
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])["tok_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", action="append", help="laptop preset(s) to measure [small, medium]")
@@ -138,25 +161,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--worker", choices=["mlx", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.preset[0], args.batch_size, args.context, args.vocab, args.steps)
     import torch
 
     peak = matmul_gflops(1024)
     print(f"BLAS: {BLAS.name or 'reference (none loaded)'}; MLX float32 matmul peak {peak:.0f} GFLOP/s; "
-          f"torch {torch.__version__} threads {torch.get_num_threads()}")
+          f"torch {torch.__version__} threads {torch.get_num_threads()}; each figure from its own process")
     results = []
     for name in args.preset or ["small", "medium"]:
         preset = ms.get_preset(name)
         B, T = args.batch_size or preset.batch_size, args.context or preset.context
-        tokens_per_step = B * T
         flops_tok = ms.flops_per_token(preset.model_args(args.vocab), T)
-        steppers = {"mlx": mlx_stepper(preset, B, T, args.vocab), "torch": torch_stepper(preset, B, T, args.vocab)}
-        for step in steppers.values():  # warm-up: compile, allocate
-            step(), step()
-        rates = {k: [] for k in steppers}
-        for _ in range(args.rounds):
-            for key, step in steppers.items():
-                rates[key].append(tokens_per_step * args.steps / time_steps(step, args.steps))
+        rates = {"mlx": [], "torch": []}
+        for _ in range(args.rounds):  # alternate, so drifts of machine speed hit both
+            for key in rates:
+                rates[key].append(measure(key, name, B, T, args.vocab, args.steps))
         mlx_tok_s, torch_tok_s = statistics.median(rates["mlx"]), statistics.median(rates["torch"])
         row = {
             "preset": name, "params": ms.count_params(preset.model_args(args.vocab))["total"],
@@ -168,7 +190,8 @@ def main() -> None:
         results.append(row)
         print(f"{name:8s} {row['params'] / 1e6:5.1f}M params  B={B} T={T}  MLX {mlx_tok_s:8,.0f} tok/s  "
               f"PyTorch {torch_tok_s:8,.0f} tok/s  ratio {row['ratio_mlx_over_torch']:.2f}x  "
-              f"MLX {row['mlx_gflops']:.1f} GFLOP/s = {row['fraction_of_matmul_peak']:.1%} of matmul peak")
+              f"MLX {row['mlx_gflops']:.1f} GFLOP/s = {row['fraction_of_matmul_peak']:.1%} of matmul peak  "
+              f"(rounds: MLX {row['rounds']['mlx']}, PyTorch {row['rounds']['torch']})")
     if args.json:
         print(json.dumps({"matmul_peak_gflops": peak, "results": results}))
 

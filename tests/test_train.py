@@ -95,3 +95,18 @@ def test_resuming_with_another_tokenizer_is_refused(tiny_model_dir, cache_dir, t
     with pytest.raises(SpecializeError, match="another tokenizer"):
         ms.pretrain(GENERIC, ms.get_preset("tiny"), tiny_model_dir, tokens=8 * 128 * 50, tokenizer=other,
                     cache_dir=cache_dir, resume=True)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tokenizer, tmp_path):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, tokenizer.vocab_size, 50_000).astype(np.uint16)  # no BOS: equal token counts
+    split = ms.TokenizedSplit(tokens, 0, 0, "random")
+    weights = {}
+    for accum, batch in ((1, 8), (2, 4)):
+        mx.random.seed(0)
+        model = ms.Model(ms.get_preset("tiny").model_args(tokenizer.vocab_size))
+        cfg = ms.TrainConfig(steps=3, batch_size=batch, grad_accum=accum, context=64, warmup=0, lr=1e-3)
+        ms.Trainer(model, tokenizer, split, None, cfg, tmp_path / f"a{accum}").run()
+        weights[accum] = dict(mx.load(str(tmp_path / f"a{accum}" / "model.safetensors")))
+    for k in weights[1]:
+        np.testing.assert_allclose(np.array(weights[1][k]), np.array(weights[2][k]), rtol=1e-4, atol=1e-5, err_msg=k)

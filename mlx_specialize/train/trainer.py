@@ -283,7 +283,7 @@ class Trainer:
                         self._log({"event": "train", "step": self.step, "tokens": self.budget.tokens,
                                    "flops": self.budget.flops, "seconds": self.budget.seconds, "loss": loss_v,
                                    "grad_norm": grad_norm.item(), "lr": self.optimizer.learning_rate.item(),
-                                   "tok_s": tok_s})
+                                   "tok_s": tok_s, "peak_memory_bytes": peak_memory_bytes()})
                         bar.update(task, loss=f"loss {loss_v:.3f}", toks=f"{tok_s:,.0f} tok/s")
                         window_tokens, window_start = 0, time.perf_counter()
                     bar.update(task, completed=self.step)
@@ -298,7 +298,10 @@ class Trainer:
                         break
         except KeyboardInterrupt:
             self.checkpoint()
-            raise SpecializeError(f"interrupted at step {self.step}; checkpoint saved, rerun with --resume") from None
+            raise SpecializeError(
+                f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}, the same command with --resume "
+                "continues it (specialize resumes its pre-training by itself)"
+            ) from None
         if self.valid is None:
             self._save_best()
         self.checkpoint()
