@@ -300,13 +300,13 @@ def specialize(
                            finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,
                            cache_dir=cache_dir, overwrite=overwrite)
     table = Table(title=f"{report['method']} on {report['domain']}: {report['params'] / 1e6:.2f}M params -> {report['model']}")
-    for col in ("", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"):
-        table.add_column(col)
+    for col in ("phase", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"):
+        table.add_column(col, no_wrap=True)
     pre, fin = report["phases"]["pretrain"], report["phases"]["finetune"]
     cached = " (cached)" if pre.get("cached") else " (given)" if "given" in pre else ""
-    table.add_row(f"generic pre-training{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
+    table.add_row(f"generic pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
                   f"{report['ppl_before']:.2f}", f"{report['bpb_before']:.3f}")
-    table.add_row("domain fine-tuning", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
+    table.add_row("domain fine-tune", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
                   f"{report['ppl_after']:.2f}", f"{report['bpb_after']:.3f}")
     if not json_out:
         out.print(table)

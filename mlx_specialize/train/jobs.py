@@ -17,7 +17,6 @@ from .. import ui
 from ..data.corpus import Corpus, load_corpus
 from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..data.tokens import TokenizedSplit, tokenize_split
-from ..errors import SpecializeError
 from ..models.dense import Model, count_params
 from ..models.io import load_model
 from ..models.presets import Preset

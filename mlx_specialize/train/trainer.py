@@ -85,15 +85,14 @@ def lr_schedule(cfg: TrainConfig):
     """Linear warm-up from 0 to cfg.lr, then cosine decay or constant."""
     warmup = max(0, min(cfg.warmup, cfg.steps - 1))
     if cfg.schedule == "constant":
-        after = cfg.lr
+        after = lambda step: mx.array(cfg.lr)  # noqa: E731
     elif cfg.schedule == "cosine":
         after = optim.cosine_decay(cfg.lr, max(cfg.steps - warmup, 1), cfg.lr * cfg.min_lr_ratio)
     else:
         raise SpecializeError(f"unknown schedule '{cfg.schedule}' (cosine or constant)")
     if warmup == 0:
-        return after if callable(after) else (lambda step: mx.array(after))
-    after_fn = after if callable(after) else (lambda step: mx.array(after))
-    return optim.join_schedules([optim.linear_schedule(0.0, cfg.lr, warmup), after_fn], [warmup])
+        return after
+    return optim.join_schedules([optim.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
 
 
 def peak_memory_bytes() -> int:

@@ -1,0 +1,38 @@
+"""The BLAS loader: on by default where a library exists, safe when none does."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mlx_specialize import backend
+
+PROBE = "import json, mlx_specialize as ms; print(json.dumps(ms.BLAS.__dict__))"
+
+
+def probe(env_value=None, code=PROBE):
+    env = {**os.environ}
+    env.pop(backend.ENV_VAR, None)
+    if env_value is not None:
+        env[backend.ENV_VAR] = env_value
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the loader only acts on Linux")
+def test_loads_the_first_candidate_by_default():
+    if not backend._candidates():
+        pytest.skip("no optimized BLAS on this machine")
+    info = probe()
+    assert info["name"] and os.path.exists(info["path"])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the loader only acts on Linux")
+def test_can_be_switched_off_and_never_breaks_import():
+    assert probe("off") == {"name": None, "path": None, "note": "disabled by MLXSPEC_BLAS=off"}
+    broken = probe("/nonexistent/libblas.so")
+    assert broken["name"] is None and "/nonexistent/libblas.so" in broken["note"]
+    late = probe(code="import mlx.core, json, mlx_specialize as ms; print(json.dumps(ms.BLAS.__dict__))")
+    assert late["name"] is None and "import mlx_specialize first" in late["note"]
