@@ -4,11 +4,12 @@
 
 For each preset: the same llama-style model (RMSNorm, RoPE, SDPA, SwiGLU, tied
 embeddings, float32), the same batch shape, AdamW + gradient clipping in both. Rounds
-alternate MLX and PyTorch; each round times `--steps` steps after its own warm-up, in a
-fresh process, so neither framework's idle BLAS/OpenMP threads steal cores from the
-other, and drifts of machine speed hit both alike. Prints tokens/s of each (median over
-rounds), the ratio MLX / PyTorch, and MLX's achieved FLOP/s (6N + attention per token,
-see `flops_per_token`) as a fraction of the float32 matmul peak measured in the same run.
+alternate MLX (parallel CPU streams, the default), MLX with one stream, and PyTorch; each
+round times `--steps` steps after its own warm-up, in a fresh process, so neither
+framework's idle BLAS/OpenMP threads steal cores from the other, and drifts of machine
+speed hit all alike. Prints tokens/s of each (median over rounds), the ratio MLX /
+PyTorch, and MLX's achieved FLOP/s (6N + attention per token, see `flops_per_token`) as
+a fraction of the float32 matmul peak measured in the same run.
 
 Needs `pip install torch` (not a dependency of the package).
 """
@@ -16,6 +17,7 @@ Needs `pip install torch` (not a dependency of the package).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -26,7 +28,7 @@ import time
 import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
 import mlx.core as mx
 import numpy as np
-from mlx_specialize.backend import BLAS, matmul_gflops
+from mlx_specialize.backend import BLAS, blas_threads, matmul_gflops
 from mlx_specialize.data.tokens import TokenizedSplit
 from mlx_specialize.train.trainer import TrainConfig, Trainer
 
@@ -44,6 +46,9 @@ def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0
     trainer = Trainer(model, _NoTokenizer(), TokenizedSplit(tokens, 0, 0, "random"), None, cfg, "/tmp/unused")
     step_fn = trainer._build_step()
     state = {"i": 0}
+    if len(trainer.streams) > 1:  # as Trainer.run does: one BLAS thread per stream
+        state["blas"] = contextlib.ExitStack()
+        state["blas"].enter_context(blas_threads(1))
 
     def step():
         loss, _ = step_fn(trainer._batch(state["i"]))
@@ -136,7 +141,7 @@ def time_steps(step, n: int) -> float:
 def worker(framework: str, preset_name: str, batch: int, context: int, vocab: int, steps: int) -> None:
     """One measurement in a fresh process: warm up, time `steps` steps, print tok/s."""
     preset = ms.get_preset(preset_name)
-    make = mlx_stepper if framework == "mlx" else torch_stepper
+    make = torch_stepper if framework == "torch" else mlx_stepper
     step = make(preset, batch, context, vocab)
     step(), step()  # compile / allocate
     print(json.dumps({"tok_s": batch * context * steps / time_steps(step, steps)}))
@@ -147,7 +152,9 @@ def measure(framework: str, name: str, batch: int, context: int, vocab: int, ste
            "--context", str(context), "--vocab", str(vocab), "--steps", str(steps)]
     # PyTorch runs with our BLAS loader off: an OpenBLAS loaded with RTLD_GLOBAL takes over
     # torch's own BLAS calls too and made PyTorch 5.5x slower here (420 vs 2,300 tok/s).
-    env = {**os.environ, "MLXSPEC_BLAS": "off"} if framework == "torch" else None
+    env = {**os.environ, "MLXSPEC_BLAS": "off"} if framework == "torch" else dict(os.environ)
+    if framework == "mlx-1stream":
+        env["MLXSPEC_STREAMS"] = "1"
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])["tok_s"]
 
@@ -161,7 +168,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--worker", choices=["mlx", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["mlx", "mlx-1stream", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.preset[0], args.batch_size, args.context, args.vocab, args.steps)
@@ -175,7 +182,7 @@ def main() -> None:
         preset = ms.get_preset(name)
         B, T = args.batch_size or preset.batch_size, args.context or preset.context
         flops_tok = ms.flops_per_token(preset.model_args(args.vocab), T)
-        rates = {"mlx": [], "torch": []}
+        rates = {"mlx": [], "mlx-1stream": [], "torch": []}
         for _ in range(args.rounds):  # alternate, so drifts of machine speed hit both
             for key in rates:
                 rates[key].append(measure(key, name, B, T, args.vocab, args.steps))
@@ -184,14 +191,16 @@ def main() -> None:
             "preset": name, "params": ms.count_params(preset.model_args(args.vocab))["total"],
             "batch": B, "context": T, "vocab": args.vocab,
             "mlx_tok_s": mlx_tok_s, "torch_tok_s": torch_tok_s, "ratio_mlx_over_torch": mlx_tok_s / torch_tok_s,
+            "mlx_1stream_tok_s": statistics.median(rates["mlx-1stream"]),
             "mlx_gflops": mlx_tok_s * flops_tok / 1e9, "fraction_of_matmul_peak": mlx_tok_s * flops_tok / 1e9 / peak,
             "rounds": {k: [round(r) for r in v] for k, v in rates.items()},
         }
         results.append(row)
         print(f"{name:8s} {row['params'] / 1e6:5.1f}M params  B={B} T={T}  MLX {mlx_tok_s:8,.0f} tok/s  "
               f"PyTorch {torch_tok_s:8,.0f} tok/s  ratio {row['ratio_mlx_over_torch']:.2f}x  "
+              f"(MLX one stream {row['mlx_1stream_tok_s']:,.0f} tok/s)  "
               f"MLX {row['mlx_gflops']:.1f} GFLOP/s = {row['fraction_of_matmul_peak']:.1%} of matmul peak  "
-              f"(rounds: MLX {row['rounds']['mlx']}, PyTorch {row['rounds']['torch']})")
+              f"(rounds: {row['rounds']})")
     if args.json:
         print(json.dumps({"matmul_peak_gflops": peak, "results": results}))
 

@@ -22,6 +22,7 @@ tok/s). Run PyTorch work in a process with MLXSPEC_BLAS=off.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
@@ -41,6 +42,7 @@ class BlasInfo:
     name: str | None = None
     path: str | None = None
     note: str = ""
+    handle: object = None  # the ctypes.CDLL, for thread control
 
 
 BLAS = BlasInfo(note="not attempted")
@@ -110,14 +112,42 @@ def load_optimized_blas() -> BlasInfo:
     errors = []
     for name, path in candidates:
         try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         except OSError as err:
             errors.append(f"{name}: {err}")
             continue
-        BLAS.name, BLAS.path, BLAS.note = name, path, ""
+        BLAS.name, BLAS.path, BLAS.note, BLAS.handle = name, path, "", handle
         return BLAS
     BLAS.note = "; ".join(errors) or "no optimized BLAS found (reference BLAS is ~45x slower)"
     return BLAS
+
+
+def _thread_functions():
+    """(get, set) thread-count functions of the loaded BLAS, or (None, None)."""
+    lib = BLAS.handle
+    for get, put in (("openblas_get_num_threads", "openblas_set_num_threads"),
+                     ("MKL_Get_Max_Threads", "MKL_Set_Num_Threads")):
+        if lib is not None and hasattr(lib, get) and hasattr(lib, put):
+            return getattr(lib, get), getattr(lib, put)
+    return None, None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Run a block with the loaded BLAS limited to `n` threads, then restore.
+
+    Used when MLX itself runs several CPU streams in parallel (see
+    `train/parallel.py`): one BLAS thread per stream avoids oversubscribing cores."""
+    get, put = _thread_functions()
+    if get is None:
+        yield
+        return
+    before = get()
+    put(n)
+    try:
+        yield
+    finally:
+        put(before)
 
 
 def blas_advice() -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from mlx_specialize import backend
 
-PROBE = "import json, mlx_specialize as ms; print(json.dumps(ms.BLAS.__dict__))"
+PROBE = "import json, mlx_specialize as ms; b = ms.BLAS; print(json.dumps([b.name, b.path, b.note]))"
 
 
 def probe(env_value=None, code=PROBE):
@@ -18,7 +18,8 @@ def probe(env_value=None, code=PROBE):
     if env_value is not None:
         env[backend.ENV_VAR] = env_value
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    name, path, note = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"name": name, "path": path, "note": note}
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the loader only acts on Linux")
@@ -34,5 +35,5 @@ def test_can_be_switched_off_and_never_breaks_import():
     assert probe("off") == {"name": None, "path": None, "note": "disabled by MLXSPEC_BLAS=off"}
     broken = probe("/nonexistent/libblas.so")
     assert broken["name"] is None and "/nonexistent/libblas.so" in broken["note"]
-    late = probe(code="import mlx.core, json, mlx_specialize as ms; print(json.dumps(ms.BLAS.__dict__))")
+    late = probe(code="import mlx.core\n" + PROBE)
     assert late["name"] is None and "import mlx_specialize first" in late["note"]

@@ -110,3 +110,21 @@ def test_gradient_accumulation_matches_one_big_batch(tokenizer, tmp_path):
         weights[accum] = dict(mx.load(str(tmp_path / f"a{accum}" / "model.safetensors")))
     for k in weights[1]:
         np.testing.assert_allclose(np.array(weights[1][k]), np.array(weights[2][k]), rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_parallel_streams_compute_the_same_training_step(tokenizer, tmp_path):
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, tokenizer.vocab_size, 50_000).astype(np.uint16)  # BOS included: masks differ per row
+    split = ms.TokenizedSplit(tokens, 0, 0, "random")
+    weights = {}
+    for streams in (1, 2, 3):
+        mx.random.seed(0)
+        model = ms.Model(ms.get_preset("tiny").model_args(tokenizer.vocab_size))
+        cfg = ms.TrainConfig(steps=3, batch_size=6, context=64, warmup=0, lr=1e-3, streams=streams)
+        summary = ms.Trainer(model, tokenizer, split, None, cfg, tmp_path / f"s{streams}").run()
+        weights[streams] = dict(mx.load(str(tmp_path / f"s{streams}" / "model.safetensors")))
+        assert summary["steps"] == 3
+    for streams in (2, 3):
+        for k in weights[1]:
+            np.testing.assert_allclose(np.array(weights[1][k]), np.array(weights[streams][k]),
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{streams} streams: {k}")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import partial
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from ..data.tokens import TokenizedSplit, eval_batches
+from ..backend import blas_threads
 from ..models.dense import Model
+from .parallel import auto_streams, make_streams, masked_nll
 
 
 @dataclass
@@ -39,15 +41,15 @@ class EvalResult:
         return {"loss": self.loss, "ppl": self.ppl, "bpb": self.bits_per_byte, "tokens": self.tokens}
 
 
-def summed_nll(model: Model, x: mx.array, y: mx.array, mask: mx.array) -> mx.array:
-    """Sum over unmasked positions of -log p(y | x). x, y, mask: [B, L]."""
-    logits = model(x)
-    return (nn.losses.cross_entropy(logits, y) * mask).sum()
+def make_eval_fn(model: Model, streams: list | None = None):
+    """A compiled `(x, y, mask) -> summed NLL` that reads the model's current weights,
+    with the batch's rows spread over `streams` (see `parallel.py`)."""
+    streams = streams or [None]
 
+    def summed_nll(x, y, mask):
+        return masked_nll(model, x, y, mask, streams)[0]
 
-def make_eval_fn(model: Model):
-    """A compiled `summed_nll` that reads the model's current weights."""
-    return partial(mx.compile, inputs=model.state)(partial(summed_nll, model))
+    return partial(mx.compile, inputs=model.state)(summed_nll)
 
 
 def evaluate(
@@ -58,20 +60,24 @@ def evaluate(
     max_tokens: int | None = None,
     eval_fn=None,
     on_batch=None,
+    streams: int | None = None,
 ) -> EvalResult:
     """Evaluate on the split's tokens (its first `max_tokens`, if given): each token
     after the first predicted once, windows of `context` without overlap.
 
-    `on_batch(n_targets)` is called after each batch (for progress bars)."""
-    eval_fn = eval_fn or make_eval_fn(model)
+    `on_batch(n_targets)` is called after each batch (for progress bars); `streams`
+    parallel CPU streams share each batch (default: auto)."""
+    n_streams = streams or auto_streams(batch_size)
+    eval_fn = eval_fn or make_eval_fn(model, make_streams(n_streams))
     total = mx.array(0.0)
     count = 0
-    for x, y, m in eval_batches(split.tokens, context, batch_size, max_tokens):
-        total = total + eval_fn(mx.array(x), mx.array(y), mx.array(m))
-        mx.eval(total)
-        count += int(np.sum(m))
-        if on_batch:
-            on_batch(int(np.count_nonzero(y)))
+    with blas_threads(1) if n_streams > 1 else contextlib.nullcontext():
+        for x, y, m in eval_batches(split.tokens, context, batch_size, max_tokens):
+            total = total + eval_fn(mx.array(x), mx.array(y), mx.array(m))
+            mx.eval(total)
+            count += int(np.sum(m))
+            if on_batch:
+                on_batch(int(np.count_nonzero(y)))
     covered = min(split.n_tokens, (max_tokens or split.n_tokens) + 1)
     n_bytes = split.n_bytes * covered / max(split.n_tokens, 1)
     return EvalResult(float(total.item()), count, n_bytes)

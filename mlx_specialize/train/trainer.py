@@ -16,6 +16,7 @@ The run folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,13 +34,15 @@ import numpy as np
 from mlx.utils import tree_map
 
 from .. import ui
-from ..data.tokenizer import BOS_ID, Tokenizer
+from ..backend import blas_threads
+from ..data.tokenizer import Tokenizer
 from ..data.tokens import PackedWindows, TokenizedSplit
 from ..errors import SpecializeError
 from ..models.dense import Model, flops_per_token
 from ..models.io import save_model
 from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .evaluate import evaluate, make_eval_fn
+from .parallel import auto_streams, make_streams, training_loss
 
 
 @dataclass
@@ -70,6 +73,7 @@ class TrainConfig:
     patience: int = 0
     seed: int = 0
     log_every: int = 10
+    streams: int = 0  # parallel CPU streams per step (0: auto, see train/parallel.py)
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
 
@@ -138,6 +142,7 @@ class Trainer:
         )
         self.optimizer.init(model.trainable_parameters())
         self.rng = [mx.random.key(config.seed)]
+        self.streams = make_streams(config.streams or auto_streams(config.batch_size))
         self.step = 0
         self.budget = Budget()
         self.best_valid = math.inf
@@ -149,10 +154,10 @@ class Trainer:
         model, optimizer, cfg = self.model, self.optimizer, self.cfg
         state = [model.state, optimizer.state, self.rng]
 
+        streams = self.streams
+
         def loss_fn(model, x, y):
-            mask = (y != BOS_ID).astype(mx.float32)
-            ce = nn.losses.cross_entropy(model(x), y)
-            return (ce * mask).sum() / mx.maximum(mask.sum(), 1.0)
+            return training_loss(model, x, y, streams)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
@@ -233,7 +238,7 @@ class Trainer:
     # ---- validation --------------------------------------------------------------
     def validate(self) -> float:
         result = evaluate(self.model, self.valid, self.cfg.context, self.cfg.eval_batch_size,
-                          self.cfg.eval_tokens, self._eval_fn)
+                          self.cfg.eval_tokens, self._eval_fn, streams=len(self.streams))
         self._log({"event": "valid", "step": self.step, "tokens": self.budget.tokens,
                    "valid_loss": result.loss, "valid_ppl": result.ppl, "valid_bpb": result.bits_per_byte})
         if result.loss < self.best_valid:
@@ -253,7 +258,7 @@ class Trainer:
         cfg = self.cfg
         self._prepare_run_dir(resume, overwrite)
         (self.run_dir / "run.json").write_text(json.dumps({"train": cfg.to_dict(), **self.meta}, indent=2))
-        self._eval_fn = make_eval_fn(self.model) if self.valid is not None else None
+        self._eval_fn = make_eval_fn(self.model, self.streams) if self.valid is not None else None
         step_fn = self._build_step()
         stopped_early = False
         start_step = self.step
@@ -261,7 +266,8 @@ class Trainer:
         window_tokens = 0
         window_start = time.perf_counter()
         try:
-            with ui.progress("loss", "toks") as bar:
+            with blas_threads(1) if len(self.streams) > 1 else contextlib.nullcontext(), \
+                    ui.progress("loss", "toks") as bar:
                 task = bar.add_task("training", total=cfg.steps, completed=self.step, loss="loss -", toks="")
                 while self.step < cfg.steps:
                     t0 = time.perf_counter()

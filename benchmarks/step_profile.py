@@ -1,0 +1,118 @@
+"""Where a training step's time goes: the step's parts timed one by one, in MLX.
+
+    python benchmarks/step_profile.py --preset small
+
+At the preset's batch shape, times (median of `--repeats`, milliseconds) the whole
+compiled step with one stream and with the default parallel streams, and the parts of one
+step on one stream: each part's forward + backward (matmuls of a block, attention, SiLU
+gate, RMSNorm, the vocabulary projection and cross-entropy) and the AdamW update. The
+parts' sum is a rough account (no fusion, no overlap), to see what dominates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+
+from mlx_specialize.backend import blas_threads
+from mlx_specialize.data.tokens import TokenizedSplit
+from mlx_specialize.train.trainer import TrainConfig, Trainer
+
+
+def timed(fn, *args, repeats: int = 5) -> float:
+    mx.eval(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mx.eval(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+class _NoTokenizer:
+    fingerprint = "profile"
+
+
+def whole_step(preset, vocab: int, streams: int, repeats: int) -> float:
+    mx.random.seed(0)
+    model = ms.Model(preset.model_args(vocab))
+    tokens = np.random.default_rng(0).integers(3, vocab, 100_000).astype(np.uint16)
+    cfg = TrainConfig(steps=10**6, batch_size=preset.batch_size, context=preset.context, streams=streams)
+    trainer = Trainer(model, _NoTokenizer(), TokenizedSplit(tokens, 0, 0, "random"), None, cfg, "/tmp/unused")
+    step = trainer._build_step()
+    batch = trainer._batch(0)
+
+    def run():
+        step(batch)
+        return [model.state, trainer.optimizer.state]
+
+    with blas_threads(1) if streams > 1 else contextlib.nullcontext():
+        return timed(run, repeats=repeats)
+
+
+def parts(preset, vocab: int, repeats: int) -> dict[str, float]:
+    B, T, D, F, H = preset.batch_size, preset.context, preset.hidden, preset.mlp, preset.heads
+    N = B * T
+    mx.random.seed(0)
+    h = mx.random.normal((B, T, D))
+    grad_sum = lambda f: mx.grad(lambda *a: f(*a).sum(), argnums=list(range(1)))  # noqa: E731
+    lin_qkvo, lin_up = nn.Linear(D, D, bias=False), nn.Linear(D, F, bias=False)
+    lin_down = nn.Linear(F, D, bias=False)
+    q = mx.random.normal((B, H, T, D // H))
+    g = mx.random.normal((B, T, F))
+    norm = nn.RMSNorm(D)
+    emb = mx.random.normal((vocab, D)) * 0.02
+    y = mx.random.randint(0, vocab, (B, T))
+    per_layer = {
+        "attention projections (4 matmuls)": 4 * timed(grad_sum(lin_qkvo), h, repeats=repeats),
+        "MLP matmuls (gate, up, down)": 2 * timed(grad_sum(lin_up), h, repeats=repeats)
+        + timed(grad_sum(lin_down), g, repeats=repeats),
+        "attention (SDPA, causal)": timed(grad_sum(lambda a: mx.fast.scaled_dot_product_attention(
+            a, a, a, scale=(D // H) ** -0.5, mask="causal")), q, repeats=repeats),
+        "SiLU gate (silu(g) * u)": timed(grad_sum(lambda a: nn.silu(a) * a), g, repeats=repeats),
+        "RMSNorm x2": 2 * timed(grad_sum(norm), h, repeats=repeats),
+    }
+    result = {f"{k} x {preset.layers} layers": v * preset.layers for k, v in per_layer.items()}
+    result["vocab projection (matmul)"] = timed(grad_sum(lambda a: a @ emb.T), h, repeats=repeats)
+    logits = mx.random.normal((N, vocab))
+    result["cross-entropy over the vocabulary"] = timed(
+        mx.grad(lambda l: nn.losses.cross_entropy(l, y.reshape(-1)).mean()), logits, repeats=repeats)
+    model = ms.Model(preset.model_args(vocab))
+    opt = optim.AdamW(1e-3, bias_correction=True)
+    opt.init(model.trainable_parameters())
+    grads = model.trainable_parameters()
+    result["AdamW update"] = timed(lambda: (opt.update(model, grads), model.parameters())[1], repeats=repeats)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    preset = ms.get_preset(args.preset)
+    print(f"preset {args.preset}: batch {preset.batch_size} x context {preset.context}, vocab {args.vocab}")
+    one = whole_step(preset, args.vocab, 1, args.repeats)
+    auto = ms.train.parallel.auto_streams(preset.batch_size)
+    many = whole_step(preset, args.vocab, auto, args.repeats)
+    print(f"whole compiled step, 1 stream: {one:8.1f} ms")
+    print(f"whole compiled step, {auto} streams: {many:8.1f} ms  ({one / many:.2f}x)")
+    rows = parts(preset, args.vocab, args.repeats)
+    total = sum(rows.values())
+    print("parts, forward + backward, one stream:")
+    for name, ms_ in sorted(rows.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:48s} {ms_:8.1f} ms  {ms_ / total:6.1%}")
+    print(f"  {'sum of parts':48s} {total:8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Use every CPU core: split a batch's rows across parallel MLX CPU streams.
+
+MLX runs each CPU stream on its own thread, but most CPU element-wise kernels (exp,
+SiLU, the vocabulary softmax, attention's softmax) are single-threaded, and on x86 they
+are scalar; they dominate a small LM's training step. Running the forward pass of each
+slice of the batch on its own stream runs those kernels on all cores at once; the
+backward pass follows, since MLX gives each gradient op the stream of its forward op.
+The loss is the same masked mean over all tokens as with one stream (only the order of
+floating-point sums differs). BLAS is limited to one thread per stream meanwhile (see
+`backend.blas_threads`).
+
+Measured here (2 cores, `benchmarks/train_throughput.py`): see BENCHMARKS.md. On a GPU
+one stream is used: the device is parallel already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..data.tokenizer import BOS_ID
+
+MAX_STREAMS = 4
+
+
+def auto_streams(batch_rows: int) -> int:
+    """Streams to use by default: one per core on CPU (at most 4 and at most the rows
+    of a batch), one on a GPU. `MLXSPEC_STREAMS=N` overrides."""
+    if os.environ.get("MLXSPEC_STREAMS"):
+        return max(1, min(int(os.environ["MLXSPEC_STREAMS"]), batch_rows))
+    if mx.default_device().type == mx.gpu:
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_STREAMS, batch_rows))
+
+
+def make_streams(n: int) -> list:
+    """`n` CPU streams, or [None] (the default stream) for n == 1."""
+    return [None] if n <= 1 else [mx.new_stream(mx.cpu) for _ in range(n)]
+
+
+def _row_slices(rows: int, parts: int) -> list[slice]:
+    bounds = [rows * i // parts for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def masked_nll(model, x: mx.array, y: mx.array, mask: mx.array, streams: list) -> tuple[mx.array, mx.array]:
+    """(sum of -log p(y|x) over mask, sum of mask), computed slice by slice on `streams`.
+
+    x, y, mask: [B, L]. With streams == [None] this is one plain forward pass."""
+    total = count = None
+    for rows, stream in zip(_row_slices(x.shape[0], len(streams)), streams):
+        with mx.stream(stream) if stream is not None else contextlib.nullcontext():
+            nll = (nn.losses.cross_entropy(model(x[rows]), y[rows]) * mask[rows]).sum()
+            part_count = mask[rows].sum()
+        total = nll if total is None else total + nll
+        count = part_count if count is None else count + part_count
+    return total, count
+
+
+def training_loss(model, x: mx.array, y: mx.array, streams: list) -> mx.array:
+    """Mean next-token loss over the batch, BOS targets masked (document starts)."""
+    mask = (y != BOS_ID).astype(mx.float32)
+    total, count = masked_nll(model, x, y, mask, streams)
+    return total / mx.maximum(count, 1.0)
