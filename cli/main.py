@@ -22,6 +22,7 @@ import mlx_specialize as ms
 from mlx_specialize import ui
 from mlx_specialize.backend import BLAS, blas_advice, device_name, matmul_gflops, train_dtype
 from mlx_specialize.errors import SpecializeError
+from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
 
 app = typer.Typer(
     help="Small language models specialized to your domain, cheap to run. "
@@ -173,7 +174,7 @@ def pretrain_cmd(
     out_dir: Path = typer.Argument(..., help="Run folder (model, checkpoints, metrics)."),
     generic: str = typer.Option(",".join(ms.bundled_names()), help="Generic corpus spec."),
     preset: str = typer.Option("small", help="Model preset (see `mlxspec presets`)."),
-    tokens: int = typer.Option(400_000, help="Pre-training budget in tokens."),
+    tokens: int = typer.Option(DEFAULT_PRETRAIN_TOKENS, help="Pre-training budget in tokens."),
     tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer instead of training one."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary [default: the preset's]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the preset's]."),
@@ -284,8 +285,8 @@ def specialize(
     preset: str = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: runs/DOMAIN-METHOD[-N]]."),
     domain_tokens: Optional[int] = typer.Option(None, help="Use only the first N domain train tokens (limited domain data)."),
-    pretrain_tokens: int = typer.Option(400_000, help="Generic pre-training budget in tokens (cached, shared by domains)."),
-    finetune_tokens: int = typer.Option(120_000, help="Specialization budget in tokens (early stopping may use fewer)."),
+    pretrain_tokens: int = typer.Option(DEFAULT_PRETRAIN_TOKENS, help="Generic pre-training budget in tokens (cached, shared by domains)."),
+    finetune_tokens: int = typer.Option(DEFAULT_FINETUNE_TOKENS, help="Specialization budget in tokens (early stopping may use fewer)."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary when pre-training [default: the preset's]."),
     lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate [default: pre-training rate / 3]."),
     seed: int = typer.Option(0, help="Seed."),

@@ -35,7 +35,7 @@ from .train.jobs import evaluate_model, finetune, pretrain
 METHODS = ("finetune",)
 DEFAULT_DOMAIN = "python-docs"
 DEFAULT_PRESET = "small"
-DEFAULT_PRETRAIN_TOKENS = 400_000
+DEFAULT_PRETRAIN_TOKENS = 600_000
 DEFAULT_FINETUNE_TOKENS = 120_000
 
 
