@@ -19,9 +19,9 @@ import contextlib
 import os
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from ..data.tokenizer import BOS_ID
+from .losses import cross_entropy
 
 MAX_STREAMS = 4
 
@@ -53,7 +53,7 @@ def masked_nll(model, x: mx.array, y: mx.array, mask: mx.array, streams: list) -
     total = count = None
     for rows, stream in zip(_row_slices(x.shape[0], len(streams)), streams):
         with mx.stream(stream) if stream is not None else contextlib.nullcontext():
-            nll = (nn.losses.cross_entropy(model(x[rows]), y[rows]) * mask[rows]).sum()
+            nll = (cross_entropy(model(x[rows]), y[rows]) * mask[rows]).sum()
             part_count = mask[rows].sum()
         total = nll if total is None else total + nll
         count = part_count if count is None else count + part_count
