@@ -12,7 +12,6 @@ parts' sum is a rough account (no fusion, no overlap), to see what dominates.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 
@@ -20,11 +19,8 @@ import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-import numpy as np
 
-from mlx_specialize.backend import blas_threads
-from mlx_specialize.data.tokens import TokenizedSplit
-from mlx_specialize.train.trainer import TrainConfig, Trainer
+from train_throughput import mlx_stepper  # sibling script: the same compiled step
 
 
 def timed(fn, *args, repeats: int = 5) -> float:
@@ -37,25 +33,17 @@ def timed(fn, *args, repeats: int = 5) -> float:
     return statistics.median(times) * 1000
 
 
-class _NoTokenizer:
-    fingerprint = "profile"
-
-
 def whole_step(preset, vocab: int, streams: int, repeats: int) -> float:
-    mx.random.seed(0)
-    model = ms.Model(preset.model_args(vocab))
-    tokens = np.random.default_rng(0).integers(3, vocab, 100_000).astype(np.uint16)
-    cfg = TrainConfig(steps=10**6, batch_size=preset.batch_size, context=preset.context, streams=streams)
-    trainer = Trainer(model, _NoTokenizer(), TokenizedSplit(tokens, 0, 0, "random"), None, cfg, "/tmp/unused")
-    step = trainer._build_step()
-    batch = trainer._batch(0)
-
-    def run():
-        step(batch)
-        return [model.state, trainer.optimizer.state]
-
-    with blas_threads(1) if streams > 1 else contextlib.nullcontext():
-        return timed(run, repeats=repeats)
+    """Median milliseconds of the trainer's compiled step (the throughput benchmark's)."""
+    step = mlx_stepper(preset, preset.batch_size, preset.context, vocab, streams=streams)
+    step()  # compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    step.release()
+    return statistics.median(times) * 1000
 
 
 def parts(preset, vocab: int, repeats: int) -> dict[str, float]:

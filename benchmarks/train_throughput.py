@@ -28,8 +28,9 @@ import time
 import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
 import mlx.core as mx
 import numpy as np
-from mlx_specialize.backend import BLAS, blas_threads, matmul_gflops
+from mlx_specialize.backend import BLAS, matmul_gflops
 from mlx_specialize.data.tokens import TokenizedSplit
+from mlx_specialize.train.parallel import blas_per_stream
 from mlx_specialize.train.trainer import TrainConfig, Trainer
 
 
@@ -37,18 +38,18 @@ class _NoTokenizer:
     fingerprint = "benchmark"
 
 
-def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0):
-    """Our trainer's compiled step on random tokens; returns step() -> loss float."""
+def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0, streams: int = 0):
+    """Our trainer's compiled step on random tokens (`streams` 0: the trainer's default);
+    returns step() -> loss float."""
     mx.random.seed(seed)
     model = ms.Model(preset.model_args(vocab))
     tokens = np.random.default_rng(seed).integers(3, vocab, 200_000).astype(np.uint16)
-    cfg = TrainConfig(steps=10**9, batch_size=batch_size, context=context, warmup=10)
+    cfg = TrainConfig(steps=10**9, batch_size=batch_size, context=context, warmup=10, streams=streams)
     trainer = Trainer(model, _NoTokenizer(), TokenizedSplit(tokens, 0, 0, "random"), None, cfg, "/tmp/unused")
     step_fn = trainer._build_step()
     state = {"i": 0}
-    if len(trainer.streams) > 1:  # as Trainer.run does: one BLAS thread per stream
-        state["blas"] = contextlib.ExitStack()
-        state["blas"].enter_context(blas_threads(1))
+    state["blas"] = contextlib.ExitStack()  # as Trainer.run does: one BLAS thread per stream
+    state["blas"].enter_context(blas_per_stream(len(trainer.streams)))
 
     def step():
         loss, _ = step_fn(trainer._batch(state["i"]))
@@ -56,6 +57,7 @@ def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0
         state["i"] += 1
         return loss.item()
 
+    step.release = state["blas"].close  # restore BLAS threads when done with this stepper
     return step
 
 

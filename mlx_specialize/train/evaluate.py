@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -11,9 +10,8 @@ import mlx.core as mx
 import numpy as np
 
 from ..data.tokens import TokenizedSplit, eval_batches
-from ..backend import blas_threads
 from ..models.dense import Model
-from .parallel import auto_streams, make_streams, masked_nll
+from .parallel import auto_streams, blas_per_stream, make_streams, masked_nll
 
 
 @dataclass
@@ -71,7 +69,7 @@ def evaluate(
     eval_fn = eval_fn or make_eval_fn(model, make_streams(n_streams))
     total = mx.array(0.0)
     count = 0
-    with blas_threads(1) if n_streams > 1 else contextlib.nullcontext():
+    with blas_per_stream(n_streams):
         for x, y, m in eval_batches(split.tokens, context, batch_size, max_tokens):
             total = total + eval_fn(mx.array(x), mx.array(y), mx.array(m))
             mx.eval(total)

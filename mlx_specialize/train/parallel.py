@@ -20,6 +20,7 @@ import os
 
 import mlx.core as mx
 
+from ..backend import blas_threads
 from ..data.tokenizer import BOS_ID
 from .losses import cross_entropy
 
@@ -39,6 +40,12 @@ def auto_streams(batch_rows: int) -> int:
 def make_streams(n: int) -> list:
     """`n` CPU streams, or [None] (the default stream) for n == 1."""
     return [None] if n <= 1 else [mx.new_stream(mx.cpu) for _ in range(n)]
+
+
+def blas_per_stream(n_streams: int):
+    """Context for running `n_streams` parallel streams: BLAS on one thread per stream
+    (so streams x BLAS threads never oversubscribe the cores); nothing for one stream."""
+    return blas_threads(1) if n_streams > 1 else contextlib.nullcontext()
 
 
 def _row_slices(rows: int, parts: int) -> list[slice]:

@@ -16,7 +16,6 @@ The run folder:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -34,7 +33,6 @@ import numpy as np
 from mlx.utils import tree_map
 
 from .. import ui
-from ..backend import blas_threads
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import PackedWindows, TokenizedSplit
 from ..errors import SpecializeError
@@ -42,7 +40,7 @@ from ..models.dense import Model, flops_per_token
 from ..models.io import save_model
 from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .evaluate import evaluate, make_eval_fn
-from .parallel import auto_streams, make_streams, training_loss
+from .parallel import auto_streams, blas_per_stream, make_streams, training_loss
 
 
 @dataclass
@@ -266,8 +264,7 @@ class Trainer:
         window_tokens = 0
         window_start = time.perf_counter()
         try:
-            with blas_threads(1) if len(self.streams) > 1 else contextlib.nullcontext(), \
-                    ui.progress("loss", "toks") as bar:
+            with blas_per_stream(len(self.streams)), ui.progress("loss", "toks") as bar:
                 task = bar.add_task("training", total=cfg.steps, completed=self.step, loss="loss -", toks="")
                 while self.step < cfg.steps:
                     t0 = time.perf_counter()
