@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 tokenizer_app = typer.Typer(help="Tokenizer commands.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole tables
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout (last).")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or messages.")
@@ -241,7 +241,7 @@ def finetune_cmd(
 @app.command("eval")
 @handle_errors
 def eval_cmd(
-    model: Path = typer.Argument(..., help="Model folder."),
+    model: str = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name."),
     corpus: str = typer.Option("python-docs", help="Corpus spec."),
     split: str = typer.Option("test", help="train, valid or test."),
     max_tokens: Optional[int] = typer.Option(None, help="Evaluate only the first N tokens."),
@@ -258,7 +258,7 @@ def eval_cmd(
 @app.command()
 @handle_errors
 def generate(
-    model: Path = typer.Argument(..., help="Model folder."),
+    model: str = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name."),
     prompt: str = typer.Option("", help="Text to continue."),
     max_tokens: int = typer.Option(100, help="Tokens to generate at most."),
     temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy)."),
@@ -274,6 +274,96 @@ def generate(
     out.print(prompt + text, markup=False, highlight=False)
 
 
+# ---- export / bench --------------------------------------------------------------
+@app.command()
+@handle_errors
+def export(
+    model: str = typer.Argument(..., help="Model folder or hub name."),
+    out_dir: Path = typer.Argument(..., help="Folder to write (an mlx-lm model folder)."),
+    quantize: Optional[int] = typer.Option(None, "--quantize", help="Quantize to 4 or 8 bits (also 2, 3, 5, 6)."),
+    group_size: int = typer.Option(64, help="Weights per quantization group (32, 64, 128)."),
+    dtype: Optional[str] = typer.Option(None, help="Cast float weights first: float32, float16 or bfloat16."),
+    eval_corpus: Optional[str] = typer.Option(None, "--eval", help="Report test perplexity of the source and the export on this corpus."),
+    eval_tokens: int = typer.Option(20_000, help="Test tokens for --eval."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT_DIR."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Write a model as an mlx-lm folder (mlx_lm.generate / server / lora load it), optionally quantized."""
+    from mlx_specialize.models.export import export_model
+
+    _check_dtype(dtype)
+    report = export_model(model, out_dir, quantize, group_size, dtype, overwrite)
+    if eval_corpus:
+        before = ms.evaluate_model(model, eval_corpus, "test", cache_dir, max_tokens=eval_tokens)
+        after = ms.evaluate_model(out_dir, eval_corpus, "test", cache_dir, max_tokens=eval_tokens)
+        report.update(eval_corpus=eval_corpus, ppl_source=before.ppl, ppl_export=after.ppl,
+                      bpb_source=before.bits_per_byte, bpb_export=after.bits_per_byte)
+    emit(report, json_out, _summary_table(f"exported {model} -> {out_dir}", report))
+
+
+def _check_dtype(dtype: Optional[str]) -> None:
+    if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
+        raise SpecializeError(f"unknown dtype '{dtype}' (float32, float16 or bfloat16)")
+
+
+@app.command()
+@handle_errors
+def bench(
+    models: list[str] = typer.Argument(..., help="Model folders or hub names, side by side."),
+    prompt_tokens: int = typer.Option(512, "--prompt-tokens", "-p", help="Prompt length."),
+    generation_tokens: int = typer.Option(128, "--generation-tokens", "-g", help="Tokens generated per trial."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", help="Prompts decoded together."),
+    trials: int = typer.Option(5, "--num-trials", "-n", help="Timed trials (after one warm-up)."),
+    quantize: list[int] = typer.Option([], "--quantize", help="Also measure each model quantized to this many bits (repeatable)."),
+    group_size: int = typer.Option(64, help="Quantization group size."),
+    dtype: Optional[str] = typer.Option(None, help="Cast float weights: float32, float16 or bfloat16 [default: as stored]."),
+    eval_corpus: Optional[str] = typer.Option(None, "--eval", help="Also report test perplexity and bits/byte on this corpus."),
+    eval_tokens: int = typer.Option(20_000, help="Test tokens for --eval."),
+    seed: int = typer.Option(0, help="Seed of the random prompts."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Inference speed, memory, size, bandwidth bound and serving cost of models on this device."""
+    from mlx_specialize.bench import BenchConfig, run_bench
+
+    _check_dtype(dtype)
+    for name, value in (("--prompt-tokens", prompt_tokens), ("--generation-tokens", generation_tokens),
+                        ("--batch-size", batch_size), ("--num-trials", trials)):
+        if value < 1:
+            raise SpecializeError(f"{name} must be at least 1")
+    cfg = BenchConfig(prompt_tokens, generation_tokens, batch_size, trials, seed, tuple(quantize), group_size, dtype,
+                      eval_corpus, eval_tokens, str(cache_dir) if cache_dir else None)
+    report = run_bench(models, cfg)
+    if json_out:
+        return emit(report, True)
+    title = (f"{report['device']}: prompt {prompt_tokens} tokens, generate {generation_tokens}, batch {batch_size}, "
+             f"mean ± std of {trials} trials")
+    speed = Table(title=title)
+    for col in ("model", "variant", "prompt tok/s", "generation tok/s", "first token ms", "peak MB"):
+        speed.add_column(col, no_wrap=True)
+    cost = Table(title=f"size, bandwidth bound ({report['bandwidth_gb_s']:.1f} GB/s copy) and serving cost")
+    cost_cols = ["model", "variant", "params", "MB", "bits/w", "bound tok/s", "of bound", "hours / 1B tok", "cost"]
+    for col in cost_cols + (["test ppl", "bits/byte"] if eval_corpus else []):
+        cost.add_column(col, no_wrap=True)
+    for r in report["models"]:
+        m, sd = r["mean"], r["std"]
+        label = Path(r["model"]).name if Path(r["model"]).exists() else r["model"]
+        speed.add_row(label, r["variant"], f"{m['prompt_tps']:,.0f} ± {sd['prompt_tps']:,.0f}",
+                      f"{m['generation_tps']:,.1f} ± {sd['generation_tps']:,.1f}",
+                      f"{m['ttft_s'] * 1e3:,.1f} ± {sd['ttft_s'] * 1e3:,.1f}", f"{m['peak_memory_gb'] * 1e3:,.1f}")
+        row = [label, r["variant"], f"{r['params'] / 1e6:.2f}M", f"{r['bytes'] / 1e6:.1f}", f"{r['bits_per_weight']:.1f}",
+               f"{r['bound_tok_s']:,.0f}", f"{r['fraction_of_bound']:.0%}", f"{r['device_hours_per_billion']:,.1f}",
+               f"{r['cost_vs_first']:.2f}x"]
+        cost.add_row(*row, *([f"{r['ppl']:.2f}", f"{r['bpb']:.3f}"] if eval_corpus else []))
+    out.print(speed)
+    out.print(cost)
+    out.print("bound: batch x bandwidth / weight bytes read per decoding step; hours / 1B tok: device hours to "
+              "generate a billion tokens at the measured speed; cost: relative to the first row.")
+
+
 # ---- the main job ----------------------------------------------------------------
 @app.command()
 @handle_errors
@@ -281,14 +371,15 @@ def specialize(
     domain: str = typer.Option("python-docs", help="Target domain: bundled name, file/folder, or hf:NAME."),
     generic: Optional[str] = typer.Option(None, help="Generic corpus [default: bundled corpora except the domain]."),
     method: str = typer.Option("finetune", help="Specialization method (finetune)."),
-    base: Optional[Path] = typer.Option(None, help="Start from this pre-trained model instead of pre-training one."),
+    base: Optional[str] = typer.Option(None, help="Start from this pre-trained model (our folder, an mlx-lm llama-style "
+                                       "folder or hub name, with its own tokenizer) instead of pre-training one."),
     preset: str = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: runs/DOMAIN-METHOD[-N]]."),
     domain_tokens: Optional[int] = typer.Option(None, help="Use only the first N domain train tokens (limited domain data)."),
     pretrain_tokens: int = typer.Option(DEFAULT_PRETRAIN_TOKENS, help="Generic pre-training budget in tokens (cached, shared by domains)."),
     finetune_tokens: int = typer.Option(DEFAULT_FINETUNE_TOKENS, help="Specialization budget in tokens (early stopping may use fewer)."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary when pre-training [default: the preset's]."),
-    lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate [default: pre-training rate / 3]."),
+    lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate [default: pre-training rate / 3; 3e-5 for a --base from elsewhere]."),
     seed: int = typer.Option(0, help="Seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
     cache_dir: Optional[Path] = CACHE_OPT,
@@ -296,7 +387,7 @@ def specialize(
     quiet: bool = QUIET_OPT,
 ):
     """Specialize a small model to a domain: pre-train (or reuse) a generic model, fine-tune, report."""
-    report = ms.specialize(domain=domain, generic=generic, method=method, base=str(base) if base else None,
+    report = ms.specialize(domain=domain, generic=generic, method=method, base=base,
                            preset=preset, out_dir=out_dir, domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens,
                            finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,
                            cache_dir=cache_dir, overwrite=overwrite)

@@ -50,7 +50,8 @@ def test_specialize_end_to_end_then_reuses_the_pretrained_model(tmp_path):
 
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
-    for command in ("doctor", "presets", "tokenizer", "pretrain", "finetune", "eval", "generate", "specialize"):
+    for command in ("doctor", "presets", "tokenizer", "pretrain", "finetune", "eval", "generate", "specialize",
+                    "bench", "export"):
         assert command in result.stdout
 
 

@@ -40,6 +40,8 @@ SENTENCE_CHARS = 4000  # training "sentences": documents cut at line breaks
 class Tokenizer:
     """A SentencePiece model. `encode(str) -> list[int]`, `decode(list[int]) -> str`."""
 
+    kind = "sentencepiece"
+
     def __init__(self, model_bytes: bytes, source: str = "<memory>"):
         import sentencepiece as spm
 

@@ -1,7 +1,7 @@
 """Tokenized corpora on disk, and fixed-shape batches cut from them.
 
 A split of a corpus is tokenized once into a flat array of token ids, each document as
-`[BOS] ids [EOS]`, and cached as a raw `.bin` file (memory-mapped on read) plus a
+`[BOS] ids [EOS]` (no BOS for tokenizers that prepend none, see `hf_tokenizer.py`), and cached as a raw `.bin` file (memory-mapped on read) plus a
 `.json` of metadata, keyed by a hash of corpus content + tokenizer + split + limit. A
 second run with the same inputs reads the cache and does not tokenize again.
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import SpecializeError
 from .corpus import Corpus
-from .tokenizer import BOS_ID, EOS_ID, Tokenizer, token_dtype
+from .tokenizer import BOS_ID, Tokenizer, token_dtype
 
 ENCODE_BATCH_DOCS = 256
 
@@ -41,12 +41,14 @@ class TokenizedSplit:
     tokens:  memory-mapped array [n_tokens] of ids (uint16 or uint32)
     n_bytes: UTF-8 bytes of the text those tokens encode (for bits per byte)
     n_docs:  documents in the stream
+    bos_id:  the id that starts each document (not a prediction target), or None
     """
 
     tokens: np.ndarray
     n_bytes: int
     n_docs: int
     name: str
+    bos_id: int | None = BOS_ID
 
     @property
     def n_tokens(self) -> int:
@@ -72,21 +74,22 @@ def tokenize_split(
     name = f"{corpus.name}:{split}"
     if meta_path.exists() and bin_path.exists():
         meta = json.loads(meta_path.read_text())
-        return TokenizedSplit(_map(bin_path, meta), meta["n_bytes"], meta["n_docs"], name)
+        return TokenizedSplit(_map(bin_path, meta), meta["n_bytes"], meta["n_docs"], name, meta.get("bos", BOS_ID))
 
     cache.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
+    head = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     tmp = bin_path.with_suffix(f".tmp{os.getpid()}")
     n_tokens = n_bytes = n_docs = 0
     try:
         with open(tmp, "wb") as out:
             for docs in _chunks(corpus.documents(split), ENCODE_BATCH_DOCS):
                 for doc, ids in zip(docs, tokenizer.encode_batch(docs)):
-                    row = np.asarray([BOS_ID, *ids, EOS_ID], dtype=dtype)
+                    row = np.asarray([*head, *ids, tokenizer.eos_id], dtype=dtype)
                     if max_tokens is not None and n_tokens + len(row) > max_tokens:
                         keep = max_tokens - n_tokens
                         row = row[:keep]
-                        n_bytes += len(tokenizer.decode(row[1:]).encode("utf-8"))
+                        n_bytes += len(tokenizer.decode(ids[: max(keep - len(head), 0)]).encode("utf-8"))
                     else:
                         n_bytes += len(doc.encode("utf-8"))
                     out.write(row.tobytes())
@@ -105,9 +108,9 @@ def tokenize_split(
         if tmp.exists():
             tmp.unlink()
     meta = {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_docs": n_docs, "dtype": np.dtype(dtype).name,
-            "corpus": corpus.name, "split": split, "tokenizer": tokenizer.fingerprint}
+            "corpus": corpus.name, "split": split, "tokenizer": tokenizer.fingerprint, "bos": tokenizer.bos_id}
     _atomic_write_text(meta_path, json.dumps(meta))
-    return TokenizedSplit(_map(bin_path, meta), n_bytes, n_docs, name)
+    return TokenizedSplit(_map(bin_path, meta), n_bytes, n_docs, name, tokenizer.bos_id)
 
 
 def _map(path: Path, meta: dict) -> np.ndarray:
@@ -168,13 +171,13 @@ class PackedWindows:
 
 
 def eval_batches(
-    tokens: np.ndarray, context: int, batch_size: int, max_tokens: int | None = None
+    tokens: np.ndarray, context: int, batch_size: int, max_tokens: int | None = None, bos_id: int | None = BOS_ID
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Cover the stream once, in order, in fixed-shape batches.
 
     Yields (inputs [B, context] int32, targets [B, context] int32, mask [B, context]
     float32): every token after the first is a target exactly once; the last window
-    and batch are padded and masked out. BOS targets are masked (they only mark a
+    and batch are padded and masked out. `bos_id` targets are masked (they only mark a
     document start, which the model cannot and need not predict)."""
     n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
     starts = list(range(0, max(n - 1, 0), context))
@@ -186,5 +189,5 @@ def eval_batches(
             win = np.asarray(tokens[s : min(s + context + 1, n)], dtype=np.int32)
             k = len(win) - 1
             x[r, :k], y[r, :k] = win[:-1], win[1:]
-            m[r, :k] = win[1:] != BOS_ID
+            m[r, :k] = win[1:] != (-1 if bos_id is None else bos_id)
         yield x, y, m

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.rope_utils import initialize_rope
 
 
 @dataclass
@@ -31,8 +32,13 @@ class ModelArgs:
     num_attention_heads: int
     vocab_size: int
     num_key_value_heads: int | None = None
+    head_dim: int | None = None
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_traditional: bool = False
+    rope_scaling: dict | None = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 1024
     model_type: str = "llama"
@@ -40,8 +46,12 @@ class ModelArgs:
     def __post_init__(self):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads} heads")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads} heads")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"{self.num_attention_heads} heads do not split into {self.num_key_value_heads} KV groups")
 
     @classmethod
     def from_dict(cls, params: dict) -> "ModelArgs":
@@ -50,11 +60,12 @@ class ModelArgs:
         return cls(**{k: v for k, v in params.items() if k in names})
 
     def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        """The config.json fields; optional ones left at their default are omitted."""
+        out = asdict(self)
+        for name in ("rope_scaling", "rope_traditional", "attention_bias", "mlp_bias"):
+            if not out[name]:
+                del out[name]
+        return out
 
 
 class KVCache:
@@ -92,11 +103,15 @@ class Attention(nn.Module):
         super().__init__()
         D, H, Hkv, Dh = args.hidden_size, args.num_attention_heads, args.num_key_value_heads, args.head_dim
         self.n_heads, self.n_kv_heads, self.scale = H, Hkv, Dh**-0.5
-        self.q_proj = nn.Linear(D, H * Dh, bias=False)
-        self.k_proj = nn.Linear(D, Hkv * Dh, bias=False)
-        self.v_proj = nn.Linear(D, Hkv * Dh, bias=False)
-        self.o_proj = nn.Linear(H * Dh, D, bias=False)
-        self.rope = nn.RoPE(Dh, traditional=False, base=args.rope_theta)
+        bias = args.attention_bias
+        self.q_proj = nn.Linear(D, H * Dh, bias=bias)
+        self.k_proj = nn.Linear(D, Hkv * Dh, bias=bias)
+        self.v_proj = nn.Linear(D, Hkv * Dh, bias=bias)
+        self.o_proj = nn.Linear(H * Dh, D, bias=bias)
+        # mlx-lm's constructor: plain RoPE, or the linear / llama3 / yarn scalings that
+        # llama-style checkpoints declare in `rope_scaling`.
+        self.rope = initialize_rope(Dh, args.rope_theta, args.rope_traditional, args.rope_scaling,
+                                    args.max_position_embeddings)
 
     def __call__(self, x: mx.array, mask, cache: KVCache | None = None) -> mx.array:
         B, L, _ = x.shape
@@ -114,9 +129,10 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+        D, F, bias = args.hidden_size, args.intermediate_size, args.mlp_bias
+        self.gate_proj = nn.Linear(D, F, bias=bias)
+        self.up_proj = nn.Linear(D, F, bias=bias)
+        self.down_proj = nn.Linear(F, D, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -172,6 +188,14 @@ class Model(nn.Module):
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]
 
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Drop what Hugging Face llama checkpoints store but this model computes:
+        rotary frequency tables, and `lm_head` when the embeddings are tied."""
+        weights = {k: v for k, v in weights.items() if "rotary_emb.inv_freq" not in k}
+        if self.args.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)
+        return weights
+
     @property
     def layers(self):
         return self.model.layers
@@ -182,8 +206,10 @@ def count_params(args: ModelArgs) -> dict[str, int]:
     `non_embedding` (blocks and final norm), `matmul` (what a token's forward pass
     multiplies by: blocks plus the V x D output projection)."""
     D, F, V, L = args.hidden_size, args.intermediate_size, args.vocab_size, args.num_hidden_layers
-    kv = args.num_key_value_heads * args.head_dim
-    block = D * D * 2 + 2 * D * kv + 3 * D * F + 2 * D
+    q, kv = args.num_attention_heads * args.head_dim, args.num_key_value_heads * args.head_dim
+    attn_bias = (q + 2 * kv + D) if args.attention_bias else 0
+    mlp_bias = (2 * F + D) if args.mlp_bias else 0
+    block = 2 * D * q + 2 * D * kv + 3 * D * F + 2 * D + attn_bias + mlp_bias
     non_embedding = L * block + D
     embedding = V * D * (1 if args.tie_word_embeddings else 2)
     return {
@@ -197,5 +223,6 @@ def count_params(args: ModelArgs) -> dict[str, int]:
 def flops_per_token(args: ModelArgs, context: int, training: bool = True) -> float:
     """FLOPs per token: 2 N_matmul + 2 n_layer context D forward (Kaplan et al. 2020,
     attention scores and values over the full context), times 3 for training."""
-    forward = 2 * count_params(args)["matmul"] + 2 * args.num_hidden_layers * context * args.hidden_size
+    attn_width = args.num_attention_heads * args.head_dim
+    forward = 2 * count_params(args)["matmul"] + 2 * args.num_hidden_layers * context * attn_width
     return 3 * forward if training else forward

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
 
-from ..data.tokenizer import Tokenizer
 from ..errors import SpecializeError
 from .dense import Model, ModelArgs
 
@@ -46,16 +46,52 @@ def load_arrays(path: Path) -> dict[str, mx.array]:
         raise SpecializeError(f"{path} is corrupt or truncated ({str(err).splitlines()[0]})") from None
 
 
-def save_model(model: Model, folder: str | os.PathLike, tokenizer: Tokenizer | None = None, meta: dict | None = None) -> None:
-    """Write `model` (and its tokenizer) as an mlx-lm model folder."""
+SUPPORTED_TYPES = ("llama", "mistral")  # mlx-lm runs mistral checkpoints as llama
+FOREIGN_CONTEXT = 512  # training / evaluation window for models we did not train
+
+
+def model_context(config: dict) -> int:
+    """Tokens per training or evaluation window for a model: the context it was trained
+    with (ours), else min(its max_position_embeddings, FOREIGN_CONTEXT)."""
+    ours = config.get("mlxspec", {}).get("context")
+    return int(ours or min(config.get("max_position_embeddings") or FOREIGN_CONTEXT, FOREIGN_CONTEXT))
+
+
+def save_model(model: Model, folder: str | os.PathLike, tokenizer=None, meta: dict | None = None,
+               quantization: dict | None = None) -> None:
+    """Write `model` (and its tokenizer) as an mlx-lm model folder. `quantization`
+    ({group_size, bits, mode}) is recorded when the model's layers are quantized."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
         tokenizer.save(folder)
     save_arrays(folder / WEIGHTS_FILE, dict(tree_flatten(model.parameters())), {"format": "mlx"})
     config = model.args.to_dict()
-    config["mlxspec"] = {**(meta or {}), **({"tokenizer": tokenizer.fingerprint} if tokenizer else {})}
+    if quantization:
+        config["quantization"] = config["quantization_config"] = quantization
+    ours = {**(meta or {})}
+    if tokenizer is not None:
+        ours.update(tokenizer=tokenizer.fingerprint, tokenizer_kind=tokenizer.kind)
+    config["mlxspec"] = ours
     atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
+
+
+def resolve_model_path(name: str | os.PathLike) -> Path:
+    """A local model folder, or a Hugging Face hub name (`org/model`) fetched into the
+    hub cache (config, weights and tokenizer files only)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    text = str(name)
+    if text.count("/") != 1 or text.startswith((".", "/")) or os.sep != "/" and os.sep in text:
+        raise SpecializeError(f"no model at {name}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "model*.safetensors", "*.model", "*.txt", "*.jinja"]
+        return Path(snapshot_download(text, allow_patterns=patterns))
+    except Exception as err:  # offline, unknown repo, gated: all one message
+        raise SpecializeError(f"no model folder at {name}, and the hub download failed: {str(err).splitlines()[0]}") from None
 
 
 def read_config(folder: str | os.PathLike) -> dict:
@@ -68,21 +104,52 @@ def read_config(folder: str | os.PathLike) -> dict:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SpecializeError(f"{path} is not valid JSON") from None
-    if config.get("model_type") != "llama":
-        raise SpecializeError(f"{folder}: model_type '{config.get('model_type')}' is not supported (llama only)")
+    if not isinstance(config, dict) or config.get("model_type") not in SUPPORTED_TYPES:
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        raise SpecializeError(
+            f"{folder}: model_type '{model_type}' is not supported (llama-style only: {', '.join(SUPPORTED_TYPES)})"
+        )
     return config
 
 
-def load_model(folder: str | os.PathLike, tokenizer: Tokenizer | None = None) -> tuple[Model, Tokenizer, dict]:
-    """Load a model folder: (model, tokenizer, config).
+def _read_weights(folder: Path) -> dict[str, mx.array]:
+    """All `model*.safetensors` of a folder (one file, or mlx-lm / HF shards)."""
+    files = sorted(folder.glob("model*.safetensors"))
+    if not files:
+        raise SpecializeError(f"missing {folder / WEIGHTS_FILE}")
+    weights: dict[str, mx.array] = {}
+    for file in files:
+        weights.update(load_arrays(file))
+    return weights
 
-    With `tokenizer` given, checks that the checkpoint was trained with it; otherwise
-    loads the tokenizer saved in the folder."""
-    folder = Path(folder)
+
+def quantize_layers(model: Model, group_size: int, bits: int, mode: str = "affine", predicate=None) -> None:
+    """Quantize in place every Linear / Embedding whose input width splits into groups
+    (mlx-lm's `convert` rule); `predicate(path, module)` narrows the choice further."""
+
+    def wanted(path, module):
+        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group_size:
+            return False
+        return predicate is None or predicate(path, module)
+
+    nn.quantize(model, group_size=group_size, bits=bits, mode=mode, class_predicate=wanted)
+
+
+def load_model(folder: str | os.PathLike, tokenizer=None, dtype: str | None = None,
+               dequantize: bool = False) -> tuple[Model, object, dict]:
+    """Load a model folder, ours or any mlx-lm llama-style one: (model, tokenizer, config).
+
+    `folder` may also be a Hugging Face hub name. With `tokenizer` given, checks that the
+    checkpoint was trained with it; otherwise loads the folder's own tokenizer. `dtype`
+    ("float32", "bfloat16", ...) casts the floating-point weights; `dequantize` turns a
+    quantized checkpoint back into a plain one (to train it)."""
+    from ..data.hf_tokenizer import load_tokenizer
+
+    folder = resolve_model_path(folder)
     config = read_config(folder)
     saved = config.get("mlxspec", {}).get("tokenizer")
     if tokenizer is None:
-        tokenizer = Tokenizer.load(folder)
+        tokenizer = load_tokenizer(folder, config)
     if saved is not None and saved != tokenizer.fingerprint:
         raise SpecializeError(
             f"{folder} was trained with another tokenizer ({saved}, not {tokenizer.fingerprint}); "
@@ -97,10 +164,33 @@ def load_model(folder: str | os.PathLike, tokenizer: Tokenizer | None = None) ->
             f"{folder} has {args.vocab_size} embeddings but its tokenizer has {tokenizer.vocab_size} tokens"
         )
     model = Model(args)
-    weights = load_arrays(folder / WEIGHTS_FILE)
+    weights = model.sanitize(_read_weights(folder))
+    quantization = config.get("quantization")
+    if quantization:
+        quantize_layers(model, quantization["group_size"], quantization["bits"], quantization.get("mode", "affine"),
+                        lambda path, _: f"{path}.scales" in weights)
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as err:
-        raise SpecializeError(f"{folder}/{WEIGHTS_FILE} does not match its config: {str(err).splitlines()[0]}") from None
+        raise SpecializeError(f"{folder}: weights do not match its config: {str(err).splitlines()[0]}") from None
+    if quantization and dequantize:
+        dequantize_layers(model)
+        config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    if dtype is not None:
+        cast_floats(model, dtype)
     mx.eval(model.parameters())
     return model, tokenizer, config
+
+
+def dequantize_layers(model: Model) -> None:
+    """Replace quantized layers by plain ones holding the dequantized weights."""
+    from mlx_lm.utils import dequantize_model
+
+    dequantize_model(model)
+
+
+def cast_floats(model: Model, dtype: str) -> None:
+    """Cast the model's floating-point parameters (not quantized codes) to `dtype`."""
+    target = getattr(mx, dtype)
+    model.update(tree_map(lambda p: p.astype(target) if mx.issubdtype(p.dtype, mx.floating) else p,
+                          model.parameters()))

@@ -70,7 +70,7 @@ def evaluate(
     total = mx.array(0.0)
     count = 0
     with blas_per_stream(n_streams):
-        for x, y, m in eval_batches(split.tokens, context, batch_size, max_tokens):
+        for x, y, m in eval_batches(split.tokens, context, batch_size, max_tokens, split.bos_id):
             total = total + eval_fn(mx.array(x), mx.array(y), mx.array(m))
             mx.eval(total)
             count += int(np.sum(m))

@@ -18,10 +18,13 @@ from ..data.corpus import Corpus, load_corpus
 from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..data.tokens import TokenizedSplit, tokenize_split
 from ..models.dense import Model, count_params
-from ..models.io import load_model
+from ..backend import train_dtype
+from ..models.io import load_model, model_context
 from ..models.presets import Preset
 from .evaluate import EvalResult, evaluate
 from .trainer import TrainConfig, Trainer
+
+FOREIGN_LR = 3e-5  # full fine-tuning rate for a pre-trained model from elsewhere (AdamW)
 
 
 def tokenize(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir=None, max_tokens: int | None = None) -> TokenizedSplit:
@@ -98,14 +101,16 @@ def finetune(
     split, early-stopping on its valid split; train on at most `max_tokens` tokens
     (default: 4 passes over the domain data). The learning rate defaults to the base's
     pre-training rate / 3, as the paper does for its smallest domain sets; the batch size
-    to the base's."""
-    model, tokenizer, config = load_model(base)
+    to the base's. A base we did not train (an mlx-lm model, maybe quantized) is
+    dequantized and trained in float32 with its own tokenizer, at FOREIGN_LR."""
+    model, tokenizer, config = load_model(base, dtype=train_dtype(), dequantize=True)
     corpus = load_corpus(domain)
     train = tokenize(corpus, "train", tokenizer, cache_dir, domain_tokens)
     valid = tokenize(corpus, "valid", tokenizer, cache_dir)
-    context = config.get("mlxspec", {}).get("context") or config.get("max_position_embeddings", 256)
+    context = model_context(config)
     base_meta = config.get("mlxspec", {})
-    options = {"patience": 3, "warmup": 10, "eval_every": 10, "lr": base_meta.get("lr", 1e-3) / 3,
+    base_lr = base_meta["lr"] / 3 if "lr" in base_meta else FOREIGN_LR
+    options = {"patience": 3, "warmup": 10, "eval_every": 10, "lr": base_lr,
                "batch_size": base_meta.get("batch_size", 8), "context": context, **train_options}
     cfg = TrainConfig(steps=1, **options)
     cfg.steps = steps_for(max_tokens or 4 * train.n_tokens, cfg)
@@ -127,7 +132,7 @@ def evaluate_model(
     """Perplexity and bits per byte of a saved model on a corpus split."""
     model, tokenizer, config = loaded or load_model(model_dir)
     data = tokenize(load_corpus(corpus), split, tokenizer, cache_dir)
-    context = config.get("mlxspec", {}).get("context") or config.get("max_position_embeddings", 256)
+    context = model_context(config)
     targets = min(data.n_tokens - 1, max_tokens or data.n_tokens)
     with ui.task(f"evaluating {corpus}:{split}", targets) as advance:
         return evaluate(model, data, context, batch_size, max_tokens, on_batch=advance)

@@ -67,8 +67,8 @@ def masked_nll(model, x: mx.array, y: mx.array, mask: mx.array, streams: list) -
     return total, count
 
 
-def training_loss(model, x: mx.array, y: mx.array, streams: list) -> mx.array:
-    """Mean next-token loss over the batch, BOS targets masked (document starts)."""
-    mask = (y != BOS_ID).astype(mx.float32)
+def training_loss(model, x: mx.array, y: mx.array, streams: list, bos_id: int | None = BOS_ID) -> mx.array:
+    """Mean next-token loss over the batch, `bos_id` targets masked (document starts)."""
+    mask = (y != (-1 if bos_id is None else bos_id)).astype(mx.float32)
     total, count = masked_nll(model, x, y, mask, streams)
     return total / mx.maximum(count, 1.0)

@@ -152,10 +152,10 @@ class Trainer:
         model, optimizer, cfg = self.model, self.optimizer, self.cfg
         state = [model.state, optimizer.state, self.rng]
 
-        streams = self.streams
+        streams, bos_id = self.streams, self.tokenizer.bos_id
 
         def loss_fn(model, x, y):
-            return training_loss(model, x, y, streams)
+            return training_loss(model, x, y, streams, bos_id)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
