@@ -21,14 +21,16 @@ For every model (and every `--quantize` variant of it), after one warm-up genera
 
 from __future__ import annotations
 
-import contextlib
 import math
+import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 
 from . import ui
@@ -37,7 +39,6 @@ from .models.dense import Model, count_params
 from .models.export import DEFAULT_GROUP_SIZE, bits_per_weight, quantize, weight_bytes
 from .models.generate import random_prompts, time_generation
 from .models.io import load_model, model_context, read_config, resolve_model_path
-from .train.parallel import auto_streams, make_streams
 
 SPEED_FIELDS = ("prompt_tps", "generation_tps", "ttft_s", "peak_memory_gb")
 
@@ -82,28 +83,38 @@ class BenchResult:
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     """This device's memory bandwidth in GB/s: bytes read + written per second by a
-    float32 copy of `megabytes` MiB (median of `repeats`). On CPU the copy is split over
-    one MLX stream per core, since one MLX CPU kernel runs on one thread."""
+    float32 copy of `megabytes` MiB into a buffer allocated beforehand (median of
+    `repeats`). On a GPU the copy is an MLX kernel. On CPU it is numpy's, on one thread
+    and on one thread per core (the better of the two): MLX's CPU element-wise kernels
+    run on one scalar thread and reach a fraction of what the memory delivers, while
+    decoding reads its weights through the BLAS, so the hardware figure is the bound."""
     n = megabytes * 2**20 // 4
-    src = mx.random.uniform(shape=(n,))
-    mx.eval(src)
-    streams = make_streams(auto_streams(64))
-    bounds = [n * i // len(streams) for i in range(len(streams) + 1)]
+    if mx.default_device().type == mx.gpu:
+        src = mx.random.uniform(shape=(n,))
+        mx.eval(src)
+        return 2 * n * 4 / _median_seconds(lambda: mx.eval(src * 1.0), repeats) / 1e9
+    src = np.random.default_rng(0).random(n, dtype=np.float32)
+    dst = np.empty_like(src)
+    best = 0.0
+    for threads in sorted({1, os.cpu_count() or 1}):
+        bounds = [n * i // threads for i in range(threads + 1)]
+        with ThreadPoolExecutor(threads) as pool:
+            def copy():
+                list(pool.map(lambda i: np.copyto(dst[bounds[i]:bounds[i + 1]], src[bounds[i]:bounds[i + 1]]),
+                              range(threads)))
 
-    def copy():
-        parts = []
-        for stream, a, b in zip(streams, bounds, bounds[1:]):
-            with mx.stream(stream) if stream is not None else contextlib.nullcontext():
-                parts.append(src[a:b] * 1.0)
-        mx.eval(parts)
+            best = max(best, 2 * n * 4 / _median_seconds(copy, repeats) / 1e9)
+    return best
 
-    copy()
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        copy()
+        fn()
         times.append(time.perf_counter() - t0)
-    return 2 * n * 4 / statistics.median(times) / 1e9
+    return statistics.median(times)
 
 
 def bytes_per_decode_step(model: Model) -> int:

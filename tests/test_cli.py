@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import os
 import subprocess
 import sys
 
@@ -15,8 +16,9 @@ MLXSPEC = [shutil.which("mlxspec")] if shutil.which("mlxspec") else [sys.executa
 runner = CliRunner()
 
 
-def run_cli(*args):
-    return subprocess.run([*MLXSPEC, *map(str, args)], capture_output=True, text=True, timeout=600)
+def run_cli(*args, env=None):
+    return subprocess.run([*MLXSPEC, *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 def test_specialize_end_to_end_then_reuses_the_pretrained_model(tmp_path):
@@ -106,6 +108,13 @@ def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_a_hub_name_that_cannot_be_fetched_is_one_error_line(tmp_path):
+    result = run_cli("bench", "no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: no model folder at no-such-org/no-such-model")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path, tiny_model_dir):

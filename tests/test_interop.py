@@ -110,6 +110,12 @@ def test_bench_reports_sane_figures_as_json(tiny_model_dir):
         assert row["device_hours_per_billion"] == pytest.approx(1e9 / row["mean"]["generation_tps"] / 3600)
     assert plain["bytes"] == 4 * plain["params"] and q8["bytes"] < plain["bytes"] / 2.5
     assert plain["cost_vs_first"] == 1.0
+    batched = CliRunner().invoke(app, ["bench", str(tiny_model_dir), "-p", "16", "-g", "8", "-n", "1", "-b", "3", "--json"])
+    report3 = json.loads(batched.stdout.strip().splitlines()[-1])
+    row = report3["models"][0]
+    per_gb_s = plain["bound_tok_s"] / report["bandwidth_gb_s"]
+    assert row["bound_tok_s"] / report3["bandwidth_gb_s"] == pytest.approx(3 * per_gb_s)  # 3 tokens per weight read
+    assert row["mean"]["generation_tps"] > 0 and row["mean"]["peak_memory_gb"] > plain["mean"]["peak_memory_gb"] * 0.5
 
 
 def test_bad_model_folders_give_one_error_line(tiny_model_dir, foreign_model_dir, tmp_path):
@@ -140,3 +146,38 @@ def test_bad_model_folders_give_one_error_line(tiny_model_dir, foreign_model_dir
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (args, result.output)
     assert (existing / "keep.txt").read_text() == "mine" and not (tmp_path / "x").exists()
+
+
+def test_mlx_lm_server_serves_a_quantized_export(tiny_model_dir, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    out = tmp_path / "export"
+    export_model(tiny_model_dir, out, bits=4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlx_lm", "server", "--model", str(out), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = json.dumps({"prompt": "import os\n", "max_tokens": 10, "temperature": 0}).encode()
+        for _ in range(120):
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                                 {"Content-Type": "application/json"})
+                reply = json.loads(urllib.request.urlopen(request, timeout=30).read())
+                break
+            except OSError:
+                assert server.poll() is None, "mlx_lm.server exited"
+                time.sleep(0.5)
+        else:
+            raise AssertionError("mlx_lm.server did not answer")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    ours, tokenizer, _ = ms.load_model(out)
+    expected = ms.generate_text(ours, tokenizer, "import os\n", max_tokens=10, temperature=0)
+    assert reply["choices"][0]["text"] == expected and len(expected) > 0
