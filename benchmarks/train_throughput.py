@@ -35,7 +35,10 @@ from mlx_specialize.train.trainer import TrainConfig, Trainer
 
 
 class _NoTokenizer:
+    """Random tokens need no tokenizer; the trainer reads these two facts of one."""
+
     fingerprint = "benchmark"
+    bos_id = 1  # masked as a target, as with our SentencePiece tokenizers
 
 
 def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0, streams: int = 0):

@@ -46,6 +46,21 @@ def test_cache_grows_past_its_first_allocation(model):
     np.testing.assert_allclose(np.array(mx.concatenate([first, *rest], axis=1)), np.array(full), atol=2e-5)
 
 
+@pytest.mark.parametrize("prompt_len", [1, 9, 250])
+def test_compiled_static_cache_decoding_equals_full_recompute(model, prompt_len):
+    """The Decoder's prefill + compiled one-token steps (cache of 256 positions, crossed
+    into a second block when the prompt is 250 long) give the logits of a full forward."""
+    from mlx_specialize.models.generate import Decoder
+
+    steps = 12
+    x = mx.random.randint(3, 300, (2, prompt_len + steps), key=mx.random.key(4))
+    full = np.array(model(x))
+    decoder = Decoder(model, 2, prompt_len + steps)
+    got = [decoder.prefill(x[:, :prompt_len])]
+    got += [decoder.step(x[:, i]) for i in range(prompt_len, prompt_len + steps - 1)]
+    np.testing.assert_allclose(np.array(mx.stack(got, axis=1)), full[:, prompt_len - 1 : -1], atol=2e-5)
+
+
 def test_greedy_generation_matches_argmax_of_full_forward(model):
     prompt = [1, 50, 60, 70]
     generated = list(generate_tokens(model, prompt, 8, temperature=0, stop_at_eos=False))
@@ -55,10 +70,11 @@ def test_greedy_generation_matches_argmax_of_full_forward(model):
     assert generated == seq[len(prompt):]
 
 
+@pytest.mark.parametrize("extras", [{}, {"attention_bias": True, "mlp_bias": True, "num_key_value_heads": 2, "head_dim": 16}])
 @pytest.mark.parametrize("tied", [True, False])
-def test_count_params_matches_the_module(tied):
-    args = ModelArgs(hidden_size=48, num_hidden_layers=3, intermediate_size=128, num_attention_heads=4,
-                     num_key_value_heads=2, vocab_size=333, tie_word_embeddings=tied)
+def test_count_params_matches_the_module(tied, extras):
+    args = ModelArgs(**{"hidden_size": 48, "num_hidden_layers": 3, "intermediate_size": 128, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "vocab_size": 333, "tie_word_embeddings": tied, **extras})
     model = ms.Model(args)
     actual = sum(v.size for _, v in tree_flatten(model.parameters()))
     assert count_params(args)["total"] == actual

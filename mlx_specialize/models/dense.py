@@ -98,6 +98,33 @@ class KVCache:
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
 
+class StaticKVCache:
+    """A fixed-size cache for compiled decoding: keys / values [B, Hkv, max_len, Dh]
+    allocated once, written at `offset` (an int32 array, so one compiled step serves
+    every position), read whole under a mask of the positions written so far.
+    `state` / `from_state` carry it through `mx.compile` as plain arrays."""
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
+        self.keys, self.values, self.offset = keys, values, offset
+
+    @classmethod
+    def empty(cls, batch: int, args: "ModelArgs", max_len: int, dtype=mx.float32) -> "StaticKVCache":
+        shape = (batch, args.num_key_value_heads, max_len, args.head_dim)
+        return cls(mx.zeros(shape, dtype), mx.zeros(shape, dtype), mx.array(0, dtype=mx.int32))
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        start = self.offset.reshape(1)
+        self.keys = mx.slice_update(self.keys, keys.astype(self.keys.dtype), start, axes=(2,))
+        self.values = mx.slice_update(self.values, values.astype(self.values.dtype), start, axes=(2,))
+        self.offset = self.offset + keys.shape[2]
+        return self.keys, self.values
+
+    def attention_mask(self, n_queries: int) -> mx.array:
+        """[n_queries, max_len] bool: query i (at offset + i) sees positions <= offset + i."""
+        positions = mx.arange(self.keys.shape[2])
+        return positions[None, :] <= (self.offset + mx.arange(n_queries))[:, None]
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -161,8 +188,12 @@ class LlamaModel(nn.Module):
     def __call__(self, inputs: mx.array, cache: list[KVCache] | None = None) -> mx.array:
         h = self.embed_tokens(inputs)
         # One query: attend to everything cached. Several: causal ("causal" also aligns
-        # the mask to the end when keys are longer than queries, as with a cache).
-        mask = "causal" if h.shape[1] > 1 else None
+        # the mask to the end when keys are longer than queries, as with a cache). A
+        # static cache holds unwritten positions too: it masks them itself.
+        if cache is not None and isinstance(cache[0], StaticKVCache):
+            mask = cache[0].attention_mask(h.shape[1])
+        else:
+            mask = "causal" if h.shape[1] > 1 else None
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, cache[i] if cache is not None else None)
         return self.norm(h)

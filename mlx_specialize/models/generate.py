@@ -9,20 +9,61 @@ from typing import Iterator
 import mlx.core as mx
 
 from ..data.tokenizer import EOS_ID, Tokenizer
-from .dense import Model
+from .dense import Model, StaticKVCache
 
 
 PREFILL_STEP = 2048  # prompt tokens per forward pass while filling the cache (mlx-lm's default)
+CACHE_BLOCK = 256  # the static cache's length is a multiple of this
 
 
-def prefill(model: Model, prompt: mx.array, cache: list) -> mx.array:
-    """Run `prompt` [B, P] through the model into `cache`, in chunks of PREFILL_STEP;
-    returns the logits of the last position [B, V] (not yet evaluated)."""
-    while prompt.shape[1] > PREFILL_STEP:
-        model(prompt[:, :PREFILL_STEP], cache=cache)
-        mx.eval([c.keys for c in cache] + [c.values for c in cache])
-        prompt = prompt[:, PREFILL_STEP:]
-    return model(prompt, cache=cache)[:, -1, :]
+class Decoder:
+    """Prompt prefill, then one compiled forward pass per new token.
+
+    The cache is a `StaticKVCache` sized for prompt + new tokens (rounded up to
+    CACHE_BLOCK), so every decoding step has the same shapes and `mx.compile` traces it
+    once per (batch, cache length): elementwise ops fuse and per-op dispatch shrinks,
+    which is most of a small model's decoding time (1.4-1.9x faster steps measured on
+    CPU for the laptop presets). Prompt positions beyond the last are run without the
+    vocabulary projection (it is never evaluated), as mlx-lm's prefill does."""
+
+    def __init__(self, model: Model, batch: int, max_len: int):
+        self.model = model
+        length = -(-max_len // CACHE_BLOCK) * CACHE_BLOCK
+        dtype = model.model.norm.weight.dtype
+        self.cache = [StaticKVCache.empty(batch, model.args, length, dtype) for _ in model.layers]
+        self._step = _compiled_step(model)
+
+    def prefill(self, prompt: mx.array) -> mx.array:
+        """prompt [B, P] -> logits of its last position [B, V] (lazy)."""
+        while prompt.shape[1] > 1:
+            n = min(PREFILL_STEP, prompt.shape[1] - 1)
+            self.model(prompt[:, :n], cache=self.cache)  # logits never evaluated: only the cache
+            mx.eval([(c.keys, c.values, c.offset) for c in self.cache])
+            prompt = prompt[:, n:]
+        return self.model(prompt, cache=self.cache)[:, -1, :]
+
+    def step(self, tokens: mx.array) -> mx.array:
+        """tokens [B] -> next-token logits [B, V] (lazy)."""
+        state = [(c.keys, c.values) for c in self.cache]
+        logits, state = self._step(tokens[:, None], self.cache[0].offset, state)
+        offset = self.cache[0].offset + 1
+        self.cache = [StaticKVCache(k, v, offset) for k, v in state]
+        return logits
+
+
+def _compiled_step(model: Model):
+    """The model's compiled one-token step, made once per model and kept on it."""
+    step = model.__dict__.get("_mlxspec_decode_step")
+    if step is None:
+
+        def one_token(tokens, offset, state):
+            cache = [StaticKVCache(k, v, offset) for k, v in state]
+            logits = model(tokens, cache=cache)[:, -1, :]
+            return logits, [(c.keys, c.values) for c in cache]
+
+        step = mx.compile(one_token, inputs=model.state)
+        object.__setattr__(model, "_mlxspec_decode_step", step)
+    return step
 
 
 def _sampler(temperature: float, top_k: int, seed: int):
@@ -55,16 +96,16 @@ def generate_tokens(
 ) -> Iterator[int]:
     """Yield up to `max_tokens` new token ids after `prompt` (temperature 0: greedy).
 
-    The prompt fills the cache in one pass (chunks of PREFILL_STEP); then one token at
-    a time. The next step is queued (`mx.async_eval`) before the current token is read
+    The prompt fills the cache (chunks of PREFILL_STEP); then one compiled step per
+    token (see `Decoder`). The next step is queued (`mx.async_eval`) before the current token is read
     back, so the device never waits for Python: mlx-lm's `generate_step` does the same."""
     sample = _sampler(temperature, top_k, seed)
-    cache = model.make_cache()
-    y = sample(prefill(model, mx.array([prompt]), cache))
+    decoder = Decoder(model, 1, len(prompt) + max_tokens)
+    y = sample(decoder.prefill(mx.array([prompt])))
     mx.async_eval(y)
     for n in range(max_tokens):
         if n + 1 < max_tokens:
-            next_y = sample(model(y.reshape(1, 1), cache=cache)[:, -1, :])
+            next_y = sample(decoder.step(y))
             mx.async_eval(next_y)
         token = int(y.item())
         if stop_at_eos and token == eos_id:
@@ -110,12 +151,12 @@ def time_generation(model: Model, prompts: mx.array, gen_tokens: int) -> Generat
     B, P = prompts.shape
     mx.reset_peak_memory()
     t0 = time.perf_counter()
-    cache = model.make_cache()
-    y = mx.argmax(prefill(model, prompts, cache), axis=-1)
+    decoder = Decoder(model, B, P + gen_tokens)
+    y = mx.argmax(decoder.prefill(prompts), axis=-1)
     mx.eval(y)
     t1 = time.perf_counter()
     for _ in range(gen_tokens - 1):
-        next_y = mx.argmax(model(y[:, None], cache=cache)[:, -1, :], axis=-1)
+        next_y = mx.argmax(decoder.step(y), axis=-1)
         mx.async_eval(next_y)
         y.tolist()  # what a caller streaming tokens reads back, as mlx-lm does
         y = next_y
