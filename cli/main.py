@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -33,6 +34,8 @@ app = typer.Typer(
 )
 tokenizer_app = typer.Typer(help="Tokenizer commands.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+data_app = typer.Typer(help="Importance-sampling data selection (SLM-is): embed, cluster, select.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 out = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole tables
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout (last).")
@@ -176,6 +179,8 @@ def pretrain_cmd(
     preset: str = typer.Option("small", help="Model preset (see `mlxspec presets`)."),
     tokens: int = typer.Option(DEFAULT_PRETRAIN_TOKENS, help="Pre-training budget in tokens."),
     tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer instead of training one."),
+    selection: Optional[Path] = typer.Option(None, help="Train on this `mlxspec data select` folder (its tokenizer; "
+                                             "validation on its generic corpus)."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary [default: the preset's]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the preset's]."),
     batch_size: Optional[int] = typer.Option(None, help="Windows per step [default: the preset's]."),
@@ -197,8 +202,14 @@ def pretrain_cmd(
     tok = ms.Tokenizer.load(tokenizer) if tokenizer else None
     if tok is None and resume and (out_dir / "tokenizer.model").exists():
         tok = ms.Tokenizer.load(out_dir)
+    train_split = None
+    if selection is not None:
+        from mlx_specialize.importance import load_selected
+
+        train_split, tok = load_selected(selection), ms.Tokenizer.load(selection)
+        generic = json.loads((selection / "tokens.json").read_text())["generic"]
     result = ms.pretrain(generic, p, out_dir, tokens, tokenizer=tok, vocab_size=vocab_size, cache_dir=cache_dir,
-                         resume=resume, overwrite=overwrite, seed=seed,
+                         resume=resume, overwrite=overwrite, seed=seed, train_split=train_split,
                          **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
                                           warmup=warmup, eval_every=eval_every, patience=patience,
                                           checkpoint_every=checkpoint_every))
@@ -364,13 +375,112 @@ def bench(
               "generate a billion tokens at the measured speed; cost: relative to the first row.")
 
 
+# ---- data: embed / cluster / select -----------------------------------------------
+@data_app.command("embed")
+@handle_errors
+def data_embed(
+    generic: str = typer.Option(..., help="Generic corpus spec (its train split is embedded)."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer [default: train one on the generic corpus]."),
+    vocab_size: int = typer.Option(8192, help="Vocabulary when training the tokenizer."),
+    embedder: str = typer.Option("hashed", help="hashed (fast, model-free) or minilm (the paper's Sentence-BERT)."),
+    window: int = typer.Option(256, help="Tokens per window (non-overlapping)."),
+    max_windows: Optional[int] = typer.Option(None, help="Embed only the first N windows."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Embed the generic corpus's windows (resumable float16 shards in the cache)."""
+    import time
+
+    from mlx_specialize import importance as imp
+
+    cache = cache_dir or ms.data.tokens.default_cache_dir()
+    tok = ms.Tokenizer.load(tokenizer) if tokenizer else imp.generic_tokenizer(generic, vocab_size, cache)
+    t0 = time.perf_counter()
+    embedded = imp.embed_generic(generic, tok, embedder, window, cache, max_windows)
+    seconds = time.perf_counter() - t0
+    report = {"embeddings": str(embedded.folder), "windows": int(len(embedded.vectors)),
+              "dim": int(embedded.vectors.shape[1]), "window": window, "embedder": embedded.settings,
+              "seconds": seconds}
+    emit(report, json_out, _summary_table(f"embedded {generic}", {k: v for k, v in report.items() if k != "embedder"}))
+
+
+@data_app.command("cluster")
+@handle_errors
+def data_cluster(
+    embeddings: Path = typer.Argument(..., help="Folder printed by `mlxspec data embed`."),
+    out_dir: Path = typer.Option(..., "--out", help="Clusters folder to write."),
+    k: int = typer.Option(64, help="Clusters (the paper: 1024 for importance sampling; 16-256 in ablations)."),
+    metric: str = typer.Option("cosine", help="cosine or euclidean."),
+    seed: int = typer.Option(0, help="Seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing clusters folder."),
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """k-means over the generic embeddings; keeps centroids, labels, embedder state."""
+    from mlx_specialize import importance as imp
+
+    if (out_dir / "clusters.safetensors").exists() and not overwrite:
+        raise SpecializeError(f"{out_dir} already holds clusters (pass --overwrite to replace them)")
+    clusters = imp.cluster_folder(embeddings, k, out_dir, metric, seed)
+    counts = np.bincount(clusters.labels, minlength=clusters.k)
+    report = {"clusters": str(out_dir), "k": clusters.k, "windows": int(len(clusters.labels)),
+              "inertia": clusters.meta["inertia"], "iterations": clusters.meta["iterations"],
+              "smallest": int(counts.min()), "largest": int(counts.max())}
+    emit(report, json_out, _summary_table(f"k-means over {embeddings}", report))
+
+
+@data_app.command("select")
+@handle_errors
+def data_select(
+    clusters: Path = typer.Option(..., help="Clusters folder (`mlxspec data cluster`)."),
+    domain: str = typer.Option(..., help="Target domain corpus spec (its train split)."),
+    tokens: int = typer.Option(..., help="Tokens to select from the generic corpus."),
+    out_dir: Path = typer.Option(..., "--out", help="Selection folder to write."),
+    domain_tokens: Optional[int] = typer.Option(None, help="Use only the first N domain train tokens."),
+    sampler: str = typer.Option("cluster", help="cluster (CRISP, with replacement) or gumbel (DSIR, without)."),
+    seed: int = typer.Option(0, help="Seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing selection."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Resample generic windows so their cluster histogram matches the domain's."""
+    from mlx_specialize import importance as imp
+
+    if (out_dir / "tokens.json").exists() and not overwrite:
+        raise SpecializeError(f"{out_dir} already holds a selection (pass --overwrite to replace it)")
+    cache = cache_dir or ms.data.tokens.default_cache_dir()
+    loaded = imp.load_clusters(clusters)
+    tok = ms.Tokenizer.load(clusters)
+    generic_split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache)
+    domain_split = imp.corpus_split(domain, "train", tok, cache, domain_tokens)
+    labels = imp.domain_histogram_labels(loaded, domain_split, tok, cache)
+    _, selection = imp.select_tokens(loaded, generic_split, labels, tokens, out_dir, sampler, seed)
+    report = imp.report(selection, loaded, generic_split, tok, out_dir)
+    if json_out:
+        return emit(report, True)
+    table = Table(title=f"{sampler} sampler: {report['windows']:,} windows -> {out_dir} "
+                        f"(KL(D||selected) {report['kl_selected']:.4f}, KL(D||generic) {report['kl_generic']:.4f} nats, "
+                        f"H(D) {report['entropy_domain']:.3f})")
+    for col in ("cluster", "P(c|D)", "P(c|G)", "selected", "sample"):
+        table.add_column(col, overflow="fold")
+    for c in report["top_clusters"]:
+        table.add_row(str(c["cluster"]), f"{c['p_domain']:.3f}", f"{c['p_generic']:.3f}", f"{c['p_selected']:.3f}",
+                      c["sample"][:80])
+    out.print(table)
+    rep = report["repeats"]
+    out.print(f"unique windows {rep['unique']:,}, most repeats of one window {rep['max']}, drawn n times: "
+              f"{rep['drawn_times']}; unmatched domain mass {report['unmatched_mass']:.3f}; chart {out_dir / 'histograms.png'}")
+
+
 # ---- the main job ----------------------------------------------------------------
 @app.command()
 @handle_errors
 def specialize(
     domain: str = typer.Option("python-docs", help="Target domain: bundled name, file/folder, or hf:NAME."),
     generic: Optional[str] = typer.Option(None, help="Generic corpus [default: bundled corpora except the domain]."),
-    method: str = typer.Option("finetune", help="Specialization method (finetune)."),
+    method: str = typer.Option("finetune", help="finetune (SLM) or is (SLM-is: importance-sampled pre-training)."),
     base: Optional[str] = typer.Option(None, help="Start from this pre-trained model (our folder, an mlx-lm llama-style "
                                        "folder or hub name, with its own tokenizer) instead of pre-training one."),
     preset: str = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`)."),
@@ -382,6 +492,10 @@ def specialize(
     lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate [default: pre-training rate / 3; 3e-5 for a --base from elsewhere]."),
     seed: int = typer.Option(0, help="Seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+    k: int = typer.Option(64, help="--method is: clusters of the generic corpus."),
+    embedder: str = typer.Option("hashed", help="--method is: hashed or minilm."),
+    window: Optional[int] = typer.Option(None, help="--method is: tokens per window [default: the preset's context]."),
+    sampler: str = typer.Option("cluster", help="--method is: cluster or gumbel."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
@@ -390,13 +504,18 @@ def specialize(
     report = ms.specialize(domain=domain, generic=generic, method=method, base=base,
                            preset=preset, out_dir=out_dir, domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens,
                            finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,
-                           cache_dir=cache_dir, overwrite=overwrite)
+                           cache_dir=cache_dir, overwrite=overwrite, k=k, embedder=embedder, window=window,
+                           sampler=sampler)
     table = Table(title=f"{report['method']} on {report['domain']}: {report['params'] / 1e6:.2f}M params -> {report['model']}")
     for col in ("phase", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"):
         table.add_column(col, no_wrap=True)
     pre, fin = report["phases"]["pretrain"], report["phases"]["finetune"]
     cached = " (cached)" if pre.get("cached") else " (given)" if "given" in pre else ""
-    table.add_row(f"generic pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
+    if "select" in report["phases"]:
+        sel = report["phases"]["select"]
+        table.add_row(f"select (k={sel['k']}, KL {sel['kl_generic']:.3f} -> {sel['kl_selected']:.3f})",
+                      f"{sel['windows']:,} win", f"{sel['seconds']:.0f}", "", "", "")
+    table.add_row(f"{'importance-sampled' if 'select' in report['phases'] else 'generic'} pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
                   f"{report['ppl_before']:.2f}", f"{report['bpb_before']:.3f}")
     table.add_row("domain fine-tune", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
                   f"{report['ppl_after']:.2f}", f"{report['bpb_after']:.3f}")

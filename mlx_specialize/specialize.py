@@ -11,7 +11,10 @@
 3. Report domain test perplexity and bits per byte before and after, tokens, FLOPs
    and seconds per phase, model size and measured generation speed.
 
-`method` names the specialization method; this version has `finetune`.
+`method`: `finetune` (SLM: the generic model, fine-tuned) or `is` (SLM-is: importance
+sampling; the pre-training set is resampled from the generic corpus so its cluster
+histogram matches the domain's, see `importance.py`; pre-training is then per domain,
+cached by domain and settings, and the embedding and clustering are shared).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +36,7 @@ from .models.io import load_model
 from .models.presets import get_preset, with_overrides
 from .train.jobs import evaluate_model, finetune, pretrain
 
-METHODS = ("finetune",)
+METHODS = ("finetune", "is")
 DEFAULT_DOMAIN = "python-docs"
 DEFAULT_PRESET = "small"
 DEFAULT_PRETRAIN_TOKENS = 600_000
@@ -69,6 +73,43 @@ def cached_pretrain(generic: str, preset_name: str, tokens: int, vocab_size: int
     return folder, result.summary, False
 
 
+def importance_pretrain(domain: str, generic: str, preset_name: str, tokens: int, vocab_size: int | None, seed: int,
+                        cache_dir: Path, domain_tokens: int | None, k: int, embedder: str,
+                        window: int | None, sampler: str, metric: str) -> tuple[Path, dict, dict]:
+    """SLM-is pre-training: select `tokens` generic tokens like the domain, pre-train on
+    them (cached). Returns (model folder, selection phase, pre-training phase)."""
+    from . import importance as imp
+
+    preset = get_preset(preset_name)
+    window = window or preset.context
+    t0 = time.perf_counter()
+    tokenizer = imp.generic_tokenizer(generic, vocab_size or preset.vocab, cache_dir)
+    clusters, reused = imp.cached_clusters(generic, tokenizer, embedder, window, k, metric, seed, cache_dir)
+    generic_split = imp.corpus_split(generic, "train", tokenizer, cache_dir)
+    domain_split = imp.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
+    domain_labels = imp.domain_histogram_labels(clusters, domain_split, tokenizer, cache_dir)
+    key = imp.cache_key(clusters.folder.name, load_corpus(domain).fingerprint(), domain_tokens, tokens, sampler, seed,
+                        preset.__dict__)
+    folder = cache_dir / "pretrained-is" / key
+    selected, selection = imp.select_tokens(clusters, generic_split, domain_labels, tokens, folder / "selection",
+                                            sampler, seed)
+    summary_report = imp.report(selection, clusters, generic_split, tokenizer, folder / "selection")
+    select_phase = {"seconds": time.perf_counter() - t0, "clusters": str(clusters.folder), "clusters_cached": reused,
+                    "report": str(folder / "selection"),
+                    **{name: summary_report[name] for name in ("k", "sampler", "windows", "kl_selected", "kl_generic",
+                                                               "entropy_domain", "unmatched_mass", "repeats")}}
+    if (folder / "summary.json").exists():
+        ui.info(f"using the cached importance-sampled model {folder}")
+        summary, cached = json.loads((folder / "summary.json").read_text()), True
+    else:
+        summary = pretrain(generic, preset, folder, tokens, tokenizer=tokenizer, cache_dir=cache_dir, resume=True,
+                           seed=seed, checkpoint_every=50, train_split=selected).summary
+        cached = False
+    pre_phase = {"tokens": summary["tokens"], "seconds": summary["seconds"], "flops": summary["flops"],
+                 "cached": cached, "model": str(folder)}
+    return folder, select_phase, pre_phase
+
+
 def specialize(
     domain: str = DEFAULT_DOMAIN,
     generic: str | None = None,
@@ -84,6 +125,11 @@ def specialize(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    k: int = 64,
+    embedder: str = "hashed",
+    window: int | None = None,
+    sampler: str = "cluster",
+    metric: str = "cosine",
 ) -> dict:
     """Specialize a small model to `domain`; returns the report (also RUN/report.json).
 
@@ -104,9 +150,15 @@ def specialize(
     phases: dict[str, dict] = {}
 
     t0 = time.perf_counter()
+    if base is not None and method == "is":
+        raise SpecializeError("--method is pre-trains its own base on the selected data: drop --base")
     if base is not None:
         base_dir, reused = Path(base), True
         phases["pretrain"] = {"tokens": 0, "seconds": 0.0, "flops": 0.0, "given": str(base)}
+    elif method == "is":
+        base_dir, phases["select"], phases["pretrain"] = importance_pretrain(
+            domain, generic, preset, pretrain_tokens, vocab_size, seed, cache_dir, domain_tokens, k,
+            embedder, window, sampler, metric)
     else:
         base_dir, summary, reused = cached_pretrain(generic, preset, pretrain_tokens, vocab_size, seed, cache_dir)
         phases["pretrain"] = {"tokens": summary["tokens"], "seconds": summary["seconds"], "flops": summary["flops"],
@@ -121,6 +173,9 @@ def specialize(
     phases["finetune"]["domain_tokens"] = tuned.summary["domain_tokens"]
     phases["finetune"]["stopped_early"] = tuned.summary["stopped_early"]
 
+    if "select" in phases:  # the selection's report and chart, beside the run's
+        for name in ("report.json", "histograms.png"):
+            shutil.copy2(Path(phases["select"]["report"]) / name, out_dir / f"selection-{name}")
     loaded = load_model(out_dir)
     after = evaluate_model(out_dir, domain, "test", cache_dir, loaded=loaded)
     speed = measure_generation(loaded[0])

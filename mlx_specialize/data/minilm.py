@@ -44,6 +44,8 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 OPTIONAL_FILES = ("sentence_bert_config.json", "modules.json", "1_Pooling/config.json")
 # sentence-transformers modules that leave mean pooling + L2 normalisation unchanged.
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings")
 
 
 def _default_model() -> str:
@@ -163,7 +165,8 @@ def _resolve_folder(model: str) -> Path:
         return path
     looks_local = path.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1 or path.exists()
     if looks_local:
-        raise SpecializeError(f"the embedding model folder {model} does not exist")
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise SpecializeError(f"the embedding model folder {model} {what}")
     try:
         from huggingface_hub import snapshot_download
 
@@ -241,10 +244,15 @@ class MiniLMEmbedder:
         if missing:
             raise SpecializeError(f"{folder} is not a sentence-transformers model folder: no {', '.join(missing)}")
         config = _read_json(folder / "config.json")
+        if not isinstance(config, dict):
+            raise SpecializeError(f"{folder / 'config.json'} is not a model configuration")
         if config.get("model_type") != "bert" or config.get("position_embedding_type", "absolute") != "absolute":
             raise SpecializeError(f"{folder} holds a {config.get('model_type')} model; only BERT is supported")
         if config.get("hidden_act", "gelu") != "gelu":
             raise SpecializeError(f"{folder} uses the {config['hidden_act']} activation; only gelu is supported")
+        absent = [key for key in CONFIG_KEYS if not isinstance(config.get(key), int)]
+        if absent:
+            raise SpecializeError(f"{folder / 'config.json'} lacks {', '.join(absent)}")
         _check_pipeline(folder)
 
         limit = config["max_position_embeddings"]
@@ -267,7 +275,7 @@ class MiniLMEmbedder:
         }
         self.tokenizer = self._load_tokenizer(folder / "tokenizer.json")
         self.model = self._load_model(folder / "model.safetensors", config)
-        self.streams = make_streams(auto_streams(batch_size)) if mx.default_device().type == mx.cpu else [None]
+        self.streams = make_streams(auto_streams(batch_size))  # [None] (one stream) unless CPU is the default
 
     def _load_tokenizer(self, path: Path):
         from tokenizers import Tokenizer
@@ -291,7 +299,7 @@ class MiniLMEmbedder:
             model.load_weights(weights, strict=True)
         except ValueError as err:
             raise SpecializeError(f"the weights in {path} do not fit a BERT of {path.parent / 'config.json'}: "
-                                  f"{str(err).splitlines()[0]}") from None
+                                  f"{' '.join(str(err).split())[:300]}") from None
         model.eval()
         mx.eval(model.parameters())
         return model

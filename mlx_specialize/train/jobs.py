@@ -61,15 +61,18 @@ def pretrain(
     cache_dir=None,
     resume: bool = False,
     overwrite: bool = False,
+    train_split: TokenizedSplit | None = None,
     **train_options,
 ) -> JobResult:
     """Pre-train a `preset` model from scratch on `tokens` tokens of the generic corpus.
 
-    A tokenizer is trained on the generic corpus unless one is given."""
+    A tokenizer is trained on the generic corpus unless one is given. `train_split`
+    (e.g. importance-sampled windows, tokenized with `tokenizer`) replaces the corpus'
+    train split; validation stays on the corpus' valid split."""
     corpus = load_corpus(generic)
     if tokenizer is None:
         tokenizer = fit_tokenizer(corpus, vocab_size or preset.vocab)
-    train = tokenize(corpus, "train", tokenizer, cache_dir)
+    train = train_split if train_split is not None else tokenize(corpus, "train", tokenizer, cache_dir)
     valid = tokenize(corpus, "valid", tokenizer, cache_dir)
     mx.random.seed(train_options.get("seed", 0))
     model = Model(preset.model_args(tokenizer.vocab_size))
@@ -78,7 +81,7 @@ def pretrain(
     cfg = TrainConfig(steps=1, **options)
     cfg.steps = steps_for(tokens, cfg)
     ui.info(
-        f"pre-training '{preset.name}' ({count_params(model.args)['total'] / 1e6:.2f}M params) on {generic}: "
+        f"pre-training '{preset.name}' ({count_params(model.args)['total'] / 1e6:.2f}M params) on {train.name}: "
         f"{cfg.steps} steps x {cfg.tokens_per_step:,} tokens ({train.n_tokens:,} tokens in the set)"
     )
     meta = {"job": "pretrain", "preset": preset.name, "corpus": generic, "lr": cfg.lr, "batch_size": cfg.batch_size}

@@ -1,0 +1,281 @@
+"""SLM-is, the importance-sampling pipeline: embed -> cluster -> select, with folders on disk.
+
+    generic windows --embed--> vectors --k-means--> centroids + generic labels   (once, shared)
+    domain windows  --embed--> vectors --assign---> P(c|D)                        (per domain)
+    P(c|D), generic labels --resample--> N tokens of generic windows --> pre-train an SLM
+
+Folders (each self-contained, reused by later runs):
+- embeddings (`embed_corpus`): `meta.json`, float16 shards, and the embedder's state;
+- clusters (`cluster`): `clusters.safetensors` (centroids [k, d], the embedder's state,
+  metadata: embedder settings, k, metric, window, generic corpus, tokenizer), `labels.npy`
+  (the cluster of every generic window), `tokenizer.model` (the generic tokenizer);
+- selection (`select_tokens`): `tokens.bin` + `tokens.json` (the resampled token stream,
+  windows concatenated), `report.json`, `histograms.png`.
+A domain embedded with other embedder settings than the centroids' is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import ui
+from .data.clustering import METRICS, assign, kmeans
+from .data.corpus import load_corpus
+from .data.embedding import HashedEmbedder, embed_windows, load_embedded, make_embedder, window_texts
+from .data.selection import Selection, select
+from .data.tokenizer import Tokenizer
+from .data.tokens import TokenizedSplit
+from .errors import SpecializeError
+from .models.io import load_arrays, save_arrays
+
+IDF_SAMPLE_WINDOWS = 20_000
+
+
+def build_embedder(name: str, generic: TokenizedSplit | None, tokenizer, window: int):
+    """A fresh embedder; `hashed` fits its IDF on up to IDF_SAMPLE_WINDOWS generic windows."""
+    embedder = make_embedder(name)
+    if isinstance(embedder, HashedEmbedder) and generic is not None:
+        total = len(generic.tokens) // window
+        ids = np.linspace(0, total - 1, min(total, IDF_SAMPLE_WINDOWS)).astype(int)
+        embedder.fit_idf([window_texts(generic.tokens, tokenizer, window, i, i + 1)[0] for i in ids])
+    return embedder
+
+
+def embedder_state(embedder) -> dict:
+    return {f"embedder.{k}": v for k, v in (embedder.state() if hasattr(embedder, "state") else {}).items()}
+
+
+def restore_embedder(settings: dict, arrays: dict):
+    """The embedder that made a clustering's vectors, from its settings and saved state."""
+    if settings["embedder"] == "hashed":
+        state = {k.split(".", 1)[1]: np.array(v) for k, v in arrays.items() if k.startswith("embedder.")}
+        return HashedEmbedder.from_settings(settings, state)
+    embedder = make_embedder(settings["embedder"])
+    if embedder.settings != settings:
+        raise SpecializeError(f"the {settings['embedder']} embedder here is not the one that made these clusters "
+                              f"({embedder.settings} vs {settings})")
+    return embedder
+
+
+@dataclass
+class Clusters:
+    """A clustering of generic windows (see the module docstring)."""
+
+    folder: Path
+    centroids: np.ndarray
+    labels: np.ndarray
+    meta: dict
+    embedder: object
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+
+def cluster(embedded, k: int, out: str | os.PathLike, generic: str, tokenizer: Tokenizer, embedder,
+            metric: str = "cosine", seed: int = 0) -> Clusters:
+    """k-means over embedded generic windows; writes the clusters folder."""
+    if metric not in METRICS:
+        raise SpecializeError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    with ui.task(f"k-means, k={k}, {len(embedded.vectors):,} windows", None) as advance:
+        result = kmeans(embedded.vectors, k, metric=metric, seed=seed, on_iter=lambda i, _: advance())
+    labels, _ = assign(embedded.vectors, result.centroids, metric)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"k": k, "metric": metric, "seed": seed, "window": embedded.window, "generic": generic,
+            "tokenizer": tokenizer.fingerprint, "embedder": embedded.settings, "inertia": result.inertia,
+            "iterations": result.n_iter, "windows": int(len(labels))}
+    import mlx.core as mx
+
+    arrays = {"centroids": mx.array(result.centroids), **{k2: mx.array(v) for k2, v in embedder_state(embedder).items()}}
+    save_arrays(out / "clusters.safetensors", arrays, {"mlxspec": json.dumps(meta)})
+    np.save(out / "labels.npy", labels.astype(np.int32))
+    tokenizer.save(out)
+    return load_clusters(out)
+
+
+def load_clusters(folder: str | os.PathLike) -> Clusters:
+    folder = Path(folder)
+    path = folder / "clusters.safetensors"
+    if not path.is_file():
+        raise SpecializeError(f"no clusters at {folder} (run `mlxspec data cluster` first)")
+    import mlx.core as mx
+
+    try:
+        arrays, metadata = mx.load(str(path), return_metadata=True)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise SpecializeError(f"{path} is corrupt or truncated ({str(err).splitlines()[0]})") from None
+    if "mlxspec" not in metadata or "centroids" not in arrays or not (folder / "labels.npy").is_file():
+        raise SpecializeError(f"{folder} is not a clusters folder written by mlxspec")
+    meta = json.loads(metadata["mlxspec"])
+    embedder = restore_embedder(meta["embedder"], arrays)
+    return Clusters(folder, np.array(arrays["centroids"]), np.load(folder / "labels.npy"), meta, embedder)
+
+
+def domain_histogram_labels(clusters: Clusters, domain: TokenizedSplit, tokenizer, cache_dir) -> np.ndarray:
+    """Clusters of the domain's windows (embedded with the clustering's own embedder)."""
+    if tokenizer.fingerprint != clusters.meta["tokenizer"]:
+        raise SpecializeError("the domain was tokenized with another tokenizer than the clusters' generic windows")
+    window = clusters.meta["window"]
+    if len(domain.tokens) < window:
+        raise SpecializeError(f"the domain has {len(domain.tokens)} tokens, fewer than one {window}-token window")
+    embedded = embed_windows(domain, tokenizer, clusters.embedder, window, cache_dir)
+    if embedded.settings != clusters.meta["embedder"]:
+        raise SpecializeError("the domain's embeddings were made with other embedder settings than the centroids")
+    labels, _ = assign(embedded.vectors, clusters.centroids, clusters.meta["metric"])
+    return labels
+
+
+def select_tokens(clusters: Clusters, generic: TokenizedSplit, domain_labels: np.ndarray, n_tokens: int,
+                  out: str | os.PathLike, sampler: str = "cluster", seed: int = 0) -> tuple[TokenizedSplit, Selection]:
+    """Resample generic windows to `n_tokens` tokens; writes the selection folder."""
+    window = clusters.meta["window"]
+    if len(generic.tokens) // window != len(clusters.labels):
+        raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
+    n = max(1, -(-n_tokens // window))
+    selection = select(clusters.labels, domain_labels, clusters.k, n, sampler, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = (np.arange(window)[None, :] + (selection.indices * window)[:, None]).ravel()
+    stream = np.asarray(generic.tokens[rows])
+    tmp = out / f".tokens.bin.tmp{os.getpid()}"
+    stream.tofile(tmp)
+    os.replace(tmp, out / "tokens.bin")
+    bytes_per_token = generic.n_bytes / max(len(generic.tokens), 1)
+    meta = {"n_tokens": int(len(stream)), "dtype": stream.dtype.name, "n_bytes": int(bytes_per_token * len(stream)),
+            "n_docs": int(len(selection.indices)), "bos": generic.bos_id, "generic": clusters.meta["generic"],
+            "tokenizer": clusters.meta["tokenizer"]}
+    (out / "tokens.json").write_text(json.dumps(meta))
+    Tokenizer.load(clusters.folder).save(out)
+    return load_selected(out), selection
+
+
+def load_selected(folder: str | os.PathLike) -> TokenizedSplit:
+    """The token stream of a selection folder."""
+    folder = Path(folder)
+    if not (folder / "tokens.json").is_file():
+        raise SpecializeError(f"no selection at {folder} (run `mlxspec data select` first)")
+    meta = json.loads((folder / "tokens.json").read_text())
+    tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+    return TokenizedSplit(tokens, meta["n_bytes"], meta["n_docs"], f"selected:{folder.name}", meta.get("bos"))
+
+
+def report(selection: Selection, clusters: Clusters, generic: TokenizedSplit, tokenizer, out: str | os.PathLike,
+           top: int = 8) -> dict:
+    """report.json + histograms.png: KL, entropy, repeats, the top clusters with a text sample."""
+    window = clusters.meta["window"]
+    order = np.argsort(-selection.p_domain)[:top]
+    top_clusters = []
+    for c in order:
+        if selection.p_domain[c] <= 0:
+            break
+        members = np.flatnonzero(clusters.labels == c)
+        middle = int(members[len(members) // 2]) if len(members) else -1
+        sample = window_texts(generic.tokens, tokenizer, window, middle, middle + 1)[0] if len(members) else ""
+        top_clusters.append({"cluster": int(c), "p_domain": float(selection.p_domain[c]),
+                             "p_generic": float(selection.p_generic[c]), "p_selected": float(selection.p_selected[c]),
+                             "sample": " ".join(sample.split())[:160]})
+    result = {**selection.summary(), "k": clusters.k, "top_clusters": top_clusters}
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(result, indent=2))
+    _plot(selection, out / "histograms.png")
+    return result
+
+
+def _plot(selection: Selection, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(-selection.p_domain)
+    shown = order[: min(len(order), 64)]
+    x = np.arange(len(shown))
+    fig, ax = plt.subplots(figsize=(max(6, len(shown) * 0.18), 3.2), dpi=120)
+    for offset, (values, label) in zip((-0.27, 0.0, 0.27), ((selection.p_domain, "domain P(c|D)"),
+                                                           (selection.p_generic, "generic P(c|G)"),
+                                                           (selection.p_selected, "selected"))):
+        ax.bar(x + offset, values[shown], width=0.27, label=label)
+    ax.set_xticks(x, [str(c) for c in shown], fontsize=6)
+    ax.set_xlabel("cluster (in order of domain frequency)")
+    ax.set_ylabel("share of windows")
+    ax.set_title(f"{selection.sampler} sampler: KL(D||selected) {selection.kl_selected:.3f}, "
+                 f"KL(D||generic) {selection.kl_generic:.3f} nats")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def cache_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def corpus_split(spec: str, split: str, tokenizer, cache_dir, max_tokens: int | None = None) -> TokenizedSplit:
+    from .train.jobs import tokenize
+
+    return tokenize(load_corpus(spec), split, tokenizer, cache_dir, max_tokens)
+
+
+def generic_tokenizer(generic: str, vocab_size: int, cache_dir) -> Tokenizer:
+    """The tokenizer `pretrain` would train on `generic` (deterministic), cached by content."""
+    from .train.jobs import fit_tokenizer
+
+    corpus = load_corpus(generic)
+    path = Path(cache_dir) / "tokenizers" / f"{cache_key(corpus.fingerprint(), vocab_size)}.model"
+    if path.is_file():
+        return Tokenizer.load(path)
+    tokenizer = fit_tokenizer(corpus, vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(tokenizer.model_bytes)
+    os.replace(tmp, path)
+    return tokenizer
+
+
+def cached_clusters(generic: str, tokenizer: Tokenizer, embedder_name: str, window: int, k: int, metric: str,
+                    seed: int, cache_dir) -> tuple[Clusters, bool]:
+    """Embed and cluster the generic train split once per settings: (clusters, reused)."""
+    generic_split = corpus_split(generic, "train", tokenizer, cache_dir)
+    key = cache_key(load_corpus(generic).fingerprint(), tokenizer.fingerprint, embedder_name, window, k, metric, seed)
+    folder = Path(cache_dir) / "clusters" / key
+    if (folder / "clusters.safetensors").is_file():
+        ui.info(f"using the cached clustering {folder}")
+        return load_clusters(folder), True
+    n = len(generic_split.tokens) // window
+    if k > n:
+        raise SpecializeError(f"cannot make {k} clusters from {n} generic windows of {window} tokens: lower --k")
+    embedded = embed_generic(generic, tokenizer, embedder_name, window, cache_dir)
+    return cluster_folder(embedded.folder, k, folder, metric, seed), False
+
+
+def embed_generic(generic: str, tokenizer: Tokenizer, embedder_name: str, window: int, cache_dir,
+                  max_windows: int | None = None):
+    """Embed the generic train split; the folder also keeps the embedder's state, the
+    tokenizer and the corpus spec, so `cluster_folder` needs nothing else."""
+    generic_split = corpus_split(generic, "train", tokenizer, cache_dir)
+    embedder = build_embedder(embedder_name, generic_split, tokenizer, window)
+    embedded = embed_windows(generic_split, tokenizer, embedder, window, cache_dir, max_windows=max_windows)
+    np.savez(embedded.folder / "embedder-state.npz", **(embedder.state() if hasattr(embedder, "state") else {}))
+    (embedded.folder / "generic.json").write_text(json.dumps({"generic": generic}))
+    tokenizer.save(embedded.folder)
+    return embedded
+
+
+def cluster_folder(embeddings: str | os.PathLike, k: int, out: str | os.PathLike, metric: str = "cosine",
+                   seed: int = 0) -> Clusters:
+    """`cluster` over an `embed_generic` folder."""
+    folder = Path(embeddings)
+    if not (folder / "generic.json").is_file() or not (folder / "embedder-state.npz").is_file():
+        raise SpecializeError(f"{folder} is not a generic embeddings folder (run `mlxspec data embed` first)")
+    embedded = load_embedded(folder)
+    state = dict(np.load(folder / "embedder-state.npz"))
+    embedder = restore_embedder(embedded.settings, {f"embedder.{k2}": v for k2, v in state.items()})
+    generic = json.loads((folder / "generic.json").read_text())["generic"]
+    return cluster(embedded, k, out, generic, Tokenizer.load(folder), embedder, metric, seed)
