@@ -40,6 +40,11 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="folder for the fine-tuned runs [temporary]")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", default="finetune", help="finetune (SLM) or is (SLM-is)")
+    parser.add_argument("--k", type=int, default=64, help="--method is: clusters")
+    parser.add_argument("--window", type=int, default=None, help="--method is: window tokens [preset context]")
+    parser.add_argument("--embedder", default="hashed", help="--method is: hashed or minilm")
+    parser.add_argument("--sampler", default="cluster", help="--method is: cluster or gumbel")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -49,32 +54,44 @@ def main() -> None:
         raise SystemExit(f"error: minipile files missing: {', '.join(missing)}")
     cache_dir = args.cache_dir or ms.data.tokens.default_cache_dir()
     generic = ",".join(str(files[d]) for d in GENERIC)
-    base, pre, cached = cached_pretrain(generic, args.preset, args.pretrain_tokens, None, args.seed, cache_dir)
+    if args.method == "finetune":  # one generic SLM shared by all targets
+        base, pre, cached = cached_pretrain(generic, args.preset, args.pretrain_tokens, None, args.seed, cache_dir)
+        options = {"base": str(base)}
+    else:  # SLM-is: one importance-sampled pre-training per target
+        options = {"method": "is", "pretrain_tokens": args.pretrain_tokens, "preset": args.preset, "k": args.k,
+                   "window": args.window, "embedder": args.embedder, "sampler": args.sampler}
     out = args.out or Path(tempfile.mkdtemp(prefix="protocol-"))
     rows = []
     for target in TARGETS:
-        report = ms.specialize(domain=str(files[target]), generic=generic, base=str(base), out_dir=out / target,
+        report = ms.specialize(domain=str(files[target]), generic=generic, out_dir=out / target,
                                domain_tokens=args.domain_tokens, finetune_tokens=args.finetune_tokens,
-                               seed=args.seed, cache_dir=cache_dir, overwrite=True)
+                               seed=args.seed, cache_dir=cache_dir, overwrite=True, **options)
         rows.append({"target": target, **{k: report[k] for k in ("ppl_before", "ppl_after", "bpb_before", "bpb_after")},
                      "domain_tokens": report["phases"]["finetune"]["domain_tokens"],
                      "finetune_seconds": report["phases"]["finetune"]["seconds"]})
+        if args.method != "finetune":
+            pre, cached = report["phases"]["pretrain"], report["phases"]["pretrain"]["cached"]
+            sel = report["phases"]["select"]
+            rows[-1].update(kl_generic=sel["kl_generic"], kl_selected=sel["kl_selected"], pretrain_seconds=pre["seconds"])
     macro = {
         "ppl_before": math.exp(sum(math.log(r["ppl_before"]) for r in rows) / len(rows)),
         "ppl_after": math.exp(sum(math.log(r["ppl_after"]) for r in rows) / len(rows)),
         "bpb_before": sum(r["bpb_before"] for r in rows) / len(rows),
         "bpb_after": sum(r["bpb_after"] for r in rows) / len(rows),
     }
-    print(f"preset {args.preset}, generic pre-training {pre['tokens']:,} tokens in {pre['seconds']:.0f} s "
-          f"({'cached' if cached else 'trained now'}), {args.domain_tokens:,} domain tokens per target")
+    print(f"method {args.method}, preset {args.preset}, pre-training {pre['tokens']:,} tokens in {pre['seconds']:.0f} s "
+          f"({'cached' if cached else 'trained now'}{', last target' if args.method != 'finetune' else ''}), "
+          f"{args.domain_tokens:,} domain tokens per target")
     print(f"{'target':10s} {'ppl before':>10s} {'ppl after':>10s} {'bpb before':>10s} {'bpb after':>10s} {'xz -9 bpb':>10s}")
     for r in rows:
         print(f"{r['target']:10s} {r['ppl_before']:10.2f} {r['ppl_after']:10.2f} {r['bpb_before']:10.3f} "
-              f"{r['bpb_after']:10.3f} {XZ_FLOOR_BPB[r['target']]:10.2f}")
+              f"{r['bpb_after']:10.3f} {XZ_FLOOR_BPB[r['target']]:10.2f}"
+              + (f"  KL(D||generic) {r['kl_generic']:.3f} -> selected {r['kl_selected']:.3f}" if "kl_selected" in r else ""))
     print(f"{'macro':10s} {macro['ppl_before']:10.2f} {macro['ppl_after']:10.2f} {macro['bpb_before']:10.3f} "
           f"{macro['bpb_after']:10.3f}")
     if args.json:
-        print(json.dumps({"preset": args.preset, "pretrain": pre, "targets": rows, "macro": macro}, default=float))
+        print(json.dumps({"method": args.method, "preset": args.preset, "pretrain": pre, "targets": rows, "macro": macro},
+                         default=float))
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def pretrain_cmd(
 @app.command("finetune")
 @handle_errors
 def finetune_cmd(
-    model: Path = typer.Argument(..., help="Model folder to start from."),
+    model: str = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name to start from."),
     out_dir: Path = typer.Argument(..., help="Run folder for the fine-tuned model."),
     domain: str = typer.Option("python-docs", help="Domain corpus spec."),
     domain_tokens: Optional[int] = typer.Option(None, help="Use only the first N tokens of the domain's train split."),

@@ -1,0 +1,153 @@
+"""Importance sampling (SLM-is): k-means, samplers, resumable embeddings, the pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import mlx_specialize as ms
+from cli.main import app
+from mlx_specialize import importance as imp
+from mlx_specialize.data.clustering import assign, kmeans
+from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
+from mlx_specialize.data.selection import histogram, kl_divergence, select
+
+from conftest import GENERIC
+
+
+def planted(n_per=400, k=6, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * 6
+    truth = np.repeat(np.arange(k), n_per)
+    return (centers[truth] + rng.normal(size=(len(truth), d))).astype(np.float32), truth
+
+
+@pytest.mark.parametrize("method,metric", [("lloyd", "euclidean"), ("minibatch", "euclidean"), ("lloyd", "cosine")])
+def test_kmeans_recovers_planted_clusters(method, metric):
+    x, truth = planted()
+    result = kmeans(x, 6, metric=metric, method=method, seed=1, batch_size=512, max_iter=20)
+    labels, _ = assign(x, result.centroids, metric)
+    for c in range(6):  # every true cluster is one found cluster, and vice versa
+        assert len(np.unique(labels[truth == c])) == 1
+    assert len(np.unique(labels)) == 6 and sorted(result.counts) == [400] * 6
+
+
+def test_kmeans_is_seeded_and_refuses_impossible_k():
+    x, _ = planted(n_per=50)
+    a, b = kmeans(x, 6, seed=3), kmeans(x, 6, seed=3)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    with pytest.raises(ms.SpecializeError, match="cannot make 400 clusters from 300"):
+        kmeans(x, 400)
+
+
+def synthetic_labels(seed=0):
+    rng = np.random.default_rng(seed)
+    generic = rng.choice(10, size=50_000, p=np.full(10, 0.1))
+    target = np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.05, 0.05, 0.03, 0.02, 0.0])
+    domain = rng.choice(10, size=5_000, p=target)
+    return generic, domain, histogram(domain, 10)
+
+
+@pytest.mark.parametrize("sampler,bound", [("cluster", 0.002), ("gumbel", 0.02)])
+def test_selected_histogram_matches_the_domains(sampler, bound):
+    generic, domain, p_domain = synthetic_labels()
+    selection = select(generic, domain, 10, 10_000, sampler, seed=0)
+    assert kl_divergence(p_domain, histogram(generic, 10)) > 0.1  # generic is far from the target ...
+    assert selection.kl_selected < bound  # ... the selection is close (without replacement: less so, 20% drawn)
+    if sampler == "gumbel":
+        assert selection.repeats["max"] == 1 and selection.repeats["unique"] == 10_000
+    else:
+        assert selection.repeats["unique"] < 10_000  # with replacement
+
+
+def test_samplers_are_deterministic_under_a_seed():
+    generic, domain, _ = synthetic_labels()
+    for sampler in ("cluster", "gumbel"):
+        a = select(generic, domain, 10, 3000, sampler, seed=5).indices
+        assert np.array_equal(a, select(generic, domain, 10, 3000, sampler, seed=5).indices)
+        assert not np.array_equal(a, select(generic, domain, 10, 3000, sampler, seed=6).indices)
+
+
+def test_selection_errors():
+    generic, domain, _ = synthetic_labels()
+    with pytest.raises(ms.SpecializeError, match="no windows"):
+        select(generic, domain[:0], 10, 100)
+    with pytest.raises(ms.SpecializeError, match="without replacement"):
+        select(generic, domain, 10, 60_000, "gumbel")
+
+
+class Interrupted(Exception):
+    pass
+
+
+class FailingEmbedder(HashedEmbedder):
+    """Raises on the `fail_at`-th call, counts calls."""
+
+    def __init__(self, fail_at=None):
+        super().__init__(dim=32)
+        self.calls, self.fail_at = 0, fail_at
+
+    def embed(self, texts):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise Interrupted
+        return super().embed(texts)
+
+
+def test_an_interrupted_embedding_job_resumes_where_it_stopped(tokenizer, tmp_path):
+    split = ms.tokenize_split(ms.load_corpus("go-code"), "train", tokenizer, tmp_path)
+    options = dict(window=64, cache_dir=tmp_path, shard_rows=256, batch=128, max_windows=1500)
+    with pytest.raises(Interrupted):
+        embed_windows(split, tokenizer, FailingEmbedder(fail_at=7), **options)  # dies in shard 3 of 6
+    resumed = FailingEmbedder()
+    got = embed_windows(split, tokenizer, resumed, **options)
+    assert resumed.calls == 2 * 3  # only the shards not yet on disk: 3 shards x 2 batches
+    fresh = embed_windows(split, tokenizer, FailingEmbedder(), **{**options, "cache_dir": tmp_path / "fresh"})
+    np.testing.assert_array_equal(got.vectors, fresh.vectors)
+    assert got.vectors.shape == (1500, 32) and got.vectors.dtype == np.float16
+
+
+def test_cli_pipeline_embed_cluster_select_pretrain(tmp_path):
+    runner = CliRunner()
+    common = ["--cache-dir", str(tmp_path / "cache"), "--json"]
+    emb = runner.invoke(app, ["data", "embed", "--generic", GENERIC, "--vocab-size", "512", "--window", "128", *common])
+    assert emb.exit_code == 0, emb.output
+    folder = json.loads(emb.stdout.strip().splitlines()[-1])["embeddings"]
+    clu = runner.invoke(app, ["data", "cluster", folder, "--k", "8", "--out", str(tmp_path / "cl"), "--json"])
+    assert clu.exit_code == 0, clu.output
+    sel = runner.invoke(app, ["data", "select", "--clusters", str(tmp_path / "cl"), "--domain", "python-docs",
+                              "--tokens", "40000", "--out", str(tmp_path / "sel"), *common])
+    assert sel.exit_code == 0, sel.output
+    report = json.loads(sel.stdout.strip().splitlines()[-1])
+    assert report["kl_selected"] < report["kl_generic"] and report["windows"] == 313
+    assert (tmp_path / "sel" / "histograms.png").stat().st_size > 1000 and len(report["top_clusters"]) > 0
+    pre = runner.invoke(app, ["pretrain", str(tmp_path / "pre"), "--selection", str(tmp_path / "sel"),
+                              "--preset", "tiny", "--tokens", "8192", *common])
+    assert pre.exit_code == 0, pre.output
+    # The same domain again with other embedder settings than the centroids' is refused.
+    clusters = imp.load_clusters(tmp_path / "cl")
+    clusters.embedder = HashedEmbedder(dim=64)
+    tok = ms.Tokenizer.load(tmp_path / "cl")
+    domain = imp.corpus_split("python-docs", "train", tok, tmp_path / "cache")
+    with pytest.raises(ms.SpecializeError, match="other embedder settings"):
+        imp.domain_histogram_labels(clusters, domain, tok, tmp_path / "cache")
+    # k larger than the generic windows, and a domain shorter than one window: one error line each.
+    for args, message in ((["data", "cluster", folder, "--k", "100000", "--out", str(tmp_path / "c2")], "cannot make"),
+                          (["data", "select", "--clusters", str(tmp_path / "cl"), "--domain", str(tmp_path / "one.jsonl"),
+                            "--tokens", "1000", "--out", str(tmp_path / "s2"), "--cache-dir", str(tmp_path / "cache")],
+                           "fewer than one 128-token window")):
+        (tmp_path / "one.jsonl").write_text(json.dumps({"text": "one short document", "split": "train"}) + "\n")
+        result = runner.invoke(app, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and lines[-1].startswith("error:") and message in lines[-1], result.output
+
+
+def test_specialize_with_importance_sampling_lowers_domain_perplexity(tmp_path):
+    report = ms.specialize("python-docs", method="is", preset="tiny", vocab_size=512, pretrain_tokens=40 * 1024,
+                           finetune_tokens=16 * 1024, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", k=8,
+                           window=128)
+    select_phase = report["phases"]["select"]
+    assert select_phase["kl_selected"] < select_phase["kl_generic"]
+    assert report["ppl_after"] < report["ppl_before"]
+    assert (tmp_path / "run" / "selection-histograms.png").is_file()
