@@ -106,6 +106,9 @@ def test_an_interrupted_embedding_job_resumes_where_it_stopped(tokenizer, tmp_pa
     fresh = embed_windows(split, tokenizer, FailingEmbedder(), **{**options, "cache_dir": tmp_path / "fresh"})
     np.testing.assert_array_equal(got.vectors, fresh.vectors)
     assert got.vectors.shape == (1500, 32) and got.vectors.dtype == np.float16
+    whole = np.asarray(got.vectors)  # shards read lazily: rows by index or slice, across shard edges
+    np.testing.assert_array_equal(got.vectors[np.array([1499, 0, 256, 255])], whole[[1499, 0, 256, 255]])
+    np.testing.assert_array_equal(got.vectors[250:700], whole[250:700])
 
 
 def test_cli_pipeline_embed_cluster_select_pretrain(tmp_path):

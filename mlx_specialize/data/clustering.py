@@ -63,8 +63,8 @@ def assign(vectors, centroids: np.ndarray, metric: str = "euclidean", chunk: int
     """Nearest centroid of every vector, streamed in chunks: (labels [n] int32,
     squared distances [n] float32). `vectors` may be a memory-mapped array."""
     _check_metric(metric)
-    if len(vectors) and np.shape(vectors)[1] != centroids.shape[1]:
-        raise SpecializeError(f"vectors have {np.shape(vectors)[1]} dimensions, centroids {centroids.shape[1]}")
+    if len(vectors) and vectors.shape[1] != centroids.shape[1]:
+        raise SpecializeError(f"vectors have {vectors.shape[1]} dimensions, centroids {centroids.shape[1]}")
     c = mx.array(centroids.astype(np.float32))
     c_norm2 = (c * c).sum(axis=1)
     labels, dists = [], []
@@ -131,7 +131,7 @@ def kmeans(
     if k < 1 or k > n:
         raise SpecializeError(f"cannot make {k} clusters from {n} vectors (k must be between 1 and {n})")
     if method == "auto":
-        method = "lloyd" if n * np.shape(vectors)[1] * 4 <= memory_budget else "minibatch"
+        method = "lloyd" if n * vectors.shape[1] * 4 <= memory_budget else "minibatch"
     if method not in ("lloyd", "minibatch"):
         raise SpecializeError(f"unknown k-means method '{method}' (lloyd, minibatch or auto)")
     rng = np.random.default_rng(seed)

@@ -129,13 +129,43 @@ def n_windows(tokens: np.ndarray, window: int) -> int:
     return len(tokens) // window
 
 
+class ShardedVectors:
+    """Rows of several memory-mapped shards as one read-only [n, dim] array: slices and
+    integer index arrays read only the rows they name, so k-means' mini-batches and
+    streaming assignment never hold more than a batch in memory. `np.asarray` loads all."""
+
+    def __init__(self, shards: list[np.ndarray]):
+        self.shards = shards
+        self.offsets = np.cumsum([0] + [len(s) for s in shards])
+        self.shape = (int(self.offsets[-1]), int(shards[0].shape[1]))
+        self.dtype = shards[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate(self.shards)
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            key = np.arange(*key.indices(len(self)))
+        ids = np.asarray(key, dtype=np.int64)
+        shard = np.searchsorted(self.offsets, ids, side="right") - 1
+        out = np.empty((len(ids), self.shape[1]), self.dtype)
+        for s in np.unique(shard):
+            where = shard == s
+            out[where] = self.shards[s][ids[where] - self.offsets[s]]
+        return out
+
+
 @dataclass
 class EmbeddedWindows:
     """Embeddings of a split's windows: `vectors` [n_windows, dim] float16 (memory-mapped
-    shards concatenated on load), `window` tokens each, and the embedder's settings."""
+    shards, see `ShardedVectors`), `window` tokens each, and the embedder's settings."""
 
     folder: Path
-    vectors: np.ndarray
+    vectors: ShardedVectors
     window: int
     settings: dict
 
@@ -185,8 +215,7 @@ def load_embedded(folder: str | os.PathLike) -> EmbeddedWindows:
     meta = json.loads((folder / "meta.json").read_text())
     n_shards = -(-meta["n_windows"] // meta["shard_rows"])
     shards = [np.load(folder / f"shard-{s:05d}.npy", mmap_mode="r") for s in range(n_shards)]
-    vectors = np.concatenate(shards) if len(shards) > 1 else np.asarray(shards[0])
-    return EmbeddedWindows(folder, vectors, meta["window"], meta["settings"])
+    return EmbeddedWindows(folder, ShardedVectors(shards), meta["window"], meta["settings"])
 
 
 def _stream_digest(tokens: np.ndarray) -> str:
