@@ -135,8 +135,12 @@ def test_cli_pipeline_embed_cluster_select_pretrain(tmp_path):
     domain = imp.corpus_split("python-docs", "train", tok, tmp_path / "cache")
     with pytest.raises(ms.SpecializeError, match="other embedder settings"):
         imp.domain_histogram_labels(clusters, domain, tok, tmp_path / "cache")
-    # k larger than the generic windows, and a domain shorter than one window: one error line each.
+    # k larger than the generic windows, an empty domain, a domain shorter than one window: one error line each.
+    (tmp_path / "empty.jsonl").write_text("")
     for args, message in ((["data", "cluster", folder, "--k", "100000", "--out", str(tmp_path / "c2")], "cannot make"),
+                          (["data", "select", "--clusters", str(tmp_path / "cl"), "--domain", str(tmp_path / "empty.jsonl"),
+                            "--tokens", "1000", "--out", str(tmp_path / "s3"), "--cache-dir", str(tmp_path / "cache")],
+                           "has no text in its train split"),
                           (["data", "select", "--clusters", str(tmp_path / "cl"), "--domain", str(tmp_path / "one.jsonl"),
                             "--tokens", "1000", "--out", str(tmp_path / "s2"), "--cache-dir", str(tmp_path / "cache")],
                            "fewer than one 128-token window")):
