@@ -11,8 +11,9 @@ float32, L2-normalised rows`):
   one CPU core.
 - `minilm`: the paper's Sentence-BERT (all-MiniLM-L6-v2, `minilm.py`).
 
-`embed_windows` cuts a tokenized split into non-overlapping windows of `window` tokens,
-decodes each to text, embeds batches and appends them to float16 shards of `shard_rows`
+`embed_windows` cuts a tokenized split into non-overlapping windows of `window` tokens
+(of the packed stream that pre-training reads, so a window may cross a document
+boundary; the selected windows are then exactly training material), decodes each to text, embeds batches and appends them to float16 shards of `shard_rows`
 rows under a folder keyed by (corpus, tokenizer, split, window, embedder settings). Each
 shard is written atomically, so an interrupted job resumes at the first missing shard.
 """
