@@ -480,7 +480,8 @@ def data_select(
 def specialize(
     domain: str = typer.Option("python-docs", help="Target domain: bundled name, file/folder, or hf:NAME."),
     generic: Optional[str] = typer.Option(None, help="Generic corpus [default: bundled corpora except the domain]."),
-    method: str = typer.Option("finetune", help="finetune (SLM) or is (SLM-is: importance-sampled pre-training)."),
+    method: str = typer.Option("finetune", help="finetune (SLM), is (SLM-is: importance-sampled pre-training) "
+                               "or mix (SLM-mix: one expert per generic cluster)."),
     base: Optional[str] = typer.Option(None, help="Start from this pre-trained model (our folder, an mlx-lm llama-style "
                                        "folder or hub name, with its own tokenizer) instead of pre-training one."),
     preset: str = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`)."),
@@ -492,7 +493,9 @@ def specialize(
     lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate [default: pre-training rate / 3; 3e-5 for a --base from elsewhere]."),
     seed: int = typer.Option(0, help="Seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
-    k: int = typer.Option(64, help="--method is: clusters of the generic corpus."),
+    k: Optional[int] = typer.Option(None, help="--method is / mix: clusters of the generic corpus [is: 64, mix: 4 experts]."),
+    select: str = typer.Option("frequent", help="--method mix: the expert of the domain's most frequent cluster "
+                               "(frequent) or of the lowest domain loss (loss)."),
     embedder: str = typer.Option("hashed", help="--method is: hashed or minilm."),
     window: Optional[int] = typer.Option(None, help="--method is: tokens per window [default: the preset's context]."),
     sampler: str = typer.Option("cluster", help="--method is: cluster or gumbel."),
@@ -505,17 +508,20 @@ def specialize(
                            preset=preset, out_dir=out_dir, domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens,
                            finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,
                            cache_dir=cache_dir, overwrite=overwrite, k=k, embedder=embedder, window=window,
-                           sampler=sampler)
+                           sampler=sampler, select=select)
     table = Table(title=f"{report['method']} on {report['domain']}: {report['params'] / 1e6:.2f}M params -> {report['model']}")
     for col in ("phase", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"):
         table.add_column(col, no_wrap=True)
     pre, fin = report["phases"]["pretrain"], report["phases"]["finetune"]
     cached = " (cached)" if pre.get("cached") else " (given)" if "given" in pre else ""
-    if "select" in report["phases"]:
-        sel = report["phases"]["select"]
+    sel = report["phases"].get("select", {})
+    if "kl_selected" in sel:
         table.add_row(f"select (k={sel['k']}, KL {sel['kl_generic']:.3f} -> {sel['kl_selected']:.3f})",
                       f"{sel['windows']:,} win", f"{sel['seconds']:.0f}", "", "", "")
-    table.add_row(f"{'importance-sampled' if 'select' in report['phases'] else 'generic'} pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
+    elif "expert" in sel:
+        table.add_row(f"choose expert {sel['expert']} of {sel['k']} ({sel['rule']})", "", f"{sel['seconds']:.0f}", "", "", "")
+    kind = {"is": "importance-sampled", "mix": f"{sel.get('k')} experts'"}.get(report["method"], "generic")
+    table.add_row(f"{kind} pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
                   f"{report['ppl_before']:.2f}", f"{report['bpb_before']:.3f}")
     table.add_row("domain fine-tune", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
                   f"{report['ppl_after']:.2f}", f"{report['bpb_after']:.3f}")

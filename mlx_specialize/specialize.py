@@ -11,10 +11,13 @@
 3. Report domain test perplexity and bits per byte before and after, tokens, FLOPs
    and seconds per phase, model size and measured generation speed.
 
-`method`: `finetune` (SLM: the generic model, fine-tuned) or `is` (SLM-is: importance
+`method`: `finetune` (SLM: the generic model, fine-tuned), `is` (SLM-is: importance
 sampling; the pre-training set is resampled from the generic corpus so its cluster
 histogram matches the domain's, see `importance.py`; pre-training is then per domain,
-cached by domain and settings, and the embedding and clustering are shared).
+cached by domain and settings, and the embedding and clustering are shared) or `mix`
+(SLM-mix: one expert SLM per generic cluster, pre-trained once on the same total token
+budget and shared by all domains; the domain's expert is chosen by `select` and
+fine-tuned, see `models/mixture.py`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .models.io import load_model
 from .models.presets import get_preset, with_overrides
 from .train.jobs import evaluate_model, finetune, pretrain
 
-METHODS = ("finetune", "is")
+METHODS = ("finetune", "is", "mix")
 DEFAULT_DOMAIN = "python-docs"
 DEFAULT_PRESET = "small"
 DEFAULT_PRETRAIN_TOKENS = 600_000
@@ -110,6 +113,42 @@ def importance_pretrain(domain: str, generic: str, preset_name: str, tokens: int
     return folder, select_phase, pre_phase
 
 
+def mixture_expert(domain: str, generic: str, preset_name: str, tokens: int, vocab_size: int | None, seed: int,
+                   cache_dir: Path, domain_tokens: int | None, k: int, embedder: str, window: int | None,
+                   metric: str, rule: str) -> tuple[Path, dict, dict]:
+    """SLM-mix: pre-train (or reuse) k experts on `tokens` generic tokens in all, then
+    choose the domain's expert. Returns (expert folder, selection phase, pre-training phase)."""
+    from . import importance as imp
+    from .models.mixture import SELECT_RULES, choose_expert, pretrain_mixture
+
+    if rule not in SELECT_RULES:
+        raise SpecializeError(f"unknown expert selection '{rule}' (choose from {', '.join(SELECT_RULES)})")
+    if rule == "all":
+        raise SpecializeError("--select all (fine-tune every expert, keep the best) is not implemented yet: "
+                              "use frequent or loss")
+    preset = get_preset(preset_name)
+    window = window or preset.context
+    tokenizer = imp.generic_tokenizer(generic, vocab_size or preset.vocab, cache_dir)
+    clusters, _ = imp.cached_clusters(generic, tokenizer, embedder, window, k, metric, seed, cache_dir)
+    generic_split = imp.corpus_split(generic, "train", tokenizer, cache_dir)
+    folder = cache_dir / "mixtures" / imp.cache_key(clusters.folder.name, preset.__dict__, tokens // k, seed)
+    if (folder / "mixture.json").exists():
+        ui.info(f"using the cached mixture of experts {folder}")
+        meta, cached = json.loads((folder / "mixture.json").read_text()), True
+    else:
+        meta = pretrain_mixture(clusters, generic_split, tokenizer, preset, folder, tokens // k, cache_dir, seed,
+                                checkpoint_every=50)
+        cached = False
+    t0 = time.perf_counter()
+    domain_split = imp.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
+    labels = imp.domain_histogram_labels(clusters, domain_split, tokenizer, cache_dir) if rule == "frequent" else None
+    chosen, scores = choose_expert(folder, rule, labels, domain_split)
+    select_phase = {"rule": rule, "k": k, "expert": chosen, "scores": scores, "seconds": time.perf_counter() - t0}
+    pre_phase = {"tokens": meta["tokens"], "seconds": meta["seconds"], "flops": meta["flops"], "cached": cached,
+                 "model": str(folder), "experts": k}
+    return folder / meta["experts"][chosen], select_phase, pre_phase
+
+
 def specialize(
     domain: str = DEFAULT_DOMAIN,
     generic: str | None = None,
@@ -125,11 +164,12 @@ def specialize(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
-    k: int = 64,
+    k: int | None = None,
     embedder: str = "hashed",
     window: int | None = None,
     sampler: str = "cluster",
     metric: str = "cosine",
+    select: str = "frequent",
 ) -> dict:
     """Specialize a small model to `domain`; returns the report (also RUN/report.json).
 
@@ -150,8 +190,9 @@ def specialize(
     phases: dict[str, dict] = {}
 
     t0 = time.perf_counter()
-    if base is not None and method == "is":
-        raise SpecializeError("--method is pre-trains its own base on the selected data: drop --base")
+    if base is not None and method in ("is", "mix"):
+        raise SpecializeError(f"--method {method} pre-trains its own base: drop --base")
+    k = k if k is not None else (64 if method == "is" else 4)
     if base is not None:
         base_dir, reused = Path(base), True
         phases["pretrain"] = {"tokens": 0, "seconds": 0.0, "flops": 0.0, "given": str(base)}
@@ -159,6 +200,10 @@ def specialize(
         base_dir, phases["select"], phases["pretrain"] = importance_pretrain(
             domain, generic, preset, pretrain_tokens, vocab_size, seed, cache_dir, domain_tokens, k,
             embedder, window, sampler, metric)
+    elif method == "mix":
+        base_dir, phases["select"], phases["pretrain"] = mixture_expert(
+            domain, generic, preset, pretrain_tokens, vocab_size, seed, cache_dir, domain_tokens, k, embedder,
+            window, metric, select)
     else:
         base_dir, summary, reused = cached_pretrain(generic, preset, pretrain_tokens, vocab_size, seed, cache_dir)
         phases["pretrain"] = {"tokens": summary["tokens"], "seconds": summary["seconds"], "flops": summary["flops"],
@@ -173,7 +218,7 @@ def specialize(
     phases["finetune"]["domain_tokens"] = tuned.summary["domain_tokens"]
     phases["finetune"]["stopped_early"] = tuned.summary["stopped_early"]
 
-    if "select" in phases:  # the selection's report and chart, beside the run's
+    if "report" in phases.get("select", {}):  # the selection's report and chart, beside the run's
         for name in ("report.json", "histograms.png"):
             shutil.copy2(Path(phases["select"]["report"]) / name, out_dir / f"selection-{name}")
     loaded = load_model(out_dir)

@@ -1,0 +1,112 @@
+"""SLM-mix, the hard mixture of experts (paper, section 2.3; Gross et al. 2017).
+
+    generic windows --k-means (shared with SLM-is)--> k clusters
+    cluster c's windows --pre-train--> expert c (a dense SLM, standalone checkpoint)
+    domain --choose an expert--> fine-tune it: inference costs exactly one SLM
+
+A mixture folder holds `mixture.json` (arch, k, the clustering it follows, the budget)
+and one dense model folder per expert, `expert-000/` ... Each expert is trained only on
+its own cluster's windows (`expert_split`), from scratch (the paper's setting; experts
+share nothing, so they can train in separate processes or hosts), one after another
+here; a run that stops resumes at the first unfinished expert.
+
+Choosing the expert for a domain (`choose_expert`), as in the paper's Table 5:
+- `frequent` (default): the expert of the domain's most frequent cluster; costs one
+  assignment of the domain's windows;
+- `loss`: the expert with the lowest loss on the domain's train windows before
+  fine-tuning; costs k evaluations;
+- `all`: fine-tune every expert and keep the best on the domain's valid split; costs k
+  fine-tunings (done by `specialize`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import ui
+from ..data.tokens import TokenizedSplit
+from ..errors import SpecializeError
+
+MIXTURE_FILE = "mixture.json"
+SELECT_RULES = ("frequent", "loss", "all")
+
+
+def expert_split(generic: TokenizedSplit, labels: np.ndarray, cluster: int, window: int) -> TokenizedSplit:
+    """The token stream of cluster `cluster`'s windows, in corpus order (memory-mapped
+    source, gathered once)."""
+    members = np.flatnonzero(labels == cluster)
+    if len(members) == 0:
+        raise SpecializeError(f"cluster {cluster} has no generic windows: no data for its expert")
+    rows = (np.arange(window)[None, :] + (members * window)[:, None]).ravel()
+    tokens = np.asarray(generic.tokens[rows])
+    n_bytes = int(generic.n_bytes * len(tokens) / max(len(generic.tokens), 1))
+    return TokenizedSplit(tokens, n_bytes, len(members), f"cluster-{cluster}", generic.bos_id)
+
+
+def pretrain_mixture(clusters, generic: TokenizedSplit, tokenizer, preset, out_dir: str | os.PathLike,
+                     tokens_per_expert: int, cache_dir=None, seed: int = 0, **train_options) -> dict:
+    """Pre-train one `preset` expert per cluster on its own windows; returns mixture.json."""
+    from ..train.jobs import pretrain
+
+    out_dir = Path(out_dir)
+    window = clusters.meta["window"]
+    if len(generic.tokens) // window != len(clusters.labels):
+        raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
+    meta = {"arch": "mix", "k": clusters.k, "clusters": str(clusters.folder), "preset": preset.name,
+            "tokens_per_expert": tokens_per_expert, "init": "scratch", "window": window,
+            "experts": [f"expert-{c:03d}" for c in range(clusters.k)], "tokenizer": tokenizer.fingerprint}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for c, name in enumerate(meta["experts"]):
+        folder = out_dir / name
+        if (folder / "summary.json").exists():
+            summaries.append(json.loads((folder / "summary.json").read_text()))
+            continue
+        ui.info(f"expert {c + 1}/{clusters.k}: cluster {c}")
+        split = expert_split(generic, clusters.labels, c, window)
+        result = pretrain(clusters.meta["generic"], preset, folder, tokens_per_expert, tokenizer=tokenizer,
+                          cache_dir=cache_dir, resume=True, seed=seed + c, train_split=split, **train_options)
+        summaries.append(result.summary)
+    meta.update(tokens=sum(s["tokens"] for s in summaries), flops=sum(s["flops"] for s in summaries),
+                seconds=sum(s["seconds"] for s in summaries))
+    tmp = out_dir / f".{MIXTURE_FILE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out_dir / MIXTURE_FILE)
+    return meta
+
+
+def load_mixture(folder: str | os.PathLike) -> dict:
+    """mixture.json of a mixture folder; refuses anything else with one clear message."""
+    path = Path(folder) / MIXTURE_FILE
+    if not path.is_file():
+        kind = "a dense model" if (Path(folder) / "config.json").is_file() else "not a model"
+        raise SpecializeError(f"{folder} is {kind}, not a mixture of experts (no {MIXTURE_FILE})")
+    meta = json.loads(path.read_text())
+    if meta.get("arch") != "mix":
+        raise SpecializeError(f"{folder} holds a '{meta.get('arch')}' model, not a hard mixture ('mix')")
+    return meta
+
+
+def choose_expert(mixture_dir: str | os.PathLike, rule: str, domain_labels: np.ndarray | None = None,
+                  domain_split: TokenizedSplit | None = None, eval_tokens: int = 20_000) -> tuple[int, list[float]]:
+    """(chosen expert, per-expert scores): the domain's cluster histogram (`frequent`)
+    or minus the mean loss on its first `eval_tokens` train tokens (`loss`)."""
+    from ..models.io import load_model, model_context
+    from ..train.evaluate import evaluate
+
+    meta = load_mixture(mixture_dir)
+    if rule not in ("frequent", "loss"):
+        raise SpecializeError(f"unknown expert selection '{rule}' (choose from {', '.join(SELECT_RULES)})")
+    if rule == "frequent":
+        counts = np.bincount(domain_labels, minlength=meta["k"]).astype(float)
+        scores = list(counts / max(counts.sum(), 1.0))
+    else:
+        scores = []
+        for name in meta["experts"]:
+            model, _, config = load_model(Path(mixture_dir) / name)
+            scores.append(-evaluate(model, domain_split, model_context(config), 8, eval_tokens).loss)
+    return int(np.argmax(scores)), scores

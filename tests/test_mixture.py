@@ -1,0 +1,65 @@
+"""SLM-mix: experts see only their cluster, the selection rules, architecture checks."""
+
+import json
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_specialize as ms
+from mlx_specialize import importance as imp
+from mlx_specialize.models.mixture import choose_expert, expert_split, load_mixture
+
+
+def test_an_expert_trains_on_its_cluster_and_nothing_else():
+    rng = np.random.default_rng(0)
+    window, labels = 16, rng.integers(0, 3, size=200)
+    tokens = np.repeat(labels, window).astype(np.uint16)  # every token names its window's cluster
+    generic = ms.TokenizedSplit(tokens, 10 * len(tokens), 200, "generic", None)
+    for c in range(3):
+        split = expert_split(generic, labels, c, window)
+        assert set(np.unique(split.tokens)) == {c}  # no other cluster's window
+        assert len(split.tokens) == window * np.count_nonzero(labels == c)  # all of its own
+    with pytest.raises(ms.SpecializeError, match="cluster 3 has no generic windows"):
+        expert_split(generic, labels, 3, window)
+
+
+@pytest.fixture
+def two_experts(tmp_path, tiny_model_dir, tokenizer):
+    """expert-000: untrained; expert-001: the pre-trained tiny model (lower loss on text)."""
+    mixture = tmp_path / "mixture"
+    mx.random.seed(1)
+    untrained = ms.Model(ms.load_model(tiny_model_dir)[0].args)
+    ms.save_model(untrained, mixture / "expert-000", tokenizer, {"context": 128})
+    shutil.copytree(tiny_model_dir, mixture / "expert-001", ignore=shutil.ignore_patterns("checkpoints"))
+    (mixture / "mixture.json").write_text(json.dumps({"arch": "mix", "k": 2, "experts": ["expert-000", "expert-001"]}))
+    return mixture
+
+
+def test_selection_rules_pick_as_specified(two_experts, tokenizer, cache_dir):
+    domain = imp.corpus_split("python-docs", "valid", tokenizer, cache_dir)
+    labels = np.array([0, 0, 0, 1])  # the domain's windows mostly fall in cluster 0 ...
+    assert choose_expert(two_experts, "frequent", domain_labels=labels)[0] == 0
+    chosen, scores = choose_expert(two_experts, "loss", domain_split=domain, eval_tokens=2048)
+    assert chosen == 1 and scores[1] > scores[0]  # ... but expert 1 models its text better
+
+
+def test_a_dense_model_is_not_a_mixture(tiny_model_dir, tmp_path):
+    with pytest.raises(ms.SpecializeError, match="is a dense model, not a mixture of experts"):
+        load_mixture(tiny_model_dir)
+    (tmp_path / "mixture.json").write_text(json.dumps({"arch": "pn"}))
+    with pytest.raises(ms.SpecializeError, match="holds a 'pn' model, not a hard mixture"):
+        choose_expert(tmp_path, "frequent", domain_labels=np.array([0]))
+
+
+def test_specialize_with_a_mixture_of_experts(tmp_path):
+    report = ms.specialize("python-docs", method="mix", k=3, preset="tiny", vocab_size=512,
+                           pretrain_tokens=48 * 1024, finetune_tokens=16 * 1024, out_dir=tmp_path / "run",
+                           cache_dir=tmp_path / "cache", window=128)
+    chosen = report["phases"]["select"]
+    assert chosen["rule"] == "frequent" and chosen["expert"] == int(np.argmax(chosen["scores"]))
+    assert report["phases"]["pretrain"]["experts"] == 3 and report["ppl_after"] < report["ppl_before"]
+    meta = load_mixture(report["phases"]["pretrain"]["model"])
+    assert meta["arch"] == "mix" and len(meta["experts"]) == 3
+    assert ms.load_model(tmp_path / "run")[0].args.hidden_size == ms.get_preset("tiny").hidden  # one plain dense SLM
