@@ -123,9 +123,6 @@ def mixture_expert(domain: str, generic: str, preset_name: str, tokens: int, voc
 
     if rule not in SELECT_RULES:
         raise SpecializeError(f"unknown expert selection '{rule}' (choose from {', '.join(SELECT_RULES)})")
-    if rule == "all":
-        raise SpecializeError("--select all (fine-tune every expert, keep the best) is not implemented yet: "
-                              "use frequent or loss")
     preset = get_preset(preset_name)
     window = window or preset.context
     tokenizer = imp.generic_tokenizer(generic, vocab_size or preset.vocab, cache_dir)
@@ -139,14 +136,38 @@ def mixture_expert(domain: str, generic: str, preset_name: str, tokens: int, voc
         meta = pretrain_mixture(clusters, generic_split, tokenizer, preset, folder, tokens // k, cache_dir, seed,
                                 checkpoint_every=50)
         cached = False
+    pre_phase = {"tokens": meta["tokens"], "seconds": meta["seconds"], "flops": meta["flops"], "cached": cached,
+                 "model": str(folder), "experts": k}
+    if rule == "all":  # `specialize` fine-tunes them all and keeps the best
+        return [folder / name for name in meta["experts"]], {"rule": rule, "k": k}, pre_phase
     t0 = time.perf_counter()
     domain_split = imp.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
     labels = imp.domain_histogram_labels(clusters, domain_split, tokenizer, cache_dir) if rule == "frequent" else None
     chosen, scores = choose_expert(folder, rule, labels, domain_split)
     select_phase = {"rule": rule, "k": k, "expert": chosen, "scores": scores, "seconds": time.perf_counter() - t0}
-    pre_phase = {"tokens": meta["tokens"], "seconds": meta["seconds"], "flops": meta["flops"], "cached": cached,
-                 "model": str(folder), "experts": k}
     return folder / meta["experts"][chosen], select_phase, pre_phase
+
+
+def finetune_best(bases: list[Path], domain: str, out_dir: Path, domain_tokens, finetune_tokens, cache_dir,
+                  overwrite: bool, **options):
+    """Fine-tune every base, keep the one with the lowest domain valid loss in `out_dir`.
+    Returns (its base, its JobResult, the summed cost and every valid loss)."""
+    if (out_dir / "summary.json").exists() and not overwrite:
+        raise SpecializeError(f"{out_dir} already holds a run; pass --overwrite to replace it")
+    candidates = out_dir.with_name(f".{out_dir.name}.candidates")
+    shutil.rmtree(candidates, ignore_errors=True)
+    results = [finetune(base, domain, candidates / base.name, domain_tokens, finetune_tokens, cache_dir=cache_dir,
+                        overwrite=True, **options) for base in bases]
+    losses = [r.summary["best_valid_loss"] if r.summary["best_valid_loss"] is not None else float("inf")
+              for r in results]
+    best = int(min(range(len(bases)), key=losses.__getitem__))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(candidates / bases[best].name, out_dir)
+    shutil.rmtree(candidates, ignore_errors=True)
+    cost = {key: sum(r.summary[key] for r in results) for key in ("tokens", "seconds", "flops", "steps")}
+    return bases[best], results[best], {**cost, "valid_losses": losses, "expert": best}
 
 
 def specialize(
@@ -208,13 +229,18 @@ def specialize(
         base_dir, summary, reused = cached_pretrain(generic, preset, pretrain_tokens, vocab_size, seed, cache_dir)
         phases["pretrain"] = {"tokens": summary["tokens"], "seconds": summary["seconds"], "flops": summary["flops"],
                               "cached": reused, "model": str(base_dir)}
+    options = {"seed": seed, **({"lr": lr} if lr is not None else {})}
+    if isinstance(base_dir, list):  # SLM-mix --select all: k fine-tunings, k times the cost
+        base_dir, tuned, cost = finetune_best(base_dir, domain, out_dir, domain_tokens, finetune_tokens, cache_dir,
+                                              overwrite, **options)
+        phases["select"].update(expert=cost["expert"], valid_losses=cost["valid_losses"], seconds=cost["seconds"])
     base_model = load_model(base_dir)
     before = evaluate_model(base_dir, domain, "test", cache_dir, loaded=base_model)
-
-    options = {"seed": seed, **({"lr": lr} if lr is not None else {})}
-    tuned = finetune(base_dir, domain, out_dir, domain_tokens, finetune_tokens, cache_dir=cache_dir,
-                     overwrite=overwrite, **options)
-    phases["finetune"] = {k: tuned.summary[k] for k in ("tokens", "seconds", "flops", "steps")}
+    if not phases.get("select", {}).get("rule") == "all":
+        tuned = finetune(base_dir, domain, out_dir, domain_tokens, finetune_tokens, cache_dir=cache_dir,
+                         overwrite=overwrite, **options)
+        cost = tuned.summary
+    phases["finetune"] = {k: cost[k] for k in ("tokens", "seconds", "flops", "steps")}
     phases["finetune"]["domain_tokens"] = tuned.summary["domain_tokens"]
     phases["finetune"]["stopped_early"] = tuned.summary["stopped_early"]
 

@@ -63,3 +63,12 @@ def test_specialize_with_a_mixture_of_experts(tmp_path):
     meta = load_mixture(report["phases"]["pretrain"]["model"])
     assert meta["arch"] == "mix" and len(meta["experts"]) == 3
     assert ms.load_model(tmp_path / "run")[0].args.hidden_size == ms.get_preset("tiny").hidden  # one plain dense SLM
+    # --select all: every expert fine-tuned (k times the cost), the lowest valid loss kept.
+    every = ms.specialize("python-docs", method="mix", k=3, select="all", preset="tiny", vocab_size=512,
+                          pretrain_tokens=48 * 1024, finetune_tokens=16 * 1024, out_dir=tmp_path / "run-all",
+                          cache_dir=tmp_path / "cache", window=128)
+    picked = every["phases"]["select"]
+    assert every["phases"]["pretrain"]["cached"] and len(picked["valid_losses"]) == 3
+    assert picked["expert"] == int(np.argmin(picked["valid_losses"]))
+    assert every["phases"]["finetune"]["tokens"] > 2 * report["phases"]["finetune"]["tokens"]
+    assert not (tmp_path / ".run-all.candidates").exists() and (tmp_path / "run-all" / "model.safetensors").is_file()
