@@ -40,8 +40,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="folder for the fine-tuned runs [temporary]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--method", default="finetune", help="finetune (SLM) or is (SLM-is)")
-    parser.add_argument("--k", type=int, default=64, help="--method is: clusters")
+    parser.add_argument("--method", default="finetune", help="finetune (SLM), is (SLM-is) or mix (SLM-mix)")
+    parser.add_argument("--k", type=int, default=None, help="--method is / mix: clusters [64 / 4]")
+    parser.add_argument("--select", default="frequent", help="--method mix: frequent, loss or all")
     parser.add_argument("--window", type=int, default=None, help="--method is: window tokens [preset context]")
     parser.add_argument("--embedder", default="hashed", help="--method is: hashed or minilm")
     parser.add_argument("--sampler", default="cluster", help="--method is: cluster or gumbel")
@@ -57,9 +58,9 @@ def main() -> None:
     if args.method == "finetune":  # one generic SLM shared by all targets
         base, pre, cached = cached_pretrain(generic, args.preset, args.pretrain_tokens, None, args.seed, cache_dir)
         options = {"base": str(base)}
-    else:  # SLM-is: one importance-sampled pre-training per target
-        options = {"method": "is", "pretrain_tokens": args.pretrain_tokens, "preset": args.preset, "k": args.k,
-                   "window": args.window, "embedder": args.embedder, "sampler": args.sampler}
+    else:  # SLM-is: one importance-sampled pre-training per target; SLM-mix: k experts shared by all
+        options = {"method": args.method, "pretrain_tokens": args.pretrain_tokens, "preset": args.preset, "k": args.k,
+                   "window": args.window, "embedder": args.embedder, "sampler": args.sampler, "select": args.select}
     out = args.out or Path(tempfile.mkdtemp(prefix="protocol-"))
     rows = []
     for target in TARGETS:
@@ -72,7 +73,8 @@ def main() -> None:
         if args.method != "finetune":
             pre, cached = report["phases"]["pretrain"], report["phases"]["pretrain"]["cached"]
             sel = report["phases"]["select"]
-            rows[-1].update(kl_generic=sel["kl_generic"], kl_selected=sel["kl_selected"], pretrain_seconds=pre["seconds"])
+            rows[-1].update({k: sel[k] for k in ("kl_generic", "kl_selected", "expert") if k in sel},
+                            pretrain_seconds=pre["seconds"])
     macro = {
         "ppl_before": math.exp(sum(math.log(r["ppl_before"]) for r in rows) / len(rows)),
         "ppl_after": math.exp(sum(math.log(r["ppl_after"]) for r in rows) / len(rows)),
@@ -86,7 +88,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['target']:10s} {r['ppl_before']:10.2f} {r['ppl_after']:10.2f} {r['bpb_before']:10.3f} "
               f"{r['bpb_after']:10.3f} {XZ_FLOOR_BPB[r['target']]:10.2f}"
-              + (f"  KL(D||generic) {r['kl_generic']:.3f} -> selected {r['kl_selected']:.3f}" if "kl_selected" in r else ""))
+              + (f"  KL(D||generic) {r['kl_generic']:.3f} -> selected {r['kl_selected']:.3f}" if "kl_selected" in r else "")
+              + (f"  expert {r['expert']}" if "expert" in r else ""))
     print(f"{'macro':10s} {macro['ppl_before']:10.2f} {macro['ppl_after']:10.2f} {macro['bpb_before']:10.3f} "
           f"{macro['bpb_after']:10.3f}")
     if args.json:

@@ -181,6 +181,8 @@ def pretrain_cmd(
     tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer instead of training one."),
     selection: Optional[Path] = typer.Option(None, help="Train on this `mlxspec data select` folder (its tokenizer; "
                                              "validation on its generic corpus)."),
+    arch: str = typer.Option("dense", help="dense, or mix (one expert per cluster of --clusters; --tokens in all)."),
+    clusters: Optional[Path] = typer.Option(None, help="--arch mix: clusters folder (`mlxspec data cluster`)."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary [default: the preset's]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the preset's]."),
     batch_size: Optional[int] = typer.Option(None, help="Windows per step [default: the preset's]."),
@@ -199,6 +201,22 @@ def pretrain_cmd(
 ):
     """Pre-train a model from scratch on a generic corpus."""
     p = ms.get_preset(preset)
+    if arch not in ("dense", "mix"):
+        raise SpecializeError(f"unknown architecture '{arch}' (dense or mix; pn and soup are not implemented yet)")
+    if arch == "mix":
+        from mlx_specialize import importance as imp
+        from mlx_specialize.models.mixture import pretrain_mixture
+
+        if clusters is None:
+            raise SpecializeError("--arch mix needs --clusters (a folder from `mlxspec data cluster`)")
+        loaded, tok = imp.load_clusters(clusters), ms.Tokenizer.load(clusters)
+        split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache_dir or ms.data.tokens.default_cache_dir())
+        meta = pretrain_mixture(loaded, split, tok, p, out_dir, tokens // loaded.k, cache_dir, seed,
+                                **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
+                                                 warmup=warmup, eval_every=eval_every, patience=patience,
+                                                 checkpoint_every=checkpoint_every))
+        return emit(meta, json_out, _summary_table(f"pre-trained {loaded.k} '{preset}' experts -> {out_dir}",
+                                                   {k: v for k, v in meta.items() if k != "experts"}))
     tok = ms.Tokenizer.load(tokenizer) if tokenizer else None
     if tok is None and resume and (out_dir / "tokenizer.model").exists():
         tok = ms.Tokenizer.load(out_dir)

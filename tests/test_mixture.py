@@ -72,3 +72,20 @@ def test_specialize_with_a_mixture_of_experts(tmp_path):
     assert picked["expert"] == int(np.argmin(picked["valid_losses"]))
     assert every["phases"]["finetune"]["tokens"] > 2 * report["phases"]["finetune"]["tokens"]
     assert not (tmp_path / ".run-all.candidates").exists() and (tmp_path / "run-all" / "model.safetensors").is_file()
+
+
+def test_commands_refuse_the_other_architecture(two_experts, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    cases = [
+        (["eval", str(two_experts)], "is a mixture of experts, not a dense model"),
+        (["finetune", str(two_experts), str(tmp_path / "ft")], "is a mixture of experts, not a dense model"),
+        (["pretrain", str(tmp_path / "p"), "--arch", "mix"], "--arch mix needs --clusters"),
+        (["pretrain", str(tmp_path / "p"), "--arch", "pn"], "unknown architecture 'pn'"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and lines[-1].startswith("error:") and message in lines[-1], result.output

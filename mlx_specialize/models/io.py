@@ -99,6 +99,9 @@ def read_config(folder: str | os.PathLike) -> dict:
     if not Path(folder).exists():
         raise SpecializeError(f"no model at {folder}")
     if not path.is_file():
+        if (Path(folder) / "mixture.json").is_file():
+            raise SpecializeError(f"{folder} is a mixture of experts, not a dense model: give one of its experts "
+                                  f"({Path(folder) / 'expert-000'}, ...) or use `specialize --method mix`")
         raise SpecializeError(f"{folder} is not a model folder (no {CONFIG_FILE})")
     try:
         config = json.loads(path.read_text())
