@@ -143,9 +143,20 @@ def time_steps(step, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def resolve(name: str):
+    """A preset by name, or `shape:LAYERS,HIDDEN,HEADS,MLP` for any other size (the
+    `small` preset's training settings), e.g. the issue's 9M model: shape:6,256,4,688."""
+    if not name.startswith("shape:"):
+        return ms.get_preset(name)
+    from mlx_specialize.models.presets import with_overrides
+
+    layers, hidden, heads, mlp = (int(v) for v in name.split(":", 1)[1].split(","))
+    return with_overrides(ms.get_preset("small"), name=name, layers=layers, hidden=hidden, heads=heads, mlp=mlp)
+
+
 def worker(framework: str, preset_name: str, batch: int, context: int, vocab: int, steps: int) -> None:
     """One measurement in a fresh process: warm up, time `steps` steps, print tok/s."""
-    preset = ms.get_preset(preset_name)
+    preset = resolve(preset_name)
     make = torch_stepper if framework == "torch" else mlx_stepper
     step = make(preset, batch, context, vocab)
     step(), step()  # compile / allocate
@@ -166,7 +177,8 @@ def measure(framework: str, name: str, batch: int, context: int, vocab: int, ste
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", action="append", help="laptop preset(s) to measure [small, medium]")
+    parser.add_argument("--preset", action="append",
+                        help="preset(s) to measure, or shape:LAYERS,HIDDEN,HEADS,MLP [small, medium]")
     parser.add_argument("--batch-size", type=int, help="windows per step [preset's]")
     parser.add_argument("--context", type=int, help="tokens per window [preset's]")
     parser.add_argument("--vocab", type=int, default=8192)
@@ -184,7 +196,7 @@ def main() -> None:
           f"torch {torch.__version__} threads {torch.get_num_threads()}; each figure from its own process")
     results = []
     for name in args.preset or ["small", "medium"]:
-        preset = ms.get_preset(name)
+        preset = resolve(name)
         B, T = args.batch_size or preset.batch_size, args.context or preset.context
         flops_tok = ms.flops_per_token(preset.model_args(args.vocab), T)
         rates = {"mlx": [], "mlx-1stream": [], "torch": []}
