@@ -183,6 +183,8 @@ def pretrain_cmd(
                                              "validation on its generic corpus)."),
     arch: str = typer.Option("dense", help="dense, or mix (one expert per cluster of --clusters; --tokens in all)."),
     clusters: Optional[Path] = typer.Option(None, help="--arch mix: clusters folder (`mlxspec data cluster`)."),
+    init: Optional[Path] = typer.Option(None, help="Start from this model (same preset and tokenizer) instead of "
+                                        "random weights; with --arch mix, every expert."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary [default: the preset's]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the preset's]."),
     batch_size: Optional[int] = typer.Option(None, help="Windows per step [default: the preset's]."),
@@ -211,7 +213,7 @@ def pretrain_cmd(
             raise SpecializeError("--arch mix needs --clusters (a folder from `mlxspec data cluster`)")
         loaded, tok = imp.load_clusters(clusters), ms.Tokenizer.load(clusters)
         split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache_dir or ms.data.tokens.default_cache_dir())
-        meta = pretrain_mixture(loaded, split, tok, p, out_dir, tokens // loaded.k, cache_dir, seed,
+        meta = pretrain_mixture(loaded, split, tok, p, out_dir, tokens // loaded.k, cache_dir, seed, init_from=init,
                                 **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
                                                  warmup=warmup, eval_every=eval_every, patience=patience,
                                                  checkpoint_every=checkpoint_every))
@@ -226,8 +228,10 @@ def pretrain_cmd(
 
         train_split, tok = load_selected(selection), ms.Tokenizer.load(selection)
         generic = json.loads((selection / "tokens.json").read_text())["generic"]
+    if init is not None and tok is None:
+        tok = ms.Tokenizer.load(init)
     result = ms.pretrain(generic, p, out_dir, tokens, tokenizer=tok, vocab_size=vocab_size, cache_dir=cache_dir,
-                         resume=resume, overwrite=overwrite, seed=seed, train_split=train_split,
+                         resume=resume, overwrite=overwrite, seed=seed, train_split=train_split, init_from=init,
                          **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
                                           warmup=warmup, eval_every=eval_every, patience=patience,
                                           checkpoint_every=checkpoint_every))
@@ -513,7 +517,9 @@ def specialize(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
     k: Optional[int] = typer.Option(None, help="--method is / mix: clusters of the generic corpus [is: 64, mix: 4 experts]."),
     select: str = typer.Option("frequent", help="--method mix: the expert of the domain's most frequent cluster "
-                               "(frequent) or of the lowest domain loss (loss)."),
+                               "(frequent), of the lowest domain loss (loss), or fine-tune all, keep the best (all)."),
+    expert_init: str = typer.Option("scratch", help="--method mix: experts start from scratch (the paper) or from "
+                                    "the generic SLM (generic; its pre-training is counted)."),
     embedder: str = typer.Option("hashed", help="--method is: hashed or minilm."),
     window: Optional[int] = typer.Option(None, help="--method is: tokens per window [default: the preset's context]."),
     sampler: str = typer.Option("cluster", help="--method is: cluster or gumbel."),
@@ -526,7 +532,7 @@ def specialize(
                            preset=preset, out_dir=out_dir, domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens,
                            finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,
                            cache_dir=cache_dir, overwrite=overwrite, k=k, embedder=embedder, window=window,
-                           sampler=sampler, select=select)
+                           sampler=sampler, select=select, expert_init=expert_init)
     table = Table(title=f"{report['method']} on {report['domain']}: {report['params'] / 1e6:.2f}M params -> {report['model']}")
     for col in ("phase", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"):
         table.add_column(col, no_wrap=True)

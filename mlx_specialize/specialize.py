@@ -115,29 +115,37 @@ def importance_pretrain(domain: str, generic: str, preset_name: str, tokens: int
 
 def mixture_expert(domain: str, generic: str, preset_name: str, tokens: int, vocab_size: int | None, seed: int,
                    cache_dir: Path, domain_tokens: int | None, k: int, embedder: str, window: int | None,
-                   metric: str, rule: str) -> tuple[Path, dict, dict]:
+                   metric: str, rule: str, expert_init: str = "scratch") -> tuple[Path, dict, dict]:
     """SLM-mix: pre-train (or reuse) k experts on `tokens` generic tokens in all, then
-    choose the domain's expert. Returns (expert folder, selection phase, pre-training phase)."""
+    choose the domain's expert. `expert_init="generic"` starts every expert from the
+    generic SLM (itself pre-trained on `tokens`, cached; its cost is added). Returns
+    (expert folder, selection phase, pre-training phase)."""
     from . import importance as imp
     from .models.mixture import SELECT_RULES, choose_expert, pretrain_mixture
 
     if rule not in SELECT_RULES:
         raise SpecializeError(f"unknown expert selection '{rule}' (choose from {', '.join(SELECT_RULES)})")
+    if expert_init not in ("scratch", "generic"):
+        raise SpecializeError(f"unknown expert initialisation '{expert_init}' (scratch or generic)")
     preset = get_preset(preset_name)
     window = window or preset.context
     tokenizer = imp.generic_tokenizer(generic, vocab_size or preset.vocab, cache_dir)
     clusters, _ = imp.cached_clusters(generic, tokenizer, embedder, window, k, metric, seed, cache_dir)
     generic_split = imp.corpus_split(generic, "train", tokenizer, cache_dir)
-    folder = cache_dir / "mixtures" / imp.cache_key(clusters.folder.name, preset.__dict__, tokens // k, seed)
+    init_from, init_cost = None, {"tokens": 0, "seconds": 0.0, "flops": 0.0}
+    if expert_init == "generic":
+        init_from, init_cost, _ = cached_pretrain(generic, preset_name, tokens, vocab_size, seed, cache_dir)
+    folder = cache_dir / "mixtures" / imp.cache_key(clusters.folder.name, preset.__dict__, tokens // k, seed,
+                                                    str(init_from))
     if (folder / "mixture.json").exists():
         ui.info(f"using the cached mixture of experts {folder}")
         meta, cached = json.loads((folder / "mixture.json").read_text()), True
     else:
         meta = pretrain_mixture(clusters, generic_split, tokenizer, preset, folder, tokens // k, cache_dir, seed,
-                                checkpoint_every=50)
+                                init_from=init_from, checkpoint_every=50)
         cached = False
-    pre_phase = {"tokens": meta["tokens"], "seconds": meta["seconds"], "flops": meta["flops"], "cached": cached,
-                 "model": str(folder), "experts": k}
+    pre_phase = {key: meta[key] + init_cost[key] for key in ("tokens", "seconds", "flops")}
+    pre_phase.update(cached=cached, model=str(folder), experts=k, init=expert_init)
     if rule == "all":  # `specialize` fine-tunes them all and keeps the best
         return [folder / name for name in meta["experts"]], {"rule": rule, "k": k}, pre_phase
     t0 = time.perf_counter()
@@ -191,6 +199,7 @@ def specialize(
     sampler: str = "cluster",
     metric: str = "cosine",
     select: str = "frequent",
+    expert_init: str = "scratch",
 ) -> dict:
     """Specialize a small model to `domain`; returns the report (also RUN/report.json).
 
@@ -224,7 +233,7 @@ def specialize(
     elif method == "mix":
         base_dir, phases["select"], phases["pretrain"] = mixture_expert(
             domain, generic, preset, pretrain_tokens, vocab_size, seed, cache_dir, domain_tokens, k, embedder,
-            window, metric, select)
+            window, metric, select, expert_init)
     else:
         base_dir, summary, reused = cached_pretrain(generic, preset, pretrain_tokens, vocab_size, seed, cache_dir)
         phases["pretrain"] = {"tokens": summary["tokens"], "seconds": summary["seconds"], "flops": summary["flops"],

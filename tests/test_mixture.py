@@ -89,3 +89,26 @@ def test_commands_refuse_the_other_architecture(two_experts, tmp_path):
         result = CliRunner().invoke(app, args)
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2 and lines[-1].startswith("error:") and message in lines[-1], result.output
+
+
+def test_experts_can_start_from_the_generic_model(tiny_model_dir, tokenizer, cache_dir, tmp_path):
+    """One training step at a tiny learning rate: an expert started from the generic model
+    stays next to it; one started from scratch does not."""
+    from mlx.utils import tree_flatten
+
+    from mlx_specialize.models.mixture import pretrain_mixture
+
+    generic = imp.corpus_split("go-code", "train", tokenizer, cache_dir)
+    labels = np.arange(len(generic.tokens) // 128) % 2
+    clusters = imp.Clusters(tmp_path, np.zeros((2, 4), np.float32), labels,
+                            {"window": 128, "generic": "go-code"}, None)
+    base = dict(tree_flatten(ms.load_model(tiny_model_dir)[0].parameters()))
+    far = {}
+    for init in (tiny_model_dir, None):
+        out = tmp_path / f"mix-{init is None}"
+        meta = pretrain_mixture(clusters, generic, tokenizer, ms.get_preset("tiny"), out, 1024, cache_dir,
+                                init_from=init, lr=1e-7, warmup=1, eval_every=1000)
+        assert meta["init"] == (str(init) if init else "scratch")
+        expert = dict(tree_flatten(ms.load_model(out / "expert-001")[0].parameters()))
+        far[init is None] = max(float(np.abs(np.array(expert[k]) - np.array(base[k])).max()) for k in base)
+    assert far[False] < 1e-3 < far[True]

@@ -6,9 +6,10 @@
 
 A mixture folder holds `mixture.json` (arch, k, the clustering it follows, the budget)
 and one dense model folder per expert, `expert-000/` ... Each expert is trained only on
-its own cluster's windows (`expert_split`), from scratch (the paper's setting; experts
-share nothing, so they can train in separate processes or hosts), one after another
-here; a run that stops resumes at the first unfinished expert.
+its own cluster's windows (`expert_split`), from scratch by default (the paper's setting;
+experts share nothing, so they can train in separate processes or hosts) or from a shared
+generic model (`init_from`), one after another here; a run that stops resumes at the
+first unfinished expert.
 
 Choosing the expert for a domain (`choose_expert`), as in the paper's Table 5:
 - `frequent` (default): the expert of the domain's most frequent cluster; costs one
@@ -48,8 +49,13 @@ def expert_split(generic: TokenizedSplit, labels: np.ndarray, cluster: int, wind
 
 
 def pretrain_mixture(clusters, generic: TokenizedSplit, tokenizer, preset, out_dir: str | os.PathLike,
-                     tokens_per_expert: int, cache_dir=None, seed: int = 0, **train_options) -> dict:
-    """Pre-train one `preset` expert per cluster on its own windows; returns mixture.json."""
+                     tokens_per_expert: int, cache_dir=None, seed: int = 0, init_from=None, **train_options) -> dict:
+    """Pre-train one `preset` expert per cluster on its own windows; returns mixture.json.
+
+    Experts start from scratch by default (the paper's setting: they share nothing, so
+    they can train anywhere, in any order, with no common prerequisite); `init_from` (a
+    generic model of the same preset and tokenizer) starts every expert from it instead,
+    which buys a better start for the price of that model's pre-training."""
     from ..train.jobs import pretrain
 
     out_dir = Path(out_dir)
@@ -57,7 +63,7 @@ def pretrain_mixture(clusters, generic: TokenizedSplit, tokenizer, preset, out_d
     if len(generic.tokens) // window != len(clusters.labels):
         raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
     meta = {"arch": "mix", "k": clusters.k, "clusters": str(clusters.folder), "preset": preset.name,
-            "tokens_per_expert": tokens_per_expert, "init": "scratch", "window": window,
+            "tokens_per_expert": tokens_per_expert, "init": str(init_from) if init_from else "scratch", "window": window,
             "experts": [f"expert-{c:03d}" for c in range(clusters.k)], "tokenizer": tokenizer.fingerprint}
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = []
@@ -69,7 +75,8 @@ def pretrain_mixture(clusters, generic: TokenizedSplit, tokenizer, preset, out_d
         ui.info(f"expert {c + 1}/{clusters.k}: cluster {c}")
         split = expert_split(generic, clusters.labels, c, window)
         result = pretrain(clusters.meta["generic"], preset, folder, tokens_per_expert, tokenizer=tokenizer,
-                          cache_dir=cache_dir, resume=True, seed=seed + c, train_split=split, **train_options)
+                          cache_dir=cache_dir, resume=True, seed=seed + c, train_split=split, init_from=init_from,
+                          **train_options)
         summaries.append(result.summary)
     meta.update(tokens=sum(s["tokens"] for s in summaries), flops=sum(s["flops"] for s in summaries),
                 seconds=sum(s["seconds"] for s in summaries))

@@ -17,6 +17,7 @@ from .. import ui
 from ..data.corpus import Corpus, load_corpus
 from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..data.tokens import TokenizedSplit, tokenize_split
+from ..errors import SpecializeError
 from ..models.dense import Model, count_params
 from ..backend import train_dtype
 from ..models.io import load_model, model_context
@@ -62,13 +63,15 @@ def pretrain(
     resume: bool = False,
     overwrite: bool = False,
     train_split: TokenizedSplit | None = None,
+    init_from: str | os.PathLike | None = None,
     **train_options,
 ) -> JobResult:
     """Pre-train a `preset` model from scratch on `tokens` tokens of the generic corpus.
 
     A tokenizer is trained on the generic corpus unless one is given. `train_split`
     (e.g. importance-sampled windows, tokenized with `tokenizer`) replaces the corpus'
-    train split; validation stays on the corpus' valid split."""
+    train split; validation stays on the corpus' valid split. `init_from` (a model
+    folder of the same shape and tokenizer) replaces the random initialisation."""
     corpus = load_corpus(generic)
     if tokenizer is None:
         tokenizer = fit_tokenizer(corpus, vocab_size or preset.vocab)
@@ -76,6 +79,11 @@ def pretrain(
     valid = tokenize(corpus, "valid", tokenizer, cache_dir)
     mx.random.seed(train_options.get("seed", 0))
     model = Model(preset.model_args(tokenizer.vocab_size))
+    if init_from is not None:
+        base, _, _ = load_model(init_from, tokenizer=tokenizer, dtype=train_dtype(), dequantize=True)
+        if base.args != model.args:
+            raise SpecializeError(f"{init_from} is not a '{preset.name}' model: cannot start from it")
+        model.update(base.parameters())
     options = {"batch_size": preset.batch_size, "context": preset.context, "lr": preset.lr,
                "warmup": preset.warmup, **train_options}
     cfg = TrainConfig(steps=1, **options)
@@ -84,7 +92,8 @@ def pretrain(
         f"pre-training '{preset.name}' ({count_params(model.args)['total'] / 1e6:.2f}M params) on {train.name}: "
         f"{cfg.steps} steps x {cfg.tokens_per_step:,} tokens ({train.n_tokens:,} tokens in the set)"
     )
-    meta = {"job": "pretrain", "preset": preset.name, "corpus": generic, "lr": cfg.lr, "batch_size": cfg.batch_size}
+    meta = {"job": "pretrain", "preset": preset.name, "corpus": generic, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            **({"init": str(init_from)} if init_from is not None else {})}
     summary = Trainer(model, tokenizer, train, valid, cfg, out_dir, meta).run(resume=resume, overwrite=overwrite)
     return JobResult(Path(out_dir), summary)
 
