@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ GENERIC = ["c-headers", "go-code", "kernel-docs", "manpages", "postgres-docs", "
 def make_vectors(path: Path, window: int, max_vectors: int, cache_dir: Path) -> None:
     import numpy as np
 
-    import mlx_specialize as ms
+    import mlx_specialize  # noqa: F401  (loads the BLAS first)
     from mlx_specialize import importance as imp
 
     generic = ",".join(str(MINIPILE / f"{d}.jsonl.gz") for d in GENERIC)
@@ -40,7 +41,6 @@ def make_vectors(path: Path, window: int, max_vectors: int, cache_dir: Path) -> 
     np.save(path, vectors)
     print(f"vectors: {vectors.shape} from {generic.count(',') + 1} minipile domains, window {window}, "
           f"embedded in {time.perf_counter() - t0:.0f} s (cached after the first run)", flush=True)
-    del ms
 
 
 def worker(lib: str, path: str, k: int, iters: int, out: str) -> None:
@@ -102,9 +102,9 @@ def main() -> None:
         rows = []
         for lib in args.libs.split(","):
             out = Path(tmp) / f"{lib}.npy"
-            env = None if lib == "ours" else {"MLXSPEC_BLAS": "off", **__import__("os").environ}
-            if env is not None:
-                env["MLXSPEC_BLAS"] = "off"  # another BLAS in the process would slow numpy/sklearn down
+            # scikit-learn and faiss run without our BLAS loader: an OpenBLAS loaded with
+            # RTLD_GLOBAL would take over their BLAS calls too (see backend.py).
+            env = None if lib == "ours" else {**os.environ, "MLXSPEC_BLAS": "off"}
             proc = subprocess.run([sys.executable, __file__, "--worker", lib, str(path), str(args.k), str(args.iters),
                                    str(out)], capture_output=True, text=True, env=env)
             if proc.returncode != 0:
@@ -114,7 +114,7 @@ def main() -> None:
             rows.append((lib, seconds, inertia(str(path), str(out))))
             print(f"{lib}: {seconds:.1f} s, inertia {rows[-1][2]:.6e}", flush=True)
     ours = dict((r[0], r) for r in rows).get("ours")
-    print(f"\n| library | seconds | inertia | time / ours | inertia / ours |\n|---|---|---|---|---|")
+    print("\n| library | seconds | inertia | time / ours | inertia / ours |\n|---|---|---|---|---|")
     for lib, seconds, value in rows:
         ratio = f"{seconds / ours[1]:.2f}x" if ours else ""
         print(f"| {lib} | {seconds:.1f} | {value:.6e} | {ratio} | {value / ours[2]:.4f} |" if ours else

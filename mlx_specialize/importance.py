@@ -32,7 +32,7 @@ from .data.selection import Selection, select
 from .data.tokenizer import Tokenizer
 from .data.tokens import TokenizedSplit
 from .errors import SpecializeError
-from .models.io import load_arrays, save_arrays
+from .models.io import save_arrays
 
 IDF_SAMPLE_WINDOWS = 20_000
 
