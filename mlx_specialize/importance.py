@@ -5,7 +5,7 @@
     P(c|D), generic labels --resample--> N tokens of generic windows --> pre-train an SLM
 
 Folders (each self-contained, reused by later runs):
-- embeddings (`embed_corpus`): `meta.json`, float16 shards, and the embedder's state;
+- embeddings (`embed_generic`): `meta.json`, float16 shards, and the embedder's state;
 - clusters (`cluster`): `clusters.safetensors` (centroids [k, d], the embedder's state,
   metadata: embedder settings, k, metric, window, generic corpus, tokenizer), `labels.npy`
   (the cluster of every generic window), `tokenizer.model` (the generic tokenizer);
@@ -27,11 +27,13 @@ import numpy as np
 from . import ui
 from .data.clustering import METRICS, assign, kmeans
 from .data.corpus import load_corpus
-from .data.embedding import HashedEmbedder, embed_windows, load_embedded, make_embedder, window_texts
+from .data.embedding import (HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows, window_texts,
+                             window_tokens)
 from .data.selection import Selection, select
 from .data.tokenizer import Tokenizer
 from .data.tokens import TokenizedSplit
 from .errors import SpecializeError
+from .files import atomic_write_bytes
 from .models.io import save_arrays
 
 IDF_SAMPLE_WINDOWS = 20_000
@@ -41,13 +43,14 @@ def build_embedder(name: str, generic: TokenizedSplit | None, tokenizer, window:
     """A fresh embedder; `hashed` fits its IDF on up to IDF_SAMPLE_WINDOWS generic windows."""
     embedder = make_embedder(name)
     if isinstance(embedder, HashedEmbedder) and generic is not None:
-        total = len(generic.tokens) // window
+        total = n_windows(generic.tokens, window)
         ids = np.linspace(0, total - 1, min(total, IDF_SAMPLE_WINDOWS)).astype(int)
         embedder.fit_idf([window_texts(generic.tokens, tokenizer, window, i, i + 1)[0] for i in ids])
     return embedder
 
 
 def embedder_state(embedder) -> dict:
+    """The embedder's arrays (hashed: its IDF) under `embedder.` names, as saved with centroids."""
     return {f"embedder.{k}": v for k, v in (embedder.state() if hasattr(embedder, "state") else {}).items()}
 
 
@@ -136,22 +139,19 @@ def select_tokens(clusters: Clusters, generic: TokenizedSplit, domain_labels: np
                   out: str | os.PathLike, sampler: str = "cluster", seed: int = 0) -> tuple[TokenizedSplit, Selection]:
     """Resample generic windows to `n_tokens` tokens; writes the selection folder."""
     window = clusters.meta["window"]
-    if len(generic.tokens) // window != len(clusters.labels):
+    if n_windows(generic.tokens, window) != len(clusters.labels):
         raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
     n = max(1, -(-n_tokens // window))
     selection = select(clusters.labels, domain_labels, clusters.k, n, sampler, seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = (np.arange(window)[None, :] + (selection.indices * window)[:, None]).ravel()
-    stream = np.asarray(generic.tokens[rows])
-    tmp = out / f".tokens.bin.tmp{os.getpid()}"
-    stream.tofile(tmp)
-    os.replace(tmp, out / "tokens.bin")
+    stream = window_tokens(generic.tokens, selection.indices, window)
+    atomic_write_bytes(out / "tokens.bin", stream.tobytes())
     bytes_per_token = generic.n_bytes / max(len(generic.tokens), 1)
     meta = {"n_tokens": int(len(stream)), "dtype": stream.dtype.name, "n_bytes": int(bytes_per_token * len(stream)),
             "n_docs": int(len(selection.indices)), "bos": generic.bos_id, "generic": clusters.meta["generic"],
             "tokenizer": clusters.meta["tokenizer"]}
-    (out / "tokens.json").write_text(json.dumps(meta))
+    atomic_write_bytes(out / "tokens.json", json.dumps(meta).encode())
     Tokenizer.load(clusters.folder).save(out)
     return load_selected(out), selection
 
@@ -233,9 +233,7 @@ def generic_tokenizer(generic: str, vocab_size: int, cache_dir) -> Tokenizer:
         return Tokenizer.load(path)
     tokenizer = fit_tokenizer(corpus, vocab_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(tokenizer.model_bytes)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, tokenizer.model_bytes)
     return tokenizer
 
 
@@ -248,7 +246,7 @@ def cached_clusters(generic: str, tokenizer: Tokenizer, embedder_name: str, wind
     if (folder / "clusters.safetensors").is_file():
         ui.info(f"using the cached clustering {folder}")
         return load_clusters(folder), True
-    n = len(generic_split.tokens) // window
+    n = n_windows(generic_split.tokens, window)
     if k > n:
         raise SpecializeError(f"cannot make {k} clusters from {n} generic windows of {window} tokens: lower --k")
     embedded = embed_generic(generic, tokenizer, embedder_name, window, cache_dir)
@@ -262,7 +260,7 @@ def embed_generic(generic: str, tokenizer: Tokenizer, embedder_name: str, window
     generic_split = corpus_split(generic, "train", tokenizer, cache_dir)
     embedder = build_embedder(embedder_name, generic_split, tokenizer, window)
     embedded = embed_windows(generic_split, tokenizer, embedder, window, cache_dir, max_windows=max_windows)
-    np.savez(embedded.folder / "embedder-state.npz", **(embedder.state() if hasattr(embedder, "state") else {}))
+    np.savez(embedded.folder / "embedder-state.npz", **embedder_state(embedder))
     (embedded.folder / "generic.json").write_text(json.dumps({"generic": generic}))
     tokenizer.save(embedded.folder)
     return embedded
@@ -275,7 +273,6 @@ def cluster_folder(embeddings: str | os.PathLike, k: int, out: str | os.PathLike
     if not (folder / "generic.json").is_file() or not (folder / "embedder-state.npz").is_file():
         raise SpecializeError(f"{folder} is not a generic embeddings folder (run `mlxspec data embed` first)")
     embedded = load_embedded(folder)
-    state = dict(np.load(folder / "embedder-state.npz"))
-    embedder = restore_embedder(embedded.settings, {f"embedder.{k2}": v for k2, v in state.items()})
+    embedder = restore_embedder(embedded.settings, dict(np.load(folder / "embedder-state.npz")))
     generic = json.loads((folder / "generic.json").read_text())["generic"]
     return cluster(embedded, k, out, generic, Tokenizer.load(folder), embedder, metric, seed)

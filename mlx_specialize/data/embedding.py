@@ -21,6 +21,7 @@ shard is written atomically, so an interrupted job resumes at the first missing 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import numpy as np
 
 from .. import ui
 from ..errors import SpecializeError
+from ..files import atomic_write_bytes
 
 BUCKETS = 1 << 20
 WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -130,6 +132,12 @@ def n_windows(tokens: np.ndarray, window: int) -> int:
     return len(tokens) // window
 
 
+def window_tokens(tokens: np.ndarray, ids: np.ndarray, window: int) -> np.ndarray:
+    """The tokens of windows `ids`, in that order, concatenated: [len(ids) * window]."""
+    rows = (np.arange(window)[None, :] + (np.asarray(ids, np.int64) * window)[:, None]).ravel()
+    return np.asarray(tokens[rows])
+
+
 class ShardedVectors:
     """Rows of several memory-mapped shards as one read-only [n, dim] array: slices and
     integer index arrays read only the rows they name, so k-means' mini-batches and
@@ -195,7 +203,7 @@ def embed_windows(
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"split": split.name, "window": window, "n_windows": total, "dim": embedder.dim,
             "shard_rows": shard_rows, "settings": embedder.settings, "tokenizer": tokenizer.fingerprint}
-    _write_json(folder / "meta.json", meta)
+    atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())
     n_shards = -(-total // shard_rows)
     todo = [s for s in range(n_shards) if not (folder / f"shard-{s:05d}.npy").exists()]
     with ui.task(f"embedding {split.name} ({embedder.name})", len(todo) and total) as advance:
@@ -206,7 +214,9 @@ def embed_windows(
             for b in range(lo, hi, batch):
                 parts.append(embedder.embed(window_texts(split.tokens, tokenizer, window, b, min(hi, b + batch))))
                 advance(min(hi, b + batch) - b)
-            _save_npy(folder / f"shard-{s:05d}.npy", np.concatenate(parts).astype(np.float16))
+            shard = io.BytesIO()
+            np.save(shard, np.concatenate(parts).astype(np.float16))
+            atomic_write_bytes(folder / f"shard-{s:05d}.npy", shard.getvalue())
     return load_embedded(folder)
 
 
@@ -224,14 +234,3 @@ def _stream_digest(tokens: np.ndarray) -> str:
     step = max(1, len(tokens) // 65536)
     return hashlib.sha256(np.ascontiguousarray(tokens[::step]).tobytes()).hexdigest()[:16]
 
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import SpecializeError
+from ..files import atomic_write_bytes
 from .corpus import Corpus
 from .tokenizer import BOS_ID, Tokenizer, token_dtype
 
@@ -109,7 +110,7 @@ def tokenize_split(
             tmp.unlink()
     meta = {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_docs": n_docs, "dtype": np.dtype(dtype).name,
             "corpus": corpus.name, "split": split, "tokenizer": tokenizer.fingerprint, "bos": tokenizer.bos_id}
-    _atomic_write_text(meta_path, json.dumps(meta))
+    atomic_write_bytes(meta_path, json.dumps(meta).encode())
     return TokenizedSplit(_map(bin_path, meta), n_bytes, n_docs, name, tokenizer.bos_id)
 
 
@@ -126,12 +127,6 @@ def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class PackedWindows:

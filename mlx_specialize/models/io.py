@@ -17,16 +17,11 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from ..errors import SpecializeError
+from ..files import atomic_write_bytes
 from .dense import Model, ModelArgs
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_arrays(path: Path, arrays: dict[str, mx.array], metadata: dict | None = None) -> None:
@@ -176,20 +171,15 @@ def load_model(folder: str | os.PathLike, tokenizer=None, dtype: str | None = No
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as err:
         raise SpecializeError(f"{folder}: weights do not match its config: {str(err).splitlines()[0]}") from None
-    if quantization and dequantize:
-        dequantize_layers(model)
+    if quantization and dequantize:  # plain layers holding the dequantized weights
+        from mlx_lm.utils import dequantize_model
+
+        dequantize_model(model)
         config = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
     if dtype is not None:
         cast_floats(model, dtype)
     mx.eval(model.parameters())
     return model, tokenizer, config
-
-
-def dequantize_layers(model: Model) -> None:
-    """Replace quantized layers by plain ones holding the dequantized weights."""
-    from mlx_lm.utils import dequantize_model
-
-    dequantize_model(model)
 
 
 def cast_floats(model: Model, dtype: str) -> None:

@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import ui
+from ..data.embedding import n_windows, window_tokens
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
+from ..files import atomic_write_bytes
 
 MIXTURE_FILE = "mixture.json"
 SELECT_RULES = ("frequent", "loss", "all")
@@ -42,8 +44,7 @@ def expert_split(generic: TokenizedSplit, labels: np.ndarray, cluster: int, wind
     members = np.flatnonzero(labels == cluster)
     if len(members) == 0:
         raise SpecializeError(f"cluster {cluster} has no generic windows: no data for its expert")
-    rows = (np.arange(window)[None, :] + (members * window)[:, None]).ravel()
-    tokens = np.asarray(generic.tokens[rows])
+    tokens = window_tokens(generic.tokens, members, window)
     n_bytes = int(generic.n_bytes * len(tokens) / max(len(generic.tokens), 1))
     return TokenizedSplit(tokens, n_bytes, len(members), f"cluster-{cluster}", generic.bos_id)
 
@@ -60,7 +61,7 @@ def pretrain_mixture(clusters, generic: TokenizedSplit, tokenizer, preset, out_d
 
     out_dir = Path(out_dir)
     window = clusters.meta["window"]
-    if len(generic.tokens) // window != len(clusters.labels):
+    if n_windows(generic.tokens, window) != len(clusters.labels):
         raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
     meta = {"arch": "mix", "k": clusters.k, "clusters": str(clusters.folder), "preset": preset.name,
             "tokens_per_expert": tokens_per_expert, "init": str(init_from) if init_from else "scratch", "window": window,
@@ -80,9 +81,7 @@ def pretrain_mixture(clusters, generic: TokenizedSplit, tokenizer, preset, out_d
         summaries.append(result.summary)
     meta.update(tokens=sum(s["tokens"] for s in summaries), flops=sum(s["flops"] for s in summaries),
                 seconds=sum(s["seconds"] for s in summaries))
-    tmp = out_dir / f".{MIXTURE_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out_dir / MIXTURE_FILE)
+    atomic_write_bytes(out_dir / MIXTURE_FILE, json.dumps(meta, indent=2).encode())
     return meta
 
 
