@@ -124,12 +124,22 @@ class Trainer:
         config: TrainConfig,
         run_dir: str | os.PathLike,
         meta: dict | None = None,
+        batches=None,
+        evaluator=None,
     ):
+        """`batches` replaces the shuffled windows of `train`: any object whose
+        `batch(i)` gives batch i's rows, int32 [batch_size, context + 1], a pure
+        function of i; if it also has `condition(i)` (float32 [n]), the model is called
+        as `model(x, cond=condition(i))` (the projected network's expert, or a soup's
+        domain weights). `evaluator(model) -> EvalResult` replaces the plain
+        validation on `valid`."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train, self.valid = train, valid
         self.run_dir = Path(run_dir)
         self.meta = meta or {}
-        self.windows = PackedWindows(train.tokens, config.context, config.batch_size, config.seed)
+        self.windows = batches or PackedWindows(train.tokens, config.context, config.batch_size, config.seed)
+        self.conditioned = hasattr(self.windows, "condition")
+        self.evaluator = evaluator
         self.flops_per_token = flops_per_token(model.args, config.context)
         self.optimizer = optim.AdamW(
             learning_rate=lr_schedule(config),
@@ -154,18 +164,20 @@ class Trainer:
 
         streams, bos_id = self.streams, self.tokenizer.bos_id
 
-        def loss_fn(model, x, y):
-            return training_loss(model, x, y, streams, bos_id)
+        def loss_fn(model, x, y, cond):
+            forward = model if cond is None else partial(model, cond=cond)
+            return training_loss(forward, x, y, streams, bos_id)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def step(batch):
-            # batch: [grad_accum, batch_size, context + 1] int32
+        def step(batch, cond=None):
+            # batch: [grad_accum, batch_size, context + 1] int32; cond: [grad_accum, n] or None
             self.rng[0], _ = mx.random.split(self.rng[0])
-            loss, grads = loss_and_grad(model, batch[0, :, :-1], batch[0, :, 1:])
+            conds = [None if cond is None else cond[a] for a in range(cfg.grad_accum)]
+            loss, grads = loss_and_grad(model, batch[0, :, :-1], batch[0, :, 1:], conds[0])
             for a in range(1, cfg.grad_accum):
-                loss_a, grads_a = loss_and_grad(model, batch[a, :, :-1], batch[a, :, 1:])
+                loss_a, grads_a = loss_and_grad(model, batch[a, :, :-1], batch[a, :, 1:], conds[a])
                 loss = loss + loss_a
                 grads = tree_map(mx.add, grads, grads_a)
             if cfg.grad_accum > 1:
@@ -177,9 +189,14 @@ class Trainer:
 
         return step
 
-    def _batch(self, step: int) -> mx.array:
-        A = self.cfg.grad_accum
-        return mx.array(np.stack([self.windows.batch(step * A + a) for a in range(A)]))
+    def _batch(self, step: int) -> tuple[mx.array, ...]:
+        """(tokens [grad_accum, batch_size, context + 1],) and, for a conditioned model,
+        its conditions [grad_accum, n]."""
+        indices = range(step * self.cfg.grad_accum, (step + 1) * self.cfg.grad_accum)
+        tokens = mx.array(np.stack([self.windows.batch(i) for i in indices]))
+        if not self.conditioned:
+            return (tokens,)
+        return tokens, mx.array(np.stack([self.windows.condition(i) for i in indices]).astype(np.float32))
 
     # ---- state -------------------------------------------------------------------
     def _state(self) -> dict:
@@ -235,8 +252,11 @@ class Trainer:
 
     # ---- validation --------------------------------------------------------------
     def validate(self) -> float:
-        result = evaluate(self.model, self.valid, self.cfg.context, self.cfg.eval_batch_size,
-                          self.cfg.eval_tokens, self._eval_fn, streams=len(self.streams))
+        if self.evaluator is not None:
+            result = self.evaluator(self.model)
+        else:
+            result = evaluate(self.model, self.valid, self.cfg.context, self.cfg.eval_batch_size,
+                              self.cfg.eval_tokens, self._eval_fn, streams=len(self.streams))
         self._log({"event": "valid", "step": self.step, "tokens": self.budget.tokens,
                    "valid_loss": result.loss, "valid_ppl": result.ppl, "valid_bpb": result.bits_per_byte})
         if result.loss < self.best_valid:
@@ -256,8 +276,9 @@ class Trainer:
         cfg = self.cfg
         self._prepare_run_dir(resume, overwrite)
         (self.run_dir / "run.json").write_text(json.dumps({"train": cfg.to_dict(), **self.meta}, indent=2))
-        self._eval_fn = make_eval_fn(self.model, self.streams) if self.valid is not None else None
+        self._eval_fn = make_eval_fn(self.model, self.streams) if self.valid is not None and not self.evaluator else None
         step_fn = self._build_step()
+        validating = self.valid is not None or self.evaluator is not None
         stopped_early = False
         start_step = self.step
         mx.reset_peak_memory()
@@ -268,7 +289,7 @@ class Trainer:
                 task = bar.add_task("training", total=cfg.steps, completed=self.step, loss="loss -", toks="")
                 while self.step < cfg.steps:
                     t0 = time.perf_counter()
-                    loss, grad_norm = step_fn(self._batch(self.step))
+                    loss, grad_norm = step_fn(*self._batch(self.step))
                     mx.eval(loss, grad_norm, self.model.state, self.optimizer.state)
                     dt = time.perf_counter() - t0
                     self.step += 1
@@ -289,7 +310,7 @@ class Trainer:
                         bar.update(task, loss=f"loss {loss_v:.3f}", toks=f"{tok_s:,.0f} tok/s")
                         window_tokens, window_start = 0, time.perf_counter()
                     bar.update(task, completed=self.step)
-                    if self.valid is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                    if validating and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
                         self.validate()
                         if cfg.patience and self.bad_evals >= cfg.patience:
                             stopped_early = True
@@ -304,7 +325,7 @@ class Trainer:
                 f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}, the same command with --resume "
                 "continues it (specialize resumes its pre-training by itself)"
             ) from None
-        if self.valid is None:
+        if not validating:
             self._save_best()
         self.checkpoint()
         summary = {
