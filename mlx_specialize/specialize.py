@@ -39,7 +39,8 @@ from .models.io import load_model
 from .models.presets import get_preset, with_overrides
 from .train.jobs import evaluate_model, finetune, pretrain
 
-METHODS = ("finetune", "is", "mix")
+METHODS = ("finetune", "is", "mix", "pn", "soup")
+DEFAULT_K = {"is": 64, "mix": 4, "pn": 16, "soup": 16}  # clusters per method
 DEFAULT_DOMAIN = "python-docs"
 DEFAULT_PRESET = "small"
 DEFAULT_PRETRAIN_TOKENS = 600_000
@@ -156,6 +157,47 @@ def mixture_expert(domain: str, generic: str, preset_name: str, tokens: int, voc
     return folder / meta["experts"][chosen], select_phase, pre_phase
 
 
+def projected_instance(domain: str, generic: str, preset_name: str, tokens: int, vocab_size: int | None, seed: int,
+                       cache_dir: Path, domain_tokens: int | None, k: int, embedder: str, window: int | None,
+                       metric: str, arch: str, rule: str, basis: int | None = None) -> tuple[Path, dict, dict]:
+    """SLM-pn / soup: pre-train (or reuse) the network on `tokens` generic tokens, then
+    write the domain's dense SLM in closed form, for its most frequent cluster
+    (`frequent`) or its cluster histogram (`histogram`). Returns (dense folder,
+    selection phase, pre-training phase)."""
+    from . import importance as imp
+    from .train.projected import domain_condition, instantiate_folder, pretrain_projected
+
+    if rule not in ("frequent", "histogram"):
+        raise SpecializeError(f"--method {arch} instantiates for the domain's most frequent cluster or its "
+                              f"histogram: --select frequent|histogram, not '{rule}'")
+    preset = get_preset(preset_name)
+    window = window or preset.context
+    tokenizer = imp.generic_tokenizer(generic, vocab_size or preset.vocab, cache_dir)
+    clusters, _ = imp.cached_clusters(generic, tokenizer, embedder, window, k, metric, seed, cache_dir)
+    generic_split = imp.corpus_split(generic, "train", tokenizer, cache_dir)
+    basis = basis or 8
+    folder = cache_dir / "projected" / imp.cache_key(clusters.folder.name, preset.__dict__, tokens, seed, arch, basis)
+    if (folder / "summary.json").exists():
+        ui.info(f"using the cached {arch} network {folder}")
+        summary, cached = json.loads((folder / "summary.json").read_text()), True
+    else:
+        valid = imp.corpus_split(generic, "valid", tokenizer, cache_dir)
+        valid_labels = imp.domain_histogram_labels(clusters, valid, tokenizer, cache_dir)
+        summary = pretrain_projected(clusters, generic_split, valid, valid_labels, tokenizer, preset, folder, tokens,
+                                     arch, basis=basis, seed=seed, checkpoint_every=50)
+        cached = False
+    pre_phase = {key: summary[key] for key in ("tokens", "seconds", "flops")}
+    pre_phase.update(cached=cached, model=str(folder), arch=arch, k=k, basis=basis)
+    t0 = time.perf_counter()
+    domain_split = imp.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
+    labels = imp.domain_histogram_labels(clusters, domain_split, tokenizer, cache_dir)
+    cond, select_phase = domain_condition(labels, clusters.k, rule)
+    dense_dir = folder / "instances" / imp.cache_key(load_corpus(domain).fingerprint(), domain_tokens, rule)
+    instantiate_folder(folder, dense_dir, cond, {"domain": domain, "rule": rule})
+    select_phase.update(k=k, seconds=time.perf_counter() - t0, instance=str(dense_dir))
+    return dense_dir, select_phase, pre_phase
+
+
 def finetune_best(bases: list[Path], domain: str, out_dir: Path, domain_tokens, finetune_tokens, cache_dir,
                   overwrite: bool, **options):
     """Fine-tune every base, keep the one with the lowest domain valid loss in `out_dir`.
@@ -198,8 +240,9 @@ def specialize(
     window: int | None = None,
     sampler: str = "cluster",
     metric: str = "cosine",
-    select: str = "frequent",
+    select: str | None = None,
     expert_init: str = "scratch",
+    basis: int | None = None,
 ) -> dict:
     """Specialize a small model to `domain`; returns the report (also RUN/report.json).
 
@@ -220,9 +263,10 @@ def specialize(
     phases: dict[str, dict] = {}
 
     t0 = time.perf_counter()
-    if base is not None and method in ("is", "mix"):
+    if base is not None and method != "finetune":
         raise SpecializeError(f"--method {method} pre-trains its own base: drop --base")
-    k = k if k is not None else (64 if method == "is" else 4)
+    k = k if k is not None else DEFAULT_K.get(method, 4)
+    select = select or ("histogram" if method == "soup" else "frequent")
     if base is not None:
         base_dir, reused = Path(base), True
         phases["pretrain"] = {"tokens": 0, "seconds": 0.0, "flops": 0.0, "given": str(base)}
@@ -234,6 +278,10 @@ def specialize(
         base_dir, phases["select"], phases["pretrain"] = mixture_expert(
             domain, generic, preset, pretrain_tokens, vocab_size, seed, cache_dir, domain_tokens, k, embedder,
             window, metric, select, expert_init)
+    elif method in ("pn", "soup"):
+        base_dir, phases["select"], phases["pretrain"] = projected_instance(
+            domain, generic, preset, pretrain_tokens, vocab_size, seed, cache_dir, domain_tokens, k, embedder,
+            window, metric, method, select, basis)
     else:
         base_dir, summary, reused = cached_pretrain(generic, preset, pretrain_tokens, vocab_size, seed, cache_dir)
         phases["pretrain"] = {"tokens": summary["tokens"], "seconds": summary["seconds"], "flops": summary["flops"],

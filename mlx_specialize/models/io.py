@@ -61,7 +61,7 @@ def save_model(model: Model, folder: str | os.PathLike, tokenizer=None, meta: di
     if tokenizer is not None:
         tokenizer.save(folder)
     save_arrays(folder / WEIGHTS_FILE, dict(tree_flatten(model.parameters())), {"format": "mlx"})
-    config = model.args.to_dict()
+    config = model.config_dict() if hasattr(model, "config_dict") else model.args.to_dict()
     if quantization:
         config["quantization"] = config["quantization_config"] = quantization
     ours = {**(meta or {})}
@@ -102,6 +102,10 @@ def read_config(folder: str | os.PathLike) -> dict:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SpecializeError(f"{path} is not valid JSON") from None
+    if isinstance(config, dict) and config.get("model_type") == "mlxspec-projected":
+        arch = config.get("projection", {}).get("arch", "pn")
+        raise SpecializeError(f"{folder} is a projected network ('{arch}'), not a dense model: make one with "
+                              f"`mlxspec instantiate {folder} OUT --domain D` or use `specialize --method {arch}`")
     if not isinstance(config, dict) or config.get("model_type") not in SUPPORTED_TYPES:
         model_type = config.get("model_type") if isinstance(config, dict) else None
         raise SpecializeError(
