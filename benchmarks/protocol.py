@@ -40,9 +40,13 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="folder for the fine-tuned runs [temporary]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--method", default="finetune", help="finetune (SLM), is (SLM-is) or mix (SLM-mix)")
-    parser.add_argument("--k", type=int, default=None, help="--method is / mix: clusters [64 / 4]")
-    parser.add_argument("--select", default="frequent", help="--method mix: frequent, loss or all")
+    parser.add_argument("--method", default="finetune",
+                        help="finetune (SLM), is (SLM-is), mix (SLM-mix), pn (SLM-pn) or soup (Soup-of-Experts)")
+    parser.add_argument("--k", type=int, default=None, help="clusters [is 64, mix 4, pn / soup 16]")
+    parser.add_argument("--select", default=None,
+                        help="mix: frequent, loss or all [frequent]; pn / soup: frequent or histogram [pn frequent, "
+                             "soup histogram]")
+    parser.add_argument("--basis", type=int, default=None, help="pn / soup: basis matrices h [8]")
     parser.add_argument("--window", type=int, default=None, help="--method is: window tokens [preset context]")
     parser.add_argument("--embedder", default="hashed", help="--method is: hashed or minilm")
     parser.add_argument("--sampler", default="cluster", help="--method is: cluster or gumbel")
@@ -61,6 +65,8 @@ def main() -> None:
     else:  # SLM-is: one importance-sampled pre-training per target; SLM-mix: k experts shared by all
         options = {"method": args.method, "pretrain_tokens": args.pretrain_tokens, "preset": args.preset, "k": args.k,
                    "window": args.window, "embedder": args.embedder, "sampler": args.sampler, "select": args.select}
+        if args.method in ("pn", "soup"):
+            options["basis"] = args.basis
     out = args.out or Path(tempfile.mkdtemp(prefix="protocol-"))
     rows = []
     for target in TARGETS:
@@ -73,7 +79,7 @@ def main() -> None:
         if args.method != "finetune":
             pre, cached = report["phases"]["pretrain"], report["phases"]["pretrain"]["cached"]
             sel = report["phases"]["select"]
-            rows[-1].update({k: sel[k] for k in ("kl_generic", "kl_selected", "expert") if k in sel},
+            rows[-1].update({k: sel[k] for k in ("kl_generic", "kl_selected", "expert", "cluster") if k in sel},
                             pretrain_seconds=pre["seconds"])
     macro = {
         "ppl_before": math.exp(sum(math.log(r["ppl_before"]) for r in rows) / len(rows)),
@@ -81,7 +87,7 @@ def main() -> None:
         "bpb_before": sum(r["bpb_before"] for r in rows) / len(rows),
         "bpb_after": sum(r["bpb_after"] for r in rows) / len(rows),
     }
-    print(f"method {args.method}, preset {args.preset}, pre-training {pre['tokens']:,} tokens in {pre['seconds']:.0f} s "
+    print(f"method {args.method}, preset {args.preset}, pre-training {pre['tokens']:,} tokens ({pre['flops']:.3g} FLOPs) in {pre['seconds']:.0f} s "
           f"({'cached' if cached else 'trained now'}{', last target' if args.method != 'finetune' else ''}), "
           f"{args.domain_tokens:,} domain tokens per target")
     print(f"{'target':10s} {'ppl before':>10s} {'ppl after':>10s} {'bpb before':>10s} {'bpb after':>10s} {'xz -9 bpb':>10s}")
@@ -89,7 +95,8 @@ def main() -> None:
         print(f"{r['target']:10s} {r['ppl_before']:10.2f} {r['ppl_after']:10.2f} {r['bpb_before']:10.3f} "
               f"{r['bpb_after']:10.3f} {XZ_FLOOR_BPB[r['target']]:10.2f}"
               + (f"  KL(D||generic) {r['kl_generic']:.3f} -> selected {r['kl_selected']:.3f}" if "kl_selected" in r else "")
-              + (f"  expert {r['expert']}" if "expert" in r else ""))
+              + (f"  expert {r['expert']}" if "expert" in r else "")
+              + (f"  cluster {r['cluster']}" if "cluster" in r else ""))
     print(f"{'macro':10s} {macro['ppl_before']:10.2f} {macro['ppl_after']:10.2f} {macro['bpb_before']:10.3f} "
           f"{macro['bpb_after']:10.3f}")
     if args.json:

@@ -181,8 +181,11 @@ def pretrain_cmd(
     tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer instead of training one."),
     selection: Optional[Path] = typer.Option(None, help="Train on this `mlxspec data select` folder (its tokenizer; "
                                              "validation on its generic corpus)."),
-    arch: str = typer.Option("dense", help="dense, or mix (one expert per cluster of --clusters; --tokens in all)."),
-    clusters: Optional[Path] = typer.Option(None, help="--arch mix: clusters folder (`mlxspec data cluster`)."),
+    arch: str = typer.Option("dense", help="dense; mix (one expert per cluster of --clusters; --tokens in all); pn "
+                             "(projected network) or soup (Soup-of-Experts), conditioned on --clusters."),
+    clusters: Optional[Path] = typer.Option(None, help="--arch mix|pn|soup: clusters folder (`mlxspec data cluster`)."),
+    basis: int = typer.Option(8, help="--arch pn|soup: basis matrices h per MLP weight."),
+    expert_dim: int = typer.Option(16, help="--arch pn: expert embedding width m."),
     init: Optional[Path] = typer.Option(None, help="Start from this model (same preset and tokenizer) instead of "
                                         "random weights; with --arch mix, every expert."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary [default: the preset's]."),
@@ -203,16 +206,31 @@ def pretrain_cmd(
 ):
     """Pre-train a model from scratch on a generic corpus."""
     p = ms.get_preset(preset)
-    if arch not in ("dense", "mix"):
-        raise SpecializeError(f"unknown architecture '{arch}' (dense or mix; pn and soup are not implemented yet)")
-    if arch == "mix":
+    if arch not in ("dense", "mix", "pn", "soup"):
+        raise SpecializeError(f"unknown architecture '{arch}' (dense, mix, pn or soup)")
+    if arch != "dense":
         from mlx_specialize import importance as imp
-        from mlx_specialize.models.mixture import pretrain_mixture
 
         if clusters is None:
-            raise SpecializeError("--arch mix needs --clusters (a folder from `mlxspec data cluster`)")
+            raise SpecializeError(f"--arch {arch} needs --clusters (a folder from `mlxspec data cluster`)")
         loaded, tok = imp.load_clusters(clusters), ms.Tokenizer.load(clusters)
-        split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache_dir or ms.data.tokens.default_cache_dir())
+        cache = cache_dir or ms.data.tokens.default_cache_dir()
+        split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache)
+    if arch in ("pn", "soup"):
+        from mlx_specialize.train.projected import pretrain_projected
+
+        valid = imp.corpus_split(loaded.meta["generic"], "valid", tok, cache)
+        summary = pretrain_projected(
+            loaded, split, valid, imp.domain_histogram_labels(loaded, valid, tok, cache), tok, p, out_dir, tokens, arch,
+            expert_dim=expert_dim, basis=basis, seed=seed, resume=resume, overwrite=overwrite,
+            **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum, warmup=warmup,
+                             eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every))
+        summary = {"model": str(out_dir), "arch": arch, **summary, "params": summary["params"]["total"],
+                   "active_params": summary["params"]["active"]}
+        return emit(summary, json_out, _summary_table(f"pre-trained a '{preset}' {arch} -> {out_dir}", summary))
+    if arch == "mix":
+        from mlx_specialize.models.mixture import pretrain_mixture
+
         meta = pretrain_mixture(loaded, split, tok, p, out_dir, tokens // loaded.k, cache_dir, seed, init_from=init,
                                 **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
                                                  warmup=warmup, eval_every=eval_every, patience=patience,
@@ -334,6 +352,55 @@ def export(
         report.update(eval_corpus=eval_corpus, ppl_source=before.ppl, ppl_export=after.ppl,
                       bpb_source=before.bits_per_byte, bpb_export=after.bits_per_byte)
     emit(report, json_out, _summary_table(f"exported {model} -> {out_dir}", report))
+
+
+@app.command()
+@handle_errors
+def instantiate(
+    network: Path = typer.Argument(..., help="A projected network or soup (`pretrain --arch pn|soup`)."),
+    out_dir: Path = typer.Argument(..., help="Folder for the dense SLM (mlx-lm loadable; `finetune` takes it)."),
+    domain: Optional[str] = typer.Option(None, help="Instantiate for this domain's cluster histogram (its train "
+                                         "windows assigned to the network's clustering)."),
+    select: str = typer.Option("frequent", help="With --domain: its most frequent cluster (frequent) or its whole "
+                               "histogram (histogram)."),
+    domain_tokens: Optional[int] = typer.Option(None, help="With --domain: only its first N train tokens."),
+    cluster: Optional[int] = typer.Option(None, help="Instantiate one cluster's expert."),
+    weights: Optional[str] = typer.Option(None, help="Instantiate for these cluster weights (k comma-separated "
+                                          "non-negative numbers, normalized)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in OUT_DIR."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+    json_out: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Make the dense SLM of a domain, a cluster or cluster weights from a pn / soup, in closed form."""
+    from mlx_specialize.models.projected import read_projected_config
+    from mlx_specialize.train.projected import instantiate_folder, instantiate_for_domain
+
+    config = read_projected_config(network)
+    if sum(x is not None for x in (domain, cluster, weights)) != 1:
+        raise SpecializeError("give exactly one of --domain, --cluster or --weights")
+    if (out_dir / "config.json").exists() and not overwrite:
+        raise SpecializeError(f"{out_dir} already holds a model (pass --overwrite to replace it)")
+    k = config["projection"]["experts"]
+    if domain is not None:
+        result = instantiate_for_domain(network, out_dir, domain, select, domain_tokens, cache_dir)
+    else:
+        if cluster is not None:
+            if not 0 <= cluster < k:
+                raise SpecializeError(f"cluster {cluster} does not exist ({network} has {k} clusters: 0..{k - 1})")
+            cond = np.eye(k)[cluster]
+        else:
+            try:
+                cond = np.array([float(x) for x in weights.split(",")])
+            except ValueError:
+                raise SpecializeError(f"--weights must be {k} comma-separated numbers, not '{weights}'") from None
+        instantiate_folder(network, out_dir, cond, {"cluster": cluster} if cluster is not None else {})
+        result = {"cluster": cluster} if cluster is not None else {"weights": cond.tolist()}
+    result = {"model": str(out_dir), "arch": config["projection"]["arch"], **result}
+    if json_out:
+        return emit(result, True)
+    chosen = f"cluster {result['cluster']}" if "cluster" in result else "the given cluster weights"
+    out.print(f"wrote the dense SLM of {chosen} of {network} -> {out_dir}")
 
 
 def _check_dtype(dtype: Optional[str]) -> None:
@@ -502,8 +569,9 @@ def data_select(
 def specialize(
     domain: str = typer.Option("python-docs", help="Target domain: bundled name, file/folder, or hf:NAME."),
     generic: Optional[str] = typer.Option(None, help="Generic corpus [default: bundled corpora except the domain]."),
-    method: str = typer.Option("finetune", help="finetune (SLM), is (SLM-is: importance-sampled pre-training) "
-                               "or mix (SLM-mix: one expert per generic cluster)."),
+    method: str = typer.Option("finetune", help="finetune (SLM), is (SLM-is: importance-sampled pre-training), "
+                               "mix (SLM-mix: one expert per generic cluster), pn (SLM-pn: projected network) or "
+                               "soup (Soup-of-Experts)."),
     base: Optional[str] = typer.Option(None, help="Start from this pre-trained model (our folder, an mlx-lm llama-style "
                                        "folder or hub name, with its own tokenizer) instead of pre-training one."),
     preset: str = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`)."),
@@ -515,9 +583,12 @@ def specialize(
     lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate [default: pre-training rate / 3; 3e-5 for a --base from elsewhere]."),
     seed: int = typer.Option(0, help="Seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
-    k: Optional[int] = typer.Option(None, help="--method is / mix: clusters of the generic corpus [is: 64, mix: 4 experts]."),
-    select: str = typer.Option("frequent", help="--method mix: the expert of the domain's most frequent cluster "
-                               "(frequent), of the lowest domain loss (loss), or fine-tune all, keep the best (all)."),
+    k: Optional[int] = typer.Option(None, help="Clusters of the generic corpus [is: 64, mix: 4 experts, pn / soup: 16]."),
+    select: Optional[str] = typer.Option(None, help="mix: the expert of the domain's most frequent cluster "
+                                         "(frequent, default), of the lowest domain loss (loss), or fine-tune all, keep "
+                                         "the best (all); pn / soup: instantiate for the most frequent cluster "
+                                         "(frequent, pn's default) or the domain's cluster histogram (histogram, soup's)."),
+    basis: Optional[int] = typer.Option(None, help="--method pn / soup: basis matrices h per MLP weight [8]."),
     expert_init: str = typer.Option("scratch", help="--method mix: experts start from scratch (the paper) or from "
                                     "the generic SLM (generic; its pre-training is counted)."),
     embedder: str = typer.Option("hashed", help="--method is: hashed or minilm."),
@@ -532,7 +603,7 @@ def specialize(
                            preset=preset, out_dir=out_dir, domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens,
                            finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,
                            cache_dir=cache_dir, overwrite=overwrite, k=k, embedder=embedder, window=window,
-                           sampler=sampler, select=select, expert_init=expert_init)
+                           sampler=sampler, select=select, expert_init=expert_init, basis=basis)
     table = Table(title=f"{report['method']} on {report['domain']}: {report['params'] / 1e6:.2f}M params -> {report['model']}")
     for col in ("phase", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"):
         table.add_column(col, no_wrap=True)
@@ -544,7 +615,11 @@ def specialize(
                       f"{sel['windows']:,} win", f"{sel['seconds']:.0f}", "", "", "")
     elif "expert" in sel:
         table.add_row(f"choose expert {sel['expert']} of {sel['k']} ({sel['rule']})", "", f"{sel['seconds']:.0f}", "", "", "")
-    kind = {"is": "importance-sampled", "mix": f"{sel.get('k')} experts'"}.get(report["method"], "generic")
+    elif "instance" in sel:
+        chosen = f"cluster {sel['cluster']}" if "cluster" in sel else "the domain's histogram"
+        table.add_row(f"instantiate for {chosen} of {sel['k']}", "", f"{sel['seconds']:.0f}", "", "", "")
+    kind = {"is": "importance-sampled", "mix": f"{sel.get('k')} experts'", "pn": "projected network",
+            "soup": "soup of experts"}.get(report["method"], "generic")
     table.add_row(f"{kind} pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
                   f"{report['ppl_before']:.2f}", f"{report['bpb_before']:.3f}")
     table.add_row("domain fine-tune", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",

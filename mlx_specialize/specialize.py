@@ -165,7 +165,7 @@ def projected_instance(domain: str, generic: str, preset_name: str, tokens: int,
     (`frequent`) or its cluster histogram (`histogram`). Returns (dense folder,
     selection phase, pre-training phase)."""
     from . import importance as imp
-    from .train.projected import domain_condition, instantiate_folder, pretrain_projected
+    from .train.projected import instantiate_for_domain, pretrain_projected
 
     if rule not in ("frequent", "histogram"):
         raise SpecializeError(f"--method {arch} instantiates for the domain's most frequent cluster or its "
@@ -189,11 +189,8 @@ def projected_instance(domain: str, generic: str, preset_name: str, tokens: int,
     pre_phase = {key: summary[key] for key in ("tokens", "seconds", "flops")}
     pre_phase.update(cached=cached, model=str(folder), arch=arch, k=k, basis=basis)
     t0 = time.perf_counter()
-    domain_split = imp.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
-    labels = imp.domain_histogram_labels(clusters, domain_split, tokenizer, cache_dir)
-    cond, select_phase = domain_condition(labels, clusters.k, rule)
     dense_dir = folder / "instances" / imp.cache_key(load_corpus(domain).fingerprint(), domain_tokens, rule)
-    instantiate_folder(folder, dense_dir, cond, {"domain": domain, "rule": rule})
+    select_phase = instantiate_for_domain(folder, dense_dir, domain, rule, domain_tokens, cache_dir)
     select_phase.update(k=k, seconds=time.perf_counter() - t0, instance=str(dense_dir))
     return dense_dir, select_phase, pre_phase
 

@@ -83,7 +83,8 @@ def test_commands_refuse_the_other_architecture(two_experts, tmp_path):
         (["eval", str(two_experts)], "is a mixture of experts, not a dense model"),
         (["finetune", str(two_experts), str(tmp_path / "ft")], "is a mixture of experts, not a dense model"),
         (["pretrain", str(tmp_path / "p"), "--arch", "mix"], "--arch mix needs --clusters"),
-        (["pretrain", str(tmp_path / "p"), "--arch", "pn"], "unknown architecture 'pn'"),
+        (["pretrain", str(tmp_path / "p"), "--arch", "pn"], "--arch pn needs --clusters"),
+        (["pretrain", str(tmp_path / "p"), "--arch", "moe"], "unknown architecture 'moe'"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(app, args)

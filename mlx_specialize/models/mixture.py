@@ -89,7 +89,10 @@ def load_mixture(folder: str | os.PathLike) -> dict:
     """mixture.json of a mixture folder; refuses anything else with one clear message."""
     path = Path(folder) / MIXTURE_FILE
     if not path.is_file():
-        kind = "a dense model" if (Path(folder) / "config.json").is_file() else "not a model"
+        config = Path(folder) / "config.json"
+        kind = "not a model"
+        if config.is_file():
+            kind = "a projected network" if "mlxspec-projected" in config.read_text() else "a dense model"
         raise SpecializeError(f"{folder} is {kind}, not a mixture of experts (no {MIXTURE_FILE})")
     meta = json.loads(path.read_text())
     if meta.get("arch") != "mix":

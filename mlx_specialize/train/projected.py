@@ -27,7 +27,8 @@ from .. import ui
 from ..data.embedding import n_windows, window_tokens
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
-from ..models.projected import ProjectedModel, ProjectionArgs, instantiate, load_projected, one_hot, param_counts
+from ..models.projected import (ProjectedModel, ProjectionArgs, instantiate, load_projected, one_hot, param_counts,
+                                read_projected_config)
 from .evaluate import EvalResult, evaluate
 from .parallel import masked_nll
 
@@ -48,7 +49,8 @@ class ClusterBatches:
             raise SpecializeError(f"training context {context} is longer than the clustering's {window}-token windows")
         self.tokens, self.window, self.context, self.batch_size, self.k, self.seed = (
             tokens, window, context, batch_size, k, seed)
-        self.members = _members(labels, k)
+        last = (len(tokens) - context - 1) // window  # windows with a next-token target for every position
+        self.members = [m[m <= last] for m in _members(labels, k)]
         sizes = np.array([len(m) for m in self.members], dtype=np.float64)
         if sizes.sum() == 0:
             raise SpecializeError("no generic windows to train on")
@@ -195,7 +197,8 @@ def instantiate_folder(folder: str | os.PathLike, out_dir: str | os.PathLike, co
     dense = instantiate(model, mx.array(cond / cond.sum()))
     ours = config.get("mlxspec", {})
     meta = {key: ours[key] for key in ("preset", "context", "lr", "batch_size", "corpus") if key in ours}
-    meta.update(instantiated_from=str(folder), arch=model.projection.arch, **(note or {}))
+    meta.update(instantiated_from=str(folder), arch=model.projection.arch, condition=(cond / cond.sum()).tolist(),
+                **(note or {}))
     save_model(dense, out_dir, tokenizer, meta)
     return Path(out_dir)
 
@@ -215,3 +218,29 @@ def domain_condition(labels: np.ndarray, k: int, rule: str) -> tuple[np.ndarray,
         return histogram, {"rule": rule, "histogram": histogram.tolist(), "entropy_nats": entropy}
     raise SpecializeError(f"unknown instantiation '{rule}' (frequent or histogram)")
 
+
+
+def instantiate_for_domain(folder: str | os.PathLike, out_dir: str | os.PathLike, domain: str, rule: str,
+                           domain_tokens: int | None = None, cache_dir=None) -> dict:
+    """Write the dense SLM of `domain` for the network in `folder`: the domain's train
+    windows (its first `domain_tokens`) are embedded and assigned to the network's own
+    clustering, and `rule` (`frequent` or `histogram`) turns them into the condition.
+    Returns what was chosen (rule, cluster or histogram)."""
+    from .. import importance as imp
+    from ..data.hf_tokenizer import load_tokenizer
+    from ..data.tokens import default_cache_dir
+
+    config = read_projected_config(folder)
+    clusters_dir = config.get("mlxspec", {}).get("clusters")
+    if not clusters_dir or not Path(clusters_dir).is_dir():
+        raise SpecializeError(f"{folder} was trained on the clustering {clusters_dir}, which is gone: give --cluster "
+                              "or --weights instead of --domain")
+    clusters = imp.load_clusters(clusters_dir)
+    tokenizer = load_tokenizer(Path(folder), config)
+    cache_dir = cache_dir or default_cache_dir()
+    split = imp.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
+    labels = imp.domain_histogram_labels(clusters, split, tokenizer, cache_dir)
+    cond, chosen = domain_condition(labels, clusters.k, rule)
+    picked = {"cluster": chosen["cluster"]} if "cluster" in chosen else {}
+    instantiate_folder(folder, out_dir, cond, {"domain": domain, "rule": rule, **picked})
+    return {**chosen, "windows": int(len(labels))}
