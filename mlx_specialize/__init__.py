@@ -17,17 +17,20 @@ from .models.dense import Model, ModelArgs, count_params, flops_per_token  # noq
 from .models.generate import generate_text, generate_tokens, measure_generation  # noqa: E402
 from .models.io import load_model, save_model  # noqa: E402
 from .models.presets import PRESETS, Preset, get_preset  # noqa: E402
+from .models.projected import ProjectedModel, ProjectionArgs, instantiate, load_projected  # noqa: E402
 from .specialize import specialize  # noqa: E402
 from .train.evaluate import EvalResult, evaluate  # noqa: E402
 from .train.jobs import evaluate_model, finetune, pretrain  # noqa: E402
+from .train.projected import instantiate_folder, instantiate_for_domain, pretrain_projected  # noqa: E402
 from .train.trainer import TrainConfig, Trainer  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BLAS", "Corpus", "EvalResult", "Model", "ModelArgs", "PRESETS", "PackedWindows", "Preset",
-    "SpecializeError", "TokenizedSplit", "Tokenizer", "TrainConfig", "Trainer", "bundled_names",
+    "ProjectedModel", "ProjectionArgs", "SpecializeError", "TokenizedSplit", "Tokenizer", "TrainConfig", "Trainer", "bundled_names",
     "count_params", "evaluate", "evaluate_model", "finetune", "flops_per_token", "generate_text",
-    "generate_tokens", "get_preset", "load_corpus", "load_model", "load_optimized_blas",
-    "measure_generation", "pretrain", "save_model", "specialize", "tokenize_split", "train_tokenizer",
+    "generate_tokens", "get_preset", "instantiate", "instantiate_folder", "instantiate_for_domain",
+    "load_corpus", "load_model", "load_optimized_blas", "load_projected", "measure_generation", "pretrain",
+    "pretrain_projected", "save_model", "specialize", "tokenize_split", "train_tokenizer",
 ]

@@ -17,7 +17,11 @@ histogram matches the domain's, see `importance.py`; pre-training is then per do
 cached by domain and settings, and the embedding and clustering are shared) or `mix`
 (SLM-mix: one expert SLM per generic cluster, pre-trained once on the same total token
 budget and shared by all domains; the domain's expert is chosen by `select` and
-fine-tuned, see `models/mixture.py`).
+fine-tuned, see `models/mixture.py`), `pn` (SLM-pn, the projected network) or `soup`
+(Soup-of-Experts): one network pre-trained once on the clustered generic corpus, shared by
+all domains, from which the domain's dense SLM is computed in closed form (its most
+frequent cluster, or its cluster histogram: `select`) and fine-tuned; see
+`models/projected.py` and `train/projected.py`.
 """
 
 from __future__ import annotations
