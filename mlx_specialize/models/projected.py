@@ -44,6 +44,7 @@ from .dense import LlamaModel, Model, ModelArgs, StaticKVCache, count_params
 MODEL_TYPE = "mlxspec-projected"
 ARCHS = ("pn", "soup")
 MATRICES = ("gate_proj", "up_proj", "down_proj")
+EXPERT_SPREAD = 0.1  # initial spread of the pn's expert embeddings around their shared start
 
 
 @dataclass
@@ -128,7 +129,13 @@ class ProjectedModel(nn.Module):
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         if proj.arch == "pn":
-            self.expert_embedding = mx.random.normal((proj.experts, proj.expert_dim))
+            # Experts start as near copies of one shared embedding (unit variance), so at
+            # first every cluster's gradient moves the basis the same way, as for one dense
+            # model; they grow apart as E learns. (Independent random rows make the
+            # clusters pull the shared basis in random directions: measured worse.)
+            shared = mx.random.normal((1, proj.expert_dim))
+            noise = mx.random.normal((proj.experts, proj.expert_dim))
+            self.expert_embedding = (shared + EXPERT_SPREAD * noise) / math.sqrt(1 + EXPERT_SPREAD**2)
         else:
             self.alpha = [nn.Linear(proj.experts, proj.soup_hidden), nn.Linear(proj.soup_hidden, proj.basis)]
 
