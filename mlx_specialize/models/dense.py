@@ -125,6 +125,15 @@ class StaticKVCache:
         return positions[None, :] <= (self.offset + mx.arange(n_queries))[:, None]
 
 
+def attention_mask(n_queries: int, cache: list | None):
+    """One query: attend to everything cached (None). Several: "causal" (which also
+    aligns the mask to the end when keys are longer than queries, as with a cache). A
+    static cache holds unwritten positions too: it masks them itself."""
+    if cache is not None and isinstance(cache[0], StaticKVCache):
+        return cache[0].attention_mask(n_queries)
+    return "causal" if n_queries > 1 else None
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -187,13 +196,7 @@ class LlamaModel(nn.Module):
 
     def __call__(self, inputs: mx.array, cache: list[KVCache] | None = None) -> mx.array:
         h = self.embed_tokens(inputs)
-        # One query: attend to everything cached. Several: causal ("causal" also aligns
-        # the mask to the end when keys are longer than queries, as with a cache). A
-        # static cache holds unwritten positions too: it masks them itself.
-        if cache is not None and isinstance(cache[0], StaticKVCache):
-            mask = cache[0].attention_mask(h.shape[1])
-        else:
-            mask = "causal" if h.shape[1] > 1 else None
+        mask = attention_mask(h.shape[1], cache)
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, cache[i] if cache is not None else None)
         return self.norm(h)

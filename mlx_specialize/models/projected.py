@@ -39,7 +39,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import SpecializeError
-from .dense import LlamaModel, Model, ModelArgs, StaticKVCache, count_params
+from .dense import LlamaModel, Model, ModelArgs, attention_mask, count_params
 
 MODEL_TYPE = "mlxspec-projected"
 ARCHS = ("pn", "soup")
@@ -159,10 +159,7 @@ class ProjectedModel(nn.Module):
         weights = self.mlp_weights(cond)
         body = self.model
         h = body.embed_tokens(inputs)
-        if cache is not None and isinstance(cache[0], StaticKVCache):
-            mask = cache[0].attention_mask(h.shape[1])
-        else:
-            mask = "causal" if h.shape[1] > 1 else None
+        mask = attention_mask(h.shape[1], cache)
         for i, layer in enumerate(body.layers):
             h = h + layer.self_attn(layer.input_layernorm(h), mask, cache[i] if cache is not None else None)
             h = h + GeneratedMLP.apply(layer.post_attention_layernorm(h), weights[i])
