@@ -71,6 +71,8 @@ def fail(message: str, code: int = 2):
 
 
 def emit(result: dict, json_out: bool, table: Table | None = None) -> None:
+    if ui.SECONDARY:  # under mlx.launch, rank 0 alone reports
+        return
     if json_out:
         print(json.dumps(result, default=float))
     elif table is not None:
