@@ -73,7 +73,7 @@ def evaluate(
     total = mx.array(0.0)
     count = 0
     rank, size = (world.rank, world.size) if world is not None else (0, 1)
-    with blas_per_stream(n_streams):
+    with blas_per_stream(n_streams, world.local if world is not None else 1):
         for j, (x, y, m) in enumerate(eval_batches(split.tokens, context, batch_size, max_tokens, split.bos_id)):
             if j % size != rank:
                 continue

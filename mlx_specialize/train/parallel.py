@@ -43,10 +43,15 @@ def make_streams(n: int) -> list:
     return [None] if n <= 1 else [mx.new_stream(mx.cpu) for _ in range(n)]
 
 
-def blas_per_stream(n_streams: int):
-    """Context for running `n_streams` parallel streams: BLAS on one thread per stream
-    (so streams x BLAS threads never oversubscribe the cores); nothing for one stream."""
-    return blas_threads(1) if n_streams > 1 else contextlib.nullcontext()
+def blas_per_stream(n_streams: int, processes: int = 1):
+    """Context for running `n_streams` parallel streams in each of `processes` processes
+    on this host: BLAS on one thread per stream, or its share of the cores for one
+    stream (an oversubscribed OpenBLAS spins); nothing for one stream in one process."""
+    if n_streams > 1:
+        return blas_threads(1)
+    if processes > 1:
+        return blas_threads(max(1, (os.cpu_count() or 1) // processes))
+    return contextlib.nullcontext()
 
 
 def _row_slices(rows: int, parts: int) -> list[slice]:

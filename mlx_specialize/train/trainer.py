@@ -344,7 +344,7 @@ class Trainer:
         window_tokens = 0
         window_start = time.perf_counter()
         try:
-            with blas_per_stream(len(self.streams)), ui.progress("loss", "toks") as bar:
+            with blas_per_stream(len(self.streams), self.world.local), ui.progress("loss", "toks") as bar:
                 task = bar.add_task("training", total=cfg.steps, completed=self.step, loss="loss -", toks="")
                 while self.step < cfg.steps:
                     t0 = time.perf_counter()

@@ -1,0 +1,145 @@
+"""Data-parallel training on 2 processes on localhost (mlx.launch, ring backend).
+
+Each rank writes into its own folder `run-RANK` (as on two Macs with their own disks),
+so rank 1's folder staying absent shows that rank 0 alone writes, and resuming shows
+that the others need nothing from disk."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_specialize.train.checkpoint import checkpoint_dirs
+from tests.conftest import GENERIC
+
+STEPS, BATCH, CONTEXT, CHECKPOINT_EVERY = 8, 8, 64, 4
+
+
+def _launcher() -> str | None:
+    local = Path(sys.executable).parent / "mlx.launch"
+    return str(local) if local.exists() else shutil.which("mlx.launch")
+
+
+pytestmark = pytest.mark.skipif(_launcher() is None or not mx.distributed.is_available(),
+                                reason="needs mlx.launch and MLX's distributed layer")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(out: str, tok_dir, cache_dir, *extra) -> list[str]:
+    return ["pretrain", out, "--generic", GENERIC, "--preset", "tiny", "--tokenizer", str(tok_dir),
+            "--tokens", str(STEPS * BATCH * CONTEXT), "--batch-size", str(BATCH), "--context", str(CONTEXT),
+            "--lr", "3e-3", "--warmup", "2", "--checkpoint-every", str(CHECKPOINT_EVERY), "--eval-every", str(STEPS),
+            "--cache-dir", str(cache_dir), "--quiet", *extra]
+
+
+def _run(cwd: Path, n: int, args: list[str], worker: list[str] | None = None, env: dict | None = None):
+    """`mlxspec ARGS` in 1 plain process, or under `mlx.launch -n N` with run-RANK folders."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})}
+    if worker:
+        prog = [sys.executable, str(Path(os.getcwd()) / "tests" / "dist_worker.py"), *worker, "--"]
+    else:
+        prog = [sys.executable, "-m", "cli.main"]
+    if n == 1:
+        cmd = [*prog, *args]
+    else:  # each rank its own folder: `run` -> `run-$MLX_RANK`
+        line = " ".join(f'"{a}"' if a != args[1] else f'"{a}-$MLX_RANK"' for a in [*prog, *args])
+        cmd = [_launcher(), "-n", str(n), "--backend", "ring", "--starting-port", str(_free_port()),
+               "--", "bash", "-c", line]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _losses(run: Path) -> list[tuple]:
+    return [(m["event"], m["step"], m.get("loss", m.get("valid_loss")))
+            for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def _weights(run: Path, step: int = STEPS) -> dict:
+    return mx.load(str(run / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+
+
+def _assert_same_weights(a: dict, b: dict, atol=1e-5):
+    assert a.keys() == b.keys()
+    worst = max(float(mx.abs(a[k] - b[k]).max()) for k in a)
+    assert worst < atol, f"weights differ by {worst}"
+
+
+@pytest.fixture(scope="module")
+def runs(tokenizer, cache_dir, tmp_path_factory):
+    """The same pre-training as 1 process x 8 rows and as 2 processes x 4 rows."""
+    root = tmp_path_factory.mktemp("distributed")
+    tokenizer.save(root / "tok")
+    one = _run(root, 1, _args("one", root / "tok", cache_dir))
+    assert one.returncode == 0, one.stderr
+    two = _run(root, 2, _args("two", root / "tok", cache_dir))
+    assert (root / "two-0" / "summary.json").exists(), two.stdout + two.stderr
+    return root
+
+
+def test_two_processes_train_like_one_with_twice_the_rows(runs):
+    one, two = runs / "one", runs / "two-0"
+    a, b = _losses(one), _losses(two)
+    assert [x[:2] for x in a] == [x[:2] for x in b]  # each step logged once, by rank 0
+    np.testing.assert_allclose([x[2] for x in b], [x[2] for x in a], rtol=1e-5)
+    _assert_same_weights(_weights(one), _weights(two))
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == STEPS
+    assert summary["tokens"] == json.loads((one / "summary.json").read_text())["tokens"]  # the same global batch
+    assert not (runs / "two-1").exists()  # rank 1 wrote nothing
+
+
+def test_a_checkpoint_of_one_process_resumes_on_two(runs, cache_dir, tmp_path):
+    """(Two to one: the lost-peer test below.)"""
+    run = tmp_path / "resumed-0"
+    shutil.copytree(runs / "one", run)
+    shutil.rmtree(run / "checkpoints" / f"step_{STEPS:08d}")
+    (run / "summary.json").unlink()
+    result = _run(tmp_path, 2, _args("resumed", runs / "tok", cache_dir, "--resume"))
+    assert (run / "summary.json").exists(), result.stdout + result.stderr
+    assert json.loads((run / "summary.json").read_text())["steps_this_session"] == CHECKPOINT_EVERY
+    _assert_same_weights(_weights(run), _weights(runs / "one"))
+    a, b = _losses(run), _losses(runs / "one")
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    np.testing.assert_allclose([x[2] for x in a], [x[2] for x in b], rtol=1e-5)
+    assert not (tmp_path / "resumed-1").exists()  # rank 1 needed nothing from disk
+
+
+def test_a_dead_peer_stops_the_job_and_one_process_resumes_it(runs, cache_dir, tmp_path):
+    """Rank 1 dies on global batch 6: rank 0 stops with one line naming its rank, the
+    checkpoint of step 4 is intact, and --resume on 1 process (a checkpoint of 2 read by
+    1) ends where the uninterrupted run ended."""
+    result = _run(tmp_path, 2, _args("run", runs / "tok", cache_dir), worker=["die", "1", "6"])
+    run = tmp_path / "run-0"
+    assert "error: rank 0" in result.stderr and "--resume" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (run / "summary.json").exists()
+    assert checkpoint_dirs(run)[-1].name == "step_00000004"
+    resumed = _run(tmp_path, 1, _args("run-0", runs / "tok", cache_dir, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_weights(_weights(run), _weights(runs / "one"))
+
+
+def test_the_watchdog_ends_a_process_whose_peer_hangs(tmp_path):
+    """A peer that hangs (no socket closes) would block a collective forever: the
+    watchdog ends the process with its rank and last step after MLXSPEC_DIST_TIMEOUT."""
+    code = ("import time\n"
+            "from mlx_specialize.train.distributed import World, Watchdog\n"
+            "with Watchdog(World(None, 1, 2), timeout=0.5) as w:\n"
+            "    w.beat(7)\n"
+            "    time.sleep(30)\n")
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.getcwd()},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert result.stderr.startswith("error: rank 1: no progress at step 7 for ")
+    assert "--resume" in result.stderr
