@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import mlx_specialize as ms
 from mlx_specialize.train.checkpoint import checkpoint_dirs
 from tests.conftest import GENERIC
 
@@ -143,3 +144,62 @@ def test_the_watchdog_ends_a_process_whose_peer_hangs(tmp_path):
     assert result.returncode == 3
     assert result.stderr.startswith("error: rank 1: no progress at step 7 for ")
     assert "--resume" in result.stderr
+
+
+EXPERTS_SCRIPT = """
+import sys
+from pathlib import Path
+import numpy as np
+import mlx_specialize as ms
+from mlx_specialize import importance as imp
+from mlx_specialize.models.mixture import pretrain_mixture
+
+tok, cache, out = ms.Tokenizer.load(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+generic = imp.corpus_split("go-code", "train", tok, cache)
+labels = np.arange(len(generic.tokens) // 128) % 2
+clusters = imp.Clusters(out.parent, np.zeros((2, 4), np.float32), labels, {"window": 128, "generic": "go-code"}, None)
+pretrain_mixture(clusters, generic, tok, ms.get_preset("tiny"), out, 2048, cache, eval_every=1000, eval_tokens=2048)
+"""
+
+
+def test_experts_train_on_different_processes(runs, cache_dir, tmp_path):
+    """SLM-mix under mlx.launch: expert c on rank c mod 2, no communication until the
+    end, then rank 0 writes mixture.json with where each expert was trained."""
+    script = tmp_path / "experts.py"
+    script.write_text(EXPERTS_SCRIPT)
+    cmd = [_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--",
+           sys.executable, str(script), str(runs / "tok"), str(cache_dir), str(tmp_path / "mix")]
+    result = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": os.getcwd()}, capture_output=True, text=True,
+                            timeout=300)
+    meta = json.loads((tmp_path / "mix" / "mixture.json").read_text()) if (tmp_path / "mix" / "mixture.json").exists() \
+        else pytest.fail(result.stdout + result.stderr)
+    assert [t["rank"] for t in meta["trained_on"]] == [0, 1]
+    summaries = [json.loads((tmp_path / "mix" / e / "summary.json").read_text()) for e in meta["experts"]]
+    assert [s["steps"] for s in summaries] == [2, 2] and "processes" not in summaries[1]  # each trained alone
+    assert meta["tokens"] == 2 * 2048
+
+
+def test_each_process_takes_its_rows_of_any_batch_source(tokenizer, tmp_path, monkeypatch):
+    """The sharding contract for any `batches=` source (the projected network's): rank r
+    gets a contiguous slice of global batch i, the global target count, and condition(i)."""
+    from mlx_specialize.train import distributed as dist
+    from mlx_specialize.train.trainer import TrainConfig, Trainer
+
+    class Source:
+        def batch(self, i):
+            return np.arange(8 * 17, dtype=np.int32).reshape(8, 17) % 50 + i
+
+        def condition(self, i):
+            return np.array([i, 1.0], np.float32)
+
+    monkeypatch.setattr(dist, "world", lambda: dist.World(None, 1, 2, 1))
+    model = ms.Model(ms.get_preset("tiny").model_args(tokenizer.vocab_size))
+    trainer = Trainer(model, tokenizer, None, None, TrainConfig(steps=2, batch_size=8, context=16, grad_accum=2),
+                      tmp_path, batches=Source())
+    tokens, counts, cond = trainer._batch(1)  # global batches 2 and 3
+    np.testing.assert_array_equal(np.array(tokens), np.stack([Source().batch(i)[4:] for i in (2, 3)]))
+    full = [Source().batch(i)[:, 1:] for i in (2, 3)]
+    np.testing.assert_array_equal(np.array(counts), [np.count_nonzero(b != tokenizer.bos_id) for b in full])
+    np.testing.assert_array_equal(np.array(cond), [[2, 1], [3, 1]])
+    with pytest.raises(ms.SpecializeError, match="cannot be split over 3 processes"):
+        dist.World(None, 0, 3).rows(2)

@@ -122,37 +122,45 @@ def all_sum(x: mx.array, w: World | None = None) -> mx.array:
     return x if w.size == 1 else mx.distributed.all_sum(x, group=w.group)
 
 
-def broadcast_tree(tree, w: World | None = None):
-    """Rank 0's arrays on every rank (a tree of arrays, same shapes everywhere)."""
+def broadcast_tree(tree, w: World | None = None, root: int = 0):
+    """Rank `root`'s arrays on every rank (a tree of arrays, same shapes everywhere)."""
     w = w or world()
     if w.size == 1:
         return tree
     if isinstance(tree, mx.array):
-        out = mx.distributed.all_sum(tree if w.is_main else mx.zeros_like(tree), group=w.group)
+        out = mx.distributed.all_sum(tree if w.rank == root else mx.zeros_like(tree), group=w.group)
         mx.eval(out)
         return out
     # One array at a time, in sorted key order: every rank issues the same collectives in
     # the same order, whatever the order of its dictionaries.
     flat = sorted(tree_flatten(tree), key=lambda kv: kv[0])
-    return tree_unflatten([(k, broadcast_tree(v, w)) for k, v in flat])
+    return tree_unflatten([(k, broadcast_tree(v, w, root)) for k, v in flat])
 
 
-def broadcast_bytes(data: bytes | None, w: World | None = None) -> bytes:
-    """Rank 0's `data` on every rank (others pass None)."""
+def broadcast_bytes(data: bytes | None, w: World | None = None, root: int = 0) -> bytes:
+    """Rank `root`'s `data` on every rank (others pass None)."""
     w = w or world()
     if w.size == 1:
         return data
-    n = int(broadcast_tree(mx.array([len(data) if w.is_main else 0], dtype=mx.int32), w).item())
-    buf = np.frombuffer(data, np.uint8) if w.is_main else np.zeros(n, np.uint8)
-    return bytes(np.array(broadcast_tree(mx.array(buf), w)))  # 0 + b == b: no overflow
+    mine = w.rank == root
+    n = int(broadcast_tree(mx.array([len(data) if mine else 0], dtype=mx.int32), w, root).item())
+    buf = np.frombuffer(data, np.uint8) if mine else np.zeros(n, np.uint8)
+    return bytes(np.array(broadcast_tree(mx.array(buf), w, root)))  # 0 + b == b: no overflow
 
 
-def broadcast_json(obj, w: World | None = None):
-    """Rank 0's JSON-serialisable `obj` on every rank."""
+def broadcast_json(obj, w: World | None = None, root: int = 0):
+    """Rank `root`'s JSON-serialisable `obj` on every rank."""
     w = w or world()
     if w.size == 1:
         return obj
-    return json.loads(broadcast_bytes(json.dumps(obj).encode() if w.is_main else None, w).decode())
+    data = json.dumps(obj).encode() if w.rank == root else None
+    return json.loads(broadcast_bytes(data, w, root).decode())
+
+
+def gather_json(obj, w: World | None = None) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    w = w or world()
+    return [obj] if w.size == 1 else [broadcast_json(obj, w, root) for root in range(w.size)]
 
 
 def barrier(w: World | None = None) -> None:
