@@ -60,6 +60,10 @@ def handle_errors(fn):
         except Exception as err:  # a bug: still one line, traceback on request
             if os.environ.get("MLXSPEC_DEBUG"):
                 raise
+            from mlx_specialize.train import distributed as dist
+
+            if dist.is_peer_lost(err):  # under mlx.launch: another process died
+                fail(dist.peer_lost_message(dist.world(), err))
             fail(f"internal error: {type(err).__name__}: {err} (set MLXSPEC_DEBUG=1 for the traceback)", code=1)
 
     return wrapper

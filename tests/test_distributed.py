@@ -146,39 +146,6 @@ def test_the_watchdog_ends_a_process_whose_peer_hangs(tmp_path):
     assert "--resume" in result.stderr
 
 
-EXPERTS_SCRIPT = """
-import sys
-from pathlib import Path
-import numpy as np
-import mlx_specialize as ms
-from mlx_specialize import importance as imp
-from mlx_specialize.models.mixture import pretrain_mixture
-
-tok, cache, out = ms.Tokenizer.load(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-generic = imp.corpus_split("go-code", "train", tok, cache)
-labels = np.arange(len(generic.tokens) // 128) % 2
-clusters = imp.Clusters(out.parent, np.zeros((2, 4), np.float32), labels, {"window": 128, "generic": "go-code"}, None)
-pretrain_mixture(clusters, generic, tok, ms.get_preset("tiny"), out, 2048, cache, eval_every=1000, eval_tokens=2048)
-"""
-
-
-def test_experts_train_on_different_processes(runs, cache_dir, tmp_path):
-    """SLM-mix under mlx.launch: expert c on rank c mod 2, no communication until the
-    end, then rank 0 writes mixture.json with where each expert was trained."""
-    script = tmp_path / "experts.py"
-    script.write_text(EXPERTS_SCRIPT)
-    cmd = [_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--",
-           sys.executable, str(script), str(runs / "tok"), str(cache_dir), str(tmp_path / "mix")]
-    result = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": os.getcwd()}, capture_output=True, text=True,
-                            timeout=300)
-    meta = json.loads((tmp_path / "mix" / "mixture.json").read_text()) if (tmp_path / "mix" / "mixture.json").exists() \
-        else pytest.fail(result.stdout + result.stderr)
-    assert [t["rank"] for t in meta["trained_on"]] == [0, 1]
-    summaries = [json.loads((tmp_path / "mix" / e / "summary.json").read_text()) for e in meta["experts"]]
-    assert [s["steps"] for s in summaries] == [2, 2] and "processes" not in summaries[1]  # each trained alone
-    assert meta["tokens"] == 2 * 2048
-
-
 def test_each_process_takes_its_rows_of_any_batch_source(tokenizer, tmp_path, monkeypatch):
     """The sharding contract for any `batches=` source (the projected network's): rank r
     gets a contiguous slice of global batch i, the global target count, and condition(i)."""
@@ -203,3 +170,62 @@ def test_each_process_takes_its_rows_of_any_batch_source(tokenizer, tmp_path, mo
     np.testing.assert_array_equal(np.array(cond), [[2, 1], [3, 1]])
     with pytest.raises(ms.SpecializeError, match="cannot be split over 3 processes"):
         dist.World(None, 0, 3).rows(2)
+
+
+PIPELINE_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+import mlx_specialize as ms
+from mlx_specialize import importance as imp
+from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
+from mlx_specialize.models.mixture import pretrain_mixture
+
+tok, cache, root = ms.Tokenizer.load(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+rank = os.environ.get("MLX_RANK", "solo")
+generic = imp.corpus_split("go-code", "train", tok, cache)
+embedder = HashedEmbedder(dim=32)
+# Each rank its own embeddings cache and clusters folder, as on hosts with their own disks.
+embedded = embed_windows(generic, tok, embedder, 128, root / f"cache-{rank}", shard_rows=128, max_windows=500)
+clusters = imp.cluster(embedded, 2, root / f"clusters-{rank}", "go-code", tok, embedder)
+(root / f"labels-{rank}.json").write_text(json.dumps(clusters.labels.tolist()))
+generic.tokens = generic.tokens[: 500 * 128]  # the embedded windows
+pretrain_mixture(clusters, generic, tok, ms.get_preset("tiny"), root / "mix", 2048, cache, eval_every=1000,
+                 eval_tokens=2048)
+"""
+
+
+def test_slm_mix_pipeline_shared_by_two_processes(runs, cache_dir, tmp_path):
+    """Under mlx.launch -n 2: 4 embedding shards, 2 made by each rank and sent to the
+    other; k-means on rank 0, the assignment split over both (the same shards and labels
+    as one process); then expert c trains on rank c alone, no communication until rank 0
+    writes mixture.json saying where each expert was trained."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(PIPELINE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    both = subprocess.run([_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--",
+                           sys.executable, str(script), str(runs / "tok"), str(cache_dir), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    if not (tmp_path / "mix" / "mixture.json").exists():
+        pytest.fail(both.stdout + both.stderr)
+
+    from mlx_specialize import importance as imp
+    from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
+
+    tok = ms.Tokenizer.load(runs / "tok")
+    generic = imp.corpus_split("go-code", "train", tok, cache_dir)
+    alone = embed_windows(generic, tok, HashedEmbedder(dim=32), 128, tmp_path / "cache-solo", shard_rows=128,
+                          max_windows=500)
+    labels = imp.cluster(alone, 2, tmp_path / "clusters-solo", "go-code", tok, HashedEmbedder(dim=32)).labels
+    for rank in "01":
+        assert json.loads((tmp_path / f"labels-{rank}.json").read_text()) == labels.tolist()
+    shards = [sorted((tmp_path / f"cache-{r}").glob("embeddings/*/shard-*.npy")) for r in ("solo", "0", "1")]
+    assert [len(s) for s in shards] == [4, 4, 4]
+    for a, b, c in zip(*shards):
+        assert a.read_bytes() == b.read_bytes() == c.read_bytes()
+    assert (tmp_path / "clusters-0" / "labels.npy").exists() and not (tmp_path / "clusters-1").exists()
+
+    meta = json.loads((tmp_path / "mix" / "mixture.json").read_text())
+    assert [t["rank"] for t in meta["trained_on"]] == [0, 1]
+    summaries = [json.loads((tmp_path / "mix" / e / "summary.json").read_text()) for e in meta["experts"]]
+    assert [s["steps"] for s in summaries] == [2, 2] and "processes" not in summaries[1]  # each trained alone
+    assert meta["tokens"] == 2 * 2048

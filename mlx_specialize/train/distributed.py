@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -209,17 +210,41 @@ def rank0_tokenizer(tokenizer, make, w: World | None = None):
     return ours if ours is not None and getattr(ours, "model_bytes", None) == data else Tokenizer(data, "<rank 0>")
 
 
+def share_files(folder, names: list[str], w: World | None = None) -> None:
+    """Make every rank hold `folder/name` for each of `names`: a file some ranks lack is
+    sent by the lowest rank that has it and written atomically by the others (nothing
+    moves when they share a disk). Every name must exist on at least one rank."""
+    from ..files import atomic_write_bytes
+
+    w = w or world()
+    if w.size == 1:
+        return
+    folder = Path(folder)
+    held = gather_json([n for n in names if (folder / n).exists()], w)
+    for name in names:
+        holders = [r for r in range(w.size) if name in held[r]]
+        if not holders:
+            raise SpecializeError(f"no process has {folder / name}")
+        if len(holders) == w.size:
+            continue
+        data = broadcast_bytes((folder / name).read_bytes() if w.rank == holders[0] else None, w, holders[0])
+        if w.rank not in holders:
+            atomic_write_bytes(folder / name, data)
+
+
 # ---- failures ---------------------------------------------------------------------
 def is_peer_lost(err: BaseException) -> bool:
     """Whether an exception is the distributed backend losing a peer."""
     text = str(err)
-    return isinstance(err, RuntimeError) and any(s in text for s in ("[ring]", "[mpi]", "[nccl]", "peer"))
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("[ring]", "[mpi]", "[nccl]", "[jaccl]", "connection to a peer"))
 
 
-def peer_lost_message(w: World, step: int, err: BaseException | None = None, what: str = "the connection to") -> str:
-    detail = f" ({str(err).splitlines()[0]})" if err is not None else ""
-    return (f"rank {w.rank}: lost {what} a peer process at step {step}{detail}; a peer probably died. "
-            "The last checkpoint is intact: rerun the same command with --resume")
+def peer_lost_message(w: World, err: BaseException, step: int | None = None) -> str:
+    where = f" at step {step}" if step is not None else ""
+    return (f"rank {w.rank}: lost the connection to another process of the job{where} "
+            f"({str(err).splitlines()[0]}); it probably died. Whatever was written is intact: "
+            "rerun the same command (with --resume for training)")
 
 
 def _install_sigterm_handler(w: World) -> None:

@@ -327,7 +327,7 @@ class Trainer:
                 return self._run(resume, overwrite)
         except RuntimeError as err:
             if self.world.size > 1 and dist.is_peer_lost(err):
-                raise SpecializeError(dist.peer_lost_message(self.world, self.step, err)) from None
+                raise SpecializeError(dist.peer_lost_message(self.world, err, self.step)) from None
             raise
 
     def _run(self, resume: bool, overwrite: bool) -> dict:
