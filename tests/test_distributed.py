@@ -1,8 +1,12 @@
-"""Data-parallel training on 2 processes on localhost (mlx.launch, ring backend).
+"""Several processes on localhost with MLX's ring backend: data-parallel training,
+resume across world sizes, lost peers, SLM-mix's embedding and experts.
 
-Each rank writes into its own folder `run-RANK` (as on two Macs with their own disks),
-so rank 1's folder staying absent shows that rank 0 alone writes, and resuming shows
-that the others need nothing from disk."""
+The 1-vs-2 equivalence runs under `mlx.launch -n 2 --backend ring` (the documented
+launch); the other multi-process tests start the ranks directly with the two variables
+mlx.launch sets, `_ring`, because its output loop keeps one of this machine's 2 cores busy.
+Each rank writes into its own folder `run-RANK` (as on two Macs with their own disks), so
+rank 1's folder staying absent shows that rank 0 alone writes, and resuming shows that the
+others need nothing from disk."""
 
 import json
 import os
@@ -45,8 +49,25 @@ def _args(out: str, tok_dir, cache_dir, *extra) -> list[str]:
             "--cache-dir", str(cache_dir), "--quiet", *extra]
 
 
-def _run(cwd: Path, n: int, args: list[str], worker: list[str] | None = None, env: dict | None = None):
-    """`mlxspec ARGS` in 1 plain process, or under `mlx.launch -n N` with run-RANK folders."""
+def _ring(n: int, argv, env: dict, cwd=None) -> subprocess.CompletedProcess:
+    """N processes on a local ring started directly, with the two variables mlx.launch
+    sets (MLX_RANK, MLX_HOSTFILE): its output loop would keep one of 2 cores busy.
+    `argv(rank)` is each rank's command line; returns rank 0's exit status, all output."""
+    hostfile = Path(cwd or ".") / f"ring-{os.getpid()}.json"
+    port = _free_port()
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{port + r}"] for r in range(n)]))
+    procs = [subprocess.Popen(argv(r), cwd=cwd, env={**env, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(n)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    hostfile.unlink()
+    return subprocess.CompletedProcess(argv(0), procs[0].returncode, "".join(o[0] for o in outs),
+                                       "".join(o[1] for o in outs))
+
+
+def _run(cwd: Path, n: int, args: list[str], worker: list[str] | None = None, env: dict | None = None,
+         direct: bool = False):
+    """`mlxspec ARGS` in 1 plain process, or N with run-RANK folders: under `mlx.launch -n N`
+    or (`direct`) started by `_ring`."""
     env = {**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})}
     if worker:
         prog = [sys.executable, str(Path(os.getcwd()) / "tests" / "dist_worker.py"), *worker, "--"]
@@ -54,6 +75,8 @@ def _run(cwd: Path, n: int, args: list[str], worker: list[str] | None = None, en
         prog = [sys.executable, "-m", "cli.main"]
     if n == 1:
         cmd = [*prog, *args]
+    elif direct:
+        return _ring(n, lambda r: [*prog, args[0], f"{args[1]}-{r}", *args[2:]], env, cwd)
     else:  # each rank its own folder: `run` -> `run-$MLX_RANK`
         line = " ".join(f'"{a}"' if a != args[1] else f'"{a}-$MLX_RANK"' for a in [*prog, *args])
         cmd = [_launcher(), "-n", str(n), "--backend", "ring", "--starting-port", str(_free_port()),
@@ -106,7 +129,7 @@ def test_a_checkpoint_of_one_process_resumes_on_two(runs, cache_dir, tmp_path):
     shutil.copytree(runs / "one", run)
     shutil.rmtree(run / "checkpoints" / f"step_{STEPS:08d}")
     (run / "summary.json").unlink()
-    result = _run(tmp_path, 2, _args("resumed", runs / "tok", cache_dir, "--resume"))
+    result = _run(tmp_path, 2, _args("resumed", runs / "tok", cache_dir, "--resume"), direct=True)
     assert (run / "summary.json").exists(), result.stdout + result.stderr
     assert json.loads((run / "summary.json").read_text())["steps_this_session"] == CHECKPOINT_EVERY
     _assert_same_weights(_weights(run), _weights(runs / "one"))
@@ -117,18 +140,38 @@ def test_a_checkpoint_of_one_process_resumes_on_two(runs, cache_dir, tmp_path):
 
 
 def test_a_dead_peer_stops_the_job_and_one_process_resumes_it(runs, cache_dir, tmp_path):
-    """Rank 1 dies on global batch 6: rank 0 stops with one line naming its rank, the
-    checkpoint of step 4 is intact, and --resume on 1 process (a checkpoint of 2 read by
-    1) ends where the uninterrupted run ended."""
-    result = _run(tmp_path, 2, _args("run", runs / "tok", cache_dir), worker=["die", "1", "6"])
+    """Rank 1 dies on global batch 6: the ring reports the lost peer and rank 0 stops
+    with one line naming its rank and step, the checkpoint of step 4 is intact, and
+    --resume on 1 process (a checkpoint of 2 read by 1) ends where the uninterrupted run
+    ended."""
+    result = _run(tmp_path, 2, _args("run", runs / "tok", cache_dir), worker=["die", "1", "6"], direct=True)
     run = tmp_path / "run-0"
-    assert "error: rank 0" in result.stderr and "--resume" in result.stderr, result.stderr
+    assert result.returncode == 2
+    assert "error: rank 0: lost the connection to another process of the job at step 6" in result.stderr
+    assert "--resume" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (run / "summary.json").exists()
     assert checkpoint_dirs(run)[-1].name == "step_00000004"
     resumed = _run(tmp_path, 1, _args("run-0", runs / "tok", cache_dir, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_weights(_weights(run), _weights(runs / "one"))
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.getcwd()},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_launcher_stopping_a_process_is_one_line():
+    """mlx.launch sends SIGTERM to the others when one process fails."""
+    result = _python("import os, signal, time\n"
+                     "from mlx_specialize.train.distributed import World, _install_sigterm_handler\n"
+                     "_install_sigterm_handler(World(None, 1, 2))\n"
+                     "os.kill(os.getpid(), signal.SIGTERM)\n"
+                     "time.sleep(30)\n")
+    assert result.returncode == 143
+    assert result.stderr == ("error: rank 1: stopped by the launcher because another process of the job failed; "
+                             "rerun the same command with --resume\n")
 
 
 def test_the_watchdog_ends_a_process_whose_peer_hangs(tmp_path):
@@ -139,8 +182,7 @@ def test_the_watchdog_ends_a_process_whose_peer_hangs(tmp_path):
             "with Watchdog(World(None, 1, 2), timeout=0.5) as w:\n"
             "    w.beat(7)\n"
             "    time.sleep(30)\n")
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.getcwd()},
-                            capture_output=True, text=True, timeout=60)
+    result = _python(code)
     assert result.returncode == 3
     assert result.stderr.startswith("error: rank 1: no progress at step 7 for ")
     assert "--resume" in result.stderr
@@ -195,16 +237,14 @@ pretrain_mixture(clusters, generic, tok, ms.get_preset("tiny"), root / "mix", 20
 
 
 def test_slm_mix_pipeline_shared_by_two_processes(runs, cache_dir, tmp_path):
-    """Under mlx.launch -n 2: 4 embedding shards, 2 made by each rank and sent to the
+    """2 processes on a ring: 4 embedding shards, 2 made by each rank and sent to the
     other; k-means on rank 0, the assignment split over both (the same shards and labels
     as one process); then expert c trains on rank c alone, no communication until rank 0
     writes mixture.json saying where each expert was trained."""
     script = tmp_path / "pipeline.py"
     script.write_text(PIPELINE_SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    both = subprocess.run([_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--",
-                           sys.executable, str(script), str(runs / "tok"), str(cache_dir), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    both = _ring(2, lambda r: [sys.executable, str(script), str(runs / "tok"), str(cache_dir), str(tmp_path)], env)
     if not (tmp_path / "mix" / "mixture.json").exists():
         pytest.fail(both.stdout + both.stderr)
 
