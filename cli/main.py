@@ -207,7 +207,10 @@ def pretrain_cmd(
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Pre-train a model from scratch on a generic corpus."""
+    """Pre-train a model from scratch on a generic corpus.
+
+    `mlx.launch -n N -- mlxspec pretrain ...` trains on N processes or Macs: data-parallel
+    (--batch-size is the global batch), or one expert per process with --arch mix."""
     p = ms.get_preset(preset)
     if arch not in ("dense", "mix"):
         raise SpecializeError(f"unknown architecture '{arch}' (dense or mix; pn and soup are not implemented yet)")
@@ -267,7 +270,9 @@ def finetune_cmd(
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Fine-tune a model on a domain, early-stopping on the domain's valid split."""
+    """Fine-tune a model on a domain, early-stopping on the domain's valid split.
+
+    `mlx.launch -n N -- mlxspec finetune ...` trains data-parallel on N processes or Macs."""
     result = ms.finetune(model, domain, out_dir, domain_tokens, tokens, cache_dir=cache_dir, resume=resume,
                          overwrite=overwrite, seed=seed,
                          **_train_options(lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
