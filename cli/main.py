@@ -209,8 +209,7 @@ def pretrain_cmd(
 ):
     """Pre-train a model from scratch on a generic corpus.
 
-    `mlx.launch -n N -- mlxspec pretrain ...` trains on N processes or Macs: data-parallel
-    (--batch-size is the global batch), or one expert per process with --arch mix."""
+    On N processes or Macs: `mlx.launch -n N -- mlxspec pretrain ...` (README: several processes)."""
     p = ms.get_preset(preset)
     if arch not in ("dense", "mix"):
         raise SpecializeError(f"unknown architecture '{arch}' (dense or mix; pn and soup are not implemented yet)")
@@ -272,7 +271,7 @@ def finetune_cmd(
 ):
     """Fine-tune a model on a domain, early-stopping on the domain's valid split.
 
-    `mlx.launch -n N -- mlxspec finetune ...` trains data-parallel on N processes or Macs."""
+    On N processes or Macs: `mlx.launch -n N -- mlxspec finetune ...` (README: several processes)."""
     result = ms.finetune(model, domain, out_dir, domain_tokens, tokens, cache_dir=cache_dir, resume=resume,
                          overwrite=overwrite, seed=seed,
                          **_train_options(lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
