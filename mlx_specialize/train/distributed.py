@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -90,13 +91,26 @@ def _local_size(rank: int, size: int) -> int:
         return 1
 
 
+def _init():
+    """`mx.distributed.init()`, or None for a job of one that it refuses: mlx.launch -n 1
+    hands the process an empty hostfile."""
+    try:
+        return mx.distributed.init()
+    except RuntimeError as err:
+        hostfile = os.environ.get("MLX_HOSTFILE", "")
+        if hostfile and Path(hostfile).is_file() and not Path(hostfile).read_text().strip():
+            return None
+        raise SpecializeError(f"could not join the distributed job ({_detail(err)}); check the "
+                              "hostfile and that every process was started with it") from None
+
+
 def world() -> World:
     """The job's processes (initialised once; `SOLO` inside `solo()`)."""
     global _world
     if _solo_depth:
         return SOLO
     if _world is None:
-        group = mx.distributed.init() if mx.distributed.is_available() else None
+        group = _init() if mx.distributed.is_available() else None
         if group is None or group.size() == 1:
             _world = SOLO
         else:
@@ -243,8 +257,14 @@ def is_peer_lost(err: BaseException) -> bool:
 def peer_lost_message(w: World, err: BaseException, step: int | None = None) -> str:
     where = f" at step {step}" if step is not None else ""
     return (f"rank {w.rank}: lost the connection to another process of the job{where} "
-            f"({str(err).splitlines()[0]}); it probably died. Whatever was written is intact: "
+            f"({_detail(err)}); it probably died. Whatever was written is intact: "
             "rerun the same command (with --resume for training)")
+
+
+def _detail(err: BaseException) -> str:
+    """The first line of a backend's error, without its `[ring]`-style tag (which the
+    terminal's markup would eat anyway)."""
+    return re.sub(r"^(\[[^\]]*\]\s*)+", "", str(err).splitlines()[0] if str(err) else type(err).__name__)
 
 
 def _install_sigterm_handler(w: World) -> None:
