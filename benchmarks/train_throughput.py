@@ -55,7 +55,7 @@ def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0
     state["blas"].enter_context(blas_per_stream(len(trainer.streams)))
 
     def step():
-        loss, _ = step_fn(trainer._batch(state["i"]))
+        loss, _ = step_fn(*trainer._batch(state["i"]))
         mx.eval(loss, model.state, trainer.optimizer.state)
         state["i"] += 1
         return loss.item()

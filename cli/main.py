@@ -60,6 +60,10 @@ def handle_errors(fn):
         except Exception as err:  # a bug: still one line, traceback on request
             if os.environ.get("MLXSPEC_DEBUG"):
                 raise
+            from mlx_specialize.train import distributed as dist
+
+            if dist.is_peer_lost(err):  # under mlx.launch: another process died
+                fail(dist.peer_lost_message(dist.world(), err))
             fail(f"internal error: {type(err).__name__}: {err} (set MLXSPEC_DEBUG=1 for the traceback)", code=1)
 
     return wrapper
@@ -71,6 +75,8 @@ def fail(message: str, code: int = 2):
 
 
 def emit(result: dict, json_out: bool, table: Table | None = None) -> None:
+    if ui.SECONDARY:  # under mlx.launch, rank 0 alone reports
+        return
     if json_out:
         print(json.dumps(result, default=float))
     elif table is not None:
@@ -204,7 +210,9 @@ def pretrain_cmd(
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Pre-train a model from scratch on a generic corpus."""
+    """Pre-train a model from scratch on a generic corpus.
+
+    On N processes or Macs: `mlx.launch -n N -- mlxspec pretrain ...` (README: several processes)."""
     p = ms.get_preset(preset)
     if arch not in ("dense", "mix", "pn", "soup"):
         raise SpecializeError(f"unknown architecture '{arch}' (dense, mix, pn or soup)")
@@ -279,7 +287,9 @@ def finetune_cmd(
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Fine-tune a model on a domain, early-stopping on the domain's valid split."""
+    """Fine-tune a model on a domain, early-stopping on the domain's valid split.
+
+    On N processes or Macs: `mlx.launch -n N -- mlxspec finetune ...` (README: several processes)."""
     result = ms.finetune(model, domain, out_dir, domain_tokens, tokens, cache_dir=cache_dir, resume=resume,
                          overwrite=overwrite, seed=seed,
                          **_train_options(lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,

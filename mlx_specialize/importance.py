@@ -17,6 +17,7 @@ A domain embedded with other embedder settings than the centroids' is refused.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -84,19 +85,35 @@ class Clusters:
 def cluster(embedded, k: int, out: str | os.PathLike, generic: str, tokenizer: Tokenizer, embedder,
             metric: str = "cosine", seed: int = 0) -> Clusters:
     """k-means over embedded generic windows; writes the clusters folder."""
-    if metric not in METRICS:
-        raise SpecializeError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
-    with ui.task(f"k-means, k={k}, {len(embedded.vectors):,} windows", None) as advance:
-        result = kmeans(embedded.vectors, k, metric=metric, seed=seed, on_iter=lambda i, _: advance())
-    labels, _ = assign(embedded.vectors, result.centroids, metric)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"k": k, "metric": metric, "seed": seed, "window": embedded.window, "generic": generic,
-            "tokenizer": tokenizer.fingerprint, "embedder": embedded.settings, "inertia": result.inertia,
-            "iterations": result.n_iter, "windows": int(len(labels))}
     import mlx.core as mx
 
-    arrays = {"centroids": mx.array(result.centroids), **{k2: mx.array(v) for k2, v in embedder_state(embedder).items()}}
+    from .train import distributed as dist
+
+    if metric not in METRICS:
+        raise SpecializeError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    # Several processes (mlx.launch): rank 0 fits the centroids, all assign a share of the windows.
+    w = dist.world()
+    result = error = None
+    if w.is_main:
+        try:
+            with ui.task(f"k-means, k={k}, {len(embedded.vectors):,} windows", None) as advance:
+                result = kmeans(embedded.vectors, k, metric=metric, seed=seed, on_iter=lambda i, _: advance())
+        except SpecializeError as err:
+            error = str(err)
+    dist.agree(error, w)
+    fit = dist.broadcast_json(None if result is None else [result.inertia, result.n_iter], w)
+    centroids = np.array(dist.broadcast_tree(mx.zeros((k, embedded.vectors.shape[1])) if result is None
+                                             else mx.array(result.centroids), w))
+    labels, _ = assign(embedded.vectors, centroids, metric, world=w)
+    out = Path(out)
+    meta = {"k": k, "metric": metric, "seed": seed, "window": embedded.window, "generic": generic,
+            "tokenizer": tokenizer.fingerprint, "embedder": embedded.settings, "inertia": fit[0],
+            "iterations": fit[1], "windows": int(len(labels))}
+    if not w.is_main:  # rank 0 alone writes the folder
+        return Clusters(out, centroids, labels, meta, embedder)
+    out.mkdir(parents=True, exist_ok=True)
+
+    arrays = {"centroids": mx.array(centroids), **{k2: mx.array(v) for k2, v in embedder_state(embedder).items()}}
     save_arrays(out / "clusters.safetensors", arrays, {"mlxspec": json.dumps(meta)})
     np.save(out / "labels.npy", labels.astype(np.int32))
     tokenizer.save(out)
@@ -260,8 +277,10 @@ def embed_generic(generic: str, tokenizer: Tokenizer, embedder_name: str, window
     generic_split = corpus_split(generic, "train", tokenizer, cache_dir)
     embedder = build_embedder(embedder_name, generic_split, tokenizer, window)
     embedded = embed_windows(generic_split, tokenizer, embedder, window, cache_dir, max_windows=max_windows)
-    np.savez(embedded.folder / "embedder-state.npz", **embedder_state(embedder))
-    (embedded.folder / "generic.json").write_text(json.dumps({"generic": generic}))
+    state = io.BytesIO()  # every process of a distributed job writes these: atomically
+    np.savez(state, **embedder_state(embedder))
+    atomic_write_bytes(embedded.folder / "embedder-state.npz", state.getvalue())
+    atomic_write_bytes(embedded.folder / "generic.json", json.dumps({"generic": generic}).encode())
     tokenizer.save(embedded.folder)
     return embedded
 

@@ -251,6 +251,11 @@ def specialize(
     the bundled corpora other than the domain."""
     if method not in METHODS:
         raise SpecializeError(f"unknown method '{method}' (available: {', '.join(METHODS)})")
+    from .train.distributed import world
+
+    if world().size > 1:  # its reports and caches are written by one process
+        raise SpecializeError("specialize runs as one process; under mlx.launch run its steps (mlxspec data, "
+                              "pretrain, finetune) instead")
     cache_dir = Path(cache_dir or default_cache_dir())
     domain_corpus = load_corpus(domain)
     for split in ("train", "valid", "test"):  # fail fast, before any pre-training

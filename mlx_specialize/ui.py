@@ -6,17 +6,29 @@ Everything human-readable goes to stderr, so `--json` leaves stdout with JSON al
 from __future__ import annotations
 
 import contextlib
+import os
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
-QUIET = False
+
+
+def _launched_rank() -> int:
+    """Rank given by a distributed launcher (mlx.launch, mpirun); 0 when not launched."""
+    for var in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+SECONDARY = _launched_rank() > 0  # of several processes, only rank 0 prints progress
+QUIET = SECONDARY
 
 
 def set_quiet(quiet: bool) -> None:
     global QUIET
-    QUIET = quiet
+    QUIET = quiet or SECONDARY
 
 
 def info(message: str) -> None:

@@ -59,14 +59,29 @@ def _nearest(x: mx.array, centroids: mx.array, c_norm2: mx.array) -> tuple[mx.ar
     return labels.astype(mx.int32), mx.maximum(best + (x * x).sum(axis=1), 0.0)
 
 
-def assign(vectors, centroids: np.ndarray, metric: str = "euclidean", chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+def assign(vectors, centroids: np.ndarray, metric: str = "euclidean", chunk: int = 32768,
+           world=None) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every vector, streamed in chunks: (labels [n] int32,
-    squared distances [n] float32). `vectors` may be a memory-mapped array."""
+    squared distances [n] float32). `vectors` may be a memory-mapped array.
+
+    `world` (train.distributed.World, several processes): the processes take turns at
+    the chunks and sum their results, so every one returns all labels."""
     _check_metric(metric)
     if len(vectors) and vectors.shape[1] != centroids.shape[1]:
         raise SpecializeError(f"vectors have {vectors.shape[1]} dimensions, centroids {centroids.shape[1]}")
     c = mx.array(centroids.astype(np.float32))
     c_norm2 = (c * c).sum(axis=1)
+    if world is not None and world.size > 1:
+        from ..train.distributed import all_sum
+
+        labels, dists = np.zeros(len(vectors), np.int32), np.zeros(len(vectors), np.float32)
+        for start in range(chunk * world.rank, len(vectors), chunk * world.size):
+            lab, dist = _nearest(_prepare(vectors[start : start + chunk], metric), c, c_norm2)
+            mx.eval(lab, dist)
+            labels[start : start + chunk], dists[start : start + chunk] = np.array(lab), np.array(dist)
+        summed = all_sum(mx.array(labels), world), all_sum(mx.array(dists), world)  # zeros elsewhere
+        mx.eval(*summed)
+        return np.array(summed[0]), np.array(summed[1])
     labels, dists = [], []
     for start in range(0, len(vectors), chunk):
         lab, dist = _nearest(_prepare(vectors[start : start + chunk], metric), c, c_norm2)

@@ -34,6 +34,7 @@ import numpy as np
 from .. import ui
 from ..errors import SpecializeError
 from ..files import atomic_write_bytes
+from ..train import distributed as dist
 
 BUCKETS = 1 << 20
 WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -205,10 +206,14 @@ def embed_windows(
             "shard_rows": shard_rows, "settings": embedder.settings, "tokenizer": tokenizer.fingerprint}
     atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())
     n_shards = -(-total // shard_rows)
+    # Several processes (mlx.launch): shard s is embedded by rank s mod N, then sent to
+    # the ranks that lack it (see distributed.share_files).
+    w = dist.world()
     todo = [s for s in range(n_shards) if not (folder / f"shard-{s:05d}.npy").exists()]
+    mine = [s for s in todo if s % w.size == w.rank]
     with ui.task(f"embedding {split.name} ({embedder.name})", len(todo) and total) as advance:
         advance(total - sum(min(shard_rows, total - s * shard_rows) for s in todo))
-        for s in todo:
+        for s in mine:
             lo, hi = s * shard_rows, min(total, (s + 1) * shard_rows)
             parts = []
             for b in range(lo, hi, batch):
@@ -217,6 +222,8 @@ def embed_windows(
             shard = io.BytesIO()
             np.save(shard, np.concatenate(parts).astype(np.float16))
             atomic_write_bytes(folder / f"shard-{s:05d}.npy", shard.getvalue())
+        dist.share_files(folder, [f"shard-{s:05d}.npy" for s in range(n_shards)], w)
+        advance(sum(min(shard_rows, total - s * shard_rows) for s in todo if s not in mine))
     return load_embedded(folder)
 
 

@@ -8,8 +8,11 @@ A mixture folder holds `mixture.json` (arch, k, the clustering it follows, the b
 and one dense model folder per expert, `expert-000/` ... Each expert is trained only on
 its own cluster's windows (`expert_split`), from scratch by default (the paper's setting;
 experts share nothing, so they can train in separate processes or hosts) or from a shared
-generic model (`init_from`), one after another here; a run that stops resumes at the
-first unfinished expert.
+generic model (`init_from`), one after another in one process; a run that stops resumes at
+the first unfinished expert. Under `mlx.launch -n N` the experts are dealt round-robin to
+the N processes (expert c to rank c mod N), which train with no communication at all; they
+meet once at the end, and rank 0 writes mixture.json (`trained_on` says which host holds
+each expert's folder: on several hosts, copy them into one folder).
 
 Choosing the expert for a domain (`choose_expert`), as in the paper's Table 5:
 - `frequent` (default): the expert of the domain's most frequent cluster; costs one
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +61,11 @@ def pretrain_mixture(clusters, generic: TokenizedSplit, tokenizer, preset, out_d
     they can train anywhere, in any order, with no common prerequisite); `init_from` (a
     generic model of the same preset and tokenizer) starts every expert from it instead,
     which buys a better start for the price of that model's pre-training."""
+    from ..train import distributed as dist
     from ..train.jobs import pretrain
 
     out_dir = Path(out_dir)
+    w = dist.world()
     window = clusters.meta["window"]
     if n_windows(generic.tokens, window) != len(clusters.labels):
         raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
@@ -67,21 +73,32 @@ def pretrain_mixture(clusters, generic: TokenizedSplit, tokenizer, preset, out_d
             "tokens_per_expert": tokens_per_expert, "init": str(init_from) if init_from else "scratch", "window": window,
             "experts": [f"expert-{c:03d}" for c in range(clusters.k)], "tokenizer": tokenizer.fingerprint}
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = []
-    for c, name in enumerate(meta["experts"]):
-        folder = out_dir / name
+    summaries = {}
+    for c in w.shard(clusters.k):  # every expert alone; this process' share of them under mlx.launch
+        folder = out_dir / meta["experts"][c]
         if (folder / "summary.json").exists():
-            summaries.append(json.loads((folder / "summary.json").read_text()))
+            summaries[c] = json.loads((folder / "summary.json").read_text())
             continue
-        ui.info(f"expert {c + 1}/{clusters.k}: cluster {c}")
+        ui.info(f"expert {c + 1}/{clusters.k}: cluster {c}" + (f" (rank {w.rank})" if w.size > 1 else ""))
         split = expert_split(generic, clusters.labels, c, window)
-        result = pretrain(clusters.meta["generic"], preset, folder, tokens_per_expert, tokenizer=tokenizer,
-                          cache_dir=cache_dir, resume=True, seed=seed + c, train_split=split, init_from=init_from,
-                          **train_options)
-        summaries.append(result.summary)
-    meta.update(tokens=sum(s["tokens"] for s in summaries), flops=sum(s["flops"] for s in summaries),
-                seconds=sum(s["seconds"] for s in summaries))
-    atomic_write_bytes(out_dir / MIXTURE_FILE, json.dumps(meta, indent=2).encode())
+        with dist.solo():
+            result = pretrain(clusters.meta["generic"], preset, folder, tokens_per_expert, tokenizer=tokenizer,
+                              cache_dir=cache_dir, resume=True, seed=seed + c, train_split=split,
+                              init_from=init_from, **train_options)
+        summaries[c] = result.summary
+    host = {"rank": w.rank, "host": socket.gethostname()}
+    everyone = dist.gather_json({str(c): {**s, **host} for c, s in summaries.items()}, w)  # waits for all
+    done = {int(c): s for part in everyone for c, s in part.items()}
+    meta.update(tokens=sum(s["tokens"] for s in done.values()), flops=sum(s["flops"] for s in done.values()),
+                seconds=sum(s["seconds"] for s in done.values()))
+    if w.size > 1:
+        meta["trained_on"] = [{"rank": done[c]["rank"], "host": done[c]["host"]} for c in range(clusters.k)]
+        elsewhere = [meta["experts"][c] for c in range(clusters.k) if not (out_dir / meta["experts"][c]).is_dir()]
+        if elsewhere and w.is_main:
+            ui.info(f"{', '.join(elsewhere)} were trained on other hosts (see trained_on in {MIXTURE_FILE}): "
+                    f"copy their folders into {out_dir}")
+    if w.is_main:
+        atomic_write_bytes(out_dir / MIXTURE_FILE, json.dumps(meta, indent=2).encode())
     return meta
 
 

@@ -59,23 +59,34 @@ def evaluate(
     eval_fn=None,
     on_batch=None,
     streams: int | None = None,
+    world=None,
 ) -> EvalResult:
     """Evaluate on the split's tokens (its first `max_tokens`, if given): each token
     after the first predicted once, windows of `context` without overlap.
 
     `on_batch(n_targets)` is called after each batch (for progress bars); `streams`
-    parallel CPU streams share each batch (default: auto)."""
+    parallel CPU streams share each batch (default: auto). `world` (distributed.World):
+    its processes take turns at the batches and sum their figures, so every rank returns
+    the whole split's result."""
     n_streams = streams or auto_streams(batch_size)
     eval_fn = eval_fn or make_eval_fn(model, make_streams(n_streams))
     total = mx.array(0.0)
     count = 0
-    with blas_per_stream(n_streams):
-        for x, y, m in eval_batches(split.tokens, context, batch_size, max_tokens, split.bos_id):
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
+    with blas_per_stream(n_streams, world.local if world is not None else 1):
+        for j, (x, y, m) in enumerate(eval_batches(split.tokens, context, batch_size, max_tokens, split.bos_id)):
+            if j % size != rank:
+                continue
             total = total + eval_fn(mx.array(x), mx.array(y), mx.array(m))
             mx.eval(total)
             count += int(np.sum(m))
             if on_batch:
                 on_batch(int(np.count_nonzero(y)))
+    if size > 1:
+        from .distributed import all_sum
+
+        summed = all_sum(mx.array([total.item(), float(count)], dtype=mx.float32), world)
+        total, count = summed[0], int(summed[1].item())
     covered = min(split.n_tokens, (max_tokens or split.n_tokens) + 1)
     n_bytes = split.n_bytes * covered / max(split.n_tokens, 1)
     return EvalResult(float(total.item()), count, n_bytes)

@@ -22,6 +22,7 @@ from ..models.dense import Model, count_params
 from ..backend import train_dtype
 from ..models.io import load_model, model_context
 from ..models.presets import Preset
+from .distributed import rank0_tokenizer
 from .evaluate import EvalResult, evaluate
 from .trainer import TrainConfig, Trainer
 
@@ -73,8 +74,8 @@ def pretrain(
     train split; validation stays on the corpus' valid split. `init_from` (a model
     folder of the same shape and tokenizer) replaces the random initialisation."""
     corpus = load_corpus(generic)
-    if tokenizer is None:
-        tokenizer = fit_tokenizer(corpus, vocab_size or preset.vocab)
+    # Several processes: all take rank 0's (given or trained) tokenizer.
+    tokenizer = rank0_tokenizer(tokenizer, lambda: fit_tokenizer(corpus, vocab_size or preset.vocab))
     train = train_split if train_split is not None else tokenize(corpus, "train", tokenizer, cache_dir)
     valid = tokenize(corpus, "valid", tokenizer, cache_dir)
     mx.random.seed(train_options.get("seed", 0))

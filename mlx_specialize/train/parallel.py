@@ -27,14 +27,15 @@ from .losses import cross_entropy
 MAX_STREAMS = 4
 
 
-def auto_streams(batch_rows: int) -> int:
+def auto_streams(batch_rows: int, processes: int = 1) -> int:
     """Streams to use by default: one per core on CPU (at most 4 and at most the rows
-    of a batch), one on a GPU. `MLXSPEC_STREAMS=N` overrides."""
+    of a batch; the cores shared by `processes` training processes on this host), one
+    on a GPU. `MLXSPEC_STREAMS=N` overrides."""
     if os.environ.get("MLXSPEC_STREAMS"):
         return max(1, min(int(os.environ["MLXSPEC_STREAMS"]), batch_rows))
     if mx.default_device().type == mx.gpu:
         return 1
-    return max(1, min(os.cpu_count() or 1, MAX_STREAMS, batch_rows))
+    return max(1, min((os.cpu_count() or 1) // max(processes, 1), MAX_STREAMS, batch_rows))
 
 
 def make_streams(n: int) -> list:
@@ -42,10 +43,15 @@ def make_streams(n: int) -> list:
     return [None] if n <= 1 else [mx.new_stream(mx.cpu) for _ in range(n)]
 
 
-def blas_per_stream(n_streams: int):
-    """Context for running `n_streams` parallel streams: BLAS on one thread per stream
-    (so streams x BLAS threads never oversubscribe the cores); nothing for one stream."""
-    return blas_threads(1) if n_streams > 1 else contextlib.nullcontext()
+def blas_per_stream(n_streams: int, processes: int = 1):
+    """Context for running `n_streams` parallel streams in each of `processes` processes
+    on this host: BLAS on one thread per stream, or its share of the cores for one
+    stream (an oversubscribed OpenBLAS spins); nothing for one stream in one process."""
+    if n_streams > 1:
+        return blas_threads(1)
+    if processes > 1:
+        return blas_threads(max(1, (os.cpu_count() or 1) // processes))
+    return contextlib.nullcontext()
 
 
 def _row_slices(rows: int, parts: int) -> list[slice]:
@@ -67,8 +73,12 @@ def masked_nll(model, x: mx.array, y: mx.array, mask: mx.array, streams: list) -
     return total, count
 
 
-def training_loss(model, x: mx.array, y: mx.array, streams: list, bos_id: int | None = BOS_ID) -> mx.array:
-    """Mean next-token loss over the batch, `bos_id` targets masked (document starts)."""
+def training_loss(model, x: mx.array, y: mx.array, streams: list, bos_id: int | None = BOS_ID,
+                  count: mx.array | None = None) -> mx.array:
+    """Mean next-token loss over the batch, `bos_id` targets masked (document starts).
+
+    `count` replaces the batch's own number of targets as the divisor: a data-parallel
+    rank holds part of a global batch and divides by the global count (see distributed.py)."""
     mask = (y != (-1 if bos_id is None else bos_id)).astype(mx.float32)
-    total, count = masked_nll(model, x, y, mask, streams)
-    return total / mx.maximum(count, 1.0)
+    total, local_count = masked_nll(model, x, y, mask, streams)
+    return total / mx.maximum(local_count if count is None else count, 1.0)

@@ -38,6 +38,7 @@ from ..data.tokens import PackedWindows, TokenizedSplit
 from ..errors import SpecializeError
 from ..models.dense import Model, flops_per_token
 from ..models.io import save_model
+from . import distributed as dist
 from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .evaluate import evaluate, make_eval_fn
 from .parallel import auto_streams, blas_per_stream, make_streams, training_loss
@@ -150,7 +151,12 @@ class Trainer:
         )
         self.optimizer.init(model.trainable_parameters())
         self.rng = [mx.random.key(config.seed)]
-        self.streams = make_streams(config.streams or auto_streams(config.batch_size))
+        # Data parallel (see distributed.py): this process trains rows `self.rows` of
+        # every global batch; alone, all of them.
+        self.world = dist.world()
+        self.rows = self.world.rows(config.batch_size)
+        local_rows = self.rows.stop - self.rows.start
+        self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local))
         self.step = 0
         self.budget = Budget()
         self.best_valid = math.inf
@@ -162,27 +168,34 @@ class Trainer:
         model, optimizer, cfg = self.model, self.optimizer, self.cfg
         state = [model.state, optimizer.state, self.rng]
 
-        streams, bos_id = self.streams, self.tokenizer.bos_id
+        streams, bos_id, world = self.streams, self.tokenizer.bos_id, self.world
 
-        def loss_fn(model, x, y, cond):
+        def loss_fn(model, x, y, cond, count):
+            # Summed NLL of this rank's rows / the global batch's target count, x world
+            # size: average_gradients' mean over ranks is then the global batch's gradient.
             forward = model if cond is None else partial(model, cond=cond)
-            return training_loss(forward, x, y, streams, bos_id)
+            loss = training_loss(forward, x, y, streams, bos_id, count)
+            return loss * world.size if world.size > 1 else loss
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def step(batch, cond=None):
-            # batch: [grad_accum, batch_size, context + 1] int32; cond: [grad_accum, n] or None
+        def step(batch, counts, cond=None):
+            # batch: [grad_accum, rows, context + 1] int32 (this rank's rows); counts:
+            # [grad_accum] float32 targets in each whole global micro-batch; cond: [grad_accum, n] or None
             self.rng[0], _ = mx.random.split(self.rng[0])
             conds = [None if cond is None else cond[a] for a in range(cfg.grad_accum)]
-            loss, grads = loss_and_grad(model, batch[0, :, :-1], batch[0, :, 1:], conds[0])
+            loss, grads = loss_and_grad(model, batch[0, :, :-1], batch[0, :, 1:], conds[0], counts[0])
             for a in range(1, cfg.grad_accum):
-                loss_a, grads_a = loss_and_grad(model, batch[a, :, :-1], batch[a, :, 1:], conds[a])
+                loss_a, grads_a = loss_and_grad(model, batch[a, :, :-1], batch[a, :, 1:], conds[a], counts[a])
                 loss = loss + loss_a
                 grads = tree_map(mx.add, grads, grads_a)
             if cfg.grad_accum > 1:
                 loss = loss / cfg.grad_accum
                 grads = tree_map(lambda g: g / cfg.grad_accum, grads)
+            if world.size > 1:
+                grads = nn.average_gradients(grads, world.group)  # batched all-reduce
+                loss = dist.all_sum(loss, world) / world.size  # for reporting
             grads, grad_norm = optim.clip_grad_norm(grads, cfg.clip)
             optimizer.update(model, grads)
             return loss, grad_norm
@@ -190,13 +203,17 @@ class Trainer:
         return step
 
     def _batch(self, step: int) -> tuple[mx.array, ...]:
-        """(tokens [grad_accum, batch_size, context + 1],) and, for a conditioned model,
-        its conditions [grad_accum, n]."""
+        """(tokens [grad_accum, rows, context + 1] of this rank's rows, target counts
+        [grad_accum] of the whole global micro-batches) and, for a conditioned model, its
+        conditions [grad_accum, n]."""
         indices = range(step * self.cfg.grad_accum, (step + 1) * self.cfg.grad_accum)
-        tokens = mx.array(np.stack([self.windows.batch(i) for i in indices]))
+        full = [np.asarray(self.windows.batch(i)) for i in indices]
+        bos = self.tokenizer.bos_id
+        counts = mx.array([float(np.count_nonzero(b[:, 1:] != (-1 if bos is None else bos))) for b in full])
+        tokens = mx.array(np.stack([b[self.rows] for b in full]))
         if not self.conditioned:
-            return (tokens,)
-        return tokens, mx.array(np.stack([self.windows.condition(i) for i in indices]).astype(np.float32))
+            return tokens, counts
+        return tokens, counts, mx.array(np.stack([self.windows.condition(i) for i in indices]).astype(np.float32))
 
     # ---- state -------------------------------------------------------------------
     def _state(self) -> dict:
@@ -222,11 +239,34 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
+        if not self.world.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> dict | None:
-        """Check the run folder and return the checkpoint state to resume from, if any."""
+        """Check the run folder and return the checkpoint state to resume from, if any.
+
+        Several processes: rank 0 alone reads (and writes) the run folder, then sends its
+        verdict, weights and optimizer state to the others (which may be other hosts)."""
+        if self.world.size == 1:
+            return self._prepare_local(resume, overwrite)
+        dist.same_everywhere(self.tokenizer.fingerprint, "tokenizer", self.world)
+        error = state = None
+        if self.world.is_main:
+            try:
+                state = self._prepare_local(resume, overwrite)
+            except SpecializeError as err:
+                error = str(err)
+        dist.agree(error, self.world)
+        state = dist.broadcast_json(state, self.world)
+        self.model.update(dist.broadcast_tree(self.model.parameters(), self.world))
+        self.optimizer.state = dist.broadcast_tree(self.optimizer.state, self.world)
+        if state is not None and not self.world.is_main:
+            self._restore(state)
+        return state
+
+    def _prepare_local(self, resume: bool, overwrite: bool) -> dict | None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpts = checkpoint_dirs(self.run_dir)
         metrics = self.run_dir / "metrics.jsonl"
@@ -247,7 +287,9 @@ class Trainer:
                 old.unlink()
         return None
 
-    def checkpoint(self) -> Path:
+    def checkpoint(self) -> Path | None:
+        if not self.world.is_main:
+            return None
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self._state(), self.cfg.keep_checkpoints)
 
     # ---- validation --------------------------------------------------------------
@@ -256,7 +298,9 @@ class Trainer:
             result = self.evaluator(self.model)
         else:
             result = evaluate(self.model, self.valid, self.cfg.context, self.cfg.eval_batch_size,
-                              self.cfg.eval_tokens, self._eval_fn, streams=len(self.streams))
+                              self.cfg.eval_tokens, self._eval_fn, streams=len(self.streams), world=self.world)
+        if self.world.size > 1:  # every rank takes rank 0's figures: the same early-stopping decisions
+            result = type(result)(*dist.broadcast_json([result.nll, result.tokens, result.bytes], self.world))
         self._log({"event": "valid", "step": self.step, "tokens": self.budget.tokens,
                    "valid_loss": result.loss, "valid_ppl": result.ppl, "valid_bpb": result.bits_per_byte})
         if result.loss < self.best_valid:
@@ -267,15 +311,30 @@ class Trainer:
         return result.loss
 
     def _save_best(self) -> None:
+        if not self.world.is_main:
+            return
         save_model(self.model, self.run_dir, self.tokenizer, {**self.meta, "step": self.step, "context": self.cfg.context})
 
     # ---- the loop ----------------------------------------------------------------
     def run(self, resume: bool = False, overwrite: bool = False) -> dict:
         """Train until `steps`, early stopping, or an interrupt (which checkpoints).
-        Returns the summary also written to RUN/summary.json."""
+        Returns the summary also written to RUN/summary.json.
+
+        With several processes, a lost peer ends every survivor with its rank and step
+        (a watchdog catches a peer that hangs instead of dying: see distributed.py)."""
+        try:
+            with dist.Watchdog(self.world) as self._watchdog:
+                return self._run(resume, overwrite)
+        except RuntimeError as err:
+            if self.world.size > 1 and dist.is_peer_lost(err):
+                raise SpecializeError(dist.peer_lost_message(self.world, err, self.step)) from None
+            raise
+
+    def _run(self, resume: bool, overwrite: bool) -> dict:
         cfg = self.cfg
         self._prepare_run_dir(resume, overwrite)
-        (self.run_dir / "run.json").write_text(json.dumps({"train": cfg.to_dict(), **self.meta}, indent=2))
+        if self.world.is_main:
+            (self.run_dir / "run.json").write_text(json.dumps({"train": cfg.to_dict(), **self.meta}, indent=2))
         self._eval_fn = make_eval_fn(self.model, self.streams) if self.valid is not None and not self.evaluator else None
         step_fn = self._build_step()
         validating = self.valid is not None or self.evaluator is not None
@@ -285,7 +344,7 @@ class Trainer:
         window_tokens = 0
         window_start = time.perf_counter()
         try:
-            with blas_per_stream(len(self.streams)), ui.progress("loss", "toks") as bar:
+            with blas_per_stream(len(self.streams), self.world.local), ui.progress("loss", "toks") as bar:
                 task = bar.add_task("training", total=cfg.steps, completed=self.step, loss="loss -", toks="")
                 while self.step < cfg.steps:
                     t0 = time.perf_counter()
@@ -293,6 +352,7 @@ class Trainer:
                     mx.eval(loss, grad_norm, self.model.state, self.optimizer.state)
                     dt = time.perf_counter() - t0
                     self.step += 1
+                    self._watchdog.beat(self.step)
                     self.budget.tokens += cfg.tokens_per_step
                     self.budget.flops += cfg.tokens_per_step * self.flops_per_token
                     self.budget.seconds += dt
@@ -316,6 +376,7 @@ class Trainer:
                             stopped_early = True
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.checkpoint()
+                    self._watchdog.beat(self.step)
                     if stopped_early:
                         ui.info(f"early stop at step {self.step}: no better validation loss in {cfg.patience} evaluations")
                         break
@@ -340,6 +401,8 @@ class Trainer:
             "best_valid_loss": None if math.isinf(self.best_valid) else self.best_valid,
             "best_valid_ppl": None if math.isinf(self.best_valid) else math.exp(self.best_valid),
             "final_train_loss": next((h["loss"] for h in reversed(self.history) if h["event"] == "train"), None),
+            **({"processes": self.world.size} if self.world.size > 1 else {}),
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.world.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
