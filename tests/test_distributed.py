@@ -269,3 +269,28 @@ def test_slm_mix_pipeline_shared_by_two_processes(runs, cache_dir, tmp_path):
     summaries = [json.loads((tmp_path / "mix" / e / "summary.json").read_text()) for e in meta["experts"]]
     assert [s["steps"] for s in summaries] == [2, 2] and "processes" not in summaries[1]  # each trained alone
     assert meta["tokens"] == 2 * 2048
+
+
+def test_a_projected_network_trains_on_two_processes_like_on_one(runs, cache_dir, tmp_path):
+    """pn pre-training (cluster-grouped batches, one condition per batch) on 2 processes
+    x 4 rows: the same curve and weights as 1 process x 8 rows; rank 1 writes nothing."""
+    from mlx_specialize import importance as imp
+    from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
+
+    tok = ms.Tokenizer.load(runs / "tok")
+    generic = imp.corpus_split("go-code", "train", tok, cache_dir)
+    embedded = embed_windows(generic, tok, HashedEmbedder(dim=32), 128, cache_dir)
+    imp.cluster(embedded, 3, tmp_path / "clusters", "go-code", tok, HashedEmbedder(dim=32))
+    args = ["pretrain", "pn", "--arch", "pn", "--clusters", str(tmp_path / "clusters"), "--preset", "tiny",
+            "--basis", "2", "--tokens", str(STEPS * BATCH * CONTEXT), "--batch-size", str(BATCH), "--context",
+            str(CONTEXT), "--lr", "3e-3", "--warmup", "2", "--checkpoint-every", str(CHECKPOINT_EVERY),
+            "--eval-every", str(STEPS), "--cache-dir", str(cache_dir), "--quiet"]
+    one = _run(tmp_path, 1, args)
+    assert one.returncode == 0, one.stderr
+    two = _run(tmp_path, 2, args, direct=True)
+    assert (tmp_path / "pn-0" / "summary.json").exists(), two.stdout + two.stderr
+    a, b = _losses(tmp_path / "pn"), _losses(tmp_path / "pn-0")
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    np.testing.assert_allclose([x[2] for x in b], [x[2] for x in a], rtol=1e-5)
+    _assert_same_weights(_weights(tmp_path / "pn"), _weights(tmp_path / "pn-0"))
+    assert "expert_embedding" in _weights(tmp_path / "pn-0") and not (tmp_path / "pn-1").exists()
