@@ -155,8 +155,17 @@ class ProjectedModel(nn.Module):
         """Every layer's dense MLP matrices for condition `cond`."""
         return [layer.mlp.weights(c) for layer, c in zip(self.model.layers, self.coefficients(cond))]
 
-    def __call__(self, inputs: mx.array, cache=None, cond: mx.array | None = None) -> mx.array:
+    def conditioned(self, cond: mx.array):
+        """`forward(inputs, cache=None) -> logits` with the MLP weights of `cond` made
+        once, for every call (the trainer's CPU streams share one weight set per batch)."""
         weights = self.mlp_weights(cond)
+        return lambda inputs, cache=None: self.forward(inputs, weights, cache)
+
+    def __call__(self, inputs: mx.array, cache=None, cond: mx.array | None = None) -> mx.array:
+        return self.forward(inputs, self.mlp_weights(cond), cache)
+
+    def forward(self, inputs: mx.array, weights: list[dict[str, mx.array]], cache=None) -> mx.array:
+        """Logits [B, L, V] with the given MLP weights (from `mlp_weights`)."""
         body = self.model
         h = body.embed_tokens(inputs)
         mask = attention_mask(h.shape[1], cache)

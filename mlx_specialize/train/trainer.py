@@ -130,9 +130,9 @@ class Trainer:
     ):
         """`batches` replaces the shuffled windows of `train`: any object whose
         `batch(i)` gives batch i's rows, int32 [batch_size, context + 1], a pure
-        function of i; if it also has `condition(i)` (float32 [n]), the model is called
-        as `model(x, cond=condition(i))` (the projected network's expert, or a soup's
-        domain weights). `evaluator(model) -> EvalResult` replaces the plain
+        function of i; if it also has `condition(i)` (float32 [n]), the model runs as
+        `model.conditioned(condition(i))(x)` (the projected network's expert, or a soup's
+        domain weights; its MLP weights made once per batch). `evaluator(model) -> EvalResult` replaces the plain
         validation on `valid`."""
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train, self.valid = train, valid
@@ -173,7 +173,7 @@ class Trainer:
         def loss_fn(model, x, y, cond, count):
             # Summed NLL of this rank's rows / the global batch's target count, x world
             # size: average_gradients' mean over ranks is then the global batch's gradient.
-            forward = model if cond is None else partial(model, cond=cond)
+            forward = model if cond is None else model.conditioned(cond)
             loss = training_loss(forward, x, y, streams, bos_id, count)
             return loss * world.size if world.size > 1 else loss
 
