@@ -192,6 +192,8 @@ def pretrain_cmd(
     clusters: Optional[Path] = typer.Option(None, help="--arch mix|pn|soup: clusters folder (`mlxspec data cluster`)."),
     basis: int = typer.Option(8, help="--arch pn|soup: basis matrices h per MLP weight."),
     expert_dim: int = typer.Option(16, help="--arch pn: expert embedding width m."),
+    soup_support: Optional[int] = typer.Option(None, help="--arch soup: clusters in each training condition "
+                                               "(Dirichlet(1) weights) [all]."),
     init: Optional[Path] = typer.Option(None, help="Start from this model (same preset and tokenizer) instead of "
                                         "random weights; with --arch mix, every expert."),
     vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary [default: the preset's]."),
@@ -230,7 +232,7 @@ def pretrain_cmd(
         valid = imp.corpus_split(loaded.meta["generic"], "valid", tok, cache)
         summary = pretrain_projected(
             loaded, split, valid, imp.domain_histogram_labels(loaded, valid, tok, cache), tok, p, out_dir, tokens, arch,
-            expert_dim=expert_dim, basis=basis, seed=seed, resume=resume, overwrite=overwrite,
+            expert_dim=expert_dim, basis=basis, support=soup_support, seed=seed, resume=resume, overwrite=overwrite,
             **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum, warmup=warmup,
                              eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every))
         summary = {"model": str(out_dir), "arch": arch, **summary, "params": summary["params"]["total"],

@@ -180,7 +180,8 @@ def projected_instance(domain: str, generic: str, preset_name: str, tokens: int,
     clusters, _ = imp.cached_clusters(generic, tokenizer, embedder, window, k, metric, seed, cache_dir)
     generic_split = imp.corpus_split(generic, "train", tokenizer, cache_dir)
     basis = basis or 8
-    folder = cache_dir / "projected" / imp.cache_key(clusters.folder.name, preset.__dict__, tokens, seed, arch, basis)
+    settings = (arch, basis) if arch == "pn" else (arch, basis, f"support{clusters.k}")  # soup: all clusters
+    folder = cache_dir / "projected" / imp.cache_key(clusters.folder.name, preset.__dict__, tokens, seed, *settings)
     if (folder / "summary.json").exists():
         ui.info(f"using the cached {arch} network {folder}")
         summary, cached = json.loads((folder / "summary.json").read_text()), True

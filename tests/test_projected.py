@@ -87,7 +87,9 @@ def test_soup_batches_follow_their_domain_weights():
         weights = batches.condition(i)
         assert abs(weights.sum() - 1) < 1e-5 and np.count_nonzero(weights) <= 3
         assert set(np.unique(batches.batch(i)[:, :-1])) <= set(np.flatnonzero(weights))
-    np.testing.assert_array_equal(SoupBatches(tokens, labels, 8, 8, 32, 6, seed=2).batch(7), batches.batch(7))
+    np.testing.assert_array_equal(SoupBatches(tokens, labels, 8, 8, 32, 6, seed=2, support=3).batch(7),
+                                  batches.batch(7))
+    assert np.count_nonzero(SoupBatches(tokens, labels, 8, 8, 32, 6, seed=2).condition(0)) == 6  # default: all
 
 
 def test_pretrain_pn_instantiate_and_refusals(tmp_path, tiny_model_dir):

@@ -8,8 +8,11 @@ shared with SLM-is and SLM-mix), each with its cluster id:
   in plain pre-training) and trained with c_i's expert: its MLP weights are generated
   once per batch. Windows of a cluster are visited in a per-epoch permutation.
 - soup (`SoupBatches`): batch i draws domain weights w_i ~ Dirichlet(1) over `support`
-  clusters (picked proportionally to size), then each row's cluster from w_i and a
-  window of it; the model is built from w_i (Ablin et al. 2025).
+  clusters (default: all k; fewer are picked proportionally to size), then each row's
+  cluster from w_i and a window of it; the model is built from w_i (Ablin et al. 2025).
+  Over all k clusters the training conditions look like real domains' histograms, which
+  spread over many clusters: on the protocol, support 16 (of k = 16) gave macro ppl
+  663.75 / 186.02 before / after fine-tuning on 100k tokens, support 3 774.41 / 211.55.
 
 Both are pure functions of i and the seed, so a resumed run sees the same batches.
 Validation runs each valid window with its own cluster's one-hot condition.
@@ -96,11 +99,12 @@ class ClusterBatches:
 
 class SoupBatches(ClusterBatches):
     """Soup batches: `condition(i)` = domain weights [k] (Dirichlet(1) over `support`
-    clusters), `batch(i)` = rows whose clusters are drawn from those weights."""
+    clusters, default all), `batch(i)` = rows whose clusters are drawn from those weights."""
 
-    def __init__(self, *args, support: int = 3, **kwargs):
+    def __init__(self, *args, support: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.support = max(1, min(support, int(np.count_nonzero(self.p))))
+        nonempty = int(np.count_nonzero(self.p))
+        self.support = max(1, min(support or nonempty, nonempty))
 
     def condition(self, index: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, 3, index])
@@ -149,7 +153,7 @@ def cluster_evaluator(valid: TokenizedSplit, labels: np.ndarray, window: int, co
 
 def pretrain_projected(clusters, generic: TokenizedSplit, valid: TokenizedSplit, valid_labels: np.ndarray,
                        tokenizer, preset, out_dir: str | os.PathLike, tokens: int, arch: str = "pn",
-                       expert_dim: int = 16, basis: int = 8, soup_hidden: int = 64, support: int = 3,
+                       expert_dim: int = 16, basis: int = 8, soup_hidden: int = 64, support: int | None = None,
                        seed: int = 0, resume: bool = True, overwrite: bool = False, **train_options) -> dict:
     """Pre-train a `preset`-sized pn or soup on `tokens` tokens of the clustered
     generic windows; returns the run summary (+ parameter counts)."""
@@ -175,6 +179,8 @@ def pretrain_projected(clusters, generic: TokenizedSplit, valid: TokenizedSplit,
     ui.info(f"pre-training a '{preset.name}' {arch} ({counts['total'] / 1e6:.2f}M params, "
             f"{counts['active'] / 1e6:.2f}M per instantiated SLM, k={clusters.k}, h={basis}): "
             f"{cfg.steps} steps x {cfg.tokens_per_step:,} tokens")
+    if arch == "soup":
+        ui.info(f"soup conditions: Dirichlet(1) weights over {batches.support} of {clusters.k} clusters")
     meta = {"job": "pretrain", "arch": arch, "preset": preset.name, "corpus": clusters.meta["generic"],
             "clusters": str(clusters.folder), "window": window, "lr": cfg.lr, "batch_size": cfg.batch_size}
     trainer = Trainer(model, tokenizer, generic, None, cfg, out_dir, meta, batches=batches, evaluator=evaluator)
