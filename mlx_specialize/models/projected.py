@@ -18,7 +18,7 @@ SiLU). The hard mixture of experts is the pn with h = m = k, E one-hot, M identi
 
 Defaults (ProjectionArgs): k = 16 clusters (the paper's hard mixture; it found k = 32
 best for cost/quality at its scale, an option here), m = 16, h = 8: T holds 8x the
-dense MLP parameters, so the network is ~6-7x the dense SLM on the laptop presets
+dense MLP parameters, so the network is 3.0x (`small`) to 4.2x (`medium`) the dense SLM
 (`param_counts`), while a step costs the dense step plus generating the weights
 (h x MLP parameters multiply-adds per batch, whatever the batch's token count).
 A folder holds `config.json` (the dense fields, `model_type: mlxspec-projected` so
