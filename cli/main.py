@@ -229,10 +229,8 @@ def pretrain_cmd(
     if arch in ("pn", "soup"):
         from mlx_specialize.train.projected import pretrain_projected
 
-        valid = imp.corpus_split(loaded.meta["generic"], "valid", tok, cache)
         summary = pretrain_projected(
-            loaded, split, valid, imp.domain_histogram_labels(loaded, valid, tok, cache), tok, p, out_dir, tokens, arch,
-            expert_dim=expert_dim, basis=basis, support=soup_support, seed=seed, resume=resume, overwrite=overwrite,
+            loaded, split, tok, p, out_dir, tokens, arch, cache, expert_dim=expert_dim, basis=basis, support=soup_support, seed=seed, resume=resume, overwrite=overwrite,
             **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum, warmup=warmup,
                              eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every))
         summary = {"model": str(out_dir), "arch": arch, **summary, "params": summary["params"]["total"],
@@ -385,7 +383,7 @@ def instantiate(
     quiet: bool = QUIET_OPT,
 ):
     """Make the dense SLM of a domain, a cluster or cluster weights from a pn / soup, in closed form."""
-    from mlx_specialize.models.projected import read_projected_config
+    from mlx_specialize.models.projected import one_hot, read_projected_config
     from mlx_specialize.train.projected import instantiate_folder, instantiate_for_domain
 
     config = read_projected_config(network)
@@ -398,9 +396,7 @@ def instantiate(
         result = instantiate_for_domain(network, out_dir, domain, select, domain_tokens, cache_dir)
     else:
         if cluster is not None:
-            if not 0 <= cluster < k:
-                raise SpecializeError(f"cluster {cluster} does not exist ({network} has {k} clusters: 0..{k - 1})")
-            cond = np.eye(k)[cluster]
+            cond = np.array(one_hot(cluster, k))
         else:
             try:
                 cond = np.array([float(x) for x in weights.split(",")])

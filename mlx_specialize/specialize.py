@@ -186,10 +186,8 @@ def projected_instance(domain: str, generic: str, preset_name: str, tokens: int,
         ui.info(f"using the cached {arch} network {folder}")
         summary, cached = json.loads((folder / "summary.json").read_text()), True
     else:
-        valid = imp.corpus_split(generic, "valid", tokenizer, cache_dir)
-        valid_labels = imp.domain_histogram_labels(clusters, valid, tokenizer, cache_dir)
-        summary = pretrain_projected(clusters, generic_split, valid, valid_labels, tokenizer, preset, folder, tokens,
-                                     arch, basis=basis, seed=seed, checkpoint_every=50)
+        summary = pretrain_projected(clusters, generic_split, tokenizer, preset, folder, tokens, arch, cache_dir,
+                                     basis=basis, seed=seed, checkpoint_every=50)
         cached = False
     pre_phase = {key: summary[key] for key in ("tokens", "seconds", "flops")}
     pre_phase.update(cached=cached, model=str(folder), arch=arch, k=k, basis=basis)

@@ -27,6 +27,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import ui
+from ..data import selection
 from ..data.embedding import n_windows, window_tokens
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
@@ -151,18 +152,22 @@ def cluster_evaluator(valid: TokenizedSplit, labels: np.ndarray, window: int, co
     return evaluator
 
 
-def pretrain_projected(clusters, generic: TokenizedSplit, valid: TokenizedSplit, valid_labels: np.ndarray,
-                       tokenizer, preset, out_dir: str | os.PathLike, tokens: int, arch: str = "pn",
-                       expert_dim: int = 16, basis: int = 8, soup_hidden: int = 64, support: int | None = None,
-                       seed: int = 0, resume: bool = True, overwrite: bool = False, **train_options) -> dict:
+def pretrain_projected(clusters, generic: TokenizedSplit, tokenizer, preset, out_dir: str | os.PathLike,
+                       tokens: int, arch: str = "pn", cache_dir=None, expert_dim: int = 16, basis: int = 8,
+                       soup_hidden: int = 64, support: int | None = None, seed: int = 0, resume: bool = True,
+                       overwrite: bool = False, **train_options) -> dict:
     """Pre-train a `preset`-sized pn or soup on `tokens` tokens of the clustered
-    generic windows; returns the run summary (+ parameter counts)."""
+    generic windows, validating on the clustering's generic valid split (its windows
+    assigned to the clusters); returns the run summary (+ parameter counts)."""
+    from .. import importance as imp
     from .jobs import steps_for
     from .trainer import TrainConfig, Trainer
 
     window = clusters.meta["window"]
     if n_windows(generic.tokens, window) != len(clusters.labels):
         raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
+    valid = imp.corpus_split(clusters.meta["generic"], "valid", tokenizer, cache_dir)
+    valid_labels = imp.domain_histogram_labels(clusters, valid, tokenizer, cache_dir)
     proj = ProjectionArgs(arch=arch, experts=clusters.k, expert_dim=expert_dim, basis=basis, soup_hidden=soup_hidden)
     mx.random.seed(seed)
     model = ProjectedModel(preset.model_args(tokenizer.vocab_size), proj)
@@ -200,10 +205,11 @@ def instantiate_folder(folder: str | os.PathLike, out_dir: str | os.PathLike, co
     cond = np.asarray(cond, dtype=np.float32)
     if cond.shape != (k,) or not np.all(np.isfinite(cond)) or cond.min() < 0 or cond.sum() <= 0:
         raise SpecializeError(f"a condition for {folder} is {k} non-negative cluster weights, not {cond.tolist()}")
-    dense = instantiate(model, mx.array(cond / cond.sum()))
+    cond = cond / cond.sum()
+    dense = instantiate(model, mx.array(cond))
     ours = config.get("mlxspec", {})
     meta = {key: ours[key] for key in ("preset", "context", "lr", "batch_size", "corpus") if key in ours}
-    meta.update(instantiated_from=str(folder), arch=model.projection.arch, condition=(cond / cond.sum()).tolist(),
+    meta.update(instantiated_from=str(folder), arch=model.projection.arch, condition=cond.tolist(),
                 **(note or {}))
     save_model(dense, out_dir, tokenizer, meta)
     return Path(out_dir)
@@ -212,18 +218,15 @@ def instantiate_folder(folder: str | os.PathLike, out_dir: str | os.PathLike, co
 def domain_condition(labels: np.ndarray, k: int, rule: str) -> tuple[np.ndarray, dict]:
     """The condition for a domain whose windows fall in clusters `labels`: its most
     frequent cluster's one-hot (`frequent`) or its cluster histogram (`histogram`)."""
-    histogram = np.bincount(labels, minlength=k).astype(np.float64)
-    histogram /= max(histogram.sum(), 1.0)
+    histogram = selection.histogram(labels, k)
     if rule == "frequent":
         cluster = int(np.argmax(histogram))
         cond = np.zeros(k)
         cond[cluster] = 1.0
         return cond, {"rule": rule, "cluster": cluster, "histogram": histogram.tolist()}
     if rule == "histogram":
-        entropy = float(-(histogram[histogram > 0] * np.log(histogram[histogram > 0])).sum())
-        return histogram, {"rule": rule, "histogram": histogram.tolist(), "entropy_nats": entropy}
+        return histogram, {"rule": rule, "histogram": histogram.tolist(), "entropy_nats": selection.entropy(histogram)}
     raise SpecializeError(f"unknown instantiation '{rule}' (frequent or histogram)")
-
 
 
 def instantiate_for_domain(folder: str | os.PathLike, out_dir: str | os.PathLike, domain: str, rule: str,
