@@ -3,9 +3,12 @@
     python benchmarks/loss_curve_check.py --preset small --tokens 300000
 
 Pre-trains the same model on the bundled generic mix twice, in separate processes:
-once plain (`MLXSPEC_STREAMS=1 MLXSPEC_FUSED_CE=0`: one stream, MLX's own loss) and once
-with the defaults (parallel CPU streams, fused cross-entropy). Same seed, same data
-order. Prints both validation-loss curves, their largest difference, and tok/s of each.
+once plain (`MLXSPEC_STREAMS=1 MLXSPEC_FUSED_CE=0 MLXSPEC_FAST_MATH=0
+MLXSPEC_BUFFER_CACHE=0`: one stream, MLX's own loss, exp, SiLU, attention and buffer
+cache) and once with the defaults (parallel CPU streams, fused cross-entropy, the
+vectorizable exp / softmax / SiLU / attention of `fastmath.py`, freed buffers kept).
+Same seed, same data order. Prints both validation-loss curves, their largest
+difference, and tok/s of each.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "mlxspec-curve-cache")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        plain = run(Path(tmp) / "plain", {"MLXSPEC_STREAMS": "1", "MLXSPEC_FUSED_CE": "0"}, args)
+        plain = run(Path(tmp) / "plain", {"MLXSPEC_STREAMS": "1", "MLXSPEC_FUSED_CE": "0", "MLXSPEC_FAST_MATH": "0",
+                                              "MLXSPEC_BUFFER_CACHE": "0"}, args)
         fast = run(Path(tmp) / "fast", {}, args)
     valid = {name: [m for m in runs if m["event"] == "valid"] for name, runs in (("plain", plain), ("fast", fast))}
     print(f"{'step':>6s} {'plain valid loss':>17s} {'fast valid loss':>16s} {'difference':>11s}")

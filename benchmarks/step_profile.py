@@ -4,8 +4,9 @@
 
 At the preset's batch shape, times (median of `--repeats`, milliseconds) the whole
 compiled step with one stream and with the default parallel streams, and the parts of one
-step on one stream: each part's forward + backward (matmuls of a block, attention, SiLU
-gate, RMSNorm, the vocabulary projection and cross-entropy) and the AdamW update. The
+step on one stream: each part's forward + backward, compiled, with the step's own
+functions (matmuls of a block, attention, SiLU gate, RMSNorm, the vocabulary projection
+and cross-entropy) and the AdamW update. `MLXSPEC_FAST_MATH=0` profiles MLX's own ops. The
 parts' sum is a rough account (no fusion, no overlap), to see what dominates.
 """
 
@@ -19,6 +20,10 @@ import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+
+from mlx_specialize import fastmath
+from mlx_specialize.models.dense import silu
+from mlx_specialize.train.losses import cross_entropy
 
 from train_throughput import mlx_stepper  # sibling script: the same compiled step
 
@@ -47,32 +52,44 @@ def whole_step(preset, vocab: int, streams: int, repeats: int) -> float:
 
 
 def parts(preset, vocab: int, repeats: int) -> dict[str, float]:
+    """Each part's forward + backward compiled on its own, with the step's own functions
+    (fast CPU math inside `fastmath.scope()` where the step uses it)."""
     B, T, D, F, H = preset.batch_size, preset.context, preset.hidden, preset.mlp, preset.heads
     N = B * T
     mx.random.seed(0)
     h = mx.random.normal((B, T, D))
-    grad_sum = lambda f: mx.grad(lambda *a: f(*a).sum(), argnums=list(range(1)))  # noqa: E731
     lin_qkvo, lin_up = nn.Linear(D, D, bias=False), nn.Linear(D, F, bias=False)
     lin_down = nn.Linear(F, D, bias=False)
     q = mx.random.normal((B, H, T, D // H))
     g = mx.random.normal((B, T, F))
     norm = nn.RMSNorm(D)
     emb = mx.random.normal((vocab, D)) * 0.02
-    y = mx.random.randint(0, vocab, (B, T))
+    y = mx.random.randint(0, vocab, (B, T)).reshape(-1)
+    logits = mx.random.normal((N, vocab))
+
+    def attention(a):
+        if fastmath.active(a):
+            return fastmath.attention(a, a, a, (D // H) ** -0.5, "causal")
+        return mx.fast.scaled_dot_product_attention(a, a, a, scale=(D // H) ** -0.5, mask="causal")
+
+    def grad_of(f):
+        def loss(a):
+            with fastmath.scope():
+                return f(a).sum()
+        return mx.compile(mx.grad(loss))
+
     per_layer = {
-        "attention projections (4 matmuls)": 4 * timed(grad_sum(lin_qkvo), h, repeats=repeats),
-        "MLP matmuls (gate, up, down)": 2 * timed(grad_sum(lin_up), h, repeats=repeats)
-        + timed(grad_sum(lin_down), g, repeats=repeats),
-        "attention (SDPA, causal)": timed(grad_sum(lambda a: mx.fast.scaled_dot_product_attention(
-            a, a, a, scale=(D // H) ** -0.5, mask="causal")), q, repeats=repeats),
-        "SiLU gate (silu(g) * u)": timed(grad_sum(lambda a: nn.silu(a) * a), g, repeats=repeats),
-        "RMSNorm x2": 2 * timed(grad_sum(norm), h, repeats=repeats),
+        "attention projections (4 matmuls)": 4 * timed(grad_of(lin_qkvo), h, repeats=repeats),
+        "MLP matmuls (gate, up, down)": 2 * timed(grad_of(lin_up), h, repeats=repeats)
+        + timed(grad_of(lin_down), g, repeats=repeats),
+        "attention (softmax(q k^T) v, causal)": timed(grad_of(attention), q, repeats=repeats),
+        "SiLU gate (silu(g) * u)": timed(grad_of(lambda a: silu(a) * a), g, repeats=repeats),
+        "RMSNorm x2": 2 * timed(grad_of(norm), h, repeats=repeats),
     }
     result = {f"{k} x {preset.layers} layers": v * preset.layers for k, v in per_layer.items()}
-    result["vocab projection (matmul)"] = timed(grad_sum(lambda a: a @ emb.T), h, repeats=repeats)
-    logits = mx.random.normal((N, vocab))
+    result["vocab projection (matmul)"] = timed(grad_of(lambda a: a @ emb.T), h, repeats=repeats)
     result["cross-entropy over the vocabulary"] = timed(
-        mx.grad(lambda l: nn.losses.cross_entropy(l, y.reshape(-1)).mean()), logits, repeats=repeats)
+        grad_of(lambda l: cross_entropy(l, y)), logits, repeats=repeats)
     model = ms.Model(preset.model_args(vocab))
     opt = optim.AdamW(1e-3, bias_correction=True)
     opt.init(model.trainable_parameters())

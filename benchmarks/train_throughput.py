@@ -4,7 +4,8 @@
 
 For each preset: the same llama-style model (RMSNorm, RoPE, SDPA, SwiGLU, tied
 embeddings, float32), the same batch shape, AdamW + gradient clipping in both. Rounds
-alternate MLX (parallel CPU streams, the default), MLX with one stream, and PyTorch; each
+alternate MLX (our defaults), MLX with one stream, and PyTorch (with `--ablate`, also MLX
+with two streams, without the fast math, without the buffer cache, and plain); each
 round times `--steps` steps after its own warm-up, in a fresh process, so neither
 framework's idle BLAS/OpenMP threads steal cores from the other, and drifts of machine
 speed hit all alike. Prints tokens/s of each (median over rounds), the ratio MLX /
@@ -163,14 +164,25 @@ def worker(framework: str, preset_name: str, batch: int, context: int, vocab: in
     print(json.dumps({"tok_s": batch * context * steps / time_steps(step, steps)}))
 
 
+# MLX runs with one speed-up turned off (`--ablate`), each against the defaults ("mlx")
+ABLATIONS = {
+    "mlx-1stream": {"MLXSPEC_STREAMS": "1"},
+    "mlx-2streams": {"MLXSPEC_STREAMS": "2"},
+    "mlx-no-fastmath": {"MLXSPEC_FAST_MATH": "0"},
+    "mlx-no-buffer-cache": {"MLXSPEC_BUFFER_CACHE": "0"},
+    "mlx-plain": {"MLXSPEC_STREAMS": "1", "MLXSPEC_FUSED_CE": "0", "MLXSPEC_FAST_MATH": "0",
+                  "MLXSPEC_BUFFER_CACHE": "0"},
+}
+
+
 def measure(framework: str, name: str, batch: int, context: int, vocab: int, steps: int) -> float:
-    cmd = [sys.executable, __file__, "--worker", framework, "--preset", name, "--batch-size", str(batch),
+    worker_kind = "torch" if framework == "torch" else "mlx"
+    cmd = [sys.executable, __file__, "--worker", worker_kind, "--preset", name, "--batch-size", str(batch),
            "--context", str(context), "--vocab", str(vocab), "--steps", str(steps)]
     # PyTorch runs with our BLAS loader off: an OpenBLAS loaded with RTLD_GLOBAL takes over
     # torch's own BLAS calls too and made PyTorch 5.5x slower here (420 vs 2,300 tok/s).
     env = {**os.environ, "MLXSPEC_BLAS": "off"} if framework == "torch" else dict(os.environ)
-    if framework == "mlx-1stream":
-        env["MLXSPEC_STREAMS"] = "1"
+    env.update(ABLATIONS.get(framework, {}))
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])["tok_s"]
 
@@ -184,8 +196,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ablate", action="store_true",
+                        help="also time MLX with each speed-up off in turn, and with all of them off")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--worker", choices=["mlx", "mlx-1stream", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["mlx", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.preset[0], args.batch_size, args.context, args.vocab, args.steps)
@@ -200,6 +214,8 @@ def main() -> None:
         B, T = args.batch_size or preset.batch_size, args.context or preset.context
         flops_tok = ms.flops_per_token(preset.model_args(args.vocab), T)
         rates = {"mlx": [], "mlx-1stream": [], "torch": []}
+        if args.ablate:
+            rates.update({key: [] for key in ABLATIONS if key != "mlx-1stream"})
         for _ in range(args.rounds):  # alternate, so drifts of machine speed hit both
             for key in rates:
                 rates[key].append(measure(key, name, B, T, args.vocab, args.steps))
@@ -212,12 +228,16 @@ def main() -> None:
             "mlx_gflops": mlx_tok_s * flops_tok / 1e9, "fraction_of_matmul_peak": mlx_tok_s * flops_tok / 1e9 / peak,
             "rounds": {k: [round(r) for r in v] for k, v in rates.items()},
         }
+        if args.ablate:
+            row["ablations_tok_s"] = {k: statistics.median(v) for k, v in rates.items() if k.startswith("mlx-")}
         results.append(row)
         print(f"{name:8s} {row['params'] / 1e6:5.1f}M params  B={B} T={T}  MLX {mlx_tok_s:8,.0f} tok/s  "
               f"PyTorch {torch_tok_s:8,.0f} tok/s  ratio {row['ratio_mlx_over_torch']:.2f}x  "
               f"(MLX one stream {row['mlx_1stream_tok_s']:,.0f} tok/s)  "
               f"MLX {row['mlx_gflops']:.1f} GFLOP/s = {row['fraction_of_matmul_peak']:.1%} of matmul peak  "
               f"(rounds: {row['rounds']})")
+        for key, tok_s in row.get("ablations_tok_s", {}).items():
+            print(f"    {key:20s} {tok_s:8,.0f} tok/s   defaults are {mlx_tok_s / tok_s:.2f}x this")
     if args.json:
         print(json.dumps({"matmul_peak_gflops": peak, "results": results}))
 

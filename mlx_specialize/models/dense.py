@@ -21,6 +21,13 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.rope_utils import initialize_rope
 
+from .. import fastmath
+
+
+def silu(x: mx.array) -> mx.array:
+    """SiLU; the CPU-vectorizable version inside a `fastmath.scope()` (see fastmath.py)."""
+    return fastmath.silu(x) if fastmath.active(x) else nn.silu(x)
+
 
 @dataclass
 class ModelArgs:
@@ -158,7 +165,10 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        if cache is None and fastmath.active(q):
+            out = fastmath.attention(q, k, v, self.scale, mask)
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -171,7 +181,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(F, D, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class TransformerBlock(nn.Module):

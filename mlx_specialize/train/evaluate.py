@@ -9,6 +9,7 @@ from functools import partial
 import mlx.core as mx
 import numpy as np
 
+from .. import fastmath
 from ..data.tokens import TokenizedSplit, eval_batches
 from ..models.dense import Model
 from .parallel import auto_streams, blas_per_stream, make_streams, masked_nll
@@ -45,7 +46,8 @@ def make_eval_fn(model: Model, streams: list | None = None):
     streams = streams or [None]
 
     def summed_nll(x, y, mask):
-        return masked_nll(model, x, y, mask, streams)[0]
+        with fastmath.scope():  # CPU-vectorized softmax and SiLU, see fastmath.py
+            return masked_nll(model, x, y, mask, streams)[0]
 
     return partial(mx.compile, inputs=model.state)(summed_nll)
 
@@ -68,7 +70,8 @@ def evaluate(
     parallel CPU streams share each batch (default: auto). `world` (distributed.World):
     its processes take turns at the batches and sum their figures, so every rank returns
     the whole split's result."""
-    n_streams = streams or auto_streams(batch_size)
+    width = getattr(getattr(model, "args", None), "hidden_size", None)
+    n_streams = streams or auto_streams(batch_size, hidden_size=width)
     eval_fn = eval_fn or make_eval_fn(model, make_streams(n_streams))
     total = mx.array(0.0)
     count = 0

@@ -19,23 +19,35 @@ import os
 import mlx.core as mx
 import mlx.nn as nn
 
+from .. import fastmath
+
 
 @mx.custom_function
 def _fused(logits: mx.array, targets: mx.array):
-    """logits [N, V], targets [N] -> (loss [N], softmax [N, V])."""
+    """logits [N, V], targets [N] -> (loss [N], exps [N, V], 1 / sum of exps [N, 1]).
+
+    The softmax the backward pass needs is exps / sum; it is never divided out here."""
     peak = mx.max(logits, axis=-1, keepdims=True)
-    exps = mx.exp(logits - peak)
-    total = exps.sum(axis=-1, keepdims=True)
-    picked = mx.take_along_axis(logits, targets[:, None], axis=-1)
-    return (mx.log(total) + peak - picked)[:, 0], exps / total
+    if fastmath.active(logits):
+        exps = fastmath._exp_shifted(logits, peak)
+    else:
+        exps = mx.exp(logits - peak)
+    # the row sums as a matrix-vector product: BLAS reads exps 2-3x faster than a sum
+    total = exps @ mx.ones((exps.shape[-1], 1), exps.dtype)
+    picked = mx.take_along_axis(logits, targets[:, None], axis=-1) - peak
+    return (mx.log(total) - picked)[:, 0], exps, 1.0 / total
 
 
 @_fused.vjp
 def _fused_vjp(primals, cotangents, outputs):
-    logits, targets = primals
-    softmax = outputs[1]
-    onehot = mx.arange(logits.shape[-1])[None, :] == targets[:, None]
-    return (softmax - onehot) * cotangents[0][:, None], mx.zeros_like(targets)
+    """d loss / d logits = softmax - onehot(targets), times the loss's cotangent: one
+    pass over [N, V] for the first term, a scatter of N values for the second."""
+    targets, g = primals[1], cotangents[0][:, None]
+    exps, inverse_total = outputs[1], outputs[2]
+    grad = exps * (g * inverse_total)
+    index = targets[:, None]
+    grad = mx.put_along_axis(grad, index, mx.take_along_axis(grad, index, axis=-1) - g, axis=-1)
+    return grad, mx.zeros_like(targets)
 
 
 def use_fused() -> bool:
@@ -50,5 +62,5 @@ def cross_entropy(logits: mx.array, targets: mx.array, fused: bool | None = None
     if not (use_fused() if fused is None else fused):
         return nn.losses.cross_entropy(logits, targets)
     vocab = logits.shape[-1]
-    loss, _ = _fused(logits.reshape(-1, vocab), targets.reshape(-1))
+    loss = _fused(logits.reshape(-1, vocab), targets.reshape(-1))[0]
     return loss.reshape(targets.shape)

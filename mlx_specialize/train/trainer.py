@@ -32,7 +32,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from .. import ui
+from .. import fastmath, ui
+from ..backend import keep_freed_buffers
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import PackedWindows, TokenizedSplit
 from ..errors import SpecializeError
@@ -156,7 +157,9 @@ class Trainer:
         self.world = dist.world()
         self.rows = self.world.rows(config.batch_size)
         local_rows = self.rows.stop - self.rows.start
-        self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local))
+        width = getattr(getattr(model, "args", None), "hidden_size", None)
+        self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local, width))
+        keep_freed_buffers()  # CPU: reuse the step's large buffers (backend.py)
         self.step = 0
         self.budget = Budget()
         self.best_valid = math.inf
@@ -173,8 +176,9 @@ class Trainer:
         def loss_fn(model, x, y, cond, count):
             # Summed NLL of this rank's rows / the global batch's target count, x world
             # size: average_gradients' mean over ranks is then the global batch's gradient.
-            forward = model if cond is None else model.conditioned(cond)
-            loss = training_loss(forward, x, y, streams, bos_id, count)
+            with fastmath.scope():  # traced once, inside mx.compile: see fastmath.py
+                forward = model if cond is None else model.conditioned(cond)
+                loss = training_loss(forward, x, y, streams, bos_id, count)
             return loss * world.size if world.size > 1 else loss
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)

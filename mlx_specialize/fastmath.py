@@ -1,0 +1,257 @@
+"""Exp, softmax and SiLU that MLX's CPU compiler turns into vector code on x86.
+
+On x86 MLX's own CPU `exp` (and `sigmoid`, `softmax`, `logsumexp`, which use it) runs one
+float at a time: ~14 ns per element here, 30x a multiply. They are most of a small LM's
+training step (the vocabulary softmax, attention's softmax, the SiLU gate; BENCHMARKS.md).
+Inside `mx.compile`, though, MLX fuses chains of element-wise ops into one C++ loop and
+builds it with the system compiler (`g++ -O3`), which vectorizes a loop that has no
+calls and no branches. So `exp` is written here from such ops only:
+
+    exp(x) = 2^t,  t = x log2(e) = k + f,  k = round(t),  f in [-1/2, 1/2]
+    2^f: a degree-6 polynomial (Cephes' coefficients, as in MLX's own CPU exp),
+    2^k: the float whose exponent bits are k + 127, made with integer ops.
+
+Rounding uses the 1.5 * 2^23 trick, clamping uses relu(y) = (y + |y|) / 2, both exact on
+the values involved. The 2^k bits go through `mx.view` (a fusion boundary): the work is
+two fused loops, one for the exponent bits, one for the polynomial times them. Written
+so MLX's compile pass keeps it in two loops: see `_exp_bits` / `_exp_nonpositive`.
+
+Accuracy (float32, tests/test_fastmath.py): relative error < 4e-7 against `mx.exp` on
+[-87, 0]; exactly 0 below -87.7 (MLX's exp returns subnormals there, < 8.3e-39). Only
+inputs <= 0 are supported, which is all the softmax (x - max) and the sigmoid (of -|x|)
+need. Inputs must be finite and above -2e38; NaN gives NaN.
+
+Outside `mx.compile` these ops run as ~20 separate kernels and are slower than MLX's.
+So they are used only where `active()` says so: inside a `scope()` (the trainer enters
+one while its compiled step is traced) on a CPU device of an x86 machine whose MLX can
+compile CPU kernels. Apple silicon keeps MLX's ops (vectorized there already, and the
+GPU's are fast). `MLXSPEC_FAST_MATH=0` turns them off, `=1` forces them on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import shutil
+
+import mlx.core as mx
+
+_ROUND = 12582912.0  # 1.5 * 2^23: x + _ROUND - _ROUND rounds x to an integer
+_LOG2E = 1.4426950408889634
+# 2^f on [-1/2, 1/2], highest power first (Cephes expf, as in MLX's simd/math.h)
+_POLY = (1.535336188319500e-4, 1.339887440266574e-3, 9.618437357674640e-3,
+         5.550332471162809e-2, 2.402264791363012e-1, 6.931472028550421e-1, 1.0)
+_MASKED = -1e9  # additive attention mask: exp gives exactly 0 there
+
+_scopes: list[bool] = []  # the settings of the open scopes, innermost last
+
+
+def supported() -> bool:
+    """Would the fast ops help here: `MLXSPEC_FAST_MATH` if set, else an x86-64 machine,
+    the default device a CPU, and a C++ compiler for MLX's CPU `mx.compile` (g++)."""
+    setting = os.environ.get("MLXSPEC_FAST_MATH")
+    if setting is not None:
+        return setting.lower() not in ("0", "off", "false", "no")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if mx.default_device().type != mx.cpu:
+        return False
+    return shutil.which("g++") is not None
+
+
+@contextlib.contextmanager
+def scope(enabled: bool | None = None):
+    """Use the fast ops (or not) in model code run or traced inside this block:
+    `enabled`, default `supported()`; the innermost scope decides. Enter it inside the
+    function given to `mx.compile`, so that it is open while the function is traced."""
+    on = supported() if enabled is None else bool(enabled)
+    _scopes.append(on)
+    try:
+        yield on
+    finally:
+        _scopes.pop()
+
+
+def active(x: mx.array | None = None) -> bool:
+    """True inside a scope that enabled the fast ops (and for float32 `x`, when given)."""
+    return bool(_scopes) and _scopes[-1] and (x is None or x.dtype == mx.float32)
+
+
+def _c(value: float, dtype=mx.float32) -> mx.array:
+    """A 0-d constant array (MLX's compiled loops read those as literals)."""
+    return mx.array(value, dtype=dtype)
+
+
+def _exp_bits(x: mx.array) -> mx.array:
+    """The float32 bit pattern of 2^round(x log2 e) as int32, 0 where that is < 2^-126.
+
+    y = round(t) + 127; relu(y) = (y + |y|) / 2 and y + |y| is even, so shifting
+    int(y + |y|) by 22 puts relu(y) in the exponent field."""
+    y = (x * _c(_LOG2E) + _c(_ROUND)) - _c(_ROUND - 127.0)
+    return (y + mx.abs(y)).astype(mx.int32) << _c(22, mx.int32)
+
+
+def _exp_nonpositive(x: mx.array, scaled: mx.array | None = None) -> mx.array:
+    """exp(x) for float32 x <= 0 (x of at least one dimension), with no custom
+    gradient: for use inside custom functions.
+
+    `mx.compile` keeps in memory an array that two fused loops read, so the two halves
+    should not share one. `scaled`, if given, is x log2(e) computed by a different graph
+    than `_exp_bits` computes it (e.g. -log2(e) (m - y) for x = y - m), from which the
+    polynomial half starts: the same floats, but not the same graph nodes, so each loop
+    computes its own from its inputs, in registers. By default it is `log2e * x`,
+    operands swapped for the same reason."""
+    bits = _exp_bits(x)
+    scaled = mx.multiply(_c(_LOG2E), x) if scaled is None else scaled
+    f = scaled - mx.subtract(mx.add(_c(_ROUND), scaled), _c(_ROUND))
+    f2 = f * f
+    c6, c5, c4, c3, c2, c1, c0 = (_c(v) for v in _POLY)
+    # Estrin's scheme: a shallow tree, so the whole polynomial fits one fused loop
+    poly = ((c0 + c1 * f) + f2 * (c2 + c3 * f)) + (f2 * f2) * ((c4 + c5 * f) + f2 * c6)
+    return poly * bits.view(mx.float32)
+
+
+def _exp_shifted(x: mx.array, shift: mx.array) -> mx.array:
+    """exp(x - shift) for x - shift <= 0 (shift broadcasts against x)."""
+    return _exp_nonpositive(x - shift, mx.multiply(_c(-_LOG2E), shift - x))
+
+
+@mx.custom_function
+def exp_nonpositive(x: mx.array) -> mx.array:
+    """exp(x) for float32 x <= 0 (see the module docstring); gradient g * exp(x)."""
+    return _exp_nonpositive(x)
+
+
+@exp_nonpositive.vjp
+def _exp_vjp(primals, cotangent, output):
+    return cotangent * output
+
+
+@mx.custom_function
+def softmax(x: mx.array) -> mx.array:
+    """Softmax over the last axis of float32 x (finite, or masked with `_MASKED`)."""
+    e = _exp_shifted(x, mx.max(x, axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@softmax.vjp
+def _softmax_vjp(primals, cotangent, output):
+    return output * (cotangent - (cotangent * output).sum(axis=-1, keepdims=True))
+
+
+@mx.custom_function
+def _silu(x: mx.array) -> tuple[mx.array, mx.array]:
+    """(x * sigmoid(x), sigmoid(x)) with one exp of -|x| and no branch:
+    sigmoid = r for x >= 0 and z r for x < 0, with z = exp(-|x|), r = 1 / (1 + z);
+    "x < 0" is the sign bit, read through an int32 view of x."""
+    z = _exp_nonpositive(-mx.abs(x), mx.multiply(_c(-_LOG2E), mx.abs(-x)))
+    one = _c(1.0)
+    r = one / (one + z)
+    negative = -(x.view(mx.int32) >> _c(31, mx.int32)).astype(mx.float32)  # 1 where x < 0 (or -0.0)
+    sigmoid = r * ((one - negative) + negative * z)  # a 0/1 blend: exact, no cancellation
+    return x * sigmoid, sigmoid
+
+
+@_silu.vjp
+def _silu_vjp(primals, cotangents, outputs):
+    x, g, sigmoid = primals, cotangents[0], outputs[1]
+    one = _c(1.0)
+    return g * (sigmoid * (one + x * (one - sigmoid)))
+
+
+def silu(x: mx.array) -> mx.array:
+    """x * sigmoid(x) for float32 x."""
+    return _silu(x)[0]
+
+
+def _causal_blocks(length: int, block: int) -> list[tuple[int, int]]:
+    """Query blocks [(start, stop)] of at most `block` rows covering `length`."""
+    return [(a, min(a + block, length)) for a in range(0, length, block)]
+
+
+def _block_bias(start: int, stop: int) -> mx.array:
+    """[stop - start, stop] additive mask of query block [start, stop) over keys
+    [0, stop): 0 where key <= query, `_MASKED` above the diagonal."""
+    rows = mx.arange(start, stop)[:, None]
+    return mx.where(mx.arange(stop)[None, :] <= rows, 0.0, _MASKED).astype(mx.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: float, groups: int):
+    """The custom function computing attention over query `blocks` (causal: block
+    [a, b) sees keys [0, b), so the masked upper triangle is mostly never computed),
+    with a flash-attention-style backward that reuses the forward's exps.
+
+    For q [B, H, L, Dh] and k, v [B, Hkv, S, Dh], H = groups * Hkv."""
+    biases = [_block_bias(a, b) if causal else None for a, b in blocks]
+
+    def grouped(x, a, b):  # query rows [a, b) of every head, grouped by KV head
+        B, H, _, Dh = x.shape
+        return x[:, :, a:b].reshape(B, H // groups, groups * (b - a), Dh)
+
+    def ungrouped(x, rows):  # back to [B, H, rows, Dh]
+        B, Hkv, _, Dh = x.shape
+        return x.reshape(B, Hkv * groups, rows, Dh)
+
+    def tiled(bias):
+        return bias if groups == 1 else mx.tile(bias, (groups, 1))
+
+    @mx.custom_function
+    def attention(q, k, v):
+        outs, exps, totals = [], [], []
+        Dh = v.shape[-1]
+        # a column of ones after v: e @ [v | 1] gives the row sums of e with the output
+        v_ones = mx.concatenate([v, mx.ones((*v.shape[:-1], 1), v.dtype)], axis=-1)
+        for (a, b), bias in zip(blocks, biases):
+            keys = b if causal else k.shape[2]
+            kt = k[:, :, :keys].swapaxes(-1, -2)
+            qb = grouped(q, a, b)
+            scores = (qb @ kt) * scale if bias is None else mx.addmm(tiled(bias), qb, kt, alpha=scale)
+            e = _exp_shifted(scores, mx.max(scores, axis=-1, keepdims=True))
+            weighted = e @ v_ones[:, :, :keys]
+            total = weighted[..., Dh:]
+            outs.append(ungrouped(weighted[..., :Dh] / total, b - a))
+            exps.append(e)
+            totals.append(total)
+        out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=2)
+        return (out, *exps, *totals)
+
+    @attention.vjp
+    def attention_vjp(primals, cotangents, outputs):
+        q, k, v = primals
+        n = len(blocks)
+        grad_out, out = cotangents[0], outputs[0]
+        exps, totals = outputs[1 : 1 + n], outputs[1 + n :]
+        S = k.shape[2]
+        dq, dk, dv = [], mx.zeros_like(k), mx.zeros_like(v)
+        for (a, b), e, total in zip(blocks, exps, totals):
+            keys = b if causal else S
+            g = grouped(grad_out, a, b) / total  # dO / l: [B, Hkv, rows, Dh]
+            o = grouped(out, a, b)
+            # dS = p (dP - rowsum(dO o)) with p = e / l: e (dP / l - rowsum(dO o) / l)
+            # (times the scale of the scores, in the same fused loop)
+            ds = e * (g @ v[:, :, :keys].swapaxes(-1, -2) - (g * o).sum(axis=-1, keepdims=True)) * _c(scale)
+            dq.append(ungrouped(ds @ k[:, :, :keys], b - a))
+            pad = [(0, 0), (0, 0), (0, S - keys), (0, 0)]
+            dk = dk + mx.pad(ds.swapaxes(-1, -2) @ grouped(q, a, b), pad)
+            dv = dv + mx.pad(e.swapaxes(-1, -2) @ g, pad)
+        return (dq[0] if n == 1 else mx.concatenate(dq, axis=2)), dk, dv
+
+    return attention
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None,
+              block: int = 128) -> mx.array:
+    """`mx.fast.scaled_dot_product_attention` for mask None or "causal" (queries and
+    keys of one length), with the fast softmax. q [B, H, L, Dh], k and v [B, Hkv, S, Dh]
+    -> [B, H, L, Dh]. Causal attention runs in query blocks of `block` rows, each over
+    the keys it can see: (n + 1) / 2n of the full score matrix for n blocks."""
+    L, S = q.shape[2], k.shape[2]
+    causal = isinstance(mask, str)
+    if (mask is not None and not causal) or (causal and L != S):
+        raise ValueError("fastmath.attention takes mask None, or 'causal' with as many keys as queries")
+    blocks = tuple(_causal_blocks(L, block)) if causal else ((0, L),)
+    fn = _attention_fn(blocks, causal, float(scale), q.shape[1] // k.shape[1])
+    return fn(q, k, v)[0]

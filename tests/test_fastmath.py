@@ -1,0 +1,135 @@
+"""The CPU-vectorizable exp, softmax, SiLU and attention equal MLX's, in value and
+gradient, compiled or not, and training with them follows the plain loss curve."""
+
+import json
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+import mlx_specialize as ms
+from mlx_specialize import fastmath
+from mlx_specialize.backend import keep_freed_buffers
+from mlx_specialize.train.losses import cross_entropy
+from tests.conftest import GENERIC
+
+
+def _grad(f, argnums=0):
+    """Compiled gradient of sum(f(...) * fixed weights), traced inside a fast scope."""
+    def loss(*args):
+        with fastmath.scope(True):
+            out = f(*args)
+        weights = mx.random.normal(out.shape, key=mx.random.key(7))
+        return (out * weights).sum()
+    return mx.compile(mx.grad(loss, argnums=argnums))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_exp_matches_mlx_on_its_domain_and_flushes_below_it(compiled):
+    x = mx.concatenate([mx.linspace(-87.0, 0.0, 200_001), -mx.abs(mx.random.normal((50_000,), key=mx.random.key(0))) * 12])
+    fn = mx.compile(fastmath.exp_nonpositive) if compiled else fastmath.exp_nonpositive
+    got, want = np.array(fn(x)), np.array(mx.exp(x))
+    assert np.max(np.abs(got - want) / want) < 4e-7
+    tails = mx.array([-87.7, -88.0, -100.0, -1e4, -1e9, -1e30])
+    assert np.array(fn(tails)).tolist() == [0.0] * 6  # MLX gives subnormals < 8.3e-39 there
+    np.testing.assert_allclose(np.array(fn(mx.array([-87.5]))), np.exp(np.float64(-87.5)), rtol=1e-6)
+    assert np.isnan(np.array(fn(mx.array([float("nan")])))).all()
+    assert np.array(fn(mx.array([0.0, -0.0]))).tolist() == [1.0, 1.0]
+    np.testing.assert_allclose(np.array(mx.grad(lambda v: fn(v).sum())(x[:1000])), want[:1000], rtol=4e-7)
+
+
+def test_softmax_and_silu_match_mlx_in_value_and_gradient():
+    x = mx.random.normal((64, 700), key=mx.random.key(1)) * 6
+    x = mx.concatenate([x, mx.array([[-40.0, -17.5, -1e-20, 0.0, 1e-20, 17.5, 40.0] * 100])])
+    pairs = [(fastmath.softmax, lambda v: mx.softmax(v, axis=-1)), (fastmath.silu, nn.silu)]
+    for fast, plain in pairs:
+        with fastmath.scope(True):
+            value = mx.compile(fast)(x)
+        np.testing.assert_allclose(np.array(value), np.array(plain(x)), rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(np.array(_grad(fast)(x)), np.array(_grad(plain)(x)), rtol=1e-5, atol=1e-6)
+    # SiLU of very negative inputs keeps its relative accuracy (no cancellation)
+    tail = mx.array([-10.0, -30.0, -80.0])
+    np.testing.assert_allclose(np.array(fastmath.silu(tail)), np.array(nn.silu(tail)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("heads,kv_heads,length,block,mask", [
+    (4, 4, 200, 64, "causal"),  # ragged last block
+    (4, 2, 96, 32, "causal"),  # grouped queries
+    (2, 2, 50, 128, "causal"),  # one block
+    (4, 2, 40, 128, None),
+])
+def test_attention_matches_sdpa_in_value_and_gradient(heads, kv_heads, length, block, mask):
+    keys = [mx.random.key(i) for i in range(3)]
+    q = mx.random.normal((2, heads, length, 16), key=keys[0])
+    k, v = (mx.random.normal((2, kv_heads, length, 16), key=key) for key in keys[1:])
+    scale = 16**-0.5
+
+    def fast(q, k, v):
+        return fastmath.attention(q, k, v, scale, mask, block=block)
+
+    def plain(q, k, v):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+    np.testing.assert_allclose(np.array(mx.compile(fast)(q, k, v)), np.array(plain(q, k, v)), atol=2e-6)
+    for got, want in zip(_grad(fast, (0, 1, 2))(q, k, v), _grad(plain, (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=2e-5)
+    with pytest.raises(ValueError):
+        fastmath.attention(q, k[:, :, :-1], v[:, :, :-1], scale, "causal")
+
+
+def test_fused_cross_entropy_with_fast_exp_matches_mlx():
+    logits = mx.random.normal((96, 900), key=mx.random.key(3)) * 5
+    targets = mx.random.randint(0, 900, (96,), key=mx.random.key(4))
+
+    def fast(l):
+        return cross_entropy(l, targets, fused=True)
+
+    np.testing.assert_allclose(np.array(mx.compile(lambda l: (fastmath.scope(True).__enter__(), fast(l))[1])(logits)),
+                               np.array(nn.losses.cross_entropy(logits, targets)), rtol=2e-6)
+    np.testing.assert_allclose(np.array(_grad(fast)(logits)),
+                               np.array(_grad(lambda l: nn.losses.cross_entropy(l, targets))(logits)), atol=5e-6)
+
+
+def test_the_scope_decides_and_only_float32_uses_the_fast_ops(monkeypatch):
+    x = mx.zeros((2, 2))
+    assert not fastmath.active(x)
+    with fastmath.scope(True):
+        assert fastmath.active(x) and not fastmath.active(x.astype(mx.bfloat16))
+        with fastmath.scope(False):
+            assert not fastmath.active(x)  # the innermost scope decides
+        assert fastmath.active(x)
+    assert not fastmath.active()
+    monkeypatch.setenv("MLXSPEC_FAST_MATH", "0")
+    with fastmath.scope() as on:
+        assert not on and not fastmath.active(x)
+    monkeypatch.setenv("MLXSPEC_FAST_MATH", "1")
+    with fastmath.scope() as on:
+        assert on and fastmath.active(x)
+
+
+def test_training_with_fast_math_follows_the_plain_loss_curve(tokenizer, cache_dir, tmp_path, monkeypatch):
+    curves = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("MLXSPEC_FAST_MATH", setting)
+        out = tmp_path / f"fast{setting}"
+        ms.pretrain(GENERIC, ms.get_preset("tiny"), out, tokens=24 * 8 * 128, tokenizer=tokenizer,
+                    cache_dir=cache_dir, eval_every=8, eval_tokens=4096, lr=3e-3, warmup=4, log_every=2)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[setting] = [r.get("loss", r.get("valid_loss")) for r in records if r["event"] in ("train", "valid")]
+    assert len(curves["0"]) == len(curves["1"]) > 10
+    np.testing.assert_allclose(curves["1"], curves["0"], atol=2e-3)
+    assert curves["0"][-1] < curves["0"][0] - 0.5  # it did learn: the comparison is not between two flat lines
+
+
+def test_freed_buffers_are_kept_for_reuse_on_cpu(monkeypatch):
+    before = mx.set_cache_limit(32 << 20)
+    try:
+        monkeypatch.setenv("MLXSPEC_BUFFER_CACHE", "0")
+        assert keep_freed_buffers() is None
+        monkeypatch.delenv("MLXSPEC_BUFFER_CACHE")
+        assert keep_freed_buffers() == mx.get_memory_limit()
+        assert mx.set_cache_limit(mx.get_memory_limit()) == mx.get_memory_limit()
+        assert keep_freed_buffers() is None  # already raised: left alone, never lowered
+    finally:
+        mx.set_cache_limit(before)
