@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 import mlx_specialize as ms
-from mlx_specialize import ui
+from mlx_specialize import fastmath, ui
 from mlx_specialize.backend import BLAS, blas_advice, device_name, matmul_gflops, train_dtype
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
@@ -117,6 +117,7 @@ def doctor(json_out: bool = JSON_OPT):
         "blas_note": BLAS.note,
         "matmul_gflops_f32": round(gflops, 1),
         "dtype": train_dtype(),
+        "cpu_fast_math": fastmath.status(),
     }
     if json_out:
         return emit(report, True)

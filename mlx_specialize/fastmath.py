@@ -1,4 +1,4 @@
-"""Exp, softmax and SiLU that MLX's CPU compiler turns into vector code on x86.
+"""Exp, softmax, SiLU and attention that MLX's CPU compiler turns into vector code on x86.
 
 On x86 MLX's own CPU `exp` (and `sigmoid`, `softmax`, `logsumexp`, which use it) runs one
 float at a time: ~14 ns per element here, 30x a multiply. They are most of a small LM's
@@ -20,6 +20,11 @@ Accuracy (float32, tests/test_fastmath.py): relative error < 4e-7 against `mx.ex
 [-87, 0]; exactly 0 below -87.7 (MLX's exp returns subnormals there, < 8.3e-39). Only
 inputs <= 0 are supported, which is all the softmax (x - max) and the sigmoid (of -|x|)
 need. Inputs must be finite and above -2e38; NaN gives NaN.
+
+On top: `softmax` and `silu` (custom gradients from their own outputs), and `attention`,
+causal attention in query blocks that each see only their keys, with a flash-attention
+style backward that reuses the forward's exps (1.5-1.7x MLX's CPU SDPA, forward and
+backward, at 4 x 4 heads x 256 x 64).
 
 Outside `mx.compile` these ops run as ~20 separate kernels and are slower than MLX's.
 So they are used only where `active()` says so: inside a `scope()` (the trainer enters
@@ -59,6 +64,20 @@ def supported() -> bool:
     if mx.default_device().type != mx.cpu:
         return False
     return shutil.which("g++") is not None
+
+
+def status() -> str:
+    """One line for `mlxspec doctor`: whether training uses the fast ops here, and why."""
+    setting = os.environ.get("MLXSPEC_FAST_MATH")
+    if setting is not None:
+        return f"{'on' if supported() else 'off'} (MLXSPEC_FAST_MATH={setting})"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "off (not x86: MLX's own CPU math is vectorized here)"
+    if mx.default_device().type != mx.cpu:
+        return "off (a GPU runs the math)"
+    if shutil.which("g++") is None:
+        return "off (no g++ for mx.compile's CPU kernels: install g++, e.g. apt-get install g++)"
+    return "on (x86 CPU, g++ found)"
 
 
 @contextlib.contextmanager
