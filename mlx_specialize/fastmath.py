@@ -192,7 +192,10 @@ def _silu(x: mx.array) -> tuple[mx.array, mx.array]:
     sigmoid = r for x >= 0 and z r for x < 0, with z = exp(-|x|), r = 1 / (1 + z);
     "x < 0" is the sign bit, read through an int32 view of x."""
     shape, x = x.shape, _per_stream(x)
-    z = _exp_nonpositive(-mx.abs(x), mx.multiply(_c(-_LOG2E), mx.abs(-x)))
+    # mx.contiguous (free here) ends the exp's fused loops at z: fused further, the
+    # loop would be deep enough for MLX's compile pass to cut it below a broadcast
+    # constant, pass that in as a stride-0 array and emit a strided, scalar loop
+    z = mx.contiguous(_exp_nonpositive(-mx.abs(x), mx.multiply(_c(-_LOG2E), mx.abs(-x))))
     one = _c(1.0)
     r = one / (one + z)
     negative = -(x.view(mx.int32) >> _c(31, mx.int32)).astype(mx.float32)  # 1 where x < 0 (or -0.0)
