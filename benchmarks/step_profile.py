@@ -22,7 +22,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 
 from mlx_specialize import fastmath
-from mlx_specialize.models.dense import silu
+from mlx_specialize.models.dense import attend, silu
 from mlx_specialize.train.losses import cross_entropy
 
 from train_throughput import mlx_stepper  # sibling script: the same compiled step
@@ -68,9 +68,7 @@ def parts(preset, vocab: int, repeats: int) -> dict[str, float]:
     logits = mx.random.normal((N, vocab))
 
     def attention(a):
-        if fastmath.active(a):
-            return fastmath.attention(a, a, a, (D // H) ** -0.5, "causal")
-        return mx.fast.scaled_dot_product_attention(a, a, a, scale=(D // H) ** -0.5, mask="causal")
+        return attend(a, a, a, (D // H) ** -0.5, "causal")
 
     def grad_of(f):
         def loss(a):

@@ -151,8 +151,9 @@ def _exp_nonpositive(x: mx.array, scaled: mx.array | None = None) -> mx.array:
     return poly * bits.view(mx.float32)
 
 
-def _exp_shifted(x: mx.array, shift: mx.array) -> mx.array:
-    """exp(x - shift) for x - shift <= 0, shift [..., 1] one value per row of x [..., n].
+def exp_shifted(x: mx.array, shift: mx.array) -> mx.array:
+    """exp(x - shift) for x - shift <= 0, shift [..., 1] one value per row of x [..., n];
+    no custom gradient (for custom functions: the softmax here, the fused cross-entropy).
 
     The shift is first spread to x's shape by a matrix product with a row of ones: a
     loop with a broadcast input is a strided loop, which the C++ compiler does not
@@ -177,7 +178,7 @@ def _exp_vjp(primals, cotangent, output):
 @mx.custom_function
 def softmax(x: mx.array) -> mx.array:
     """Softmax over the last axis of float32 x (finite, or masked with `_MASKED`)."""
-    e = _exp_shifted(x, mx.max(x, axis=-1, keepdims=True))
+    e = exp_shifted(x, mx.max(x, axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
 
@@ -258,7 +259,7 @@ def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: floa
             kt = k[:, :, :keys].swapaxes(-1, -2)
             qb = grouped(q, a, b)
             scores = (qb @ kt) * scale if bias is None else mx.addmm(tiled(bias), qb, kt, alpha=scale)
-            e = _exp_shifted(scores, mx.max(scores, axis=-1, keepdims=True))
+            e = exp_shifted(scores, mx.max(scores, axis=-1, keepdims=True))
             weighted = e @ v_ones[:, :, :keys]
             total = weighted[..., Dh:]
             outs.append(ungrouped(weighted[..., :Dh] / total, b - a))
@@ -298,7 +299,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None,
     -> [B, H, L, Dh]. Causal attention runs in query blocks of `block` rows, each over
     the keys it can see: (n + 1) / 2n of the full score matrix for n blocks."""
     L, S = q.shape[2], k.shape[2]
-    causal = isinstance(mask, str)
+    causal = isinstance(mask, str) and mask == "causal"
     if (mask is not None and not causal) or (causal and L != S):
         raise ValueError("fastmath.attention takes mask None, or 'causal' with as many keys as queries")
     blocks = tuple(_causal_blocks(L, block)) if causal else ((0, L),)

@@ -15,6 +15,14 @@ from mlx_specialize.train.losses import cross_entropy
 from tests.conftest import GENERIC
 
 
+def _compiled(f):
+    """f compiled, traced inside a fast scope (as the trainer's step is)."""
+    def traced(*args):
+        with fastmath.scope(True):
+            return f(*args)
+    return mx.compile(traced)
+
+
 def _grad(f, argnums=0):
     """Compiled gradient of sum(f(...) * fixed weights), traced inside a fast scope."""
     def loss(*args):
@@ -44,9 +52,7 @@ def test_softmax_and_silu_match_mlx_in_value_and_gradient():
     x = mx.concatenate([x, mx.array([[-40.0, -17.5, -1e-20, 0.0, 1e-20, 17.5, 40.0] * 100])])
     pairs = [(fastmath.softmax, lambda v: mx.softmax(v, axis=-1)), (fastmath.silu, nn.silu)]
     for fast, plain in pairs:
-        with fastmath.scope(True):
-            value = mx.compile(fast)(x)
-        np.testing.assert_allclose(np.array(value), np.array(plain(x)), rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(np.array(_compiled(fast)(x)), np.array(plain(x)), rtol=2e-6, atol=1e-7)
         np.testing.assert_allclose(np.array(_grad(fast)(x)), np.array(_grad(plain)(x)), rtol=1e-5, atol=1e-6)
     # SiLU of very negative inputs keeps its relative accuracy (no cancellation)
     tail = mx.array([-10.0, -30.0, -80.0])
@@ -71,7 +77,7 @@ def test_attention_matches_sdpa_in_value_and_gradient(heads, kv_heads, length, b
     def plain(q, k, v):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
 
-    np.testing.assert_allclose(np.array(mx.compile(fast)(q, k, v)), np.array(plain(q, k, v)), atol=2e-6)
+    np.testing.assert_allclose(np.array(_compiled(fast)(q, k, v)), np.array(plain(q, k, v)), atol=2e-6)
     for got, want in zip(_grad(fast, (0, 1, 2))(q, k, v), _grad(plain, (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=2e-5)
     with pytest.raises(ValueError):
@@ -85,7 +91,7 @@ def test_fused_cross_entropy_with_fast_exp_matches_mlx():
     def fast(l):
         return cross_entropy(l, targets, fused=True)
 
-    np.testing.assert_allclose(np.array(mx.compile(lambda l: (fastmath.scope(True).__enter__(), fast(l))[1])(logits)),
+    np.testing.assert_allclose(np.array(_compiled(fast)(logits)),
                                np.array(nn.losses.cross_entropy(logits, targets)), rtol=2e-6)
     np.testing.assert_allclose(np.array(_grad(fast)(logits)),
                                np.array(_grad(lambda l: nn.losses.cross_entropy(l, targets))(logits)), atol=5e-6)

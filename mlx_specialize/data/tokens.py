@@ -165,6 +165,12 @@ class PackedWindows:
         return np.stack(rows).astype(np.int32)
 
 
+def target_mask(targets, bos_id: int | None):
+    """Which next-token targets count (numpy or MLX array of token ids -> bool array):
+    all but `bos_id`, which only marks a document start the model cannot predict."""
+    return targets != (-1 if bos_id is None else bos_id)
+
+
 def eval_batches(
     tokens: np.ndarray, context: int, batch_size: int, max_tokens: int | None = None, bos_id: int | None = BOS_ID
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -184,5 +190,5 @@ def eval_batches(
             win = np.asarray(tokens[s : min(s + context + 1, n)], dtype=np.int32)
             k = len(win) - 1
             x[r, :k], y[r, :k] = win[:-1], win[1:]
-            m[r, :k] = win[1:] != (-1 if bos_id is None else bos_id)
+            m[r, :k] = target_mask(win[1:], bos_id)
         yield x, y, m

@@ -31,6 +31,15 @@ def silu(x: mx.array) -> mx.array:
     return fastmath.silu(x) if fastmath.active(x) else nn.silu(x)
 
 
+def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask, cached: bool = False) -> mx.array:
+    """softmax(q k^T scale + mask) v: q [B, H, L, Dh], k and v [B, Hkv, S, Dh] -> [B, H, L, Dh].
+    `mx.fast.scaled_dot_product_attention`, or inside a `fastmath.scope()` without a KV
+    cache, the CPU-vectorizable `fastmath.attention`."""
+    if not cached and fastmath.active(q):
+        return fastmath.attention(q, k, v, scale, mask)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
 @dataclass
 class ModelArgs:
     """The model's `config.json` (mlx-lm / Hugging Face llama field names)."""
@@ -167,10 +176,7 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        if cache is None and fastmath.active(q):
-            out = fastmath.attention(q, k, v, self.scale, mask)
-        else:
-            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        out = attend(q, k, v, self.scale, mask, cached=cache is not None)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 

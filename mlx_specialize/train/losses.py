@@ -32,7 +32,7 @@ def _fused(logits: mx.array, targets: mx.array):
     The softmax the backward pass needs is exps / sum; it is never divided out here."""
     peak = mx.max(logits, axis=-1, keepdims=True)
     if fastmath.active(logits):
-        exps = fastmath._exp_shifted(logits, peak)
+        exps = fastmath.exp_shifted(logits, peak)
     else:
         exps = mx.exp(logits - peak)
     # the row sums as a matrix-vector product: BLAS reads exps 2-3x faster than a sum

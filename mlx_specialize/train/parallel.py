@@ -22,6 +22,7 @@ import mlx.core as mx
 
 from ..backend import blas_threads
 from ..data.tokenizer import BOS_ID
+from ..data.tokens import target_mask
 from .losses import cross_entropy
 
 MAX_STREAMS = 4
@@ -30,11 +31,11 @@ MAX_STREAMS = 4
 MIN_PARALLEL_WIDTH = 128
 
 
-def auto_streams(batch_rows: int, processes: int = 1, hidden_size: int | None = None) -> int:
+def auto_streams(batch_rows: int, processes: int = 1, model=None) -> int:
     """Streams to use by default: one per core on CPU (at most 4 and at most the rows
     of a batch; the cores shared by `processes` training processes on this host), one
-    on a GPU, and one for a model narrower than `MIN_PARALLEL_WIDTH` (`hidden_size`,
-    when given). `MLXSPEC_STREAMS=N` overrides.
+    on a GPU, and one for a `model` narrower than `MIN_PARALLEL_WIDTH` (its
+    `args.hidden_size`, when it has one). `MLXSPEC_STREAMS=N` overrides.
 
     The narrow case, measured here (`tiny`, d 64, with the vectorized math of
     fastmath.py): one stream trains 1.27-1.37x faster than two at batch 8-16 and context
@@ -45,7 +46,8 @@ def auto_streams(batch_rows: int, processes: int = 1, hidden_size: int | None = 
         return max(1, min(int(os.environ["MLXSPEC_STREAMS"]), batch_rows))
     if mx.default_device().type == mx.gpu:
         return 1
-    if hidden_size is not None and hidden_size < MIN_PARALLEL_WIDTH:
+    width = getattr(getattr(model, "args", None), "hidden_size", None)
+    if width is not None and width < MIN_PARALLEL_WIDTH:
         return 1
     return max(1, min((os.cpu_count() or 1) // max(processes, 1), MAX_STREAMS, batch_rows))
 
@@ -91,6 +93,6 @@ def training_loss(model, x: mx.array, y: mx.array, streams: list, bos_id: int | 
 
     `count` replaces the batch's own number of targets as the divisor: a data-parallel
     rank holds part of a global batch and divides by the global count (see distributed.py)."""
-    mask = (y != (-1 if bos_id is None else bos_id)).astype(mx.float32)
+    mask = target_mask(y, bos_id).astype(mx.float32)
     total, local_count = masked_nll(model, x, y, mask, streams)
     return total / mx.maximum(local_count if count is None else count, 1.0)

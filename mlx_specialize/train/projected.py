@@ -222,9 +222,7 @@ def domain_condition(labels: np.ndarray, k: int, rule: str) -> tuple[np.ndarray,
     histogram = selection.histogram(labels, k)
     if rule == "frequent":
         cluster = int(np.argmax(histogram))
-        cond = np.zeros(k)
-        cond[cluster] = 1.0
-        return cond, {"rule": rule, "cluster": cluster, "histogram": histogram.tolist()}
+        return np.array(one_hot(cluster, k)), {"rule": rule, "cluster": cluster, "histogram": histogram.tolist()}
     if rule == "histogram":
         return histogram, {"rule": rule, "histogram": histogram.tolist(), "entropy_nats": selection.entropy(histogram)}
     raise SpecializeError(f"unknown instantiation '{rule}' (frequent or histogram)")

@@ -35,7 +35,7 @@ from mlx.utils import tree_map
 from .. import fastmath, ui
 from ..backend import keep_freed_buffers
 from ..data.tokenizer import Tokenizer
-from ..data.tokens import PackedWindows, TokenizedSplit
+from ..data.tokens import PackedWindows, TokenizedSplit, target_mask
 from ..errors import SpecializeError
 from ..models.dense import Model, flops_per_token
 from ..models.io import save_model
@@ -157,8 +157,7 @@ class Trainer:
         self.world = dist.world()
         self.rows = self.world.rows(config.batch_size)
         local_rows = self.rows.stop - self.rows.start
-        width = getattr(getattr(model, "args", None), "hidden_size", None)
-        self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local, width))
+        self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local, model))
         keep_freed_buffers()  # CPU: reuse the step's large buffers (backend.py)
         self.step = 0
         self.budget = Budget()
@@ -212,8 +211,7 @@ class Trainer:
         conditions [grad_accum, n]."""
         indices = range(step * self.cfg.grad_accum, (step + 1) * self.cfg.grad_accum)
         full = [np.asarray(self.windows.batch(i)) for i in indices]
-        bos = self.tokenizer.bos_id
-        counts = mx.array([float(np.count_nonzero(b[:, 1:] != (-1 if bos is None else bos))) for b in full])
+        counts = mx.array([float(np.count_nonzero(target_mask(b[:, 1:], self.tokenizer.bos_id))) for b in full])
         tokens = mx.array(np.stack([b[self.rows] for b in full]))
         if not self.conditioned:
             return tokens, counts
