@@ -139,3 +139,68 @@ def test_freed_buffers_are_kept_for_reuse_on_cpu(monkeypatch):
         assert keep_freed_buffers() is None  # already raised: left alone, never lowered
     finally:
         mx.set_cache_limit(before)
+
+
+def test_row_max_equals_mlx_max_on_every_row_length():
+    for shape in [(3, 5, 128), (7, 8192), (2, 48), (4, 100), (6, 64)]:
+        x = mx.random.normal(shape, key=mx.random.key(sum(shape))) * 30
+        x = x.at[0, ..., -1].add(1000.0)  # a peak in the last element: folding must not lose it
+        assert mx.array_equal(fastmath.row_max(x), x.max(axis=-1, keepdims=True)), shape
+        assert mx.array_equal(_compiled(fastmath.row_max)(x), x.max(axis=-1, keepdims=True)), shape
+
+
+def test_custom_functions_are_built_per_stream_and_reused():
+    built = []
+
+    @fastmath.per_stream
+    def double(stream):
+        built.append(repr(stream))
+
+        @mx.custom_function
+        def f(x):
+            return 2 * x
+
+        @f.vjp
+        def f_vjp(primals, cotangent, output):
+            with mx.stream(stream):
+                built.append(("vjp", repr(mx.default_stream(mx.default_device()))))
+                return 2 * cotangent
+        return f
+
+    other = mx.new_stream(mx.cpu)
+    x = mx.ones((3,))
+    for _ in range(2):
+        double(x)
+        with mx.stream(other):
+            grad = mx.grad(lambda x: double(x).sum())(x)  # traced on `other`, differentiated there
+    assert built[0] == repr(mx.default_stream(mx.cpu)) and built[1] == repr(other)
+    assert built[2:] == [("vjp", repr(other))] * 2  # built once per stream, then reused
+    assert mx.array_equal(grad, 2 * mx.ones((3,)))
+
+
+def test_clipping_and_update_on_streams_equal_mlx_clip_grad_norm_and_adamw():
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten, tree_map
+    from mlx_specialize.train.parallel import clip_and_update
+
+    results = []
+    for streams in ([None], [mx.new_stream(mx.cpu), mx.new_stream(mx.cpu)]):
+        mx.random.seed(0)
+        model = ms.Model(ms.get_preset("tiny").model_args(512))
+        opt = optim.AdamW(1e-2, weight_decay=0.1, bias_correction=True)
+        # gradients as MLX gives them for x @ W.T: transposed views for the matrices
+        grads = tree_map(lambda p: mx.contiguous((p * 3).T).T if p.ndim == 2 else p * 3, model.trainable_parameters())
+        if streams[0] is None:
+            grads, norm = optim.clip_grad_norm(grads, 1.0)
+            opt.update(model, grads)
+        else:
+            norm = clip_and_update(opt, model, grads, 1.0, streams)
+        mx.eval(model.parameters(), opt.state)
+        results.append((norm.item(), dict(tree_flatten(model.parameters())), dict(tree_flatten(opt.state))))
+    (norm_a, params_a, state_a), (norm_b, params_b, state_b) = results
+    assert norm_a == pytest.approx(norm_b, rel=1e-6) and norm_a > 1.0  # clipping was active
+    assert params_a.keys() == params_b.keys() and state_a.keys() == state_b.keys()
+    for k in params_a:
+        np.testing.assert_allclose(np.array(params_a[k]), np.array(params_b[k]), rtol=1e-6, atol=1e-7, err_msg=k)
+    for k in state_a:
+        np.testing.assert_allclose(np.array(state_a[k]), np.array(state_b[k]), rtol=1e-6, atol=1e-7, err_msg=k)

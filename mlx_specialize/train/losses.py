@@ -25,32 +25,39 @@ import mlx.nn as nn
 from .. import fastmath
 
 
-@mx.custom_function
-def _fused(logits: mx.array, targets: mx.array):
+@fastmath.per_stream
+def _fused(stream):
     """logits [N, V], targets [N] -> (loss [N], exps [N, V], 1 / sum of exps [N, 1]).
 
-    The softmax the backward pass needs is exps / sum; it is never divided out here."""
-    peak = mx.max(logits, axis=-1, keepdims=True)
-    if fastmath.active(logits):
-        exps = fastmath.exp_shifted(logits, peak)
-    else:
-        exps = mx.exp(logits - peak)
-    # the row sums as a matrix-vector product: BLAS reads exps 2-3x faster than a sum
-    total = exps @ mx.ones((exps.shape[-1], 1), exps.dtype)
-    picked = mx.take_along_axis(logits, targets[:, None], axis=-1) - peak
-    return (mx.log(total) - picked)[:, 0], exps, 1.0 / total
+    The softmax the backward pass needs is exps / sum; it is never divided out here.
+    Built per stream (see `fastmath.per_stream`): the backward runs where the forward did."""
 
+    @mx.custom_function
+    def fused(logits: mx.array, targets: mx.array):
+        if fastmath.active(logits):
+            peak = fastmath.row_max(logits)
+            exps = fastmath.exp_shifted(logits, peak)
+        else:
+            peak = mx.max(logits, axis=-1, keepdims=True)
+            exps = mx.exp(logits - peak)
+        # the row sums as a matrix-vector product: BLAS reads exps 2-3x faster than a sum
+        total = exps @ mx.ones((exps.shape[-1], 1), exps.dtype)
+        picked = mx.take_along_axis(logits, targets[:, None], axis=-1) - peak
+        return (mx.log(total) - picked)[:, 0], exps, 1.0 / total
 
-@_fused.vjp
-def _fused_vjp(primals, cotangents, outputs):
-    """d loss / d logits = softmax - onehot(targets), times the loss's cotangent: one
-    pass over [N, V] for the first term, a scatter of N values for the second."""
-    targets, g = primals[1], cotangents[0][:, None]
-    exps, inverse_total = outputs[1], outputs[2]
-    grad = exps * (g * inverse_total)
-    index = targets[:, None]
-    grad = mx.put_along_axis(grad, index, mx.take_along_axis(grad, index, axis=-1) - g, axis=-1)
-    return grad, mx.zeros_like(targets)
+    @fused.vjp
+    def fused_vjp(primals, cotangents, outputs):
+        """d loss / d logits = softmax - onehot(targets), times the loss's cotangent: one
+        pass over [N, V] for the first term, a scatter of N values for the second."""
+        with mx.stream(stream):
+            targets, g = primals[1], cotangents[0][:, None]
+            exps, inverse_total = outputs[1], outputs[2]
+            grad = exps * (g * inverse_total)
+            index = targets[:, None]
+            grad = mx.put_along_axis(grad, index, mx.take_along_axis(grad, index, axis=-1) - g, axis=-1)
+            return grad, mx.zeros_like(targets)
+
+    return fused
 
 
 def use_fused() -> bool:
