@@ -19,6 +19,7 @@ import contextlib
 import os
 
 import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
 
 from ..backend import blas_threads
 from ..data.tokenizer import BOS_ID
@@ -96,3 +97,58 @@ def training_loss(model, x: mx.array, y: mx.array, streams: list, bos_id: int | 
     mask = target_mask(y, bos_id).astype(mx.float32)
     total, local_count = masked_nll(model, x, y, mask, streams)
     return total / mx.maximum(local_count if count is None else count, 1.0)
+
+
+def _on(stream):
+    return mx.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+def _balance(sizes: list[int], parts: int) -> list[int]:
+    """A part index for each size, largest first to the least loaded part."""
+    load, where = [0] * parts, [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        where[i] = min(range(parts), key=load.__getitem__)
+        load[where[i]] += sizes[i]
+    return where
+
+
+def clip_and_update(optimizer, model, grads: dict, max_norm: float, streams: list) -> mx.array:
+    """`optim.clip_grad_norm(grads, max_norm)` then `optimizer.update(model, grads)`, the
+    work of each parameter (its squared norm, scaling, optimizer update) on one of
+    `streams`, balanced by size; returns the gradient norm before clipping. The same
+    values as the plain two calls (the norm is summed in the same order).
+
+    On CPU each gradient is made row-major first: MLX's gradient of `x @ W.T` is a
+    transposed view, and a loop reading one is strided, which MLX's CPU compiler does
+    not vectorize (clipping and AdamW over the 9M model: 55 ms with the views, 44 with
+    the copy first, 35 with row-major gradients, one stream, here)."""
+    leaves = tree_flatten(grads)
+    where = _balance([g.size for _, g in leaves], len(streams))
+    row_major = mx.default_device().type == mx.cpu
+    prepared, squared = [], 0.0
+    for (path, g), part in zip(leaves, where):
+        with _on(streams[part]):
+            g = mx.contiguous(g) if row_major else g
+            g32 = g.astype(mx.float32) if g.dtype == mx.float16 else g  # no float16 overflow
+            squared = squared + g32.square().sum()
+        prepared.append((path, g))
+    grad_norm = mx.sqrt(squared)
+    normalizer = mx.minimum(max_norm / (grad_norm + 1e-6), 1.0)
+    clipped, stream_of = [], {}
+    for (path, g), part in zip(prepared, where):
+        with _on(streams[part]):
+            g = (g * normalizer).astype(g.dtype) if mx.issubdtype(g.dtype, mx.floating) else g * normalizer
+        stream_of[id(g)] = streams[part]
+        clipped.append((path, g))
+    apply_single = optimizer.apply_single
+
+    def on_its_stream(gradient, parameter, state):
+        with _on(stream_of.get(id(gradient))):
+            return apply_single(gradient, parameter, state)
+
+    optimizer.apply_single = on_its_stream  # an instance attribute over the method
+    try:
+        optimizer.update(model, tree_unflatten(clipped))
+    finally:
+        del optimizer.apply_single
+    return grad_norm

@@ -42,7 +42,7 @@ from ..models.io import save_model
 from . import distributed as dist
 from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .evaluate import evaluate, make_eval_fn
-from .parallel import auto_streams, blas_per_stream, make_streams, training_loss
+from .parallel import auto_streams, blas_per_stream, clip_and_update, make_streams, training_loss
 
 
 @dataclass
@@ -199,8 +199,7 @@ class Trainer:
             if world.size > 1:
                 grads = nn.average_gradients(grads, world.group)  # batched all-reduce
                 loss = dist.all_sum(loss, world) / world.size  # for reporting
-            grads, grad_norm = optim.clip_grad_norm(grads, cfg.clip)
-            optimizer.update(model, grads)
+            grad_norm = clip_and_update(optimizer, model, grads, cfg.clip, streams)
             return loss, grad_norm
 
         return step
