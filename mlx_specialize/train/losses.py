@@ -52,9 +52,11 @@ def _fused(stream):
         with mx.stream(stream):
             targets, g = primals[1], cotangents[0][:, None]
             exps, inverse_total = outputs[1], outputs[2]
-            grad = exps * (g * inverse_total)
-            index = targets[:, None]
-            grad = mx.put_along_axis(grad, index, mx.take_along_axis(grad, index, axis=-1) - g, axis=-1)
+            index, scale = targets[:, None], g * inverse_total
+            # the target's entry from exps, not from grad: grad then has one reader, the
+            # scatter, which MLX then does in place instead of copying [N, V] first
+            picked = mx.take_along_axis(exps, index, axis=-1) * scale - g
+            grad = mx.put_along_axis(exps * scale, index, picked, axis=-1)
             return grad, mx.zeros_like(targets)
 
     return fused
