@@ -321,7 +321,10 @@ def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: floa
     def build(stream):
         @mx.custom_function
         def attention(q, k, v):
-            v = mx.contiguous(v)  # v^T is read whole by the backward's products
+            # [v | 1], row-major: e @ [v | 1] gives the output and the row sums of e in
+            # one product, and the backward's (dO / l, -rowsum(dO o) / l) @ [v | 1]^T
+            # gives dP / l minus that centre, with no [rows, keys] broadcast of it
+            v_ones = mx.concatenate([v, mx.ones((*v.shape[:-1], 1), v.dtype)], axis=-1)
             outs, exps, inverses = [], [], []
             Dh = v.shape[-1]
             for a, b in blocks:
@@ -334,14 +337,15 @@ def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: floa
                 else:
                     scores = (qb @ kt) * scale
                 e = exp_shifted(scores, row_max(scores))
-                inverse = 1.0 / (e @ mx.ones((keys, 1), e.dtype))  # [B, Hkv, rows, 1]
-                out = (e @ v[:, :, :keys]) * _spread(inverse, Dh)
+                weighted = e @ v_ones[:, :, :keys]  # [B, Hkv, rows, Dh + 1]
+                inverse = 1.0 / weighted[..., Dh:]
+                out = weighted[..., :Dh] * _spread(inverse, Dh)
                 outs.append(ungrouped(out, b - a).transpose(0, 2, 1, 3))
                 exps.append(e)
                 inverses.append(inverse)
             # one copy, straight into [B, L, H, Dh] (see the docstring)
             out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
-            return (mx.contiguous(out).transpose(0, 2, 1, 3), v, *exps, *inverses)
+            return (mx.contiguous(out).transpose(0, 2, 1, 3), v_ones, *exps, *inverses)
 
         @attention.vjp
         def attention_vjp(primals, cotangents, outputs):
@@ -351,7 +355,7 @@ def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: floa
         def backward(primals, cotangents, outputs):
             q, k, _ = primals
             n = len(blocks)
-            grad_out, out, v = cotangents[0], outputs[0], outputs[1]
+            grad_out, out, v_ones = cotangents[0], outputs[0], outputs[1]
             exps, inverses = outputs[2 : 2 + n], outputs[2 + n :]
             S, Dh = k.shape[2], k.shape[3]
             dq, dk_parts, dv_parts = [], [], []
@@ -361,9 +365,10 @@ def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: floa
                 g = grouped(grad_out, a, b) * _spread(inverse, Dh)
                 gs = g * scale
                 o = grouped(out, a, b)
-                # dS = p (dP - rowsum(dO o)) with p = e / l: e (dP / l - rowsum(dO o) / l)
+                # dS = p (dP - rowsum(dO o)) with p = e / l: e (dP / l - rowsum(dO o) / l),
+                # the bracket as one product: [gs | -rowsum(gs o)] @ [v | 1]^T
                 centre = (gs * o) @ mx.ones((Dh, 1), gs.dtype)
-                ds = e * (gs @ v[:, :, :keys].swapaxes(-1, -2) - _spread(centre, keys))
+                ds = e * (mx.concatenate([gs, -centre], axis=-1) @ v_ones[:, :, :keys].swapaxes(-1, -2))
                 dq.append(ungrouped(ds @ k[:, :, :keys], b - a))
                 dk_parts.append(ds.swapaxes(-1, -2) @ grouped(q, a, b))  # keys [0, keys)
                 dv_parts.append(e.swapaxes(-1, -2) @ g)

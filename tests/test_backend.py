@@ -37,3 +37,14 @@ def test_can_be_switched_off_and_never_breaks_import():
     assert broken["name"] is None and "/nonexistent/libblas.so" in broken["note"]
     late = probe(code="import mlx.core\n" + PROBE)
     assert late["name"] is None and "import mlx_specialize first" in late["note"]
+
+
+def test_an_installed_mkl_comes_before_openblas(tmp_path, monkeypatch):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libmkl_rt.so.3").write_bytes(b"")  # where `pip install mkl` puts it
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    candidates = backend._candidates()
+    assert candidates[0] == ("Intel MKL (PyPI)", str(tmp_path / "lib" / "libmkl_rt.so.3"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "none"))
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "none"))
+    assert all(name != "Intel MKL (PyPI)" for name, _ in backend._candidates())
