@@ -70,7 +70,7 @@ def evaluate(
     parallel CPU streams share each batch (default: auto). `world` (distributed.World):
     its processes take turns at the batches and sum their figures, so every rank returns
     the whole split's result."""
-    n_streams = streams or auto_streams(batch_size, model=model)
+    n_streams = streams or auto_streams(batch_size)
     eval_fn = eval_fn or make_eval_fn(model, make_streams(n_streams))
     total = mx.array(0.0)
     count = 0

@@ -29,26 +29,17 @@ from .losses import cross_entropy
 MAX_STREAMS = 4
 
 
-MIN_PARALLEL_WIDTH = 128
-
-
-def auto_streams(batch_rows: int, processes: int = 1, model=None) -> int:
+def auto_streams(batch_rows: int, processes: int = 1) -> int:
     """Streams to use by default: one per core on CPU (at most 4 and at most the rows
     of a batch; the cores shared by `processes` training processes on this host), one
-    on a GPU, and one for a `model` narrower than `MIN_PARALLEL_WIDTH` (its
-    `args.hidden_size`, when it has one). `MLXSPEC_STREAMS=N` overrides.
+    on a GPU. `MLXSPEC_STREAMS=N` overrides.
 
-    The narrow case, measured here (`tiny`, d 64, with the vectorized math of
-    fastmath.py): one stream trains 1.27-1.37x faster than two at batch 8-16 and context
-    128-256 (6,890 vs 5,370 tok/s at 8 x 128), where `small` (d 128) is 1.21-1.28x
-    faster on two. Such a step is mostly the vocabulary projection and softmax, which
-    are memory-bound and gain nothing from a second stream sharing the memory bus."""
+    Narrow models too: `tiny` (d 64) trains 1.31-1.44x faster on two streams than on one
+    here (8 x 128 and 16 x 256, BENCHMARKS.md). An earlier build gave it one stream, when
+    the backward of the custom functions (fastmath.per_stream) still ran on one stream."""
     if os.environ.get("MLXSPEC_STREAMS"):
         return max(1, min(int(os.environ["MLXSPEC_STREAMS"]), batch_rows))
     if mx.default_device().type == mx.gpu:
-        return 1
-    width = getattr(getattr(model, "args", None), "hidden_size", None)
-    if width is not None and width < MIN_PARALLEL_WIDTH:
         return 1
     return max(1, min((os.cpu_count() or 1) // max(processes, 1), MAX_STREAMS, batch_rows))
 

@@ -157,7 +157,7 @@ class Trainer:
         self.world = dist.world()
         self.rows = self.world.rows(config.batch_size)
         local_rows = self.rows.stop - self.rows.start
-        self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local, model))
+        self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local))
         keep_freed_buffers()  # CPU: reuse the step's large buffers (backend.py)
         self.step = 0
         self.budget = Budget()
