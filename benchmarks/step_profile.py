@@ -1,6 +1,7 @@
 """Where a training step's time goes: the step's parts timed one by one, in MLX.
 
     python benchmarks/step_profile.py --preset small
+    python benchmarks/step_profile.py --preset shape:6,256,4,688 --batch-size 4 --marginal
 
 At the preset's batch shape, times (median of `--repeats`, milliseconds) the whole
 compiled step with one stream and with the default parallel streams, and the parts of one
@@ -8,12 +9,23 @@ step on one stream: each part's forward + backward, compiled, with the step's ow
 functions (matmuls of a block, attention, SiLU gate, RMSNorm, the vocabulary projection
 and cross-entropy) and the AdamW update. `MLXSPEC_FAST_MATH=0` profiles MLX's own ops. The
 parts' sum is a rough account (no fusion, no overlap), to see what dominates.
+
+`--marginal` measures each part in context instead: the whole compiled step on one
+stream, in a fresh process per variant, with that part replaced by a cheap stand-in of
+the same shapes (attention by q + k + v, the cross-entropy by the first logit, SiLU by
+the identity, RMSNorm by its weight); a part's cost is the step's time minus the step's
+time without it. `--run-for S` runs the whole step for S seconds, e.g. to sample it with
+`perf record -g -p PID`. Use `OPENBLAS_NUM_THREADS=1` (or `MKL_NUM_THREADS=1`) to see one
+core's share of a two-stream step.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
@@ -25,7 +37,25 @@ from mlx_specialize import fastmath
 from mlx_specialize.models.dense import attend, silu
 from mlx_specialize.train.losses import cross_entropy
 
-from train_throughput import mlx_stepper  # sibling script: the same compiled step
+from train_throughput import mlx_stepper, resolve  # sibling script: the same compiled step
+
+# --marginal: each part's stand-in, patched into the model code of a fresh process
+STAND_INS = ("attention", "cross-entropy", "SiLU", "RMSNorm")
+
+
+def stand_in(part: str) -> None:
+    """Replace `part` of the model by a cheap function of the same shapes."""
+    from mlx_specialize.models import dense
+    from mlx_specialize.train import parallel
+
+    if part == "attention":
+        dense.attend = lambda q, k, v, scale, mask, cached=False: q + k + v
+    elif part == "cross-entropy":
+        parallel.cross_entropy = lambda logits, y: logits[..., 0] * 1.0
+    elif part == "SiLU":
+        dense.silu = lambda x: x
+    elif part == "RMSNorm":
+        nn.RMSNorm.__call__ = lambda self, x: x * self.weight
 
 
 def timed(fn, *args, repeats: int = 5) -> float:
@@ -36,6 +66,30 @@ def timed(fn, *args, repeats: int = 5) -> float:
         mx.eval(fn(*args))
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000
+
+
+def step_worker(preset, vocab: int, part: str | None, repeats: int) -> None:
+    """--marginal's worker: print the median ms of the whole step on one stream, `part`
+    replaced by its stand-in (None: the real step)."""
+    if part:
+        stand_in(part)
+    print(f"{whole_step(preset, vocab, 1, repeats):.2f}")
+
+
+def marginal(args, repeats: int) -> dict[str, float]:
+    """Median step ms per variant ("whole step" and one per stand-in), alternating
+    rounds, each variant in its own process."""
+    base = [sys.executable, __file__, "--preset", args.preset, "--vocab", str(args.vocab),
+            "--repeats", str(repeats)]
+    base += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    base += ["--context", str(args.context)] if args.context else []
+    times: dict[str, list[float]] = {"whole step": [], **{p: [] for p in STAND_INS}}
+    for _ in range(args.rounds):
+        for key in times:
+            cmd = base + ["--worker", "" if key == "whole step" else key]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ))
+            times[key].append(float(done.stdout.strip().splitlines()[-1]))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def whole_step(preset, vocab: int, streams: int, repeats: int) -> float:
@@ -98,12 +152,40 @@ def parts(preset, vocab: int, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small")
+    parser.add_argument("--preset", default="small", help="a preset, or shape:LAYERS,HIDDEN,HEADS,MLP")
+    parser.add_argument("--batch-size", type=int, help="windows per step [preset's]")
+    parser.add_argument("--context", type=int, help="tokens per window [preset's]")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--marginal", action="store_true",
+                        help="each part's cost in context: the step without it, one stream")
+    parser.add_argument("--rounds", type=int, default=3, help="--marginal's alternating rounds")
+    parser.add_argument("--run-for", type=float, help="run the whole step for this many seconds")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    preset = ms.get_preset(args.preset)
+    from mlx_specialize.models.presets import with_overrides
+
+    preset = resolve(args.preset)
+    preset = with_overrides(preset, batch_size=args.batch_size or preset.batch_size,
+                            context=args.context or preset.context)
+    if args.worker is not None:
+        return step_worker(preset, args.vocab, args.worker or None, args.repeats)
     print(f"preset {args.preset}: batch {preset.batch_size} x context {preset.context}, vocab {args.vocab}")
+    if args.run_for:
+        step = mlx_stepper(preset, preset.batch_size, preset.context, args.vocab)
+        start, steps = time.perf_counter(), 0
+        while time.perf_counter() - start < args.run_for:
+            step()
+            steps += 1
+        print(f"{steps} steps, {(time.perf_counter() - start) / steps * 1000:.1f} ms each")
+        return
+    if args.marginal:
+        times = marginal(args, args.repeats)
+        whole = times.pop("whole step")
+        print(f"whole compiled step, 1 stream: {whole:8.1f} ms")
+        for name, ms_ in times.items():
+            print(f"  {name:16s} {whole - ms_:7.1f} ms  {(whole - ms_) / whole:6.1%}   (step without it {ms_:.1f} ms)")
+        return
     one = whole_step(preset, args.vocab, 1, args.repeats)
     auto = ms.train.parallel.auto_streams(preset.batch_size)
     many = whole_step(preset, args.vocab, auto, args.repeats)
