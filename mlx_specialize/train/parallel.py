@@ -60,6 +60,11 @@ def blas_per_stream(n_streams: int, processes: int = 1):
     return contextlib.nullcontext()
 
 
+def _on(stream):
+    """`mx.stream(stream)`, or nothing for None (the default stream)."""
+    return mx.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
 def _row_slices(rows: int, parts: int) -> list[slice]:
     bounds = [rows * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
@@ -71,7 +76,7 @@ def masked_nll(model, x: mx.array, y: mx.array, mask: mx.array, streams: list) -
     x, y, mask: [B, L]. With streams == [None] this is one plain forward pass."""
     total = count = None
     for rows, stream in zip(_row_slices(x.shape[0], len(streams)), streams):
-        with mx.stream(stream) if stream is not None else contextlib.nullcontext():
+        with _on(stream):
             nll = (cross_entropy(model(x[rows]), y[rows]) * mask[rows]).sum()
             part_count = mask[rows].sum()
         total = nll if total is None else total + nll
@@ -88,10 +93,6 @@ def training_loss(model, x: mx.array, y: mx.array, streams: list, bos_id: int | 
     mask = target_mask(y, bos_id).astype(mx.float32)
     total, local_count = masked_nll(model, x, y, mask, streams)
     return total / mx.maximum(local_count if count is None else count, 1.0)
-
-
-def _on(stream):
-    return mx.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def _balance(sizes: list[int], parts: int) -> list[int]:
