@@ -259,7 +259,7 @@ def _causal_blocks(length: int, block: int) -> list[tuple[int, int]]:
     return [(a, min(a + block, length)) for a in range(0, length, block)]
 
 
-_FULL_BIAS_BYTES = 16 << 20  # largest additive mask stored at the scores' full shape
+_FULL_BIAS_BYTES = 8 << 20  # largest additive mask stored at the scores' full shape (16 kept: <= 128 MB)
 
 
 def _block_bias(start: int, stop: int) -> np.ndarray:
@@ -269,7 +269,7 @@ def _block_bias(start: int, stop: int) -> np.ndarray:
     return np.where(np.arange(stop)[None, :] <= rows, 0.0, _MASKED).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _bias_at(start: int, stop: int, shape: tuple[int, ...]) -> mx.array:
     """The mask of query block [start, stop) for scores of `shape` [..., rows, keys]
     (rows: the block's rows of each query head sharing a KV head, one after another): a
