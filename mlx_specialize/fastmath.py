@@ -24,7 +24,9 @@ need. Inputs must be finite and above -2e38; NaN gives NaN.
 On top: `softmax` and `silu` (custom gradients from their own outputs), and `attention`,
 causal attention in query blocks that each see only their keys, with a flash-attention
 style backward that reuses the forward's exps (1.5-1.7x MLX's CPU SDPA, forward and
-backward, at 4 x 4 heads x 256 x 64).
+backward, at 4 x 4 heads x 256 x 64). `row_max` is a last-axis max that vectorizes, and
+`per_stream` builds each custom function once per stream so that its backward runs on the
+stream of its forward (MLX would run every custom VJP on the default stream).
 
 Outside `mx.compile` these ops run as ~20 separate kernels and are slower than MLX's.
 So they are used only where `active()` says so: inside a `scope()` (the trainer enters
