@@ -291,8 +291,8 @@ def _bias_at(start: int, stop: int, shape: tuple[int, ...]) -> mx.array:
 
 
 def row_max(x: mx.array) -> mx.array:
-    """x.max(axis=-1, keepdims=True), 4-5x faster on x86 CPUs for rows of a multiple of
-    16: MLX reduces the last axis one element at a time, but a reduction over an outer
+    """x.max(axis=-1, keepdims=True), 2-5x faster on x86 CPUs for rows of a multiple of
+    16 (benchmarks/fastmath_ops.py): MLX reduces the last axis one element at a time, but a reduction over an outer
     axis is an element-wise max of whole rows, which the compiler vectorizes. So the
     rows are folded to [n / 16, 16], reduced over n / 16, then over the 16."""
     n = x.shape[-1]

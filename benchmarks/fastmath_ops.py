@@ -1,0 +1,123 @@
+"""The CPU training step's building blocks, ours against MLX's own, on one core.
+
+    python benchmarks/fastmath_ops.py
+
+Each pair runs in one process, compiled, alternating, one BLAS thread (one stream's
+share of a two-stream step); prints the median milliseconds of each and the ratio:
+- the row maximum of [1024, 8192] logits: `mx.max` vs `fastmath.row_max`;
+- cross-entropy over [1024, 8192] logits, forward and backward: `nn.losses.cross_entropy`
+  vs our fused one with the fast exp (`train/losses.py`);
+- causal attention, forward and backward, one layer of the 9M shape's stream (4 x 4
+  heads x 256 x 64, RoPE on q and k, the output transposed back as the model does):
+  `mx.fast.scaled_dot_product_attention` vs `fastmath.attention`;
+- gradient clipping and AdamW over the 9M model's parameters with gradients as MLX
+  gives them for `x @ W.T` (transposed views): `optim.clip_grad_norm` + `update` vs
+  `train/parallel.clip_and_update` (which makes them row-major first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from functools import partial
+
+import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_map
+
+from mlx_specialize import fastmath
+from mlx_specialize.backend import blas_threads, keep_freed_buffers
+from mlx_specialize.train.losses import cross_entropy
+from mlx_specialize.train.parallel import clip_and_update
+
+from train_throughput import resolve  # sibling script
+
+
+def _scoped(f):
+    def traced(*args):
+        with fastmath.scope(True):
+            return f(*args)
+    return traced
+
+
+def _compare(name: str, plain, ours, rounds: int) -> None:
+    """Median ms of plain() and ours(), each evaluated, alternating after a warm-up."""
+    for fn in (plain, ours, plain, ours):
+        fn()
+    times = {"mlx": [], "ours": []}
+    for _ in range(rounds):
+        for key, fn in (("mlx", plain), ("ours", ours)):
+            start = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - start) * 1000)
+    a, b = statistics.median(times["mlx"]), statistics.median(times["ours"])
+    print(f"{name:58s} MLX {a:7.2f} ms   ours {b:7.2f} ms   {a / b:5.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    keep_freed_buffers()
+    mx.random.seed(0)
+    logits = mx.random.normal((1024, 8192)) * 4
+    targets = mx.random.randint(0, 8192, (1024,))
+    mx.eval(logits, targets)
+
+    with blas_threads(1):
+        plain_max = mx.compile(lambda x: x.max(axis=-1, keepdims=True))
+        fast_max = mx.compile(fastmath.row_max)
+        _compare("row max of [1024, 8192]", lambda: mx.eval(plain_max(logits)),
+                 lambda: mx.eval(fast_max(logits)), args.rounds)
+
+        plain_ce = mx.compile(mx.grad(lambda l: nn.losses.cross_entropy(l, targets).sum()))
+        fast_ce = mx.compile(mx.grad(_scoped(lambda l: cross_entropy(l, targets, fused=True).sum())))
+        _compare("cross-entropy of [1024, 8192], forward + backward", lambda: mx.eval(plain_ce(logits)),
+                 lambda: mx.eval(fast_ce(logits)), args.rounds)
+
+        B, H, L, Dh = 4, 4, 256, 64
+        rope = nn.RoPE(Dh)
+        q, k, v = (mx.random.normal((B, L, H * Dh)).reshape(B, L, H, Dh).transpose(0, 2, 1, 3) for _ in range(3))
+        mx.eval(q, k, v)
+
+        def attention_grad(attend):
+            def loss(q, k, v):
+                out = attend(rope(q), rope(k), v, Dh**-0.5, "causal")
+                return out.transpose(0, 2, 1, 3).reshape(B, L, -1).sum()
+            return mx.compile(mx.grad(loss, argnums=(0, 1, 2)))
+
+        sdpa = attention_grad(lambda q, k, v, s, m: mx.fast.scaled_dot_product_attention(q, k, v, scale=s, mask=m))
+        ours = attention_grad(_scoped(fastmath.attention))
+        _compare("causal attention 4 x 4 x 256 x 64 + RoPE, forward + backward",
+                 lambda: mx.eval(sdpa(q, k, v)), lambda: mx.eval(ours(q, k, v)), args.rounds)
+
+        models, optimizers, steps = [], [], []
+        for kind in ("mlx", "ours"):
+            model = ms.Model(resolve("shape:6,256,4,688").model_args(8192))
+            opt = optim.AdamW(1e-3, bias_correction=True)
+            opt.init(model.trainable_parameters())
+            state = [model.state, opt.state]
+
+            def update(grads, model=model, opt=opt, kind=kind):
+                if kind == "ours":
+                    return clip_and_update(opt, model, grads, 5.0, [None])
+                grads, norm = optim.clip_grad_norm(grads, 5.0)
+                opt.update(model, grads)
+                return norm
+
+            models.append(model)
+            optimizers.append(opt)
+            steps.append(partial(mx.compile, inputs=state, outputs=state)(update))
+        # as MLX's gradient of x @ W.T comes: a transposed view for every matrix
+        grads = tree_map(lambda p: mx.contiguous(p.T * 0.01).T if p.ndim == 2 else p * 0.01,
+                         models[0].trainable_parameters())
+        mx.eval(grads)
+        runs = [lambda i=i: mx.eval(steps[i](grads), models[i].state, optimizers[i].state) for i in range(2)]
+        _compare("clip + AdamW, 9M model, transposed-view gradients", runs[0], runs[1], args.rounds)
+
+
+if __name__ == "__main__":
+    main()
