@@ -13,7 +13,7 @@ parts' sum is a rough account (no fusion, no overlap), to see what dominates.
 `--marginal` measures each part in context instead: the whole compiled step on one
 stream, in a fresh process per variant, with that part replaced by a cheap stand-in of
 the same shapes (attention by q + k + v, the cross-entropy by the first logit, SiLU by
-the identity, RMSNorm by its weight); a part's cost is the step's time minus the step's
+the identity, RMSNorm by its weight, clipping and AdamW by a plain SGD step); a part's cost is the step's time minus the step's
 time without it. `--run-for S` runs the whole step for S seconds, e.g. to sample it with
 `perf record -g -p PID`. Use `OPENBLAS_NUM_THREADS=1` (or `MKL_NUM_THREADS=1`) to see one
 core's share of a two-stream step.
@@ -40,7 +40,7 @@ from mlx_specialize.train.losses import cross_entropy
 from train_throughput import mlx_stepper, resolve  # sibling script: the same compiled step
 
 # --marginal: each part's stand-in, patched into the model code of a fresh process
-STAND_INS = ("attention", "cross-entropy", "SiLU", "RMSNorm")
+STAND_INS = ("attention", "cross-entropy", "SiLU", "RMSNorm", "optimizer")
 
 
 def stand_in(part: str) -> None:
@@ -56,6 +56,15 @@ def stand_in(part: str) -> None:
         dense.silu = lambda x: x
     elif part == "RMSNorm":
         nn.RMSNorm.__call__ = lambda self, x: x * self.weight
+    elif part == "optimizer":  # a plain SGD step: no clipping, no AdamW moments
+        from mlx.utils import tree_map
+        from mlx_specialize.train import trainer
+
+        def sgd(optimizer, model, grads, max_norm, streams):
+            model.update(tree_map(lambda p, g: p - 1e-3 * g, model.trainable_parameters(), grads))
+            return mx.array(0.0)
+
+        trainer.clip_and_update = sgd
 
 
 def timed(fn, *args, repeats: int = 5) -> float:

@@ -4,8 +4,9 @@
 
 For each preset: the same llama-style model (RMSNorm, RoPE, SDPA, SwiGLU, tied
 embeddings, float32), the same batch shape, AdamW + gradient clipping in both. Rounds
-alternate MLX (our defaults), MLX with one stream, and PyTorch (with `--ablate`, also MLX
-with two streams, without the fast math, without the buffer cache, and plain); each
+alternate MLX (our defaults), MLX with one stream, and PyTorch (with `--torch-bf16`, also
+PyTorch with bf16 autocast; with `--ablate`, also MLX with two streams, without the fast
+math, without the buffer cache, and plain); each
 round times `--steps` steps after its own warm-up, in a fresh process, so neither
 framework's idle BLAS/OpenMP threads steal cores from the other, and drifts of machine
 speed hit all alike. Prints tokens/s of each (median over rounds), the ratio MLX /
@@ -65,8 +66,9 @@ def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0
     return step
 
 
-def torch_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0):
-    """The same model in PyTorch eager (float32), AdamW, clip 5.0."""
+def torch_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0, bf16: bool = False):
+    """The same model in PyTorch eager (float32), AdamW, clip 5.0; `bf16`: forward and
+    loss under `torch.autocast("cpu", torch.bfloat16)` (the issue's stretch peer)."""
     import torch
     import torch.nn as tnn
     import torch.nn.functional as F
@@ -127,7 +129,8 @@ def torch_stepper(preset, batch_size: int, context: int, vocab: int, seed: int =
 
     def step():
         batch = torch.randint(3, vocab, (batch_size, context + 1), generator=gen)
-        loss = F.cross_entropy(model(batch[:, :-1]).reshape(-1, vocab), batch[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(batch[:, :-1]).reshape(-1, vocab), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -158,8 +161,10 @@ def resolve(name: str):
 def worker(framework: str, preset_name: str, batch: int, context: int, vocab: int, steps: int) -> None:
     """One measurement in a fresh process: warm up, time `steps` steps, print tok/s."""
     preset = resolve(preset_name)
-    make = torch_stepper if framework == "torch" else mlx_stepper
-    step = make(preset, batch, context, vocab)
+    if framework == "mlx":
+        step = mlx_stepper(preset, batch, context, vocab)
+    else:
+        step = torch_stepper(preset, batch, context, vocab, bf16=framework == "torch-bf16")
     step(), step()  # compile / allocate
     print(json.dumps({"tok_s": batch * context * steps / time_steps(step, steps)}))
 
@@ -176,12 +181,12 @@ ABLATIONS = {
 
 
 def measure(framework: str, name: str, batch: int, context: int, vocab: int, steps: int) -> float:
-    worker_kind = "torch" if framework == "torch" else "mlx"
+    worker_kind = framework if framework.startswith("torch") else "mlx"
     cmd = [sys.executable, __file__, "--worker", worker_kind, "--preset", name, "--batch-size", str(batch),
            "--context", str(context), "--vocab", str(vocab), "--steps", str(steps)]
     # PyTorch runs with our BLAS loader off: an OpenBLAS loaded with RTLD_GLOBAL takes over
     # torch's own BLAS calls too and made PyTorch 5.5x slower here (420 vs 2,300 tok/s).
-    env = {**os.environ, "MLXSPEC_BLAS": "off"} if framework == "torch" else dict(os.environ)
+    env = {**os.environ, "MLXSPEC_BLAS": "off"} if framework.startswith("torch") else dict(os.environ)
     env.update(ABLATIONS.get(framework, {}))
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])["tok_s"]
@@ -198,8 +203,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ablate", action="store_true",
                         help="also time MLX with each speed-up off in turn, and with all of them off")
+    parser.add_argument("--torch-bf16", action="store_true",
+                        help="also time PyTorch with bf16 autocast (the issue's stretch target)")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--worker", choices=["mlx", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["mlx", "torch", "torch-bf16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.preset[0], args.batch_size, args.context, args.vocab, args.steps)
@@ -214,6 +221,8 @@ def main() -> None:
         B, T = args.batch_size or preset.batch_size, args.context or preset.context
         flops_tok = ms.flops_per_token(preset.model_args(args.vocab), T)
         rates = {"mlx": [], "mlx-1stream": [], "torch": []}
+        if args.torch_bf16:
+            rates["torch-bf16"] = []
         if args.ablate:
             rates.update({key: [] for key in ABLATIONS if key != "mlx-1stream"})
         for _ in range(args.rounds):  # alternate, so drifts of machine speed hit both
@@ -228,6 +237,9 @@ def main() -> None:
             "mlx_gflops": mlx_tok_s * flops_tok / 1e9, "fraction_of_matmul_peak": mlx_tok_s * flops_tok / 1e9 / peak,
             "rounds": {k: [round(r) for r in v] for k, v in rates.items()},
         }
+        if args.torch_bf16:
+            row["torch_bf16_tok_s"] = statistics.median(rates["torch-bf16"])
+            row["ratio_mlx_over_torch_bf16"] = mlx_tok_s / row["torch_bf16_tok_s"]
         if args.ablate:
             row["ablations_tok_s"] = {k: statistics.median(v) for k, v in rates.items() if k.startswith("mlx-")}
         results.append(row)
@@ -236,6 +248,9 @@ def main() -> None:
               f"(MLX one stream {row['mlx_1stream_tok_s']:,.0f} tok/s)  "
               f"MLX {row['mlx_gflops']:.1f} GFLOP/s = {row['fraction_of_matmul_peak']:.1%} of matmul peak  "
               f"(rounds: {row['rounds']})")
+        if args.torch_bf16:
+            print(f"    PyTorch bf16 autocast {row['torch_bf16_tok_s']:8,.0f} tok/s   MLX / that "
+                  f"{row['ratio_mlx_over_torch_bf16']:.2f}x")
         for key, tok_s in row.get("ablations_tok_s", {}).items():
             print(f"    {key:20s} {tok_s:8,.0f} tok/s   defaults are {mlx_tok_s / tok_s:.2f}x this")
     if args.json:
