@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 import mlx_specialize as ms
-from mlx_specialize import fastmath, ui
+from mlx_specialize import autocast, fastmath, ui
 from mlx_specialize.backend import BLAS, blas_advice, device_name, matmul_gflops, train_dtype
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
@@ -41,6 +41,8 @@ out = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole tab
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout (last).")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or messages.")
 CACHE_OPT = typer.Option(None, "--cache-dir", help="Token and model cache [default: $MLXSPEC_CACHE or ~/.cache/mlx-specialize].")
+PRECISION_OPT = typer.Option(None, help="float32, or bf16: the linear layers' products in bfloat16, float32 weights "
+                             "(x86 CPUs with AMX or AVX512-BF16 and `pip install 'mlx-specialize[bf16]'`; any GPU).")
 
 
 def handle_errors(fn):
@@ -118,6 +120,7 @@ def doctor(json_out: bool = JSON_OPT):
         "matmul_gflops_f32": round(gflops, 1),
         "dtype": train_dtype(),
         "cpu_fast_math": fastmath.status(),
+        "bf16_training": autocast.status(),
     }
     if json_out:
         return emit(report, True)
@@ -206,6 +209,7 @@ def pretrain_cmd(
     eval_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
     patience: Optional[int] = typer.Option(None, help="Early-stop after N evaluations without improvement (0: off)."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (0: only at the end)."),
+    precision: Optional[str] = PRECISION_OPT,
     seed: int = typer.Option(0, help="Seed of initialization and data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in OUT_DIR."),
@@ -216,6 +220,8 @@ def pretrain_cmd(
     """Pre-train a model from scratch on a generic corpus.
 
     On N processes or Macs: `mlx.launch -n N -- mlxspec pretrain ...` (README: several processes)."""
+    if precision is not None:
+        autocast.check(precision)  # before any data work: a missing MKL fails in a second
     p = ms.get_preset(preset)
     if arch not in ("dense", "mix", "pn", "soup"):
         raise SpecializeError(f"unknown architecture '{arch}' (dense, mix, pn or soup)")
@@ -233,7 +239,7 @@ def pretrain_cmd(
         summary = pretrain_projected(
             loaded, split, tok, p, out_dir, tokens, arch, cache, expert_dim=expert_dim, basis=basis, support=soup_support, seed=seed, resume=resume, overwrite=overwrite,
             **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum, warmup=warmup,
-                             eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every))
+                             eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every, precision=precision))
         summary = {"model": str(out_dir), "arch": arch, **summary, "params": summary["params"]["total"],
                    "active_params": summary["params"]["active"]}
         return emit(summary, json_out, _summary_table(f"pre-trained a '{preset}' {arch} -> {out_dir}", summary))
@@ -243,7 +249,7 @@ def pretrain_cmd(
         meta = pretrain_mixture(loaded, split, tok, p, out_dir, tokens // loaded.k, cache_dir, seed, init_from=init,
                                 **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
                                                  warmup=warmup, eval_every=eval_every, patience=patience,
-                                                 checkpoint_every=checkpoint_every))
+                                                 checkpoint_every=checkpoint_every, precision=precision))
         return emit(meta, json_out, _summary_table(f"pre-trained {loaded.k} '{preset}' experts -> {out_dir}",
                                                    {k: v for k, v in meta.items() if k != "experts"}))
     tok = ms.Tokenizer.load(tokenizer) if tokenizer else None
@@ -261,7 +267,7 @@ def pretrain_cmd(
                          resume=resume, overwrite=overwrite, seed=seed, train_split=train_split, init_from=init,
                          **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
                                           warmup=warmup, eval_every=eval_every, patience=patience,
-                                          checkpoint_every=checkpoint_every))
+                                          checkpoint_every=checkpoint_every, precision=precision))
     summary = {"model": str(result.model_dir), **result.summary}
     emit(summary, json_out, _summary_table(f"pre-trained {preset} -> {out_dir}", summary))
 
@@ -281,6 +287,7 @@ def finetune_cmd(
     eval_every: Optional[int] = typer.Option(None, help="Validate every N steps [default: 10]."),
     patience: Optional[int] = typer.Option(None, help="Early-stop after N evaluations without improvement [default: 3]."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (0: only at the end)."),
+    precision: Optional[str] = PRECISION_OPT,
     seed: int = typer.Option(0, help="Seed of the data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in OUT_DIR."),
@@ -291,10 +298,12 @@ def finetune_cmd(
     """Fine-tune a model on a domain, early-stopping on the domain's valid split.
 
     On N processes or Macs: `mlx.launch -n N -- mlxspec finetune ...` (README: several processes)."""
+    if precision is not None:
+        autocast.check(precision)  # before any data work: a missing MKL fails in a second
     result = ms.finetune(model, domain, out_dir, domain_tokens, tokens, cache_dir=cache_dir, resume=resume,
                          overwrite=overwrite, seed=seed,
                          **_train_options(lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
-                                          eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every))
+                                          eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every, precision=precision))
     summary = {"model": str(result.model_dir), **result.summary}
     emit(summary, json_out, _summary_table(f"fine-tuned {model} on {domain} -> {out_dir}", summary))
 

@@ -23,7 +23,16 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.rope_utils import initialize_rope
 
-from .. import fastmath
+from .. import autocast, fastmath
+
+
+def linear(layer: nn.Module, x: mx.array) -> mx.array:
+    """`layer(x)`; for an `nn.Linear` inside a bf16 `autocast.scope()` (training with
+    `precision="bf16"`), its product in bfloat16 with float32 sums (see autocast.py)."""
+    if not (autocast.active() and isinstance(layer, nn.Linear)):
+        return layer(x)
+    y = autocast.matmul_t(x, layer.weight)
+    return y + layer.bias if "bias" in layer else y
 
 
 def silu(x: mx.array) -> mx.array:
@@ -169,15 +178,15 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, mask, cache: KVCache | None = None) -> mx.array:
         B, L, _ = x.shape
-        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        q = linear(self.q_proj, x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = linear(self.k_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = linear(self.v_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         out = attend(q, k, v, self.scale, mask, cached=cache is not None)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return linear(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
 class MLP(nn.Module):
@@ -189,7 +198,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(F, D, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))
+        return linear(self.down_proj, silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
 
 
 class TransformerBlock(nn.Module):
@@ -233,9 +242,11 @@ class Model(nn.Module):
 
     def __call__(self, inputs: mx.array, cache: list[KVCache] | None = None) -> mx.array:
         h = self.model(inputs, cache)
-        if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
+        if not self.args.tie_word_embeddings:
+            return linear(self.lm_head, h)
+        if autocast.active():
+            return autocast.matmul_t(h, self.model.embed_tokens.weight)
+        return self.model.embed_tokens.as_linear(h)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]

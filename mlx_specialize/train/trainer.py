@@ -32,7 +32,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from .. import fastmath, ui
+from .. import autocast, fastmath, ui
 from ..backend import keep_freed_buffers
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import PackedWindows, TokenizedSplit, target_mask
@@ -53,7 +53,8 @@ class TrainConfig:
     `context` tokens); lr: peak learning rate after `warmup` linear steps, then
     `schedule` ("cosine" to lr * min_lr_ratio, or "constant"); clip: max global
     gradient norm (paper: 5.0); patience: stop after this many evaluations without a
-    better validation loss (0: never stop early)."""
+    better validation loss (0: never stop early); precision: "float32", or "bf16" for
+    mixed precision (float32 weights and optimizer, bf16 matrix products; autocast.py)."""
 
     steps: int
     batch_size: int = 16
@@ -74,6 +75,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     streams: int = 0  # parallel CPU streams per step (0: auto, see train/parallel.py)
+    precision: str = "float32"  # or "bf16": the linear layers' products in bfloat16 (autocast.py)
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
 
@@ -135,6 +137,7 @@ class Trainer:
         `model.conditioned(condition(i))(x)` (the projected network's expert, or a soup's
         domain weights; its MLP weights made once per batch). `evaluator(model) -> EvalResult` replaces the plain
         validation on `valid`."""
+        autocast.check(config.precision)  # bf16: builds its C++ matmul on first use
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train, self.valid = train, valid
         self.run_dir = Path(run_dir)
@@ -175,7 +178,8 @@ class Trainer:
         def loss_fn(model, x, y, cond, count):
             # Summed NLL of this rank's rows / the global batch's target count, x world
             # size: average_gradients' mean over ranks is then the global batch's gradient.
-            with fastmath.scope():  # traced once, inside mx.compile: see fastmath.py
+            # traced once, inside mx.compile: see fastmath.py and autocast.py
+            with fastmath.scope(), autocast.scope(cfg.precision):
                 forward = model if cond is None else model.conditioned(cond)
                 loss = training_loss(forward, x, y, streams, bos_id, count)
             return loss * world.size if world.size > 1 else loss
