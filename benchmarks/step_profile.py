@@ -14,7 +14,7 @@ parts' sum is a rough account (no fusion, no overlap), to see what dominates.
 stream, in a fresh process per variant, with that part replaced by a cheap stand-in of
 the same shapes (attention by q + k + v, the cross-entropy by the first logit, SiLU by
 the identity, RMSNorm by its weight, clipping and AdamW by a plain SGD step); a part's cost is the step's time minus the step's
-time without it. `--run-for S` runs the whole step for S seconds, e.g. to sample it with
+time without it. `--precision bf16` profiles the bf16 step. `--run-for S` runs the whole step for S seconds, e.g. to sample it with
 `perf record -g -p PID`. Use `OPENBLAS_NUM_THREADS=1` (or `MKL_NUM_THREADS=1`) to see one
 core's share of a two-stream step.
 """
@@ -77,19 +77,19 @@ def timed(fn, *args, repeats: int = 5) -> float:
     return statistics.median(times) * 1000
 
 
-def step_worker(preset, vocab: int, part: str | None, repeats: int) -> None:
+def step_worker(preset, vocab: int, part: str | None, repeats: int, precision: str) -> None:
     """--marginal's worker: print the median ms of the whole step on one stream, `part`
     replaced by its stand-in (None: the real step)."""
     if part:
         stand_in(part)
-    print(f"{whole_step(preset, vocab, 1, repeats):.2f}")
+    print(f"{whole_step(preset, vocab, 1, repeats, precision):.2f}")
 
 
 def marginal(args, repeats: int) -> dict[str, float]:
     """Median step ms per variant ("whole step" and one per stand-in), alternating
     rounds, each variant in its own process."""
     base = [sys.executable, __file__, "--preset", args.preset, "--vocab", str(args.vocab),
-            "--repeats", str(repeats)]
+            "--repeats", str(repeats), "--precision", args.precision]
     base += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     base += ["--context", str(args.context)] if args.context else []
     times: dict[str, list[float]] = {"whole step": [], **{p: [] for p in STAND_INS}}
@@ -101,9 +101,9 @@ def marginal(args, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def whole_step(preset, vocab: int, streams: int, repeats: int) -> float:
+def whole_step(preset, vocab: int, streams: int, repeats: int, precision: str = "float32") -> float:
     """Median milliseconds of the trainer's compiled step (the throughput benchmark's)."""
-    step = mlx_stepper(preset, preset.batch_size, preset.context, vocab, streams=streams)
+    step = mlx_stepper(preset, preset.batch_size, preset.context, vocab, streams=streams, precision=precision)
     step()  # compile
     times = []
     for _ in range(repeats):
@@ -170,6 +170,7 @@ def main() -> None:
                         help="each part's cost in context: the step without it, one stream")
     parser.add_argument("--rounds", type=int, default=3, help="--marginal's alternating rounds")
     parser.add_argument("--run-for", type=float, help="run the whole step for this many seconds")
+    parser.add_argument("--precision", default="float32", help="the trainer's precision: float32 or bf16")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from mlx_specialize.models.presets import with_overrides
@@ -178,10 +179,10 @@ def main() -> None:
     preset = with_overrides(preset, batch_size=args.batch_size or preset.batch_size,
                             context=args.context or preset.context)
     if args.worker is not None:
-        return step_worker(preset, args.vocab, args.worker or None, args.repeats)
+        return step_worker(preset, args.vocab, args.worker or None, args.repeats, args.precision)
     print(f"preset {args.preset}: batch {preset.batch_size} x context {preset.context}, vocab {args.vocab}")
     if args.run_for:
-        step = mlx_stepper(preset, preset.batch_size, preset.context, args.vocab)
+        step = mlx_stepper(preset, preset.batch_size, preset.context, args.vocab, precision=args.precision)
         start, steps = time.perf_counter(), 0
         while time.perf_counter() - start < args.run_for:
             step()

@@ -5,7 +5,7 @@
 For each preset: the same llama-style model (RMSNorm, RoPE, SDPA, SwiGLU, tied
 embeddings, float32), the same batch shape, AdamW + gradient clipping in both. Rounds
 alternate MLX (our defaults), MLX with one stream, and PyTorch (with `--torch-bf16`, also
-PyTorch with bf16 autocast; with `--ablate`, also MLX with two streams, without the fast
+PyTorch with bf16 autocast; with `--mlx-bf16`, MLX with `precision="bf16"`; with `--ablate`, also MLX with two streams, without the fast
 math, without the buffer cache, and plain); each
 round times `--steps` steps after its own warm-up, in a fresh process, so neither
 framework's idle BLAS/OpenMP threads steal cores from the other, and drifts of machine
@@ -43,13 +43,15 @@ class _NoTokenizer:
     bos_id = 1  # masked as a target, as with our SentencePiece tokenizers
 
 
-def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0, streams: int = 0):
+def mlx_stepper(preset, batch_size: int, context: int, vocab: int, seed: int = 0, streams: int = 0,
+                precision: str = "float32"):
     """Our trainer's compiled step on random tokens (`streams` 0: the trainer's default);
     returns step() -> loss float."""
     mx.random.seed(seed)
     model = ms.Model(preset.model_args(vocab))
     tokens = np.random.default_rng(seed).integers(3, vocab, 200_000).astype(np.uint16)
-    cfg = TrainConfig(steps=10**9, batch_size=batch_size, context=context, warmup=10, streams=streams)
+    cfg = TrainConfig(steps=10**9, batch_size=batch_size, context=context, warmup=10, streams=streams,
+                      precision=precision)
     trainer = Trainer(model, _NoTokenizer(), TokenizedSplit(tokens, 0, 0, "random"), None, cfg, "/tmp/unused")
     step_fn = trainer._build_step()
     state = {"i": 0}
@@ -161,8 +163,8 @@ def resolve(name: str):
 def worker(framework: str, preset_name: str, batch: int, context: int, vocab: int, steps: int) -> None:
     """One measurement in a fresh process: warm up, time `steps` steps, print tok/s."""
     preset = resolve(preset_name)
-    if framework == "mlx":
-        step = mlx_stepper(preset, batch, context, vocab)
+    if framework.startswith("mlx"):
+        step = mlx_stepper(preset, batch, context, vocab, precision="bf16" if framework == "mlx-bf16" else "float32")
     else:
         step = torch_stepper(preset, batch, context, vocab, bf16=framework == "torch-bf16")
     step(), step()  # compile / allocate
@@ -181,7 +183,7 @@ ABLATIONS = {
 
 
 def measure(framework: str, name: str, batch: int, context: int, vocab: int, steps: int) -> float:
-    worker_kind = framework if framework.startswith("torch") else "mlx"
+    worker_kind = framework if framework in ("torch", "torch-bf16", "mlx-bf16") else "mlx"
     cmd = [sys.executable, __file__, "--worker", worker_kind, "--preset", name, "--batch-size", str(batch),
            "--context", str(context), "--vocab", str(vocab), "--steps", str(steps)]
     # PyTorch runs with our BLAS loader off: an OpenBLAS loaded with RTLD_GLOBAL takes over
@@ -205,8 +207,10 @@ def main() -> None:
                         help="also time MLX with each speed-up off in turn, and with all of them off")
     parser.add_argument("--torch-bf16", action="store_true",
                         help="also time PyTorch with bf16 autocast (the issue's stretch target)")
+    parser.add_argument("--mlx-bf16", action="store_true",
+                        help="also time MLX with precision bf16 (needs MKL and a CPU with AMX or AVX512-BF16)")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--worker", choices=["mlx", "torch", "torch-bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["mlx", "mlx-bf16", "torch", "torch-bf16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.preset[0], args.batch_size, args.context, args.vocab, args.steps)
@@ -223,6 +227,8 @@ def main() -> None:
         rates = {"mlx": [], "mlx-1stream": [], "torch": []}
         if args.torch_bf16:
             rates["torch-bf16"] = []
+        if args.mlx_bf16:
+            rates["mlx-bf16"] = []
         if args.ablate:
             rates.update({key: [] for key in ABLATIONS if key != "mlx-1stream"})
         for _ in range(args.rounds):  # alternate, so drifts of machine speed hit both
@@ -240,6 +246,8 @@ def main() -> None:
         if args.torch_bf16:
             row["torch_bf16_tok_s"] = statistics.median(rates["torch-bf16"])
             row["ratio_mlx_over_torch_bf16"] = mlx_tok_s / row["torch_bf16_tok_s"]
+        if args.mlx_bf16:
+            row["mlx_bf16_tok_s"] = statistics.median(rates["mlx-bf16"])
         if args.ablate:
             row["ablations_tok_s"] = {k: statistics.median(v) for k, v in rates.items() if k.startswith("mlx-")}
         results.append(row)
@@ -251,6 +259,10 @@ def main() -> None:
         if args.torch_bf16:
             print(f"    PyTorch bf16 autocast {row['torch_bf16_tok_s']:8,.0f} tok/s   MLX / that "
                   f"{row['ratio_mlx_over_torch_bf16']:.2f}x")
+        if args.mlx_bf16:
+            peers = [("PyTorch", torch_tok_s)] + ([("PyTorch bf16", row["torch_bf16_tok_s"])] if args.torch_bf16 else [])
+            print(f"    MLX bf16 {row['mlx_bf16_tok_s']:8,.0f} tok/s   "
+                  + "   ".join(f"/ {name} {row['mlx_bf16_tok_s'] / rate:.2f}x" for name, rate in peers))
         for key, tok_s in row.get("ablations_tok_s", {}).items():
             print(f"    {key:20s} {tok_s:8,.0f} tok/s   defaults are {mlx_tok_s / tok_s:.2f}x this")
     if args.json:
