@@ -22,10 +22,13 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the C++ bf16 ma
 
 
 @pytest.fixture(scope="module")
-def native():
+def native(tmp_path_factory):
+    """The extension, built into a temporary cache (then kept loaded in this process)."""
     from mlx_specialize.native import load_bf16
 
-    module = load_bf16()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLXSPEC_CACHE", str(tmp_path_factory.mktemp("native-cache")))
+        module = load_bf16()
     if not module.has_bf16_gemm():
         module.set_emulation(True)
     return module

@@ -1,8 +1,8 @@
 """The `mlxspec` command line: the main job end to end, and bad input as one clear line."""
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 
@@ -87,7 +87,16 @@ def _bad_inputs(tmp_path, model_dir, other_tokenizer):
         "another tokenizer": ([*base[:2], foreign, *base[3:]], "another tokenizer"),
         "truncated weights": (["eval", truncated, "--cache-dir", tmp_path / "cache"], "corrupt or truncated"),
         "missing model": (["eval", tmp_path / "no-model"], "no model"),
+        "unknown precision": (["pretrain", tmp_path / "out", "--precision", "fp8"], "unknown precision"),
+        **({} if _has_bf16_gemm() else {  # refused before any work (builds the extension first)
+            "bf16 without MKL": (["finetune", model_dir, tmp_path / "out", "--precision", "bf16"], "bf16")}),
     }
+
+
+def _has_bf16_gemm() -> bool:
+    from mlx_specialize.backend import BLAS
+
+    return os.environ.get("MLXSPEC_BF16_EMULATE") == "1" or hasattr(BLAS.handle, "cblas_gemm_bf16bf16f32")
 
 
 def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path, tiny_model_dir):
