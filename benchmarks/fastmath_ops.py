@@ -12,7 +12,10 @@ share of a two-stream step); prints the median milliseconds of each and the rati
   `mx.fast.scaled_dot_product_attention` vs `fastmath.attention`;
 - gradient clipping and AdamW over the 9M model's parameters with gradients as MLX
   gives them for `x @ W.T` (transposed views): `optim.clip_grad_norm` + `update` vs
-  `train/parallel.clip_and_update` (which makes them row-major first).
+  `train/parallel.clip_and_update` (which makes them row-major first);
+- a linear layer's product, forward and backward (x [1024, K] @ W.T, W [N, K]), in
+  float32 (`x @ W.T`) vs in bf16 (`autocast.matmul_t`, MKL's bf16 GEMM; skipped without
+  MKL or a CPU with bf16 instructions).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from mlx_specialize import fastmath
+from mlx_specialize import autocast, fastmath
 from mlx_specialize.backend import blas_threads, keep_freed_buffers
+from mlx_specialize.errors import SpecializeError
 from mlx_specialize.train.losses import cross_entropy
 from mlx_specialize.train.parallel import clip_and_update
 
@@ -117,6 +121,26 @@ def main() -> None:
         mx.eval(grads)
         runs = [lambda i=i: mx.eval(steps[i](grads), models[i].state, optimizers[i].state) for i in range(2)]
         _compare("clip + AdamW, 9M model, transposed-view gradients", runs[0], runs[1], args.rounds)
+
+        try:
+            autocast.check("bf16")
+        except SpecializeError as err:
+            print(f"bf16 linear layers: skipped ({err})")
+            return
+        for K, N in ((256, 688), (688, 256), (256, 8192)):
+            x, w, g = (mx.random.normal(shape) for shape in ((1024, K), (N, K), (1024, N)))
+            mx.eval(x, w, g)
+
+            def linear_grad(precision):
+                def loss(x, w):
+                    with autocast.scope(precision):
+                        y = autocast.matmul_t(x, w) if precision == "bf16" else x @ w.T
+                    return (y * g).sum()
+                return mx.compile(mx.grad(loss, argnums=(0, 1)))
+
+            f32, bf16 = linear_grad("float32"), linear_grad("bf16")
+            _compare(f"linear [1024, {K}] x [{K}, {N}], fwd + bwd, float32 vs bf16",
+                     lambda: mx.eval(f32(x, w)), lambda: mx.eval(bf16(x, w)), args.rounds)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ cache) and once with the defaults (parallel CPU streams, fused cross-entropy, th
 vectorizable exp / softmax / SiLU / attention of `fastmath.py`, freed buffers kept).
 Same seed, same data order. Prints both validation-loss curves, their largest
 difference, and tok/s of each.
+
+    python benchmarks/loss_curve_check.py --preset small --tokens 300000 --precision bf16
+
+compares the defaults in float32 with the defaults in `--precision bf16` instead (needs
+MKL and a CPU with AMX or AVX512-BF16, see mlx_specialize/autocast.py).
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ from pathlib import Path
 GENERIC = "go-code,postgres-docs,python-code"
 
 
-def run(out: Path, env_extra: dict, args) -> list[dict]:
+def run(out: Path, env_extra: dict, args, precision: str = "float32") -> list[dict]:
     cmd = [sys.executable, "-m", "cli.main", "pretrain", str(out), "--generic", GENERIC, "--preset", args.preset,
            "--tokens", str(args.tokens), "--eval-every", str(args.eval_every), "--cache-dir", str(args.cache_dir),
-           "--quiet"]
+           "--precision", precision, "--quiet"]
     subprocess.run(cmd, check=True, env={**os.environ, **env_extra}, cwd=Path(__file__).resolve().parents[1],
                    stdout=subprocess.DEVNULL)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -39,11 +44,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=300_000)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "mlxspec-curve-cache")
+    parser.add_argument("--precision", default="float32",
+                        help="bf16: compare float32 and bf16 training, both with the defaults")
     args = parser.parse_args()
+    plain_env = {"MLXSPEC_STREAMS": "1", "MLXSPEC_FUSED_CE": "0", "MLXSPEC_FAST_MATH": "0", "MLXSPEC_BUFFER_CACHE": "0"}
+    if args.precision != "float32":
+        plain_env = {}
+        print(f"'plain' below is float32 with the defaults, 'fast' is --precision {args.precision}")
     with tempfile.TemporaryDirectory() as tmp:
-        plain = run(Path(tmp) / "plain", {"MLXSPEC_STREAMS": "1", "MLXSPEC_FUSED_CE": "0", "MLXSPEC_FAST_MATH": "0",
-                                              "MLXSPEC_BUFFER_CACHE": "0"}, args)
-        fast = run(Path(tmp) / "fast", {}, args)
+        plain = run(Path(tmp) / "plain", plain_env, args)
+        fast = run(Path(tmp) / "fast", {}, args, args.precision)
     valid = {name: [m for m in runs if m["event"] == "valid"] for name, runs in (("plain", plain), ("fast", fast))}
     print(f"{'step':>6s} {'plain valid loss':>17s} {'fast valid loss':>16s} {'difference':>11s}")
     worst = 0.0
