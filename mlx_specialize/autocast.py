@@ -57,28 +57,32 @@ def _native():
     return load_bf16()
 
 
+def _has_bf16_gemm() -> bool:
+    """Whether the BLAS that backend.py loaded is MKL, with its bf16 GEMM."""
+    from .backend import BLAS
+
+    return BLAS.handle is not None and hasattr(BLAS.handle, "cblas_gemm_bf16bf16f32")
+
+
 def check(precision: str) -> None:
     """Raise `SpecializeError` (one line: what is missing, how to get it) unless training
-    in `precision` works here; builds the C++ extension on first use for bf16 on CPU."""
+    in `precision` works here; builds the C++ extension on first use for bf16 on CPU
+    (after the cheap checks, so that a refusal comes at once)."""
     if precision not in PRECISIONS:
         raise SpecializeError(f"unknown precision '{precision}' ({' or '.join(PRECISIONS)})")
-    if precision == "float32":
+    if precision == "float32" or mx.default_device().type != mx.cpu:
         return
-    native = _native()
-    if native is None:
-        if mx.default_device().type == mx.cpu:
-            raise SpecializeError("bf16 training on a CPU is supported on Linux x86 with Intel MKL; train in float32")
-        return
-    native.set_emulation(_emulate())
-    if _emulate():
-        return
-    if not native.has_bf16_gemm():
-        raise SpecializeError(
-            "bf16 training on CPU needs Intel MKL's bf16 matrix product, and the BLAS loaded is not MKL: "
-            "pip install 'mlx-specialize[bf16]' (or train in float32)")
-    if not _cpu_has_bf16():
-        raise SpecializeError("this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 training would be "
-                              "slower than float32; train in float32")
+    if sys.platform != "linux":
+        raise SpecializeError("bf16 training on a CPU is supported on Linux x86 with Intel MKL; train in float32")
+    if not _emulate():
+        if not _has_bf16_gemm():
+            raise SpecializeError(
+                "bf16 training on CPU needs Intel MKL's bf16 matrix product, and the BLAS loaded is not MKL: "
+                "pip install 'mlx-specialize[bf16]' (or train in float32)")
+        if not _cpu_has_bf16():
+            raise SpecializeError("this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 training would be "
+                                  "slower than float32; train in float32")
+    _native().set_emulation(_emulate())
 
 
 def status() -> str:
@@ -88,9 +92,7 @@ def status() -> str:
         return "available (MLX's bf16 matmul on the GPU)"
     if sys.platform != "linux":
         return "off (CPU: train in float32)"
-    from .backend import BLAS
-
-    if BLAS.handle is None or not hasattr(BLAS.handle, "cblas_gemm_bf16bf16f32"):
+    if not _has_bf16_gemm():
         return "off (needs Intel MKL: pip install 'mlx-specialize[bf16]')"
     if not _cpu_has_bf16():
         return "off (this CPU has no AVX512-BF16 or AMX)"
