@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import mlx_specialize as ms
@@ -72,7 +73,8 @@ def handle_errors(fn):
 
 
 def fail(message: str, code: int = 2):
-    ui.console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets, e.g. pip install 'mlx-specialize[bf16]'
+    ui.console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -129,7 +131,7 @@ def doctor(json_out: bool = JSON_OPT):
         table.add_row(k, str(v))
     out.print(table)
     if sys.platform == "linux" and device_name() == "CPU" and (BLAS.name is None or gflops < 20):
-        out.print(f"[yellow]slow BLAS ({gflops:.0f} GFLOP/s):[/yellow] {blas_advice()}")
+        out.print(f"[yellow]slow BLAS ({gflops:.0f} GFLOP/s):[/yellow] {escape(blas_advice())}")
 
 
 @app.command()

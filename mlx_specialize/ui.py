@@ -9,6 +9,7 @@ import contextlib
 import os
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
@@ -32,8 +33,9 @@ def set_quiet(quiet: bool) -> None:
 
 
 def info(message: str) -> None:
+    """Print a plain-text line (brackets in it are text, not rich markup)."""
     if not QUIET:
-        console.print(message)
+        console.print(escape(message))
 
 
 def progress(*extra_fields: str) -> Progress:
