@@ -3,7 +3,8 @@
 Pre-norm RMSNorm blocks, rotary positions, multi-head attention through
 `mx.fast.scaled_dot_product_attention` (on an x86 CPU, inside the compiled training and
 eval steps, `fastmath.attention` and `fastmath.silu`: the same values, computed by loops
-MLX's CPU compiler vectorizes), a gated (SwiGLU) MLP, tied or untied output
+MLX's CPU compiler vectorizes; inside a bf16 `autocast.scope()`, the linear layers'
+products in bfloat16), a gated (SwiGLU) MLP, tied or untied output
 embedding, KV cache for generation. Parameter names and `config.json` fields are those
 of mlx-lm's llama, so a checkpoint we write loads with `mlx_lm.load` unchanged.
 
