@@ -98,7 +98,7 @@ def _bad_inputs(tmp_path, model_dir, other_tokenizer):
 def _has_bf16_gemm() -> bool:
     from mlx_specialize import autocast
 
-    return os.environ.get("MLXSPEC_BF16_EMULATE") == "1" or autocast._has_bf16_gemm()
+    return autocast._emulate() or autocast._has_bf16_gemm()
 
 
 def test_bad_input_gives_one_error_line_and_nonzero_exit(tmp_path, tiny_model_dir):

@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..data.tokens import default_cache_dir
 from ..errors import SpecializeError
 
 SOURCE_DIR = Path(__file__).parent
@@ -60,8 +61,7 @@ def cache_key() -> str:
 
 
 def build_dir() -> Path:
-    base = Path(os.environ.get("MLXSPEC_CACHE", Path.home() / ".cache" / "mlx-specialize"))
-    return base / "native" / cache_key()
+    return default_cache_dir() / "native" / cache_key()
 
 
 def _cmake() -> str:
@@ -131,7 +131,7 @@ def load_bf16():
         module.bf16_matmul(mx.ones((1, 1), mx.bfloat16), mx.ones((1, 1), mx.bfloat16), stream=mx.cpu)
     except TypeError:
         raise NativeUnavailable(
-            f"the bf16 matmul built with nanobind {_versions()} cannot exchange arrays with this MLX "
+            f"the bf16 matmul built for {_versions()} cannot exchange arrays with this MLX "
             "(different nanobind ABI): install the nanobind version MLX was built with") from None
     _loaded["bf16"] = module
     return module

@@ -135,13 +135,17 @@ void bf16_product(const Operand& a, const Operand& b, float* c) {
   const bool ta = a.transposed(), tb = b.transposed();
   const int lda = a.direct() ? a.ld() : k, ldb = b.direct() ? b.ld() : n;
   if (g.bf16 != nullptr && !emulated_allowed) {
+    // an operand the GEMM cannot read in place is copied row-major into `copy` first
+    auto in_place = [](const Operand& x, mx::allocator::Data& copy) -> const uint16_t* {
+      if (x.direct()) return x.data;
+      auto* out = static_cast<uint16_t*>(copy.buffer().raw_ptr());
+      unpack(x, out);
+      return out;
+    };
     mx::allocator::Data acopy = mx::allocator::malloc(a.direct() ? 0 : size_t(m) * k * 2);
     mx::allocator::Data bcopy = mx::allocator::malloc(b.direct() ? 0 : size_t(k) * n * 2);
-    const uint16_t* ap = a.data;
-    const uint16_t* bp = b.data;
-    if (!a.direct()) unpack(a, static_cast<uint16_t*>(acopy.buffer().raw_ptr())), ap = static_cast<uint16_t*>(acopy.buffer().raw_ptr());
-    if (!b.direct()) unpack(b, static_cast<uint16_t*>(bcopy.buffer().raw_ptr())), bp = static_cast<uint16_t*>(bcopy.buffer().raw_ptr());
-    g.bf16(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0f, ap, lda, bp, ldb, 0.0f, c, n);
+    g.bf16(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0f, in_place(a, acopy), lda,
+           in_place(b, bcopy), ldb, 0.0f, c, n);
     return;
   }
   if (g.f32 == nullptr) throw std::runtime_error("bf16_matmul: no cblas_sgemm loaded");
@@ -151,6 +155,16 @@ void bf16_product(const Operand& a, const Operand& b, float* c) {
   unpack(a, a32);
   unpack(b, b32);
   g.f32(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0f, a32, lda, b32, ldb, 0.0f, c, n);
+}
+
+// A primitive's CPU evaluation set-up: allocate `out`, register `inputs` and `out` with
+// the stream's command encoder (which keeps them alive until the kernel has run)
+mx::cpu::CommandEncoder& encoder_for(mx::Stream stream, const std::vector<mx::array>& inputs, mx::array& out) {
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  for (auto& x : inputs) encoder.set_input_array(x);
+  encoder.set_output_array(out);
+  return encoder;
 }
 
 mx::array bf16_matmul(const mx::array& a, const mx::array& b, mx::StreamOrDevice s = {});
@@ -165,10 +179,7 @@ class ToBf16 : public mx::Primitive {
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& x = inputs[0];
     auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    encoder.set_input_array(x);
-    encoder.set_output_array(out);
+    auto& encoder = encoder_for(stream(), inputs, out);
     auto* dst = reinterpret_cast<uint16_t*>(out.data<mx::bfloat16_t>());
     if (x.flags().row_contiguous) {
       encoder.dispatch([src = x.data<float>(), dst, n = int64_t(x.size())]() { round_span(src, dst, n); });
@@ -216,11 +227,7 @@ class Bf16Matmul : public mx::Primitive {
     auto& a = inputs[0];
     auto& b = inputs[1];
     auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    encoder.set_input_array(a);
-    encoder.set_input_array(b);
-    encoder.set_output_array(out);
+    auto& encoder = encoder_for(stream(), inputs, out);
     const int nd = a.ndim();
     const int64_t m = a.shape(nd - 2), k = a.shape(nd - 1), n = b.shape(nd - 1);
     encoder.dispatch([a0 = operand(a), b0 = operand(b), c = out.data<float>(), m, k, n,
