@@ -15,7 +15,7 @@ share of a two-stream step); prints the median milliseconds of each and the rati
   `train/parallel.clip_and_update` (which makes them row-major first);
 - a linear layer's product, forward and backward (x [1024, K] @ W.T, W [N, K]), in
   float32 (`x @ W.T`) vs in bf16 (`autocast.matmul_t`, MKL's bf16 GEMM; skipped without
-  MKL or a CPU with bf16 instructions).
+  MKL or a CPU with bf16 instructions), and its forward GEMM alone on pre-rounded operands.
 """
 
 from __future__ import annotations
@@ -141,6 +141,12 @@ def main() -> None:
             f32, bf16 = linear_grad("float32"), linear_grad("bf16")
             _compare(f"linear [1024, {K}] x [{K}, {N}], fwd + bwd, float32 vs bf16",
                      lambda: mx.eval(f32(x, w)), lambda: mx.eval(bf16(x, w)), args.rounds)
+            # the forward GEMM alone, operands already rounded: MLX's float32 one vs MKL's bf16 one
+            native = autocast._native()
+            x16, w16 = native.to_bf16(x), native.to_bf16(w)
+            mx.eval(x16, w16)
+            _compare("  its GEMM alone, float32 vs bf16 operands",
+                     lambda: mx.eval(x @ w.T), lambda: mx.eval(native.bf16_matmul(x16, w16.T)), args.rounds)
 
 
 if __name__ == "__main__":

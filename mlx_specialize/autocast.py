@@ -12,7 +12,7 @@ Evaluation and generation are unaffected; checkpoints hold float32 weights.
 Where the products run:
 - x86 Linux CPU: MLX's own bf16 matmul is a scalar loop there (~5 GFLOP/s), so a C++
   extension (native/bf16_matmul.cpp, built at first use) calls Intel MKL's
-  `cblas_gemm_bf16bf16f32`, which uses AMX or AVX512-BF16: 2.9-3.8x MLX's float32 matmul
+  `cblas_gemm_bf16bf16f32`, which uses AMX or AVX512-BF16: 1.6-3.2x MLX's float32 matmul
   per core on a Xeon with AMX (BENCHMARKS.md). It needs MKL loaded (`pip install
   'mlx-specialize[bf16]'`) and a CPU with AVX512-BF16 or AMX; `check` refuses otherwise,
   with one line saying what is missing. `MLXSPEC_BF16_EMULATE=1` lets the extension

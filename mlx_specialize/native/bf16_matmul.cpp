@@ -5,7 +5,7 @@
 //
 // Why: MLX's own bf16 matmul on x86 runs a scalar loop (~5 GFLOP/s), so MLX trains in
 // float32 there. Intel MKL's `cblas_gemm_bf16bf16f32` uses AMX or AVX512-BF16 where the
-// CPU has them: 2.9-3.8x MLX's float32 matmul on a small LM's shapes, one core of a Xeon
+// CPU has them: 1.6-3.2x MLX's float32 matmul on a small LM's shapes, one core of a Xeon
 // with AMX (docs/bf16-training.md). The BLAS is the one mlx_specialize.backend loaded with
 // RTLD_GLOBAL, found with dlsym; without MKL, `emulated` products widen the same bf16
 // values to float32 and multiply them with `cblas_sgemm` (float32 speed: for tests).
