@@ -122,6 +122,7 @@ def doctor(json_out: bool = JSON_OPT):
         "matmul_gflops_f32": round(gflops, 1),
         "dtype": train_dtype(),
         "cpu_fast_math": fastmath.status(),
+        "cpu_kernels": fastmath.kernels_status(),
         "bf16_training": autocast.status(),
     }
     if json_out:

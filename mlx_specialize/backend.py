@@ -95,6 +95,36 @@ def _candidates() -> list[tuple[str, str]]:
     return found
 
 
+EVAL_WIDTH = "50"
+
+
+def widen_eval_order() -> str | None:
+    """On x86-64 Linux CPUs, have MLX order a graph's evaluation breadth-first up to 50
+    arrays wide instead of 20 (`MLX_BFS_MAX_WIDTH`, read once, at MLX's first eval; a
+    value already set wins). Returns the width set, or None.
+
+    Why: MLX submits a graph's operations to their streams in that order, at most ~100
+    ahead of the ones running. When the batch is split over two CPU streams
+    (train/parallel.py), 20-wide runs of one stream's operations kept the other stream
+    idle at times; with the C++ kernels (native/kernels.cpp), whose graph is shorter,
+    often enough to lose what they gain: 9M model, 2 streams, 1,818 tok/s at width 20 and
+    2,886-2,970 at 50-200 (BENCHMARKS.md). Not done for the CUDA build (unmeasured)."""
+    if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    if "MLX_BFS_MAX_WIDTH" in os.environ:
+        return None
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    for cuda_build in ("mlx-cuda-12", "mlx-cuda-13", "mlx-cuda"):
+        try:
+            distribution(cuda_build)
+            return None
+        except PackageNotFoundError:
+            pass
+    os.environ["MLX_BFS_MAX_WIDTH"] = EVAL_WIDTH
+    return EVAL_WIDTH
+
+
 def load_optimized_blas() -> BlasInfo:
     """Load the best optimized BLAS for this machine with RTLD_GLOBAL.
 

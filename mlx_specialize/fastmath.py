@@ -33,6 +33,13 @@ So they are used only where `active()` says so: inside a `scope()` (the trainer 
 one while its compiled step is traced) on a CPU device of an x86 machine whose MLX can
 compile CPU kernels. Apple silicon keeps MLX's ops (vectorized there already, and the
 GPU's are fast). `MLXSPEC_FAST_MATH=0` turns them off, `=1` forces them on.
+
+Faster still, where they can be built: `kernels()`, the C++ kernels of
+native/kernels.cpp (the cross-entropy, SwiGLU, RMSNorm and attention's exp, each one
+pass per row; BENCHMARKS.md), which the same `active()` places use instead of the ops
+above. Built at first use on x86-64 Linux (CMake, nanobind, g++), cached per machine;
+where the build fails the ops above serve, and `mlxspec doctor` says why.
+`MLXSPEC_NATIVE_KERNELS=0` turns them off.
 """
 
 from __future__ import annotations
@@ -81,6 +88,53 @@ def status() -> str:
     if shutil.which("g++") is None:
         return "off (no g++ for mx.compile's CPU kernels: install g++, e.g. apt-get install g++)"
     return "on (x86 CPU, g++ found)"
+
+
+_native: dict[str, object] = {}  # the build's outcome once tried: "module", or "reason"
+
+
+def _native_wanted() -> str | None:
+    """Why the C++ kernels are not for this machine, or None if they are."""
+    setting = os.environ.get("MLXSPEC_NATIVE_KERNELS")
+    if setting is not None and setting.lower() in ("0", "off", "false", "no"):
+        return f"MLXSPEC_NATIVE_KERNELS={setting}"
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return "not x86-64 Linux: MLX's own kernels are vectorized here"
+    return None
+
+
+def kernels():
+    """The C++ kernel module (native/kernels.cpp), built at the first call that wants it,
+    or None where it is switched off or cannot be built (`kernels_status()` says why)."""
+    if _native_wanted() is not None:
+        return None
+    if not _native:
+        from .native import NativeUnavailable, build_dir, load
+
+        try:
+            if not build_dir().exists():
+                from . import ui
+
+                ui.info("building the C++ CPU kernels for this machine (once, ~20 s)")
+            _native["module"] = load("the C++ CPU kernels")
+        except NativeUnavailable as err:
+            _native["reason"] = str(err)
+    return _native.get("module")
+
+
+def kernels_status() -> str:
+    """One line for `mlxspec doctor`: whether the fast ops use the C++ kernels, and why."""
+    if not supported():
+        return "off (the fast math is off)"
+    if kernels() is not None:
+        return "on (native/kernels.cpp, built for this machine)"
+    return f"off ({_native_wanted() or _native['reason']})"
+
+
+def native(x: mx.array | None = None):
+    """The C++ kernel module where the fast ops are active (see `active`) and it is
+    available, else None."""
+    return kernels() if active(x) else None
 
 
 @contextlib.contextmanager
@@ -302,14 +356,15 @@ def row_max(x: mx.array) -> mx.array:
 
 
 @functools.lru_cache(maxsize=None)
-def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: float, groups: int):
+def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: float, groups: int, cpp=None):
     """The custom function computing attention over query `blocks` (causal: block
     [a, b) sees keys [0, b), so the masked upper triangle is mostly never computed),
     with a flash-attention-style backward that reuses the forward's exps.
 
     For q [B, H, L, Dh] and k, v [B, Hkv, S, Dh], H = groups * Hkv. The output is
     [B, H, L, Dh] as a transposed view of a row-major [B, L, H, Dh]: the caller's
-    `.transpose(0, 2, 1, 3).reshape(B, L, H * Dh)` is then free."""
+    `.transpose(0, 2, 1, 3).reshape(B, L, H * Dh)` is then free. `cpp`, the C++
+    kernel module if given, computes each block's masked exp in one pass."""
 
     def grouped(x, a, b):  # query rows [a, b) of every head, grouped by KV head
         B, H, _, Dh = x.shape
@@ -333,12 +388,15 @@ def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: floa
                 keys = b if causal else k.shape[2]
                 kt = k[:, :, :keys].swapaxes(-1, -2)
                 qb = grouped(q, a, b)
-                if causal:
+                if cpp is not None:  # C++: mask, scale, row max and exp in one pass
+                    e = cpp.attention_exp(qb @ kt, scale, a, b - a, causal)
+                elif causal:
                     shape = (*qb.shape[:-1], keys)
                     scores = mx.addmm(_bias_at(a, b, shape), qb, kt, alpha=scale)
+                    e = exp_shifted(scores, row_max(scores))
                 else:
                     scores = (qb @ kt) * scale
-                e = exp_shifted(scores, row_max(scores))
+                    e = exp_shifted(scores, row_max(scores))
                 weighted = e @ v_ones[:, :, :keys]  # [B, Hkv, rows, Dh + 1]
                 inverse = 1.0 / weighted[..., Dh:]
                 out = weighted[..., :Dh] * _spread(inverse, Dh)
@@ -408,5 +466,5 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None,
     if (mask is not None and not causal) or (causal and L != S):
         raise ValueError("fastmath.attention takes mask None, or 'causal' with as many keys as queries")
     blocks = tuple(_causal_blocks(L, block)) if causal else ((0, L),)
-    fn = _attention_fn(blocks, causal, float(scale), q.shape[1] // k.shape[1])
+    fn = _attention_fn(blocks, causal, float(scale), q.shape[1] // k.shape[1], native(q))
     return fn(q, k, v)[0]

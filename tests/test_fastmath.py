@@ -15,6 +15,13 @@ from mlx_specialize.train.losses import cross_entropy
 from tests.conftest import GENERIC
 
 
+@pytest.fixture(autouse=True)
+def _without_the_cpp_kernels(monkeypatch):
+    """These tests are of fastmath's own ops: the C++ kernels that replace some of them
+    where built are tested in test_native_kernels.py."""
+    monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", "0")
+
+
 def _compiled(f):
     """f compiled, traced inside a fast scope (as the trainer's step is)."""
     def traced(*args):

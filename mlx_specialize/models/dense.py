@@ -3,8 +3,9 @@
 Pre-norm RMSNorm blocks, rotary positions, multi-head attention through
 `mx.fast.scaled_dot_product_attention` (on an x86 CPU, inside the compiled training and
 eval steps, `fastmath.attention` and `fastmath.silu`: the same values, computed by loops
-MLX's CPU compiler vectorizes; inside a bf16 `autocast.scope()`, the linear layers'
-products in bfloat16), a gated (SwiGLU) MLP, tied or untied output
+MLX's CPU compiler vectorizes, or the C++ kernels of native/kernels.cpp where they are
+built, which also take the SwiGLU, RMSNorm and loss; inside a bf16 `autocast.scope()`,
+the linear layers' products in bfloat16), a gated (SwiGLU) MLP, tied or untied output
 embedding, KV cache for generation. Parameter names and `config.json` fields are those
 of mlx-lm's llama, so a checkpoint we write loads with `mlx_lm.load` unchanged.
 
@@ -39,6 +40,24 @@ def linear(layer: nn.Module, x: mx.array) -> mx.array:
 def silu(x: mx.array) -> mx.array:
     """SiLU; the CPU-vectorizable version inside a `fastmath.scope()` (see fastmath.py)."""
     return fastmath.silu(x) if fastmath.active(x) else nn.silu(x)
+
+
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    """silu(gate) * up; inside a `fastmath.scope()` with the C++ kernels built, their
+    one-pass `swiglu` (forward and backward)."""
+    kernels = fastmath.native(gate)
+    if kernels is not None and up.dtype == mx.float32:
+        return kernels.swiglu(gate, up)
+    return silu(gate) * up
+
+
+def norm(layer: nn.RMSNorm, x: mx.array) -> mx.array:
+    """`layer(x)`; inside a `fastmath.scope()` with the C++ kernels built, their
+    `rms_norm` (one pass per row forward, one backward with the weight's gradient)."""
+    kernels = fastmath.native(x)
+    if kernels is not None and layer.weight.dtype == mx.float32:
+        return kernels.rms_norm(x, layer.weight, layer.eps)
+    return layer(x)
 
 
 def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask, cached: bool = False) -> mx.array:
@@ -199,7 +218,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(F, D, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return linear(self.down_proj, silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
+        return linear(self.down_proj, swiglu(linear(self.gate_proj, x), linear(self.up_proj, x)))
 
 
 class TransformerBlock(nn.Module):
@@ -211,8 +230,8 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(self, x: mx.array, mask, cache: KVCache | None = None) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        h = x + self.self_attn(norm(self.input_layernorm, x), mask, cache)
+        return h + self.mlp(norm(self.post_attention_layernorm, h))
 
 
 class LlamaModel(nn.Module):
@@ -227,7 +246,7 @@ class LlamaModel(nn.Module):
         mask = attention_mask(h.shape[1], cache)
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, cache[i] if cache is not None else None)
-        return self.norm(h)
+        return norm(self.norm, h)
 
 
 class Model(nn.Module):

@@ -39,7 +39,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import SpecializeError
-from .dense import LlamaModel, Model, ModelArgs, attention_mask, count_params, silu
+from .dense import LlamaModel, Model, ModelArgs, attention_mask, count_params, swiglu
 
 MODEL_TYPE = "mlxspec-projected"
 ARCHS = ("pn", "soup")
@@ -109,7 +109,7 @@ class GeneratedMLP(nn.Module):
 
     @staticmethod
     def apply(x: mx.array, w: dict[str, mx.array]) -> mx.array:
-        return (silu(x @ w["gate_proj"].T) * (x @ w["up_proj"].T)) @ w["down_proj"].T
+        return swiglu(x @ w["gate_proj"].T, x @ w["up_proj"].T) @ w["down_proj"].T
 
 
 class ProjectedModel(nn.Module):

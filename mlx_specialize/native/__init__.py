@@ -1,8 +1,10 @@
-"""C++ pieces of mlx-specialize, built at first use for this machine: the bf16 matmul.
+"""C++ pieces of mlx-specialize, built at first use for this machine.
 
-`load_bf16()` returns the `_bf16` extension module (bf16_matmul.cpp), compiled once with
-CMake against the installed MLX and nanobind (`pip install 'mlx-specialize[bf16]'`), and
-cached in `<cache>/native/<key>/` (`$MLXSPEC_CACHE`, default ~/.cache/mlx-specialize), the
+The `_native` extension module holds the bf16 matmul (bf16_matmul.cpp, for
+`--precision bf16`) and the float32 kernels of the training step (kernels.cpp: the
+cross-entropy, SwiGLU, RMSNorm and attention's exp, used by fastmath.py on x86 CPUs).
+`load(purpose)` returns it, compiled once with CMake against the installed MLX and
+nanobind (dependencies on x86-64 Linux; a C++ compiler is needed too), and cached in `<cache>/native/<key>/` (`$MLXSPEC_CACHE`, default ~/.cache/mlx-specialize), the
 key a hash of the source, the MLX, nanobind and Python versions and the CPU; so an
 upgrade rebuilds. Like MLX's own CPU kernels, it is built with -march=native: the cache
 is per machine. Anything missing (CMake, a C++ compiler, nanobind, a nanobind whose ABI
@@ -26,7 +28,7 @@ from ..data.tokens import default_cache_dir
 from ..errors import SpecializeError
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES = ("bf16_matmul.cpp", "CMakeLists.txt")
+SOURCES = ("module.cpp", "common.h", "bf16_matmul.cpp", "kernels.cpp", "CMakeLists.txt")
 _loaded: dict[str, object] = {}
 
 
@@ -34,14 +36,13 @@ class NativeUnavailable(SpecializeError):
     """The extension cannot be built or loaded here; the message says why."""
 
 
-def _versions() -> str:
+def _versions(purpose: str = "the C++ extension") -> str:
     import mlx.core as mx
 
     try:
         import nanobind
     except ImportError:
-        raise NativeUnavailable(
-            "bf16 training needs nanobind to build its C++ matmul: pip install 'mlx-specialize[bf16]'") from None
+        raise NativeUnavailable(f"{purpose} needs nanobind to build its C++ code: pip install 'nanobind>=3,<4'") from None
     return f"mlx {mx.__version__} nanobind {nanobind.__version__} python {sys.version.split()[0]} {platform.machine()}"
 
 
@@ -64,25 +65,25 @@ def build_dir() -> Path:
     return default_cache_dir() / "native" / cache_key()
 
 
-def _cmake() -> str:
+def _cmake(purpose: str) -> str:
     found = shutil.which("cmake")
     if found is None:
-        try:  # the PyPI `cmake` package, installed by the [bf16] extra
+        try:  # the PyPI `cmake` package, a dependency on x86-64 Linux
             import cmake
 
             found = str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
         except (ImportError, AttributeError):
             raise NativeUnavailable(
-                "bf16 training builds a C++ matmul with CMake, which is not installed: "
-                "pip install 'mlx-specialize[bf16]' (or apt-get install cmake)") from None
+                f"{purpose} builds C++ code with CMake, which is not installed: "
+                "pip install cmake (or apt-get install cmake)") from None
     if shutil.which("g++") is None and shutil.which("c++") is None:
-        raise NativeUnavailable("bf16 training builds a C++ matmul and needs a C++ compiler: apt-get install g++")
+        raise NativeUnavailable(f"{purpose} builds C++ code and needs a C++ compiler: apt-get install g++")
     return found
 
 
-def _build(target: Path) -> Path:
+def _build(target: Path, purpose: str) -> Path:
     """Compile the extension into `target` (atomically: a failed build leaves nothing)."""
-    cmake = _cmake()
+    cmake = _cmake(purpose)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         work = Path(tmp)
@@ -96,10 +97,10 @@ def _build(target: Path) -> Path:
                 log = target.parent / f"build-{target.name}.log"
                 log.write_text(done.stdout + done.stderr)
                 last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
-                raise NativeUnavailable(f"building the bf16 matmul failed ({last[0][:200]}); full log: {log}")
-        built = next((work / "build").glob("_bf16*.so"), None)
+                raise NativeUnavailable(f"building the C++ extension failed ({last[0][:200]}); full log: {log}")
+        built = next((work / "build").glob("_native*.so"), None)
         if built is None:
-            raise NativeUnavailable("building the bf16 matmul produced no module")
+            raise NativeUnavailable("building the C++ extension produced no module")
         staged = work / "out"
         staged.mkdir()
         shutil.copy(built, staged / built.name)
@@ -107,31 +108,41 @@ def _build(target: Path) -> Path:
     return target
 
 
-def load_bf16():
-    """The `_bf16` extension module, built if needed (see the module docstring)."""
-    if "bf16" in _loaded:
-        return _loaded["bf16"]
+def load(purpose: str = "the C++ extension"):
+    """The `_native` extension module, built if needed (see the module docstring);
+    `purpose` names what needs it in the one-line error raised when it cannot be had."""
+    if "native" in _loaded:
+        return _loaded["native"]
     if sys.platform != "linux":
-        raise NativeUnavailable("the C++ bf16 matmul is for Linux CPUs; on a Mac, MLX's own bf16 matmul is fast")
+        raise NativeUnavailable(f"{purpose}: the C++ extension is for Linux CPUs (MLX's own kernels serve a Mac)")
     import mlx.core as mx
 
+    _versions(purpose)  # nanobind is there, or say so for this purpose
     target = build_dir()
     if not target.exists():
         try:
-            _build(target)
+            _build(target, purpose)
         except OSError as err:
             if not target.exists():
-                raise NativeUnavailable(f"building the bf16 matmul failed: {err}") from None
-    path = next(target.glob("_bf16*.so"))
-    loader = importlib.machinery.ExtensionFileLoader("_bf16", str(path))
-    spec = importlib.util.spec_from_file_location("_bf16", path, loader=loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
+                raise NativeUnavailable(f"building the C++ extension for {purpose} failed: {err}") from None
+    path = next(target.glob("_native*.so"))
+    loader = importlib.machinery.ExtensionFileLoader("_native", str(path))
+    spec = importlib.util.spec_from_file_location("_native", path, loader=loader)
+    try:
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    except ImportError as err:  # e.g. built against another MLX's symbols
+        raise NativeUnavailable(f"the C++ extension for {purpose} does not load: {err}") from None
     try:  # an mx.array must cross the boundary: a nanobind ABI unlike MLX's fails here
-        module.bf16_matmul(mx.ones((1, 1), mx.bfloat16), mx.ones((1, 1), mx.bfloat16), stream=mx.cpu)
+        module.swiglu(mx.ones((1,)), mx.ones((1,)), stream=mx.cpu)
     except TypeError:
         raise NativeUnavailable(
-            f"the bf16 matmul built for {_versions()} cannot exchange arrays with this MLX "
+            f"the C++ extension built for {_versions()} cannot exchange arrays with this MLX "
             "(different nanobind ABI): install the nanobind version MLX was built with") from None
-    _loaded["bf16"] = module
+    _loaded["native"] = module
     return module
+
+
+def load_bf16():
+    """The extension, for bf16 training (its `bf16_matmul`, `to_bf16`)."""
+    return load("bf16 training")

@@ -24,21 +24,21 @@
 #include <immintrin.h>
 #endif
 
+#include "common.h"
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 
-#include "mlx/allocator.h"
 #include "mlx/backend/common/utils.h"
-#include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 #include "mlx/utils.h"
 
-namespace mx = mlx::core;
 namespace nb = nanobind;
 using namespace nb::literals;
 
+namespace mlxspec {
 namespace {
 
 enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
@@ -157,16 +157,6 @@ void bf16_product(const Operand& a, const Operand& b, float* c) {
   g.f32(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0f, a32, lda, b32, ldb, 0.0f, c, n);
 }
 
-// A primitive's CPU evaluation set-up: allocate `out`, register `inputs` and `out` with
-// the stream's command encoder (which keeps them alive until the kernel has run)
-mx::cpu::CommandEncoder& encoder_for(mx::Stream stream, const std::vector<mx::array>& inputs, mx::array& out) {
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& encoder = mx::cpu::get_command_encoder(stream);
-  for (auto& x : inputs) encoder.set_input_array(x);
-  encoder.set_output_array(out);
-  return encoder;
-}
-
 mx::array bf16_matmul(const mx::array& a, const mx::array& b, mx::StreamOrDevice s = {});
 
 // x float32 -> bfloat16 (row-major), with a gradient that is not rounded: the cotangent
@@ -179,7 +169,7 @@ class ToBf16 : public mx::Primitive {
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& x = inputs[0];
     auto& out = outputs[0];
-    auto& encoder = encoder_for(stream(), inputs, out);
+    auto& encoder = encoder_for(stream(), inputs, outputs);
     auto* dst = reinterpret_cast<uint16_t*>(out.data<mx::bfloat16_t>());
     if (x.flags().row_contiguous) {
       encoder.dispatch([src = x.data<float>(), dst, n = int64_t(x.size())]() { round_span(src, dst, n); });
@@ -227,7 +217,7 @@ class Bf16Matmul : public mx::Primitive {
     auto& a = inputs[0];
     auto& b = inputs[1];
     auto& out = outputs[0];
-    auto& encoder = encoder_for(stream(), inputs, out);
+    auto& encoder = encoder_for(stream(), inputs, outputs);
     const int nd = a.ndim();
     const int64_t m = a.shape(nd - 2), k = a.shape(nd - 1), n = b.shape(nd - 1);
     encoder.dispatch([a0 = operand(a), b0 = operand(b), c = out.data<float>(), m, k, n,
@@ -298,8 +288,7 @@ std::string gemm_name() {
 
 }  // namespace
 
-NB_MODULE(_bf16, m) {
-  m.doc() = "bf16 matrix products for MLX on x86 CPUs (see bf16_matmul.cpp)";
+void register_bf16(nb::module_& m) {
   m.def("bf16_matmul", &bf16_matmul, "a"_a, "b"_a, nb::kw_only(), "stream"_a = nb::none(),
         "a [..., m, k] @ b [..., k, n] (one batch shape): bfloat16 in, float32 out, float32 sums");
   m.def("to_bf16", &to_bf16, "x"_a, nb::kw_only(), "stream"_a = nb::none(),
@@ -309,3 +298,5 @@ NB_MODULE(_bf16, m) {
   m.def("set_emulation", [](bool on) { emulated_allowed = on; }, "on",
         "Use the emulated product even where the bf16 GEMM exists (tests)");
 }
+
+}  // namespace mlxspec

@@ -1,0 +1,168 @@
+"""The C++ CPU kernels (mlx_specialize/native/kernels.cpp, built here at first use) equal
+MLX's own ops in value and gradient, on contiguous inputs and on views, compiled and on
+parallel streams; the model and the trainer use them inside a fast-math scope and train
+to the same loss curve; and where they are switched off, the fast math of fastmath.py
+serves and `mlxspec doctor` says why."""
+
+import json
+import platform
+import sys
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx.utils import tree_flatten
+
+import mlx_specialize as ms
+from mlx_specialize import fastmath
+from mlx_specialize.models import dense
+from mlx_specialize.train.losses import cross_entropy
+from tests.conftest import GENERIC
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="the C++ kernels are for x86-64 Linux",
+)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    module = fastmath.kernels()
+    assert module is not None, fastmath.kernels_status()  # on x86-64 Linux the build must work
+    return module
+
+
+def _grads(f, args, argnums):
+    """Gradients of sum(f(*args) * fixed weights) with respect to args[argnums], compiled."""
+    def loss(*a):
+        out = f(*a)
+        return (out * mx.random.normal(out.shape, key=mx.random.key(9))).sum()
+    return mx.compile(mx.grad(loss, argnums=argnums))(*args)
+
+
+def _close(got, want, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=rtol, atol=atol)
+
+
+def test_cross_entropy_matches_mlx_in_value_and_gradient(kernels):
+    logits = mx.random.normal((64, 1000), key=mx.random.key(0)) * 8  # wide logits: exps far below 1
+    targets = mx.random.randint(0, 1000, (64,), key=mx.random.key(1)).astype(mx.uint16)
+    want = nn.losses.cross_entropy(logits, targets)
+    _close(kernels.cross_entropy(logits, targets), want, rtol=2e-6)
+    _close(_grads(lambda x: kernels.cross_entropy(x, targets), (logits,), 0),
+           _grads(lambda x: nn.losses.cross_entropy(x, targets), (logits,), 0), atol=2e-6)
+    view = mx.stack([logits, logits], axis=-1).reshape(64, 2000)[:, ::2]  # strided: copied row-major first
+    _close(kernels.cross_entropy(view, targets), want, rtol=2e-6)
+    bad = kernels.cross_entropy(logits[:2], mx.array([3, 1000]))
+    assert np.isfinite(bad[0].item()) and np.isnan(bad[1].item())  # a target outside the vocabulary
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_swiglu_matches_silu_times_up(kernels, layout):
+    gate = mx.random.normal((6, 40, 96), key=mx.random.key(2)) * 6  # sigmoid's tails on both sides
+    up = mx.random.normal((6, 40, 96), key=mx.random.key(3))
+    if layout == "transposed":
+        gate, up = gate.swapaxes(1, 2), up.swapaxes(1, 2)
+    _close(kernels.swiglu(gate, up), nn.silu(gate) * up, rtol=2e-6, atol=1e-6)
+    for got, want in zip(_grads(kernels.swiglu, (gate, up), (0, 1)),
+                         _grads(lambda g, u: nn.silu(g) * u, (gate, up), (0, 1))):
+        _close(got, want, rtol=1e-5, atol=2e-6)
+    with pytest.raises(ValueError):
+        kernels.swiglu(gate, up[..., :-1])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_rms_norm_matches_mlx_fast_rms_norm(kernels, layout):
+    x = mx.random.normal((3, 50, 64), key=mx.random.key(4)) * 3
+    weight = mx.random.normal((64,), key=mx.random.key(5))
+    if layout == "transposed":
+        x = x.swapaxes(0, 1)
+    _close(kernels.rms_norm(x, weight, 1e-5), mx.fast.rms_norm(x, weight, 1e-5), rtol=2e-6, atol=1e-6)
+    for got, want in zip(_grads(lambda a, w: kernels.rms_norm(a, w, 1e-5), (x, weight), (0, 1)),
+                         _grads(lambda a, w: mx.fast.rms_norm(a, w, 1e-5), (x, weight), (0, 1))):
+        _close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        kernels.rms_norm(x, weight[:-1], 1e-5)
+
+
+@pytest.mark.parametrize("start,rows,groups,causal", [(0, 48, 1, True), (32, 16, 2, True), (0, 48, 1, False)])
+def test_attention_exp_is_the_masked_shifted_exp(kernels, start, rows, groups, causal):
+    keys = start + rows if causal else 80
+    scores = mx.random.normal((2, 3, groups * rows, keys), key=mx.random.key(6)) * 4
+    scale = 0.3
+    position = start + mx.arange(groups * rows) % rows  # the query of each stacked row
+    seen = mx.arange(keys)[None, :] <= position[:, None] if causal else mx.ones((1, keys), mx.bool_)
+    masked = mx.where(seen, scores * scale, -mx.inf)
+    want = mx.exp(masked - masked.max(axis=-1, keepdims=True))
+    _close(kernels.attention_exp(scores, scale, start, rows, causal), want, rtol=2e-6, atol=1e-7)
+
+
+def test_kernels_run_on_the_stream_they_are_given_and_their_backward_follows(kernels):
+    """Two streams, as the trainer splits a batch: each half's forward and backward on
+    its own stream give the same gradient as one stream."""
+    x = mx.random.normal((8, 32, 64), key=mx.random.key(7))
+    weight, up = mx.random.normal((64,), key=mx.random.key(8)), mx.random.normal((8, 32, 64), key=mx.random.key(9))
+    streams = [mx.new_stream(mx.cpu), mx.new_stream(mx.cpu)]
+
+    def loss(x, weight, split):
+        total = 0.0
+        for i, stream in enumerate(streams if split else [mx.default_stream(mx.cpu)] * 2):
+            with mx.stream(stream):
+                rows = slice(4 * i, 4 * i + 4)
+                h = kernels.swiglu(kernels.rms_norm(x[rows], weight, 1e-5), up[rows])
+                total = total + kernels.cross_entropy(h.reshape(-1, 64), mx.zeros((128,), mx.int32)).sum()
+        return total
+
+    for got, want in zip(mx.compile(mx.grad(lambda x, w: loss(x, w, True), argnums=(0, 1)))(x, weight),
+                         mx.grad(lambda x, w: loss(x, w, False), argnums=(0, 1))(x, weight)):
+        _close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_model_uses_the_kernels_in_a_fast_scope_and_gets_the_same_loss_and_gradients(kernels, monkeypatch):
+    args = ms.get_preset("tiny").model_args(256)
+    model = ms.Model(args)
+    x = mx.random.randint(0, 256, (2, 40), key=mx.random.key(10))
+    y = mx.random.randint(0, 256, (2, 40), key=mx.random.key(11))
+    given = []  # what the model was given each time it asked for the kernels
+    monkeypatch.setattr(fastmath, "native", lambda t=None, real=fastmath.native: given.append(real(t)) or given[-1])
+
+    def loss(x, y):
+        with fastmath.scope(True):
+            return cross_entropy(model(x), y).mean()
+
+    with_kernels = nn.value_and_grad(model, loss)(x, y)
+    assert given and all(module is kernels for module in given)  # asked for, and used
+    monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", "0")
+    assert fastmath.kernels() is None and "MLXSPEC_NATIVE_KERNELS=0" in fastmath.kernels_status()
+    without = nn.value_and_grad(model, loss)(x, y)
+    _close(with_kernels[0], without[0], rtol=1e-6)
+    flat, other = dict(tree_flatten(with_kernels[1])), dict(tree_flatten(without[1]))
+    assert flat.keys() == other.keys()
+    for name in flat:
+        _close(flat[name], other[name], rtol=1e-4, atol=2e-6)
+
+
+def test_training_with_the_kernels_follows_the_curve_without_them(kernels, tokenizer, cache_dir, tmp_path,
+                                                                   monkeypatch):
+    curves = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", setting)
+        monkeypatch.setenv("MLXSPEC_FAST_MATH", "1")
+        out = tmp_path / f"native{setting}"
+        ms.pretrain(GENERIC, ms.get_preset("tiny"), out, tokens=24 * 8 * 128, tokenizer=tokenizer,
+                    cache_dir=cache_dir, eval_every=8, eval_tokens=4096, lr=3e-3, warmup=4, log_every=2)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[setting] = [r.get("loss", r.get("valid_loss")) for r in records if r["event"] in ("train", "valid")]
+    assert len(curves["0"]) == len(curves["1"]) > 10
+    np.testing.assert_allclose(curves["1"], curves["0"], atol=2e-3)
+    assert curves["1"][-1] < curves["1"][0] - 0.5  # it learned
+
+
+def test_the_kernels_reject_other_dtypes_and_shapes_and_the_model_then_uses_mlx(kernels):
+    with pytest.raises(ValueError):
+        kernels.swiglu(mx.ones((4,), mx.bfloat16), mx.ones((4,), mx.bfloat16))
+    with pytest.raises(ValueError):
+        kernels.cross_entropy(mx.ones((2, 3)), mx.zeros((3,), mx.int32))
+    assert dense.swiglu(mx.ones((4,), mx.bfloat16), mx.ones((4,), mx.bfloat16)).dtype == mx.bfloat16  # MLX's path
