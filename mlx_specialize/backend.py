@@ -95,20 +95,23 @@ def _candidates() -> list[tuple[str, str]]:
     return found
 
 
-EVAL_WIDTH = "50"
+EVAL_WIDTH = "1000000"  # no limit in practice: breadth-first
 
 
 def widen_eval_order() -> str | None:
-    """On x86-64 Linux CPUs, have MLX order a graph's evaluation breadth-first up to 50
-    arrays wide instead of 20 (`MLX_BFS_MAX_WIDTH`, read once, at MLX's first eval; a
-    value already set wins). Returns the width set, or None.
+    """On x86-64 Linux CPUs, have MLX order a graph's evaluation breadth-first without
+    its width limit of 20 (`MLX_BFS_MAX_WIDTH`, read once, at MLX's first eval; a value
+    already set wins). Returns the width set, or None.
 
-    Why: MLX submits a graph's operations to their streams in that order, at most ~100
+    Why: MLX submits a graph's operations to their streams in that order, at most ~50
     ahead of the ones running. When the batch is split over two CPU streams
-    (train/parallel.py), 20-wide runs of one stream's operations kept the other stream
-    idle at times; with the C++ kernels (native/kernels.cpp), whose graph is shorter,
-    often enough to lose what they gain: 9M model, 2 streams, 1,818 tok/s at width 20 and
-    2,886-2,970 at 50-200 (BENCHMARKS.md). Not done for the CUDA build (unmeasured)."""
+    (train/parallel.py), the depth-first runs the limit causes gave one stream long
+    stretches of its own operations and left the other idle; breadth-first, the two
+    streams' operations alternate. With the C++ kernels (native/kernels.cpp), tok/s at
+    width 20 vs unlimited: the 9M model 1,818-2,201 vs 2,766-2,851, `small` 7,126 vs
+    7,918-7,999, `medium` 1,797 vs 3,282, for 9% more peak memory on `medium` (787 vs 859
+    MB); widths in between fall off cliffs (`small` at 50: 4,628; docs/mlx-cpu-elementwise.md).
+    Not done for MLX's CUDA build (unmeasured)."""
     if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     if "MLX_BFS_MAX_WIDTH" in os.environ:

@@ -48,3 +48,17 @@ def test_an_installed_mkl_comes_before_openblas(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "none"))
     monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "none"))
     assert all(name != "Intel MKL (PyPI)" for name, _ in backend._candidates())
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="x86-64 Linux only")
+def test_the_eval_order_is_made_breadth_first_unless_set():
+    code = "import os, mlx_specialize; print(os.environ.get('MLX_BFS_MAX_WIDTH'))"
+    env = {k: v for k, v in os.environ.items() if k != "MLX_BFS_MAX_WIDTH"}
+
+    def width(**extra):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, **extra},
+                             check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    assert width() == backend.EVAL_WIDTH
+    assert width(MLX_BFS_MAX_WIDTH="7") == "7"  # the user's setting wins

@@ -62,6 +62,7 @@ def test_doctor_and_presets_report_json():
     assert doctor["device"] in ("CPU", "Metal GPU", "CUDA GPU") and doctor["matmul_gflops_f32"] > 0
     assert doctor["dtype"] == "float32"
     assert doctor["cpu_fast_math"].split()[0] in ("on", "off")
+    assert doctor["cpu_kernels"].split()[0] in ("on", "off") and "(" in doctor["cpu_kernels"]  # with its reason
     assert doctor["bf16_training"].split()[0] in ("available", "off")
     presets = json.loads(runner.invoke(app, ["presets", "--json"]).stdout)["presets"]
     assert {"tiny", "small", "medium", "paper-slm", "paper-llm"} <= {p["name"] for p in presets}
