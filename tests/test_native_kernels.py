@@ -54,7 +54,11 @@ def test_cross_entropy_matches_mlx_in_value_and_gradient(kernels):
     _close(_grads(lambda x: kernels.cross_entropy(x, targets), (logits,), 0),
            _grads(lambda x: nn.losses.cross_entropy(x, targets), (logits,), 0), atol=2e-6)
     view = mx.stack([logits, logits], axis=-1).reshape(64, 2000)[:, ::2]  # strided: copied row-major first
+    copies = kernels.row_major_copies()
     _close(kernels.cross_entropy(view, targets), want, rtol=2e-6)
+    assert kernels.row_major_copies() == copies + 1
+    _close(kernels.cross_entropy(logits[::-1], targets[::-1]), want[::-1], rtol=2e-6)
+    assert kernels.row_major_copies() == copies + 2  # the logits view; the 1-D targets are read in place
     bad = kernels.cross_entropy(logits[:2], mx.array([3, 1000]))
     assert np.isfinite(bad[0].item()) and np.isnan(bad[1].item())  # a target outside the vocabulary
 
@@ -132,8 +136,11 @@ def test_the_model_uses_the_kernels_in_a_fast_scope_and_gets_the_same_loss_and_g
         with fastmath.scope(True):
             return cross_entropy(model(x), y).mean()
 
+    copies = kernels.row_major_copies()
     with_kernels = nn.value_and_grad(model, loss)(x, y)
+    mx.eval(with_kernels)
     assert given and all(module is kernels for module in given)  # asked for, and used
+    assert kernels.row_major_copies() == copies  # the model gives them row-major arrays: no copies
     monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", "0")
     assert fastmath.kernels() is None and "MLXSPEC_NATIVE_KERNELS=0" in fastmath.kernels_status()
     without = nn.value_and_grad(model, loss)(x, y)

@@ -112,15 +112,17 @@ class CrossEntropyGrad : public CpuPrimitive {
     auto& encoder = encoder_for(stream(), inputs, outputs);
     const int64_t v = inputs[0].shape(1), n = inputs[0].shape(0);
     encoder.dispatch([x = row_major(inputs[0], encoder).data<float>(),
-                      t = row_major(inputs[1], encoder).data<int32_t>(), lse = inputs[2].data<float>(),
-                      g = row_major(inputs[3], encoder).data<float>(), out = outputs[0].data<float>(), n, v]() {
+                      t = inputs[1].data<int32_t>(), ts = inputs[1].strides()[0], lse = inputs[2].data<float>(),
+                      g = inputs[3].data<float>(), gs = inputs[3].strides()[0], out = outputs[0].data<float>(), n,
+                      v]() {
       for (int64_t r = 0; r < n; ++r) {
         const float* row = x + r * v;
         float* grad = out + r * v;
-        const float shift = lse[r], scale = g[r];
+        const float shift = lse[r], scale = g[r * gs];  // g: often a broadcast (stride 0)
+        const int64_t target = t[r * ts];
 #pragma omp simd
         for (int64_t i = 0; i < v; ++i) grad[i] = fast_exp(row[i] - shift) * scale;
-        if (t[r] >= 0 && t[r] < v) grad[t[r]] -= scale;
+        if (target >= 0 && target < v) grad[target] -= scale;
       }
     });
   }
@@ -142,7 +144,7 @@ class CrossEntropy : public CpuPrimitive {
     auto& encoder = encoder_for(stream(), inputs, outputs);
     const int64_t v = inputs[0].shape(1), n = inputs[0].shape(0);
     encoder.dispatch([x = row_major(inputs[0], encoder).data<float>(),
-                      t = row_major(inputs[1], encoder).data<int32_t>(), loss = outputs[0].data<float>(),
+                      t = inputs[1].data<int32_t>(), ts = inputs[1].strides()[0], loss = outputs[0].data<float>(),
                       lse = outputs[1].data<float>(), n, v]() {
       for (int64_t r = 0; r < n; ++r) {
         const float* row = x + r * v;
@@ -151,7 +153,8 @@ class CrossEntropy : public CpuPrimitive {
 #pragma omp simd reduction(+ : total)
         for (int64_t i = 0; i < v; ++i) total += fast_exp(row[i] - m);
         lse[r] = m + std::log(total);
-        loss[r] = t[r] >= 0 && t[r] < v ? lse[r] - row[t[r]] : std::numeric_limits<float>::quiet_NaN();
+        const int64_t target = t[r * ts];  // 1-D: any layout is a stride
+        loss[r] = target >= 0 && target < v ? lse[r] - row[target] : std::numeric_limits<float>::quiet_NaN();
       }
     });
   }
@@ -433,6 +436,8 @@ mx::array attention_exp(const mx::array& scores, float scale, int start, int row
 }  // namespace
 
 void register_kernels(nb::module_& m) {
+  m.def("row_major_copies", [] { return int64_t(row_major_copies); },
+        "How many inputs the kernels have copied row-major first (not being row-major) so far");
   m.def("cross_entropy", &cross_entropy, "logits"_a, "targets"_a, nb::kw_only(), "stream"_a = nb::none(),
         "logits [N, V] float32, targets [N] -> loss [N] in nats; backward: softmax - onehot, one pass");
   m.def("swiglu", &swiglu, "gate"_a, "up"_a, nb::kw_only(), "stream"_a = nb::none(),
