@@ -6,10 +6,14 @@ Each pair runs in one process, compiled, alternating, one BLAS thread (one strea
 share of a two-stream step); prints the median milliseconds of each and the ratio:
 - the row maximum of [1024, 8192] logits: `mx.max` vs `fastmath.row_max`;
 - cross-entropy over [1024, 8192] logits, forward and backward: `nn.losses.cross_entropy`
-  vs our fused one with the fast exp (`train/losses.py`);
+  vs ours (`train/losses.py`: the C++ kernel where built, else the fused one with the fast exp);
 - causal attention, forward and backward, one layer of the 9M shape's stream (4 x 4
   heads x 256 x 64, RoPE on q and k, the output transposed back as the model does):
-  `mx.fast.scaled_dot_product_attention` vs `fastmath.attention`;
+  `mx.fast.scaled_dot_product_attention` vs `fastmath.attention` (with the C++ exp where built);
+- where the C++ kernels are built (native/kernels.cpp), each against what serves without
+  them, forward and backward: the cross-entropy above and the attention above with
+  fastmath's ops, `fastmath.silu(gate) * up` and `mx.fast.rms_norm` (one layer of the 9M
+  shape's stream: [4, 256, 688] and [4, 256, 256]);
 - gradient clipping and AdamW over the 9M model's parameters with gradients as MLX
   gives them for `x @ W.T` (transposed views): `optim.clip_grad_norm` + `update` vs
   `train/parallel.clip_and_update` (which makes them row-major first);
@@ -21,6 +25,7 @@ share of a two-stream step); prints the median milliseconds of each and the rati
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from functools import partial
@@ -47,7 +52,22 @@ def _scoped(f):
     return traced
 
 
-def _compare(name: str, plain, ours, rounds: int) -> None:
+def _scoped_without_kernels(f):
+    """f traced in a fast scope with the C++ kernels switched off (fastmath's ops)."""
+    def traced(*args):
+        before = os.environ.get("MLXSPEC_NATIVE_KERNELS")
+        os.environ["MLXSPEC_NATIVE_KERNELS"] = "0"
+        try:
+            with fastmath.scope(True):
+                return f(*args)
+        finally:
+            os.environ.pop("MLXSPEC_NATIVE_KERNELS")
+            if before is not None:
+                os.environ["MLXSPEC_NATIVE_KERNELS"] = before
+    return traced
+
+
+def _compare(name: str, plain, ours, rounds: int, names=("MLX", "ours")) -> None:
     """Median ms of plain() and ours(), each evaluated, alternating after a warm-up."""
     for fn in (plain, ours, plain, ours):
         fn()
@@ -58,7 +78,7 @@ def _compare(name: str, plain, ours, rounds: int) -> None:
             fn()
             times[key].append((time.perf_counter() - start) * 1000)
     a, b = statistics.median(times["mlx"]), statistics.median(times["ours"])
-    print(f"{name:58s} MLX {a:7.2f} ms   ours {b:7.2f} ms   {a / b:5.2f}x")
+    print(f"{name:58s} {names[0]} {a:7.2f} ms   {names[1]} {b:7.2f} ms   {a / b:5.2f}x")
 
 
 def main() -> None:
@@ -97,6 +117,36 @@ def main() -> None:
         ours = attention_grad(_scoped(fastmath.attention))
         _compare("causal attention 4 x 4 x 256 x 64 + RoPE, forward + backward",
                  lambda: mx.eval(sdpa(q, k, v)), lambda: mx.eval(ours(q, k, v)), args.rounds)
+
+        if fastmath.kernels() is not None:
+            kernels = ("fastmath", "C++")
+            slow_ce = mx.compile(mx.grad(_scoped_without_kernels(lambda l: cross_entropy(l, targets).sum())))
+            _compare("cross-entropy of [1024, 8192], fwd + bwd", lambda: mx.eval(slow_ce(logits)),
+                     lambda: mx.eval(fast_ce(logits)), args.rounds, kernels)
+            slow_attention = attention_grad(_scoped_without_kernels(fastmath.attention))
+            _compare("causal attention 4 x 4 x 256 x 64 + RoPE, fwd + bwd", lambda: mx.eval(slow_attention(q, k, v)),
+                     lambda: mx.eval(ours(q, k, v)), args.rounds, kernels)
+            gate, up = mx.random.normal((4, 256, 688)), mx.random.normal((4, 256, 688))
+            x, weight = mx.random.normal((4, 256, 256)), mx.random.normal((256,))
+            mx.eval(gate, up, x, weight)
+
+            def swiglu_grad(fn):
+                return mx.compile(mx.grad(lambda g, u: fn(g, u).sum(), argnums=(0, 1)))
+
+            slow_swiglu = swiglu_grad(_scoped_without_kernels(lambda g, u: fastmath.silu(g) * u))
+            fast_swiglu = swiglu_grad(_scoped(ms.models.dense.swiglu))
+            _compare("SwiGLU of [4, 256, 688], fwd + bwd", lambda: mx.eval(slow_swiglu(gate, up)),
+                     lambda: mx.eval(fast_swiglu(gate, up)), args.rounds, kernels)
+
+            def norm_grad(fn):
+                return mx.compile(mx.grad(lambda a, w: (fn(a, w) * a).sum(), argnums=(0, 1)))
+
+            slow_norm = norm_grad(lambda a, w: mx.fast.rms_norm(a, w, 1e-5))
+            fast_norm = norm_grad(_scoped(lambda a, w: fastmath.kernels().rms_norm(a, w, 1e-5)))
+            _compare("RMSNorm of [4, 256, 256], fwd + bwd", lambda: mx.eval(slow_norm(x, weight)),
+                     lambda: mx.eval(fast_norm(x, weight)), args.rounds, ("MLX", "C++"))
+        else:
+            print(f"C++ kernels: skipped ({fastmath.kernels_status()})")
 
         models, optimizers, steps = [], [], []
         for kind in ("mlx", "ours"):

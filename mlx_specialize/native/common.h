@@ -43,7 +43,14 @@ inline mx::array row_major(const mx::array& x, mx::cpu::CommandEncoder& encoder)
   encoder.add_temporary(copy);
   encoder.dispatch([src = x.data<uint32_t>(), dst = copy.data<uint32_t>(), n = int64_t(x.size()), shape = x.shape(),
                     strides = x.strides()]() {
-    for (int64_t i = 0; i < n; ++i) dst[i] = src[mx::elem_to_loc(i, shape, strides)];
+    // row by row of the last axis: one index computation per row, then its stride (0
+    // for a broadcast, e.g. the cotangent of a sum)
+    const int64_t inner = shape.empty() ? 1 : shape.back(), step = strides.empty() ? 0 : strides.back();
+    for (int64_t row = 0; inner > 0 && row < n / inner; ++row) {
+      const uint32_t* from = src + mx::elem_to_loc(row * inner, shape, strides);
+      uint32_t* to = dst + row * inner;
+      for (int64_t i = 0; i < inner; ++i) to[i] = from[i * step];
+    }
   });
   return copy;
 }

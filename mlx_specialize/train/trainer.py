@@ -162,6 +162,8 @@ class Trainer:
         local_rows = self.rows.stop - self.rows.start
         self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local))
         keep_freed_buffers()  # CPU: reuse the step's large buffers (backend.py)
+        if fastmath.supported():
+            fastmath.kernels()  # built here (once per machine, ~20 s), not inside the first timed step
         self.step = 0
         self.budget = Budget()
         self.best_valid = math.inf
