@@ -13,7 +13,7 @@ parts' sum is a rough account (no fusion, no overlap), to see what dominates.
 `--marginal` measures each part in context instead: the whole compiled step on one
 stream, in a fresh process per variant, with that part replaced by a cheap stand-in of
 the same shapes (attention by q + k + v, the cross-entropy by the first logit, SiLU by
-the identity, RMSNorm by its weight, clipping and AdamW by a plain SGD step); a part's cost is the step's time minus the step's
+the identity (SwiGLU by gate * up), RMSNorm by its weight, clipping and AdamW by a plain SGD step); a part's cost is the step's time minus the step's
 time without it. `--precision bf16` profiles the bf16 step. `--run-for S` runs the whole step for S seconds, e.g. to sample it with
 `perf record -g -p PID`. Use `OPENBLAS_NUM_THREADS=1` (or `MKL_NUM_THREADS=1`) to see one
 core's share of a two-stream step.
@@ -34,7 +34,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 
 from mlx_specialize import fastmath
-from mlx_specialize.models.dense import attend, silu
+from mlx_specialize.models.dense import attend, norm, swiglu
 from mlx_specialize.train.losses import cross_entropy
 
 from train_throughput import mlx_stepper, resolve  # sibling script: the same compiled step
@@ -53,9 +53,9 @@ def stand_in(part: str) -> None:
     elif part == "cross-entropy":
         parallel.cross_entropy = lambda logits, y: logits[..., 0] * 1.0
     elif part == "SiLU":
-        dense.silu = lambda x: x
+        dense.swiglu = lambda gate, up: gate * up
     elif part == "RMSNorm":
-        nn.RMSNorm.__call__ = lambda self, x: x * self.weight
+        dense.norm = lambda layer, x: x * layer.weight
     elif part == "optimizer":  # a plain SGD step: no clipping, no AdamW moments
         from mlx.utils import tree_map
         from mlx_specialize.train import trainer
@@ -125,7 +125,7 @@ def parts(preset, vocab: int, repeats: int) -> dict[str, float]:
     lin_down = nn.Linear(F, D, bias=False)
     q = mx.random.normal((B, H, T, D // H))
     g = mx.random.normal((B, T, F))
-    norm = nn.RMSNorm(D)
+    rms = nn.RMSNorm(D)
     emb = mx.random.normal((vocab, D)) * 0.02
     y = mx.random.randint(0, vocab, (B, T)).reshape(-1)
     logits = mx.random.normal((N, vocab))
@@ -144,8 +144,8 @@ def parts(preset, vocab: int, repeats: int) -> dict[str, float]:
         "MLP matmuls (gate, up, down)": 2 * timed(grad_of(lin_up), h, repeats=repeats)
         + timed(grad_of(lin_down), g, repeats=repeats),
         "attention (softmax(q k^T) v, causal)": timed(grad_of(attention), q, repeats=repeats),
-        "SiLU gate (silu(g) * u)": timed(grad_of(lambda a: silu(a) * a), g, repeats=repeats),
-        "RMSNorm x2": 2 * timed(grad_of(norm), h, repeats=repeats),
+        "SiLU gate (silu(g) * u)": timed(grad_of(lambda a: swiglu(a, a)), g, repeats=repeats),
+        "RMSNorm x2": 2 * timed(grad_of(lambda a: norm(rms, a)), h, repeats=repeats),
     }
     result = {f"{k} x {preset.layers} layers": v * preset.layers for k, v in per_layer.items()}
     result["vocab projection (matmul)"] = timed(grad_of(lambda a: a @ emb.T), h, repeats=repeats)

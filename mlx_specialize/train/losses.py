@@ -11,7 +11,7 @@ are those of the plain loss (max abs difference of gradients ~1e-13 in float32 t
 Inside a `fastmath.scope()` (the compiled training step on x86) the exp is fastmath's
 vectorizable one, and the row sums are a matrix-vector product in both cases; where the
 C++ kernels are built (`fastmath.kernels()`), their `cross_entropy` replaces all of it:
-two passes per row forward, one backward (3.3x this fused loss, BENCHMARKS.md).
+two passes per row forward, one backward (3.4-3.5x this fused loss, BENCHMARKS.md).
 
 On by default on CPU; `MLXSPEC_FUSED_CE=0` selects MLX's own loss (the default on GPU,
 where the fused version has not been measured).
