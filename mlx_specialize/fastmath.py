@@ -116,7 +116,7 @@ def kernels():
                 from . import ui
 
                 ui.info("building the C++ CPU kernels for this machine (once, ~20 s)")
-            _native["module"] = load("the C++ CPU kernels")
+            _native["module"] = load("fast CPU training")
         except NativeUnavailable as err:
             _native["reason"] = str(err)
     return _native.get("module")

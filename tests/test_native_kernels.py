@@ -173,3 +173,21 @@ def test_the_kernels_reject_other_dtypes_and_shapes_and_the_model_then_uses_mlx(
     with pytest.raises(ValueError):
         kernels.cross_entropy(mx.ones((2, 3)), mx.zeros((3,), mx.int32))
     assert dense.swiglu(mx.ones((4,), mx.bfloat16), mx.ones((4,), mx.bfloat16)).dtype == mx.bfloat16  # MLX's path
+
+
+def test_a_failed_build_falls_back_to_fastmath_and_doctor_says_why(monkeypatch):
+    from mlx_specialize import native
+    from mlx_specialize.native import NativeUnavailable
+
+    def broken(purpose):
+        raise NativeUnavailable(f"{purpose} builds C++ code and needs a C++ compiler: apt-get install g++")
+
+    monkeypatch.setattr(fastmath, "_native", {})  # forget this process's build
+    monkeypatch.setattr(native, "load", broken)
+    monkeypatch.setattr(native, "build_dir", lambda: native.Path("/nonexistent"))
+    assert fastmath.kernels() is None
+    assert fastmath.kernels_status().startswith("off (fast CPU training builds C++ code")
+    gate, up = mx.random.normal((4, 8), key=mx.random.key(12)), mx.random.normal((4, 8), key=mx.random.key(13))
+    with fastmath.scope(True):
+        assert fastmath.native(gate) is None
+        _close(mx.compile(dense.swiglu)(gate, up), nn.silu(gate) * up, rtol=2e-6, atol=1e-6)  # fastmath's silu
