@@ -109,13 +109,9 @@ def kernels():
     if _native_wanted() is not None:
         return None
     if not _native:
-        from .native import NativeUnavailable, build_dir, load
+        from .native import NativeUnavailable, load
 
         try:
-            if not build_dir().exists():
-                from . import ui
-
-                ui.info("building the C++ CPU kernels for this machine (once, ~20 s)")
             _native["module"] = load("fast CPU training")
         except NativeUnavailable as err:
             _native["reason"] = str(err)

@@ -120,6 +120,9 @@ def load(purpose: str = "the C++ extension"):
     _versions(purpose)  # nanobind is there, or say so for this purpose
     target = build_dir()
     if not target.exists():
+        from .. import ui
+
+        ui.info(f"building the C++ extension for {purpose} on this machine (once, ~20 s)")
         try:
             _build(target, purpose)
         except OSError as err:
