@@ -35,8 +35,8 @@ compile CPU kernels. Apple silicon keeps MLX's ops (vectorized there already, an
 GPU's are fast). `MLXSPEC_FAST_MATH=0` turns them off, `=1` forces them on.
 
 Faster still, where they can be built: `kernels()`, the C++ kernels of
-native/kernels.cpp (the cross-entropy, SwiGLU, RMSNorm and attention's exp, each one
-pass per row; BENCHMARKS.md), which the same `active()` places use instead of the ops
+native/kernels.cpp (the cross-entropy, SwiGLU, RMSNorm, each one pass per row, and
+attention, forward and backward fused around BLAS products; BENCHMARKS.md), which the same `active()` places use instead of the ops
 above. Built at first use on x86-64 Linux (CMake, nanobind, g++), cached per machine;
 where the build fails the ops above serve, and `mlxspec doctor` says why.
 `MLXSPEC_NATIVE_KERNELS=0` turns them off.
@@ -352,15 +352,14 @@ def row_max(x: mx.array) -> mx.array:
 
 
 @functools.lru_cache(maxsize=None)
-def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: float, groups: int, cpp=None):
+def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: float, groups: int):
     """The custom function computing attention over query `blocks` (causal: block
     [a, b) sees keys [0, b), so the masked upper triangle is mostly never computed),
     with a flash-attention-style backward that reuses the forward's exps.
 
     For q [B, H, L, Dh] and k, v [B, Hkv, S, Dh], H = groups * Hkv. The output is
     [B, H, L, Dh] as a transposed view of a row-major [B, L, H, Dh]: the caller's
-    `.transpose(0, 2, 1, 3).reshape(B, L, H * Dh)` is then free. `cpp`, the C++
-    kernel module if given, computes each block's masked exp in one pass."""
+    `.transpose(0, 2, 1, 3).reshape(B, L, H * Dh)` is then free."""
 
     def grouped(x, a, b):  # query rows [a, b) of every head, grouped by KV head
         B, H, _, Dh = x.shape
@@ -384,9 +383,7 @@ def _attention_fn(blocks: tuple[tuple[int, int], ...], causal: bool, scale: floa
                 keys = b if causal else k.shape[2]
                 kt = k[:, :, :keys].swapaxes(-1, -2)
                 qb = grouped(q, a, b)
-                if cpp is not None:  # C++: mask, scale, row max and exp in one pass
-                    e = cpp.attention_exp(qb @ kt, scale, a, b - a, causal)
-                elif causal:
+                if causal:
                     shape = (*qb.shape[:-1], keys)
                     scores = mx.addmm(_bias_at(a, b, shape), qb, kt, alpha=scale)
                     e = exp_shifted(scores, row_max(scores))
@@ -456,11 +453,15 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask=None,
     """`mx.fast.scaled_dot_product_attention` for mask None or "causal" (queries and
     keys of one length), with the fast softmax. q [B, H, L, Dh], k and v [B, Hkv, S, Dh]
     -> [B, H, L, Dh]. Causal attention runs in query blocks of `block` rows, each over
-    the keys it can see: (n + 1) / 2n of the full score matrix for n blocks."""
+    the keys it can see: (n + 1) / 2n of the full score matrix for n blocks. Where the
+    C++ kernels are built (`native`), their fused `attention` does it, same blocks."""
     L, S = q.shape[2], k.shape[2]
     causal = isinstance(mask, str) and mask == "causal"
     if (mask is not None and not causal) or (causal and L != S):
         raise ValueError("fastmath.attention takes mask None, or 'causal' with as many keys as queries")
+    cpp = native(q)
+    if cpp is not None and k.dtype == v.dtype == mx.float32:  # the fused C++ kernel, forward and backward
+        return cpp.attention(q, k, v, float(scale), causal, block if causal else L).transpose(0, 2, 1, 3)
     blocks = tuple(_causal_blocks(L, block)) if causal else ((0, L),)
-    fn = _attention_fn(blocks, causal, float(scale), q.shape[1] // k.shape[1], native(q))
+    fn = _attention_fn(blocks, causal, float(scale), q.shape[1] // k.shape[1])
     return fn(q, k, v)[0]

@@ -91,16 +91,38 @@ def test_rms_norm_matches_mlx_fast_rms_norm(kernels, layout):
         kernels.rms_norm(x, weight[:-1], 1e-5)
 
 
-@pytest.mark.parametrize("start,rows,groups,causal", [(0, 48, 1, True), (32, 16, 2, True), (0, 48, 1, False)])
-def test_attention_exp_is_the_masked_shifted_exp(kernels, start, rows, groups, causal):
-    keys = start + rows if causal else 80
-    scores = mx.random.normal((2, 3, groups * rows, keys), key=mx.random.key(6)) * 4
-    scale = 0.3
-    position = start + mx.arange(groups * rows) % rows  # the query of each stacked row
-    seen = mx.arange(keys)[None, :] <= position[:, None] if causal else mx.ones((1, keys), mx.bool_)
-    masked = mx.where(seen, scores * scale, -mx.inf)
-    want = mx.exp(masked - masked.max(axis=-1, keepdims=True))
-    _close(kernels.attention_exp(scores, scale, start, rows, causal), want, rtol=2e-6, atol=1e-7)
+@pytest.mark.parametrize("heads,kv_heads,length,block,causal,layout", [
+    (4, 4, 200, 64, True, "contiguous"),  # ragged last block
+    (4, 2, 96, 32, True, "contiguous"),  # grouped queries
+    (2, 2, 50, 128, True, "contiguous"),  # one block
+    (4, 2, 40, 128, False, "contiguous"),
+    (4, 4, 64, 32, True, "model"),  # q, k, v as the model gives them: views of [B, L, H, Dh]
+])
+def test_fused_attention_matches_sdpa_in_value_and_gradient(kernels, heads, kv_heads, length, block, causal,
+                                                            layout):
+    keys = [mx.random.key(i) for i in range(3)]
+    if layout == "model":
+        q = mx.random.normal((2, length, heads, 16), key=keys[0]).transpose(0, 2, 1, 3)
+        k, v = (mx.random.normal((2, length, kv_heads, 16), key=key).transpose(0, 2, 1, 3) for key in keys[1:])
+    else:
+        q = mx.random.normal((2, heads, length, 16), key=keys[0])
+        k, v = (mx.random.normal((2, kv_heads, length, 16), key=key) for key in keys[1:])
+    scale, mask = 16**-0.5, "causal" if causal else None
+
+    def fused(q, k, v):
+        return kernels.attention(q, k, v, scale, causal, block).transpose(0, 2, 1, 3)
+
+    def sdpa(q, k, v):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+    copies = kernels.row_major_copies()
+    _close(fused(q, k, v), sdpa(q, k, v), rtol=1e-5, atol=2e-6)
+    for got, want in zip(_grads(fused, (q, k, v), (0, 1, 2)), _grads(sdpa, (q, k, v), (0, 1, 2))):
+        _close(got, want, rtol=1e-4, atol=2e-5)
+    if layout == "model":
+        assert kernels.row_major_copies() == copies  # read in place: the last axis has stride 1
+    with pytest.raises(ValueError):
+        kernels.attention(q, k[:, :, :-1], v[:, :, :-1], scale, True, block)
 
 
 def test_kernels_run_on_the_stream_they_are_given_and_their_backward_follows(kernels):

@@ -2,7 +2,7 @@
 
 The `_native` extension module holds the bf16 matmul (bf16_matmul.cpp, for
 `--precision bf16`) and the float32 kernels of the training step (kernels.cpp: the
-cross-entropy, SwiGLU, RMSNorm and attention's exp, used by fastmath.py on x86 CPUs).
+cross-entropy, SwiGLU, RMSNorm and a fused attention, used by fastmath.py on x86 CPUs).
 `load(purpose)` returns it, compiled once with CMake against the installed MLX and
 nanobind (dependencies on x86-64 Linux; a C++ compiler is needed too), and cached in `<cache>/native/<key>/` (`$MLXSPEC_CACHE`, default ~/.cache/mlx-specialize), the
 key a hash of the source, the MLX, nanobind and Python versions and the CPU; so an

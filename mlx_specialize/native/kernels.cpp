@@ -5,19 +5,21 @@
 //       for the backward, which writes softmax - onehot in one pass)
 //   swiglu(gate, up) -> silu(gate) * up                          (any shape, one pass)
 //   rms_norm(x [..., D], weight [D], eps) -> x / rms(x) * weight  (backward: dx and dweight)
-//   attention_exp(scores [..., R, K], scale, start, rows, causal) -> e [..., R, K]
-//       e = exp(scale * (s - max)) over the keys row r may see, 0 over the others; row r
-//       is the query at position start + r % rows (rows of several heads are stacked).
-//       No gradient: it is the inside of fastmath.attention's custom function.
+//   attention(q [B, H, L, Dh], k, v [B, Hkv, S, Dh], scale, causal, block) -> [B, L, H, Dh]
+//       softmax(scale q k^T + mask) v, forward and backward fused around BLAS products
 //
 // Why: on x86 MLX's CPU SIMD layer is scalar, so its exp (and softmax, sigmoid) runs one
 // float at a time, and each op is a pass over memory. fastmath.py writes them from ops
-// MLX's compiler vectorizes, but they stay several passes with broadcasts between them.
-// Here each is one or two passes per row, with an exp the C++ compiler vectorizes
+// MLX's compiler vectorizes, but they stay several passes with broadcasts between them,
+// and attention is dozens of small ops around its products. Here each is one or two
+// passes per row, with an exp the C++ compiler vectorizes
 // (-fopenmp-simd, -march=native): the same polynomial as fastmath.py and MLX's own CPU
 // exp (Cephes, relative error < 4e-7 on [-87, 0]).
 //
 // Built at first use by mlx_specialize/native/__init__.py, for this machine only.
+#include <dlfcn.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -383,54 +385,206 @@ mx::array rms_norm(const mx::array& x, const mx::array& weight, float eps, mx::S
   return mx::array(x.shape(), mx::float32, std::make_shared<RmsNorm>(stream, eps), {x, weight});
 }
 
-// ---------------------------------------------------------------- attention's exp
+// ---------------------------------------------------------------- fused attention
+// softmax(scale q k^T + causal mask) v for q [B, H, L, Dh], k and v [B, Hkv, S, Dh]
+// (H = groups x Hkv), in query blocks of `block` rows that see only the keys up to the
+// block's end. The products go to the loaded BLAS (cblas_sgemm, found with dlsym, one
+// call per head and block, operands read in place: the last axis must have stride 1, else
+// the input is copied); the exp, the row sums and every scaling are loops over rows.
+// Forward outputs: the attention [B, L, H, Dh] (row-major, so its transpose to the
+// caller's [B, H, L, Dh] and back to [B, L, H * Dh] is free), the exps E [B, H, L, S]
+// (0 where masked) and 1 / row sum [B, H, L], which the backward reuses.
 
-class AttentionExp : public CpuPrimitive {
+using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+
+Sgemm sgemm() {
+  static Sgemm found = reinterpret_cast<Sgemm>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
+  if (found == nullptr) throw std::runtime_error("attention: no cblas_sgemm loaded");
+  return found;
+}
+
+// C [m, n] = alpha op(A) op(B) + beta C, row-major, leading dimensions given
+inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                 int64_t ldb, float beta, float* c, int64_t ldc) {
+  sgemm()(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, int(m), int(n), int(k), 1.0f, a, int(lda), b,
+          int(ldb), beta, c, int(ldc));
+}
+
+// An input whose last axis has stride 1 (the GEMM reads it in place), or a row-major copy
+inline mx::array unit_last(const mx::array& x, mx::cpu::CommandEncoder& encoder) {
+  return x.strides().back() == 1 || x.shape().back() == 1 ? x : row_major(x, encoder);
+}
+
+struct Heads {  // the shapes of one attention call
+  int64_t batch, heads, kv_heads, length, keys, dim, block;
+  bool causal;
+  float scale;
+  int64_t groups() const { return heads / kv_heads; }
+  int64_t visible(int64_t row) const { return causal ? std::min(keys, row + 1) : keys; }
+  int64_t block_keys(int64_t end) const { return causal ? std::min(keys, end) : keys; }
+};
+
+class AttentionGrad : public CpuPrimitive {
  public:
-  AttentionExp(mx::Stream stream, float scale, int start, int rows, bool causal)
-      : CpuPrimitive(stream), scale_(scale), start_(start), rows_(rows), causal_(causal) {}
-  const char* name() const override { return "AttentionExp"; }
-  std::vector<double> params() const override { return {scale_, double(start_), double(rows_), double(causal_)}; }
+  AttentionGrad(mx::Stream stream, Heads shape) : CpuPrimitive(stream), s_(shape) {}
+  const char* name() const override { return "AttentionGrad"; }
+  std::vector<double> params() const override {
+    return {double(s_.block), double(s_.causal), s_.scale};
+  }
 
+  // inputs: q, k, v, out [B, L, H, Dh], E, 1 / l, d out [B, L, H, Dh] -> d q, d k, d v
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& encoder = encoder_for(stream(), inputs, outputs);
-    const auto& s = inputs[0];
-    const int64_t keys = s.shape(-1), height = s.shape(-2), n = s.size() / keys;
-    encoder.dispatch([x = row_major(s, encoder).data<float>(), e = outputs[0].data<float>(), keys, height, n,
-                      scale = scale_,
-                      start = start_, rows = rows_, causal = causal_]() {
-      for (int64_t r = 0; r < n; ++r) {
-        const float* xr = x + r * keys;
-        float* er = e + r * keys;
-        const int64_t seen = causal ? std::min<int64_t>(keys, start + (r % height) % rows + 1) : keys;
-        const float m = row_max(xr, seen) * scale;
+    auto q = unit_last(inputs[0], encoder), k = unit_last(inputs[1], encoder), v = unit_last(inputs[2], encoder);
+    auto d_out = unit_last(inputs[6], encoder);
+    encoder.dispatch([s = s_, q = q.data<float>(), qs = q.strides(), k = k.data<float>(), ks = k.strides(),
+                      v = v.data<float>(), vs = v.strides(), o = inputs[3].data<float>(),
+                      e = inputs[4].data<float>(), inv = inputs[5].data<float>(), g = d_out.data<float>(),
+                      gs = d_out.strides(), dq = outputs[0].data<float>(), dk = outputs[1].data<float>(),
+                      dv = outputs[2].data<float>()]() {
+      const int64_t L = s.length, S = s.keys, Dh = s.dim, H = s.heads;
+      std::fill(dk, dk + s.batch * s.kv_heads * S * Dh, 0.0f);
+      std::fill(dv, dv + s.batch * s.kv_heads * S * Dh, 0.0f);
+      std::vector<float> work(static_cast<size_t>(s.block * S)), scaled_g(static_cast<size_t>(s.block * Dh)),
+          centre(static_cast<size_t>(L));
+      for (int64_t b = 0; b < s.batch; ++b) {
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t kvh = h / s.groups(), bh = b * H + h;
+          const float* qh = q + b * qs[0] + h * qs[1];
+          const float* kh = k + b * ks[0] + kvh * ks[1];
+          const float* vh = v + b * vs[0] + kvh * vs[1];
+          const float* oh = o + b * L * H * Dh + h * Dh;
+          const float* gh = g + b * gs[0] + h * gs[2];
+          const float *eh = e + bh * L * S, *invh = inv + bh * L;
+          float* dqh = dq + bh * L * Dh;
+          float* dkh = dk + (b * s.kv_heads + kvh) * S * Dh;
+          float* dvh = dv + (b * s.kv_heads + kvh) * S * Dh;
+          for (int64_t i = 0; i < L; ++i) {  // rowsum(dO o)
+            const float *gi = gh + i * gs[1], *oi = oh + i * H * Dh;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t d = 0; d < Dh; ++d) dot += gi[d] * oi[d];
+            centre[i] = dot;
+          }
+          for (int64_t a = 0; a < L; a += s.block) {
+            const int64_t m = std::min(s.block, L - a), n = s.block_keys(a + m);
+            // dV[:n] += E^T (dO / l): the row scaling moved onto the small side
+            for (int64_t r = 0; r < m; ++r) {
+              const float *gi = gh + (a + r) * gs[1], f = invh[a + r];
 #pragma omp simd
-        for (int64_t j = 0; j < seen; ++j) er[j] = fast_exp(xr[j] * scale - m);
-        std::fill(er + seen, er + keys, 0.0f);
+              for (int64_t d = 0; d < Dh; ++d) scaled_g[r * Dh + d] = gi[d] * f;
+            }
+            gemm(true, false, n, Dh, m, eh + a * S, S, scaled_g.data(), Dh, 1.0f, dvh, Dh);
+            // dP = dO V^T, then dS = p (dP - rowsum(dO o)) scale, p = E / l
+            gemm(false, true, m, n, Dh, gh + a * gs[1], gs[1], vh, vs[2], 0.0f, work.data(), S);
+            for (int64_t r = 0; r < m; ++r) {
+              float* w = work.data() + r * S;
+              const float* er = eh + (a + r) * S;
+              const float f = invh[a + r] * s.scale, c = centre[a + r];
+#pragma omp simd
+              for (int64_t j = 0; j < n; ++j) w[j] = er[j] * f * (w[j] - c);
+            }
+            gemm(false, false, m, Dh, n, work.data(), S, kh, ks[2], 0.0f, dqh + a * Dh, Dh);  // dQ = dS K
+            gemm(true, false, n, Dh, m, work.data(), S, qh + a * qs[2], qs[2], 1.0f, dkh, Dh);  // dK += dS^T Q
+          }
+        }
       }
     });
   }
 
   std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&, const std::vector<int>&,
                              const std::vector<mx::array>&) override {
-    throw std::invalid_argument("attention_exp has no gradient: it is used inside a custom function");
+    throw std::invalid_argument("attention has no second derivative here");
   }
 
  private:
-  float scale_;
-  int start_, rows_;
-  bool causal_;
+  Heads s_;
 };
 
-mx::array attention_exp(const mx::array& scores, float scale, int start, int rows, bool causal,
-                        mx::StreamOrDevice s = {}) {
+class Attention : public CpuPrimitive {
+ public:
+  Attention(mx::Stream stream, Heads shape) : CpuPrimitive(stream), s_(shape) {}
+  const char* name() const override { return "Attention"; }
+  std::vector<double> params() const override {
+    return {double(s_.block), double(s_.causal), s_.scale};
+  }
+
+  // inputs: q, k, v -> out [B, L, H, Dh], E [B, H, L, S], 1 / row sum [B, H, L]
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = encoder_for(stream(), inputs, outputs);
+    auto q = unit_last(inputs[0], encoder), k = unit_last(inputs[1], encoder), v = unit_last(inputs[2], encoder);
+    encoder.dispatch([s = s_, q = q.data<float>(), qs = q.strides(), k = k.data<float>(), ks = k.strides(),
+                      v = v.data<float>(), vs = v.strides(), o = outputs[0].data<float>(),
+                      e = outputs[1].data<float>(), inv = outputs[2].data<float>()]() {
+      const int64_t L = s.length, S = s.keys, Dh = s.dim, H = s.heads;
+      for (int64_t b = 0; b < s.batch; ++b) {
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t kvh = h / s.groups(), bh = b * H + h;
+          const float* qh = q + b * qs[0] + h * qs[1];
+          const float* kh = k + b * ks[0] + kvh * ks[1];
+          const float* vh = v + b * vs[0] + kvh * vs[1];
+          float* oh = o + b * L * H * Dh + h * Dh;
+          float *eh = e + bh * L * S, *invh = inv + bh * L;
+          for (int64_t a = 0; a < L; a += s.block) {
+            const int64_t m = std::min(s.block, L - a), n = s.block_keys(a + m);
+            gemm(false, true, m, n, Dh, qh + a * qs[2], qs[2], kh, ks[2], 0.0f, eh + a * S, S);  // scores
+            for (int64_t r = a; r < a + m; ++r) {
+              float* er = eh + r * S;
+              const int64_t seen = s.visible(r);
+              const float peak = row_max(er, seen) * s.scale;
+              float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+              for (int64_t j = 0; j < seen; ++j) {
+                er[j] = fast_exp(er[j] * s.scale - peak);
+                total += er[j];
+              }
+              std::fill(er + seen, er + S, 0.0f);
+              invh[r] = 1.0f / total;
+            }
+            gemm(false, false, m, Dh, n, eh + a * S, S, vh, vs[2], 0.0f, oh + a * H * Dh, H * Dh);  // E V
+            for (int64_t r = a; r < a + m; ++r) {
+              float* out = oh + r * H * Dh;
+              const float f = invh[r];
+#pragma omp simd
+              for (int64_t d = 0; d < Dh; ++d) out[d] *= f;
+            }
+          }
+        }
+      }
+    });
+  }
+
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                             const std::vector<int>& argnums, const std::vector<mx::array>& outputs) override {
+    auto grads = mx::array::make_arrays(
+        {primals[0].shape(), primals[1].shape(), primals[2].shape()}, {mx::float32, mx::float32, mx::float32},
+        std::make_shared<AttentionGrad>(stream(), s_),
+        {primals[0], primals[1], primals[2], outputs[0], outputs[1], outputs[2], cotangents[0]});
+    std::vector<mx::array> chosen;
+    for (int arg : argnums) chosen.push_back(grads[arg]);
+    return chosen;
+  }
+
+ private:
+  Heads s_;
+};
+
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal, int block,
+                    mx::StreamOrDevice s = {}) {
   auto stream = mx::to_stream(s);
-  check_cpu(stream, "attention_exp");
-  check_float32(scores, "attention_exp");
-  if (scores.ndim() < 2 || rows < 1 || scores.shape(-2) % rows || !(scale > 0.0f))
-    throw std::invalid_argument("attention_exp takes scores [..., R, K] with R a multiple of rows, and scale > 0");
-  return mx::array(scores.shape(), mx::float32, std::make_shared<AttentionExp>(stream, scale, start, rows, causal),
-                   {scores});
+  check_cpu(stream, "attention");
+  for (auto* x : {&q, &k, &v}) check_float32(*x, "attention");
+  if (q.ndim() != 4 || k.ndim() != 4 || v.shape() != k.shape() || q.shape(0) != k.shape(0) ||
+      q.shape(3) != k.shape(3) || k.shape(1) < 1 || q.shape(1) % k.shape(1) || block < 1 || !(scale > 0.0f))
+    throw std::invalid_argument("attention takes q [B, H, L, Dh], k and v [B, Hkv, S, Dh] with H a multiple of Hkv");
+  if (causal && q.shape(2) != k.shape(2)) throw std::invalid_argument("causal attention takes as many keys as queries");
+  Heads shape{q.shape(0), q.shape(1), k.shape(1), q.shape(2), k.shape(2), q.shape(3), block, causal, scale};
+  auto outs = mx::array::make_arrays(
+      {{q.shape(0), q.shape(2), q.shape(1), q.shape(3)}, {q.shape(0), q.shape(1), q.shape(2), k.shape(2)},
+       {q.shape(0), q.shape(1), q.shape(2)}},
+      {mx::float32, mx::float32, mx::float32}, std::make_shared<Attention>(stream, shape), {q, k, v});
+  return outs[0];
 }
 
 }  // namespace
@@ -444,10 +598,10 @@ void register_kernels(nb::module_& m) {
         "silu(gate) * up for float32 arrays of one shape, one pass forward and backward");
   m.def("rms_norm", &rms_norm, "x"_a, "weight"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x [..., D] / sqrt(mean(x^2) + eps) * weight [D], float32");
-  m.def("attention_exp", &attention_exp, "scores"_a, "scale"_a, "start"_a, "rows"_a, "causal"_a, nb::kw_only(),
+  m.def("attention", &attention, "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a, "block"_a, nb::kw_only(),
         "stream"_a = nb::none(),
-        "exp(scale (s - row max)) of scores [..., R, K] over the keys each row sees (causal: row r is query "
-        "start + r % rows and sees keys <= it), 0 elsewhere; no gradient");
+        "softmax(scale q k^T (+ causal mask)) v for q [B, H, L, Dh], k, v [B, Hkv, S, Dh] -> [B, L, H, Dh]; "
+        "query blocks of `block` rows; forward and backward fused");
 }
 
 }  // namespace mlxspec
