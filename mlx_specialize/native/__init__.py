@@ -108,7 +108,7 @@ def _build(target: Path, purpose: str) -> Path:
     return target
 
 
-def load(purpose: str = "the C++ extension"):
+def load(purpose: str = "mlx-specialize"):
     """The `_native` extension module, built if needed (see the module docstring);
     `purpose` names what needs it in the one-line error raised when it cannot be had."""
     if "native" in _loaded:
