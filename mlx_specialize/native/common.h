@@ -30,9 +30,9 @@ inline mx::cpu::CommandEncoder& encoder_for(mx::Stream stream, const std::vector
 }
 
 // A 4-byte-element input `x` row-major: itself, or a copy the stream makes before the
-// kernel runs (kept alive until it has). Done here, not with mx::contiguous when the
-// graph is built: compile merges equal ops across streams, and a weight's contiguous()
-// shared by two streams made each wait for the other (measured: 2,700 -> 1,750 tok/s).
+// kernel runs (kept alive until it has). Done here, when the layout is known, rather
+// than with mx::contiguous in the graph: no extra node per input, and a copy only for
+// the inputs that need one (the training step's need none; tests count them).
 inline std::atomic<int64_t> row_major_copies{0};  // how many inputs were copied (tests, benchmarks)
 
 inline mx::array row_major(const mx::array& x, mx::cpu::CommandEncoder& encoder) {
