@@ -13,10 +13,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-import mlx_specialize as ms
 from mlx_specialize import autocast
 from mlx_specialize.errors import SpecializeError
-from tests.conftest import GENERIC
+from tests.conftest import tiny_loss_curve
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the C++ bf16 matmul is for Linux CPUs")
 
@@ -110,11 +109,7 @@ def test_bf16_training_follows_the_float32_loss_curve(native, tokenizer, cache_d
     curves = {}
     for precision in ("float32", "bf16"):
         out = tmp_path / precision
-        ms.pretrain(GENERIC, ms.get_preset("tiny"), out, tokens=24 * 8 * 128, tokenizer=tokenizer,
-                    cache_dir=cache_dir, eval_every=8, eval_tokens=4096, lr=3e-3, warmup=4, log_every=2,
-                    precision=precision)
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[precision] = [r.get("loss", r.get("valid_loss")) for r in records if r["event"] in ("train", "valid")]
+        curves[precision] = tiny_loss_curve(out, tokenizer, cache_dir, precision=precision)
         assert json.loads((out / "run.json").read_text())["train"]["precision"] == precision
     assert len(curves["float32"]) == len(curves["bf16"]) > 10
     np.testing.assert_allclose(curves["bf16"], curves["float32"], atol=0.01)

@@ -1,7 +1,6 @@
 """The CPU-vectorizable exp, softmax, SiLU and attention equal MLX's, in value and
 gradient, compiled or not, and training with them follows the plain loss curve."""
 
-import json
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -12,7 +11,7 @@ import mlx_specialize as ms
 from mlx_specialize import fastmath
 from mlx_specialize.backend import keep_freed_buffers
 from mlx_specialize.train.losses import cross_entropy
-from tests.conftest import GENERIC
+from tests.conftest import tiny_loss_curve
 
 
 @pytest.fixture(autouse=True)
@@ -125,11 +124,7 @@ def test_training_with_fast_math_follows_the_plain_loss_curve(tokenizer, cache_d
     curves = {}
     for setting in ("0", "1"):
         monkeypatch.setenv("MLXSPEC_FAST_MATH", setting)
-        out = tmp_path / f"fast{setting}"
-        ms.pretrain(GENERIC, ms.get_preset("tiny"), out, tokens=24 * 8 * 128, tokenizer=tokenizer,
-                    cache_dir=cache_dir, eval_every=8, eval_tokens=4096, lr=3e-3, warmup=4, log_every=2)
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[setting] = [r.get("loss", r.get("valid_loss")) for r in records if r["event"] in ("train", "valid")]
+        curves[setting] = tiny_loss_curve(tmp_path / f"fast{setting}", tokenizer, cache_dir)
     assert len(curves["0"]) == len(curves["1"]) > 10
     np.testing.assert_allclose(curves["1"], curves["0"], atol=2e-3)
     assert curves["0"][-1] < curves["0"][0] - 0.5  # it did learn: the comparison is not between two flat lines

@@ -4,7 +4,6 @@ parallel streams; the model and the trainer use them inside a fast-math scope an
 to the same loss curve; and where they are switched off, the fast math of fastmath.py
 serves and `mlxspec doctor` says why."""
 
-import json
 import platform
 import sys
 
@@ -19,7 +18,7 @@ import mlx_specialize as ms
 from mlx_specialize import fastmath
 from mlx_specialize.models import dense
 from mlx_specialize.train.losses import cross_entropy
-from tests.conftest import GENERIC
+from tests.conftest import tiny_loss_curve
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"),
@@ -179,11 +178,7 @@ def test_training_with_the_kernels_follows_the_curve_without_them(kernels, token
     for setting in ("0", "1"):
         monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", setting)
         monkeypatch.setenv("MLXSPEC_FAST_MATH", "1")
-        out = tmp_path / f"native{setting}"
-        ms.pretrain(GENERIC, ms.get_preset("tiny"), out, tokens=24 * 8 * 128, tokenizer=tokenizer,
-                    cache_dir=cache_dir, eval_every=8, eval_tokens=4096, lr=3e-3, warmup=4, log_every=2)
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[setting] = [r.get("loss", r.get("valid_loss")) for r in records if r["event"] in ("train", "valid")]
+        curves[setting] = tiny_loss_curve(tmp_path / f"native{setting}", tokenizer, cache_dir)
     assert len(curves["0"]) == len(curves["1"]) > 10
     np.testing.assert_allclose(curves["1"], curves["0"], atol=2e-3)
     assert curves["1"][-1] < curves["1"][0] - 0.5  # it learned
