@@ -41,13 +41,9 @@ using namespace nb::literals;
 namespace mlxspec {
 namespace {
 
-enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
-
 // cblas_gemm_bf16bf16f32 (MKL): (layout, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 using Bf16Gemm = void (*)(int, int, int, int, int, int, float, const uint16_t*, int,
                           const uint16_t*, int, float, float*, int);
-using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*,
-                       int, float, float*, int);
 
 struct Gemms {
   Bf16Gemm bf16 = nullptr;
@@ -58,7 +54,7 @@ const Gemms& gemms() {
   static Gemms found = [] {
     Gemms g;
     g.bf16 = reinterpret_cast<Bf16Gemm>(dlsym(RTLD_DEFAULT, "cblas_gemm_bf16bf16f32"));
-    g.f32 = reinterpret_cast<Sgemm>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
+    g.f32 = loaded_sgemm();
     return g;
   }();
   return found;

@@ -2,6 +2,8 @@
 // registers in the `_native` module (module.cpp).
 #pragma once
 
+#include <dlfcn.h>
+
 #include <atomic>
 #include <cstdint>
 #include <vector>
@@ -53,6 +55,16 @@ inline mx::array row_major(const mx::array& x, mx::cpu::CommandEncoder& encoder)
     }
   });
   return copy;
+}
+
+// The CBLAS float32 GEMM of the BLAS mlx_specialize.backend loaded with RTLD_GLOBAL
+// (the one MLX calls), found once with dlsym; null if none is loaded
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+
+inline Sgemm loaded_sgemm() {
+  static const Sgemm found = reinterpret_cast<Sgemm>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
+  return found;
 }
 
 void register_bf16(nanobind::module_& m);     // bf16_matmul.cpp

@@ -17,8 +17,6 @@
 // exp (Cephes, relative error < 4e-7 on [-87, 0]).
 //
 // Built at first use by mlx_specialize/native/__init__.py, for this machine only.
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -85,10 +83,15 @@ void check_float32(const mx::array& x, const char* op) {
 }
 
 // The common parts of the primitives here: CPU only, no forward-mode derivative, and
-// equal when their parameters are
+// equal when their parameters are. The forward ones define their vjp; the gradient ones
+// (…Grad) have none
 class CpuPrimitive : public mx::Primitive {
  public:
   using mx::Primitive::Primitive;
+  std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&, const std::vector<int>&,
+                             const std::vector<mx::array>&) override {
+    throw std::invalid_argument(std::string(name()) + " has no derivative here (no second derivatives)");
+  }
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
     throw std::runtime_error(std::string(name()) + " runs on the CPU only");
   }
@@ -127,11 +130,6 @@ class CrossEntropyGrad : public CpuPrimitive {
         if (target >= 0 && target < v) grad[target] -= scale;
       }
     });
-  }
-
-  std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&, const std::vector<int>&,
-                             const std::vector<mx::array>&) override {
-    throw std::invalid_argument("cross_entropy has no second derivative here");
   }
 };
 
@@ -209,11 +207,6 @@ class SwigluGrad : public CpuPrimitive {
       }
     });
   }
-
-  std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&, const std::vector<int>&,
-                             const std::vector<mx::array>&) override {
-    throw std::invalid_argument("swiglu has no second derivative here");
-  }
 };
 
 class Swiglu : public CpuPrimitive {
@@ -251,6 +244,16 @@ mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice 
 }
 
 // ---------------------------------------------------------------- RMSNorm
+
+// The RMSNorm primitives' parameter: eps
+class WithEps : public CpuPrimitive {
+ public:
+  WithEps(mx::Stream stream, float eps) : CpuPrimitive(stream), eps_(eps) {}
+  std::vector<double> params() const override { return {eps_}; }
+
+ protected:
+  float eps_;
+};
 // No second output for 1 / rms: the backward recomputes it (one dot product per row)
 
 // 1 / sqrt(mean(x^2) + eps) of one row
@@ -261,13 +264,10 @@ inline float inverse_rms(const float* x, int64_t d, float eps) {
   return 1.0f / std::sqrt(squares / float(d) + eps);
 }
 
-class RmsNormGrad : public CpuPrimitive {
+class RmsNormGrad : public WithEps {
  public:
-  using CpuPrimitive::CpuPrimitive;
+  using WithEps::WithEps;
   const char* name() const override { return "RmsNormGrad"; }
-
-  RmsNormGrad(mx::Stream stream, float eps) : CpuPrimitive(stream), eps_(eps) {}
-  std::vector<double> params() const override { return {eps_}; }
 
   // inputs: x [N, D], weight [D], d y [N, D] -> d x [N, D]
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
@@ -290,24 +290,14 @@ class RmsNormGrad : public CpuPrimitive {
       }
     });
   }
-
-  std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&, const std::vector<int>&,
-                             const std::vector<mx::array>&) override {
-    throw std::invalid_argument("rms_norm has no second derivative here");
-  }
-
- private:
-  float eps_;
 };
 
 // The weight's gradient, a primitive of its own: computed only when asked for, and the
 // input's gradient does not wait for it
-class RmsNormWeightGrad : public CpuPrimitive {
+class RmsNormWeightGrad : public WithEps {
  public:
-  RmsNormWeightGrad(mx::Stream stream, float eps) : CpuPrimitive(stream), eps_(eps) {}
+  using WithEps::WithEps;
   const char* name() const override { return "RmsNormWeightGrad"; }
-  std::vector<double> params() const override { return {eps_}; }
-
   // inputs: x [N, D], d y [N, D] -> d weight [D] = sum over rows of dy x / rms(x)
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& encoder = encoder_for(stream(), inputs, outputs);
@@ -323,22 +313,12 @@ class RmsNormWeightGrad : public CpuPrimitive {
       }
     });
   }
-
-  std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&, const std::vector<int>&,
-                             const std::vector<mx::array>&) override {
-    throw std::invalid_argument("rms_norm has no second derivative here");
-  }
-
- private:
-  float eps_;
 };
 
-class RmsNorm : public CpuPrimitive {
+class RmsNorm : public WithEps {
  public:
-  RmsNorm(mx::Stream stream, float eps) : CpuPrimitive(stream), eps_(eps) {}
+  using WithEps::WithEps;
   const char* name() const override { return "RmsNorm"; }
-  std::vector<double> params() const override { return {eps_}; }
-
   // inputs: x [N, D], weight [D] -> y [N, D]
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     auto& encoder = encoder_for(stream(), inputs, outputs);
@@ -369,9 +349,6 @@ class RmsNorm : public CpuPrimitive {
     }
     return grads;
   }
-
- private:
-  float eps_;
 };
 
 mx::array rms_norm(const mx::array& x, const mx::array& weight, float eps, mx::StreamOrDevice s = {}) {
@@ -394,11 +371,8 @@ mx::array rms_norm(const mx::array& x, const mx::array& weight, float eps, mx::S
 // caller's [B, H, L, Dh] and back to [B, L, H * Dh] is free), the exps E [B, H, L, S]
 // (0 where masked) and 1 / row sum [B, H, L], which the backward reuses.
 
-using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
-enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
-
 Sgemm sgemm() {
-  static Sgemm found = reinterpret_cast<Sgemm>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
+  const Sgemm found = loaded_sgemm();
   if (found == nullptr) throw std::runtime_error("attention: no cblas_sgemm loaded");
   return found;
 }
@@ -424,13 +398,21 @@ struct Heads {  // the shapes of one attention call
   int64_t block_keys(int64_t end) const { return causal ? std::min(keys, end) : keys; }
 };
 
-class AttentionGrad : public CpuPrimitive {
+// The attention primitives' parameters: the shapes, which follow from the inputs, and
+// the block, the mask and the scale, which make two calls different
+class WithHeads : public CpuPrimitive {
  public:
-  AttentionGrad(mx::Stream stream, Heads shape) : CpuPrimitive(stream), s_(shape) {}
+  WithHeads(mx::Stream stream, Heads shape) : CpuPrimitive(stream), s_(shape) {}
+  std::vector<double> params() const override { return {double(s_.block), double(s_.causal), s_.scale}; }
+
+ protected:
+  Heads s_;
+};
+
+class AttentionGrad : public WithHeads {
+ public:
+  using WithHeads::WithHeads;
   const char* name() const override { return "AttentionGrad"; }
-  std::vector<double> params() const override {
-    return {double(s_.block), double(s_.causal), s_.scale};
-  }
 
   // inputs: q, k, v, out [B, L, H, Dh], E, 1 / l, d out [B, L, H, Dh] -> d q, d k, d v
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
@@ -492,22 +474,12 @@ class AttentionGrad : public CpuPrimitive {
     });
   }
 
-  std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&, const std::vector<int>&,
-                             const std::vector<mx::array>&) override {
-    throw std::invalid_argument("attention has no second derivative here");
-  }
-
- private:
-  Heads s_;
 };
 
-class Attention : public CpuPrimitive {
+class Attention : public WithHeads {
  public:
-  Attention(mx::Stream stream, Heads shape) : CpuPrimitive(stream), s_(shape) {}
+  using WithHeads::WithHeads;
   const char* name() const override { return "Attention"; }
-  std::vector<double> params() const override {
-    return {double(s_.block), double(s_.causal), s_.scale};
-  }
 
   // inputs: q, k, v -> out [B, L, H, Dh], E [B, H, L, S], 1 / row sum [B, H, L]
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
@@ -565,8 +537,6 @@ class Attention : public CpuPrimitive {
     return chosen;
   }
 
- private:
-  Heads s_;
 };
 
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal, int block,
