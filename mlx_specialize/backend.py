@@ -95,6 +95,11 @@ def _candidates() -> list[tuple[str, str]]:
     return found
 
 
+def is_x86() -> bool:
+    """An x86-64 CPU: where MLX's CPU math is scalar and this project's CPU speed-ups apply."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 EVAL_WIDTH = "1000000"  # no limit in practice: breadth-first
 
 
@@ -112,7 +117,7 @@ def widen_eval_order() -> str | None:
     7,918-7,999, `medium` 1,797 vs 3,282, for 9% more peak memory on `medium` (787 vs 859
     MB); widths in between fall off cliffs (`small` at 50: 4,628; docs/mlx-cpu-elementwise.md).
     Not done for MLX's CUDA build (unmeasured)."""
-    if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+    if sys.platform != "linux" or not is_x86():
         return None
     if "MLX_BFS_MAX_WIDTH" in os.environ:
         return None

@@ -53,6 +53,8 @@ import shutil
 import mlx.core as mx
 import numpy as np
 
+from .backend import is_x86
+
 _ROUND = 12582912.0  # 1.5 * 2^23: x + _ROUND - _ROUND rounds x to an integer
 _LOG2E = 1.4426950408889634
 # 2^f on [-1/2, 1/2], highest power first (Cephes expf, as in MLX's simd/math.h)
@@ -69,7 +71,7 @@ def supported() -> bool:
     setting = os.environ.get("MLXSPEC_FAST_MATH")
     if setting is not None:
         return setting.lower() not in ("0", "off", "false", "no")
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not is_x86():
         return False
     if mx.default_device().type != mx.cpu:
         return False
@@ -81,7 +83,7 @@ def status() -> str:
     setting = os.environ.get("MLXSPEC_FAST_MATH")
     if setting is not None:
         return f"{'on' if supported() else 'off'} (MLXSPEC_FAST_MATH={setting})"
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not is_x86():
         return "off (not x86: MLX's own CPU math is vectorized here)"
     if mx.default_device().type != mx.cpu:
         return "off (a GPU runs the math)"
@@ -98,7 +100,7 @@ def _native_wanted() -> str | None:
     setting = os.environ.get("MLXSPEC_NATIVE_KERNELS")
     if setting is not None and setting.lower() in ("0", "off", "false", "no"):
         return f"MLXSPEC_NATIVE_KERNELS={setting}"
-    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+    if platform.system() != "Linux" or not is_x86():
         return "not x86-64 Linux: MLX's own kernels are vectorized here"
     return None
 

@@ -50,7 +50,7 @@ def test_an_installed_mkl_comes_before_openblas(tmp_path, monkeypatch):
     assert all(name != "Intel MKL (PyPI)" for name, _ in backend._candidates())
 
 
-@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="x86-64 Linux only")
+@pytest.mark.skipif(sys.platform != "linux" or not backend.is_x86(), reason="x86-64 Linux only")
 def test_the_eval_order_is_made_breadth_first_unless_set():
     code = "import os, mlx_specialize; print(os.environ.get('MLX_BFS_MAX_WIDTH'))"
     env = {k: v for k, v in os.environ.items() if k != "MLX_BFS_MAX_WIDTH"}

@@ -4,7 +4,6 @@ parallel streams; the model and the trainer use them inside a fast-math scope an
 to the same loss curve; and where they are switched off, the fast math of fastmath.py
 serves and `mlxspec doctor` says why."""
 
-import platform
 import sys
 
 import mlx.core as mx
@@ -16,12 +15,13 @@ from mlx.utils import tree_flatten
 
 import mlx_specialize as ms
 from mlx_specialize import fastmath
+from mlx_specialize.backend import is_x86
 from mlx_specialize.models import dense
 from mlx_specialize.train.losses import cross_entropy
 from tests.conftest import tiny_loss_curve
 
 pytestmark = pytest.mark.skipif(
-    sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"),
+    sys.platform != "linux" or not is_x86(),
     reason="the C++ kernels are for x86-64 Linux",
 )
 
