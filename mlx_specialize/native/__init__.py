@@ -4,9 +4,10 @@ The `_native` extension module holds the bf16 matmul (bf16_matmul.cpp, for
 `--precision bf16`) and the float32 kernels of the training step (kernels.cpp: the
 cross-entropy, SwiGLU, RMSNorm and a fused attention, used by fastmath.py on x86 CPUs).
 `load(purpose)` returns it, compiled once with CMake against the installed MLX and
-nanobind (dependencies on x86-64 Linux; a C++ compiler is needed too), and cached in `<cache>/native/<key>/` (`$MLXSPEC_CACHE`, default ~/.cache/mlx-specialize), the
-key a hash of the source, the MLX, nanobind and Python versions and the CPU; so an
-upgrade rebuilds. Like MLX's own CPU kernels, it is built with -march=native: the cache
+nanobind (dependencies on x86-64 Linux; a C++ compiler is needed too), and cached in
+`<cache>/native/<key>/` (`$MLXSPEC_CACHE`, default ~/.cache/mlx-specialize), the key a
+hash of the source, the MLX, nanobind and Python versions and the CPU; so an upgrade
+rebuilds. Like MLX's own CPU kernels, it is built with -march=native: the cache
 is per machine. Anything missing (CMake, a C++ compiler, nanobind, a nanobind whose ABI
 differs from MLX's) raises `NativeUnavailable` with one line saying what and how to fix it.
 """
