@@ -22,8 +22,9 @@ from rich.table import Table
 
 import mlx_specialize as ms
 from mlx_specialize import autocast, fastmath, ui
-from mlx_specialize.backend import BLAS, blas_advice, device_name, matmul_gflops, train_dtype
+from mlx_specialize.backend import BLAS, cpu_description, device_name, matmul_gflops, reference_matmul_gflops, train_dtype
 from mlx_specialize.errors import SpecializeError
+from mlx_specialize.slow_paths import slow_paths, warn_slow_paths
 from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
 
 app = typer.Typer(
@@ -109,8 +110,10 @@ def doctor(json_out: bool = JSON_OPT):
     except Exception:  # mlx-lm missing or broken: doctor still reports the rest
         mlx_lm_version = "not installed"
     gflops = matmul_gflops()
+    reference = reference_matmul_gflops() if sys.platform == "linux" else None
     report = {
         "platform": f"{platform.system()} {platform.machine()} ({platform.platform()})",
+        "cpu": cpu_description(),
         "python": platform.python_version(),
         "device": device_name(),
         "mlx": mx.__version__,
@@ -120,19 +123,23 @@ def doctor(json_out: bool = JSON_OPT):
         "blas_path": BLAS.path,
         "blas_note": BLAS.note,
         "matmul_gflops_f32": round(gflops, 1),
+        "reference_blas_gflops_f32": None if reference is None else round(reference, 1),
+        "blas_speedup": None if not reference else round(gflops / reference, 1),
         "dtype": train_dtype(),
         "cpu_fast_math": fastmath.status(),
         "cpu_kernels": fastmath.kernels_status(),
         "bf16_training": autocast.status(),
+        "slow_paths": slow_paths(),
     }
     if json_out:
         return emit(report, True)
     table = Table(title="mlxspec doctor", show_header=False)
     for k, v in report.items():
-        table.add_row(k, str(v))
+        if k != "slow_paths":
+            table.add_row(k, str(v))
     out.print(table)
-    if sys.platform == "linux" and device_name() == "CPU" and (BLAS.name is None or gflops < 20):
-        out.print(f"[yellow]slow BLAS ({gflops:.0f} GFLOP/s):[/yellow] {escape(blas_advice())}")
+    for line in report["slow_paths"]:
+        ui.warn(line)
 
 
 @app.command()
@@ -225,6 +232,7 @@ def pretrain_cmd(
     On N processes or Macs: `mlx.launch -n N -- mlxspec pretrain ...` (README: several processes)."""
     if precision is not None:
         autocast.check(precision)  # before any data work: a missing MKL fails in a second
+    warn_slow_paths()
     p = ms.get_preset(preset)
     if arch not in ("dense", "mix", "pn", "soup"):
         raise SpecializeError(f"unknown architecture '{arch}' (dense, mix, pn or soup)")
@@ -303,6 +311,7 @@ def finetune_cmd(
     On N processes or Macs: `mlx.launch -n N -- mlxspec finetune ...` (README: several processes)."""
     if precision is not None:
         autocast.check(precision)  # before any data work: a missing MKL fails in a second
+    warn_slow_paths()
     result = ms.finetune(model, domain, out_dir, domain_tokens, tokens, cache_dir=cache_dir, resume=resume,
                          overwrite=overwrite, seed=seed,
                          **_train_options(lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
@@ -620,6 +629,7 @@ def specialize(
     quiet: bool = QUIET_OPT,
 ):
     """Specialize a small model to a domain: pre-train (or reuse) a generic model, fine-tune, report."""
+    warn_slow_paths()
     report = ms.specialize(domain=domain, generic=generic, method=method, base=base,
                            preset=preset, out_dir=out_dir, domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens,
                            finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,

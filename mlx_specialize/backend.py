@@ -1,25 +1,25 @@
 """Compute backend: optimized BLAS on Linux, device facts, dtype policy.
 
-The `mlx-cpu` wheel links a reference BLAS (float32 matmul ~4 GFLOP/s on two x86
+The `mlx-cpu` wheel links a reference BLAS (float32 matmul ~5 GFLOP/s on two x86
 cores). MLX calls `cblas_sgemm` (and LAPACK) through the dynamic linker, so loading
 an optimized BLAS with RTLD_GLOBAL *before* `mlx.core` is imported makes MLX use it
-(~180-195 GFLOP/s here, 45x). This module must therefore be imported before
-`mlx.core`; `mlx_specialize/__init__.py` imports it first.
+(45x or more; BENCHMARKS.md, "Which BLAS"). This module must therefore be imported
+before `mlx.core`; `mlx_specialize/__init__.py` imports it first.
 
 Search order (first that loads wins), all skipped when MLXSPEC_BLAS=off:
-  1. MLXSPEC_BLAS=/path/to/libblas.so   an explicit library;
-  2. Intel MKL from PyPI (`pip install mlx-specialize[mkl]`), when installed: every x86
-     CPU; trains 0-15% faster than OpenBLAS here (no zero-fill of C before each
-     product, cheaper packing; BENCHMARKS.md);
-  3. the system OpenBLAS (Debian/Ubuntu `libopenblas0`): built for every x86 CPU;
-  4. PyPI `cmeel-openblas` (a declared dependency): built for AVX-512 only and
-     linked to libgfortran.so.5, so it is loaded only when this CPU has AVX-512
-     and the library resolves; otherwise it is skipped, never crashed on.
+  1. MLXSPEC_BLAS=/path/to/libblas.so   an explicit library (plain or `scipy_`-prefixed
+     symbols);
+  2. Intel MKL from PyPI (`pip install 'mlx-specialize[mkl]'`), when installed: opt-in;
+  3. PyPI `scipy-openblas32`, a declared dependency on Linux: the OpenBLAS wheel NumPy and
+     SciPy build against, built for every x86-64 CPU (DYNAMIC_ARCH), needing nothing
+     outside the virtual environment but glibc. Its symbols carry a `scipy_` prefix, so
+     a small forwarding library made in memory (blas_forward.py) gives MLX the plain names;
+  4. the system OpenBLAS (Debian/Ubuntu `libopenblas0`).
 A failure to find any never breaks import: `mlxspec doctor` then says how to get one.
 
 Side effect: a BLAS loaded with RTLD_GLOBAL also takes over the BLAS calls of other
-libraries in the same process. PyTorch trained 5.5x slower here with it (420 vs 2,300
-tok/s). Run PyTorch work in a process with MLXSPEC_BLAS=off.
+libraries in the same process that use the same names. PyTorch trained 5.5x slower here
+with the system OpenBLAS loaded so. Run PyTorch work in a process with MLXSPEC_BLAS=off.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import glob
 import os
 import platform
 import sys
-import sysconfig
 from dataclasses import dataclass
 
 ENV_VAR = "MLXSPEC_BLAS"
@@ -61,10 +60,17 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _site_dirs() -> list[str]:
-    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    dirs += [p for p in sys.path if p.endswith("site-packages")]
-    return list(dict.fromkeys(dirs))
+def _package_dir(name: str) -> str | None:
+    """The folder of an installed package, found without importing it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
 
 
 def _candidates() -> list[tuple[str, str]]:
@@ -75,6 +81,11 @@ def _candidates() -> list[tuple[str, str]]:
         if mkl:
             found.append(("Intel MKL (PyPI)", mkl[-1]))
             break
+    package = _package_dir("scipy_openblas32")
+    if package is not None:
+        libs = sorted(glob.glob(os.path.join(package, "lib", "libscipy_openblas*.so*")))
+        if libs:
+            found.append(("OpenBLAS (PyPI scipy-openblas32)", libs[0]))
     arch = platform.machine()
     for pattern in (
         f"/usr/lib/{arch}-linux-gnu/libopenblas.so.0",
@@ -85,14 +96,60 @@ def _candidates() -> list[tuple[str, str]]:
         if os.path.exists(pattern):
             found.append(("system OpenBLAS", pattern))
             break
-    flags = _cpu_flags()
-    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
-        for site in _site_dirs():
-            path = os.path.join(site, "cmeel.prefix", "lib", "libopenblas.so.0")
-            if os.path.exists(path):
-                found.append(("OpenBLAS SkylakeX (PyPI cmeel-openblas)", path))
-                break
     return found
+
+
+def _mlx_library() -> str | None:
+    """MLX's shared library (whose undefined BLAS symbols a forwarder must provide)."""
+    package = _package_dir("mlx")
+    path = os.path.join(package, "lib", "libmlx.so") if package else None
+    return path if path and os.path.exists(path) else None
+
+
+SCIPY_PREFIX = "scipy_"
+# Not called by MLX, forwarded so that `blas_threads` can set the thread count.
+THREAD_FUNCTIONS = ("openblas_get_num_threads", "openblas_set_num_threads")
+
+
+def _load(path: str):
+    """dlopen `path` with RTLD_GLOBAL; if its symbols carry the `scipy_` prefix, also a
+    forwarding library giving them their plain names (blas_forward.py). Returns the
+    handle through which the plain names are reached."""
+    handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    if hasattr(handle, "cblas_sgemm") or not hasattr(handle, SCIPY_PREFIX + "cblas_sgemm"):
+        return handle
+    from . import blas_forward
+
+    if not blas_forward.supported():
+        raise OSError(f"its symbols are prefixed and no forwarder is made for {platform.machine()}")
+    client = _mlx_library()
+    try:
+        if client is not None:
+            pairs = blas_forward.forwarding_pairs(path, client, SCIPY_PREFIX, THREAD_FUNCTIONS)
+        else:  # MLX's library not found: forward every prefixed function
+            provided = blas_forward.read_dynamic_symbols(path).defined_functions
+            pairs = sorted((n[len(SCIPY_PREFIX):], n) for n in provided if n.startswith(SCIPY_PREFIX))
+        image = blas_forward.build_forwarder(pairs, os.path.abspath(path), "libmlxspec_blas_forward.so")
+        return blas_forward.load_forwarder(image, "mlxspec_blas_forward")
+    except blas_forward.ForwardError as err:
+        raise OSError(str(err)) from None
+
+
+def cpu_description() -> str:
+    """The CPU in words, with the vector extensions that decide kernel speed here:
+    e.g. 'AMD EPYC, 2 cores, AVX2' or 'Intel Xeon ..., 2 cores, AVX-512, AMX'."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    flags = _cpu_flags()
+    vectors = [name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx512_bf16", "AVX512-BF16"),
+                                       ("amx_bf16", "AMX")) if flag in flags]
+    if "AVX-512" in vectors:
+        vectors.remove("AVX2")
+    return ", ".join([model, f"{os.cpu_count()} cores", *vectors])
 
 
 def is_x86() -> bool:
@@ -152,7 +209,7 @@ def load_optimized_blas() -> BlasInfo:
     errors = []
     for name, path in candidates:
         try:
-            handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            handle = _load(path)
         except OSError as err:
             errors.append(f"{name}: {err}")
             continue
@@ -216,8 +273,8 @@ def keep_freed_buffers() -> int | None:
 def blas_advice() -> str:
     """How to get a fast BLAS, for `doctor` and warnings."""
     return (
-        "install one: `apt-get install libopenblas0` (Debian/Ubuntu), or "
-        "`pip install 'mlx-specialize[mkl]'`, or point MLXSPEC_BLAS at a libblas.so"
+        "reinstall to get the declared scipy-openblas32 (pip install --force-reinstall scipy-openblas32), "
+        "or pip install 'mlx-specialize[mkl]', or point MLXSPEC_BLAS at a libblas.so"
     )
 
 
@@ -236,6 +293,48 @@ def train_dtype() -> str:
     """The dtype policy: float32 on CPU (x86 MLX has no fast bf16 matmul, ~5 GFLOP/s),
     float32 weights on GPU as well (mixed precision is not used yet)."""
     return "float32"
+
+
+def reference_blas_path() -> str | None:
+    """The reference BLAS inside the `mlx-cpu` wheel (what MLX uses without an optimized
+    one), or None (another platform or build)."""
+    package = _package_dir("mlx")
+    if package is None:
+        return None
+    libs = sorted(glob.glob(os.path.join(os.path.dirname(package), "mlx_cpu.libs", "libblas*.so*")))
+    return libs[0] if libs else None
+
+
+def reference_matmul_gflops(n: int = 512, repeats: int = 3) -> float | None:
+    """Measured float32 n x n x n `cblas_sgemm` of the wheel's reference BLAS, called
+    directly (not through MLX, which uses the optimized one once loaded); None where
+    that library is not there. What the optimized BLAS is compared with in `doctor`."""
+    import time
+
+    import numpy as np
+
+    path = reference_blas_path()
+    if path is None:
+        return None
+    try:
+        sgemm = ctypes.CDLL(path).cblas_sgemm  # its own symbol, whatever is loaded globally
+    except (OSError, AttributeError):
+        return None
+    f32p, i = ctypes.POINTER(ctypes.c_float), ctypes.c_int
+    sgemm.argtypes = [i, i, i, i, i, i, ctypes.c_float, f32p, i, f32p, i, ctypes.c_float, f32p, i]
+    sgemm.restype = None
+    a, b = np.random.default_rng(0).standard_normal((2, n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    ptr = lambda x: x.ctypes.data_as(f32p)  # noqa: E731
+    row_major, no_trans = 101, 111
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sgemm(row_major, no_trans, no_trans, n, n, n, 1.0, ptr(a), n, ptr(b), n, 0.0, ptr(c), n)
+        best = min(best, time.perf_counter() - t0)
+    if not np.allclose(c, a @ b, rtol=1e-3, atol=1e-2):
+        return None  # not a working sgemm: no figure rather than a wrong one
+    return 2 * n**3 / best / 1e9
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:

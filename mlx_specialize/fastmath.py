@@ -117,6 +117,8 @@ def kernels():
             _native["module"] = load("fast CPU training")
         except NativeUnavailable as err:
             _native["reason"] = str(err)
+        except Exception as err:  # an optional speed-up never stops a command: fall back
+            _native["reason"] = f"the C++ extension failed: {type(err).__name__}: {err}"
     return _native.get("module")
 
 

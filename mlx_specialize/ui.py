@@ -38,6 +38,13 @@ def info(message: str) -> None:
         console.print(escape(message))
 
 
+def warn(message: str) -> None:
+    """Print a plain-text `warning:` line; shown in quiet and --json mode too (stderr), not
+    by the secondary processes of a distributed job."""
+    if not SECONDARY:
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def progress(*extra_fields: str) -> Progress:
     """A progress bar with step counts, ETA and the named task fields (e.g. loss)."""
     columns = [

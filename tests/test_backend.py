@@ -62,3 +62,127 @@ def test_the_eval_order_is_made_breadth_first_unless_set():
 
     assert width() == backend.EVAL_WIDTH
     assert width(MLX_BFS_MAX_WIDTH="7") == "7"  # the user's setting wins
+
+
+# ---- the forwarding library (blas_forward.py), checked on libm, independently of BLAS ----
+linux_x86 = pytest.mark.skipif(sys.platform != "linux" or not backend.is_x86(), reason="x86-64 Linux only")
+
+
+@linux_x86
+def test_a_forwarder_calls_the_functions_it_names_under_new_names():
+    import ctypes
+    import ctypes.util
+    import math
+
+    from mlx_specialize import blas_forward
+
+    libm = ctypes.util.find_library("m")
+    ctypes.CDLL(libm, mode=ctypes.RTLD_GLOBAL)
+    image = blas_forward.build_forwarder([("mlxspec_test_cos", "cos"), ("mlxspec_test_hypot", "hypot")],
+                                         libm, "libmlxspec_test.so")
+    lib = blas_forward.load_forwarder(image, "mlxspec_test")
+    for name in ("mlxspec_test_cos", "mlxspec_test_hypot"):
+        getattr(lib, name).restype = ctypes.c_double
+    lib.mlxspec_test_cos.argtypes = [ctypes.c_double]
+    lib.mlxspec_test_hypot.argtypes = [ctypes.c_double, ctypes.c_double]
+    assert lib.mlxspec_test_cos(0.5) == math.cos(0.5)  # a double argument in xmm0, result back
+    assert lib.mlxspec_test_hypot(3.0, 4.0) == 5.0  # two arguments pass through the jump untouched
+    assert not hasattr(lib, "cos_plain_name_not_exported")
+
+
+@linux_x86
+def test_the_symbol_reader_and_the_writer_agree_with_each_other_and_with_libm(tmp_path):
+    from mlx_specialize import blas_forward
+
+    names = [(f"fwd_{i}", n) for i, n in enumerate(("sin", "cos", "tan", "exp", "log"))]
+    path = tmp_path / "fwd.so"
+    path.write_bytes(blas_forward.build_forwarder(names, "libm.so.6", "fwd.so"))
+    symbols = blas_forward.read_dynamic_symbols(str(path))
+    assert symbols.defined_functions == {a for a, _ in names}
+    assert symbols.undefined == {b for _, b in names}
+    libm = blas_forward.read_dynamic_symbols(_mapped_file("libm"))
+    assert {"sin", "cos", "exp", "hypot"} <= libm.defined_functions  # plain and IFUNC (cos, sin) functions
+    assert blas_forward.elf_hash(b"printf") == 0x077905A6  # the gABI's hash, value from glibc's dl-hash.h tests
+
+
+def _mapped_file(name: str) -> str:
+    """The file of the loaded library `name` (e.g. libm), from this process's memory map."""
+    import ctypes.util
+
+    ctypes.CDLL(ctypes.util.find_library(name[3:]))
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f if "/" in line}
+    return next(p for p in sorted(paths) if os.path.basename(p).startswith((name + ".so", name + "-")))
+
+
+# ---- what `pip install .` brings on x86-64 Linux ----------------------------------------
+MAPS = """
+import json, os, sys
+def libs():
+    with open("/proc/self/maps") as f:
+        return {line.split(None, 5)[5].strip() for line in f if len(line.split()) == 6 and ".so" in line}
+import mlx_specialize.backend as backend  # MLXSPEC_BLAS=off: nothing loaded yet
+before = libs()
+name, path = [c for c in backend._candidates() if "scipy-openblas32" in c[0]][0]
+backend._load(path)
+import mlx.core as mx
+a = mx.random.normal((256, 256)); b = mx.random.normal((256, 256))
+import numpy as np
+err = float(np.abs(np.array(a @ b) - np.array(a, np.float64) @ np.array(b, np.float64)).max())
+print(json.dumps({"new": sorted(libs() - before), "prefix": sys.prefix, "err": err}))
+"""
+ALLOWED_SYSTEM = ("libc.so", "libm.so", "libpthread.so", "libgcc_s.so", "libstdc++.so", "ld-linux", "libdl.so",
+                  "librt.so")
+
+
+@linux_x86
+def test_the_declared_openblas_loads_and_needs_nothing_outside_the_environment():
+    if not any("scipy-openblas32" in name for name, _ in backend._candidates()):
+        pytest.fail("scipy-openblas32, a dependency on x86-64 Linux, is not installed")
+    env = {**os.environ, backend.ENV_VAR: "off"}
+    out = subprocess.run([sys.executable, "-c", MAPS], capture_output=True, text=True, env=env, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["err"] < 1e-3  # MLX's products are right through the forwarder
+    outside = [p for p in result["new"] if not p.startswith(result["prefix"]) and not p.startswith("/memfd:")
+               and not os.path.basename(p).startswith(ALLOWED_SYSTEM)]
+    assert outside == [], f"the BLAS pulled in libraries from outside the environment: {outside}"
+    assert any("scipy_openblas" in p for p in result["new"])
+
+
+WHICH_SGEMM = """
+import ctypes, json, numpy as np, mlx_specialize as ms
+from mlx_specialize import backend
+import mlx.core as mx
+
+def product(sgemm, a, b):  # C = A @ B, row-major, through one library's cblas_sgemm
+    f32p, i = ctypes.POINTER(ctypes.c_float), ctypes.c_int
+    sgemm.argtypes = [i, i, i, i, i, i, ctypes.c_float, f32p, i, f32p, i, ctypes.c_float, f32p, i]
+    c = np.empty((a.shape[0], b.shape[1]), np.float32)
+    sgemm(101, 111, 111, a.shape[0], b.shape[1], a.shape[1], 1.0, a.ctypes.data_as(f32p), a.shape[1],
+          b.ctypes.data_as(f32p), b.shape[1], 0.0, c.ctypes.data_as(f32p), b.shape[1])
+    return c
+
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((256, 1000), dtype=np.float32), rng.standard_normal((1000, 200), dtype=np.float32)
+ours = np.array(mx.array(a) @ mx.array(b))
+reference = product(ctypes.CDLL(backend.reference_blas_path()).cblas_sgemm, a, b)
+loaded = product(ms.BLAS.handle.cblas_sgemm, a, b) if ms.BLAS.handle is not None else None
+print(json.dumps([ms.BLAS.name, np.array_equal(ours, reference),
+                  None if loaded is None else np.array_equal(ours, loaded)]))
+"""
+
+
+@linux_x86
+def test_mlx_computes_with_the_loaded_blas_not_the_reference_one():
+    """Bit for bit: MLX's product equals the loaded library's own `cblas_sgemm` and not the
+    wheel's reference BLAS (different summation orders round differently), and with the
+    loader off it equals the reference. A name forwarded wrongly would leave MLX on the
+    reference."""
+    env = {k: v for k, v in os.environ.items() if k != backend.ENV_VAR}
+    run = lambda extra: json.loads(subprocess.run(  # noqa: E731
+        [sys.executable, "-c", WHICH_SGEMM], capture_output=True, text=True, env={**env, **extra},
+        check=True).stdout.strip().splitlines()[-1])
+    name, equals_reference, equals_loaded = run({})
+    assert name is not None and equals_loaded is True and equals_reference is False
+    name, equals_reference, equals_loaded = run({backend.ENV_VAR: "off"})
+    assert name is None and equals_reference is True

@@ -15,7 +15,7 @@ import pytest
 
 from mlx_specialize import autocast
 from mlx_specialize.errors import SpecializeError
-from tests.conftest import tiny_loss_curve
+from helpers import tiny_loss_curve
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the C++ bf16 matmul is for Linux CPUs")
 

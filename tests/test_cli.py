@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import GENERIC
+from helpers import GENERIC
 
 MLXSPEC = [shutil.which("mlxspec")] if shutil.which("mlxspec") else [sys.executable, "-m", "cli.main"]
 runner = CliRunner()
@@ -64,8 +64,28 @@ def test_doctor_and_presets_report_json():
     assert doctor["cpu_fast_math"].split()[0] in ("on", "off")
     assert doctor["cpu_kernels"].split()[0] in ("on", "off") and "(" in doctor["cpu_kernels"]  # with its reason
     assert doctor["bf16_training"].split()[0] in ("available", "off")
+    for key in ("cpu", "blas", "blas_path", "matmul_gflops_f32", "reference_blas_gflops_f32", "blas_speedup",
+                "slow_paths"):
+        assert key in doctor
     presets = json.loads(runner.invoke(app, ["presets", "--json"]).stdout)["presets"]
     assert {"tiny", "small", "medium", "paper-slm", "paper-llm"} <= {p["name"] for p in presets}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the BLAS loader acts on Linux only")
+def test_training_warns_first_when_it_would_run_on_the_reference_blas(tmp_path, tiny_model_dir):
+    args = ["finetune", tiny_model_dir, tmp_path / "ft", "--domain-tokens", 4000, "--tokens", 2048,
+            "--cache-dir", tmp_path / "cache", "--json"]
+    slow = run_cli(*args, env={"MLXSPEC_BLAS": "off"})
+    assert slow.returncode == 0, slow.stderr
+    first = slow.stderr.strip().splitlines()[0]
+    assert first.startswith("warning: MLX is using the reference BLAS") and "slower" in first
+    assert "pip install" in first  # the command that fixes it, brackets and all
+    doctor = json.loads(run_cli("doctor", "--json", env={"MLXSPEC_BLAS": "off"}).stdout)
+    assert doctor["blas"] == "none" and "reference BLAS" in doctor["slow_paths"][0]
+    env = {k: v for k, v in os.environ.items() if k != "MLXSPEC_BLAS"}
+    fast = subprocess.run([*MLXSPEC, *map(str, args[:2]), str(tmp_path / "ft2"), *map(str, args[3:])],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert fast.returncode == 0 and "reference BLAS" not in fast.stderr, fast.stderr
 
 
 def _bad_inputs(tmp_path, model_dir, other_tokenizer):

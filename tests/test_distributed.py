@@ -22,7 +22,7 @@ import pytest
 
 import mlx_specialize as ms
 from mlx_specialize.train.checkpoint import checkpoint_dirs
-from tests.conftest import GENERIC
+from helpers import GENERIC
 
 STEPS, BATCH, CONTEXT, CHECKPOINT_EVERY = 8, 8, 64, 4
 

@@ -11,7 +11,7 @@ import mlx_specialize as ms
 from mlx_specialize import fastmath
 from mlx_specialize.backend import keep_freed_buffers
 from mlx_specialize.train.losses import cross_entropy
-from tests.conftest import tiny_loss_curve
+from helpers import tiny_loss_curve
 
 
 @pytest.fixture(autouse=True)

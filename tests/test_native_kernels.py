@@ -4,6 +4,7 @@ parallel streams; the model and the trainer use them inside a fast-math scope an
 to the same loss curve; and where they are switched off, the fast math of fastmath.py
 serves and `mlxspec doctor` says why."""
 
+import shutil
 import sys
 
 import mlx.core as mx
@@ -18,7 +19,7 @@ from mlx_specialize import fastmath
 from mlx_specialize.backend import is_x86
 from mlx_specialize.models import dense
 from mlx_specialize.train.losses import cross_entropy
-from tests.conftest import tiny_loss_curve
+from helpers import tiny_loss_curve
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or not is_x86(),
@@ -207,3 +208,31 @@ def test_a_failed_build_falls_back_to_fastmath_and_doctor_says_why(monkeypatch):
     with fastmath.scope(True):
         assert fastmath.native(gate) is None
         _close(mx.compile(dense.swiglu)(gate, up), nn.silu(gate) * up, rtol=2e-6, atol=1e-6)  # fastmath's silu
+
+
+def test_an_incomplete_install_falls_back_with_the_missing_file_named(monkeypatch, tmp_path):
+    """A wheel without one of the C++ sources (as once without common.h) must not stop
+    training: the kernels are off, and the reason names the file."""
+    from mlx_specialize import native
+
+    for name in native.SOURCES:
+        if name != "common.h":
+            shutil.copy(native.SOURCE_DIR / name, tmp_path / name)
+    monkeypatch.setattr(native, "SOURCE_DIR", tmp_path)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(fastmath, "_native", {})
+    assert fastmath.kernels() is None
+    status = fastmath.kernels_status()
+    assert status.startswith("off (the C++ sources are incomplete") and "common.h" in status
+
+
+def test_any_failure_of_the_extension_falls_back(monkeypatch):
+    from mlx_specialize import native
+
+    def crashing(purpose):
+        raise RuntimeError("the compiler crashed")
+
+    monkeypatch.setattr(fastmath, "_native", {})
+    monkeypatch.setattr(native, "load", crashing)
+    assert fastmath.kernels() is None
+    assert "RuntimeError: the compiler crashed" in fastmath.kernels_status()

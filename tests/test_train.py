@@ -14,7 +14,7 @@ import pytest
 import mlx_specialize as ms
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.train.checkpoint import checkpoint_dirs
-from tests.conftest import DOMAIN, GENERIC
+from helpers import DOMAIN, GENERIC
 
 
 def test_loss_falls_on_real_text(tiny_model_dir, tokenizer, cache_dir):

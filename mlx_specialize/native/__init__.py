@@ -58,7 +58,12 @@ def _cpu_model() -> str:
 def cache_key() -> str:
     digest = hashlib.sha256(_versions().encode() + _cpu_model().encode())
     for name in SOURCES:
-        digest.update((SOURCE_DIR / name).read_bytes())
+        try:
+            digest.update((SOURCE_DIR / name).read_bytes())
+        except OSError as err:  # an incomplete install: fall back, say what is missing
+            raise NativeUnavailable(
+                f"the C++ sources are incomplete ({SOURCE_DIR / name}: {err.strerror or err}): "
+                "reinstall mlx-specialize") from None
     return digest.hexdigest()[:16]
 
 

@@ -1,0 +1,43 @@
+"""Which slow paths this machine would train on, said before the work starts.
+
+`mlxspec specialize`, `pretrain` and `finetune` print each line of `slow_paths()` as a
+warning at their start; `mlxspec doctor` reports the same facts in its table. Each line
+says what is slow, by how much (measured here: BENCHMARKS.md, "Which BLAS" and "A fresh
+install"), and the command that fixes it. Nothing is said on a GPU or a Mac, where
+neither the BLAS loader nor the C++ kernels are used.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .backend import BLAS, blas_advice, is_x86
+
+
+def slow_paths() -> list[str]:
+    """One line per slow path in effect for training on this machine (empty: none)."""
+    import mlx.core as mx
+
+    if sys.platform != "linux" or mx.default_device().type != mx.cpu:
+        return []
+    lines = []
+    if BLAS.name is None:
+        lines.append(
+            f"MLX is using the reference BLAS of its wheel ({BLAS.note}): matrix products run about 40x "
+            f"slower and training about 10x slower than with an optimized BLAS; {blas_advice()}")
+    if is_x86():
+        from . import fastmath
+
+        if not fastmath.supported():
+            lines.append(f"the fast CPU math is {fastmath.status()}: training runs about 3x slower")
+        elif fastmath.kernels() is None:
+            lines.append(f"the C++ training kernels are {fastmath.kernels_status()}: training runs about 1.2x slower")
+    return lines
+
+
+def warn_slow_paths() -> None:
+    """Print `slow_paths()` as warning lines (stderr)."""
+    from . import ui
+
+    for line in slow_paths():
+        ui.warn(line)
