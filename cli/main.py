@@ -136,7 +136,7 @@ def doctor(json_out: bool = JSON_OPT):
     table = Table(title="mlxspec doctor", show_header=False)
     for k, v in report.items():
         if k != "slow_paths":
-            table.add_row(k, str(v))
+            table.add_row(k, escape(str(v)))  # text, not markup: "[bf16]" must print
     out.print(table)
     for line in report["slow_paths"]:
         ui.warn(line)

@@ -272,10 +272,10 @@ def keep_freed_buffers() -> int | None:
 
 def blas_advice() -> str:
     """How to get a fast BLAS, for `doctor` and warnings."""
-    return (
-        "reinstall to get the declared scipy-openblas32 (pip install --force-reinstall scipy-openblas32), "
-        "or pip install 'mlx-specialize[mkl]', or point MLXSPEC_BLAS at a libblas.so"
-    )
+    if is_x86():
+        return ("pip install --force-reinstall scipy-openblas32 (a dependency that should have come with "
+                "mlx-specialize), or pip install 'mlx-specialize[mkl]', or point MLXSPEC_BLAS at a libblas.so")
+    return "apt-get install libopenblas0 (Debian/Ubuntu), or point MLXSPEC_BLAS at a libblas.so"
 
 
 def device_name() -> str:
