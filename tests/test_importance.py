@@ -13,7 +13,7 @@ from mlx_specialize.data.clustering import assign, kmeans
 from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
 from mlx_specialize.data.selection import histogram, kl_divergence, select
 
-from conftest import GENERIC
+from helpers import GENERIC
 
 
 def planted(n_per=400, k=6, d=16, seed=0):

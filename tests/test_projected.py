@@ -15,7 +15,7 @@ from mlx_specialize import importance as imp
 from mlx_specialize.models.projected import ProjectedModel, ProjectionArgs, load_projected, one_hot
 from mlx_specialize.train.projected import ClusterBatches, SoupBatches, instantiate_folder
 
-from conftest import GENERIC
+from helpers import GENERIC
 
 
 def network(arch: str, tokenizer, k: int = 5) -> ProjectedModel:
