@@ -193,15 +193,16 @@ class Trainer:
             # batch: [grad_accum, rows, context + 1] int32 (this rank's rows); counts:
             # [grad_accum] float32 targets in each whole global micro-batch; cond: [grad_accum, n] or None
             self.rng[0], _ = mx.random.split(self.rng[0])
+            # each micro-batch's summed NLL over the whole step's target count: their sum is
+            # the mean over all the step's targets, as one big batch (a mean of the
+            # micro-batches' means would weigh each target by its own micro-batch's count)
+            count = counts.sum()
             conds = [None if cond is None else cond[a] for a in range(cfg.grad_accum)]
-            loss, grads = loss_and_grad(model, batch[0, :, :-1], batch[0, :, 1:], conds[0], counts[0])
+            loss, grads = loss_and_grad(model, batch[0, :, :-1], batch[0, :, 1:], conds[0], count)
             for a in range(1, cfg.grad_accum):
-                loss_a, grads_a = loss_and_grad(model, batch[a, :, :-1], batch[a, :, 1:], conds[a], counts[a])
+                loss_a, grads_a = loss_and_grad(model, batch[a, :, :-1], batch[a, :, 1:], conds[a], count)
                 loss = loss + loss_a
                 grads = tree_map(mx.add, grads, grads_a)
-            if cfg.grad_accum > 1:
-                loss = loss / cfg.grad_accum
-                grads = tree_map(lambda g: g / cfg.grad_accum, grads)
             if world.size > 1:
                 grads = nn.average_gradients(grads, world.group)  # batched all-reduce
                 loss = dist.all_sum(loss, world) / world.size  # for reporting
