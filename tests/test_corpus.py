@@ -6,7 +6,7 @@ import json
 import pytest
 
 import mlx_specialize as ms
-from mlx_specialize.data.corpus import SPLITS, hash_split
+from mlx_specialize.data.corpus import MAX_DOC_CHARS, SPLITS, hash_split
 from mlx_specialize.errors import SpecializeError
 
 
@@ -59,14 +59,43 @@ def test_parquet(tmp_path, docs):
     assert read_all(str(tmp_path / "d.parquet")) == docs
 
 
+def test_only_folders_inside_the_named_folder_decide_a_split(tmp_path, docs):
+    """A corpus that lives under a folder named like a split (a project in ~/dev, a venv
+    under /test) is not that split: only the file's name and the folders inside the folder
+    the user named count."""
+    outer = tmp_path / "dev" / "project" / "test"
+    (outer / "notes" / "train").mkdir(parents=True)
+    (outer / "notes" / "valid").mkdir()
+    (outer / "notes" / "train" / "a.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in docs["train"]))
+    (outer / "notes" / "valid" / "b.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in docs["valid"]))
+    found = read_all(str(outer / "notes"))
+    assert found["train"] == docs["train"] and found["valid"] == docs["valid"] and not found.get("test")
+    single = outer / "one.jsonl"  # a single file: its name alone could name a split
+    texts = [f"{t}\n# copy {i}" for i, t in enumerate(docs["train"] * 20)]  # 120 distinct documents
+    single.write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    spread = read_all(str(single))
+    assert 90 < len(spread["train"]) < 120 and len(spread["test"]) < 30  # the 90/5/5 hash split, not all "test"
+
+
 def test_folder_with_split_named_files_and_text_files(tmp_path, docs):
     for split, name in (("train", "train"), ("valid", "validation"), ("test", "test")):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in docs[split]))
     assert read_all(str(tmp_path)) == docs
+    # A plain-text file is cut at blank lines into documents of at most MAX_DOC_CHARS
+    # characters: a paragraph joins the document before it only if the two, with the blank
+    # line between them, still fit. Paragraphs sized on either side of that edge, by hand.
+    limit = MAX_DOC_CHARS
+    text = " ".join(" ".join(d.split()) for d in docs["train"])  # real code, no blank lines
+    sizes = [limit // 2 - 2, limit // 2, limit // 2 - 2, limit // 2 + 1]
+    ends = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    assert len(text) >= ends[-1]
+    paras = [text[a:b] for a, b in zip(ends, ends[1:])]
     txt = tmp_path / "txt"
     (txt / "dev").mkdir(parents=True)
-    (txt / "dev" / "notes.txt").write_text(docs["valid"][0])
-    assert read_all(str(txt))["valid"] == list(ms.data.corpus._cut_paragraphs(docs["valid"][0]))
+    (txt / "dev" / "notes.txt").write_text("\n\n".join(paras))
+    expected = [paras[0] + "\n\n" + paras[1],  # exactly `limit` characters: one document
+                paras[2], paras[3]]  # limit + 1 together: two
+    assert read_all(str(txt))["valid"] == expected
 
 
 def test_documents_without_splits_get_a_deterministic_hash_split(tmp_path):

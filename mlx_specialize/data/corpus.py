@@ -10,8 +10,8 @@ A corpus is named by a *spec* string, the same everywhere (`--domain`, `--generi
   loaded with `datasets.load_dataset` (NAME may also be a local dataset folder);
 - several of the above joined by commas: their documents concatenated (a mixture).
 
-Splits: a record's own `split` field wins (minipile has one); then a file or folder
-named train / valid / validation / dev / test; then a dataset's own splits; otherwise a
+Splits: a record's own `split` field wins (minipile has one); then a file, or a folder
+inside the folder named in the spec, called train / valid / validation / dev / test; then a dataset's own splits; otherwise a
 deterministic document-level split from a hash of the text (90% / 5% / 5%).
 """
 
@@ -56,8 +56,12 @@ def hash_split(text: str) -> str:
     return "train" if bucket < 90 else "valid" if bucket < 95 else "test"
 
 
-def _split_from_path(path: Path) -> str | None:
-    for part in [path.name.split(".")[0], *reversed(path.parent.parts)]:
+def _split_from_path(path: Path, root: Path | None = None) -> str | None:
+    """The split a file's name or its folders below `root` (the folder the user named)
+    give it: folders above the corpus (a venv under ~/dev, a project under /test) never
+    decide a split."""
+    folders = path.parent.relative_to(root).parts if root is not None and root in path.parents else ()
+    for part in [path.name.split(".")[0], *reversed(folders)]:
         if part.lower() in SPLIT_ALIASES:
             return SPLIT_ALIASES[part.lower()]
     return None
@@ -112,14 +116,16 @@ def _pick_text(record, field_name: str | None, where: str) -> str:
 
 @dataclass
 class LocalFiles:
-    """Documents from local files. Yields (text, split or None) pairs."""
+    """Documents from local files under `root` (the folder named in the spec; for a single
+    file, its folder). Yields (text, split or None) pairs."""
 
     paths: list[Path]
     field_name: str | None = None
+    root: Path | None = None
 
     def records(self) -> Iterator[tuple[str, str | None]]:
         for path in self.paths:
-            file_split = _split_from_path(path)
+            file_split = _split_from_path(path, self.root)
             for text, split in self._file_records(path):
                 yield text, split or file_split
 
@@ -202,6 +208,11 @@ class LocalFiles:
     def fingerprint(self, h) -> None:
         h.update(f"files|{self.field_name}".encode())
         for path in self.paths:
+            # Besides the bytes, what decides the documents: the split a file's place gives
+            # its records, how it is read (.txt, .jsonl, ...) and where it ends. A file
+            # moved to another split folder is another train split.
+            kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1]
+            h.update(f"|{_split_from_path(path, self.root)}|{kind}|{path.stat().st_size}|".encode())
             with open(path, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
@@ -314,9 +325,10 @@ def load_corpus(spec: str, field_name: str | None = None) -> Corpus:
         if part.startswith("hf:"):
             sources.append(_parse_hf(part))
         elif part in bundled_names() and not os.path.exists(part):
-            sources.append(LocalFiles([DEMO_DIR / f"{part}.jsonl.gz"], field_name))
+            sources.append(LocalFiles([DEMO_DIR / f"{part}.jsonl.gz"], field_name, DEMO_DIR))
         elif os.path.exists(part):
-            sources.append(LocalFiles(_local_files(Path(part)), field_name))
+            path = Path(part)
+            sources.append(LocalFiles(_local_files(path), field_name, path if path.is_dir() else path.parent))
         else:
             raise SpecializeError(
                 f"unknown corpus '{part}': not a file or folder, and not a bundled corpus "
