@@ -80,6 +80,49 @@ def test_count_params_matches_the_module(tied, extras):
     assert count_params(args)["total"] == actual
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_flops_per_token_by_hand(tied):
+    """FLOPs per token (Kaplan et al. 2020, as flops_per_token's docstring defines them):
+    2 per weight a token is multiplied by in the forward pass, plus 2 n_layer context
+    d_attn for attention, times 3 for training (forward + twice as much backward).
+    Worked out by hand for 2 layers, d 64, SwiGLU width 172, 4 heads of 16, vocab 512,
+    context 128. Tied or not, the input embedding is a lookup (no FLOPs) and the output
+    projection is multiplied once, so the FLOPs are the same; only storage differs."""
+    args = ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=172, num_attention_heads=4,
+                     vocab_size=512, tie_word_embeddings=tied)
+    # One block: q, k, v, o projections 4 * 64 * 64 = 16,384; gate, up, down
+    # 3 * 64 * 172 = 33,024; two RMSNorm weights 2 * 64 = 128 (one multiply each).
+    block = 16_384 + 33_024 + 128
+    assert block == 49_536
+    # Per token: 2 blocks + final norm (64) + output projection 512 * 64 = 32,768.
+    n_matmul = 2 * block + 64 + 32_768
+    assert n_matmul == 131_904
+    # Stored: the same, plus the input embedding 512 * 64 when it is not the output's.
+    assert count_params(args)["total"] == (131_904 if tied else 131_904 + 32_768)
+    # Attention: 2 n_layer context d_attn = 2 * 2 * 128 * (4 * 16) = 32,768 (QK^T and
+    # AV, 2 * context * d_attn each at full context, causal: half of it on average).
+    forward = 2 * 131_904 + 32_768
+    assert forward == 296_576
+    assert ms.flops_per_token(args, 128, training=False) == forward
+    assert ms.flops_per_token(args, 128) == 3 * 296_576 == 889_728
+    # Twice the context adds the attention term once more, nothing else.
+    assert ms.flops_per_token(args, 256, training=False) == 296_576 + 32_768
+
+
+def test_flops_per_token_with_grouped_query_attention():
+    """With 2 KV heads for 4 query heads, k and v shrink to 64 x 32 (fewer weights), but
+    attention still runs over 4 query heads of 16 (d_attn 64)."""
+    args = ModelArgs(hidden_size=64, num_hidden_layers=2, intermediate_size=172, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=512)
+    # q and o 2 * 64 * 64 = 8,192; k and v 2 * 64 * 32 = 4,096; MLP 33,024; norms 128.
+    block = 8_192 + 4_096 + 33_024 + 128
+    n_matmul = 2 * block + 64 + 32_768
+    assert n_matmul == 123_712
+    forward = 2 * 123_712 + 2 * 2 * 128 * 64
+    assert forward == 280_192
+    assert ms.flops_per_token(args, 128) == 3 * 280_192
+
+
 def test_model_args_from_dict_ignores_unknown_fields():
     args = ModelArgs.from_dict({"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64,
                                 "num_attention_heads": 2, "vocab_size": 300, "mlxspec": {"x": 1}, "torch_dtype": "f32"})
