@@ -1,6 +1,7 @@
 """Importance sampling (SLM-is): k-means, samplers, resumable embeddings, the pipeline."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from cli.main import app
 from mlx_specialize import importance as imp
 from mlx_specialize.data.clustering import assign, kmeans
 from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
-from mlx_specialize.data.selection import histogram, kl_divergence, select
+from mlx_specialize.data.selection import histogram, importance_weights, kl_divergence, select
 
 from helpers import GENERIC
 
@@ -41,24 +42,82 @@ def test_kmeans_is_seeded_and_refuses_impossible_k():
         kmeans(x, 400)
 
 
+# A generic corpus far from uniform, and a domain that wants most of what it has least of:
+# w(c) = P(c|D) / P(c|G) then differs a lot from P(c|D) (or P(c|D) * P(c|G)), so a sampler
+# fed the wrong weights is caught (with a uniform generic, every such weight is a constant
+# multiple of P(c|D) and draws the same windows).
+GENERIC_P = np.array([0.02, 0.03, 0.05, 0.07, 0.09, 0.11, 0.13, 0.15, 0.17, 0.18])
+DOMAIN_P = np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.05, 0.05, 0.03, 0.02, 0.0])
+
+
 def synthetic_labels(seed=0):
     rng = np.random.default_rng(seed)
-    generic = rng.choice(10, size=50_000, p=np.full(10, 0.1))
-    target = np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.05, 0.05, 0.03, 0.02, 0.0])
-    domain = rng.choice(10, size=5_000, p=target)
+    generic = rng.choice(10, size=200_000, p=GENERIC_P)
+    domain = rng.choice(10, size=5_000, p=DOMAIN_P)
     return generic, domain, histogram(domain, 10)
+
+
+def without_replacement_histogram(sizes, weights, n):
+    """Expected cluster histogram of `n` windows drawn without replacement, each window
+    with probability proportional to its cluster's weight (what Gumbel-top-n does), for
+    many windows per cluster (Rosen's approximation of successive sampling, 1997): a window of
+    cluster c is drawn with probability 1 - exp(-w(c) t), t such that the expected counts
+    sum to n. Clusters the domain wants a lot of get used up, so this is not P(c|D)."""
+    expected = lambda t: sizes * (1 - np.exp(-weights * t))
+    lo, hi = 0.0, 1.0
+    while expected(hi).sum() < n:
+        hi *= 2
+    for _ in range(100):  # bisection on t
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected(mid).sum() < n else (lo, mid)
+    return expected(lo) / n
+
+
+def test_importance_weights_by_hand():
+    """w(c) = P(c|D) / P(c|G); a cluster without generic windows gets 0 (no window to draw)."""
+    p_domain = np.array([0.5, 0.3, 0.2, 0.0])
+    p_generic = np.array([0.25, 0.6, 0.0, 0.15])
+    np.testing.assert_allclose(importance_weights(p_domain, p_generic), [2.0, 0.5, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("sampler,bound", [("cluster", 0.002), ("gumbel", 0.02)])
 def test_selected_histogram_matches_the_domains(sampler, bound):
-    generic, domain, p_domain = synthetic_labels()
-    selection = select(generic, domain, 10, 10_000, sampler, seed=0)
-    assert kl_divergence(p_domain, histogram(generic, 10)) > 0.1  # generic is far from the target ...
-    assert selection.kl_selected < bound  # ... the selection is close (without replacement: less so, 20% drawn)
-    if sampler == "gumbel":
-        assert selection.repeats["max"] == 1 and selection.repeats["unique"] == 10_000
+    """The selected windows' clusters, counted here, follow the histogram each sampler
+    should give: P(c|D) itself (cluster first, with replacement), or, drawing 5% of the
+    generic windows by w(c) = P(c|D) / P(c|G) without replacement, the histogram
+    `without_replacement_histogram` expects from the cluster sizes and weights computed here."""
+    generic, domain, _ = synthetic_labels()
+    n = 10_000
+    sizes = np.bincount(generic, minlength=10).astype(np.float64)
+    p_domain = np.bincount(domain, minlength=10) / len(domain)
+    p_generic = sizes / sizes.sum()
+    selection = select(generic, domain, 10, n, sampler, seed=0)
+    got = np.bincount(generic[selection.indices], minlength=10) / n
+    if sampler == "cluster":
+        expected = p_domain
     else:
-        assert selection.repeats["unique"] < 10_000  # with replacement
+        expected = without_replacement_histogram(sizes, p_domain / p_generic, n)
+        # The test has power: the wrong weights would select far from the right ones.
+        for wrong in (p_domain, p_domain * p_generic):
+            assert np.abs(without_replacement_histogram(sizes, wrong, n) - expected).max() > 0.1
+    assert np.abs(got - expected).max() < 0.02, (got, expected)
+    assert kl_divergence(p_domain, p_generic) > 0.1  # generic is far from the target ...
+    assert selection.kl_selected < bound  # ... the selection is close (without replacement: less so)
+    if sampler == "gumbel":
+        assert selection.repeats["max"] == 1 and selection.repeats["unique"] == n
+    else:
+        assert selection.repeats["unique"] < n  # with replacement
+
+
+def test_unmatched_mass_is_the_domain_mass_without_generic_windows():
+    """Domain windows in clusters the generic corpus lacks cannot be matched: their share
+    of the domain (not of the generic corpus) is reported, and no sampler draws there."""
+    generic = np.array([0, 1, 1, 2, 2, 2, 4] * 50)  # no cluster 3, nor 5
+    domain = np.array([0, 0, 0, 1, 3, 3, 5, 4])  # clusters 3 and 5: 3 of its 8 windows
+    for sampler in ("cluster", "gumbel"):
+        selection = select(generic, domain, 6, 100, sampler, seed=0)
+        assert selection.unmatched_mass == pytest.approx(3 / 8)
+        assert not np.isin(generic[selection.indices], [3, 5]).any()
 
 
 def test_samplers_are_deterministic_under_a_seed():
@@ -73,8 +132,9 @@ def test_selection_errors():
     generic, domain, _ = synthetic_labels()
     with pytest.raises(ms.SpecializeError, match="no windows"):
         select(generic, domain[:0], 10, 100)
-    with pytest.raises(ms.SpecializeError, match="without replacement"):
-        select(generic, domain, 10, 60_000, "gumbel")
+    eligible = int(np.isin(generic, np.unique(domain)).sum())  # windows of the clusters the domain has
+    with pytest.raises(ms.SpecializeError, match=f"without replacement but only {eligible} generic windows"):
+        select(generic, domain, 10, eligible + 1, "gumbel")
 
 
 class Interrupted(Exception):
@@ -119,11 +179,14 @@ def test_cli_pipeline_embed_cluster_select_pretrain(tmp_path):
     folder = json.loads(emb.stdout.strip().splitlines()[-1])["embeddings"]
     clu = runner.invoke(app, ["data", "cluster", folder, "--k", "8", "--out", str(tmp_path / "cl"), "--json"])
     assert clu.exit_code == 0, clu.output
+    tokens = 40_000
     sel = runner.invoke(app, ["data", "select", "--clusters", str(tmp_path / "cl"), "--domain", "python-docs",
-                              "--tokens", "40000", "--out", str(tmp_path / "sel"), *common])
+                              "--tokens", str(tokens), "--out", str(tmp_path / "sel"), *common])
     assert sel.exit_code == 0, sel.output
     report = json.loads(sel.stdout.strip().splitlines()[-1])
-    assert report["kl_selected"] < report["kl_generic"] and report["windows"] == 313
+    windows = math.ceil(tokens / 128)  # whole 128-token windows that hold the tokens asked for
+    assert report["kl_selected"] < report["kl_generic"] and report["windows"] == windows
+    assert len(imp.load_selected(tmp_path / "sel").tokens) == windows * 128
     assert (tmp_path / "sel" / "histograms.png").stat().st_size > 1000 and len(report["top_clusters"]) > 0
     pre = runner.invoke(app, ["pretrain", str(tmp_path / "pre"), "--selection", str(tmp_path / "sel"),
                               "--preset", "tiny", "--tokens", "8192", *common])

@@ -11,6 +11,8 @@ import mlx_specialize as ms
 from mlx_specialize import importance as imp
 from mlx_specialize.models.mixture import choose_expert, expert_split, load_mixture
 
+from helpers import domain_histogram
+
 
 def test_an_expert_trains_on_its_cluster_and_nothing_else():
     rng = np.random.default_rng(0)
@@ -37,7 +39,17 @@ def two_experts(tmp_path, tiny_model_dir, tokenizer):
     return mixture
 
 
-def test_selection_rules_pick_as_specified(two_experts, tokenizer, cache_dir):
+def test_selection_rules_pick_as_specified(two_experts, tokenizer, cache_dir, tmp_path):
+    """`frequent`: the expert of the cluster most of the domain's windows fall in (by hand:
+    windows in clusters 2, 0, 2, 1, 0, 2, 3 of k = 4 count [2, 1, 3, 1], so expert 2, not the
+    rarest, 1, nor the runner-up, 0); `loss`: the expert with the lowest loss on the domain."""
+    four = tmp_path / "four"  # `frequent` reads only mixture.json, not the experts
+    four.mkdir()
+    (four / "mixture.json").write_text(json.dumps({"arch": "mix", "k": 4,
+                                                    "experts": [f"expert-{c:03d}" for c in range(4)]}))
+    chosen, scores = choose_expert(four, "frequent", domain_labels=np.array([2, 0, 2, 1, 0, 2, 3]))
+    assert chosen == 2
+    np.testing.assert_allclose(scores, [2 / 7, 1 / 7, 3 / 7, 1 / 7])
     domain = imp.corpus_split("python-docs", "valid", tokenizer, cache_dir)
     labels = np.array([0, 0, 0, 1])  # the domain's windows mostly fall in cluster 0 ...
     assert choose_expert(two_experts, "frequent", domain_labels=labels)[0] == 0
@@ -58,7 +70,10 @@ def test_specialize_with_a_mixture_of_experts(tmp_path):
                            pretrain_tokens=48 * 1024, finetune_tokens=16 * 1024, out_dir=tmp_path / "run",
                            cache_dir=tmp_path / "cache", window=128)
     chosen = report["phases"]["select"]
-    assert chosen["rule"] == "frequent" and chosen["expert"] == int(np.argmax(chosen["scores"]))
+    clusters_dir = load_mixture(report["phases"]["pretrain"]["model"])["clusters"]
+    expected = domain_histogram(clusters_dir, "python-docs", tmp_path / "cache")  # counted here
+    assert chosen["rule"] == "frequent" and chosen["expert"] == int(np.argmax(expected))
+    np.testing.assert_allclose(chosen["scores"], expected, atol=0.01)
     assert report["phases"]["pretrain"]["experts"] == 3 and report["ppl_after"] < report["ppl_before"]
     meta = load_mixture(report["phases"]["pretrain"]["model"])
     assert meta["arch"] == "mix" and len(meta["experts"]) == 3

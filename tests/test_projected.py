@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 import mlx_specialize as ms
 from cli.main import app
 from mlx_specialize import importance as imp
-from mlx_specialize.models.projected import ProjectedModel, ProjectionArgs, load_projected, one_hot
-from mlx_specialize.train.projected import ClusterBatches, SoupBatches, instantiate_folder
+from mlx_specialize.models.projected import (ProjectedModel, ProjectionArgs, load_projected, one_hot,
+                                             read_projected_config)
+from mlx_specialize.train.projected import ClusterBatches, SoupBatches, domain_condition, instantiate_folder
 
-from helpers import GENERIC
+from helpers import GENERIC, domain_histogram
 
 
 def network(arch: str, tokenizer, k: int = 5) -> ProjectedModel:
@@ -92,6 +93,19 @@ def test_soup_batches_follow_their_domain_weights():
     assert np.count_nonzero(SoupBatches(tokens, labels, 8, 8, 32, 6, seed=2).condition(0)) == 6  # default: all
 
 
+def test_a_domain_condition_is_its_most_frequent_cluster_or_its_histogram():
+    """By hand: windows in clusters 2, 0, 2, 1, 0, 2 of k = 4 make the histogram
+    [2, 1, 3, 0] / 6; `frequent` is cluster 2's one-hot (not the rarest, 3, nor the
+    runner-up, 0), `histogram` the histogram itself."""
+    labels = np.array([2, 0, 2, 1, 0, 2])
+    cond, chosen = domain_condition(labels, 4, "frequent")
+    assert chosen["cluster"] == 2 and cond.tolist() == [0.0, 0.0, 1.0, 0.0]
+    cond, chosen = domain_condition(labels, 4, "histogram")
+    np.testing.assert_allclose(cond, [2 / 6, 1 / 6, 3 / 6, 0.0])
+    assert "cluster" not in chosen and chosen["entropy_nats"] == pytest.approx(
+        -(2 / 6 * np.log(2 / 6) + 1 / 6 * np.log(1 / 6) + 3 / 6 * np.log(3 / 6)))
+
+
 def test_pretrain_pn_instantiate_and_refusals(tmp_path, tiny_model_dir):
     runner = CliRunner()
     common = ["--cache-dir", str(tmp_path / "cache"), "--json"]
@@ -107,8 +121,11 @@ def test_pretrain_pn_instantiate_and_refusals(tmp_path, tiny_model_dir):
                   "--preset", "tiny", "--tokens", "8192", "--basis", "4"])
     assert summary["params"] > 2 * summary["active_params"] and summary["best_valid_loss"] is not None
     chosen = ok(["instantiate", str(tmp_path / "pn"), str(tmp_path / "dom"), "--domain", "python-docs"])
-    assert chosen["cluster"] == int(np.argmax(chosen["histogram"]))
-    assert ms.load_model(tmp_path / "dom")[2]["mlxspec"]["cluster"] == chosen["cluster"]
+    expected = domain_histogram(tmp_path / "cl", "python-docs", tmp_path / "cache")
+    np.testing.assert_allclose(chosen["histogram"], expected, atol=0.01)
+    assert chosen["cluster"] == int(np.argmax(expected))  # the most frequent cluster, counted here
+    written = ms.load_model(tmp_path / "dom")[2]["mlxspec"]  # ... is the one the dense SLM was made for
+    assert written["cluster"] == chosen["cluster"] and written["condition"] == np.eye(4)[chosen["cluster"]].tolist()
     ok(["instantiate", str(tmp_path / "pn"), str(tmp_path / "c1"), "--cluster", "1"])
     assert (tmp_path / "c1" / "tokenizer.model").is_file()
     ok(["finetune", str(tmp_path / "c1"), str(tmp_path / "ft"), "--tokens", "2048"])  # a dense SLM like any other
@@ -138,10 +155,16 @@ def test_specialize_with_a_projected_network_and_a_soup(tmp_path):
                "finetune_tokens": 16 * 1024, "cache_dir": tmp_path / "cache", "window": 128}
     pn = ms.specialize(method="pn", out_dir=tmp_path / "pn", **options)
     chosen = pn["phases"]["select"]
-    assert chosen["rule"] == "frequent" and chosen["cluster"] == int(np.argmax(chosen["histogram"]))
+    clusters_dir = read_projected_config(pn["phases"]["pretrain"]["model"])["mlxspec"]["clusters"]
+    expected = domain_histogram(clusters_dir, "python-docs", tmp_path / "cache")  # counted here
+    assert chosen["rule"] == "frequent" and chosen["cluster"] == int(np.argmax(expected))
+    condition = ms.load_model(chosen["instance"])[2]["mlxspec"]["condition"]  # what the SLM was made for
+    assert condition == np.eye(3)[int(np.argmax(expected))].tolist()
     assert pn["ppl_after"] < pn["ppl_before"] and pn["phases"]["pretrain"]["arch"] == "pn"
     soup = ms.specialize(method="soup", out_dir=tmp_path / "soup", **options)
     assert soup["phases"]["select"]["rule"] == "histogram" and "cluster" not in soup["phases"]["select"]
+    condition = ms.load_model(soup["phases"]["select"]["instance"])[2]["mlxspec"]["condition"]
+    np.testing.assert_allclose(condition, expected, atol=0.01)  # the whole histogram
     assert soup["ppl_after"] < soup["ppl_before"]
     slm = ms.count_params(ms.get_preset("tiny").model_args(512))["total"]
     assert pn["params"] == soup["params"] == slm  # inference runs one plain SLM
