@@ -15,7 +15,6 @@ ELF dependencies, resolved with `ldd`).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics

@@ -1,6 +1,7 @@
 """The CPU-vectorizable exp, softmax, SiLU and attention equal MLX's, in value and
 gradient, compiled or not, and training with them follows the plain loss curve."""
 
+import json
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -11,7 +12,7 @@ import mlx_specialize as ms
 from mlx_specialize import fastmath
 from mlx_specialize.backend import keep_freed_buffers
 from mlx_specialize.train.losses import cross_entropy
-from helpers import tiny_loss_curve
+from helpers import calls_in_the_training_loss, tiny_loss_curve
 
 
 @pytest.fixture(autouse=True)
@@ -120,14 +121,30 @@ def test_the_scope_decides_and_only_float32_uses_the_fast_ops(monkeypatch):
         assert on and fastmath.active(x)
 
 
+def _train_losses(run_dir) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["event"] == "train"]
+
+
 def test_training_with_fast_math_follows_the_plain_loss_curve(tokenizer, cache_dir, tmp_path, monkeypatch):
-    curves = {}
+    """The same curve within 2e-3, and the fast ops did run in the trainer's step: its
+    loss called fastmath's SiLU, attention and shifted exp with fast math on and none
+    of them off, and the training losses are not bit-identical (equal curves would also
+    come from a step that never took the fast path)."""
+    curves, calls = {}, {}
+    counted = calls_in_the_training_loss(monkeypatch, fastmath, ("silu", "attention", "exp_shifted"))
     for setting in ("0", "1"):
         monkeypatch.setenv("MLXSPEC_FAST_MATH", setting)
+        counted.clear()
         curves[setting] = tiny_loss_curve(tmp_path / f"fast{setting}", tokenizer, cache_dir)
+        calls[setting] = list(counted)
     assert len(curves["0"]) == len(curves["1"]) > 10
     np.testing.assert_allclose(curves["1"], curves["0"], atol=2e-3)
     assert curves["0"][-1] < curves["0"][0] - 0.5  # it did learn: the comparison is not between two flat lines
+    assert calls["0"] == []
+    used = set(calls["1"])
+    assert used == {"silu", "attention", "exp_shifted"}, f"the step's loss called only {used}"
+    assert _train_losses(tmp_path / "fast1") != _train_losses(tmp_path / "fast0")  # other float rounding
 
 
 def test_freed_buffers_are_kept_for_reuse_on_cpu(monkeypatch):

@@ -4,6 +4,7 @@ parallel streams; the model and the trainer use them inside a fast-math scope an
 to the same loss curve; and where they are switched off, the fast math of fastmath.py
 serves and `mlxspec doctor` says why."""
 
+import json
 import shutil
 import sys
 
@@ -19,7 +20,7 @@ from mlx_specialize import fastmath
 from mlx_specialize.backend import is_x86
 from mlx_specialize.models import dense
 from mlx_specialize.train.losses import cross_entropy
-from helpers import tiny_loss_curve
+from helpers import calls_in_the_training_loss, tiny_loss_curve
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or not is_x86(),
@@ -173,16 +174,32 @@ def test_the_model_uses_the_kernels_in_a_fast_scope_and_gets_the_same_loss_and_g
         _close(flat[name], other[name], rtol=1e-4, atol=2e-6)
 
 
+def _train_losses(run_dir) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["event"] == "train"]
+
+
 def test_training_with_the_kernels_follows_the_curve_without_them(kernels, tokenizer, cache_dir, tmp_path,
                                                                    monkeypatch):
-    curves = {}
+    """The same curve within 2e-3 as fastmath's ops give, and the kernels did run in the
+    trainer's step: its loss called all four (counted on the module) with them on and
+    none off, and the training losses are not bit-identical (equal curves would also
+    come from a step that never reached the kernels)."""
+    curves, calls = {}, {}
+    counted = calls_in_the_training_loss(monkeypatch, kernels, ("cross_entropy", "swiglu", "rms_norm", "attention"))
+    monkeypatch.setenv("MLXSPEC_FAST_MATH", "1")
     for setting in ("0", "1"):
         monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", setting)
-        monkeypatch.setenv("MLXSPEC_FAST_MATH", "1")
+        counted.clear()
         curves[setting] = tiny_loss_curve(tmp_path / f"native{setting}", tokenizer, cache_dir)
+        calls[setting] = list(counted)
     assert len(curves["0"]) == len(curves["1"]) > 10
     np.testing.assert_allclose(curves["1"], curves["0"], atol=2e-3)
     assert curves["1"][-1] < curves["1"][0] - 0.5  # it learned
+    assert calls["0"] == []
+    used = set(calls["1"])
+    assert used == {"cross_entropy", "swiglu", "rms_norm", "attention"}, f"the step's loss called only {used}"
+    assert _train_losses(tmp_path / "native1") != _train_losses(tmp_path / "native0")  # other float rounding
 
 
 def test_the_kernels_reject_other_dtypes_and_shapes_and_the_model_then_uses_mlx(kernels):
