@@ -1,13 +1,18 @@
 """Shared fixtures: a small real tokenizer and a tiny pre-trained model, built once.
 
-Everything comes from the corpora bundled in the package (real text), so the suite
-needs no network and nothing outside the repository.
+Everything comes from the corpora bundled in the package (real text) and, for the
+MiniLM tests, a checkpoint from the package index (tests/checkpoints.py); nothing from
+outside the repository or a model hub.
 """
 
-import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
-import pytest
+from checkpoints import ensure_minilm_checkpoint
 
-from helpers import GENERIC, VOCAB
+MINILM_MISSING = ensure_minilm_checkpoint()  # before anything imports data/minilm.py
+
+import mlx_specialize as ms  # noqa: E402  first: loads the optimized BLAS before mlx.core
+import pytest  # noqa: E402
+
+from helpers import GENERIC, VOCAB  # noqa: E402
 
 
 @pytest.fixture(scope="session")

