@@ -68,26 +68,33 @@ def test_the_eval_order_is_made_breadth_first_unless_set():
 linux_x86 = pytest.mark.skipif(sys.platform != "linux" or not backend.is_x86(), reason="x86-64 Linux only")
 
 
+FORWARD_LIBM = """
+import ctypes, ctypes.util, json, math
+from mlx_specialize import blas_forward
+libm = ctypes.util.find_library("m")
+ctypes.CDLL(libm, mode=ctypes.RTLD_GLOBAL)
+image = blas_forward.build_forwarder([("mlxspec_test_cos", "cos"), ("mlxspec_test_hypot", "hypot")],
+                                     libm, "libmlxspec_test.so")
+lib = blas_forward.load_forwarder(image, "mlxspec_test")
+for name in ("mlxspec_test_cos", "mlxspec_test_hypot"):
+    getattr(lib, name).restype = ctypes.c_double
+lib.mlxspec_test_cos.argtypes = [ctypes.c_double]
+lib.mlxspec_test_hypot.argtypes = [ctypes.c_double, ctypes.c_double]
+print(json.dumps([lib.mlxspec_test_cos(0.5), math.cos(0.5), lib.mlxspec_test_hypot(3.0, 4.0),
+                  hasattr(lib, "cos_plain_name_not_exported")]))
+"""
+
+
 @linux_x86
 def test_a_forwarder_calls_the_functions_it_names_under_new_names():
-    import ctypes
-    import ctypes.util
-    import math
-
-    from mlx_specialize import blas_forward
-
-    libm = ctypes.util.find_library("m")
-    ctypes.CDLL(libm, mode=ctypes.RTLD_GLOBAL)
-    image = blas_forward.build_forwarder([("mlxspec_test_cos", "cos"), ("mlxspec_test_hypot", "hypot")],
-                                         libm, "libmlxspec_test.so")
-    lib = blas_forward.load_forwarder(image, "mlxspec_test")
-    for name in ("mlxspec_test_cos", "mlxspec_test_hypot"):
-        getattr(lib, name).restype = ctypes.c_double
-    lib.mlxspec_test_cos.argtypes = [ctypes.c_double]
-    lib.mlxspec_test_hypot.argtypes = [ctypes.c_double, ctypes.c_double]
-    assert lib.mlxspec_test_cos(0.5) == math.cos(0.5)  # a double argument in xmm0, result back
-    assert lib.mlxspec_test_hypot(3.0, 4.0) == 5.0  # two arguments pass through the jump untouched
-    assert not hasattr(lib, "cos_plain_name_not_exported")
+    """In its own process: a wrong jump crashes it, and that must read as a failure."""
+    env = {**os.environ, backend.ENV_VAR: "off"}
+    done = subprocess.run([sys.executable, "-c", FORWARD_LIBM], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, f"the forwarder crashed or failed (exit {done.returncode}): {done.stderr[-300:]}"
+    ours, expected, hypot, extra = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ours == expected  # a double argument in xmm0, the result back
+    assert hypot == 5.0  # two arguments pass through the jump untouched
+    assert not extra
 
 
 @linux_x86
