@@ -4,7 +4,8 @@
     domain windows  --embed--> vectors --assign---> P(c|D)                        (per domain)
     P(c|D), generic labels --resample--> N tokens of generic windows --> pre-train an SLM
 
-Folders (each self-contained, reused by later runs):
+Folders (each self-contained, reused by later runs; in the cache, each is a locked entry
+built in FOLDER.partial and published with its manifest, see `cache.py`):
 - embeddings (`embed_generic`): `meta.json`, float16 shards, and the embedder's state;
 - clusters (`cluster`): `clusters.safetensors` (centroids [k, d], the embedder's state,
   metadata: embedder settings, k, metric, window, generic corpus, tokenizer), `labels.npy`
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ui
+from .cache import MANIFEST, cache_entry, check_file, file_record, locked, move_aside, verify
 from .data.clustering import METRICS, assign, kmeans
 from .data.corpus import load_corpus
 from .data.embedding import (HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows, window_texts,
@@ -241,16 +243,27 @@ def corpus_split(spec: str, split: str, tokenizer, cache_dir, max_tokens: int | 
 
 
 def generic_tokenizer(generic: str, vocab_size: int, cache_dir) -> Tokenizer:
-    """The tokenizer `pretrain` would train on `generic` (deterministic), cached by content."""
+    """The tokenizer `pretrain` would train on `generic` (deterministic), cached by content:
+    KEY.model, then KEY.json (its size and sha256, checked on use) last."""
     from .train.jobs import fit_tokenizer
 
     corpus = load_corpus(generic)
     path = Path(cache_dir) / "tokenizers" / f"{cache_key(corpus.fingerprint(), vocab_size)}.model"
-    if path.is_file():
-        return Tokenizer.load(path)
-    tokenizer = fit_tokenizer(corpus, vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, tokenizer.model_bytes)
+    record = path.with_suffix(".json")
+    with locked(path.with_suffix(""), f"the {vocab_size}-token tokenizer of {generic}"):
+        if record.is_file():
+            try:
+                problem = check_file(path, json.loads(record.read_text()))
+            except ValueError:
+                problem = f"{record.name} is unreadable"
+            if problem is None:
+                return Tokenizer.load(path)
+            for bad in (path, record):
+                if bad.exists():
+                    move_aside(bad, problem)
+        tokenizer = fit_tokenizer(corpus, vocab_size)
+        atomic_write_bytes(path, tokenizer.model_bytes)
+        atomic_write_bytes(record, json.dumps(file_record(path)).encode())
     return tokenizer
 
 
@@ -260,14 +273,18 @@ def cached_clusters(generic: str, tokenizer: Tokenizer, embedder_name: str, wind
     generic_split = corpus_split(generic, "train", tokenizer, cache_dir)
     key = cache_key(load_corpus(generic).fingerprint(), tokenizer.fingerprint, embedder_name, window, k, metric, seed)
     folder = Path(cache_dir) / "clusters" / key
-    if (folder / "clusters.safetensors").is_file():
-        ui.info(f"using the cached clustering {folder}")
-        return load_clusters(folder), True
-    n = n_windows(generic_split.tokens, window)
-    if k > n:
-        raise SpecializeError(f"cannot make {k} clusters from {n} generic windows of {window} tokens: lower --k")
-    embedded = embed_generic(generic, tokenizer, embedder_name, window, cache_dir)
-    return cluster_folder(embedded.folder, k, folder, metric, seed), False
+    what = f"the {k} clusters of {generic} ({embedder_name} embeddings of {window}-token windows)"
+    with cache_entry(folder, what) as entry:
+        if entry.ready:
+            ui.info(f"using the cached clustering {folder}")
+            return load_clusters(folder), True
+        n = n_windows(generic_split.tokens, window)
+        if k > n:
+            raise SpecializeError(f"cannot make {k} clusters from {n} generic windows of {window} tokens: lower --k")
+        embedded = embed_generic(generic, tokenizer, embedder_name, window, cache_dir)
+        cluster_folder(embedded.folder, k, entry.build, metric, seed)
+        entry.publish()
+    return load_clusters(folder), False
 
 
 def embed_generic(generic: str, tokenizer: Tokenizer, embedder_name: str, window: int, cache_dir,
@@ -276,13 +293,11 @@ def embed_generic(generic: str, tokenizer: Tokenizer, embedder_name: str, window
     tokenizer and the corpus spec, so `cluster_folder` needs nothing else."""
     generic_split = corpus_split(generic, "train", tokenizer, cache_dir)
     embedder = build_embedder(embedder_name, generic_split, tokenizer, window)
-    embedded = embed_windows(generic_split, tokenizer, embedder, window, cache_dir, max_windows=max_windows)
-    state = io.BytesIO()  # every process of a distributed job writes these: atomically
+    state = io.BytesIO()
     np.savez(state, **embedder_state(embedder))
-    atomic_write_bytes(embedded.folder / "embedder-state.npz", state.getvalue())
-    atomic_write_bytes(embedded.folder / "generic.json", json.dumps({"generic": generic}).encode())
-    tokenizer.save(embedded.folder)
-    return embedded
+    extra = {"embedder-state.npz": state.getvalue(), "generic.json": json.dumps({"generic": generic}).encode(),
+             **tokenizer.files()}
+    return embed_windows(generic_split, tokenizer, embedder, window, cache_dir, max_windows=max_windows, extra=extra)
 
 
 def cluster_folder(embeddings: str | os.PathLike, k: int, out: str | os.PathLike, metric: str = "cosine",
@@ -291,6 +306,9 @@ def cluster_folder(embeddings: str | os.PathLike, k: int, out: str | os.PathLike
     folder = Path(embeddings)
     if not (folder / "generic.json").is_file() or not (folder / "embedder-state.npz").is_file():
         raise SpecializeError(f"{folder} is not a generic embeddings folder (run `mlxspec data embed` first)")
+    problem = verify(folder) if (folder / MANIFEST).is_file() else None  # older folders have none
+    if problem:
+        raise SpecializeError(f"{folder} is incomplete or corrupt ({problem}): run `mlxspec data embed` again")
     embedded = load_embedded(folder)
     embedder = restore_embedder(embedded.settings, dict(np.load(folder / "embedder-state.npz")))
     generic = json.loads((folder / "generic.json").read_text())["generic"]

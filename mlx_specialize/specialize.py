@@ -5,7 +5,9 @@
 1. Base model: the one given with `base`, or a `preset` model pre-trained on the
    generic corpus. Pre-training is the budget shared by every domain, so its result is
    cached under `CACHE/pretrained/<hash of corpus, preset, budget, seed>` and reused by
-   later runs (an interrupted pre-training resumes from its last checkpoint).
+   later runs. Like every cache entry (`cache.py`) it is built by one process at a time in
+   `<key>.partial` (an interrupted pre-training resumes there from its last checkpoint)
+   and renamed into place, with a manifest checked on use, once complete.
 2. Fine-tune on the first `domain_tokens` tokens of the domain's train split,
    early-stopping on its valid split (the specialization budget).
 3. Report domain test perplexity and bits per byte before and after, tokens, FLOPs
@@ -34,9 +36,11 @@ import time
 from pathlib import Path
 
 from . import ui
+from .cache import cache_entry
 from .data.corpus import bundled_names, default_generic, load_corpus
 from .data.tokens import default_cache_dir
 from .errors import SpecializeError
+from .files import atomic_write_bytes
 from .models.dense import count_params
 from .models.generate import measure_generation
 from .models.io import load_model
@@ -72,12 +76,13 @@ def cached_pretrain(generic: str, preset_name: str, tokens: int, vocab_size: int
     preset = with_overrides(get_preset(preset_name), context=context)
     corpus = load_corpus(generic)
     folder = cache_dir / "pretrained" / _pretrain_key(corpus.fingerprint(), preset, tokens, vocab_size, seed)
-    summary_path = folder / "summary.json"
-    if summary_path.exists():
-        ui.info(f"using the cached generic model {folder}")
-        return folder, json.loads(summary_path.read_text()), True
-    result = pretrain(generic, preset, folder, tokens, vocab_size=vocab_size, cache_dir=cache_dir,
-                      resume=True, seed=seed, checkpoint_every=50)
+    with cache_entry(folder, f"the generic model '{preset.name}' on {generic} ({tokens:,} tokens)") as entry:
+        if entry.ready:
+            ui.info(f"using the cached generic model {folder}")
+            return folder, json.loads((folder / "summary.json").read_text()), True
+        result = pretrain(generic, preset, entry.build, tokens, vocab_size=vocab_size, cache_dir=cache_dir,
+                          resume=True, seed=seed, checkpoint_every=50)
+        entry.publish()
     return folder, result.summary, False
 
 
@@ -94,25 +99,28 @@ def importance_pretrain(domain: str, generic: str, preset_name: str, tokens: int
     tokenizer = imp.generic_tokenizer(generic, vocab_size or preset.vocab, cache_dir)
     clusters, reused = imp.cached_clusters(generic, tokenizer, embedder, window, k, metric, seed, cache_dir)
     generic_split = imp.corpus_split(generic, "train", tokenizer, cache_dir)
-    domain_split = imp.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
-    domain_labels = imp.domain_histogram_labels(clusters, domain_split, tokenizer, cache_dir)
     key = imp.cache_key(clusters.folder.name, load_corpus(domain).fingerprint(), domain_tokens, tokens, sampler, seed,
                         preset.__dict__)
     folder = cache_dir / "pretrained-is" / key
-    selected, selection = imp.select_tokens(clusters, generic_split, domain_labels, tokens, folder / "selection",
-                                            sampler, seed)
-    summary_report = imp.report(selection, clusters, generic_split, tokenizer, folder / "selection")
+    with cache_entry(folder, f"the importance-sampled '{preset.name}' model for {domain}") as entry:
+        if entry.ready:  # its selection too: report.json says what it was
+            ui.info(f"using the cached importance-sampled model {folder}")
+            summary, cached = json.loads((folder / "summary.json").read_text()), True
+            summary_report = json.loads((folder / "selection" / "report.json").read_text())
+        else:
+            domain_split = imp.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
+            domain_labels = imp.domain_histogram_labels(clusters, domain_split, tokenizer, cache_dir)
+            selected, selection = imp.select_tokens(clusters, generic_split, domain_labels, tokens,
+                                                    entry.build / "selection", sampler, seed)
+            summary_report = imp.report(selection, clusters, generic_split, tokenizer, entry.build / "selection")
+            summary = pretrain(generic, preset, entry.build, tokens, tokenizer=tokenizer, cache_dir=cache_dir,
+                               resume=True, seed=seed, checkpoint_every=50, train_split=selected).summary
+            entry.publish()
+            cached = False
     select_phase = {"seconds": time.perf_counter() - t0, "clusters": str(clusters.folder), "clusters_cached": reused,
                     "report": str(folder / "selection"),
                     **{name: summary_report[name] for name in ("k", "sampler", "windows", "kl_selected", "kl_generic",
                                                                "entropy_domain", "unmatched_mass", "repeats")}}
-    if (folder / "summary.json").exists():
-        ui.info(f"using the cached importance-sampled model {folder}")
-        summary, cached = json.loads((folder / "summary.json").read_text()), True
-    else:
-        summary = pretrain(generic, preset, folder, tokens, tokenizer=tokenizer, cache_dir=cache_dir, resume=True,
-                           seed=seed, checkpoint_every=50, train_split=selected).summary
-        cached = False
     pre_phase = {"tokens": summary["tokens"], "seconds": summary["seconds"], "flops": summary["flops"],
                  "cached": cached, "model": str(folder)}
     return folder, select_phase, pre_phase
@@ -142,13 +150,15 @@ def mixture_expert(domain: str, generic: str, preset_name: str, tokens: int, voc
         init_from, init_cost, _ = cached_pretrain(generic, preset_name, tokens, vocab_size, seed, cache_dir)
     folder = cache_dir / "mixtures" / imp.cache_key(clusters.folder.name, preset.__dict__, tokens // k, seed,
                                                     str(init_from))
-    if (folder / "mixture.json").exists():
-        ui.info(f"using the cached mixture of experts {folder}")
-        meta, cached = json.loads((folder / "mixture.json").read_text()), True
-    else:
-        meta = pretrain_mixture(clusters, generic_split, tokenizer, preset, folder, tokens // k, cache_dir, seed,
-                                init_from=init_from, checkpoint_every=50)
-        cached = False
+    with cache_entry(folder, f"the {k} '{preset.name}' experts on {generic}") as entry:
+        if entry.ready:
+            ui.info(f"using the cached mixture of experts {folder}")
+            meta, cached = json.loads((folder / "mixture.json").read_text()), True
+        else:  # experts already trained (or checkpointed) in the build folder are resumed
+            meta = pretrain_mixture(clusters, generic_split, tokenizer, preset, entry.build, tokens // k, cache_dir,
+                                    seed, init_from=init_from, checkpoint_every=50)
+            entry.publish()
+            cached = False
     pre_phase = {key: meta[key] + init_cost[key] for key in ("tokens", "seconds", "flops")}
     pre_phase.update(cached=cached, model=str(folder), experts=k, init=expert_init)
     if rule == "all":  # `specialize` fine-tunes them all and keeps the best
@@ -182,18 +192,28 @@ def projected_instance(domain: str, generic: str, preset_name: str, tokens: int,
     basis = basis or 8
     settings = (arch, basis) if arch == "pn" else (arch, basis, f"support{clusters.k}")  # soup: all clusters
     folder = cache_dir / "projected" / imp.cache_key(clusters.folder.name, preset.__dict__, tokens, seed, *settings)
-    if (folder / "summary.json").exists():
-        ui.info(f"using the cached {arch} network {folder}")
-        summary, cached = json.loads((folder / "summary.json").read_text()), True
-    else:
-        summary = pretrain_projected(clusters, generic_split, tokenizer, preset, folder, tokens, arch, cache_dir,
-                                     basis=basis, seed=seed, checkpoint_every=50)
-        cached = False
+    with cache_entry(folder, f"the {arch} network '{preset.name}' on {generic} (k={clusters.k})") as entry:
+        if entry.ready:
+            ui.info(f"using the cached {arch} network {folder}")
+            summary, cached = json.loads((folder / "summary.json").read_text()), True
+        else:
+            summary = pretrain_projected(clusters, generic_split, tokenizer, preset, entry.build, tokens, arch,
+                                         cache_dir, basis=basis, seed=seed, checkpoint_every=50)
+            entry.publish()
+            cached = False
     pre_phase = {key: summary[key] for key in ("tokens", "seconds", "flops")}
     pre_phase.update(cached=cached, model=str(folder), arch=arch, k=k, basis=basis)
     t0 = time.perf_counter()
+    # The domain's dense SLM: an entry of its own inside the network's folder (not in its
+    # manifest), with what was chosen for it in instance.json.
     dense_dir = folder / "instances" / imp.cache_key(load_corpus(domain).fingerprint(), domain_tokens, rule)
-    select_phase = instantiate_for_domain(folder, dense_dir, domain, rule, domain_tokens, cache_dir)
+    with cache_entry(dense_dir, f"the {arch} SLM of {domain}") as entry:
+        if entry.ready:
+            select_phase = json.loads((dense_dir / "instance.json").read_text())
+        else:
+            select_phase = instantiate_for_domain(folder, entry.build, domain, rule, domain_tokens, cache_dir)
+            atomic_write_bytes(entry.build / "instance.json", json.dumps(select_phase).encode())
+            entry.publish()
     select_phase.update(k=k, seconds=time.perf_counter() - t0, instance=str(dense_dir))
     return dense_dir, select_phase, pre_phase
 

@@ -14,8 +14,10 @@ float32, L2-normalised rows`):
 `embed_windows` cuts a tokenized split into non-overlapping windows of `window` tokens
 (of the packed stream that pre-training reads, so a window may cross a document
 boundary; the selected windows are then exactly training material), decodes each to text, embeds batches and appends them to float16 shards of `shard_rows`
-rows under a folder keyed by (corpus, tokenizer, split, window, embedder settings). Each
-shard is written atomically, so an interrupted job resumes at the first missing shard.
+rows under a folder keyed by (corpus, tokenizer, split, window, embedder settings). The
+folder is a cache entry (`cache.py`): built by one process at a time in FOLDER.partial,
+where each shard is written atomically, so an interrupted job resumes at the first
+missing shard; published with its manifest when every shard is there.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import ui
+from ..cache import cache_entry
 from ..errors import SpecializeError
 from ..files import atomic_write_bytes
 from ..train import distributed as dist
@@ -189,8 +192,10 @@ def embed_windows(
     shard_rows: int = 4096,
     batch: int = 256,
     max_windows: int | None = None,
+    extra: dict[str, bytes] | None = None,
 ) -> EmbeddedWindows:
-    """Embed every window of `split` (a `TokenizedSplit`), resuming from finished shards."""
+    """Embed every window of `split` (a `TokenizedSplit`), resuming from finished shards.
+    `extra` (file name -> bytes) is kept in the folder too (see importance.embed_generic)."""
     if window < 8:
         raise SpecializeError(f"window of {window} tokens is too small")
     total = n_windows(split.tokens, window)
@@ -201,29 +206,50 @@ def embed_windows(
     key_src = json.dumps([split.name, int(split.tokens.shape[0]), _stream_digest(split.tokens), tokenizer.fingerprint,
                           window, total, embedder.settings], sort_keys=True)
     folder = Path(cache_dir) / "embeddings" / hashlib.sha256(key_src.encode()).hexdigest()[:20]
-    folder.mkdir(parents=True, exist_ok=True)
     meta = {"split": split.name, "window": window, "n_windows": total, "dim": embedder.dim,
             "shard_rows": shard_rows, "settings": embedder.settings, "tokenizer": tokenizer.fingerprint}
-    atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())
     n_shards = -(-total // shard_rows)
-    # Several processes (mlx.launch): shard s is embedded by rank s mod N, then sent to
-    # the ranks that lack it (see distributed.share_files).
+    names = [f"shard-{s:05d}.npy" for s in range(n_shards)]
+    what = f"the {embedder.name} embeddings of {split.name} ({total:,} windows of {window} tokens)"
+    # Several processes (mlx.launch): rank 0 alone locks the entry and looks at it first (a
+    # bad one moved aside), then the others, which on a shared disk so see what it left.
     w = dist.world()
-    todo = [s for s in range(n_shards) if not (folder / f"shard-{s:05d}.npy").exists()]
-    mine = [s for s in todo if s % w.size == w.rank]
-    with ui.task(f"embedding {split.name} ({embedder.name})", len(todo) and total) as advance:
-        advance(total - sum(min(shard_rows, total - s * shard_rows) for s in todo))
-        for s in mine:
-            lo, hi = s * shard_rows, min(total, (s + 1) * shard_rows)
-            parts = []
-            for b in range(lo, hi, batch):
-                parts.append(embedder.embed(window_texts(split.tokens, tokenizer, window, b, min(hi, b + batch))))
-                advance(min(hi, b + batch) - b)
-            shard = io.BytesIO()
-            np.save(shard, np.concatenate(parts).astype(np.float16))
-            atomic_write_bytes(folder / f"shard-{s:05d}.npy", shard.getvalue())
-        dist.share_files(folder, [f"shard-{s:05d}.npy" for s in range(n_shards)], w)
-        advance(sum(min(shard_rows, total - s * shard_rows) for s in todo if s not in mine))
+    if not w.is_main:
+        dist.barrier(w)
+    with cache_entry(folder, what, lock=w.is_main) as entry:
+        if w.is_main:
+            dist.barrier(w)
+        here = entry.folder if entry.ready else entry.build
+        if not entry.ready:
+            atomic_write_bytes(here / "meta.json", json.dumps(meta, indent=2).encode())
+        # Shard s is embedded by rank s mod N, then sent to the ranks that lack it (see
+        # distributed.share_files); a rank whose entry is ready only sends.
+        todo = [s for s in range(n_shards) if not (here / names[s]).exists()]
+        mine = [s for s in todo if s % w.size == w.rank]
+        with ui.task(f"embedding {split.name} ({embedder.name})", len(todo) and total) as advance:
+            advance(total - sum(min(shard_rows, total - s * shard_rows) for s in todo))
+            for s in mine:
+                lo, hi = s * shard_rows, min(total, (s + 1) * shard_rows)
+                parts = []
+                for b in range(lo, hi, batch):
+                    parts.append(embedder.embed(window_texts(split.tokens, tokenizer, window, b, min(hi, b + batch))))
+                    advance(min(hi, b + batch) - b)
+                shard = io.BytesIO()
+                np.save(shard, np.concatenate(parts).astype(np.float16))
+                atomic_write_bytes(here / names[s], shard.getvalue())
+            dist.share_files(here, names, w)
+            advance(sum(min(shard_rows, total - s * shard_rows) for s in todo if s not in mine))
+        if extra and not entry.ready:
+            for name, data in extra.items():
+                atomic_write_bytes(here / name, data)
+        elif extra and any(not (here / name).is_file() for name in extra):  # published without them
+            entry.amend(extra)
+        dist.barrier(w)  # every rank done writing: rank 0 publishes first, for all on a shared disk
+        if w.is_main:
+            entry.publish()
+        dist.barrier(w)
+        if not w.is_main:
+            entry.publish()
     return load_embedded(folder)
 
 

@@ -84,14 +84,19 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.DecodeIds([int(i) for i in ids])
 
+    def files(self) -> dict[str, bytes]:
+        """`tokenizer.model` and the transformers/mlx-lm configs: file name -> content."""
+        specials = {k: HF_CONFIG[k] for k in ("bos_token", "eos_token", "unk_token")}
+        return {TOKENIZER_FILE: self.model_bytes,
+                "tokenizer_config.json": json.dumps(HF_CONFIG, indent=2).encode(),
+                "special_tokens_map.json": json.dumps(specials, indent=2).encode()}
+
     def save(self, folder: str | os.PathLike) -> None:
-        """Write `tokenizer.model` and the transformers/mlx-lm configs into `folder`."""
+        """Write `files()` into `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / TOKENIZER_FILE).write_bytes(self.model_bytes)
-        (folder / "tokenizer_config.json").write_text(json.dumps(HF_CONFIG, indent=2))
-        specials = {k: HF_CONFIG[k] for k in ("bos_token", "eos_token", "unk_token")}
-        (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+        for name, data in self.files().items():
+            (folder / name).write_bytes(data)
 
 
 def _training_sentences(docs: Iterable[str], max_chars: int) -> Iterator[str]:

@@ -3,7 +3,10 @@
 A split of a corpus is tokenized once into a flat array of token ids, each document as
 `[BOS] ids [EOS]` (no BOS for tokenizers that prepend none, see `hf_tokenizer.py`), and cached as a raw `.bin` file (memory-mapped on read) plus a
 `.json` of metadata, keyed by a hash of corpus content + tokenizer + split + limit. A
-second run with the same inputs reads the cache and does not tokenize again.
+second run with the same inputs reads the cache and does not tokenize again. One process
+at a time builds a split (a lock, see `cache.py`); the `.json`, written last, records the
+`.bin`'s size and sha256, which are checked on use: a truncated or edited `.bin` is moved
+aside and tokenized again.
 
 Training batches are windows of `context + 1` tokens (inputs and shifted targets)
 taken at stride `context` from the stream, shuffled per epoch by a seeded permutation:
@@ -22,6 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..cache import check_file, file_record, locked, move_aside
 from ..errors import SpecializeError
 from ..files import atomic_write_bytes
 from .corpus import Corpus
@@ -73,11 +77,40 @@ def tokenize_split(
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
     bin_path, meta_path = cache / f"{key}.bin", cache / f"{key}.json"
     name = f"{corpus.name}:{split}"
-    if meta_path.exists() and bin_path.exists():
-        meta = json.loads(meta_path.read_text())
-        return TokenizedSplit(_map(bin_path, meta), meta["n_bytes"], meta["n_docs"], name, meta.get("bos", BOS_ID))
+    with locked(cache / key, f"the tokens of {name}"):
+        meta = _cached_meta(bin_path, meta_path)
+        if meta is not None:
+            return TokenizedSplit(_map(bin_path, meta), meta["n_bytes"], meta["n_docs"], name, meta.get("bos", BOS_ID))
+        meta = _tokenize_into(bin_path, corpus, split, tokenizer, max_tokens, on_progress)
+        atomic_write_bytes(meta_path, json.dumps(meta).encode())  # last: the split is complete
+    return TokenizedSplit(_map(bin_path, meta), meta["n_bytes"], meta["n_docs"], name, tokenizer.bos_id)
 
-    cache.mkdir(parents=True, exist_ok=True)
+
+def _cached_meta(bin_path: Path, meta_path: Path) -> dict | None:
+    """The metadata of a complete cached split, or None: none yet, one from an older
+    version (no record of its .bin: written over), or a bad one (moved aside)."""
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        record = meta.get("bin")
+    except (OSError, ValueError, AttributeError):
+        meta, record = None, {}
+    if record is None:
+        return None
+    problem = check_file(bin_path, record)
+    if problem is None:
+        return meta
+    for path in (bin_path, meta_path):
+        if path.exists():
+            move_aside(path, problem)
+    return None
+
+
+def _tokenize_into(bin_path: Path, corpus: Corpus, split: str, tokenizer: Tokenizer, max_tokens: int | None,
+                   on_progress) -> dict:
+    """Tokenize into `bin_path` (by rename); returns the metadata, with the file's record."""
+    bin_path.with_suffix(".json").unlink(missing_ok=True)  # a crash before the new one: no stale record
     dtype = token_dtype(tokenizer.vocab_size)
     head = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     tmp = bin_path.with_suffix(f".tmp{os.getpid()}")
@@ -104,14 +137,14 @@ def tokenize_split(
                     break
         if n_tokens == 0:
             raise SpecializeError(f"corpus '{corpus.name}' has no text in its {split} split")
+        record = file_record(tmp)
         os.replace(tmp, bin_path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    meta = {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_docs": n_docs, "dtype": np.dtype(dtype).name,
-            "corpus": corpus.name, "split": split, "tokenizer": tokenizer.fingerprint, "bos": tokenizer.bos_id}
-    atomic_write_bytes(meta_path, json.dumps(meta).encode())
-    return TokenizedSplit(_map(bin_path, meta), n_bytes, n_docs, name, tokenizer.bos_id)
+    return {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_docs": n_docs, "dtype": np.dtype(dtype).name,
+            "corpus": corpus.name, "split": split, "tokenizer": tokenizer.fingerprint, "bos": tokenizer.bos_id,
+            "bin": record}
 
 
 def _map(path: Path, meta: dict) -> np.ndarray:
