@@ -1,50 +1,109 @@
 """`mlxspec`: the command line. A thin Typer layer over `mlx_specialize`.
 
-Every command turns a bad input into one `error: ...` line on stderr and exit code 2;
+Every command turns a bad input into one `error: ...` line on stderr and exit code 2
+(Ctrl-C: 130), and checks what it can before spending compute: option ranges (by the
+options' own types), output folders, and every corpus it will read, read through once;
 progress goes to stderr; results go to stdout (`--json`: one JSON object, last).
+Everything printed from user data (corpus specs, paths, sample text) is plain text.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import platform
 import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+try:  # these take seconds (MLX, the BLAS): Ctrl-C meanwhile is still exit 130, not a traceback
+    import numpy as np
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+    from typer._click.exceptions import ClickException, MissingParameter, NoArgsIsHelpError
+    from typer.core import TyperGroup
 
-import mlx_specialize as ms
-from mlx_specialize import autocast, fastmath, ui
-from mlx_specialize.backend import BLAS, cpu_description, device_name, matmul_gflops, reference_matmul_gflops, train_dtype
-from mlx_specialize.errors import SpecializeError
-from mlx_specialize.slow_paths import slow_paths, warn_slow_paths
-from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
+    import mlx_specialize as ms
+    from mlx_specialize import autocast, fastmath, ui
+    from mlx_specialize.backend import (BLAS, cpu_description, device_name, matmul_gflops, reference_matmul_gflops,
+                                        train_dtype)
+    from mlx_specialize.errors import SpecializeError
+    from mlx_specialize.slow_paths import slow_paths, warn_slow_paths
+    from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
+except KeyboardInterrupt:
+    sys.stderr.write("error: interrupted\n")
+    sys.exit(130)
 
-app = typer.Typer(
-    help="Small language models specialized to your domain, cheap to run. "
-    "Start with `mlxspec specialize` (runs on the bundled demo corpus).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-tokenizer_app = typer.Typer(help="Tokenizer commands.", no_args_is_help=True)
+MIN_VOCAB = 300  # byte fallback alone takes 259 ids (data/tokenizer.py refuses less)
+
+
+class OneLineErrors(TyperGroup):
+    """`mlxspec`'s command group. Click's own usage errors (a value out of range, an
+    unknown option, a missing argument) come out like every other bad input: one
+    `error:` line and exit 2, not Click's multi-line usage box. A command's exit code
+    (`typer.Exit`) is the process's."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # the caller handles Click's exceptions itself
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as err:  # a bare `mlxspec` or `mlxspec data`: the help, as Click prints it
+            err.show()
+            sys.exit(err.exit_code)
+        except ClickException as err:
+            print_error(usage_message(err))
+            sys.exit(2)
+        except typer.Abort:  # end of input at a prompt
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_message(err: ClickException) -> str:
+    """Click's message as one line, the option first: `--domain-tokens: 0 is not in the range x>=1`."""
+    param = getattr(err, "param", None)
+    if isinstance(err, typer.BadParameter) and not isinstance(err, MissingParameter) and param is not None:
+        name = param.opts[0] if param.param_type_name == "option" else param.human_readable_name
+        return f"{name}: {' '.join(err.message.split()).rstrip('.')}"
+    return " ".join(err.format_message().split())
+
+
+def _typer(**kwargs) -> typer.Typer:
+    # Plain help (rich_markup_mode=None): option help is text, so "[default: the
+    # preset's]" prints its brackets, and a flag shows as a flag (`--json`), not `<bool>`.
+    return typer.Typer(cls=OneLineErrors, rich_markup_mode=None, no_args_is_help=True, pretty_exceptions_enable=False,
+                       add_completion=False, **kwargs)
+
+
+app = _typer(help="Small language models specialized to your domain, cheap to run. "
+             "Start with `mlxspec specialize` (runs on the bundled demo corpus).")
+tokenizer_app = _typer(help="Tokenizer commands.")
 app.add_typer(tokenizer_app, name="tokenizer")
-data_app = typer.Typer(help="Importance-sampling data selection (SLM-is): embed, cluster, select.", no_args_is_help=True)
+data_app = _typer(help="Importance-sampling data selection (SLM-is): embed, cluster, select.")
 app.add_typer(data_app, name="data")
-out = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole tables
+# Results on stdout, plain text: a table cell or a path is printed as written (no
+# markup, no emoji codes); logs (not a terminal) keep whole tables.
+out = Console(width=None if sys.stdout.isatty() else 160, markup=False, emoji=False)
+
+
+def positive(value: float | None) -> float | None:
+    """Option callback: a value that must be > 0 (a learning rate), which `min=` cannot say."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not in the range x>0")
+    return value
+
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout (last).")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or messages.")
 CACHE_OPT = typer.Option(None, "--cache-dir", help="Token and model cache [default: $MLXSPEC_CACHE or ~/.cache/mlx-specialize].")
 PRECISION_OPT = typer.Option(None, help="float32, or bf16: the linear layers' products in bfloat16, float32 weights "
                              "(x86 CPUs with AMX or AVX512-BF16 and `pip install 'mlx-specialize[bf16]'`; any GPU).")
+SEED_OPT = typer.Option(0, min=0, help="Seed.")
 
 
 def handle_errors(fn):
@@ -56,7 +115,9 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SpecializeError as err:
-            fail(str(err))
+            # Raised while handling Ctrl-C (training checkpoints, then says how to resume):
+            # still an interruption, exit 130.
+            fail(str(err), code=130 if isinstance(err.__context__, KeyboardInterrupt) else 2)
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
             fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
         except KeyboardInterrupt:
@@ -73,10 +134,38 @@ def handle_errors(fn):
     return wrapper
 
 
-def fail(message: str, code: int = 2):
+def print_error(message: str) -> None:
     # escaped: a message may hold brackets, e.g. pip install 'mlx-specialize[bf16]'
     ui.console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2):
+    print_error(message)
     raise typer.Exit(code)
+
+
+# ---- checks before any compute ------------------------------------------------------
+def read_through(spec: str | None, *splits: str) -> None:
+    """Read a corpus the command will use through now (`Corpus.check`): a truncated .gz,
+    a bad JSON line or an empty split fails in a second, before any compute."""
+    if spec:
+        ms.load_corpus(spec).check(splits)
+
+
+def check_run_folder(out_dir: Path, overwrite: bool, resume: bool = False) -> None:
+    """Refuse, before any work, to write a training run over one already in `out_dir`
+    (the trainer would refuse too, but only after tokenizing)."""
+    from mlx_specialize.train.checkpoint import checkpoint_dirs
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpecializeError(f"{out_dir} is a file, not a run folder")
+    if (checkpoint_dirs(out_dir) or (out_dir / "summary.json").exists()) and not (overwrite or resume):
+        raise SpecializeError(f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+
+
+def check_choice(option: str, value: str | None, allowed) -> None:
+    if value is not None and value not in allowed:
+        raise SpecializeError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
 
 
 def emit(result: dict, json_out: bool, table: Table | None = None) -> None:
@@ -90,6 +179,20 @@ def emit(result: dict, json_out: bool, table: Table | None = None) -> None:
 
 def _fmt(x: float) -> str:
     return f"{x:,.2f}" if x < 1e4 else f"{x:,.0f}"
+
+
+def make_table(title: str, *columns: str, right: tuple[str, ...] = (), show_header: bool = True) -> Table:
+    """A results table that fits the terminal: every column may wrap and folds what is
+    too long (a path), so a number is never cut to "600,0…". Fill it with `add_row`."""
+    table = Table(title=Text(title), show_header=show_header)
+    for col in columns:
+        table.add_column(col, overflow="fold", justify="right" if col in right else "left")
+    return table
+
+
+def add_row(table: Table, *cells) -> None:
+    """Cells as plain text: user data (a corpus spec, a sample of text) may hold brackets or `:name:`."""
+    table.add_row(*(Text(str(cell)) for cell in cells))
 
 
 def _train_options(**opts) -> dict:
@@ -133,10 +236,10 @@ def doctor(json_out: bool = JSON_OPT):
     }
     if json_out:
         return emit(report, True)
-    table = Table(title="mlxspec doctor", show_header=False)
+    table = make_table("mlxspec doctor", "key", "value", show_header=False)
     for k, v in report.items():
         if k != "slow_paths":
-            table.add_row(k, escape(str(v)))  # text, not markup: "[bf16]" must print
+            add_row(table, k, v)
     out.print(table)
     for line in report["slow_paths"]:
         ui.warn(line)
@@ -149,13 +252,12 @@ def presets(json_out: bool = JSON_OPT):
     from mlx_specialize.models.presets import describe
 
     rows = [describe(p) for p in ms.PRESETS.values()]
-    table = Table(title="presets (parameters at each preset's default vocabulary)")
-    for col in ("preset", "role", "L", "d", "mlp", "heads", "vocab", "ctx", "params", "FLOP/tok"):
-        table.add_column(col, no_wrap=True, justify="left" if col in ("preset", "role") else "right")
+    numbers = ("L", "d", "mlp", "heads", "vocab", "ctx", "params", "FLOP/tok")
+    table = make_table("presets (parameters at each preset's default vocabulary)", "preset", "role", *numbers,
+                       right=numbers)
     for r in rows:
-        table.add_row(r["name"], r["role"], str(r["layers"]), str(r["d_model"]), str(r["mlp"]), str(r["heads"]),
-                      str(r["vocab"]), str(r["context"]), f"{r['params'] / 1e6:.1f}M",
-                      f"{r['train_flops_per_token'] / 1e6:,.0f}M")
+        add_row(table, r["name"], r["role"], r["layers"], r["d_model"], r["mlp"], r["heads"], r["vocab"], r["context"],
+                f"{r['params'] / 1e6:.1f}M", f"{r['train_flops_per_token'] / 1e6:,.0f}M")
     emit({"presets": rows}, json_out, table)
 
 
@@ -165,8 +267,8 @@ def presets(json_out: bool = JSON_OPT):
 def tokenizer_train(
     out_dir: Path = typer.Argument(..., help="Folder to write tokenizer.model (+ configs) into."),
     corpus: str = typer.Option(",".join(ms.bundled_names()), help="Corpus spec to train on (train split)."),
-    vocab_size: int = typer.Option(8192, help="Vocabulary size (8k laptop presets, 32k paper presets)."),
-    sample_chars: int = typer.Option(4_000_000, help="Characters of text to train on."),
+    vocab_size: int = typer.Option(8192, min=MIN_VOCAB, help="Vocabulary size (8k laptop presets, 32k paper presets)."),
+    sample_chars: int = typer.Option(4_000_000, min=1, help="Characters of text to train on."),
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -185,9 +287,9 @@ def tokenizer_train(
 
 # ---- training --------------------------------------------------------------------
 def _summary_table(title: str, summary: dict) -> Table:
-    table = Table(title=title, show_header=False)
+    table = make_table(title, "key", "value", show_header=False)
     for k, v in summary.items():
-        table.add_row(k, _fmt(v) if isinstance(v, float) else str(v))
+        add_row(table, k, _fmt(v) if isinstance(v, float) else v)
     return table
 
 
@@ -197,30 +299,30 @@ def pretrain_cmd(
     out_dir: Path = typer.Argument(..., help="Run folder (model, checkpoints, metrics)."),
     generic: str = typer.Option(",".join(ms.bundled_names()), help="Generic corpus spec."),
     preset: str = typer.Option("small", help="Model preset (see `mlxspec presets`)."),
-    tokens: int = typer.Option(DEFAULT_PRETRAIN_TOKENS, help="Pre-training budget in tokens."),
+    tokens: int = typer.Option(DEFAULT_PRETRAIN_TOKENS, min=1, help="Pre-training budget in tokens."),
     tokenizer: Optional[Path] = typer.Option(None, help="Use this tokenizer instead of training one."),
     selection: Optional[Path] = typer.Option(None, help="Train on this `mlxspec data select` folder (its tokenizer; "
                                              "validation on its generic corpus)."),
     arch: str = typer.Option("dense", help="dense; mix (one expert per cluster of --clusters; --tokens in all); pn "
                              "(projected network) or soup (Soup-of-Experts), conditioned on --clusters."),
     clusters: Optional[Path] = typer.Option(None, help="--arch mix|pn|soup: clusters folder (`mlxspec data cluster`)."),
-    basis: int = typer.Option(8, help="--arch pn|soup: basis matrices h per MLP weight."),
-    expert_dim: int = typer.Option(16, help="--arch pn: expert embedding width m."),
-    soup_support: Optional[int] = typer.Option(None, help="--arch soup: clusters in each training condition "
+    basis: int = typer.Option(8, min=1, help="--arch pn|soup: basis matrices h per MLP weight."),
+    expert_dim: int = typer.Option(16, min=1, help="--arch pn: expert embedding width m."),
+    soup_support: Optional[int] = typer.Option(None, min=1, help="--arch soup: clusters in each training condition "
                                                "(Dirichlet(1) weights) [all]."),
     init: Optional[Path] = typer.Option(None, help="Start from this model (same preset and tokenizer) instead of "
                                         "random weights; with --arch mix, every expert."),
-    vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary [default: the preset's]."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the preset's]."),
-    batch_size: Optional[int] = typer.Option(None, help="Windows per step [default: the preset's]."),
-    context: Optional[int] = typer.Option(None, help="Tokens per window [default: the preset's]."),
-    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
-    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps."),
-    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
-    patience: Optional[int] = typer.Option(None, help="Early-stop after N evaluations without improvement (0: off)."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (0: only at the end)."),
+    vocab_size: Optional[int] = typer.Option(None, min=MIN_VOCAB, help="Tokenizer vocabulary [default: the preset's]."),
+    lr: Optional[float] = typer.Option(None, callback=positive, help="Peak learning rate [default: the preset's]."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step [default: the preset's]."),
+    context: Optional[int] = typer.Option(None, min=1, help="Tokens per window [default: the preset's]."),
+    grad_accum: Optional[int] = typer.Option(None, min=1, help="Micro-batches per optimizer step."),
+    warmup: Optional[int] = typer.Option(None, min=0, help="Linear warm-up steps."),
+    eval_every: Optional[int] = typer.Option(None, min=1, help="Validate every N steps."),
+    patience: Optional[int] = typer.Option(None, min=0, help="Early-stop after N evaluations without improvement (0: off)."),
+    checkpoint_every: Optional[int] = typer.Option(None, min=0, help="Checkpoint every N steps (0: only at the end)."),
     precision: Optional[str] = PRECISION_OPT,
-    seed: int = typer.Option(0, help="Seed of initialization and data order."),
+    seed: int = typer.Option(0, min=0, help="Seed of initialization and data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in OUT_DIR."),
     cache_dir: Optional[Path] = CACHE_OPT,
@@ -232,16 +334,24 @@ def pretrain_cmd(
     On N processes or Macs: `mlx.launch -n N -- mlxspec pretrain ...` (README: several processes)."""
     if precision is not None:
         autocast.check(precision)  # before any data work: a missing MKL fails in a second
-    warn_slow_paths()
     p = ms.get_preset(preset)
     if arch not in ("dense", "mix", "pn", "soup"):
         raise SpecializeError(f"unknown architecture '{arch}' (dense, mix, pn or soup)")
+    if arch != "mix":  # a mixture folder resumes its finished experts by itself
+        check_run_folder(out_dir, overwrite, resume)
     if arch != "dense":
         from mlx_specialize import importance as imp
 
         if clusters is None:
             raise SpecializeError(f"--arch {arch} needs --clusters (a folder from `mlxspec data cluster`)")
         loaded, tok = imp.load_clusters(clusters), ms.Tokenizer.load(clusters)
+        read_through(loaded.meta["generic"], "train", "valid")
+    elif selection is not None:  # its windows replace the train split; validation stays on the corpus
+        read_through(json.loads((selection / "tokens.json").read_text())["generic"], "valid")
+    else:
+        read_through(generic, "train", "valid")
+    warn_slow_paths()
+    if arch != "dense":
         cache = cache_dir or ms.data.tokens.default_cache_dir()
         split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache)
     if arch in ("pn", "soup"):
@@ -289,17 +399,18 @@ def finetune_cmd(
     model: str = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name to start from."),
     out_dir: Path = typer.Argument(..., help="Run folder for the fine-tuned model."),
     domain: str = typer.Option("python-docs", help="Domain corpus spec."),
-    domain_tokens: Optional[int] = typer.Option(None, help="Use only the first N tokens of the domain's train split."),
-    tokens: Optional[int] = typer.Option(None, help="Fine-tuning budget in tokens [default: 4 passes over the domain data]."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the base's / 3]."),
-    batch_size: Optional[int] = typer.Option(None, help="Windows per step [default: 16]."),
-    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
-    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps [default: 10]."),
-    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps [default: 10]."),
-    patience: Optional[int] = typer.Option(None, help="Early-stop after N evaluations without improvement [default: 3]."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (0: only at the end)."),
+    domain_tokens: Optional[int] = typer.Option(None, min=1, help="Use only the first N tokens of the domain's train split."),
+    tokens: Optional[int] = typer.Option(None, min=1, help="Fine-tuning budget in tokens [default: 4 passes over the domain data]."),
+    lr: Optional[float] = typer.Option(None, callback=positive, help="Peak learning rate [default: the base's / 3]."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step [default: the base's, or 8]."),
+    grad_accum: Optional[int] = typer.Option(None, min=1, help="Micro-batches per optimizer step."),
+    warmup: Optional[int] = typer.Option(None, min=0, help="Linear warm-up steps [default: 10]."),
+    eval_every: Optional[int] = typer.Option(None, min=1, help="Validate every N steps [default: 10]."),
+    patience: Optional[int] = typer.Option(None, min=0, help="Early-stop after N evaluations without improvement "
+                                           "[default: 3; 0: off]."),
+    checkpoint_every: Optional[int] = typer.Option(None, min=0, help="Checkpoint every N steps (0: only at the end)."),
     precision: Optional[str] = PRECISION_OPT,
-    seed: int = typer.Option(0, help="Seed of the data order."),
+    seed: int = typer.Option(0, min=0, help="Seed of the data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in OUT_DIR."),
     cache_dir: Optional[Path] = CACHE_OPT,
@@ -311,6 +422,8 @@ def finetune_cmd(
     On N processes or Macs: `mlx.launch -n N -- mlxspec finetune ...` (README: several processes)."""
     if precision is not None:
         autocast.check(precision)  # before any data work: a missing MKL fails in a second
+    check_run_folder(out_dir, overwrite, resume)
+    read_through(domain, "train", "valid")
     warn_slow_paths()
     result = ms.finetune(model, domain, out_dir, domain_tokens, tokens, cache_dir=cache_dir, resume=resume,
                          overwrite=overwrite, seed=seed,
@@ -327,12 +440,13 @@ def eval_cmd(
     model: str = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name."),
     corpus: str = typer.Option("python-docs", help="Corpus spec."),
     split: str = typer.Option("test", help="train, valid or test."),
-    max_tokens: Optional[int] = typer.Option(None, help="Evaluate only the first N tokens."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N tokens."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
     """Perplexity and bits per byte of a model on a corpus split."""
+    read_through(corpus, split)
     result = ms.evaluate_model(model, corpus, split, cache_dir, max_tokens=max_tokens)
     report = {"model": str(model), "corpus": corpus, "split": split, **result.to_dict()}
     emit(report, json_out, _summary_table(f"{model} on {corpus}:{split}", report))
@@ -343,10 +457,10 @@ def eval_cmd(
 def generate(
     model: str = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name."),
     prompt: str = typer.Option("", help="Text to continue."),
-    max_tokens: int = typer.Option(100, help="Tokens to generate at most."),
-    temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy)."),
-    top_k: int = typer.Option(0, help="Sample from the k most likely tokens (0: all)."),
-    seed: int = typer.Option(0, help="Sampling seed."),
+    max_tokens: int = typer.Option(100, min=1, help="Tokens to generate at most."),
+    temperature: float = typer.Option(0.8, min=0.0, help="Sampling temperature (0: greedy)."),
+    top_k: int = typer.Option(0, min=0, help="Sample from the k most likely tokens (0: all)."),
+    seed: int = typer.Option(0, min=0, help="Sampling seed."),
     json_out: bool = JSON_OPT,
 ):
     """Sample text from a model."""
@@ -363,11 +477,11 @@ def generate(
 def export(
     model: str = typer.Argument(..., help="Model folder or hub name."),
     out_dir: Path = typer.Argument(..., help="Folder to write (an mlx-lm model folder)."),
-    quantize: Optional[int] = typer.Option(None, "--quantize", help="Quantize to 4 or 8 bits (also 2, 3, 5, 6)."),
-    group_size: int = typer.Option(64, help="Weights per quantization group (32, 64, 128)."),
+    quantize: Optional[int] = typer.Option(None, "--quantize", min=2, max=8, help="Quantize to 4 or 8 bits (also 2, 3, 5, 6)."),
+    group_size: int = typer.Option(64, min=1, help="Weights per quantization group (32, 64, 128)."),
     dtype: Optional[str] = typer.Option(None, help="Cast float weights first: float32, float16 or bfloat16."),
     eval_corpus: Optional[str] = typer.Option(None, "--eval", help="Report test perplexity of the source and the export on this corpus."),
-    eval_tokens: int = typer.Option(20_000, help="Test tokens for --eval."),
+    eval_tokens: int = typer.Option(20_000, min=1, help="Test tokens for --eval."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT_DIR."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
@@ -377,6 +491,7 @@ def export(
     from mlx_specialize.models.export import export_model
 
     _check_dtype(dtype)
+    read_through(eval_corpus, "test")
     report = export_model(model, out_dir, quantize, group_size, dtype, overwrite)
     if eval_corpus:
         before = ms.evaluate_model(model, eval_corpus, "test", cache_dir, max_tokens=eval_tokens)
@@ -395,8 +510,8 @@ def instantiate(
                                          "windows assigned to the network's clustering)."),
     select: str = typer.Option("frequent", help="With --domain: its most frequent cluster (frequent) or its whole "
                                "histogram (histogram)."),
-    domain_tokens: Optional[int] = typer.Option(None, help="With --domain: only its first N train tokens."),
-    cluster: Optional[int] = typer.Option(None, help="Instantiate one cluster's expert."),
+    domain_tokens: Optional[int] = typer.Option(None, min=1, help="With --domain: only its first N train tokens."),
+    cluster: Optional[int] = typer.Option(None, min=0, help="Instantiate one cluster's expert."),
     weights: Optional[str] = typer.Option(None, help="Instantiate for these cluster weights (k comma-separated "
                                           "non-negative numbers, normalized)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in OUT_DIR."),
@@ -413,6 +528,7 @@ def instantiate(
         raise SpecializeError("give exactly one of --domain, --cluster or --weights")
     if (out_dir / "config.json").exists() and not overwrite:
         raise SpecializeError(f"{out_dir} already holds a model (pass --overwrite to replace it)")
+    read_through(domain, "train")
     k = config["projection"]["experts"]
     if domain is not None:
         result = instantiate_for_domain(network, out_dir, domain, select, domain_tokens, cache_dir)
@@ -442,16 +558,16 @@ def _check_dtype(dtype: Optional[str]) -> None:
 @handle_errors
 def bench(
     models: list[str] = typer.Argument(..., help="Model folders or hub names, side by side."),
-    prompt_tokens: int = typer.Option(512, "--prompt-tokens", "-p", help="Prompt length."),
-    generation_tokens: int = typer.Option(128, "--generation-tokens", "-g", help="Tokens generated per trial."),
-    batch_size: int = typer.Option(1, "--batch-size", "-b", help="Prompts decoded together."),
-    trials: int = typer.Option(5, "--num-trials", "-n", help="Timed trials (after one warm-up)."),
-    quantize: list[int] = typer.Option([], "--quantize", help="Also measure each model quantized to this many bits (repeatable)."),
-    group_size: int = typer.Option(64, help="Quantization group size."),
+    prompt_tokens: int = typer.Option(512, "--prompt-tokens", "-p", min=1, help="Prompt length."),
+    generation_tokens: int = typer.Option(128, "--generation-tokens", "-g", min=1, help="Tokens generated per trial."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Prompts decoded together."),
+    trials: int = typer.Option(5, "--num-trials", "-n", min=1, help="Timed trials (after one warm-up)."),
+    quantize: list[int] = typer.Option([], "--quantize", min=2, max=8, help="Also measure each model quantized to this many bits (repeatable)."),
+    group_size: int = typer.Option(64, min=1, help="Quantization group size."),
     dtype: Optional[str] = typer.Option(None, help="Cast float weights: float32, float16 or bfloat16 [default: as stored]."),
     eval_corpus: Optional[str] = typer.Option(None, "--eval", help="Also report test perplexity and bits/byte on this corpus."),
-    eval_tokens: int = typer.Option(20_000, help="Test tokens for --eval."),
-    seed: int = typer.Option(0, help="Seed of the random prompts."),
+    eval_tokens: int = typer.Option(20_000, min=1, help="Test tokens for --eval."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random prompts."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
@@ -460,10 +576,7 @@ def bench(
     from mlx_specialize.bench import BenchConfig, run_bench
 
     _check_dtype(dtype)
-    for name, value in (("--prompt-tokens", prompt_tokens), ("--generation-tokens", generation_tokens),
-                        ("--batch-size", batch_size), ("--num-trials", trials)):
-        if value < 1:
-            raise SpecializeError(f"{name} must be at least 1")
+    read_through(eval_corpus, "test")
     cfg = BenchConfig(prompt_tokens, generation_tokens, batch_size, trials, seed, tuple(quantize), group_size, dtype,
                       eval_corpus, eval_tokens, str(cache_dir) if cache_dir else None)
     report = run_bench(models, cfg)
@@ -471,23 +584,20 @@ def bench(
         return emit(report, True)
     title = (f"{report['device']}: prompt {prompt_tokens} tokens, generate {generation_tokens}, batch {batch_size}, "
              f"mean ± std of {trials} trials")
-    speed = Table(title=title)
-    for col in ("model", "variant", "prompt tok/s", "generation tok/s", "first token ms", "peak MB"):
-        speed.add_column(col, no_wrap=True)
-    cost = Table(title=f"size, bandwidth bound ({report['bandwidth_gb_s']:.1f} GB/s copy) and serving cost")
+    speed = make_table(title, "model", "variant", "prompt tok/s", "generation tok/s", "first token ms", "peak MB")
     cost_cols = ["model", "variant", "params", "MB", "bits/w", "bound tok/s", "of bound", "hours / 1B tok", "cost"]
-    for col in cost_cols + (["test ppl", "bits/byte"] if eval_corpus else []):
-        cost.add_column(col, no_wrap=True)
+    cost = make_table(f"size, bandwidth bound ({report['bandwidth_gb_s']:.1f} GB/s copy) and serving cost",
+                      *cost_cols, *(["test ppl", "bits/byte"] if eval_corpus else []))
     for r in report["models"]:
         m, sd = r["mean"], r["std"]
         label = Path(r["model"]).name if Path(r["model"]).exists() else r["model"]
-        speed.add_row(label, r["variant"], f"{m['prompt_tps']:,.0f} ± {sd['prompt_tps']:,.0f}",
-                      f"{m['generation_tps']:,.1f} ± {sd['generation_tps']:,.1f}",
-                      f"{m['ttft_s'] * 1e3:,.1f} ± {sd['ttft_s'] * 1e3:,.1f}", f"{m['peak_memory_gb'] * 1e3:,.1f}")
+        add_row(speed, label, r["variant"], f"{m['prompt_tps']:,.0f} ± {sd['prompt_tps']:,.0f}",
+                f"{m['generation_tps']:,.1f} ± {sd['generation_tps']:,.1f}",
+                f"{m['ttft_s'] * 1e3:,.1f} ± {sd['ttft_s'] * 1e3:,.1f}", f"{m['peak_memory_gb'] * 1e3:,.1f}")
         row = [label, r["variant"], f"{r['params'] / 1e6:.2f}M", f"{r['bytes'] / 1e6:.1f}", f"{r['bits_per_weight']:.1f}",
                f"{r['bound_tok_s']:,.0f}", f"{r['fraction_of_bound']:.0%}", f"{r['device_hours_per_billion']:,.1f}",
                f"{r['cost_vs_first']:.2f}x"]
-        cost.add_row(*row, *([f"{r['ppl']:.2f}", f"{r['bpb']:.3f}"] if eval_corpus else []))
+        add_row(cost, *row, *([f"{r['ppl']:.2f}", f"{r['bpb']:.3f}"] if eval_corpus else []))
     out.print(speed)
     out.print(cost)
     out.print("bound: batch x bandwidth / weight bytes read per decoding step; hours / 1B tok: device hours to "
@@ -500,10 +610,10 @@ def bench(
 def data_embed(
     generic: str = typer.Option(..., help="Generic corpus spec (its train split is embedded)."),
     tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer [default: train one on the generic corpus]."),
-    vocab_size: int = typer.Option(8192, help="Vocabulary when training the tokenizer."),
+    vocab_size: int = typer.Option(8192, min=MIN_VOCAB, help="Vocabulary when training the tokenizer."),
     embedder: str = typer.Option("hashed", help="hashed (fast, model-free) or minilm (the paper's Sentence-BERT)."),
-    window: int = typer.Option(256, help="Tokens per window (non-overlapping)."),
-    max_windows: Optional[int] = typer.Option(None, help="Embed only the first N windows."),
+    window: int = typer.Option(256, min=1, help="Tokens per window (non-overlapping)."),
+    max_windows: Optional[int] = typer.Option(None, min=1, help="Embed only the first N windows."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
@@ -512,7 +622,10 @@ def data_embed(
     import time
 
     from mlx_specialize import importance as imp
+    from mlx_specialize.data.embedding import EMBEDDERS
 
+    check_choice("--embedder", embedder, EMBEDDERS)
+    read_through(generic, "train")
     cache = cache_dir or ms.data.tokens.default_cache_dir()
     tok = ms.Tokenizer.load(tokenizer) if tokenizer else imp.generic_tokenizer(generic, vocab_size, cache)
     t0 = time.perf_counter()
@@ -529,16 +642,18 @@ def data_embed(
 def data_cluster(
     embeddings: Path = typer.Argument(..., help="Folder printed by `mlxspec data embed`."),
     out_dir: Path = typer.Option(..., "--out", help="Clusters folder to write."),
-    k: int = typer.Option(64, help="Clusters (the paper: 1024 for importance sampling; 16-256 in ablations)."),
+    k: int = typer.Option(64, min=2, help="Clusters (the paper: 1024 for importance sampling; 16-256 in ablations)."),
     metric: str = typer.Option("cosine", help="cosine or euclidean."),
-    seed: int = typer.Option(0, help="Seed."),
+    seed: int = SEED_OPT,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing clusters folder."),
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
     """k-means over the generic embeddings; keeps centroids, labels, embedder state."""
     from mlx_specialize import importance as imp
+    from mlx_specialize.data.clustering import METRICS
 
+    check_choice("--metric", metric, METRICS)
     if (out_dir / "clusters.safetensors").exists() and not overwrite:
         raise SpecializeError(f"{out_dir} already holds clusters (pass --overwrite to replace them)")
     clusters = imp.cluster_folder(embeddings, k, out_dir, metric, seed)
@@ -554,11 +669,11 @@ def data_cluster(
 def data_select(
     clusters: Path = typer.Option(..., help="Clusters folder (`mlxspec data cluster`)."),
     domain: str = typer.Option(..., help="Target domain corpus spec (its train split)."),
-    tokens: int = typer.Option(..., help="Tokens to select from the generic corpus."),
+    tokens: int = typer.Option(..., min=1, help="Tokens to select from the generic corpus."),
     out_dir: Path = typer.Option(..., "--out", help="Selection folder to write."),
-    domain_tokens: Optional[int] = typer.Option(None, help="Use only the first N domain train tokens."),
+    domain_tokens: Optional[int] = typer.Option(None, min=1, help="Use only the first N domain train tokens."),
     sampler: str = typer.Option("cluster", help="cluster (CRISP, with replacement) or gumbel (DSIR, without)."),
-    seed: int = typer.Option(0, help="Seed."),
+    seed: int = SEED_OPT,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing selection."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
@@ -566,11 +681,15 @@ def data_select(
 ):
     """Resample generic windows so their cluster histogram matches the domain's."""
     from mlx_specialize import importance as imp
+    from mlx_specialize.data.selection import SAMPLERS
 
+    check_choice("--sampler", sampler, SAMPLERS)
     if (out_dir / "tokens.json").exists() and not overwrite:
         raise SpecializeError(f"{out_dir} already holds a selection (pass --overwrite to replace it)")
     cache = cache_dir or ms.data.tokens.default_cache_dir()
     loaded = imp.load_clusters(clusters)
+    read_through(domain, "train")
+    read_through(loaded.meta["generic"], "train")
     tok = ms.Tokenizer.load(clusters)
     generic_split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache)
     domain_split = imp.corpus_split(domain, "train", tok, cache, domain_tokens)
@@ -579,14 +698,12 @@ def data_select(
     report = imp.report(selection, loaded, generic_split, tok, out_dir)
     if json_out:
         return emit(report, True)
-    table = Table(title=f"{sampler} sampler: {report['windows']:,} windows -> {out_dir} "
-                        f"(KL(D||selected) {report['kl_selected']:.4f}, KL(D||generic) {report['kl_generic']:.4f} nats, "
-                        f"H(D) {report['entropy_domain']:.3f})")
-    for col in ("cluster", "P(c|D)", "P(c|G)", "selected", "sample"):
-        table.add_column(col, overflow="fold")
+    table = make_table(f"{sampler} sampler: {report['windows']:,} windows -> {out_dir} "
+                       f"(KL(D||selected) {report['kl_selected']:.4f}, KL(D||generic) {report['kl_generic']:.4f} nats, "
+                       f"H(D) {report['entropy_domain']:.3f})", "cluster", "P(c|D)", "P(c|G)", "selected", "sample")
     for c in report["top_clusters"]:
-        table.add_row(str(c["cluster"]), f"{c['p_domain']:.3f}", f"{c['p_generic']:.3f}", f"{c['p_selected']:.3f}",
-                      c["sample"][:80])
+        add_row(table, c["cluster"], f"{c['p_domain']:.3f}", f"{c['p_generic']:.3f}", f"{c['p_selected']:.3f}",
+                c["sample"][:80])
     out.print(table)
     rep = report["repeats"]
     out.print(f"unique windows {rep['unique']:,}, most repeats of one window {rep['max']}, drawn n times: "
@@ -606,60 +723,102 @@ def specialize(
                                        "folder or hub name, with its own tokenizer) instead of pre-training one."),
     preset: str = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: runs/DOMAIN-METHOD[-N]]."),
-    domain_tokens: Optional[int] = typer.Option(None, help="Use only the first N domain train tokens (limited domain data)."),
-    pretrain_tokens: int = typer.Option(DEFAULT_PRETRAIN_TOKENS, help="Generic pre-training budget in tokens (cached, shared by domains)."),
-    finetune_tokens: int = typer.Option(DEFAULT_FINETUNE_TOKENS, help="Specialization budget in tokens (early stopping may use fewer)."),
-    vocab_size: Optional[int] = typer.Option(None, help="Tokenizer vocabulary when pre-training [default: the preset's]."),
-    lr: Optional[float] = typer.Option(None, help="Fine-tuning learning rate [default: pre-training rate / 3; 3e-5 for a --base from elsewhere]."),
-    seed: int = typer.Option(0, help="Seed."),
+    domain_tokens: Optional[int] = typer.Option(None, min=1, help="Use only the first N domain train tokens (limited domain data)."),
+    pretrain_tokens: int = typer.Option(DEFAULT_PRETRAIN_TOKENS, min=1, help="Generic pre-training budget in tokens (cached, shared by domains)."),
+    finetune_tokens: int = typer.Option(DEFAULT_FINETUNE_TOKENS, min=1, help="Specialization budget in tokens (early stopping may use fewer)."),
+    vocab_size: Optional[int] = typer.Option(None, min=MIN_VOCAB, help="Tokenizer vocabulary when pre-training [default: the preset's]."),
+    lr: Optional[float] = typer.Option(None, callback=positive, help="Fine-tuning learning rate [default: pre-training rate / 3; 3e-5 for a --base from elsewhere]."),
+    seed: int = SEED_OPT,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
-    k: Optional[int] = typer.Option(None, help="Clusters of the generic corpus [is: 64, mix: 4 experts, pn / soup: 16]."),
+    k: Optional[int] = typer.Option(None, min=2, help="Clusters of the generic corpus [is: 64, mix: 4 experts, pn / soup: 16]."),
     select: Optional[str] = typer.Option(None, help="mix: the expert of the domain's most frequent cluster "
                                          "(frequent, default), of the lowest domain loss (loss), or fine-tune all, keep "
                                          "the best (all); pn / soup: instantiate for the most frequent cluster "
                                          "(frequent, pn's default) or the domain's cluster histogram (histogram, soup's)."),
-    basis: Optional[int] = typer.Option(None, help="--method pn / soup: basis matrices h per MLP weight [8]."),
+    basis: Optional[int] = typer.Option(None, min=1, help="--method pn / soup: basis matrices h per MLP weight [8]."),
     expert_init: str = typer.Option("scratch", help="--method mix: experts start from scratch (the paper) or from "
                                     "the generic SLM (generic; its pre-training is counted)."),
     embedder: str = typer.Option("hashed", help="--method is: hashed or minilm."),
-    window: Optional[int] = typer.Option(None, help="--method is: tokens per window [default: the preset's context]."),
+    window: Optional[int] = typer.Option(None, min=1, help="--method is: tokens per window [default: the preset's context]."),
     sampler: str = typer.Option("cluster", help="--method is: cluster or gumbel."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
     """Specialize a small model to a domain: pre-train (or reuse) a generic model, fine-tune, report."""
+    check_specialize_inputs(domain, generic, method, base, preset, out_dir, domain_tokens, overwrite, select,
+                            expert_init, embedder, sampler)
     warn_slow_paths()
     report = ms.specialize(domain=domain, generic=generic, method=method, base=base,
                            preset=preset, out_dir=out_dir, domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens,
                            finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,
                            cache_dir=cache_dir, overwrite=overwrite, k=k, embedder=embedder, window=window,
                            sampler=sampler, select=select, expert_init=expert_init, basis=basis)
-    table = Table(title=f"{report['method']} on {report['domain']}: {report['params'] / 1e6:.2f}M params -> {report['model']}")
-    for col in ("phase", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"):
-        table.add_column(col, no_wrap=True)
+    if not json_out:
+        out.print(specialize_table(report))
+        fin = report["phases"]["finetune"]
+        out.print(f"generation: {report['gen_tok_s']:.0f} tok/s (batch 1); domain data: {fin['domain_tokens']:,} tokens"
+                  f"{', early-stopped' if fin['stopped_early'] else ''}")
+    emit(report, json_out)
+
+
+def check_specialize_inputs(domain, generic, method, base, preset, out_dir, domain_tokens, overwrite, select,
+                            expert_init, embedder, sampler) -> None:
+    """Everything `specialize` can check before a pre-training that may take hours: the
+    choices, the run folder, the domain data against one training window, and every
+    corpus it will read, read through for the splits it uses."""
+    from mlx_specialize.data.corpus import default_generic
+    from mlx_specialize.data.embedding import EMBEDDERS
+    from mlx_specialize.data.selection import SAMPLERS
+    from mlx_specialize.models.mixture import SELECT_RULES
+
+    p = ms.get_preset(preset)
+    rules = {"mix": SELECT_RULES, "pn": ("frequent", "histogram"), "soup": ("frequent", "histogram")}
+    if method in rules:  # the other methods take no --select
+        check_choice("--select", select, rules[method])
+    check_choice("--expert-init", expert_init, ("scratch", "generic"))
+    check_choice("--embedder", embedder, EMBEDDERS)
+    check_choice("--sampler", sampler, SAMPLERS)
+    if out_dir is not None and out_dir.exists():
+        if not out_dir.is_dir():
+            raise SpecializeError(f"--out {out_dir} is a file; choose another --out")
+        run = any((out_dir / name).exists() for name in ("summary.json", "report.json", "checkpoints", "run.json"))
+        if run and not overwrite:
+            raise SpecializeError(f"{out_dir} already holds a run; pass --overwrite to replace it, or choose another --out")
+        if not run and any(out_dir.iterdir()):  # never write a run over files that are not one
+            raise SpecializeError(f"{out_dir} is not empty and holds no run; choose another --out")
+    if base is None and domain_tokens is not None and domain_tokens < p.context + 1:
+        raise SpecializeError(f"--domain-tokens: {domain_tokens} tokens are fewer than one training window of the "
+                              f"'{preset}' preset ({p.context + 1} tokens)")
+    read_through(domain, "train", "valid", "test")  # fine-tune, early stopping, the report
+    if base is None:  # pre-training reads the generic corpus' train and valid splits
+        read_through(generic or default_generic(domain), "train", "valid")
+
+
+def specialize_table(report: dict) -> Table:
+    """`specialize`'s summary: one row per phase (selection, pre-training, fine-tuning)."""
+    table = make_table(f"{report['method']} on {report['domain']}: {report['params'] / 1e6:.2f}M params -> "
+                       f"{report['model']}", "phase", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte",
+                       right=("tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"))
     pre, fin = report["phases"]["pretrain"], report["phases"]["finetune"]
     cached = " (cached)" if pre.get("cached") else " (given)" if "given" in pre else ""
     sel = report["phases"].get("select", {})
     if "kl_selected" in sel:
-        table.add_row(f"select (k={sel['k']}, KL {sel['kl_generic']:.3f} -> {sel['kl_selected']:.3f})",
-                      f"{sel['windows']:,} win", f"{sel['seconds']:.0f}", "", "", "")
+        add_row(table, f"select (k={sel['k']}, KL {sel['kl_generic']:.3f} -> {sel['kl_selected']:.3f})",
+                f"{sel['windows']:,} win", f"{sel['seconds']:.0f}", "", "", "")
     elif "expert" in sel:
-        table.add_row(f"choose expert {sel['expert']} of {sel['k']} ({sel['rule']})", "", f"{sel['seconds']:.0f}", "", "", "")
+        add_row(table, f"choose expert {sel['expert']} of {sel['k']} ({sel['rule']})", "", f"{sel['seconds']:.0f}",
+                "", "", "")
     elif "instance" in sel:
         chosen = f"cluster {sel['cluster']}" if "cluster" in sel else "the domain's histogram"
-        table.add_row(f"instantiate for {chosen} of {sel['k']}", "", f"{sel['seconds']:.0f}", "", "", "")
+        add_row(table, f"instantiate for {chosen} of {sel['k']}", "", f"{sel['seconds']:.0f}", "", "", "")
     kind = {"is": "importance-sampled", "mix": f"{sel.get('k')} experts'", "pn": "projected network",
             "soup": "soup of experts"}.get(report["method"], "generic")
-    table.add_row(f"{kind} pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
-                  f"{report['ppl_before']:.2f}", f"{report['bpb_before']:.3f}")
-    table.add_row("domain fine-tune", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
-                  f"{report['ppl_after']:.2f}", f"{report['bpb_after']:.3f}")
-    if not json_out:
-        out.print(table)
-        out.print(f"generation: {report['gen_tok_s']:.0f} tok/s (batch 1); domain data: {fin['domain_tokens']:,} tokens"
-                  f"{', early-stopped' if fin['stopped_early'] else ''}")
-    emit(report, json_out)
+    add_row(table, f"{kind} pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
+            f"{report['ppl_before']:.2f}", f"{report['bpb_before']:.3f}")
+    add_row(table, "domain fine-tune", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
+            f"{report['ppl_after']:.2f}", f"{report['bpb_after']:.3f}")
+    return table
 
 
 def main() -> None:

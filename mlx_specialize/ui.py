@@ -11,8 +11,10 @@ import os
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
-console = Console(stderr=True)
+# No emoji codes: a corpus path or spec holding `:train:` must print as written, not as a train emoji.
+console = Console(stderr=True, emoji=False)
 
 
 def _launched_rank() -> int:
@@ -46,15 +48,20 @@ def warn(message: str) -> None:
 
 
 def progress(*extra_fields: str) -> Progress:
-    """A progress bar with step counts, ETA and the named task fields (e.g. loss)."""
+    """A progress bar with step counts, ETA and the named task fields (e.g. loss).
+
+    Descriptions and fields are plain text, never markup: they hold corpus specs and
+    paths, whose brackets and `:name:` must print as written. In a narrow terminal the
+    description wraps and the bar shrinks; the numbers are never cut ("301531…")."""
+    whole = Column(no_wrap=True)
     columns = [
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False, table_column=Column(overflow="fold")),
         BarColumn(),
-        MofNCompleteColumn(),
-        *[TextColumn(f"{{task.fields[{name}]}}") for name in extra_fields],
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        MofNCompleteColumn(table_column=whole),
+        *[TextColumn(f"{{task.fields[{name}]}}", markup=False, table_column=whole) for name in extra_fields],
+        TimeElapsedColumn(table_column=whole),
+        TextColumn("eta", table_column=whole),
+        TimeRemainingColumn(table_column=whole),
     ]
     return Progress(*columns, console=console, disable=QUIET, transient=False)
 

@@ -203,7 +203,7 @@ def test_cli_pipeline_embed_cluster_select_pretrain(tmp_path):
     for args, message in ((["data", "cluster", folder, "--k", "100000", "--out", str(tmp_path / "c2")], "cannot make"),
                           (["data", "select", "--clusters", str(tmp_path / "cl"), "--domain", str(tmp_path / "empty.jsonl"),
                             "--tokens", "1000", "--out", str(tmp_path / "s3"), "--cache-dir", str(tmp_path / "cache")],
-                           "has no text in its train split"),
+                           "no documents in its train split"),
                           (["data", "select", "--clusters", str(tmp_path / "cl"), "--domain", str(tmp_path / "one.jsonl"),
                             "--tokens", "1000", "--out", str(tmp_path / "s2"), "--cache-dir", str(tmp_path / "cache")],
                            "fewer than one 128-token window")):

@@ -147,7 +147,7 @@ class LocalFiles:
                 data = json.loads(raw)
             except json.JSONDecodeError as err:
                 if "Extra data" not in err.msg:
-                    raise SpecializeError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+                    raise SpecializeError(f"{path} is not valid JSON: {err}") from None  # with line and column
                 yield from self._jsonl(path)
                 return
             if isinstance(data, dict):
@@ -160,6 +160,8 @@ class LocalFiles:
             return f.read()
         except UnicodeDecodeError:
             raise SpecializeError(f"{path} is not UTF-8 text") from None
+        except (OSError, EOFError) as err:  # a truncated or corrupt .gz
+            raise SpecializeError(f"cannot read {path}: {err}") from None
 
     def _record(self, rec, where: str) -> tuple[str, str | None]:
         text = _pick_text(rec, self.field_name, where)
@@ -168,23 +170,29 @@ class LocalFiles:
 
     def _jsonl(self, path: Path) -> Iterator[tuple[str, str | None]]:
         with _open_text(path) as f:
+            raw = f.buffer  # bytes, one line at a time: a decoding error names its own line
             lineno = 0
             while True:
                 try:
-                    line = f.readline()
-                except UnicodeDecodeError:
-                    raise SpecializeError(f"{path} is not UTF-8 text") from None
-                except (OSError, EOFError) as err:
-                    raise SpecializeError(f"cannot read {path}: {err}") from None
-                if not line:
+                    data = raw.readline()
+                except (OSError, EOFError) as err:  # a truncated or corrupt .gz
+                    raise SpecializeError(f"cannot read {path} after line {lineno}: {err}") from None
+                if not data:
                     return
                 lineno += 1
+                try:
+                    line = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SpecializeError(f"{path}:{lineno} is not UTF-8 text") from None
                 if not line.strip():
                     continue
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise SpecializeError(f"{path}:{lineno} is not valid JSON: {err.msg}") from None
+                    # The parser's whole message, its line number made the file's: the
+                    # column is what finds a stray control character in a long line.
+                    raise SpecializeError(f"{path}:{lineno} is not valid JSON: {err.msg}: "
+                                          f"line {lineno} column {err.colno}") from None
                 yield self._record(rec, f"{path}:{lineno}")
 
     def _parquet(self, path: Path) -> Iterator[tuple[str, str | None]]:
@@ -199,7 +207,14 @@ class LocalFiles:
         if text_col not in names:
             raise SpecializeError(f"{path}: no column '{text_col or 'text'}' (columns: {', '.join(names)})")
         cols = [text_col] + (["split"] if "split" in names else [])
-        for batch in pf.iter_batches(columns=cols, batch_size=1024):
+        batches = pf.iter_batches(columns=cols, batch_size=1024)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as err:  # a corrupt page: pyarrow raises its own error types
+                raise SpecializeError(f"cannot read {path}: {err}") from None
+            if batch is None:
+                return
             rows = batch.to_pydict()
             splits = rows.get("split") or [None] * len(rows[text_col])
             for text, split in zip(rows[text_col], splits):
@@ -280,6 +295,32 @@ class Corpus:
                     continue
                 if (own_split or hash_split(text)) == split:
                     yield text
+
+    def check(self, splits=SPLITS) -> dict[str, int]:
+        """Read the corpus through once, as training will, and fail now with one line
+        naming the file and line, not minutes or hours into a run: every local file to its
+        end (the whole gzip stream, each JSON line parsed, UTF-8 decoded), and each of
+        `splits` must hold a document. Returns the documents per split.
+
+        A hub dataset (`hf:`) is only opened: reading it through would download it, and
+        its splits are then not counted."""
+        for split in splits:
+            if split not in SPLITS:
+                raise SpecializeError(f"unknown split '{split}' (use one of {', '.join(SPLITS)})")
+        counts = dict.fromkeys(SPLITS, 0)
+        streamed = False
+        for source in self.sources:
+            if isinstance(source, HFDataset):
+                source._load()
+                streamed = True
+                continue
+            for text, own_split in source.records():  # every record, whatever its split: all are parsed
+                if isinstance(text, str) and text.strip():
+                    counts[own_split or hash_split(text)] += 1
+        for split in splits:
+            if counts[split] == 0 and not streamed:
+                raise SpecializeError(f"corpus '{self.name}' has no documents in its {split} split")
+        return counts
 
     def fingerprint(self) -> str:
         """A hash of the corpus content and options: the key of tokenized caches."""

@@ -1,0 +1,318 @@
+"""Bad input fails before any compute, as one `error:` line and exit 2; nothing printed
+from user data is taken for markup; Ctrl-C is exit 130.
+
+The exit code and the shape of stderr are the command line's contract with scripts, so
+most cases run the CLI in a real process: `python -m cli.main` with this checkout first
+on the path (the code `mlxspec` runs, whichever checkout holds this file), in a scratch
+working folder, each with its own empty cache. They are started together (each spends
+~2 s importing MLX) and every case asserts that no run folder and no cache was written:
+the proof that it failed before pre-training, not after.
+"""
+
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from cli.main import _summary_table, app, specialize_table
+from mlx_specialize.data.corpus import DEMO_DIR, load_corpus
+from mlx_specialize.errors import SpecializeError
+from mlx_specialize.slow_paths import slow_paths
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+TRAIN_EMOJI = "\U0001f68b"  # what rich makes of `:train:`
+
+
+@pytest.fixture(autouse=True)
+def scratch(tmp_path, monkeypatch):
+    """In-process commands too run in a scratch folder with a scratch cache: one that
+    failed to refuse its input would train there, never in ~/.cache or the checkout."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path / "cache"))
+
+
+def start_cli(args, cwd, env=None) -> subprocess.Popen:
+    # Every case passes --cache-dir (MLXSPEC_CACHE would also move the C++ kernels that
+    # training builds once, ~20 s, into the scratch folder).
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "COLUMNS": "500", **(env or {})}
+    env.pop("MLXSPEC_CACHE", None)
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# The slow-path warnings a machine without the fast BLAS or C++ kernels prints first
+# (none where both load); asked once, here, in the real cache, where the kernels are built.
+MACHINE_WARNINGS = {f"warning: {line}" for line in slow_paths()}
+
+
+def message_lines(stderr: str) -> list[str]:
+    """stderr's non-empty lines less this machine's slow-path warnings."""
+    return [line for line in stderr.splitlines() if line.strip() and line not in MACHINE_WARNINGS]
+
+
+def demo_lines(name: str) -> list[str]:
+    return gzip.decompress((DEMO_DIR / f"{name}.jsonl.gz").read_bytes()).decode().splitlines()
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    """Every bad input run at once: {case: (exit code, stderr, wall seconds, its folder)}."""
+    root = tmp_path_factory.mktemp("bad")
+    whole = (DEMO_DIR / "python-docs.jsonl.gz").read_bytes()
+    (root / "truncated.jsonl.gz").write_bytes(whole[: len(whole) * 3 // 4])  # cut mid-stream
+    lines = demo_lines("python-docs")
+    lines[40] = lines[40][:30] + "\x01" + lines[40][30:]  # a raw control character inside a JSON string
+    (root / "control.jsonl").write_text("\n".join(lines) + "\n")
+    existing = root / "existing"
+    existing.mkdir()
+    (existing / "summary.json").write_text('{"steps": 1}')
+    (existing / "model.safetensors").write_bytes(b"weights")
+    model = root / "no-model-needed"  # every case must fail before a model is loaded
+    cases = {  # OUT: a run folder in the case's own folder, which must stay empty
+        "truncated domain": ["specialize", "--domain", root / "truncated.jsonl.gz", "--preset", "tiny", "--out", "OUT"],
+        "truncated generic (pretrain)": ["pretrain", "OUT", "--generic", root / "truncated.jsonl.gz"],
+        "control character": ["specialize", "--domain", root / "control.jsonl", "--preset", "tiny", "--out", "OUT"],
+        "specialize --domain-tokens 0": ["specialize", "--domain-tokens", 0],  # into ./runs/ by default
+        "specialize --domain-tokens -5": ["specialize", "--domain-tokens", -5],
+        "finetune --domain-tokens -5": ["finetune", model, "OUT", "--domain-tokens", -5],
+        "finetune --domain-tokens 0": ["finetune", model, "OUT", "--domain-tokens", 0],
+        "generate --max-tokens -1": ["generate", model, "--max-tokens", -1],
+        "generate --max-tokens 0": ["generate", model, "--max-tokens", 0],
+        "specialize --out EXISTING": ["specialize", "--out", existing, "--preset", "tiny"],
+    }
+    procs = {}
+    for name, args in cases.items():
+        folder = root / name.replace(" ", "_")
+        folder.mkdir()
+        args = [folder / "out" if a == "OUT" else a for a in args]
+        if args[0] != "generate":
+            args += ["--cache-dir", folder / "cache"]
+        procs[name] = (start_cli(args, folder), time.perf_counter(), folder)
+    results = {}
+    for name, (proc, t0, folder) in procs.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        results[name] = (proc.returncode, stderr, time.perf_counter() - t0, folder)
+    results["existing"] = existing
+    results["root"] = root
+    return results
+
+
+def assert_refused(bad, case: str, *expected: str) -> str:
+    """The case exited 2 with one `error:` line holding `expected`, quickly, having
+    written no run folder and no cache; returns the line."""
+    code, stderr, seconds, folder = bad[case]
+    lines = message_lines(stderr)
+    assert code == 2, (case, stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), (case, stderr)
+    assert "Traceback" not in stderr and "Usage:" not in stderr, (case, stderr)
+    for text in expected:
+        assert text in lines[0], (case, text, lines[0])
+    assert sorted(p.name for p in folder.iterdir()) == [], (case, "wrote", list(folder.iterdir()))  # no out/, cache/, runs/
+    assert seconds < 60, (case, seconds)  # the imports, under the load of the other cases; no training
+    return lines[0]
+
+
+def test_a_truncated_gzip_corpus_fails_before_pretraining_naming_file_and_line(bad):
+    line = assert_refused(bad, "truncated domain", str(bad["root"] / "truncated.jsonl.gz"), "after line ")
+    assert "end-of-stream" in line  # the reader's own reason
+
+
+def test_a_truncated_generic_corpus_fails_pretrain_before_the_tokenizer(bad):
+    assert_refused(bad, "truncated generic (pretrain)", "truncated.jsonl.gz", "after line ")
+
+
+def test_a_malformed_json_line_names_file_line_and_column(bad):
+    path = bad["root"] / "control.jsonl"
+    assert_refused(bad, "control character", f"{path}:41 ", "Invalid control character", "line 41 column 31")
+
+
+@pytest.mark.parametrize("case", ["specialize --domain-tokens 0", "specialize --domain-tokens -5",
+                                  "finetune --domain-tokens -5", "finetune --domain-tokens 0"])
+def test_domain_tokens_below_one_is_refused_by_the_option(bad, case):
+    line = assert_refused(bad, case, "error: --domain-tokens: ")
+    assert re.search(r"greater than or equal to 1|x>=1", line), line  # the option's range, not a later symptom
+
+
+@pytest.mark.parametrize("case", ["generate --max-tokens -1", "generate --max-tokens 0"])
+def test_generate_refuses_max_tokens_below_one(bad, case):
+    line = assert_refused(bad, case, "error: --max-tokens: ")
+    assert re.search(r"greater than or equal to 1|x>=1", line), line
+
+
+def test_specialize_into_an_existing_run_says_what_specialize_can_do(bad):
+    line = assert_refused(bad, "specialize --out EXISTING", str(bad["existing"]), "--overwrite", "another --out")
+    assert "--resume" not in line  # specialize has no such option
+    assert (bad["existing"] / "model.safetensors").read_bytes() == b"weights"  # untouched
+    assert sorted(p.name for p in bad["existing"].iterdir()) == ["model.safetensors", "summary.json"]
+
+
+@pytest.mark.parametrize("args, option", [
+    (["specialize", "--lr", "0"], "--lr"),
+    (["specialize", "--k", "1"], "--k"),
+    (["specialize", "--pretrain-tokens", "0"], "--pretrain-tokens"),
+    (["specialize", "--vocab-size", "10"], "--vocab-size"),
+    (["pretrain", "out", "--batch-size", "0"], "--batch-size"),
+    (["pretrain", "out", "--tokens", "-1"], "--tokens"),
+    (["finetune", "m", "out", "--lr", "-3e-4"], "--lr"),
+    (["finetune", "m", "out", "--grad-accum", "0"], "--grad-accum"),
+    (["generate", "m", "--temperature", "-0.5"], "--temperature"),
+    (["generate", "m", "--top-k", "-1"], "--top-k"),
+    (["eval", "m", "--max-tokens", "0"], "--max-tokens"),
+    (["bench", "m", "-g", "0"], "--generation-tokens"),
+    (["data", "cluster", "e", "--out", "c", "--k", "1"], "--k"),
+    (["data", "select", "--clusters", "c", "--domain", "d", "--tokens", "0", "--out", "o"], "--tokens"),
+    (["generate", "m", "--max-tokens", "many"], "--max-tokens"),
+])
+def test_numeric_options_are_range_checked_by_their_own_types(tmp_path, args, option):
+    result = runner.invoke(app, args)
+    lines = message_lines(result.stderr)
+    assert result.exit_code == 2 and len(lines) == 1, (args, result.output, result.stderr)
+    assert lines[0].startswith(f"error: {option}: "), (args, lines)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--domain-tokens", "50", "--preset", "tiny"], "fewer than one training window of the 'tiny' preset (129 tokens)"),
+    (["--method", "mix", "--select", "best"], "--select: 'best' is not one of frequent, loss, all"),
+    (["--method", "is", "--sampler", "topk"], "--sampler: 'topk' is not one of cluster, gumbel"),
+    (["--embedder", "bert"], "--embedder: 'bert' is not one of hashed, minilm"),
+])
+def test_specialize_checks_its_choices_before_any_work(tmp_path, args, expected):
+    result = runner.invoke(app, ["specialize", *args, "--cache-dir", str(tmp_path / "cache")])
+    lines = message_lines(result.stderr)
+    assert result.exit_code == 2 and len(lines) == 1 and expected in lines[0], (args, result.stderr)
+    assert list(tmp_path.iterdir()) == []  # no runs/, no cache
+
+
+def test_click_usage_errors_are_one_line_too():
+    for args in (["specialize", "--no-such-option"], ["finetune"], ["generate", "m", "--json", "true"]):
+        result = runner.invoke(app, args)
+        lines = message_lines(result.stderr)
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
+
+
+def test_help_shows_flags_as_flags_and_prints_bracketed_text():
+    generate = runner.invoke(app, ["generate", "--help"]).output
+    json_line = next(line for line in generate.splitlines() if line.strip().startswith("--json"))
+    assert "<bool>" not in json_line and "bool" not in json_line.lower(), json_line
+    wrapped = runner.invoke(app, ["pretrain", "--help"]).output
+    pretrain = " ".join(re.sub(r"-\n\s+", "-", wrapped).split())  # undo the wrapping (also after a hyphen)
+    assert "Peak learning rate [default: the preset's]." in pretrain
+    assert "pip install 'mlx-specialize[bf16]'" in pretrain
+
+
+def test_a_corpus_path_holding_train_between_colons_prints_as_written(tmp_path):
+    corpus = tmp_path / "x:train:y"
+    corpus.mkdir()
+    (corpus / "go.jsonl").write_text("\n".join(demo_lines("go-code")[:60]) + "\n")
+    proc = start_cli(["data", "embed", "--generic", corpus, "--vocab-size", 512, "--window", 64, "--max-windows", 2,
+                      "--cache-dir", tmp_path / "cache"], tmp_path)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert TRAIN_EMOJI not in stderr + stdout
+    assert f"tokenizer on {corpus}\n" in stderr  # an info line
+    assert f"tokenizing {corpus}:train " in stderr  # a progress bar's description
+    assert f"embedded {corpus}" in stdout  # a table title
+
+
+def render(table, width: int = 80) -> str:
+    console = Console(file=StringIO(), width=width)
+    console.print(table)
+    return console.file.getvalue()
+
+
+def test_a_results_table_wraps_to_80_columns_and_never_cuts_a_number():
+    report = {"method": "finetune", "domain": "python-docs", "params": 3.2e6, "model": "runs/python-docs-finetune-12",
+              "phases": {"pretrain": {"tokens": 600_000, "seconds": 812.3, "flops": 1.23e14, "cached": True},
+                         "finetune": {"tokens": 120_000, "seconds": 95.2, "flops": 2.4e13, "steps": 30,
+                                      "domain_tokens": 123_456, "stopped_early": True}},
+              "ppl_before": 123.45, "ppl_after": 23.45, "bpb_before": 1.234, "bpb_after": 0.987}
+    text = render(specialize_table(report))  # "generic pre-train (cached)" used to squeeze "600,0…"
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80, text
+    for number in ("600,000", "120,000", "1.23e+14", "2.40e+13", "812", "123.45", "0.987"):
+        assert number in text, (number, text)
+    long_path = "/tmp/a-rather-long-cache-folder/pretrained/5d1b31cc160cb986/and/more/python-docs-finetune"
+    text = render(_summary_table("pre-trained", {"model": long_path, "tokens": 600_000, "seconds": 812.3}))
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80, text
+    assert "600000" in text and "812.30" in text
+    assert long_path in "".join(text.split()).replace("│", "")  # folded onto two lines, all of it
+
+
+def test_a_progress_bar_wraps_its_description_and_never_cuts_its_count(monkeypatch):
+    from mlx_specialize import ui
+
+    monkeypatch.setattr(ui, "console", Console(file=StringIO(), width=80, emoji=False))
+    monkeypatch.setattr(ui, "QUIET", False)
+    with ui.task("tokenizing go-code,postgres-docs,python-code:train", None) as advance:
+        advance(301_531)
+    text = ui.console.file.getvalue()
+    assert "301531/?" in text and "…" not in text, text
+    assert "python-code:train" in "".join(text.split()), text
+
+
+def interrupt(proc, marker: str | None, then: float, timeout=120) -> str:
+    """Wait for `marker` on the process' stderr (None: do not wait) and `then` seconds
+    more, send Ctrl-C; returns all of stderr."""
+    seen = []
+    if marker is not None:
+        for line in proc.stderr:
+            seen.append(line)
+            if marker in line:
+                break
+    time.sleep(then)
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=timeout)
+    return "".join(seen) + rest
+
+
+@pytest.mark.parametrize("marker, then", [(None, 0.5), ("pre-training 'tiny'", 1.5)])  # importing; training
+def test_ctrl_c_exits_130_with_one_error_line(tmp_path, marker, then):
+    proc = start_cli(["pretrain", tmp_path / "run", "--preset", "tiny", "--generic", "go-code", "--vocab-size", 512,
+                      "--tokens", 100_000_000, "--cache-dir", tmp_path / "cache"], tmp_path)
+    stderr = interrupt(proc, marker, then)
+    assert proc.returncode == 130, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "interrupted" in errors[0] and "Traceback" not in stderr, stderr
+
+
+# ---- Corpus.check, in process ------------------------------------------------------
+def test_check_reads_the_whole_file_and_counts_documents_per_split(tmp_path):
+    counts = load_corpus("python-docs").check(("train", "valid", "test"))
+    assert sum(counts.values()) == len(demo_lines("python-docs")) and min(counts.values()) > 0
+    whole = (DEMO_DIR / "python-docs.jsonl.gz").read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[:-200])  # only the last bytes missing
+    corpus = load_corpus(str(tmp_path / "cut.jsonl.gz"))
+    assert next(corpus.documents("train"))  # the start still reads: only a read-through finds it
+    with pytest.raises(SpecializeError, match=r"cut\.jsonl\.gz after line \d+: .*end-of-stream"):
+        corpus.check(("train",))
+
+
+def test_check_finds_a_truncated_gzipped_text_file(tmp_path):
+    text = "\n\n".join(json.loads(line)["text"] for line in demo_lines("go-code")[:40]).encode()
+    (tmp_path / "docs.txt.gz").write_bytes(gzip.compress(text)[:-100])
+    with pytest.raises(SpecializeError, match=r"cannot read .*docs\.txt\.gz: "):
+        load_corpus(str(tmp_path / "docs.txt.gz")).check(("train",))
+
+
+def test_check_names_the_line_that_is_not_utf8_and_the_split_that_is_empty(tmp_path):
+    lines = [line.encode() for line in demo_lines("go-code")[:30]]
+    lines[12] = lines[12][:40] + b"\xff\xfe" + lines[12][40:]  # ~95 kB in: past the 8 KiB sniffed at open
+    (tmp_path / "latin.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(SpecializeError, match=r"latin\.jsonl:13 is not UTF-8"):
+        load_corpus(str(tmp_path / "latin.jsonl")).check(("train",))
+    (tmp_path / "train.jsonl").write_text("\n".join(demo_lines("go-code")[:5]) + "\n")  # a train split only
+    with pytest.raises(SpecializeError, match="has no documents in its valid split"):
+        load_corpus(str(tmp_path / "train.jsonl")).check(("train", "valid"))
+    with pytest.raises(SpecializeError, match="unknown split 'dev'"):
+        load_corpus("go-code").check(("dev",))
