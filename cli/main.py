@@ -155,12 +155,11 @@ def read_through(spec: str | None, *splits: str) -> None:
 def check_run_folder(out_dir: Path, overwrite: bool, resume: bool = False) -> None:
     """Refuse, before any work, to write a training run over one already in `out_dir`
     (the trainer would refuse too, but only after tokenizing)."""
-    from mlx_specialize.train.checkpoint import checkpoint_dirs
+    from mlx_specialize.train.checkpoint import refuse_existing_run
 
     if out_dir.exists() and not out_dir.is_dir():
         raise SpecializeError(f"{out_dir} is a file, not a run folder")
-    if (checkpoint_dirs(out_dir) or (out_dir / "summary.json").exists()) and not (overwrite or resume):
-        raise SpecializeError(f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    refuse_existing_run(out_dir, overwrite, resume)
 
 
 def check_choice(option: str, value: str | None, allowed) -> None:

@@ -34,6 +34,13 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "state.json").exists())
 
 
+def refuse_existing_run(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Raise unless `run_dir` holds no run (no checkpoint, no summary), or the caller
+    continues it (`resume`) or replaces it (`overwrite`)."""
+    if (checkpoint_dirs(run_dir) or (run_dir / "summary.json").exists()) and not overwrite and not resume:
+        raise SpecializeError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, keep: int = 2) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from ..errors import SpecializeError
 from ..models.dense import Model, flops_per_token
 from ..models.io import save_model
 from . import distributed as dist
-from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_dirs, load_checkpoint, refuse_existing_run, save_checkpoint
 from .evaluate import evaluate, make_eval_fn
 from .parallel import auto_streams, blas_per_stream, clip_and_update, make_streams, training_loss
 
@@ -286,10 +286,7 @@ class Trainer:
                 metrics.write_text("".join(l + "\n" for l in kept))
             ui.info(f"resuming {self.run_dir} from step {self.step}")
             return state
-        if (ckpts or (self.run_dir / "summary.json").exists()) and not overwrite and not resume:
-            raise SpecializeError(
-                f"{self.run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
-            )
+        refuse_existing_run(self.run_dir, overwrite, resume)
         for old in (metrics, self.run_dir / "summary.json"):
             if old.exists():
                 old.unlink()
