@@ -122,6 +122,10 @@ def handle_errors(fn):
             fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
         except KeyboardInterrupt:
             fail("interrupted", code=130)
+        except OSError as err:  # a full disk, a lost mount: the system's words and the file, exit 1
+            if os.environ.get("MLXSPEC_DEBUG"):
+                raise
+            fail(f"{err.strerror or err}: {err.filename}" if err.filename else f"{err.strerror or err}", code=1)
         except Exception as err:  # a bug: still one line, traceback on request
             if os.environ.get("MLXSPEC_DEBUG"):
                 raise
