@@ -32,7 +32,7 @@ try:  # these take seconds (MLX, the BLAS): Ctrl-C meanwhile is still exit 130, 
     from mlx_specialize import autocast, fastmath, ui
     from mlx_specialize.backend import (BLAS, cpu_description, device_name, matmul_gflops, reference_matmul_gflops,
                                         train_dtype)
-    from mlx_specialize.errors import SpecializeError
+    from mlx_specialize.errors import Interrupted, SpecializeError
     from mlx_specialize.slow_paths import slow_paths, warn_slow_paths
     from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
 except KeyboardInterrupt:
@@ -117,7 +117,7 @@ def handle_errors(fn):
         except SpecializeError as err:
             # Raised while handling Ctrl-C (training checkpoints, then says how to resume):
             # still an interruption, exit 130.
-            fail(str(err), code=130 if isinstance(err.__context__, KeyboardInterrupt) else 2)
+            fail(str(err), code=130 if isinstance(err, Interrupted) or isinstance(err.__context__, KeyboardInterrupt) else 2)
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
             fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
         except KeyboardInterrupt:
@@ -749,14 +749,13 @@ def specialize(
     quiet: bool = QUIET_OPT,
 ):
     """Specialize a small model to a domain: pre-train (or reuse) a generic model, fine-tune, report."""
-    check_specialize_inputs(domain, generic, method, base, preset, out_dir, domain_tokens, overwrite, select,
-                            expert_init, embedder, sampler)
+    args = dict(domain=domain, generic=generic, method=method, base=base, preset=preset, out_dir=out_dir,
+                domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens, finetune_tokens=finetune_tokens,
+                vocab_size=vocab_size, lr=lr, seed=seed, overwrite=overwrite, k=k, embedder=embedder, window=window,
+                sampler=sampler, metric="cosine", select=select, expert_init=expert_init, basis=basis)
+    check_specialize_inputs(args)
     warn_slow_paths()
-    report = ms.specialize(domain=domain, generic=generic, method=method, base=base,
-                           preset=preset, out_dir=out_dir, domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens,
-                           finetune_tokens=finetune_tokens, vocab_size=vocab_size, lr=lr, seed=seed,
-                           cache_dir=cache_dir, overwrite=overwrite, k=k, embedder=embedder, window=window,
-                           sampler=sampler, select=select, expert_init=expert_init, basis=basis)
+    report = ms.specialize(cache_dir=cache_dir, **args)
     if not json_out:
         out.print(specialize_table(report))
         fin = report["phases"]["finetune"]
@@ -765,37 +764,32 @@ def specialize(
     emit(report, json_out)
 
 
-def check_specialize_inputs(domain, generic, method, base, preset, out_dir, domain_tokens, overwrite, select,
-                            expert_init, embedder, sampler) -> None:
+def check_specialize_inputs(args: dict) -> None:
     """Everything `specialize` can check before a pre-training that may take hours: the
-    choices, the run folder, the domain data against one training window, and every
+    choices, the run folder (an unfinished run of the same command continues; another
+    command's is refused), the domain data against one training window, and every
     corpus it will read, read through for the splits it uses."""
     from mlx_specialize.data.corpus import default_generic
     from mlx_specialize.data.embedding import EMBEDDERS
     from mlx_specialize.data.selection import SAMPLERS
     from mlx_specialize.models.mixture import SELECT_RULES
+    from mlx_specialize.specialize import resolve_run
 
+    method, preset, domain_tokens = args["method"], args["preset"], args["domain_tokens"]
     p = ms.get_preset(preset)
     rules = {"mix": SELECT_RULES, "pn": ("frequent", "histogram"), "soup": ("frequent", "histogram")}
     if method in rules:  # the other methods take no --select
-        check_choice("--select", select, rules[method])
-    check_choice("--expert-init", expert_init, ("scratch", "generic"))
-    check_choice("--embedder", embedder, EMBEDDERS)
-    check_choice("--sampler", sampler, SAMPLERS)
-    if out_dir is not None and out_dir.exists():
-        if not out_dir.is_dir():
-            raise SpecializeError(f"--out {out_dir} is a file; choose another --out")
-        run = any((out_dir / name).exists() for name in ("summary.json", "report.json", "checkpoints", "run.json"))
-        if run and not overwrite:
-            raise SpecializeError(f"{out_dir} already holds a run; pass --overwrite to replace it, or choose another --out")
-        if not run and any(out_dir.iterdir()):  # never write a run over files that are not one
-            raise SpecializeError(f"{out_dir} is not empty and holds no run; choose another --out")
-    if base is None and domain_tokens is not None and domain_tokens < p.context + 1:
+        check_choice("--select", args["select"], rules[method])
+    check_choice("--expert-init", args["expert_init"], ("scratch", "generic"))
+    check_choice("--embedder", args["embedder"], EMBEDDERS)
+    check_choice("--sampler", args["sampler"], SAMPLERS)
+    if args["base"] is None and domain_tokens is not None and domain_tokens < p.context + 1:
         raise SpecializeError(f"--domain-tokens: {domain_tokens} tokens are fewer than one training window of the "
                               f"'{preset}' preset ({p.context + 1} tokens)")
-    read_through(domain, "train", "valid", "test")  # fine-tune, early stopping, the report
-    if base is None:  # pre-training reads the generic corpus' train and valid splits
-        read_through(generic or default_generic(domain), "train", "valid")
+    read_through(args["domain"], "train", "valid", "test")  # fine-tune, early stopping, the report
+    if args["base"] is None:  # pre-training reads the generic corpus' train and valid splits
+        read_through(args["generic"] or default_generic(args["domain"]), "train", "valid")
+    resolve_run(**args)
 
 
 def specialize_table(report: dict) -> Table:

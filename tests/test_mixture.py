@@ -86,7 +86,7 @@ def test_specialize_with_a_mixture_of_experts(tmp_path):
     assert every["phases"]["pretrain"]["cached"] and len(picked["valid_losses"]) == 3
     assert picked["expert"] == int(np.argmin(picked["valid_losses"]))
     assert every["phases"]["finetune"]["tokens"] > 2 * report["phases"]["finetune"]["tokens"]
-    assert not (tmp_path / ".run-all.candidates").exists() and (tmp_path / "run-all" / "model.safetensors").is_file()
+    assert not (tmp_path / "run-all" / "candidates").exists() and (tmp_path / "run-all" / "model.safetensors").is_file()
 
 
 def test_commands_refuse_the_other_architecture(two_experts, tmp_path):

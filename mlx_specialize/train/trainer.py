@@ -20,6 +20,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +37,8 @@ from .. import autocast, fastmath, ui
 from ..backend import keep_freed_buffers
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import PackedWindows, TokenizedSplit, target_mask
-from ..errors import SpecializeError
+from ..errors import Interrupted, SpecializeError
+from ..files import atomic_write_bytes
 from ..models.dense import Model, flops_per_token
 from ..models.io import save_model
 from . import distributed as dist
@@ -281,16 +283,33 @@ class Trainer:
         if resume and ckpts:
             state = load_checkpoint(ckpts[-1], self.model, self.optimizer, self.tokenizer.fingerprint)
             self._restore(state)
-            if metrics.exists():  # drop what was logged after the checkpoint
-                kept = [l for l in metrics.read_text().splitlines() if l and json.loads(l)["step"] <= self.step]
-                metrics.write_text("".join(l + "\n" for l in kept))
+            if metrics.exists():  # drop what was logged after the checkpoint (and a line cut by a kill)
+                kept = [line for line in metrics.read_text().splitlines() if _logged_at_most(line, self.step)]
+                atomic_write_bytes(metrics, "".join(line + "\n" for line in kept).encode())
             ui.info(f"resuming {self.run_dir} from step {self.step}")
             return state
         refuse_existing_run(self.run_dir, overwrite, resume)
+        # A new run: nothing of an old one may survive to be resumed from or reported
+        # (an old run's later checkpoints would be picked by the next --resume).
         for old in (metrics, self.run_dir / "summary.json"):
             if old.exists():
                 old.unlink()
+        shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         return None
+
+    def _finished(self) -> dict | None:
+        """The summary of the same run (configuration and tokenizer) already ended in
+        this folder, its last checkpoint at the summary's step: a resume returns it
+        instead of training on. (A resume with more steps continues the run.)"""
+        try:
+            summary = json.loads((self.run_dir / "summary.json").read_text())
+            ckpts = checkpoint_dirs(self.run_dir)
+            state = json.loads((ckpts[-1] / "state.json").read_text()) if ckpts else {}
+        except (OSError, ValueError):
+            return None
+        same = (state.get("config") == self.cfg.to_dict() and state.get("tokenizer") == self.tokenizer.fingerprint
+                and isinstance(summary, dict) and summary.get("steps") == state.get("step"))
+        return summary if same else None
 
     def checkpoint(self) -> Path | None:
         if not self.world.is_main:
@@ -337,13 +356,17 @@ class Trainer:
 
     def _run(self, resume: bool, overwrite: bool) -> dict:
         cfg = self.cfg
+        if resume and self.world.size == 1 and (summary := self._finished()) is not None:
+            ui.info(f"{self.run_dir} already finished at step {summary['steps']}")
+            return summary
         self._prepare_run_dir(resume, overwrite)
         if self.world.is_main:
-            (self.run_dir / "run.json").write_text(json.dumps({"train": cfg.to_dict(), **self.meta}, indent=2))
+            atomic_write_bytes(self.run_dir / "run.json", json.dumps({"train": cfg.to_dict(), **self.meta}, indent=2).encode())
         self._eval_fn = make_eval_fn(self.model, self.streams) if self.valid is not None and not self.evaluator else None
         step_fn = self._build_step()
         validating = self.valid is not None or self.evaluator is not None
-        stopped_early = False
+        # A run killed after its early stop was checkpointed, but before its summary: stopped.
+        stopped_early = bool(cfg.patience and validating and self.bad_evals >= cfg.patience)
         start_step = self.step
         mx.reset_peak_memory()
         window_tokens = 0
@@ -351,7 +374,7 @@ class Trainer:
         try:
             with blas_per_stream(len(self.streams), self.world.local), ui.progress("loss", "toks") as bar:
                 task = bar.add_task("training", total=cfg.steps, completed=self.step, loss="loss -", toks="")
-                while self.step < cfg.steps:
+                while self.step < cfg.steps and not stopped_early:
                     t0 = time.perf_counter()
                     loss, grad_norm = step_fn(*self._batch(self.step))
                     mx.eval(loss, grad_norm, self.model.state, self.optimizer.state)
@@ -387,9 +410,9 @@ class Trainer:
                         break
         except KeyboardInterrupt:
             self.checkpoint()
-            raise SpecializeError(
-                f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}, the same command with --resume "
-                "continues it (specialize resumes its pre-training by itself)"
+            raise Interrupted(
+                f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}: the same command continues it "
+                "(pretrain and finetune: with --resume)"
             ) from None
         if not validating:
             self._save_best()
@@ -409,5 +432,13 @@ class Trainer:
             **({"processes": self.world.size} if self.world.size > 1 else {}),
         }
         if self.world.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
+
+
+def _logged_at_most(line: str, step: int) -> bool:
+    """Whether a metrics.jsonl line is whole and logged at or before `step`."""
+    try:
+        return json.loads(line)["step"] <= step
+    except (ValueError, KeyError, TypeError):
+        return False

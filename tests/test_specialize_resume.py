@@ -1,0 +1,149 @@
+"""`specialize` run folders: an interrupted run continues where it stopped, a finished
+one is not run again, another command's run is never overwritten by accident.
+
+The command line is run for real (`mlxspec` in a subprocess, killed with SIGKILL), on
+the bundled corpora with the `tiny` preset. A longer script kills whole `--method is`
+and `pn` runs at many random moments (benchmarks/reliability.py).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mlx_specialize as ms
+from mlx_specialize.errors import SpecializeError
+from mlx_specialize.models.io import load_arrays
+
+MLXSPEC = str(Path(sys.executable).with_name("mlxspec"))
+# What differs between two runs of one command: times, and the folders they wrote in.
+TIMINGS = {"seconds", "wall_seconds", "gen_tok_s", "prompt_tok_s", "sessions"}
+PATHS = {"model", "report", "instance", "clusters"}
+
+
+def _args(out: Path, cache: Path, seed: int = 0) -> list[str]:
+    return [MLXSPEC, "specialize", "--preset", "tiny", "--vocab-size", "512", "--pretrain-tokens", "20480",
+            "--finetune-tokens", "100000", "--seed", str(seed), "--cache-dir", str(cache), "--out", str(out), "--json"]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+def _comparable(report):
+    """A report less its timings and folders: what two runs of one command share."""
+    if isinstance(report, dict):
+        return {k: _comparable(v) for k, v in report.items() if k not in TIMINGS | PATHS}
+    return report
+
+
+def _weights(folder: Path) -> dict:
+    return {k: np.array(v) for k, v in load_arrays(folder / "model.safetensors").items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One whole run, never interrupted: what every continued run must reproduce."""
+    root = tmp_path_factory.mktemp("whole")
+    done = _run(_args(root / "out", root / "cache"))
+    assert done.returncode == 0, done.stderr
+    return root / "out", json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_run_killed_while_fine_tuning_continues_from_its_checkpoint(uninterrupted, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    # Killed once the fine-tuning has written its first checkpoint (step 50 of 98) and
+    # logged past it (step 60), which the continued run logs again.
+    proc = subprocess.Popen(_args(out, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not ((out / "checkpoints" / "step_00000050").is_dir() and _logged_past(out / "metrics.jsonl", 60)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((out / "specialize.json").read_text())
+    assert "pretrain" in state["phases"] and "finetune" not in state["phases"] and not state.get("done")
+
+    again = _run([*_args(out, cache)[:-1]])  # the same command, with its messages this time
+    assert again.returncode == 0, again.stderr
+    said = " ".join(again.stderr.split())  # messages wrap at the terminal's width
+    assert f"continuing the unfinished run in {out} (finished: pretrain)" in said and "from step 50" in said
+    report = json.loads((out / "report.json").read_text())
+    whole_dir, whole = uninterrupted
+    assert report["sessions"] == 2
+    assert _comparable(report) == _comparable(whole)
+    mine, theirs = _weights(out), _weights(whole_dir)
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    # the same log, each record once (what was logged after the checkpoint was dropped)
+    assert _metrics(out) == _metrics(whole_dir)
+
+
+def _logged_past(metrics: Path, step: int) -> bool:
+    try:
+        return f'"step": {step},' in metrics.read_text()
+    except FileNotFoundError:
+        return False
+
+
+def _metrics(run: Path) -> list[dict]:
+    timed = {"seconds", "tok_s", "peak_memory_bytes"}
+    return [{k: v for k, v in json.loads(line).items() if k not in timed}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_finished_run_is_not_run_again_and_another_command_is_refused(uninterrupted, tmp_path):
+    whole_dir, whole = uninterrupted
+    cache = whole_dir.parent / "cache"
+    before = {p: p.stat().st_mtime_ns for p in whole_dir.rglob("*")}
+    again = _run(_args(whole_dir, cache)[:-1])
+    assert again.returncode == 0, again.stderr
+    said = " ".join(again.stderr.split())
+    assert f"{whole_dir} holds this command's finished run" in said and "training" not in said
+    assert {p: p.stat().st_mtime_ns for p in whole_dir.rglob("*")} == before  # nothing rewritten
+
+    other = _run(_args(whole_dir, cache, seed=1))
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"error: {whole_dir} holds a run of another command (seed 0 -> 1); pass --overwrite to replace it, "
+        "or choose another --out")
+    assert {p: p.stat().st_mtime_ns for p in whole_dir.rglob("*")} == before
+
+
+def test_the_same_command_without_out_continues_in_its_own_default_folder(tmp_path, cache_dir):
+    """runs/DOMAIN-METHOD is reused by the same command (continued, or its report
+    returned) and skipped by another, which takes runs/DOMAIN-METHOD-2."""
+    from mlx_specialize.specialize import default_run_dir, run_command
+
+    os.chdir(tmp_path)
+    args = ("python-docs", "go-code", "finetune", None, "tiny", None, 20480, 100000, 512, None, 0, 4, "hashed", None,
+            "cluster", "cosine", "frequent", "scratch", None)
+    command = run_command(*args)
+    assert default_run_dir(command) == Path("runs/python-docs-finetune")
+    Path("runs/python-docs-finetune").mkdir(parents=True)
+    (Path("runs/python-docs-finetune") / "specialize.json").write_text(json.dumps({"command": command}))
+    assert default_run_dir(command) == Path("runs/python-docs-finetune")
+    other = run_command(*args[:10], 1, *args[11:])
+    assert default_run_dir(other) == Path("runs/python-docs-finetune-2")
+
+
+def test_a_run_folder_of_other_files_or_another_run_is_refused(tmp_path):
+    from mlx_specialize.specialize import run_folder_state, run_command
+
+    command = run_command("python-docs", "go-code", "finetune", None, "tiny", None, 20480, 100000, 512, None, 0, 4,
+                          "hashed", None, "cluster", "cosine", "frequent", "scratch", None)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SpecializeError, match="holds no run"):
+        run_folder_state(tmp_path, command, overwrite=True)  # never deleted, even with --overwrite
+    finetuned = tmp_path / "ft"
+    finetuned.mkdir()
+    (finetuned / "summary.json").write_text("{}")  # a `mlxspec finetune` run
+    with pytest.raises(SpecializeError, match="did not start"):
+        run_folder_state(finetuned, command)
+    assert run_folder_state(finetuned, command, overwrite=True) == "new"
+    assert run_folder_state(tmp_path / "absent", command) == "new"
