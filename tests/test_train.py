@@ -194,3 +194,26 @@ def test_the_step_takes_the_gradient_of_the_mean_loss_over_all_target_tokens(tok
     assert logged["grad_norm"] == pytest.approx(want_norm, rel=1e-4)
     error, name = _relative_error(got, want)
     assert error < 1e-4, f"{name}: the applied gradient is {error:.3g} off the plain one (measured ~6e-7)"
+
+
+def test_resuming_a_finished_run_returns_it_and_an_early_stop_stays_stopped(tiny_model_dir, cache_dir, tmp_path):
+    """`--resume` on a run that ended (early-stopped here) trains no further: its summary
+    comes back and no file changes; killed after its last checkpoint but before its
+    summary, the resume stops at once, with a metrics line cut by the kill dropped."""
+    out = tmp_path / "ft"
+    options = dict(max_tokens=200 * 8 * 128, cache_dir=cache_dir, batch_size=8, eval_every=2, eval_tokens=2048,
+                   lr=0.5, warmup=0, patience=2, checkpoint_every=50)
+    first = ms.finetune(tiny_model_dir, DOMAIN, out, **options).summary
+    assert first["stopped_early"] and first["steps"] < 50  # the last checkpoint is the stop's
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = ms.finetune(tiny_model_dir, DOMAIN, out, resume=True, **options).summary
+    assert again == first and {p: p.stat().st_mtime_ns for p in out.rglob("*")} == files
+
+    (out / "summary.json").unlink()  # as if killed before writing it
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "step": 9')  # a line cut by the kill
+    resumed = ms.finetune(tiny_model_dir, DOMAIN, out, resume=True, **options).summary
+    assert resumed["steps"] == first["steps"] and resumed["steps_this_session"] == 0 and resumed["stopped_early"]
+    assert resumed["best_valid_loss"] == first["best_valid_loss"]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["step"] <= first["steps"] for line in lines)

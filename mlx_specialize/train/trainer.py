@@ -307,7 +307,7 @@ class Trainer:
             state = json.loads((ckpts[-1] / "state.json").read_text()) if ckpts else {}
         except (OSError, ValueError):
             return None
-        same = (state.get("config") == self.cfg.to_dict() and state.get("tokenizer") == self.tokenizer.fingerprint
+        same = (state.get("config") == json.loads(json.dumps(self.cfg.to_dict())) and state.get("tokenizer") == self.tokenizer.fingerprint
                 and isinstance(summary, dict) and summary.get("steps") == state.get("step"))
         return summary if same else None
 
