@@ -31,7 +31,7 @@ def make_vectors(path: Path, window: int, max_vectors: int, cache_dir: Path) -> 
     import numpy as np
 
     import mlx_specialize  # noqa: F401  (loads the BLAS first)
-    from mlx_specialize import importance as imp
+    from mlx_specialize.methods import clusters as imp
 
     generic = ",".join(str(MINIPILE / f"{d}.jsonl.gz") for d in GENERIC)
     tokenizer = imp.generic_tokenizer(generic, 8192, cache_dir)

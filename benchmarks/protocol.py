@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
-from mlx_specialize.specialize import cached_pretrain
+from mlx_specialize.methods.slm import cached_pretrain
 
 GENERIC = ["c-headers", "go-code", "kernel-docs", "manpages", "postgres-docs", "python-code", "python-docs"]
 TARGETS = ["fortunes", "licenses", "perl-docs"]

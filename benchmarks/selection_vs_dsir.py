@@ -26,7 +26,7 @@ from pathlib import Path
 import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
 import numpy as np
 
-from mlx_specialize import importance as imp
+from mlx_specialize.methods import clusters as imp
 from mlx_specialize.data.clustering import assign, kmeans
 from mlx_specialize.data.embedding import HashedEmbedder, window_texts
 from mlx_specialize.data.selection import histogram, kl_divergence, select

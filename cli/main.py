@@ -343,7 +343,7 @@ def pretrain_cmd(
     if arch != "mix":  # a mixture folder resumes its finished experts by itself
         check_run_folder(out_dir, overwrite, resume)
     if arch != "dense":
-        from mlx_specialize import importance as imp
+        from mlx_specialize.methods import clusters as imp
 
         if clusters is None:
             raise SpecializeError(f"--arch {arch} needs --clusters (a folder from `mlxspec data cluster`)")
@@ -360,15 +360,17 @@ def pretrain_cmd(
     if arch in ("pn", "soup"):
         from mlx_specialize.train.projected import pretrain_projected
 
+        valid, valid_labels = imp.clustered_valid(loaded, tok, cache)
         summary = pretrain_projected(
-            loaded, split, tok, p, out_dir, tokens, arch, cache, expert_dim=expert_dim, basis=basis, support=soup_support, seed=seed, resume=resume, overwrite=overwrite,
+            loaded, split, valid, valid_labels, tok, p, out_dir, tokens, arch, expert_dim=expert_dim, basis=basis,
+            support=soup_support, seed=seed, resume=resume, overwrite=overwrite,
             **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum, warmup=warmup,
                              eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every, precision=precision))
         summary = {"model": str(out_dir), "arch": arch, **summary, "params": summary["params"]["total"],
                    "active_params": summary["params"]["active"]}
         return emit(summary, json_out, _summary_table(f"pre-trained a '{preset}' {arch} -> {out_dir}", summary))
     if arch == "mix":
-        from mlx_specialize.models.mixture import pretrain_mixture
+        from mlx_specialize.methods.mixture import pretrain_mixture
 
         meta = pretrain_mixture(loaded, split, tok, p, out_dir, tokens // loaded.k, cache_dir, seed, init_from=init,
                                 **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
@@ -381,7 +383,7 @@ def pretrain_cmd(
         tok = ms.Tokenizer.load(out_dir)
     train_split = None
     if selection is not None:
-        from mlx_specialize.importance import load_selected
+        from mlx_specialize.methods.importance import load_selected
 
         train_split, tok = load_selected(selection), ms.Tokenizer.load(selection)
         generic = json.loads((selection / "tokens.json").read_text())["generic"]
@@ -524,7 +526,8 @@ def instantiate(
 ):
     """Make the dense SLM of a domain, a cluster or cluster weights from a pn / soup, in closed form."""
     from mlx_specialize.models.projected import one_hot, read_projected_config
-    from mlx_specialize.train.projected import instantiate_folder, instantiate_for_domain
+    from mlx_specialize.methods.projected import instantiate_for_domain
+    from mlx_specialize.train.projected import instantiate_folder
 
     config = read_projected_config(network)
     if sum(x is not None for x in (domain, cluster, weights)) != 1:
@@ -624,7 +627,7 @@ def data_embed(
     """Embed the generic corpus's windows (resumable float16 shards in the cache)."""
     import time
 
-    from mlx_specialize import importance as imp
+    from mlx_specialize.methods import clusters as imp
     from mlx_specialize.data.embedding import EMBEDDERS
 
     check_choice("--embedder", embedder, EMBEDDERS)
@@ -653,7 +656,7 @@ def data_cluster(
     quiet: bool = QUIET_OPT,
 ):
     """k-means over the generic embeddings; keeps centroids, labels, embedder state."""
-    from mlx_specialize import importance as imp
+    from mlx_specialize.methods import clusters as imp
     from mlx_specialize.data.clustering import METRICS
 
     check_choice("--metric", metric, METRICS)
@@ -683,8 +686,9 @@ def data_select(
     quiet: bool = QUIET_OPT,
 ):
     """Resample generic windows so their cluster histogram matches the domain's."""
-    from mlx_specialize import importance as imp
     from mlx_specialize.data.selection import SAMPLERS
+    from mlx_specialize.methods import clusters as imp
+    from mlx_specialize.methods.importance import report as selection_report, select_tokens
 
     check_choice("--sampler", sampler, SAMPLERS)
     if (out_dir / "tokens.json").exists() and not overwrite:
@@ -697,8 +701,8 @@ def data_select(
     generic_split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache)
     domain_split = imp.corpus_split(domain, "train", tok, cache, domain_tokens)
     labels = imp.domain_histogram_labels(loaded, domain_split, tok, cache)
-    _, selection = imp.select_tokens(loaded, generic_split, labels, tokens, out_dir, sampler, seed)
-    report = imp.report(selection, loaded, generic_split, tok, out_dir)
+    _, selection = select_tokens(loaded, generic_split, labels, tokens, out_dir, sampler, seed)
+    report = selection_report(selection, loaded, generic_split, tok, out_dir)
     if json_out:
         return emit(report, True)
     table = make_table(f"{sampler} sampler: {report['windows']:,} windows -> {out_dir} "
@@ -772,14 +776,14 @@ def check_specialize_inputs(args: dict) -> None:
     from mlx_specialize.data.corpus import default_generic
     from mlx_specialize.data.embedding import EMBEDDERS
     from mlx_specialize.data.selection import SAMPLERS
-    from mlx_specialize.models.mixture import SELECT_RULES
+    from mlx_specialize.methods import get_method
     from mlx_specialize.specialize import resolve_run
 
     method, preset, domain_tokens = args["method"], args["preset"], args["domain_tokens"]
     p = ms.get_preset(preset)
-    rules = {"mix": SELECT_RULES, "pn": ("frequent", "histogram"), "soup": ("frequent", "histogram")}
-    if method in rules:  # the other methods take no --select
-        check_choice("--select", args["select"], rules[method])
+    rules = get_method(method).select_rules
+    if rules:  # the other methods take no --select
+        check_choice("--select", args["select"], rules)
     check_choice("--expert-init", args["expert_init"], ("scratch", "generic"))
     check_choice("--embedder", args["embedder"], EMBEDDERS)
     check_choice("--sampler", args["sampler"], SAMPLERS)

@@ -23,7 +23,8 @@ from .models.projected import ProjectedModel, ProjectionArgs, instantiate, load_
 from .specialize import specialize  # noqa: E402
 from .train.evaluate import EvalResult, evaluate  # noqa: E402
 from .train.jobs import evaluate_model, finetune, pretrain  # noqa: E402
-from .train.projected import instantiate_folder, instantiate_for_domain, pretrain_projected  # noqa: E402
+from .methods.projected import instantiate_for_domain  # noqa: E402
+from .train.projected import instantiate_folder, pretrain_projected  # noqa: E402
 from .train.trainer import TrainConfig, Trainer  # noqa: E402
 
 __version__ = "0.1.0"

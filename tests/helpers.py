@@ -10,7 +10,7 @@ import json
 import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
 import numpy as np
 
-from mlx_specialize import importance as imp
+from mlx_specialize.methods import clusters as imp
 from mlx_specialize.data.corpus import default_generic
 from mlx_specialize.data.embedding import embed_windows
 from mlx_specialize.train import trainer as trainer_module

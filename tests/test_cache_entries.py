@@ -1,7 +1,7 @@
 """Cache entries (cache.py) under concurrency, a kill and corruption, with real builds.
 
 The entry is the one the issue saw corrupted: the generic model `specialize` pre-trains
-(`specialize.cached_pretrain`), here `tiny` on a small local corpus for 60 steps (a
+(`methods.slm.cached_pretrain`), here `tiny` on a small local corpus for 60 steps (a
 checkpoint at step 50, then one at the end), a few seconds. A `reference` build,
 uninterrupted and alone, gives the bytes every other build must end with (training is
 deterministic, and an exact resume sees the same batches).
@@ -31,7 +31,7 @@ import pytest
 
 import mlx_specialize as ms
 from mlx_specialize import cache, ui
-from mlx_specialize.specialize import cached_pretrain
+from mlx_specialize.methods.slm import cached_pretrain
 
 ROOT = Path(__file__).resolve().parents[1]  # the code under test, also in the subprocesses
 TOKENS = 60 * 8 * 128  # 60 steps of `tiny` (8 windows of 128 tokens): checkpoints at 50 and 60
@@ -42,7 +42,7 @@ WEIGHTS = "model.safetensors"
 BUILD = """
 import json, sys
 from pathlib import Path
-from mlx_specialize.specialize import cached_pretrain
+from mlx_specialize.methods.slm import cached_pretrain
 
 print("ready", flush=True)
 sys.stdin.readline()

@@ -29,15 +29,16 @@ import numpy as np
 import pytest
 
 import mlx_specialize as ms
-from mlx_specialize import importance as imp
+from mlx_specialize.methods import clusters as imp
 from mlx_specialize.data.embedding import HashedEmbedder, embed_windows, load_embedded
 from mlx_specialize.data.tokenizer import BOS_ID, EOS_ID
 from mlx_specialize.data.tokens import TokenizedSplit
 
-spec = importlib.import_module("mlx_specialize.specialize")  # the module (`ms.specialize` is the function)
+slm = importlib.import_module("mlx_specialize.methods.slm")
+importance = importlib.import_module("mlx_specialize.methods.importance")
+mixture = importlib.import_module("mlx_specialize.methods.mixture")
+projected = importlib.import_module("mlx_specialize.methods.projected")
 jobs = importlib.import_module("mlx_specialize.train.jobs")
-mixture = importlib.import_module("mlx_specialize.models.mixture")
-projected = importlib.import_module("mlx_specialize.train.projected")
 
 
 # ---- small real corpora --------------------------------------------------------------
@@ -99,10 +100,19 @@ def stand_in(monkeypatch, module, name, folder_of):
     monkeypatch.setattr(module, name, missed)
 
 
-def missed_folder(job, **settings) -> Path:
+def missed_folder(job, *args, **settings) -> Path:
     with pytest.raises(Miss) as missed:
-        job(**settings)
+        job(*args, **settings)
     return missed.value.args[0]
+
+
+def prepare(method: str, preset_name, tokens, rule=None, arch=None, **settings):
+    """`get_method(method).prepare` on settings named as the tests name them."""
+    from mlx_specialize.methods import Settings, get_method
+
+    chosen = get_method(arch or method)
+    return chosen.prepare(chosen.resolve(Settings(method=arch or method, preset=preset_name, pretrain_tokens=tokens,
+                                                  finetune_tokens=1, select=rule, **settings)))
 
 
 def check_keys(key_of, base: dict, changes: dict, unchanged: dict | None = None) -> None:
@@ -284,12 +294,12 @@ def test_clusters_miss_on_each_setting_and_hit_on_the_same(corpora, shared_cache
 def test_pretrained_model_key_follows_every_input(corpora, tmp_path, monkeypatch):
     """`CACHE/pretrained/<key>`: the generic model depends on the corpus (its content),
     the preset (and a context override), the token budget, the vocabulary and the seed."""
-    stand_in(monkeypatch, spec, "pretrain", lambda args: args[2])
+    stand_in(monkeypatch, slm, "pretrain", lambda args: args[2])
     edited = tmp_path / "edited.jsonl"
     write_jsonl(edited, corpora["generic_texts"])
     base = dict(generic=corpora["generic"], preset_name="tiny", tokens=4096, vocab_size=512, seed=0,
                 cache_dir=tmp_path / "cache", context=None)
-    check_keys(lambda **s: missed_folder(spec.cached_pretrain, **s), base, {
+    check_keys(lambda **s: missed_folder(slm.cached_pretrain, **s), base, {
         "preset": {"preset_name": "small"},
         "context": {"context": 64},
         "pretrain tokens": {"tokens": 8192},
@@ -298,9 +308,9 @@ def test_pretrained_model_key_follows_every_input(corpora, tmp_path, monkeypatch
         "generic corpus": {"generic": corpora["domain"]},
     })
     # The same corpus file edited in place.
-    before = missed_folder(spec.cached_pretrain, **{**base, "generic": str(edited)})
+    before = missed_folder(slm.cached_pretrain, **{**base, "generic": str(edited)})
     write_jsonl(edited, edit_one_word(corpora["generic_texts"]))
-    assert missed_folder(spec.cached_pretrain, **{**base, "generic": str(edited)}) != before
+    assert missed_folder(slm.cached_pretrain, **{**base, "generic": str(edited)}) != before
 
 
 def test_a_changed_seed_or_vocabulary_pretrains_anew(corpora, tmp_path):
@@ -308,19 +318,19 @@ def test_a_changed_seed_or_vocabulary_pretrains_anew(corpora, tmp_path):
     another seed or vocabulary trains a new one, which differs from the first."""
     args = dict(generic=corpora["generic"], preset_name="tiny", tokens=2 * 8 * 128, vocab_size=512, seed=0,
                 cache_dir=tmp_path / "cache")
-    first, summary, reused = spec.cached_pretrain(**args)
+    first, summary, reused = slm.cached_pretrain(**args)
     assert not reused and summary["tokens"] == 2 * 8 * 128
-    again, _, reused = spec.cached_pretrain(**args)
+    again, _, reused = slm.cached_pretrain(**args)
     assert reused and again == first, "the same call trained again"
     model = ms.load_model(first)[0]
 
-    seeded, _, reused = spec.cached_pretrain(**{**args, "seed": 1})
+    seeded, _, reused = slm.cached_pretrain(**{**args, "seed": 1})
     assert not reused and seeded != first, "seed 1 reused the seed-0 model"
     # Another seed, another initialisation: different weights.
     assert not np.allclose(np.array(ms.load_model(seeded)[0].model.embed_tokens.weight),
                            np.array(model.model.embed_tokens.weight))
 
-    smaller, _, reused = spec.cached_pretrain(**{**args, "vocab_size": 384})
+    smaller, _, reused = slm.cached_pretrain(**{**args, "vocab_size": 384})
     assert not reused and smaller not in (first, seeded), "vocabulary 384 reused a 512-token model"
     assert ms.load_model(smaller)[0].args.vocab_size <= 384 < model.args.vocab_size
 
@@ -337,8 +347,8 @@ def test_importance_sampled_model_key(corpora, shared_cache, monkeypatch):
     """`CACHE/pretrained-is/<key>`: an SLM-is model depends on the domain (content and
     token budget), the pre-training budget, the sampler, the seed, the preset and,
     through the clustering, on k, the window, the metric and the vocabulary."""
-    stand_in(monkeypatch, imp, "select_tokens", lambda args: Path(args[4]).parent)  # folder/"selection"
-    check_keys(lambda **s: missed_folder(spec.importance_pretrain, **s),
+    stand_in(monkeypatch, importance, "select_tokens", lambda args: Path(args[4]).parent)  # folder/"selection"
+    check_keys(lambda **s: missed_folder(prepare, "is", **s),
                {**job_settings(corpora, shared_cache), "sampler": "cluster"}, {
         "domain": {"domain": corpora["other_domain"]},
         "domain tokens": {"domain_tokens": 2000},
@@ -359,8 +369,8 @@ def test_mixture_of_experts_key(corpora, shared_cache, monkeypatch):
     the domain or the selection rule (one mixture serves every domain)."""
     stand_in(monkeypatch, mixture, "pretrain_mixture", lambda args: args[4])
     generic_model = (shared_cache / "a-generic-model", {"tokens": 0, "seconds": 0.0, "flops": 0.0}, True)
-    monkeypatch.setattr(spec, "cached_pretrain", lambda *a, **k: generic_model)
-    check_keys(lambda **s: missed_folder(spec.mixture_expert, **s),
+    monkeypatch.setattr(mixture, "cached_pretrain", lambda *a, **k: generic_model)
+    check_keys(lambda **s: missed_folder(prepare, "mix", **s),
                {**job_settings(corpora, shared_cache), "rule": "frequent", "expert_init": "scratch"}, {
         "k (experts)": {"k": 5},
         "pretrain tokens": {"tokens": 8192},
@@ -376,8 +386,8 @@ def test_projected_network_key(corpora, shared_cache, monkeypatch):
     """`CACHE/projected/<key>`: a pn/soup network depends on the architecture, the
     basis size h, k, the budget, the seed, the preset, the window and the vocabulary;
     not on the domain or the instantiation rule (one network serves every domain)."""
-    stand_in(monkeypatch, projected, "pretrain_projected", lambda args: args[4])
-    check_keys(lambda **s: missed_folder(spec.projected_instance, **s),
+    stand_in(monkeypatch, projected, "pretrain_projected", lambda args: args[6])
+    check_keys(lambda **s: missed_folder(prepare, "pn", **s),
                {**job_settings(corpora, shared_cache), "arch": "pn", "rule": "frequent", "basis": 8}, {
         "architecture": {"arch": "soup"},
         "basis h": {"basis": 4},

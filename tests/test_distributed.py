@@ -218,9 +218,9 @@ PIPELINE_SCRIPT = """
 import json, os, sys
 from pathlib import Path
 import mlx_specialize as ms
-from mlx_specialize import importance as imp
+from mlx_specialize.methods import clusters as imp
 from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
-from mlx_specialize.models.mixture import pretrain_mixture
+from mlx_specialize.methods.mixture import pretrain_mixture
 
 tok, cache, root = ms.Tokenizer.load(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 rank = os.environ.get("MLX_RANK", "solo")
@@ -248,7 +248,7 @@ def test_slm_mix_pipeline_shared_by_two_processes(runs, cache_dir, tmp_path):
     if not (tmp_path / "mix" / "mixture.json").exists():
         pytest.fail(both.stdout + both.stderr)
 
-    from mlx_specialize import importance as imp
+    from mlx_specialize.methods import clusters as imp
     from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
 
     tok = ms.Tokenizer.load(runs / "tok")
@@ -274,7 +274,7 @@ def test_slm_mix_pipeline_shared_by_two_processes(runs, cache_dir, tmp_path):
 def test_a_projected_network_trains_on_two_processes_like_on_one(runs, cache_dir, tmp_path):
     """pn pre-training (cluster-grouped batches, one condition per batch) on 2 processes
     x 4 rows: the same curve and weights as 1 process x 8 rows; rank 1 writes nothing."""
-    from mlx_specialize import importance as imp
+    from mlx_specialize.methods import clusters as imp
     from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
 
     tok = ms.Tokenizer.load(runs / "tok")

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 import mlx_specialize as ms
 from cli.main import app
-from mlx_specialize import importance as imp
+from mlx_specialize.methods import clusters as imp
+from mlx_specialize.methods.importance import load_selected
 from mlx_specialize.data.clustering import assign, kmeans
 from mlx_specialize.data.embedding import HashedEmbedder, embed_windows
 from mlx_specialize.data.selection import histogram, importance_weights, kl_divergence, select
@@ -186,7 +187,7 @@ def test_cli_pipeline_embed_cluster_select_pretrain(tmp_path):
     report = json.loads(sel.stdout.strip().splitlines()[-1])
     windows = math.ceil(tokens / 128)  # whole 128-token windows that hold the tokens asked for
     assert report["kl_selected"] < report["kl_generic"] and report["windows"] == windows
-    assert len(imp.load_selected(tmp_path / "sel").tokens) == windows * 128
+    assert len(load_selected(tmp_path / "sel").tokens) == windows * 128
     assert (tmp_path / "sel" / "histograms.png").stat().st_size > 1000 and len(report["top_clusters"]) > 0
     pre = runner.invoke(app, ["pretrain", str(tmp_path / "pre"), "--selection", str(tmp_path / "sel"),
                               "--preset", "tiny", "--tokens", "8192", *common])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import mlx_specialize as ms
-from mlx_specialize import importance as imp
-from mlx_specialize.models.mixture import choose_expert, expert_split, load_mixture
+from mlx_specialize.methods import clusters as imp
+from mlx_specialize.methods.mixture import choose_expert, expert_split, load_mixture
 
 from helpers import domain_histogram
 
@@ -112,7 +112,7 @@ def test_experts_can_start_from_the_generic_model(tiny_model_dir, tokenizer, cac
     stays next to it; one started from scratch does not."""
     from mlx.utils import tree_flatten
 
-    from mlx_specialize.models.mixture import pretrain_mixture
+    from mlx_specialize.methods.mixture import pretrain_mixture
 
     generic = imp.corpus_split("go-code", "train", tokenizer, cache_dir)
     labels = np.arange(len(generic.tokens) // 128) % 2

@@ -7,7 +7,6 @@ and `pn` runs at many random moments (benchmarks/reliability.py).
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -115,28 +114,33 @@ def test_a_finished_run_is_not_run_again_and_another_command_is_refused(uninterr
     assert {p: p.stat().st_mtime_ns for p in whole_dir.rglob("*")} == before
 
 
-def test_the_same_command_without_out_continues_in_its_own_default_folder(tmp_path, cache_dir):
+def _command(**changes) -> dict:
+    from mlx_specialize.methods import Settings
+    from mlx_specialize.specialize import run_command
+
+    return run_command(Settings(**{**dict(domain="python-docs", generic="go-code", method="finetune", preset="tiny",
+                                          pretrain_tokens=20480, finetune_tokens=100000, domain_tokens=None,
+                                          vocab_size=512, seed=0, cache_dir=Path("cache")), **changes}))
+
+
+def test_the_same_command_without_out_continues_in_its_own_default_folder(tmp_path, monkeypatch):
     """runs/DOMAIN-METHOD is reused by the same command (continued, or its report
     returned) and skipped by another, which takes runs/DOMAIN-METHOD-2."""
-    from mlx_specialize.specialize import default_run_dir, run_command
+    from mlx_specialize.specialize import default_run_dir
 
-    os.chdir(tmp_path)
-    args = ("python-docs", "go-code", "finetune", None, "tiny", None, 20480, 100000, 512, None, 0, 4, "hashed", None,
-            "cluster", "cosine", "frequent", "scratch", None)
-    command = run_command(*args)
+    monkeypatch.chdir(tmp_path)
+    command = _command()
     assert default_run_dir(command) == Path("runs/python-docs-finetune")
     Path("runs/python-docs-finetune").mkdir(parents=True)
     (Path("runs/python-docs-finetune") / "specialize.json").write_text(json.dumps({"command": command}))
     assert default_run_dir(command) == Path("runs/python-docs-finetune")
-    other = run_command(*args[:10], 1, *args[11:])
-    assert default_run_dir(other) == Path("runs/python-docs-finetune-2")
+    assert default_run_dir(_command(seed=1)) == Path("runs/python-docs-finetune-2")
 
 
 def test_a_run_folder_of_other_files_or_another_run_is_refused(tmp_path):
-    from mlx_specialize.specialize import run_folder_state, run_command
+    from mlx_specialize.specialize import run_folder_state
 
-    command = run_command("python-docs", "go-code", "finetune", None, "tiny", None, 20480, 100000, 512, None, 0, 4,
-                          "hashed", None, "cluster", "cosine", "frequent", "scratch", None)
+    command = _command()
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SpecializeError, match="holds no run"):
         run_folder_state(tmp_path, command, overwrite=True)  # never deleted, even with --overwrite

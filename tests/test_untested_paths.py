@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import mlx_specialize as ms
 from cli.main import app
-from mlx_specialize import importance as imp
+from mlx_specialize.methods import clusters as imp
 from mlx_specialize.models.generate import _sampler, encode_prompt, generate_tokens
 from mlx_specialize.train.checkpoint import checkpoint_dirs
 

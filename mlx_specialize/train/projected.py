@@ -1,6 +1,6 @@
 """Pre-training a projected network (pn) or a Soup-of-Experts, and instantiating it.
 
-Training data are the generic windows of the clustering (k-means of `importance.py`,
+Training data are the generic windows of the clustering (k-means of `methods/clusters.py`,
 shared with SLM-is and SLM-mix), each with its cluster id:
 
 - pn (`ClusterBatches`): batch i holds `batch_size` windows of one cluster c_i, drawn
@@ -153,22 +153,20 @@ def cluster_evaluator(valid: TokenizedSplit, labels: np.ndarray, window: int, co
     return evaluator
 
 
-def pretrain_projected(clusters, generic: TokenizedSplit, tokenizer, preset, out_dir: str | os.PathLike,
-                       tokens: int, arch: str = "pn", cache_dir=None, expert_dim: int = 16, basis: int = 8,
-                       soup_hidden: int = 64, support: int | None = None, seed: int = 0, resume: bool = True,
-                       overwrite: bool = False, **train_options) -> dict:
+def pretrain_projected(clusters, generic: TokenizedSplit, valid: TokenizedSplit, valid_labels: np.ndarray, tokenizer,
+                       preset, out_dir: str | os.PathLike, tokens: int, arch: str = "pn", expert_dim: int = 16,
+                       basis: int = 8, soup_hidden: int = 64, support: int | None = None, seed: int = 0,
+                       resume: bool = True, overwrite: bool = False, **train_options) -> dict:
     """Pre-train a `preset`-sized pn or soup on `tokens` tokens of the clustered
-    generic windows, validating on the clustering's generic valid split (its windows
-    assigned to the clusters); returns the run summary (+ parameter counts)."""
-    from .. import importance as imp
+    generic windows, validating on the generic valid split's windows `valid`, each with
+    its cluster in `valid_labels` (`methods.clusters.clustered_valid`); returns the run
+    summary (+ parameter counts)."""
     from .jobs import steps_for
     from .trainer import TrainConfig, Trainer
 
     window = clusters.meta["window"]
     if n_windows(generic.tokens, window) != len(clusters.labels):
         raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
-    valid = imp.corpus_split(clusters.meta["generic"], "valid", tokenizer, cache_dir)
-    valid_labels = imp.domain_histogram_labels(clusters, valid, tokenizer, cache_dir)
     proj = ProjectionArgs(arch=arch, experts=clusters.k, expert_dim=expert_dim, basis=basis, soup_hidden=soup_hidden)
     mx.random.seed(seed)
     model = ProjectedModel(preset.model_args(tokenizer.vocab_size), proj)
@@ -226,29 +224,3 @@ def domain_condition(labels: np.ndarray, k: int, rule: str) -> tuple[np.ndarray,
     if rule == "histogram":
         return histogram, {"rule": rule, "histogram": histogram.tolist(), "entropy_nats": selection.entropy(histogram)}
     raise SpecializeError(f"unknown instantiation '{rule}' (frequent or histogram)")
-
-
-def instantiate_for_domain(folder: str | os.PathLike, out_dir: str | os.PathLike, domain: str, rule: str,
-                           domain_tokens: int | None = None, cache_dir=None) -> dict:
-    """Write the dense SLM of `domain` for the network in `folder`: the domain's train
-    windows (its first `domain_tokens`) are embedded and assigned to the network's own
-    clustering, and `rule` (`frequent` or `histogram`) turns them into the condition.
-    Returns what was chosen (rule, cluster or histogram)."""
-    from .. import importance as imp
-    from ..data.hf_tokenizer import load_tokenizer
-    from ..data.tokens import default_cache_dir
-
-    config = read_projected_config(folder)
-    clusters_dir = config.get("mlxspec", {}).get("clusters")
-    if not clusters_dir or not Path(clusters_dir).is_dir():
-        raise SpecializeError(f"{folder} was trained on the clustering {clusters_dir}, which is gone: give --cluster "
-                              "or --weights instead of --domain")
-    clusters = imp.load_clusters(clusters_dir)
-    tokenizer = load_tokenizer(Path(folder), config)
-    cache_dir = cache_dir or default_cache_dir()
-    split = imp.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
-    labels = imp.domain_histogram_labels(clusters, split, tokenizer, cache_dir)
-    cond, chosen = domain_condition(labels, clusters.k, rule)
-    picked = {"cluster": chosen["cluster"]} if "cluster" in chosen else {}
-    instantiate_folder(folder, out_dir, cond, {"domain": domain, "rule": rule, **picked})
-    return {**chosen, "windows": int(len(labels))}

@@ -1,6 +1,6 @@
-"""SLM-mix, the hard mixture of experts (paper, section 2.3; Gross et al. 2017).
+"""SLM-mix (`--method mix`), the hard mixture of experts (paper, section 2.3; Gross et al. 2017).
 
-    generic windows --k-means (shared with SLM-is)--> k clusters
+    generic windows --k-means (clusters.py, shared with the other clustered methods)--> k clusters
     cluster c's windows --pre-train--> expert c (a dense SLM, standalone checkpoint)
     domain --choose an expert--> fine-tune it: inference costs exactly one SLM
 
@@ -28,15 +28,21 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
 
 from .. import ui
+from ..cache import cache_entry
 from ..data.embedding import n_windows, window_tokens
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
 from ..files import atomic_write_bytes
+from ..models.presets import get_preset
+from . import clusters as cl
+from .base import Method, Prepared, Settings
+from .slm import cached_pretrain
 
 MIXTURE_FILE = "mixture.json"
 SELECT_RULES = ("frequent", "loss", "all")
@@ -136,3 +142,55 @@ def choose_expert(mixture_dir: str | os.PathLike, rule: str, domain_labels: np.n
             model, _, config = load_model(Path(mixture_dir) / name)
             scores.append(-evaluate(model, domain_split, model_context(config), 8, eval_tokens).loss)
     return int(np.argmax(scores)), scores
+
+
+class Mixture(Method):
+    name = "mix"
+    paper = "SLM-mix"
+    default_k = 4
+    select_rules = SELECT_RULES
+
+    def resolve(self, settings: Settings) -> Settings:
+        if settings.expert_init not in ("scratch", "generic"):
+            raise SpecializeError(f"unknown expert initialisation '{settings.expert_init}' (scratch or generic)")
+        return super().resolve(settings)
+
+    def prepare(self, s: Settings) -> Prepared:
+        """Pre-train (or reuse) k experts on `pretrain_tokens` generic tokens in all, then
+        choose the domain's expert (`--select all`: every expert, for `specialize` to
+        fine-tune and keep the best). `expert_init="generic"` starts every expert from
+        the generic SLM (itself pre-trained on `pretrain_tokens`, cached; its cost is added)."""
+        preset = get_preset(s.preset)
+        window = s.window or preset.context
+        tokenizer = cl.generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir)
+        clusters, _ = cl.cached_clusters(s.generic, tokenizer, s.embedder, window, s.k, s.metric, s.seed, s.cache_dir)
+        generic_split = cl.corpus_split(s.generic, "train", tokenizer, s.cache_dir)
+        init_from, init_cost = None, {"tokens": 0, "seconds": 0.0, "flops": 0.0}
+        if s.expert_init == "generic":
+            init_from, init_cost, _ = cached_pretrain(s.generic, s.preset, s.pretrain_tokens, s.vocab_size, s.seed,
+                                                      s.cache_dir)
+        folder = s.cache_dir / "mixtures" / cl.cache_key(clusters.folder.name, preset.__dict__,
+                                                         s.pretrain_tokens // s.k, s.seed, str(init_from))
+        with cache_entry(folder, f"the {s.k} '{preset.name}' experts on {s.generic}") as entry:
+            if entry.ready:
+                ui.info(f"using the cached mixture of experts {folder}")
+                meta, cached = json.loads((folder / MIXTURE_FILE).read_text()), True
+            else:  # experts already trained (or checkpointed) in the build folder are resumed
+                meta = pretrain_mixture(clusters, generic_split, tokenizer, preset, entry.build,
+                                        s.pretrain_tokens // s.k, s.cache_dir, s.seed, init_from=init_from,
+                                        checkpoint_every=50)
+                entry.publish()
+                cached = False
+        pre_phase = {key: meta[key] + init_cost[key] for key in ("tokens", "seconds", "flops")}
+        pre_phase.update(cached=cached, model=str(folder), experts=s.k, init=s.expert_init)
+        if s.select == "all":
+            return Prepared([folder / name for name in meta["experts"]],
+                            {"select": {"rule": s.select, "k": s.k}, "pretrain": pre_phase})
+        t0 = time.perf_counter()
+        domain_split = cl.corpus_split(s.domain, "train", tokenizer, s.cache_dir, s.domain_tokens)
+        labels = (cl.domain_histogram_labels(clusters, domain_split, tokenizer, s.cache_dir)
+                  if s.select == "frequent" else None)
+        chosen, scores = choose_expert(folder, s.select, labels, domain_split)
+        select_phase = {"rule": s.select, "k": s.k, "expert": chosen, "scores": scores,
+                        "seconds": time.perf_counter() - t0}
+        return Prepared(folder / meta["experts"][chosen], {"select": select_phase, "pretrain": pre_phase})

@@ -1,17 +1,14 @@
-"""SLM-is, the importance-sampling pipeline: embed -> cluster -> select, with folders on disk.
+"""The clustered generic corpus that SLM-is, SLM-mix, SLM-pn and the soup share.
 
     generic windows --embed--> vectors --k-means--> centroids + generic labels   (once, shared)
-    domain windows  --embed--> vectors --assign---> P(c|D)                        (per domain)
-    P(c|D), generic labels --resample--> N tokens of generic windows --> pre-train an SLM
+    domain windows  --embed--> vectors --assign---> the domain's cluster labels (per domain)
 
 Folders (each self-contained, reused by later runs; in the cache, each is a locked entry
 built in FOLDER.partial and published with its manifest, see `cache.py`):
 - embeddings (`embed_generic`): `meta.json`, float16 shards, and the embedder's state;
 - clusters (`cluster`): `clusters.safetensors` (centroids [k, d], the embedder's state,
   metadata: embedder settings, k, metric, window, generic corpus, tokenizer), `labels.npy`
-  (the cluster of every generic window), `tokenizer.model` (the generic tokenizer);
-- selection (`select_tokens`): `tokens.bin` + `tokens.json` (the resampled token stream,
-  windows concatenated), `report.json`, `histograms.png`.
+  (the cluster of every generic window), `tokenizer.model` (the generic tokenizer).
 A domain embedded with other embedder settings than the centroids' is refused.
 """
 
@@ -26,18 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ui
-from .cache import MANIFEST, cache_entry, check_file, file_record, locked, move_aside, verify
-from .data.clustering import METRICS, assign, kmeans
-from .data.corpus import load_corpus
-from .data.embedding import (HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows, window_texts,
-                             window_tokens)
-from .data.selection import Selection, select
-from .data.tokenizer import Tokenizer
-from .data.tokens import TokenizedSplit
-from .errors import SpecializeError
-from .files import atomic_write_bytes
-from .models.io import save_arrays
+from .. import ui
+from ..cache import MANIFEST, cache_entry, check_file, file_record, locked, move_aside, verify
+from ..data.clustering import METRICS, assign, kmeans
+from ..data.corpus import load_corpus
+from ..data.embedding import HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows, window_texts
+from ..data.tokenizer import Tokenizer
+from ..data.tokens import TokenizedSplit
+from ..errors import SpecializeError
+from ..files import atomic_write_bytes
+from ..models.io import save_arrays
 
 IDF_SAMPLE_WINDOWS = 20_000
 
@@ -89,7 +84,7 @@ def cluster(embedded, k: int, out: str | os.PathLike, generic: str, tokenizer: T
     """k-means over embedded generic windows; writes the clusters folder."""
     import mlx.core as mx
 
-    from .train import distributed as dist
+    from ..train import distributed as dist
 
     if metric not in METRICS:
         raise SpecializeError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
@@ -154,82 +149,11 @@ def domain_histogram_labels(clusters: Clusters, domain: TokenizedSplit, tokenize
     return labels
 
 
-def select_tokens(clusters: Clusters, generic: TokenizedSplit, domain_labels: np.ndarray, n_tokens: int,
-                  out: str | os.PathLike, sampler: str = "cluster", seed: int = 0) -> tuple[TokenizedSplit, Selection]:
-    """Resample generic windows to `n_tokens` tokens; writes the selection folder."""
-    window = clusters.meta["window"]
-    if n_windows(generic.tokens, window) != len(clusters.labels):
-        raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
-    n = max(1, -(-n_tokens // window))
-    selection = select(clusters.labels, domain_labels, clusters.k, n, sampler, seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stream = window_tokens(generic.tokens, selection.indices, window)
-    atomic_write_bytes(out / "tokens.bin", stream.tobytes())
-    bytes_per_token = generic.n_bytes / max(len(generic.tokens), 1)
-    meta = {"n_tokens": int(len(stream)), "dtype": stream.dtype.name, "n_bytes": int(bytes_per_token * len(stream)),
-            "n_docs": int(len(selection.indices)), "bos": generic.bos_id, "generic": clusters.meta["generic"],
-            "tokenizer": clusters.meta["tokenizer"]}
-    atomic_write_bytes(out / "tokens.json", json.dumps(meta).encode())
-    Tokenizer.load(clusters.folder).save(out)
-    return load_selected(out), selection
-
-
-def load_selected(folder: str | os.PathLike) -> TokenizedSplit:
-    """The token stream of a selection folder."""
-    folder = Path(folder)
-    if not (folder / "tokens.json").is_file():
-        raise SpecializeError(f"no selection at {folder} (run `mlxspec data select` first)")
-    meta = json.loads((folder / "tokens.json").read_text())
-    tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
-    return TokenizedSplit(tokens, meta["n_bytes"], meta["n_docs"], f"selected:{folder.name}", meta.get("bos"))
-
-
-def report(selection: Selection, clusters: Clusters, generic: TokenizedSplit, tokenizer, out: str | os.PathLike,
-           top: int = 8) -> dict:
-    """report.json + histograms.png: KL, entropy, repeats, the top clusters with a text sample."""
-    window = clusters.meta["window"]
-    order = np.argsort(-selection.p_domain)[:top]
-    top_clusters = []
-    for c in order:
-        if selection.p_domain[c] <= 0:
-            break
-        members = np.flatnonzero(clusters.labels == c)
-        middle = int(members[len(members) // 2]) if len(members) else -1
-        sample = window_texts(generic.tokens, tokenizer, window, middle, middle + 1)[0] if len(members) else ""
-        top_clusters.append({"cluster": int(c), "p_domain": float(selection.p_domain[c]),
-                             "p_generic": float(selection.p_generic[c]), "p_selected": float(selection.p_selected[c]),
-                             "sample": " ".join(sample.split())[:160]})
-    result = {**selection.summary(), "k": clusters.k, "top_clusters": top_clusters}
-    out = Path(out)
-    (out / "report.json").write_text(json.dumps(result, indent=2))
-    _plot(selection, out / "histograms.png")
-    return result
-
-
-def _plot(selection: Selection, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = np.argsort(-selection.p_domain)
-    shown = order[: min(len(order), 64)]
-    x = np.arange(len(shown))
-    fig, ax = plt.subplots(figsize=(max(6, len(shown) * 0.18), 3.2), dpi=120)
-    for offset, (values, label) in zip((-0.27, 0.0, 0.27), ((selection.p_domain, "domain P(c|D)"),
-                                                           (selection.p_generic, "generic P(c|G)"),
-                                                           (selection.p_selected, "selected"))):
-        ax.bar(x + offset, values[shown], width=0.27, label=label)
-    ax.set_xticks(x, [str(c) for c in shown], fontsize=6)
-    ax.set_xlabel("cluster (in order of domain frequency)")
-    ax.set_ylabel("share of windows")
-    ax.set_title(f"{selection.sampler} sampler: KL(D||selected) {selection.kl_selected:.3f}, "
-                 f"KL(D||generic) {selection.kl_generic:.3f} nats")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def clustered_valid(clusters: Clusters, tokenizer: Tokenizer, cache_dir) -> tuple[TokenizedSplit, np.ndarray]:
+    """The clustering's generic valid split and the cluster of each of its windows (what
+    a clustered model validates on)."""
+    valid = corpus_split(clusters.meta["generic"], "valid", tokenizer, cache_dir)
+    return valid, domain_histogram_labels(clusters, valid, tokenizer, cache_dir)
 
 
 def cache_key(*parts) -> str:
@@ -237,7 +161,7 @@ def cache_key(*parts) -> str:
 
 
 def corpus_split(spec: str, split: str, tokenizer, cache_dir, max_tokens: int | None = None) -> TokenizedSplit:
-    from .train.jobs import tokenize
+    from ..train.jobs import tokenize
 
     return tokenize(load_corpus(spec), split, tokenizer, cache_dir, max_tokens)
 
@@ -245,7 +169,7 @@ def corpus_split(spec: str, split: str, tokenizer, cache_dir, max_tokens: int | 
 def generic_tokenizer(generic: str, vocab_size: int, cache_dir) -> Tokenizer:
     """The tokenizer `pretrain` would train on `generic` (deterministic), cached by content:
     KEY.model, then KEY.json (its size and sha256, checked on use) last."""
-    from .train.jobs import fit_tokenizer
+    from ..train.jobs import fit_tokenizer
 
     corpus = load_corpus(generic)
     path = Path(cache_dir) / "tokenizers" / f"{cache_key(corpus.fingerprint(), vocab_size)}.model"

@@ -1,0 +1,84 @@
+"""What every method shares: the settings of one `specialize` call, and the contract.
+
+A method turns the generic corpus (and, for some, the domain's data) into the model(s)
+that `specialize` fine-tunes on the domain. The paper's costs split the same way:
+
+    C(N domains) = C_shared + N x C_per_domain
+
+`prepare` pays what the method pre-trains once for every domain (cached, so a later
+domain finds it done) and what it does per domain before fine-tuning (a selection, an
+instantiation, SLM-is's whole pre-training); `specialize` then fine-tunes and reports.
+Adding a method: one module in this package with a `Method` subclass, listed in
+`methods/__init__.py`'s registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SpecializeError
+
+
+@dataclass
+class Settings:
+    """One `specialize` call with its defaults resolved (corpus specs as the user wrote
+    them, budgets in tokens)."""
+
+    domain: str
+    generic: str
+    method: str
+    preset: str
+    pretrain_tokens: int
+    finetune_tokens: int
+    domain_tokens: int | None
+    vocab_size: int | None
+    seed: int
+    cache_dir: Path
+    base: str | None = None
+    lr: float | None = None
+    k: int | None = None  # clusters of the generic corpus (methods that use them)
+    embedder: str = "hashed"
+    window: int | None = None
+    sampler: str = "cluster"
+    metric: str = "cosine"
+    select: str | None = None
+    expert_init: str = "scratch"
+    basis: int | None = None
+
+
+@dataclass
+class Prepared:
+    """What `prepare` hands to the fine-tuning: the model folder to fine-tune (a list:
+    fine-tune each, keep the best on the domain's valid split) and the report's phases
+    so far ("pretrain", and "select" for the methods that choose per domain)."""
+
+    base: Path | list[Path]
+    phases: dict = field(default_factory=dict)
+
+
+class Method:
+    """One way to get a domain's small model. Subclasses set the class attributes and
+    implement `prepare`."""
+
+    name = ""  # --method
+    paper = ""  # the paper's name for it
+    default_k: int | None = None  # clusters of the generic corpus it uses (None: none)
+    select_rules: tuple[str, ...] = ()  # --select values, the default first
+    pretrains_per_domain = False  # SLM-is: its pre-training is paid per domain, not shared
+
+    def resolve(self, settings: Settings) -> Settings:
+        """Fill the method's defaults in and check its options (before any work)."""
+        if settings.base is not None and self.name != "finetune":
+            raise SpecializeError(f"--method {self.name} pre-trains its own base: drop --base")
+        if settings.k is None:
+            settings.k = self.default_k
+        if self.select_rules:
+            settings.select = settings.select or self.select_rules[0]
+            if settings.select not in self.select_rules:
+                raise SpecializeError(f"--method {self.name} takes --select {'|'.join(self.select_rules)}, "
+                                      f"not '{settings.select}'")
+        return settings
+
+    def prepare(self, settings: Settings) -> Prepared:
+        raise NotImplementedError

@@ -1,0 +1,157 @@
+"""SLM-is (`--method is`): pre-train on generic text resampled to look like the domain.
+
+    domain windows --assign to the generic clusters (clusters.py)--> P(c|D)
+    P(c|D), generic labels --resample--> N tokens of generic windows --> pre-train an SLM
+
+The clustering is shared by every domain; the selection and the pre-training are paid per
+domain (cached by domain and settings). A selection folder holds `tokens.bin` +
+`tokens.json` (the resampled token stream, windows concatenated), `report.json` and
+`histograms.png` (the domain's, generic and selected cluster histograms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import ui
+from ..cache import cache_entry
+from ..data.corpus import load_corpus
+from ..data.embedding import n_windows, window_texts, window_tokens
+from ..data.selection import Selection, select
+from ..data.tokenizer import Tokenizer
+from ..data.tokens import TokenizedSplit
+from ..errors import SpecializeError
+from ..files import atomic_write_bytes
+from ..models.presets import get_preset
+from ..train.jobs import pretrain
+from . import clusters as cl
+from .base import Method, Prepared, Settings
+from .clusters import Clusters
+
+
+def select_tokens(clusters: Clusters, generic: TokenizedSplit, domain_labels: np.ndarray, n_tokens: int,
+                  out: str | os.PathLike, sampler: str = "cluster", seed: int = 0) -> tuple[TokenizedSplit, Selection]:
+    """Resample generic windows to `n_tokens` tokens; writes the selection folder."""
+    window = clusters.meta["window"]
+    if n_windows(generic.tokens, window) != len(clusters.labels):
+        raise SpecializeError("the generic token stream does not match the clustering (other corpus or tokenizer)")
+    n = max(1, -(-n_tokens // window))
+    selection = select(clusters.labels, domain_labels, clusters.k, n, sampler, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stream = window_tokens(generic.tokens, selection.indices, window)
+    atomic_write_bytes(out / "tokens.bin", stream.tobytes())
+    bytes_per_token = generic.n_bytes / max(len(generic.tokens), 1)
+    meta = {"n_tokens": int(len(stream)), "dtype": stream.dtype.name, "n_bytes": int(bytes_per_token * len(stream)),
+            "n_docs": int(len(selection.indices)), "bos": generic.bos_id, "generic": clusters.meta["generic"],
+            "tokenizer": clusters.meta["tokenizer"]}
+    atomic_write_bytes(out / "tokens.json", json.dumps(meta).encode())
+    Tokenizer.load(clusters.folder).save(out)
+    return load_selected(out), selection
+
+
+def load_selected(folder: str | os.PathLike) -> TokenizedSplit:
+    """The token stream of a selection folder."""
+    folder = Path(folder)
+    if not (folder / "tokens.json").is_file():
+        raise SpecializeError(f"no selection at {folder} (run `mlxspec data select` first)")
+    meta = json.loads((folder / "tokens.json").read_text())
+    tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+    return TokenizedSplit(tokens, meta["n_bytes"], meta["n_docs"], f"selected:{folder.name}", meta.get("bos"))
+
+
+def report(selection: Selection, clusters: Clusters, generic: TokenizedSplit, tokenizer, out: str | os.PathLike,
+           top: int = 8) -> dict:
+    """report.json + histograms.png: KL, entropy, repeats, the top clusters with a text sample."""
+    window = clusters.meta["window"]
+    order = np.argsort(-selection.p_domain)[:top]
+    top_clusters = []
+    for c in order:
+        if selection.p_domain[c] <= 0:
+            break
+        members = np.flatnonzero(clusters.labels == c)
+        middle = int(members[len(members) // 2]) if len(members) else -1
+        sample = window_texts(generic.tokens, tokenizer, window, middle, middle + 1)[0] if len(members) else ""
+        top_clusters.append({"cluster": int(c), "p_domain": float(selection.p_domain[c]),
+                             "p_generic": float(selection.p_generic[c]), "p_selected": float(selection.p_selected[c]),
+                             "sample": " ".join(sample.split())[:160]})
+    result = {**selection.summary(), "k": clusters.k, "top_clusters": top_clusters}
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(result, indent=2))
+    _plot(selection, out / "histograms.png")
+    return result
+
+
+def _plot(selection: Selection, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(-selection.p_domain)
+    shown = order[: min(len(order), 64)]
+    x = np.arange(len(shown))
+    fig, ax = plt.subplots(figsize=(max(6, len(shown) * 0.18), 3.2), dpi=120)
+    for offset, (values, label) in zip((-0.27, 0.0, 0.27), ((selection.p_domain, "domain P(c|D)"),
+                                                           (selection.p_generic, "generic P(c|G)"),
+                                                           (selection.p_selected, "selected"))):
+        ax.bar(x + offset, values[shown], width=0.27, label=label)
+    ax.set_xticks(x, [str(c) for c in shown], fontsize=6)
+    ax.set_xlabel("cluster (in order of domain frequency)")
+    ax.set_ylabel("share of windows")
+    ax.set_title(f"{selection.sampler} sampler: KL(D||selected) {selection.kl_selected:.3f}, "
+                 f"KL(D||generic) {selection.kl_generic:.3f} nats")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+class ImportanceSampled(Method):
+    name = "is"
+    paper = "SLM-is"
+    default_k = 64
+    pretrains_per_domain = True
+
+    def prepare(self, s: Settings) -> Prepared:
+        """Select `pretrain_tokens` generic tokens like the domain, pre-train on them
+        (cached by domain and settings)."""
+        preset = get_preset(s.preset)
+        window = s.window or preset.context
+        t0 = time.perf_counter()
+        tokenizer = cl.generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir)
+        clusters, reused = cl.cached_clusters(s.generic, tokenizer, s.embedder, window, s.k, s.metric, s.seed,
+                                              s.cache_dir)
+        generic_split = cl.corpus_split(s.generic, "train", tokenizer, s.cache_dir)
+        key = cl.cache_key(clusters.folder.name, load_corpus(s.domain).fingerprint(), s.domain_tokens,
+                           s.pretrain_tokens, s.sampler, s.seed, preset.__dict__)
+        folder = s.cache_dir / "pretrained-is" / key
+        with cache_entry(folder, f"the importance-sampled '{preset.name}' model for {s.domain}") as entry:
+            if entry.ready:  # its selection too: report.json says what it was
+                ui.info(f"using the cached importance-sampled model {folder}")
+                summary, cached = json.loads((folder / "summary.json").read_text()), True
+                summary_report = json.loads((folder / "selection" / "report.json").read_text())
+            else:
+                domain_split = cl.corpus_split(s.domain, "train", tokenizer, s.cache_dir, s.domain_tokens)
+                domain_labels = cl.domain_histogram_labels(clusters, domain_split, tokenizer, s.cache_dir)
+                selected, selection = select_tokens(clusters, generic_split, domain_labels, s.pretrain_tokens,
+                                                    entry.build / "selection", s.sampler, s.seed)
+                summary_report = report(selection, clusters, generic_split, tokenizer, entry.build / "selection")
+                summary = pretrain(s.generic, preset, entry.build, s.pretrain_tokens, tokenizer=tokenizer,
+                                   cache_dir=s.cache_dir, resume=True, seed=s.seed, checkpoint_every=50,
+                                   train_split=selected).summary
+                entry.publish()
+                cached = False
+        select_phase = {"seconds": time.perf_counter() - t0, "clusters": str(clusters.folder), "clusters_cached": reused,
+                        "report": str(folder / "selection"),
+                        **{name: summary_report[name] for name in ("k", "sampler", "windows", "kl_selected",
+                                                                   "kl_generic", "entropy_domain", "unmatched_mass",
+                                                                   "repeats")}}
+        pre_phase = {"tokens": summary["tokens"], "seconds": summary["seconds"], "flops": summary["flops"],
+                     "cached": cached, "model": str(folder)}
+        return Prepared(folder, {"select": select_phase, "pretrain": pre_phase})

@@ -1,0 +1,105 @@
+"""SLM-pn (`--method pn`) and Soup-of-Experts (`--method soup`): one network pre-trained
+once on the clustered generic corpus, shared by every domain, from which the domain's
+dense SLM is computed in closed form and then fine-tuned.
+
+    generic windows + their clusters --pre-train (train/projected.py)--> network (shared)
+    domain windows --assign--> most frequent cluster, or histogram --instantiate--> dense SLM
+
+The models are in `models/projected.py`, their training in `train/projected.py`. The
+domain's dense SLM is a cache entry of its own inside the network's folder
+(`instances/<key>`, not in the network's manifest), with what was chosen in instance.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ..cache import cache_entry
+from .. import ui
+from ..data.corpus import load_corpus
+from ..errors import SpecializeError
+from ..files import atomic_write_bytes
+from ..models.presets import get_preset
+from ..models.projected import read_projected_config
+from ..train.projected import domain_condition, instantiate_folder, pretrain_projected
+from . import clusters as cl
+from .base import Method, Prepared, Settings
+
+DEFAULT_BASIS = 8  # basis matrices h per MLP weight
+
+
+def instantiate_for_domain(folder: str | os.PathLike, out_dir: str | os.PathLike, domain: str, rule: str,
+                           domain_tokens: int | None = None, cache_dir=None) -> dict:
+    """Write the dense SLM of `domain` for the network in `folder`: the domain's train
+    windows (its first `domain_tokens`) are embedded and assigned to the network's own
+    clustering, and `rule` (`frequent` or `histogram`) turns them into the condition.
+    Returns what was chosen (rule, cluster or histogram)."""
+    from ..data.hf_tokenizer import load_tokenizer
+    from ..data.tokens import default_cache_dir
+
+    config = read_projected_config(folder)
+    clusters_dir = config.get("mlxspec", {}).get("clusters")
+    if not clusters_dir or not Path(clusters_dir).is_dir():
+        raise SpecializeError(f"{folder} was trained on the clustering {clusters_dir}, which is gone: give --cluster "
+                              "or --weights instead of --domain")
+    clusters = cl.load_clusters(clusters_dir)
+    tokenizer = load_tokenizer(Path(folder), config)
+    cache_dir = cache_dir or default_cache_dir()
+    split = cl.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
+    labels = cl.domain_histogram_labels(clusters, split, tokenizer, cache_dir)
+    cond, chosen = domain_condition(labels, clusters.k, rule)
+    picked = {"cluster": chosen["cluster"]} if "cluster" in chosen else {}
+    instantiate_folder(folder, out_dir, cond, {"domain": domain, "rule": rule, **picked})
+    return {**chosen, "windows": int(len(labels))}
+
+
+class Projected(Method):
+    """pn: one expert per cluster, generated from a shared tensor (instantiated for the
+    domain's most frequent cluster by default); soup: shared weights plus a mix of
+    experts set by the domain's cluster histogram (the default there)."""
+
+    default_k = 16
+
+    def __init__(self, arch: str):
+        self.name = arch
+        self.paper = {"pn": "SLM-pn", "soup": "Soup-of-Experts"}[arch]
+        self.select_rules = ("frequent", "histogram") if arch == "pn" else ("histogram", "frequent")
+
+    def prepare(self, s: Settings) -> Prepared:
+        preset = get_preset(s.preset)
+        window = s.window or preset.context
+        tokenizer = cl.generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir)
+        clusters, _ = cl.cached_clusters(s.generic, tokenizer, s.embedder, window, s.k, s.metric, s.seed, s.cache_dir)
+        generic_split = cl.corpus_split(s.generic, "train", tokenizer, s.cache_dir)
+        basis = s.basis or DEFAULT_BASIS
+        settings = (self.name, basis) if self.name == "pn" else (self.name, basis, f"support{clusters.k}")  # soup: all
+        folder = s.cache_dir / "projected" / cl.cache_key(clusters.folder.name, preset.__dict__, s.pretrain_tokens,
+                                                          s.seed, *settings)
+        with cache_entry(folder, f"the {self.name} network '{preset.name}' on {s.generic} (k={clusters.k})") as entry:
+            if entry.ready:
+                ui.info(f"using the cached {self.name} network {folder}")
+                summary, cached = json.loads((folder / "summary.json").read_text()), True
+            else:
+                valid, valid_labels = cl.clustered_valid(clusters, tokenizer, s.cache_dir)
+                summary = pretrain_projected(clusters, generic_split, valid, valid_labels, tokenizer, preset,
+                                             entry.build, s.pretrain_tokens, self.name, basis=basis, seed=s.seed,
+                                             checkpoint_every=50)
+                entry.publish()
+                cached = False
+        pre_phase = {key: summary[key] for key in ("tokens", "seconds", "flops")}
+        pre_phase.update(cached=cached, model=str(folder), arch=self.name, k=s.k, basis=basis)
+        t0 = time.perf_counter()
+        dense_dir = folder / "instances" / cl.cache_key(load_corpus(s.domain).fingerprint(), s.domain_tokens, s.select)
+        with cache_entry(dense_dir, f"the {self.name} SLM of {s.domain}") as entry:
+            if entry.ready:
+                select_phase = json.loads((dense_dir / "instance.json").read_text())
+            else:
+                select_phase = instantiate_for_domain(folder, entry.build, s.domain, s.select, s.domain_tokens,
+                                                      s.cache_dir)
+                atomic_write_bytes(entry.build / "instance.json", json.dumps(select_phase).encode())
+                entry.publish()
+        select_phase.update(k=s.k, seconds=time.perf_counter() - t0, instance=str(dense_dir))
+        return Prepared(dense_dir, {"select": select_phase, "pretrain": pre_phase})

@@ -1,0 +1,55 @@
+"""SLM (`--method finetune`): the generic model, pre-trained once, fine-tuned per domain.
+
+The pre-training is the budget every domain shares: its result is cached under
+`CACHE/pretrained/<hash of corpus, preset, budget, vocabulary, seed>`, built by one process
+at a time in `<key>.partial` (an interrupted pre-training resumes there from its last
+checkpoint) and published with its manifest (`cache.py`). `--base` replaces it with a
+model given by the user (ours, or an mlx-lm one with its own tokenizer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .. import ui
+from ..cache import cache_entry
+from ..data.corpus import load_corpus
+from ..models.presets import get_preset, with_overrides
+from ..train.jobs import pretrain
+from .base import Method, Prepared, Settings
+
+
+def pretrain_key(fingerprint: str, preset, tokens: int, vocab: int | None, seed: int) -> str:
+    src = json.dumps([fingerprint, preset.__dict__, tokens, vocab, seed], sort_keys=True, default=str)
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+def cached_pretrain(generic: str, preset_name: str, tokens: int, vocab_size: int | None, seed: int,
+                    cache_dir: Path, context: int | None = None) -> tuple[Path, dict, bool]:
+    """Pre-train (or reuse) the generic base model. Returns (folder, summary, reused)."""
+    preset = with_overrides(get_preset(preset_name), context=context)
+    corpus = load_corpus(generic)
+    folder = Path(cache_dir) / "pretrained" / pretrain_key(corpus.fingerprint(), preset, tokens, vocab_size, seed)
+    with cache_entry(folder, f"the generic model '{preset.name}' on {generic} ({tokens:,} tokens)") as entry:
+        if entry.ready:
+            ui.info(f"using the cached generic model {folder}")
+            return folder, json.loads((folder / "summary.json").read_text()), True
+        result = pretrain(generic, preset, entry.build, tokens, vocab_size=vocab_size, cache_dir=cache_dir,
+                          resume=True, seed=seed, checkpoint_every=50)
+        entry.publish()
+    return folder, result.summary, False
+
+
+class SLM(Method):
+    name = "finetune"
+    paper = "SLM"
+
+    def prepare(self, s: Settings) -> Prepared:
+        if s.base is not None:
+            return Prepared(Path(s.base), {"pretrain": {"tokens": 0, "seconds": 0.0, "flops": 0.0, "given": str(s.base)}})
+        folder, summary, reused = cached_pretrain(s.generic, s.preset, s.pretrain_tokens, s.vocab_size, s.seed,
+                                                  s.cache_dir)
+        return Prepared(folder, {"pretrain": {"tokens": summary["tokens"], "seconds": summary["seconds"],
+                                              "flops": summary["flops"], "cached": reused, "model": str(folder)}})
