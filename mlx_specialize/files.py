@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 
+def named(err: OSError, path: str | os.PathLike) -> OSError:
+    """`err`, or the same error naming `path` when it names no file: a failed write()
+    (a full disk, a file-size limit) raises an OSError without a file name, and the
+    command line reports `<reason>: <file>` (cli/main.py, handle_errors)."""
+    if err.filename is not None or err.errno is None:
+        return err
+    return OSError(err.errno, err.strerror, str(path))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary name beside `path`, then rename it into place."""
+    """Write `data` to a temporary name beside `path`, then rename it into place.
+
+    A failed write (a full disk) removes its temporary: the half-written file would
+    hold the very space the disk lacks, under a name no later write reuses (it holds
+    the process id)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # the write's own error is the one to report
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise named(err, path) from None
+        raise

@@ -3,13 +3,16 @@
 The layout is the one `mlx_lm.load` reads. Our own facts about a model (tokenizer hash,
 context length, preset) live under the `mlxspec` key of `config.json`, which mlx-lm
 ignores. Files are written to a temporary name and renamed into place, so a crash never
-leaves a half-written file under the real name.
+leaves a half-written file under the real name; `save_model` writes all of a folder's
+files before it renames any, so a full disk never leaves a mix of two saves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -17,18 +20,39 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from ..errors import SpecializeError
-from ..files import atomic_write_bytes
+from ..files import named
 from .dense import Model, ModelArgs
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+STAGING_PREFIX = ".tmp_model_"  # + pid: where save_model writes a folder's files before renaming them
+
+
+def write_safetensors(path: Path, arrays: dict[str, mx.array], metadata: dict | None = None) -> None:
+    """Write a safetensors file (in place: callers write it under a temporary name).
+
+    Through a Python file object, not MLX's own writer: that one reports a full disk or a
+    file-size limit as a RuntimeError ("Unable to write N bytes") without the system's
+    reason or the file, which the command line could only call an internal error; this way
+    it is the OSError (ENOSPC, EFBIG) naming the file. Same bytes, same speed."""
+    try:
+        with open(path, "wb") as f:
+            mx.save_safetensors(f, arrays, metadata=metadata or {})
+    except OSError as err:
+        raise named(err, path) from None
 
 
 def save_arrays(path: Path, arrays: dict[str, mx.array], metadata: dict | None = None) -> None:
-    """Write a safetensors file atomically."""
+    """Write a safetensors file atomically; a failed write removes its temporary (on a
+    full disk it would hold the space, under a name no later write reuses)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.safetensors")
-    mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
-    os.replace(tmp, path)
+    try:
+        write_safetensors(tmp, arrays, metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_arrays(path: Path) -> dict[str, mx.array]:
@@ -58,9 +82,6 @@ def save_model(model: Model, folder: str | os.PathLike, tokenizer=None, meta: di
     ({group_size, bits, mode}) is recorded when the model's layers are quantized."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:
-        tokenizer.save(folder)
-    save_arrays(folder / WEIGHTS_FILE, dict(tree_flatten(model.parameters())), {"format": "mlx"})
     config = model.config_dict() if hasattr(model, "config_dict") else model.args.to_dict()
     if quantization:
         config["quantization"] = config["quantization_config"] = quantization
@@ -68,7 +89,32 @@ def save_model(model: Model, folder: str | os.PathLike, tokenizer=None, meta: di
     if tokenizer is not None:
         ours.update(tokenizer=tokenizer.fingerprint, tokenizer_kind=tokenizer.kind)
     config["mlxspec"] = ours
-    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(config, indent=2).encode())
+    # The trainer saves its best model over the previous one in the run folder. Writing
+    # each file to its own temporary was not enough: a full disk after the weights were
+    # renamed left them beside the previous save's config.json (its step, its meta), and
+    # the tokenizer, written in place, was cut to a stub. So every file is written into a
+    # staging folder first (all the space the save needs is taken there), then renamed
+    # into place, config.json last; a failed write removes the staging folder and leaves
+    # the previous model whole. Leftovers of a killed save go at the next save.
+    for stale in folder.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    stage = folder / f"{STAGING_PREFIX}{os.getpid()}"
+    stage.mkdir()
+    try:
+        if tokenizer is not None:
+            try:
+                tokenizer.save(stage)
+            except OSError as err:  # a write() error names no file: name the folder
+                raise named(err, stage) from None
+        write_safetensors(stage / WEIGHTS_FILE, dict(tree_flatten(model.parameters())), {"format": "mlx"})
+        try:
+            (stage / CONFIG_FILE).write_bytes(json.dumps(config, indent=2).encode())
+        except OSError as err:
+            raise named(err, stage / CONFIG_FILE) from None
+        for name in sorted(os.listdir(stage), key=lambda name: name == CONFIG_FILE):
+            os.replace(stage / name, folder / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def resolve_model_path(name: str | os.PathLike) -> Path:

@@ -6,8 +6,9 @@
         state.json             step, data position, RNG key, early-stopping state,
                                budget counters (tokens, FLOPs, seconds)
 
-A checkpoint is written into a temporary folder and renamed into place, so it is either
-complete or absent; the newest `keep` are kept.
+A checkpoint is written into a temporary folder (`.tmp_step_...`) and renamed into place,
+so it is either complete or absent; the newest `keep` are kept. A failed write (a full
+disk) removes its temporary folder and leaves the previous checkpoints as they were.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import SpecializeError
-from ..models.io import load_arrays
+from ..files import named
+from ..models.io import load_arrays, write_safetensors
 
 PREFIX = "step_"
+TMP_PREFIX = f".tmp_{PREFIX}"  # + step + pid: a checkpoint being written; never listed by checkpoint_dirs
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -45,13 +48,25 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, kee
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp_{PREFIX}{step:08d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = root / f"{TMP_PREFIX}{step:08d}_{os.getpid()}"
+    # Leftovers of a write that was killed (any process id: the one that resumes is
+    # another): never listed as checkpoints, but on a full disk they hold the space this
+    # write needs.
+    for stale in root.glob(f"{TMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
-    mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    try:
+        write_safetensors(tmp / "model.safetensors", dict(tree_flatten(model.parameters())))
+        write_safetensors(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
+        try:
+            (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        except OSError as err:  # a failed write() names no file
+            raise named(err, tmp / "state.json") from None
+    except BaseException:
+        # A full disk (or Ctrl-C) mid-write: drop the partial folder now, so that the
+        # space is free again and the previous checkpoint is all that is left.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
