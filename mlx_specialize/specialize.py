@@ -34,11 +34,12 @@ from . import ui
 from .data.corpus import bundled_names, default_generic, load_corpus
 from .data.tokens import default_cache_dir
 from .errors import SpecializeError
+from .cache import locked
 from .files import atomic_write_bytes
 from .models.dense import count_params
 from .models.generate import measure_generation
 from .models.io import load_model
-from .methods import METHODS, Method, Settings, get_method
+from .methods import Method, Settings, get_method
 from .models.presets import get_preset
 from .train.jobs import evaluate_model, finetune
 
@@ -225,18 +226,28 @@ def specialize(
     run = resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
                       finetune_tokens, vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric, select,
                       expert_init, basis, cache_dir)
+    # One process at a time in a run folder (a second run of the same command waits,
+    # then finds the run finished); its state is read again once the lock is held.
+    with locked(run.out_dir, f"the run in {run.out_dir}"):
+        verdict = run_folder_state(run.out_dir, run.command, overwrite)
+        if verdict == "finished":
+            ui.info(f"{run.out_dir} holds this command's finished run: its report (--overwrite runs it again)")
+            return json.loads((run.out_dir / "report.json").read_text())
+        return _carry_out(run, verdict)
+
+
+def _carry_out(run: RunPlan, verdict: str) -> dict:
+    """`specialize`'s phases in the run folder, from the first unfinished one."""
     settings, out_dir, command = run.settings, run.out_dir, run.command
-    cache_dir = settings.cache_dir
-    if run.verdict == "finished":
-        ui.info(f"{out_dir} holds this command's finished run: its report (--overwrite runs it again)")
-        return json.loads((out_dir / "report.json").read_text())
+    domain, cache_dir = settings.domain, settings.cache_dir
+    domain_tokens, finetune_tokens = settings.domain_tokens, settings.finetune_tokens
 
     # The run folder's state: the command, then each phase's figures once it finished, so
     # a rerun after an interruption (Ctrl-C, kill -9, a full disk) continues with the
     # first unfinished phase and reports what the first session measured. Phases that
     # build cache entries resume inside them; the fine-tuning from its checkpoints.
     t0 = time.perf_counter()
-    if run.verdict == "new":
+    if verdict == "new":
         if out_dir.exists():
             _clear_run(out_dir)
         state = {"command": command, "phases": {}, "wall_seconds": 0.0, "sessions": 0}
@@ -262,7 +273,8 @@ def specialize(
         save(base=[str(b) for b in base_dir] if isinstance(base_dir, list) else str(base_dir))
     # Fine-tuning checkpoints every 50 steps, as pre-training does: an interruption costs
     # at most that, and the rerun continues from the checkpoint.
-    options = {"seed": seed, "checkpoint_every": 50, **({"lr": lr} if lr is not None else {})}
+    options = {"seed": settings.seed, "checkpoint_every": 50,
+               **({"lr": settings.lr} if settings.lr is not None else {})}
     if isinstance(state["base"], list) and "finetune" not in phases:
         # SLM-mix --select all: k fine-tunings, k times the cost
         chosen, tuned, cost = finetune_best([Path(b) for b in state["base"]], domain, out_dir, domain_tokens,
@@ -292,7 +304,7 @@ def specialize(
     report = {
         "domain": load_corpus(domain).name,
         "generic": settings.generic,
-        "method": method,
+        "method": settings.method,
         "preset": loaded[2].get("mlxspec", {}).get("preset"),
         "model": str(out_dir),
         "params": count_params(loaded[0].args)["total"],

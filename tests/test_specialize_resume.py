@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mlx_specialize as ms
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.models.io import load_arrays
 
@@ -112,6 +111,19 @@ def test_a_finished_run_is_not_run_again_and_another_command_is_refused(uninterr
         f"error: {whole_dir} holds a run of another command (seed 0 -> 1); pass --overwrite to replace it, "
         "or choose another --out")
     assert {p: p.stat().st_mtime_ns for p in whole_dir.rglob("*")} == before
+
+
+def test_two_runs_of_one_command_in_one_folder_train_once(uninterrupted, tmp_path):
+    """The second waits for the first (a lock beside the run folder), then returns its report."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    procs = [subprocess.Popen(_args(out, cache)[:-1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    said = [" ".join(p.communicate(timeout=600)[1].split()) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], said
+    waited = [s for s in said if f"waiting for another process building the run in {out}" in s]
+    assert len(waited) == 1 and f"{out} holds this command's finished run" in waited[0]
+    report = json.loads((out / "report.json").read_text())
+    assert report["sessions"] == 1 and _comparable(report) == _comparable(uninterrupted[1])
 
 
 def _command(**changes) -> dict:

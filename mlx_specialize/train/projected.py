@@ -31,8 +31,7 @@ from ..data import selection
 from ..data.embedding import n_windows, window_tokens
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
-from ..models.projected import (ProjectedModel, ProjectionArgs, instantiate, load_projected, one_hot, param_counts,
-                                read_projected_config)
+from ..models.projected import ProjectedModel, ProjectionArgs, instantiate, load_projected, one_hot, param_counts
 from .evaluate import EvalResult, evaluate
 from .parallel import masked_nll
 
