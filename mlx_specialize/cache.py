@@ -29,6 +29,11 @@ model), and a process killed mid-build must not leave something that looks compl
 - A FOLDER without a manifest was written in place by an older version: it becomes the
   build folder, so that whatever of it can resume does.
 
+An entry published inside `building_for(run_id)` records the run in its manifest:
+`entry.reused` is then False for that run's later sessions (an interrupted `specialize`
+rerun finds the entry its first session built, and still counts its cost as paid by this
+run) and True for every other run.
+
 Single-file entries (a token cache, the generic tokenizer) take the same lock with
 `locked`, write their data by rename, then a small JSON record holding its
 `file_record` last; `check_file` checks it on use and `move_aside` removes a bad one.
@@ -41,6 +46,7 @@ a lock that rank 0 holds while rank 0 waits for it in a collective would never r
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -56,6 +62,20 @@ from .files import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 VERIFY_HASH_BYTES = 64 << 20
+# The run (a `specialize` run folder's id) entries are being built for: recorded in their
+# manifests, so that a later session of the same run, after an interruption, counts an
+# entry its first session built as its own work, not as one it found (`Entry.reused`).
+_current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar("mlxspec_run", default=None)
+
+
+@contextlib.contextmanager
+def building_for(run_id: str):
+    """Entries published in the body are marked as built for `run_id`."""
+    token = _current_run.set(run_id)
+    try:
+        yield
+    finally:
+        _current_run.reset(token)
 
 
 # ---- files ------------------------------------------------------------------------
@@ -132,7 +152,8 @@ def write_manifest(folder: Path, what: str) -> None:
     """Record every file under `folder` (but the manifest) in FOLDER/manifest.json."""
     files = {p.relative_to(folder).as_posix(): file_record(p)
              for p in sorted(folder.rglob("*")) if p.is_file() and p != folder / MANIFEST}
-    atomic_write_bytes(folder / MANIFEST, json.dumps({"what": what, "files": files}, indent=1).encode())
+    run = {"run": _current_run.get()} if _current_run.get() else {}
+    atomic_write_bytes(folder / MANIFEST, json.dumps({"what": what, **run, "files": files}, indent=1).encode())
 
 
 def verify(folder: Path, full: bool = False) -> str | None:
@@ -170,6 +191,18 @@ class Entry:
     folder: Path
     what: str
     ready: bool
+
+    @property
+    def reused(self) -> bool:
+        """Ready, and built by another run than the current one (`building_for`): found
+        in the cache, not paid for by this run."""
+        if not self.ready:
+            return False
+        try:
+            built_for = json.loads((self.folder / MANIFEST).read_text()).get("run")
+        except (OSError, ValueError):
+            return True
+        return built_for is None or built_for != _current_run.get()
 
     @property
     def build(self) -> Path:

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from . import ui
 from .data.corpus import bundled_names, default_generic, load_corpus
 from .data.tokens import default_cache_dir
 from .errors import SpecializeError
-from .cache import locked
+from .cache import building_for, locked
 from .files import atomic_write_bytes
 from .models.dense import count_params
 from .models.generate import measure_generation
@@ -250,7 +251,7 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
     if verdict == "new":
         if out_dir.exists():
             _clear_run(out_dir)
-        state = {"command": command, "phases": {}, "wall_seconds": 0.0, "sessions": 0}
+        state = {"command": command, "id": uuid.uuid4().hex, "phases": {}, "wall_seconds": 0.0, "sessions": 0}
     else:
         state = _read_state(out_dir)
         ui.info(f"continuing the unfinished run in {out_dir} (finished: {', '.join(state['phases']) or 'nothing yet'})")
@@ -267,7 +268,8 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
     phases = state["phases"]
     bases = state.get("base")
     if bases is None or not all(Path(b).exists() for b in (bases if isinstance(bases, list) else [bases])):
-        prepared = run.method.prepare(settings)
+        with building_for(state["id"]):  # what it builds counts as this run's, in any session
+            prepared = run.method.prepare(settings)
         phases.update(prepared.phases)
         base_dir = prepared.base
         save(base=[str(b) for b in base_dir] if isinstance(base_dir, list) else str(base_dir))

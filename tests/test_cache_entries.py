@@ -16,6 +16,7 @@ deterministic, and an exact resume sees the same batches).
   likewise a token cache whose .bin was truncated or edited in place.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -166,3 +167,19 @@ def test_a_damaged_token_cache_is_detected_and_tokenized_again(generic, tmp_path
     np.testing.assert_array_equal(np.array(again.tokens), first)
     assert "is incomplete or corrupt" in capsys.readouterr().err
     assert len(list(path.parent.glob(f"{path.name}.corrupt-*"))) == 1
+
+
+def test_an_entry_built_for_a_run_is_its_own_work_in_its_later_sessions(tmp_path):
+    """A `specialize` run killed after a cache entry was published, but before it noted
+    the phase, finds the entry on its rerun: that is still its own work (reported as
+    built, its cost paid by this run), while another run finds it reused."""
+    folder = tmp_path / "entry"
+    with cache.building_for("run-a"), cache.cache_entry(folder, "an entry") as entry:
+        assert not entry.ready and not entry.reused
+        (entry.build / "data.bin").write_bytes(b"x" * 10)
+        entry.publish()
+        assert not entry.reused
+    for run, reused in (("run-a", False), ("run-b", True), (None, True)):
+        scope = cache.building_for(run) if run else contextlib.nullcontext()
+        with scope, cache.cache_entry(folder, "an entry") as entry:
+            assert entry.ready and entry.reused == reused, run

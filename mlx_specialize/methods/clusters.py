@@ -201,7 +201,7 @@ def cached_clusters(generic: str, tokenizer: Tokenizer, embedder_name: str, wind
     with cache_entry(folder, what) as entry:
         if entry.ready:
             ui.info(f"using the cached clustering {folder}")
-            return load_clusters(folder), True
+            return load_clusters(folder), entry.reused
         n = n_windows(generic_split.tokens, window)
         if k > n:
             raise SpecializeError(f"cannot make {k} clusters from {n} generic windows of {window} tokens: lower --k")

@@ -134,7 +134,7 @@ class ImportanceSampled(Method):
         with cache_entry(folder, f"the importance-sampled '{preset.name}' model for {s.domain}") as entry:
             if entry.ready:  # its selection too: report.json says what it was
                 ui.info(f"using the cached importance-sampled model {folder}")
-                summary, cached = json.loads((folder / "summary.json").read_text()), True
+                summary, cached = json.loads((folder / "summary.json").read_text()), entry.reused
                 summary_report = json.loads((folder / "selection" / "report.json").read_text())
             else:
                 domain_split = cl.corpus_split(s.domain, "train", tokenizer, s.cache_dir, s.domain_tokens)

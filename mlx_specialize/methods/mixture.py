@@ -174,7 +174,7 @@ class Mixture(Method):
         with cache_entry(folder, f"the {s.k} '{preset.name}' experts on {s.generic}") as entry:
             if entry.ready:
                 ui.info(f"using the cached mixture of experts {folder}")
-                meta, cached = json.loads((folder / MIXTURE_FILE).read_text()), True
+                meta, cached = json.loads((folder / MIXTURE_FILE).read_text()), entry.reused
             else:  # experts already trained (or checkpointed) in the build folder are resumed
                 meta = pretrain_mixture(clusters, generic_split, tokenizer, preset, entry.build,
                                         s.pretrain_tokens // s.k, s.cache_dir, s.seed, init_from=init_from,

@@ -81,7 +81,7 @@ class Projected(Method):
         with cache_entry(folder, f"the {self.name} network '{preset.name}' on {s.generic} (k={clusters.k})") as entry:
             if entry.ready:
                 ui.info(f"using the cached {self.name} network {folder}")
-                summary, cached = json.loads((folder / "summary.json").read_text()), True
+                summary, cached = json.loads((folder / "summary.json").read_text()), entry.reused
             else:
                 valid, valid_labels = cl.clustered_valid(clusters, tokenizer, s.cache_dir)
                 summary = pretrain_projected(clusters, generic_split, valid, valid_labels, tokenizer, preset,

@@ -35,7 +35,7 @@ def cached_pretrain(generic: str, preset_name: str, tokens: int, vocab_size: int
     with cache_entry(folder, f"the generic model '{preset.name}' on {generic} ({tokens:,} tokens)") as entry:
         if entry.ready:
             ui.info(f"using the cached generic model {folder}")
-            return folder, json.loads((folder / "summary.json").read_text()), True
+            return folder, json.loads((folder / "summary.json").read_text()), entry.reused
         result = pretrain(generic, preset, entry.build, tokens, vocab_size=vocab_size, cache_dir=cache_dir,
                           resume=True, seed=seed, checkpoint_every=50)
         entry.publish()
