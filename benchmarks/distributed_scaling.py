@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map  # noqa: E402
 
 from mlx_specialize.data.tokens import TokenizedSplit  # noqa: E402
-from mlx_specialize.train import distributed as dist  # noqa: E402
-from mlx_specialize.train.parallel import blas_per_stream  # noqa: E402
+from mlx_specialize.runtime import distributed as dist  # noqa: E402
+from mlx_specialize.cpu_streams import blas_per_stream  # noqa: E402
 from mlx_specialize.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 

@@ -57,7 +57,7 @@ def main() -> None:
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise SystemExit(f"error: minipile files missing: {', '.join(missing)}")
-    cache_dir = args.cache_dir or ms.data.tokens.default_cache_dir()
+    cache_dir = args.cache_dir or ms.default_cache_dir()
     generic = ",".join(str(files[d]) for d in GENERIC)
     if args.method == "finetune":  # one generic SLM shared by all targets
         base, pre, cached = cached_pretrain(generic, args.preset, args.pretrain_tokens, None, args.seed, cache_dir)

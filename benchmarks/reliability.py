@@ -98,7 +98,7 @@ def phase_of(log: Path) -> str:
 def leftovers(*folders: Path) -> list[str]:
     """What an interruption may have left that a finished run must not: build folders,
     temporaries, entries moved aside as corrupt, and entries failing their manifest."""
-    from mlx_specialize.cache import MANIFEST, verify
+    from mlx_specialize.runtime.cache import MANIFEST, verify
 
     found = []
     for folder in folders:
@@ -206,6 +206,28 @@ def pytest_check(name: str, path: str, env: dict) -> dict:
             **env}
 
 
+def table(path: Path = RESULTS) -> str:
+    """BENCHMARKS.md's "Reliability" tables, from the results file (the last line of each check)."""
+    last = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        last[(r["check"], r.get("method"), r.get("runs"))] = r
+    rows = ["| check | what | outcome |", "|---|---|---|"]
+    for (check, method, runs), r in sorted(last.items(), key=lambda kv: [str(x) for x in kv[0]]):
+        ok = "nothing lost" if not r.get("failures") and r.get("passed", True) else f"FAILED: {r.get('failures') or r['summary']}"
+        if check == "kill -9":
+            what = (f"`specialize --method {method}`: {r['kills']} kills in {r['chains']} chains, phases hit: "
+                    f"{', '.join(r['phases_hit'])} (whole run {r['run_seconds']} s)")
+        elif check == "concurrent":
+            what = (f"{runs} concurrent `--method {method}` runs, one cache: shared pre-training built "
+                    f"{r['shared_pretraining_built']} time(s), {r['seconds']} s")
+        else:
+            what = f"{r['summary']} ({r['seconds']} s" + (f", {r['MLXSPEC_FUZZ_EXAMPLES']} examples per property)"
+                                                         if "MLXSPEC_FUZZ_EXAMPLES" in r else ")")
+        rows.append(f"| {check} | {what} | {ok} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["kills", "concurrent", "fuzz", "disk"], action="append")
@@ -213,7 +235,11 @@ def main() -> None:
     parser.add_argument("--methods", default="is,pn")
     parser.add_argument("--fuzz-examples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table", action="store_true", help="print BENCHMARKS.md's table from the results file")
     args = parser.parse_args()
+    if args.table:
+        print(table())
+        return
     only = set(args.only or ["kills", "concurrent", "fuzz", "disk"])
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="mlxspec-reliability-") as tmp:

@@ -197,7 +197,7 @@ def main() -> None:
             print(f"  {name:16s} {whole - ms_:7.1f} ms  {(whole - ms_) / whole:6.1%}   (step without it {ms_:.1f} ms)")
         return
     one = whole_step(preset, args.vocab, 1, args.repeats)
-    auto = ms.train.parallel.auto_streams(preset.batch_size)
+    auto = ms.cpu_streams.auto_streams(preset.batch_size)
     many = whole_step(preset, args.vocab, auto, args.repeats)
     print(f"whole compiled step, 1 stream: {one:8.1f} ms")
     print(f"whole compiled step, {auto} streams: {many:8.1f} ms  ({one / many:.2f}x)")

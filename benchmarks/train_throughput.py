@@ -32,7 +32,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_specialize.backend import BLAS, matmul_gflops
 from mlx_specialize.data.tokens import TokenizedSplit
-from mlx_specialize.train.parallel import blas_per_stream
+from mlx_specialize.cpu_streams import blas_per_stream
 from mlx_specialize.train.trainer import TrainConfig, Trainer
 
 

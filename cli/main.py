@@ -129,7 +129,7 @@ def handle_errors(fn):
         except Exception as err:  # a bug: still one line, traceback on request
             if os.environ.get("MLXSPEC_DEBUG"):
                 raise
-            from mlx_specialize.train import distributed as dist
+            from mlx_specialize.runtime import distributed as dist
 
             if dist.is_peer_lost(err):  # under mlx.launch: another process died
                 fail(dist.peer_lost_message(dist.world(), err))
@@ -355,7 +355,7 @@ def pretrain_cmd(
         read_through(generic, "train", "valid")
     warn_slow_paths()
     if arch != "dense":
-        cache = cache_dir or ms.data.tokens.default_cache_dir()
+        cache = cache_dir or ms.default_cache_dir()
         split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache)
     if arch in ("pn", "soup"):
         from mlx_specialize.train.projected import pretrain_projected
@@ -632,7 +632,7 @@ def data_embed(
 
     check_choice("--embedder", embedder, EMBEDDERS)
     read_through(generic, "train")
-    cache = cache_dir or ms.data.tokens.default_cache_dir()
+    cache = cache_dir or ms.default_cache_dir()
     tok = ms.Tokenizer.load(tokenizer) if tokenizer else imp.generic_tokenizer(generic, vocab_size, cache)
     t0 = time.perf_counter()
     embedded = imp.embed_generic(generic, tok, embedder, window, cache, max_windows)
@@ -693,7 +693,7 @@ def data_select(
     check_choice("--sampler", sampler, SAMPLERS)
     if (out_dir / "tokens.json").exists() and not overwrite:
         raise SpecializeError(f"{out_dir} already holds a selection (pass --overwrite to replace it)")
-    cache = cache_dir or ms.data.tokens.default_cache_dir()
+    cache = cache_dir or ms.default_cache_dir()
     loaded = imp.load_clusters(clusters)
     read_through(domain, "train")
     read_through(loaded.meta["generic"], "train")

@@ -15,6 +15,7 @@ from .data.corpus import Corpus, bundled_names, load_corpus  # noqa: E402
 from .data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from .data.tokens import PackedWindows, TokenizedSplit, tokenize_split  # noqa: E402
 from .errors import SpecializeError  # noqa: E402
+from .runtime.cache import default_cache_dir  # noqa: E402
 from .models.dense import Model, ModelArgs, count_params, flops_per_token  # noqa: E402
 from .models.generate import generate_text, generate_tokens, measure_generation  # noqa: E402
 from .models.io import load_model, save_model  # noqa: E402
@@ -32,7 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BLAS", "Corpus", "EvalResult", "Model", "ModelArgs", "PRESETS", "PackedWindows", "Preset",
     "ProjectedModel", "ProjectionArgs", "SpecializeError", "TokenizedSplit", "Tokenizer", "TrainConfig", "Trainer", "bundled_names",
-    "count_params", "evaluate", "evaluate_model", "finetune", "flops_per_token", "generate_text",
+    "count_params", "default_cache_dir", "evaluate", "evaluate_model", "finetune", "flops_per_token", "generate_text",
     "generate_tokens", "get_preset", "instantiate", "instantiate_folder", "instantiate_for_domain",
     "load_corpus", "load_model", "load_optimized_blas", "load_projected", "measure_generation", "pretrain",
     "pretrain_projected", "save_model", "specialize", "tokenize_split", "train_tokenizer",

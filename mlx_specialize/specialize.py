@@ -33,10 +33,10 @@ from pathlib import Path
 
 from . import ui
 from .data.corpus import bundled_names, default_generic, load_corpus
-from .data.tokens import default_cache_dir
+from .runtime.cache import default_cache_dir
 from .errors import SpecializeError
-from .cache import building_for, locked
-from .files import atomic_write_bytes
+from .runtime.cache import building_for, locked
+from .runtime.files import atomic_write_bytes
 from .models.dense import count_params
 from .models.generate import measure_generation
 from .models.io import load_model
@@ -169,7 +169,7 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
     """Check a `specialize` call's arguments and run folder, before any work (the
     command line calls it first, with the same arguments, to fail in a second)."""
     chosen = get_method(method)
-    from .train.distributed import world
+    from .runtime.distributed import world
 
     if world().size > 1:  # its reports and caches are written by one process
         raise SpecializeError("specialize runs as one process; under mlx.launch run its steps (mlxspec data, "

@@ -165,7 +165,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_the_launcher_stopping_a_process_is_one_line():
     """mlx.launch sends SIGTERM to the others when one process fails."""
     result = _python("import os, signal, time\n"
-                     "from mlx_specialize.train.distributed import World, _install_sigterm_handler\n"
+                     "from mlx_specialize.runtime.distributed import World, _install_sigterm_handler\n"
                      "_install_sigterm_handler(World(None, 1, 2))\n"
                      "os.kill(os.getpid(), signal.SIGTERM)\n"
                      "time.sleep(30)\n")
@@ -178,7 +178,7 @@ def test_the_watchdog_ends_a_process_whose_peer_hangs(tmp_path):
     """A peer that hangs (no socket closes) would block a collective forever: the
     watchdog ends the process with its rank and last step after MLXSPEC_DIST_TIMEOUT."""
     code = ("import time\n"
-            "from mlx_specialize.train.distributed import World, Watchdog\n"
+            "from mlx_specialize.runtime.distributed import World, Watchdog\n"
             "with Watchdog(World(None, 1, 2), timeout=0.5) as w:\n"
             "    w.beat(7)\n"
             "    time.sleep(30)\n")
@@ -191,7 +191,7 @@ def test_the_watchdog_ends_a_process_whose_peer_hangs(tmp_path):
 def test_each_process_takes_its_rows_of_any_batch_source(tokenizer, tmp_path, monkeypatch):
     """The sharding contract for any `batches=` source (the projected network's): rank r
     gets a contiguous slice of global batch i, the global target count, and condition(i)."""
-    from mlx_specialize.train import distributed as dist
+    from mlx_specialize.runtime import distributed as dist
     from mlx_specialize.train.trainer import TrainConfig, Trainer
 
     class Source:

@@ -72,7 +72,7 @@ def assign(vectors, centroids: np.ndarray, metric: str = "euclidean", chunk: int
     c = mx.array(centroids.astype(np.float32))
     c_norm2 = (c * c).sum(axis=1)
     if world is not None and world.size > 1:
-        from ..train.distributed import all_sum
+        from ..runtime.distributed import all_sum
 
         labels, dists = np.zeros(len(vectors), np.int32), np.zeros(len(vectors), np.float32)
         for start in range(chunk * world.rank, len(vectors), chunk * world.size):

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import ui
-from ..cache import cache_entry
+from ..runtime.cache import cache_entry
 from ..errors import SpecializeError
-from ..files import atomic_write_bytes
-from ..train import distributed as dist
+from ..runtime.files import atomic_write_bytes
+from ..runtime import distributed as dist
 
 BUCKETS = 1 << 20
 WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)

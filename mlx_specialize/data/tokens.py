@@ -25,18 +25,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..cache import check_file, file_record, locked, move_aside
 from ..errors import SpecializeError
-from ..files import atomic_write_bytes
+from ..runtime.cache import check_file, default_cache_dir, file_record, locked, move_aside
+from ..runtime.files import atomic_write_bytes
 from .corpus import Corpus
 from .tokenizer import BOS_ID, Tokenizer, token_dtype
 
 ENCODE_BATCH_DOCS = 256
-
-
-def default_cache_dir() -> Path:
-    """`$MLXSPEC_CACHE`, else `~/.cache/mlx-specialize`."""
-    return Path(os.environ.get("MLXSPEC_CACHE", Path.home() / ".cache" / "mlx-specialize"))
 
 
 @dataclass

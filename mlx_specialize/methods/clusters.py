@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import ui
-from ..cache import MANIFEST, cache_entry, check_file, file_record, locked, move_aside, verify
+from ..runtime.cache import MANIFEST, cache_entry, check_file, file_record, locked, move_aside, verify
 from ..data.clustering import METRICS, assign, kmeans
 from ..data.corpus import load_corpus
 from ..data.embedding import HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows, window_texts
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
-from ..files import atomic_write_bytes
+from ..runtime.files import atomic_write_bytes
 from ..models.io import save_arrays
 
 IDF_SAMPLE_WINDOWS = 20_000
@@ -84,7 +84,7 @@ def cluster(embedded, k: int, out: str | os.PathLike, generic: str, tokenizer: T
     """k-means over embedded generic windows; writes the clusters folder."""
     import mlx.core as mx
 
-    from ..train import distributed as dist
+    from ..runtime import distributed as dist
 
     if metric not in METRICS:
         raise SpecializeError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import ui
-from ..cache import cache_entry
+from ..runtime.cache import cache_entry
 from ..data.corpus import load_corpus
 from ..data.embedding import n_windows, window_texts, window_tokens
 from ..data.selection import Selection, select
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
-from ..files import atomic_write_bytes
+from ..runtime.files import atomic_write_bytes
 from ..models.presets import get_preset
 from ..train.jobs import pretrain
 from . import clusters as cl

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import ui
-from ..cache import cache_entry
+from ..runtime.cache import cache_entry
 from ..data.embedding import n_windows, window_tokens
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
-from ..files import atomic_write_bytes
+from ..runtime.files import atomic_write_bytes
 from ..models.presets import get_preset
 from . import clusters as cl
 from .base import Method, Prepared, Settings
@@ -67,7 +67,7 @@ def pretrain_mixture(clusters, generic: TokenizedSplit, tokenizer, preset, out_d
     they can train anywhere, in any order, with no common prerequisite); `init_from` (a
     generic model of the same preset and tokenizer) starts every expert from it instead,
     which buys a better start for the price of that model's pre-training."""
-    from ..train import distributed as dist
+    from ..runtime import distributed as dist
     from ..train.jobs import pretrain
 
     out_dir = Path(out_dir)

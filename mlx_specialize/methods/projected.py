@@ -17,11 +17,11 @@ import os
 import time
 from pathlib import Path
 
-from ..cache import cache_entry
+from ..runtime.cache import cache_entry
 from .. import ui
 from ..data.corpus import load_corpus
 from ..errors import SpecializeError
-from ..files import atomic_write_bytes
+from ..runtime.files import atomic_write_bytes
 from ..models.presets import get_preset
 from ..models.projected import read_projected_config
 from ..train.projected import domain_condition, instantiate_folder, pretrain_projected
@@ -38,7 +38,7 @@ def instantiate_for_domain(folder: str | os.PathLike, out_dir: str | os.PathLike
     clustering, and `rule` (`frequent` or `histogram`) turns them into the condition.
     Returns what was chosen (rule, cluster or histogram)."""
     from ..data.hf_tokenizer import load_tokenizer
-    from ..data.tokens import default_cache_dir
+    from ..runtime.cache import default_cache_dir
 
     config = read_projected_config(folder)
     clusters_dir = config.get("mlxspec", {}).get("clusters")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .. import ui
-from ..cache import cache_entry
+from ..runtime.cache import cache_entry
 from ..data.corpus import load_corpus
 from ..models.presets import get_preset, with_overrides
 from ..train.jobs import pretrain

@@ -20,7 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from ..errors import SpecializeError
-from ..files import named
+from ..runtime.files import named
 from .dense import Model, ModelArgs
 
 CONFIG_FILE = "config.json"

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..data.tokens import default_cache_dir
+from ..runtime.cache import default_cache_dir
 from ..errors import SpecializeError
 
 SOURCE_DIR = Path(__file__).parent

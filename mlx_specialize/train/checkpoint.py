@@ -22,7 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import SpecializeError
-from ..files import named
+from ..runtime.files import named
 from ..models.io import load_arrays, write_safetensors
 
 PREFIX = "step_"

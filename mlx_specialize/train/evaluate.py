@@ -12,7 +12,8 @@ import numpy as np
 from .. import fastmath
 from ..data.tokens import TokenizedSplit, eval_batches
 from ..models.dense import Model
-from .parallel import auto_streams, blas_per_stream, make_streams, masked_nll
+from ..cpu_streams import auto_streams, blas_per_stream, make_streams
+from .parallel import masked_nll
 
 
 @dataclass
@@ -85,7 +86,7 @@ def evaluate(
             if on_batch:
                 on_batch(int(np.count_nonzero(y)))
     if size > 1:
-        from .distributed import all_sum
+        from ..runtime.distributed import all_sum
 
         summed = all_sum(mx.array([total.item(), float(count)], dtype=mx.float32), world)
         total, count = summed[0], int(summed[1].item())

@@ -22,7 +22,7 @@ from ..models.dense import Model, count_params
 from ..backend import train_dtype
 from ..models.io import load_model, model_context
 from ..models.presets import Preset
-from .distributed import rank0_tokenizer
+from ..runtime import distributed as dist
 from .evaluate import EvalResult, evaluate
 from .trainer import TrainConfig, Trainer
 
@@ -38,6 +38,24 @@ def tokenize(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir=None, m
 def fit_tokenizer(corpus: Corpus, vocab_size: int, sample_chars: int = 4_000_000) -> Tokenizer:
     ui.info(f"training a {vocab_size}-token SentencePiece tokenizer on {corpus.name}")
     return train_tokenizer(corpus.documents("train"), vocab_size, sample_chars)
+
+
+def rank0_tokenizer(tokenizer, make, w: dist.World | None = None):
+    """Rank 0's tokenizer on every rank: `tokenizer` there, or `make()` if None. A
+    SentencePiece model is sent over (other ranks' own are ignored: a trained tokenizer
+    need not be identical on every host); a Hugging Face one must be on every host."""
+    w = w or dist.world()
+    if w.size == 1:
+        return tokenizer if tokenizer is not None else make()
+    ours = (tokenizer if tokenizer is not None else make()) if w.is_main else tokenizer
+    sendable = dist.broadcast_json(hasattr(ours, "model_bytes") if w.is_main else None, w)
+    if not sendable:
+        if ours is None:
+            raise SpecializeError(f"rank {w.rank} has no tokenizer; give every host the same model folder")
+        dist.same_everywhere(ours.fingerprint, "tokenizer", w)
+        return ours
+    data = dist.broadcast_bytes(ours.model_bytes if w.is_main else None, w)
+    return ours if ours is not None and getattr(ours, "model_bytes", None) == data else Tokenizer(data, "<rank 0>")
 
 
 def steps_for(tokens: int, cfg: TrainConfig) -> int:

@@ -15,55 +15,13 @@ one stream is used: the device is parallel already.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..backend import blas_threads
+from ..cpu_streams import on_stream
 from ..data.tokenizer import BOS_ID
 from ..data.tokens import target_mask
 from .losses import cross_entropy
-
-MAX_STREAMS = 4
-
-
-def auto_streams(batch_rows: int, processes: int = 1) -> int:
-    """Streams to use by default: one per core on CPU (at most 4 and at most the rows
-    of a batch; the cores shared by `processes` training processes on this host), one
-    on a GPU. `MLXSPEC_STREAMS=N` overrides.
-
-    Narrow models too: `tiny` (d 64) trains 1.31-1.44x faster on two streams than on one
-    here (8 x 128 and 16 x 256, BENCHMARKS.md). An earlier build gave it one stream, when
-    the backward of the custom functions (fastmath.per_stream) still ran on one stream."""
-    if os.environ.get("MLXSPEC_STREAMS"):
-        return max(1, min(int(os.environ["MLXSPEC_STREAMS"]), batch_rows))
-    if mx.default_device().type == mx.gpu:
-        return 1
-    return max(1, min((os.cpu_count() or 1) // max(processes, 1), MAX_STREAMS, batch_rows))
-
-
-def make_streams(n: int) -> list:
-    """`n` CPU streams, or [None] (the default stream) for n == 1."""
-    return [None] if n <= 1 else [mx.new_stream(mx.cpu) for _ in range(n)]
-
-
-def blas_per_stream(n_streams: int, processes: int = 1):
-    """Context for running `n_streams` parallel streams in each of `processes` processes
-    on this host: BLAS on one thread per stream, or its share of the cores for one
-    stream (an oversubscribed OpenBLAS spins); nothing for one stream in one process."""
-    if n_streams > 1:
-        return blas_threads(1)
-    if processes > 1:
-        return blas_threads(max(1, (os.cpu_count() or 1) // processes))
-    return contextlib.nullcontext()
-
-
-def _on(stream):
-    """`mx.stream(stream)`, or nothing for None (the default stream)."""
-    return mx.stream(stream) if stream is not None else contextlib.nullcontext()
-
 
 def _row_slices(rows: int, parts: int) -> list[slice]:
     bounds = [rows * i // parts for i in range(parts + 1)]
@@ -76,7 +34,7 @@ def masked_nll(model, x: mx.array, y: mx.array, mask: mx.array, streams: list) -
     x, y, mask: [B, L]. With streams == [None] this is one plain forward pass."""
     total = count = None
     for rows, stream in zip(_row_slices(x.shape[0], len(streams)), streams):
-        with _on(stream):
+        with on_stream(stream):
             nll = (cross_entropy(model(x[rows]), y[rows]) * mask[rows]).sum()
             part_count = mask[rows].sum()
         total = nll if total is None else total + nll
@@ -119,7 +77,7 @@ def clip_and_update(optimizer, model, grads: dict, max_norm: float, streams: lis
     row_major = mx.default_device().type == mx.cpu
     prepared, squared = [], 0.0
     for (path, g), part in zip(leaves, where):
-        with _on(streams[part]):
+        with on_stream(streams[part]):
             g = mx.contiguous(g) if row_major else g
             g32 = g.astype(mx.float32) if g.dtype == mx.float16 else g  # no float16 overflow
             squared = squared + g32.square().sum()
@@ -128,14 +86,14 @@ def clip_and_update(optimizer, model, grads: dict, max_norm: float, streams: lis
     normalizer = mx.minimum(max_norm / (grad_norm + 1e-6), 1.0)
     clipped, stream_of = [], {}
     for (path, g), part in zip(prepared, where):
-        with _on(streams[part]):
+        with on_stream(streams[part]):
             g = (g * normalizer).astype(g.dtype) if mx.issubdtype(g.dtype, mx.floating) else g * normalizer
         stream_of[id(g)] = streams[part]
         clipped.append((path, g))
     apply_single = optimizer.apply_single
 
     def on_its_stream(gradient, parameter, state):
-        with _on(stream_of.get(id(gradient))):
+        with on_stream(stream_of.get(id(gradient))):
             return apply_single(gradient, parameter, state)
 
     optimizer.apply_single = on_its_stream  # an instance attribute over the method

@@ -38,13 +38,14 @@ from ..backend import keep_freed_buffers
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import PackedWindows, TokenizedSplit, target_mask
 from ..errors import Interrupted, SpecializeError
-from ..files import atomic_write_bytes
+from ..runtime.files import atomic_write_bytes
 from ..models.dense import Model, flops_per_token
 from ..models.io import save_model
-from . import distributed as dist
+from ..runtime import distributed as dist
 from .checkpoint import checkpoint_dirs, load_checkpoint, refuse_existing_run, save_checkpoint
 from .evaluate import evaluate, make_eval_fn
-from .parallel import auto_streams, blas_per_stream, clip_and_update, make_streams, training_loss
+from ..cpu_streams import auto_streams, blas_per_stream, make_streams
+from .parallel import clip_and_update, training_loss
 
 
 @dataclass

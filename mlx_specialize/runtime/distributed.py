@@ -204,31 +204,11 @@ def same_everywhere(value: str, what: str, w: World | None = None) -> None:
                               "give every host the same files")
 
 
-def rank0_tokenizer(tokenizer, make, w: World | None = None):
-    """Rank 0's tokenizer on every rank: `tokenizer` there, or `make()` if None. A
-    SentencePiece model is sent over (other ranks' own are ignored: a trained tokenizer
-    need not be identical on every host); a Hugging Face one must be on every host."""
-    w = w or world()
-    if w.size == 1:
-        return tokenizer if tokenizer is not None else make()
-    from ..data.tokenizer import Tokenizer
-
-    ours = (tokenizer if tokenizer is not None else make()) if w.is_main else tokenizer
-    sendable = broadcast_json(hasattr(ours, "model_bytes") if w.is_main else None, w)
-    if not sendable:
-        if ours is None:
-            raise SpecializeError(f"rank {w.rank} has no tokenizer; give every host the same model folder")
-        same_everywhere(ours.fingerprint, "tokenizer", w)
-        return ours
-    data = broadcast_bytes(ours.model_bytes if w.is_main else None, w)
-    return ours if ours is not None and getattr(ours, "model_bytes", None) == data else Tokenizer(data, "<rank 0>")
-
-
 def share_files(folder, names: list[str], w: World | None = None) -> None:
     """Make every rank hold `folder/name` for each of `names`: a file some ranks lack is
     sent by the lowest rank that has it and written atomically by the others (nothing
     moves when they share a disk). Every name must exist on at least one rank."""
-    from ..files import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     w = w or world()
     if w.size == 1:

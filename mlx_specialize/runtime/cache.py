@@ -57,7 +57,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from . import ui
+from .. import ui
 from .files import atomic_write_bytes
 
 MANIFEST = "manifest.json"
@@ -76,6 +76,11 @@ def building_for(run_id: str):
         yield
     finally:
         _current_run.reset(token)
+
+
+def default_cache_dir() -> Path:
+    """`$MLXSPEC_CACHE`, else `~/.cache/mlx-specialize`."""
+    return Path(os.environ.get("MLXSPEC_CACHE", Path.home() / ".cache" / "mlx-specialize"))
 
 
 # ---- files ------------------------------------------------------------------------

@@ -1,0 +1,3 @@
+"""What every layer may use and nothing here imports from above: the cache folder and its
+entries (`cache.py`), files written whole (`files.py`) and the process group of a run on
+several processes or Macs (`distributed.py`)."""
