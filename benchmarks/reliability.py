@@ -63,6 +63,13 @@ def comparable(report, also=()):
     return report
 
 
+def differences(a, b, path: str = "") -> list[str]:
+    """Where two comparable reports differ: `phases.pretrain.cached: False != True`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(a.keys() | b.keys()) for d in differences(a.get(key), b.get(key), f"{path}.{key}")]
+    return [] if a == b else [f"{path.lstrip('.')}: {a!r} != {b!r}"]
+
+
 def weights(out: Path) -> dict:
     from mlx_specialize.models.io import load_arrays
 
@@ -146,8 +153,7 @@ def kills(method: str, n_kills: int, work: Path, rng: random.Random) -> dict:
         run_whole(args, chain.with_suffix(".final.log"))
         report = json.loads((chain / "out" / "report.json").read_text())
         problems = []
-        if comparable(report) != comparable(reference):
-            problems.append("report differs")
+        problems += [f"report: {d}" for d in differences(comparable(report), comparable(reference))]
         if not same_weights(chain / "out", ref / "out"):
             problems.append("weights differ")
         problems += leftovers(chain / "cache", chain / "out")
@@ -185,8 +191,9 @@ def concurrent(method: str, n: int, work: Path) -> dict:
         report = json.loads((shared / domain / "report.json").read_text())
         ref = json.loads((alone[domain] / "report.json").read_text())
         built += not report["phases"]["pretrain"].get("cached", False)
-        if comparable(report, ["cached"]) != comparable(ref, ["cached"]):  # built by one of them
-            failures.append(f"{domain}: report differs from its run alone")
+        # built by one of them, found by the others
+        failures += [f"{domain}: report: {d}" for d in differences(comparable(report, ["cached"]),
+                                                                   comparable(ref, ["cached"]))]
         if not same_weights(shared / domain, alone[domain]):
             failures.append(f"{domain}: weights differ from its run alone")
     if built != 1:
