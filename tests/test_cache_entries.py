@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 
 import mlx_specialize as ms
-from mlx_specialize.runtime import cache, ui
+from mlx_specialize import ui
+from mlx_specialize.runtime import cache
 from mlx_specialize.methods.slm import cached_pretrain
 
 ROOT = Path(__file__).resolve().parents[1]  # the code under test, also in the subprocesses
