@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -73,7 +74,7 @@ def _open_text(path: Path):
     try:
         with opener(path, "rb") as f:
             head = f.read(8192)
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupt deflate stream (no OSError)
         raise SpecializeError(f"cannot read {path}: {err}") from None
     if b"\x00" in head:
         raise SpecializeError(f"{path} is a binary file, not text")
@@ -152,6 +153,8 @@ class LocalFiles:
                 return
             if isinstance(data, dict):
                 data = next((v for v in data.values() if isinstance(v, list)), [data])
+            elif not isinstance(data, list):  # one bare value: a document if a string, else refused as a record
+                data = [data]
             for i, rec in enumerate(data):
                 yield self._record(rec, f"{path} item {i}")
 
@@ -160,11 +163,17 @@ class LocalFiles:
             return f.read()
         except UnicodeDecodeError:
             raise SpecializeError(f"{path} is not UTF-8 text") from None
-        except (OSError, EOFError) as err:  # a truncated or corrupt .gz
+        except (OSError, EOFError, zlib.error) as err:  # a truncated or corrupt .gz
             raise SpecializeError(f"cannot read {path}: {err}") from None
 
     def _record(self, rec, where: str) -> tuple[str, str | None]:
         text = _pick_text(rec, self.field_name, where)
+        if isinstance(text, str) and not text.isascii():
+            try:  # JSON may escape half of a surrogate pair (\ud83d): not Unicode, no UTF-8 to tokenize
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise SpecializeError(f"{where}: text holds an unpaired surrogate escape "
+                                      f"(\\u{ord(err.object[err.start]):04x}), not Unicode text") from None
         split = rec.get("split") if isinstance(rec, dict) else None
         return text, SPLIT_ALIASES.get(str(split).lower()) if split is not None else None
 
@@ -175,7 +184,7 @@ class LocalFiles:
             while True:
                 try:
                     data = raw.readline()
-                except (OSError, EOFError) as err:  # a truncated or corrupt .gz
+                except (OSError, EOFError, zlib.error) as err:  # a truncated or corrupt .gz
                     raise SpecializeError(f"cannot read {path} after line {lineno}: {err}") from None
                 if not data:
                     return
@@ -358,11 +367,13 @@ def _local_files(path: Path) -> list[Path]:
 
 def load_corpus(spec: str, field_name: str | None = None) -> Corpus:
     """Resolve a corpus spec (see module docstring) without reading documents yet."""
-    spec = spec.strip()
-    if not spec:
+    if not spec.strip():
         raise SpecializeError("empty corpus name")
     sources: list = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+    for part in spec.split(","):
+        part = part if os.path.exists(part) else part.strip()  # a file or folder name may end in a space
+        if not part:
+            continue
         if part.startswith("hf:"):
             sources.append(_parse_hf(part))
         elif part in bundled_names() and not os.path.exists(part):
@@ -375,7 +386,7 @@ def load_corpus(spec: str, field_name: str | None = None) -> Corpus:
                 f"unknown corpus '{part}': not a file or folder, and not a bundled corpus "
                 f"({', '.join(bundled_names())}) or hf:NAME dataset"
             )
-    return Corpus(spec, sources)
+    return Corpus(spec.strip(), sources)
 
 
 def default_generic(domain_spec: str) -> str:
