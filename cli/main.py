@@ -40,6 +40,7 @@ except KeyboardInterrupt:
     sys.exit(130)
 
 MIN_VOCAB = 300  # byte fallback alone takes 259 ids (data/tokenizer.py refuses less)
+MIN_WINDOW = 8  # tokens per embedded window (data/embedding.py refuses less)
 
 
 class OneLineErrors(TyperGroup):
@@ -103,7 +104,15 @@ QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or messa
 CACHE_OPT = typer.Option(None, "--cache-dir", help="Token and model cache [default: $MLXSPEC_CACHE or ~/.cache/mlx-specialize].")
 PRECISION_OPT = typer.Option(None, help="float32, or bf16: the linear layers' products in bfloat16, float32 weights "
                              "(x86 CPUs with AMX or AVX512-BF16 and `pip install 'mlx-specialize[bf16]'`; any GPU).")
-SEED_OPT = typer.Option(0, min=0, help="Seed.")
+MAX_SEED = 2**32 - 1  # every seed is 32 bits: MLX's keys take 64, NumPy's legacy seeding 32
+MAX_VOCAB = 1 << 20  # SentencePiece parses the size as a 32-bit int; far beyond any model here
+
+
+def seed_option(what: str = "Seed."):
+    return typer.Option(0, min=0, max=MAX_SEED, help=what)
+
+
+SEED_OPT = seed_option()
 
 
 def handle_errors(fn):
@@ -139,8 +148,15 @@ def handle_errors(fn):
 
 
 def print_error(message: str) -> None:
-    # escaped: a message may hold brackets, e.g. pip install 'mlx-specialize[bf16]'
-    ui.console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets, e.g. pip install 'mlx-specialize[bf16]'; and a
+    # value it echoes may hold a line break or a terminal escape: shown as \n, \x1b, so
+    # the error stays one line and the terminal's state is left alone
+    ui.console.print(f"[bold red]error:[/bold red] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters (line breaks, tabs, escapes) written as Python writes them."""
+    return "".join(repr(c)[1:-1] if (ord(c) < 32 or 127 <= ord(c) < 160) else c for c in text)
 
 
 def fail(message: str, code: int = 2):
@@ -166,9 +182,35 @@ def check_run_folder(out_dir: Path, overwrite: bool, resume: bool = False) -> No
     refuse_existing_run(out_dir, overwrite, resume)
 
 
-def check_choice(option: str, value: str | None, allowed) -> None:
+def check_text(option: str, value: str) -> None:
+    """Refuse a value that is not Unicode text: bytes of the command line that are not
+    UTF-8 reach Python as lone surrogates, which no tokenizer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpecializeError(f"{option}: not UTF-8 text (check the terminal's encoding)") from None
+
+
+def check_choice(option: str, value, allowed) -> None:
+    """Refuse, naming the option, a value outside `allowed` (None: the option was not given)."""
     if value is not None and value not in allowed:
-        raise SpecializeError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
+        raise SpecializeError(f"{option}: '{value}' is not one of {', '.join(map(str, allowed))}")
+
+
+def check_precision(precision: str | None) -> None:
+    """Before any data work: an unknown value names the option; a missing MKL (bf16 on an
+    x86 CPU) fails in a second."""
+    if precision is not None:
+        check_choice("--precision", precision, autocast.PRECISIONS)
+        autocast.check(precision)
+
+
+def check_quantization(bits, group_size: int) -> None:
+    from mlx_specialize.models.export import GROUP_SIZES, QUANT_BITS
+
+    for value in bits if isinstance(bits, (list, tuple)) else [bits]:
+        check_choice("--quantize", value, QUANT_BITS)
+    check_choice("--group-size", group_size, GROUP_SIZES)
 
 
 def emit(result: dict, json_out: bool, table: Table | None = None) -> None:
@@ -270,7 +312,7 @@ def presets(json_out: bool = JSON_OPT):
 def tokenizer_train(
     out_dir: Path = typer.Argument(..., help="Folder to write tokenizer.model (+ configs) into."),
     corpus: str = typer.Option(",".join(ms.bundled_names()), help="Corpus spec to train on (train split)."),
-    vocab_size: int = typer.Option(8192, min=MIN_VOCAB, help="Vocabulary size (8k laptop presets, 32k paper presets)."),
+    vocab_size: int = typer.Option(8192, min=MIN_VOCAB, max=MAX_VOCAB, help="Vocabulary size (8k laptop presets, 32k paper presets)."),
     sample_chars: int = typer.Option(4_000_000, min=1, help="Characters of text to train on."),
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
@@ -278,8 +320,11 @@ def tokenizer_train(
     """Train a SentencePiece BPE tokenizer (byte fallback) on a corpus sample."""
     from mlx_specialize.train.jobs import fit_tokenizer
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpecializeError(f"{out_dir} is a file; choose another folder")
     if (out_dir / "tokenizer.model").exists():
         raise SpecializeError(f"{out_dir}/tokenizer.model exists; choose another folder")
+    read_through(corpus, "train")
     tok = fit_tokenizer(ms.load_corpus(corpus), vocab_size, sample_chars)
     tok.save(out_dir)
     result = {"tokenizer": str(out_dir / "tokenizer.model"), "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint}
@@ -315,7 +360,7 @@ def pretrain_cmd(
                                                "(Dirichlet(1) weights) [all]."),
     init: Optional[Path] = typer.Option(None, help="Start from this model (same preset and tokenizer) instead of "
                                         "random weights; with --arch mix, every expert."),
-    vocab_size: Optional[int] = typer.Option(None, min=MIN_VOCAB, help="Tokenizer vocabulary [default: the preset's]."),
+    vocab_size: Optional[int] = typer.Option(None, min=MIN_VOCAB, max=MAX_VOCAB, help="Tokenizer vocabulary [default: the preset's]."),
     lr: Optional[float] = typer.Option(None, callback=positive, help="Peak learning rate [default: the preset's]."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step [default: the preset's]."),
     context: Optional[int] = typer.Option(None, min=1, help="Tokens per window [default: the preset's]."),
@@ -325,7 +370,7 @@ def pretrain_cmd(
     patience: Optional[int] = typer.Option(None, min=0, help="Early-stop after N evaluations without improvement (0: off)."),
     checkpoint_every: Optional[int] = typer.Option(None, min=0, help="Checkpoint every N steps (0: only at the end)."),
     precision: Optional[str] = PRECISION_OPT,
-    seed: int = typer.Option(0, min=0, help="Seed of initialization and data order."),
+    seed: int = seed_option("Seed of initialization and data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in OUT_DIR."),
     cache_dir: Optional[Path] = CACHE_OPT,
@@ -335,11 +380,10 @@ def pretrain_cmd(
     """Pre-train a model from scratch on a generic corpus.
 
     On N processes or Macs: `mlx.launch -n N -- mlxspec pretrain ...` (README: several processes)."""
-    if precision is not None:
-        autocast.check(precision)  # before any data work: a missing MKL fails in a second
+    check_choice("--arch", arch, ("dense", "mix", "pn", "soup"))
+    check_choice("--preset", preset, ms.PRESETS)
+    check_precision(precision)
     p = ms.get_preset(preset)
-    if arch not in ("dense", "mix", "pn", "soup"):
-        raise SpecializeError(f"unknown architecture '{arch}' (dense, mix, pn or soup)")
     if arch != "mix":  # a mixture folder resumes its finished experts by itself
         check_run_folder(out_dir, overwrite, resume)
     if arch != "dense":
@@ -415,7 +459,7 @@ def finetune_cmd(
                                            "[default: 3; 0: off]."),
     checkpoint_every: Optional[int] = typer.Option(None, min=0, help="Checkpoint every N steps (0: only at the end)."),
     precision: Optional[str] = PRECISION_OPT,
-    seed: int = typer.Option(0, min=0, help="Seed of the data order."),
+    seed: int = seed_option("Seed of the data order."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in OUT_DIR."),
     cache_dir: Optional[Path] = CACHE_OPT,
@@ -425,8 +469,7 @@ def finetune_cmd(
     """Fine-tune a model on a domain, early-stopping on the domain's valid split.
 
     On N processes or Macs: `mlx.launch -n N -- mlxspec finetune ...` (README: several processes)."""
-    if precision is not None:
-        autocast.check(precision)  # before any data work: a missing MKL fails in a second
+    check_precision(precision)
     check_run_folder(out_dir, overwrite, resume)
     read_through(domain, "train", "valid")
     warn_slow_paths()
@@ -451,6 +494,7 @@ def eval_cmd(
     quiet: bool = QUIET_OPT,
 ):
     """Perplexity and bits per byte of a model on a corpus split."""
+    check_choice("--split", split, ("train", "valid", "test"))
     read_through(corpus, split)
     result = ms.evaluate_model(model, corpus, split, cache_dir, max_tokens=max_tokens)
     report = {"model": str(model), "corpus": corpus, "split": split, **result.to_dict()}
@@ -465,10 +509,11 @@ def generate(
     max_tokens: int = typer.Option(100, min=1, help="Tokens to generate at most."),
     temperature: float = typer.Option(0.8, min=0.0, help="Sampling temperature (0: greedy)."),
     top_k: int = typer.Option(0, min=0, help="Sample from the k most likely tokens (0: all)."),
-    seed: int = typer.Option(0, min=0, help="Sampling seed."),
+    seed: int = seed_option("Sampling seed."),
     json_out: bool = JSON_OPT,
 ):
     """Sample text from a model."""
+    check_text("--prompt", prompt)
     m, tok, _ = ms.load_model(model)
     text = ms.generate_text(m, tok, prompt, max_tokens, temperature=temperature, top_k=top_k, seed=seed)
     if json_out:
@@ -496,6 +541,8 @@ def export(
     from mlx_specialize.models.export import export_model
 
     _check_dtype(dtype)
+    if quantize is not None:
+        check_quantization(quantize, group_size)
     read_through(eval_corpus, "test")
     report = export_model(model, out_dir, quantize, group_size, dtype, overwrite)
     if eval_corpus:
@@ -556,8 +603,7 @@ def instantiate(
 
 
 def _check_dtype(dtype: Optional[str]) -> None:
-    if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
-        raise SpecializeError(f"unknown dtype '{dtype}' (float32, float16 or bfloat16)")
+    check_choice("--dtype", dtype, ("float32", "float16", "bfloat16"))
 
 
 @app.command()
@@ -573,7 +619,7 @@ def bench(
     dtype: Optional[str] = typer.Option(None, help="Cast float weights: float32, float16 or bfloat16 [default: as stored]."),
     eval_corpus: Optional[str] = typer.Option(None, "--eval", help="Also report test perplexity and bits/byte on this corpus."),
     eval_tokens: int = typer.Option(20_000, min=1, help="Test tokens for --eval."),
-    seed: int = typer.Option(0, min=0, help="Seed of the random prompts."),
+    seed: int = seed_option("Seed of the random prompts."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
@@ -582,6 +628,8 @@ def bench(
     from mlx_specialize.bench import BenchConfig, run_bench
 
     _check_dtype(dtype)
+    if quantize:
+        check_quantization(quantize, group_size)
     read_through(eval_corpus, "test")
     cfg = BenchConfig(prompt_tokens, generation_tokens, batch_size, trials, seed, tuple(quantize), group_size, dtype,
                       eval_corpus, eval_tokens, str(cache_dir) if cache_dir else None)
@@ -616,9 +664,9 @@ def bench(
 def data_embed(
     generic: str = typer.Option(..., help="Generic corpus spec (its train split is embedded)."),
     tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer [default: train one on the generic corpus]."),
-    vocab_size: int = typer.Option(8192, min=MIN_VOCAB, help="Vocabulary when training the tokenizer."),
+    vocab_size: int = typer.Option(8192, min=MIN_VOCAB, max=MAX_VOCAB, help="Vocabulary when training the tokenizer."),
     embedder: str = typer.Option("hashed", help="hashed (fast, model-free) or minilm (the paper's Sentence-BERT)."),
-    window: int = typer.Option(256, min=1, help="Tokens per window (non-overlapping)."),
+    window: int = typer.Option(256, min=MIN_WINDOW, help="Tokens per window (non-overlapping)."),
     max_windows: Optional[int] = typer.Option(None, min=1, help="Embed only the first N windows."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
@@ -733,7 +781,7 @@ def specialize(
     domain_tokens: Optional[int] = typer.Option(None, min=1, help="Use only the first N domain train tokens (limited domain data)."),
     pretrain_tokens: int = typer.Option(DEFAULT_PRETRAIN_TOKENS, min=1, help="Generic pre-training budget in tokens (cached, shared by domains)."),
     finetune_tokens: int = typer.Option(DEFAULT_FINETUNE_TOKENS, min=1, help="Specialization budget in tokens (early stopping may use fewer)."),
-    vocab_size: Optional[int] = typer.Option(None, min=MIN_VOCAB, help="Tokenizer vocabulary when pre-training [default: the preset's]."),
+    vocab_size: Optional[int] = typer.Option(None, min=MIN_VOCAB, max=MAX_VOCAB, help="Tokenizer vocabulary when pre-training [default: the preset's]."),
     lr: Optional[float] = typer.Option(None, callback=positive, help="Fine-tuning learning rate [default: pre-training rate / 3; 3e-5 for a --base from elsewhere]."),
     seed: int = SEED_OPT,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
@@ -746,7 +794,7 @@ def specialize(
     expert_init: str = typer.Option("scratch", help="--method mix: experts start from scratch (the paper) or from "
                                     "the generic SLM (generic; its pre-training is counted)."),
     embedder: str = typer.Option("hashed", help="--method is: hashed or minilm."),
-    window: Optional[int] = typer.Option(None, min=1, help="--method is: tokens per window [default: the preset's context]."),
+    window: Optional[int] = typer.Option(None, min=MIN_WINDOW, help="--method is: tokens per window [default: the preset's context]."),
     sampler: str = typer.Option("cluster", help="--method is: cluster or gumbel."),
     cache_dir: Optional[Path] = CACHE_OPT,
     json_out: bool = JSON_OPT,
@@ -776,10 +824,12 @@ def check_specialize_inputs(args: dict) -> None:
     from mlx_specialize.data.corpus import default_generic
     from mlx_specialize.data.embedding import EMBEDDERS
     from mlx_specialize.data.selection import SAMPLERS
-    from mlx_specialize.methods import get_method
+    from mlx_specialize.methods import METHODS, get_method
     from mlx_specialize.specialize import resolve_run
 
     method, preset, domain_tokens = args["method"], args["preset"], args["domain_tokens"]
+    check_choice("--method", method, METHODS)
+    check_choice("--preset", preset, ms.PRESETS)
     p = ms.get_preset(preset)
     rules = get_method(method).select_rules
     if rules:  # the other methods take no --select

@@ -90,7 +90,7 @@ def run_folder_state(out_dir: Path, command: dict, overwrite: bool = False) -> s
         return "new"
     if not out_dir.is_dir():
         raise SpecializeError(f"--out {out_dir} is a file; choose another --out")
-    names = {p.name for p in out_dir.iterdir()}
+    names = {p.name for p in out_dir.iterdir() if not p.name.startswith(".")}  # its lock, a Mac's .DS_Store
     if not names:
         return "new"
     if not names & set(RUN_FILES):  # never write a run over (or delete) files that are not one
@@ -228,8 +228,10 @@ def specialize(
                       finetune_tokens, vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric, select,
                       expert_init, basis, cache_dir)
     # One process at a time in a run folder (a second run of the same command waits,
-    # then finds the run finished); its state is read again once the lock is held.
-    with locked(run.out_dir, f"the run in {run.out_dir}"):
+    # then finds the run finished); its state is read again once the lock is held. The
+    # lock is a hidden file inside the folder: nothing is written beside it.
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run.out_dir / ".specialize", f"the run in {run.out_dir}"):
         verdict = run_folder_state(run.out_dir, run.command, overwrite)
         if verdict == "finished":
             ui.info(f"{run.out_dir} holds this command's finished run: its report (--overwrite runs it again)")

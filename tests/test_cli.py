@@ -104,12 +104,12 @@ def _bad_inputs(tmp_path, model_dir, other_tokenizer):
         "unknown domain": (["specialize", "--domain", "klingon-poetry"], "unknown corpus"),
         "empty corpus": ([*base, "--domain", tmp_path / "empty.jsonl"], "no documents"),
         "binary corpus": ([*base, "--domain", tmp_path / "binary.jsonl"], "binary"),
-        "unknown preset": (["specialize", "--preset", "gigantic"], "unknown preset"),
-        "unknown method": (["specialize", "--method", "magic"], "unknown method"),
+        "unknown preset": (["specialize", "--preset", "gigantic"], "--preset: 'gigantic' is not one of"),
+        "unknown method": (["specialize", "--method", "magic"], "--method: 'magic' is not one of"),
         "another tokenizer": ([*base[:2], foreign, *base[3:]], "another tokenizer"),
         "truncated weights": (["eval", truncated, "--cache-dir", tmp_path / "cache"], "corrupt or truncated"),
         "missing model": (["eval", tmp_path / "no-model"], "no model"),
-        "unknown precision": (["pretrain", tmp_path / "out", "--precision", "fp8"], "unknown precision"),
+        "unknown precision": (["pretrain", tmp_path / "out", "--precision", "fp8"], "--precision: 'fp8' is not one of"),
         **({} if _has_bf16_gemm() else {  # refused before any work (builds the extension first)
             "bf16 without MKL": (["finetune", model_dir, tmp_path / "out", "--precision", "bf16"],
                                  "pip install 'mlx-specialize[bf16]'")}),  # brackets printed as text

@@ -161,7 +161,7 @@ def test_bad_model_folders_give_one_error_line(tiny_model_dir, foreign_model_dir
         (["export", str(broken), str(tmp_path / "x")], "corrupt or truncated"),
         (["bench", str(other)], "not supported"),
         (["export", str(tiny_model_dir), str(existing)], "already exists"),
-        (["export", str(tiny_model_dir), str(tmp_path / "y"), "--quantize", "7"], "cannot quantize"),
+        (["export", str(tiny_model_dir), str(tmp_path / "y"), "--quantize", "7"], "--quantize: '7' is not one of 2, 3, 4, 5, 6, 8"),
         (["bench", str(tiny_model_dir), "-g", "0"], "--generation-tokens"),
     ]
     for args, message in cases:

@@ -99,7 +99,7 @@ def test_commands_refuse_the_other_architecture(two_experts, tmp_path):
         (["finetune", str(two_experts), str(tmp_path / "ft")], "is a mixture of experts, not a dense model"),
         (["pretrain", str(tmp_path / "p"), "--arch", "mix"], "--arch mix needs --clusters"),
         (["pretrain", str(tmp_path / "p"), "--arch", "pn"], "--arch pn needs --clusters"),
-        (["pretrain", str(tmp_path / "p"), "--arch", "moe"], "unknown architecture 'moe'"),
+        (["pretrain", str(tmp_path / "p"), "--arch", "moe"], "--arch: 'moe' is not one of dense, mix, pn, soup"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(app, args)

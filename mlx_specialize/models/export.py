@@ -28,6 +28,7 @@ from .dense import Model, count_params
 from .io import load_model, quantize_layers, save_model
 
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
 DEFAULT_GROUP_SIZE = 64
 
 
@@ -35,8 +36,8 @@ def quantize(model: Model, bits: int, group_size: int = DEFAULT_GROUP_SIZE) -> d
     """Quantize `model` in place; returns the config entry mlx-lm reads back."""
     if bits not in QUANT_BITS:
         raise SpecializeError(f"cannot quantize to {bits} bits (choose from {', '.join(map(str, QUANT_BITS))})")
-    if group_size not in (32, 64, 128):
-        raise SpecializeError(f"group size {group_size} is not one of 32, 64, 128")
+    if group_size not in GROUP_SIZES:
+        raise SpecializeError(f"group size {group_size} is not one of {', '.join(map(str, GROUP_SIZES))}")
     quantize_layers(model, group_size, bits)
     mx.eval(model.parameters())
     return {"group_size": group_size, "bits": bits, "mode": "affine"}

@@ -76,7 +76,7 @@ def _sampler(temperature: float, top_k: int, seed: int):
             return mx.argmax(logits, axis=-1)
         key[0], sub = mx.random.split(key[0])
         scaled = logits / temperature
-        if top_k:
+        if 0 < top_k < scaled.shape[-1]:  # k at or above the vocabulary: every token
             kth = mx.sort(scaled, axis=-1)[:, -top_k][:, None]
             scaled = mx.where(scaled < kth, -mx.inf, scaled)
         return mx.random.categorical(scaled, key=sub)
