@@ -149,6 +149,30 @@ def domain_histogram_labels(clusters: Clusters, domain: TokenizedSplit, tokenize
     return labels
 
 
+@dataclass
+class ClusteredGeneric:
+    """What the clustered methods start from: the preset, the generic tokenizer, the
+    clustering of the generic train split and that split's tokens."""
+
+    preset: object
+    tokenizer: Tokenizer
+    clusters: Clusters
+    generic: TokenizedSplit
+    reused: bool  # the clustering was found in the cache
+
+
+def clustered_generic(settings) -> ClusteredGeneric:
+    """The generic corpus of a `methods.Settings`, tokenized and clustered (each cached)."""
+    from ..models.presets import get_preset
+
+    s = settings
+    preset = get_preset(s.preset)
+    tokenizer = generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir)
+    clusters, reused = cached_clusters(s.generic, tokenizer, s.embedder, s.window or preset.context, s.k, s.metric,
+                                       s.seed, s.cache_dir)
+    return ClusteredGeneric(preset, tokenizer, clusters, corpus_split(s.generic, "train", tokenizer, s.cache_dir), reused)
+
+
 def clustered_valid(clusters: Clusters, tokenizer: Tokenizer, cache_dir) -> tuple[TokenizedSplit, np.ndarray]:
     """The clustering's generic valid split and the cluster of each of its windows (what
     a clustered model validates on)."""

@@ -27,7 +27,6 @@ from ..data.tokenizer import Tokenizer
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
 from ..runtime.files import atomic_write_bytes
-from ..models.presets import get_preset
 from ..train.jobs import pretrain
 from . import clusters as cl
 from .base import Method, Prepared, Settings
@@ -121,13 +120,9 @@ class ImportanceSampled(Method):
     def prepare(self, s: Settings) -> Prepared:
         """Select `pretrain_tokens` generic tokens like the domain, pre-train on them
         (cached by domain and settings)."""
-        preset = get_preset(s.preset)
-        window = s.window or preset.context
         t0 = time.perf_counter()
-        tokenizer = cl.generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir)
-        clusters, reused = cl.cached_clusters(s.generic, tokenizer, s.embedder, window, s.k, s.metric, s.seed,
-                                              s.cache_dir)
-        generic_split = cl.corpus_split(s.generic, "train", tokenizer, s.cache_dir)
+        g = cl.clustered_generic(s)
+        preset, tokenizer, clusters, generic_split, reused = g.preset, g.tokenizer, g.clusters, g.generic, g.reused
         key = cl.cache_key(clusters.folder.name, load_corpus(s.domain).fingerprint(), s.domain_tokens,
                            s.pretrain_tokens, s.sampler, s.seed, preset.__dict__)
         folder = s.cache_dir / "pretrained-is" / key

@@ -39,7 +39,6 @@ from ..data.embedding import n_windows, window_tokens
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
 from ..runtime.files import atomic_write_bytes
-from ..models.presets import get_preset
 from . import clusters as cl
 from .base import Method, Prepared, Settings
 from .slm import cached_pretrain
@@ -160,11 +159,8 @@ class Mixture(Method):
         choose the domain's expert (`--select all`: every expert, for `specialize` to
         fine-tune and keep the best). `expert_init="generic"` starts every expert from
         the generic SLM (itself pre-trained on `pretrain_tokens`, cached; its cost is added)."""
-        preset = get_preset(s.preset)
-        window = s.window or preset.context
-        tokenizer = cl.generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir)
-        clusters, _ = cl.cached_clusters(s.generic, tokenizer, s.embedder, window, s.k, s.metric, s.seed, s.cache_dir)
-        generic_split = cl.corpus_split(s.generic, "train", tokenizer, s.cache_dir)
+        g = cl.clustered_generic(s)
+        preset, tokenizer, clusters, generic_split = g.preset, g.tokenizer, g.clusters, g.generic
         init_from, init_cost = None, {"tokens": 0, "seconds": 0.0, "flops": 0.0}
         if s.expert_init == "generic":
             init_from, init_cost, _ = cached_pretrain(s.generic, s.preset, s.pretrain_tokens, s.vocab_size, s.seed,

@@ -22,7 +22,6 @@ from .. import ui
 from ..data.corpus import load_corpus
 from ..errors import SpecializeError
 from ..runtime.files import atomic_write_bytes
-from ..models.presets import get_preset
 from ..models.projected import read_projected_config
 from ..train.projected import domain_condition, instantiate_folder, pretrain_projected
 from . import clusters as cl
@@ -69,11 +68,8 @@ class Projected(Method):
         self.select_rules = ("frequent", "histogram") if arch == "pn" else ("histogram", "frequent")
 
     def prepare(self, s: Settings) -> Prepared:
-        preset = get_preset(s.preset)
-        window = s.window or preset.context
-        tokenizer = cl.generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir)
-        clusters, _ = cl.cached_clusters(s.generic, tokenizer, s.embedder, window, s.k, s.metric, s.seed, s.cache_dir)
-        generic_split = cl.corpus_split(s.generic, "train", tokenizer, s.cache_dir)
+        g = cl.clustered_generic(s)
+        preset, tokenizer, clusters, generic_split = g.preset, g.tokenizer, g.clusters, g.generic
         basis = s.basis or DEFAULT_BASIS
         settings = (self.name, basis) if self.name == "pn" else (self.name, basis, f"support{clusters.k}")  # soup: all
         folder = s.cache_dir / "projected" / cl.cache_key(clusters.folder.name, preset.__dict__, s.pretrain_tokens,
