@@ -4,8 +4,9 @@
     python benchmarks/reliability.py --only kills --kills 12 --methods is
 
 1. kill -9 at random moments across whole `mlxspec specialize --method is` and `--method
-   pn` runs (tokenizing, embedding, clustering, selecting, pre-training, instantiating,
-   fine-tuning, evaluating), each followed by the same command again: the final weights
+   pn` runs, and once in each phase (training the tokenizer, tokenizing, embedding,
+   clustering, pre-training, fine-tuning, evaluating: within 0.3 s of the log naming it),
+   each followed by the same command again: the final weights
    must equal an uninterrupted run's bit for bit, the report too (less its timings), no
    cache entry may fail its manifest (sha256 of every file), and no temporary or
    half-built folder may be left.
@@ -46,9 +47,13 @@ GENERIC = "go-code,postgres-docs,python-code,python-docs"
 BUDGET = ["--preset", "tiny", "--vocab-size", "512", "--pretrain-tokens", "122880", "--finetune-tokens", "122880"]
 TIMINGS = {"seconds", "wall_seconds", "gen_tok_s", "prompt_tok_s", "sessions"}
 PATHS = {"model", "report", "instance", "clusters"}
-PHASES = [("tokeniz", "tokenize"), ("embed", "embed"), ("cluster", "cluster"), ("select", "select"),
-          ("sampl", "select"), ("pre-train", "pretrain"), ("instantiat", "instantiate"), ("fine-tun", "finetune"),
-          ("training", "train"), ("evaluat", "evaluate"), ("generat", "report")]
+PHASES = [("tokeniz", "tokenize"), ("sentencepiece", "tokenizer"), ("embed", "embed"), ("k-means", "cluster"),
+          ("select", "select"), ("sampl", "select"), ("pre-train", "pretrain"), ("instantiat", "instantiate"),
+          ("fine-tun", "finetune"), ("training", "train"), ("evaluat", "evaluate"), ("generat", "report")]
+# What a run's log says as each phase starts (or, for a progress bar, ends): a targeted
+# kill waits for one, then strikes within 0.3 s.
+MARKERS = {"tokenizer": "SentencePiece tokenizer", "tokenize": "tokenizing", "embed": "embedding", "cluster": "k-means",
+           "pretrain": "pre-training", "finetune": "fine-tuning", "evaluate": "evaluating"}
 
 
 def command(method: str, domain: str, cache: Path, out: Path) -> list[str]:
@@ -165,6 +170,44 @@ def kills(method: str, n_kills: int, work: Path, rng: random.Random) -> dict:
             "phases_hit": phases, "failures": failures, "points": points}
 
 
+def targeted(method: str, work: Path, rng: random.Random) -> dict:
+    """One kill in each phase: the run is killed within 0.3 s of its log naming the
+    phase, then run to its end and compared with an uninterrupted run."""
+    ref = work / f"ref-{method}"
+    if not (ref / "out" / "report.json").is_file():
+        run_whole(command(method, "python-docs", ref / "cache", ref / "out"), work / f"ref-{method}.log")
+    reference = json.loads((ref / "out" / "report.json").read_text())
+    points, failures = [], []
+    for phase, marker in MARKERS.items():
+        chain = work / f"{method}-at-{phase}"
+        args = command(method, "python-docs", chain / "cache", chain / "out")
+        log = chain.with_suffix(".log")
+        with open(log, "w") as err:
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
+            while proc.poll() is None and marker.lower() not in log.read_text(errors="replace").lower():
+                time.sleep(0.01)
+            if proc.poll() is not None:
+                points.append({"phase": phase, "killed": False})  # this method has no such phase
+                shutil.rmtree(chain, ignore_errors=True)
+                continue
+            time.sleep(rng.uniform(0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        points.append({"phase": phase, "killed": True, "last_line": last_line(log)})
+        run_whole(args, chain.with_suffix(".final.log"))
+        report = json.loads((chain / "out" / "report.json").read_text())
+        problems = [f"report: {d}" for d in differences(comparable(report), comparable(reference))]
+        if not same_weights(chain / "out", ref / "out"):
+            problems.append("weights differ")
+        problems += leftovers(chain / "cache", chain / "out")
+        if problems:
+            failures.append({"phase": phase, "problems": problems})
+        shutil.rmtree(chain, ignore_errors=True)
+    hit = [p["phase"] for p in points if p["killed"]]
+    return {"check": "kill -9 in each phase", "method": method, "kills": len(hit), "phases_hit": hit,
+            "failures": failures, "points": points}
+
+
 def concurrent(method: str, n: int, work: Path) -> dict:
     """n runs on n domains at once on one cache, against each run alone."""
     domains = GENERIC.split(",")[:n]
@@ -222,7 +265,9 @@ def table(path: Path = RESULTS) -> str:
     rows = ["| check | what | outcome |", "|---|---|---|"]
     for (check, method, runs), r in sorted(last.items(), key=lambda kv: [str(x) for x in kv[0]]):
         ok = "nothing lost" if not r.get("failures") and r.get("passed", True) else f"FAILED: {r.get('failures') or r['summary']}"
-        if check == "kill -9":
+        if check == "kill -9 in each phase":
+            what = f"`specialize --method {method}`: one kill in each phase: {', '.join(r['phases_hit'])}"
+        elif check == "kill -9":
             what = (f"`specialize --method {method}`: {r['kills']} kills in {r['chains']} chains, phases hit: "
                     f"{', '.join(r['phases_hit'])} (whole run {r['run_seconds']} s)")
         elif check == "concurrent":
@@ -237,7 +282,7 @@ def table(path: Path = RESULTS) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["kills", "concurrent", "fuzz", "disk"], action="append")
+    parser.add_argument("--only", choices=["kills", "targeted", "concurrent", "fuzz", "disk"], action="append")
     parser.add_argument("--kills", type=int, default=12, help="kill points per method")
     parser.add_argument("--methods", default="is,pn")
     parser.add_argument("--fuzz-examples", type=int, default=2000)
@@ -247,13 +292,16 @@ def main() -> None:
     if args.table:
         print(table())
         return
-    only = set(args.only or ["kills", "concurrent", "fuzz", "disk"])
+    only = set(args.only or ["kills", "targeted", "concurrent", "fuzz", "disk"])
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="mlxspec-reliability-") as tmp:
         work = Path(tmp)
         if "kills" in only:
             for method in args.methods.split(","):
                 record(kills(method, args.kills, work, rng))
+        if "targeted" in only:
+            for method in args.methods.split(","):
+                record(targeted(method, work, rng))
         if "concurrent" in only:
             for method in ("finetune", "pn"):
                 for n in (2, 3):
