@@ -125,8 +125,9 @@ def leftovers(*folders: Path) -> list[str]:
 
 def record(result: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     with open(RESULTS, "a") as f:
-        f.write(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), **result}) + "\n")
+        f.write(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit.strip(), **result}) + "\n")
     print(json.dumps(result), flush=True)
 
 
