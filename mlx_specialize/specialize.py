@@ -33,23 +33,20 @@ from pathlib import Path
 
 from . import ui
 from .data.corpus import bundled_names, default_generic, load_corpus
-from .runtime.cache import default_cache_dir
 from .errors import SpecializeError
-from .runtime.cache import building_for, locked
-from .runtime.files import atomic_write_bytes
+from .methods import Method, Settings, get_method
 from .models.dense import count_params
 from .models.generate import measure_generation
 from .models.io import load_model
-from .methods import Method, Settings, get_method
 from .models.presets import get_preset
+from .runtime.cache import building_for, default_cache_dir, locked
+from .runtime.files import atomic_write_bytes
 from .train.jobs import evaluate_model, finetune
 
 DEFAULT_DOMAIN = "python-docs"
 DEFAULT_PRESET = "small"
 DEFAULT_PRETRAIN_TOKENS = 600_000
 DEFAULT_FINETUNE_TOKENS = 120_000
-
-
 RUN_STATE = "specialize.json"  # in the run folder: the command, and each phase once finished
 RUN_FILES = (RUN_STATE, "report.json", "summary.json", "metrics.jsonl", "run.json", "checkpoints", "candidates",
              "selection-report.json", "selection-histograms.png")
