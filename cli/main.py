@@ -379,7 +379,7 @@ def pretrain_cmd(
 ):
     """Pre-train a model from scratch on a generic corpus.
 
-    On N processes or Macs: `mlx.launch -n N -- mlxspec pretrain ...` (README: several processes)."""
+    On N processes or Macs: `mlx.launch -n N -- mlxspec pretrain ...` (docs/distributed.md)."""
     check_choice("--arch", arch, ("dense", "mix", "pn", "soup"))
     check_choice("--preset", preset, ms.PRESETS)
     check_precision(precision)
@@ -468,7 +468,7 @@ def finetune_cmd(
 ):
     """Fine-tune a model on a domain, early-stopping on the domain's valid split.
 
-    On N processes or Macs: `mlx.launch -n N -- mlxspec finetune ...` (README: several processes)."""
+    On N processes or Macs: `mlx.launch -n N -- mlxspec finetune ...` (docs/distributed.md)."""
     check_precision(precision)
     check_run_folder(out_dir, overwrite, resume)
     read_through(domain, "train", "valid")

@@ -700,7 +700,7 @@ class Opt:
 # allowed (an error line shows them escaped); an undecodable byte arrives as a surrogate
 # escape, as Python decodes argv.
 ARG_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00") | st.sampled_from("\udcff\udc80")
-MAX_SEED = 2**32 - 1  # the documented bound of every --seed (README: command line)
+MAX_SEED = 2**32 - 1  # the documented bound of every --seed (docs/usage.md: option ranges)
 MAX_VOCAB = 2**20  # of every --vocab-size
 arg_text = st.text(alphabet=ARG_CHARS, max_size=12)
 ODD_NUMBERS = ["", " ", "nan", "NaN", "inf", "-inf", "+inf", "1e3", "1e400", "-1e400", "1.5", "1.0", "-0", "0.0",
