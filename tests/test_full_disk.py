@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -187,11 +188,14 @@ def test_a_full_tmpfs_stops_a_checkpoint_and_resume_recovers(reference_runs, tok
     everything = sum(p.stat().st_size for p in reference.rglob("*") if p.is_file())
     small = everything - best - len(checkpoint_dirs(reference)) * checkpoint
     size = small + best + checkpoint + (checkpoint + best) // 2
-    disk = tmp_path / "disk"
-    disk.mkdir()
+    # The mount point is a folder of its own, not under pytest's tmp_path: another pytest
+    # session on this machine renames and deletes old tmp_path folders, which would leave
+    # the mount behind, busy, where no umount finds it.
+    disk = Path(tempfile.mkdtemp(prefix="mlxspec-tmpfs-"))
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
                            capture_output=True, text=True) if shutil.which("mount") else None
     if mount is None or mount.returncode != 0:
+        disk.rmdir()
         pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip() if mount else 'no mount command'})")
     try:
         out = disk / "run"
@@ -205,7 +209,9 @@ def test_a_full_tmpfs_stops_a_checkpoint_and_resume_recovers(reference_runs, tok
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         _same_run_end(out, reference)
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        if subprocess.run(["umount", str(disk)]).returncode != 0:  # a process still inside: detach it anyway
+            subprocess.run(["umount", "-l", str(disk)], check=True)
+        disk.rmdir()
 
 
 # ---- a fault at each write -------------------------------------------------------------
