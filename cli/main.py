@@ -800,7 +800,11 @@ def specialize(
     json_out: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Specialize a small model to a domain: pre-train (or reuse) a generic model, fine-tune, report."""
+    """Specialize a small model to a domain: pre-train (or reuse) what the method shares, fine-tune, report.
+
+    Interrupted (Ctrl-C, a crash, kill -9, a full disk)? Run the same command again: it
+    continues from the first unfinished phase, in the same --out folder (without --out,
+    the same command finds its own runs/ folder). A finished run's report is printed again."""
     args = dict(domain=domain, generic=generic, method=method, base=base, preset=preset, out_dir=out_dir,
                 domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens, finetune_tokens=finetune_tokens,
                 vocab_size=vocab_size, lr=lr, seed=seed, overwrite=overwrite, k=k, embedder=embedder, window=window,

@@ -12,4 +12,9 @@ class SpecializeError(Exception):
 
 class Interrupted(SpecializeError):
     """Ctrl-C during a job, after what it had done was saved: the command line exits 130
-    (the shell's code for an interrupt), not 2, since the input was not at fault."""
+    (the shell's code for an interrupt), not 2, since the input was not at fault. A
+    training says where it stopped (`step`, `run_dir`)."""
+
+    def __init__(self, message: str, step: int | None = None, run_dir=None):
+        super().__init__(message)
+        self.step, self.run_dir = step, run_dir

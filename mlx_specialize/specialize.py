@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import ui
 from .data.corpus import bundled_names, default_generic, load_corpus
-from .errors import SpecializeError
+from .errors import Interrupted, SpecializeError
 from .methods import Method, Settings, get_method
 from .models.dense import count_params
 from .models.generate import measure_generation
@@ -70,11 +70,16 @@ def _read_state(out_dir: Path) -> dict | None:
 
 
 def _differences(old: dict, new: dict) -> str:
+    """What differs, as options: `--seed 0 -> 1`."""
     keys = [key for key in new if key != "data" and old.get(key) != new[key]]
     if keys:
-        return ", ".join(f"{key} {old.get(key)!r} -> {new[key]!r}" for key in keys)
+        return ", ".join(f"--{key.replace('_', '-')} {_shown(old.get(key))} -> {_shown(new[key])}" for key in keys)
     changed = [name for name in ("domain", "generic") if old.get("data", {}).get(name) != new["data"][name]]
     return f"the {' and '.join(changed) or 'corpus'} data changed" if changed else "another version's settings"
+
+
+def _shown(value) -> str:
+    return "(default)" if value is None else str(value)
 
 
 def run_folder_state(out_dir: Path, command: dict, overwrite: bool = False) -> str:
@@ -99,8 +104,10 @@ def run_folder_state(out_dir: Path, command: dict, overwrite: bool = False) -> s
         raise SpecializeError(f"{out_dir} holds a run that `specialize` did not start (or an older version's); "
                               "pass --overwrite to replace it, or choose another --out")
     if state["command"] != command:
-        raise SpecializeError(f"{out_dir} holds a run of another command ({_differences(state['command'], command)}); "
-                              "pass --overwrite to replace it, or choose another --out")
+        finished = state.get("done") and (out_dir / "report.json").is_file()
+        raise SpecializeError(f"{out_dir} holds {'a' if finished else 'an unfinished'} run of another command "
+                              f"({_differences(state['command'], command)}); pass --overwrite to replace it, or choose "
+                              "another --out" + ("" if finished else " (that command, run again, continues it)"))
     return "finished" if state.get("done") and (out_dir / "report.json").is_file() else "resume"
 
 
@@ -172,6 +179,7 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
         raise SpecializeError("specialize runs as one process; under mlx.launch run its steps (mlxspec data, "
                               "pretrain, finetune) instead")
     domain_corpus = load_corpus(domain)
+    domain = domain_corpus.spec  # as the corpus reads it: ' go-code\n' is the command 'go-code'
     for split in ("train", "valid", "test"):  # fail fast, before any pre-training
         if next(domain_corpus.documents(split), None) is None:
             raise SpecializeError(f"domain corpus '{domain}' has no documents in its {split} split")
@@ -179,6 +187,7 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
     generic = generic or default_generic(domain)
     if not generic:
         raise SpecializeError(f"no generic corpus: pass --generic (bundled: {', '.join(bundled_names())})")
+    generic = load_corpus(generic).spec
     settings = chosen.resolve(Settings(
         domain=domain, generic=generic, method=method, preset=preset, pretrain_tokens=pretrain_tokens,
         finetune_tokens=finetune_tokens, domain_tokens=domain_tokens, vocab_size=vocab_size, seed=seed,
@@ -233,7 +242,13 @@ def specialize(
         if verdict == "finished":
             ui.info(f"{run.out_dir} holds this command's finished run: its report (--overwrite runs it again)")
             return json.loads((run.out_dir / "report.json").read_text())
-        return _carry_out(run, verdict)
+        try:
+            return _carry_out(run, verdict)
+        except Interrupted as err:  # a training's checkpoint is saved; say how to go on
+            where = f" at step {err.step} of {err.run_dir}" if err.step is not None else ""
+            raise Interrupted(f"interrupted{where}; the same command continues it") from None
+        except KeyboardInterrupt:  # between phases: every finished phase is recorded
+            raise Interrupted("interrupted; the same command continues it") from None
 
 
 def _carry_out(run: RunPlan, verdict: str) -> dict:

@@ -95,6 +95,36 @@ def _metrics(run: Path) -> list[dict]:
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_ctrl_c_while_fine_tuning_then_the_same_command_ends_as_an_uninterrupted_run(uninterrupted, tmp_path):
+    """Ctrl-C is taken between steps: the checkpoint holds exactly step N's state (a
+    KeyboardInterrupt inside a step used to save step N+1's weights as step N, and the
+    resumed run applied one step twice), so the continued run equals the uninterrupted one."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    proc = subprocess.Popen(_args(out, cache)[:-1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # wait for the fine-tuning, then interrupt it mid-way
+        seen.append(line)
+        if "fine-tuning" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=300)
+    said = " ".join(("".join(seen) + rest).split())
+    assert proc.returncode == 130, said
+    assert "Traceback" not in said and f"of {out}; the same command continues it" in said, said
+    stopped_at = json.loads(sorted((out / "checkpoints").glob("step_*"))[-1].joinpath("state.json").read_text())
+    assert 0 < stopped_at["step"] < 98, stopped_at["step"]  # mid-way, not at its end
+
+    again = _run(_args(out, cache))
+    assert again.returncode == 0, again.stderr
+    whole_dir, whole = uninterrupted
+    report = json.loads((out / "report.json").read_text())
+    assert report["sessions"] == 2 and _comparable(report) == _comparable(whole)
+    mine, theirs = _weights(out), _weights(whole_dir)
+    assert all(np.array_equal(mine[k], theirs[k]) for k in theirs)
+    assert _metrics(out) == _metrics(whole_dir)
+
+
 def test_a_finished_run_is_not_run_again_and_another_command_is_refused(uninterrupted, tmp_path):
     whole_dir, whole = uninterrupted
     cache = whole_dir.parent / "cache"
@@ -108,7 +138,7 @@ def test_a_finished_run_is_not_run_again_and_another_command_is_refused(uninterr
     other = _run(_args(whole_dir, cache, seed=1))
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert other.stderr.strip().splitlines()[-1] == (
-        f"error: {whole_dir} holds a run of another command (seed 0 -> 1); pass --overwrite to replace it, "
+        f"error: {whole_dir} holds a run of another command (--seed 0 -> 1); pass --overwrite to replace it, "
         "or choose another --out")
     assert {p: p.stat().st_mtime_ns for p in whole_dir.rglob("*")} == before
 

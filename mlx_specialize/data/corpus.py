@@ -370,10 +370,12 @@ def load_corpus(spec: str, field_name: str | None = None) -> Corpus:
     if not spec.strip():
         raise SpecializeError("empty corpus name")
     sources: list = []
+    parts = []  # as used: the spec written back without stray spaces or empty parts
     for part in spec.split(","):
         part = part if os.path.exists(part) else part.strip()  # a file or folder name may end in a space
         if not part:
             continue
+        parts.append(part)
         if part.startswith("hf:"):
             sources.append(_parse_hf(part))
         elif part in bundled_names() and not os.path.exists(part):
@@ -386,7 +388,7 @@ def load_corpus(spec: str, field_name: str | None = None) -> Corpus:
                 f"unknown corpus '{part}': not a file or folder, and not a bundled corpus "
                 f"({', '.join(bundled_names())}) or hf:NAME dataset"
             )
-    return Corpus(spec.strip(), sources)
+    return Corpus(",".join(parts), sources)
 
 
 def default_generic(domain_spec: str) -> str:

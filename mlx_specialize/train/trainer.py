@@ -21,7 +21,9 @@ import math
 import os
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -373,7 +375,8 @@ class Trainer:
         window_tokens = 0
         window_start = time.perf_counter()
         try:
-            with blas_per_stream(len(self.streams), self.world.local), ui.progress("loss", "toks") as bar:
+            with blas_per_stream(len(self.streams), self.world.local), ui.progress("loss", "toks") as bar, \
+                    StopBetweenSteps() as stop:
                 task = bar.add_task("training", total=cfg.steps, completed=self.step, loss="loss -", toks="")
                 while self.step < cfg.steps and not stopped_early:
                     t0 = time.perf_counter()
@@ -406,15 +409,18 @@ class Trainer:
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.checkpoint()
                     self._watchdog.beat(self.step)
+                    if stop.requested:  # Ctrl-C: the step is whole, its state is step `self.step`'s
+                        self.checkpoint()
+                        raise Interrupted(f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}, "
+                                          "--resume continues it", step=self.step, run_dir=self.run_dir)
                     if stopped_early:
                         ui.info(f"early stop at step {self.step}: no better validation loss in {cfg.patience} evaluations")
                         break
-        except KeyboardInterrupt:
-            self.checkpoint()
-            raise Interrupted(
-                f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}: the same command continues it "
-                "(pretrain and finetune: with --resume)"
-            ) from None
+        except KeyboardInterrupt:  # a second Ctrl-C: at once, mid-step, so no checkpoint of this state
+            last = checkpoint_dirs(self.run_dir)
+            raise Interrupted(f"interrupted at step {self.step}, without a checkpoint; "
+                              + (f"--resume continues from {last[-1].name}" if last else "no checkpoint yet"),
+                              step=self.step, run_dir=self.run_dir) from None
         if not validating:
             self._save_best()
         self.checkpoint()
@@ -435,6 +441,33 @@ class Trainer:
         if self.world.is_main:
             atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
+
+
+class StopBetweenSteps:
+    """Ctrl-C during training, taken between steps. A KeyboardInterrupt raised inside a
+    step can land after the compiled step has updated the weights and optimizer state
+    but before the step counter moved: a checkpoint then holds step N+1's state under
+    the number N, and the resumed run applies one step twice (its learning rate one step
+    ahead). So the first Ctrl-C only asks the loop to stop, checkpoint and leave after the
+    step under way; a second one interrupts at once, without a checkpoint."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "StopBetweenSteps":
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _logged_at_most(line: str, step: int) -> bool:
