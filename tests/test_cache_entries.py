@@ -184,3 +184,16 @@ def test_an_entry_built_for_a_run_is_its_own_work_in_its_later_sessions(tmp_path
         scope = cache.building_for(run) if run else contextlib.nullcontext()
         with scope, cache.cache_entry(folder, "an entry") as entry:
             assert entry.ready and entry.reused == reused, run
+
+
+def test_a_killed_writers_temporaries_go_when_the_entry_is_next_locked(tmp_path):
+    """A token cache or tokenizer killed mid-write leaves `KEY.tmp<pid>` or
+    `.KEY.json.tmp<pid>` beside it, under a process id no later writer reuses: whoever
+    takes the entry's lock next removes them, and nothing else."""
+    key = tmp_path / "66e24b79b8bfb1f3e6d9"
+    left = [tmp_path / "66e24b79b8bfb1f3e6d9.tmp10755", tmp_path / ".66e24b79b8bfb1f3e6d9.json.tmp10755"]
+    kept = [tmp_path / "66e24b79b8bfb1f3e6d9.bin", tmp_path / "other.tmp10755", tmp_path / ".other.json.tmp1"]
+    for path in left + kept:
+        path.write_bytes(b"x")
+    with cache.locked(key, "an entry"):
+        assert not any(p.exists() for p in left) and all(p.exists() for p in kept)

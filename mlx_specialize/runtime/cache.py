@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import glob
 import hashlib
 import json
 import os
@@ -130,10 +131,13 @@ def move_aside(path: Path, problem: str) -> Path:
 
 @contextlib.contextmanager
 def locked(path: Path, what: str, lock: bool = True):
-    """Hold `PATH.lock` for the body; when another process holds it, say so and wait."""
+    """Hold `PATH.lock` for the body; when another process holds it, say so and wait.
+    Once held, the temporaries a killed writer of PATH's files left beside it
+    (`PATH.tmp<pid>`, `.PATH.<ext>.tmp<pid>`: no one else can be writing them now) go."""
     if not lock:
         yield
         return
+    path = Path(path)
     lock_path = Path(f"{path}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     file_lock = FileLock(lock_path)
@@ -142,6 +146,10 @@ def locked(path: Path, what: str, lock: bool = True):
     except Timeout:
         ui.info(f"waiting for another process building {what} (lock {lock_path})")
         file_lock.acquire()
+    name = glob.escape(path.name)
+    for stale in [*path.parent.glob(f"{name}.tmp*"), *path.parent.glob(f".{name}.*tmp*")]:
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
     try:
         yield
     finally:
