@@ -263,7 +263,7 @@ def table(path: Path = RESULTS) -> str:
     for line in path.read_text().splitlines():
         r = json.loads(line)
         last[(r["check"], r.get("method"), r.get("runs"))] = r
-    rows = ["| check | what | outcome |", "|---|---|---|"]
+    rows = ["| check | what | commit | outcome |", "|---|---|---|---|"]
     for (check, method, runs), r in sorted(last.items(), key=lambda kv: [str(x) for x in kv[0]]):
         ok = "nothing lost" if not r.get("failures") and r.get("passed", True) else f"FAILED: {r.get('failures') or r['summary']}"
         if check == "kill -9 in each phase":
@@ -277,7 +277,7 @@ def table(path: Path = RESULTS) -> str:
         else:
             what = f"{r['summary']} ({r['seconds']} s" + (f", {r['MLXSPEC_FUZZ_EXAMPLES']} examples per property)"
                                                          if "MLXSPEC_FUZZ_EXAMPLES" in r else ")")
-        rows.append(f"| {check} | {what} | {ok} |")
+        rows.append(f"| {check} | {what} | {r.get('commit', '')} | {ok} |")
     return "\n".join(rows)
 
 
