@@ -858,19 +858,26 @@ def specialize_table(report: dict) -> Table:
     pre, fin = report["phases"]["pretrain"], report["phases"]["finetune"]
     cached = " (cached)" if pre.get("cached") else " (given)" if "given" in pre else ""
     sel = report["phases"].get("select", {})
-    if "kl_selected" in sel:
-        add_row(table, f"select (k={sel['k']}, KL {sel['kl_generic']:.3f} -> {sel['kl_selected']:.3f})",
-                f"{sel['windows']:,} win", f"{sel['seconds']:.0f}", "", "", "")
-    elif "expert" in sel:
-        add_row(table, f"choose expert {sel['expert']} of {sel['k']} ({sel['rule']})", "", f"{sel['seconds']:.0f}",
-                "", "", "")
-    elif "instance" in sel:
-        chosen = f"cluster {sel['cluster']}" if "cluster" in sel else "the domain's histogram"
-        add_row(table, f"instantiate for {chosen} of {sel['k']}", "", f"{sel['seconds']:.0f}", "", "", "")
     kind = {"is": "importance-sampled", "mix": f"{sel.get('k')} experts'", "pn": "projected network",
             "soup": "soup of experts"}.get(report["method"], "generic")
-    add_row(table, f"{kind} pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}",
-            f"{report['ppl_before']:.2f}", f"{report['bpb_before']:.3f}")
+    before = (f"{report['ppl_before']:.2f}", f"{report['bpb_before']:.3f}")
+    pretrain_row = (f"{kind} pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}")
+    # In the order the phases ran; the test figures before fine-tuning on the row of the
+    # model they measure (SLM-mix's chosen expert, pn's instantiated SLM).
+    if "kl_selected" in sel:  # SLM-is: select, then pre-train on the selection
+        add_row(table, f"select (k={sel['k']}, KL {sel['kl_generic']:.3f} -> {sel['kl_selected']:.3f})",
+                f"{sel['windows']:,} win", f"{sel['seconds']:.0f}", "", "", "")
+        add_row(table, *pretrain_row, *before)
+    elif "expert" in sel or "instance" in sel:  # pre-train once for all domains, then choose
+        add_row(table, *pretrain_row, "", "")
+        if "expert" in sel:
+            chosen = f"choose expert {sel['expert']} of {sel['k']} ({sel['rule']})"
+        else:
+            target = f"cluster {sel['cluster']}" if "cluster" in sel else "the domain's histogram"
+            chosen = f"instantiate for {target} of {sel['k']}"
+        add_row(table, chosen, "", f"{sel['seconds']:.0f}", "", *before)
+    else:
+        add_row(table, *pretrain_row, *before)
     add_row(table, "domain fine-tune", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
             f"{report['ppl_after']:.2f}", f"{report['bpb_after']:.3f}")
     return table

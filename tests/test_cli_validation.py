@@ -319,3 +319,22 @@ def test_check_names_the_line_that_is_not_utf8_and_the_split_that_is_empty(tmp_p
         load_corpus(str(tmp_path / "train.jsonl")).check(("train", "valid"))
     with pytest.raises(SpecializeError, match="unknown split 'dev'"):
         load_corpus("go-code").check(("dev",))
+
+
+def test_the_results_table_lists_phases_in_the_order_they_ran():
+    """pn pre-trains once for every domain, then instantiates the domain's SLM: the test
+    figures before fine-tuning are that SLM's, on its row; SLM-is selects, then pre-trains."""
+    phases = {"pretrain": {"tokens": 40_960, "seconds": 2.0, "flops": 3.5e10},
+              "finetune": {"tokens": 40_960, "seconds": 2.0, "flops": 3.5e10}}
+    base = {"domain": "python-docs", "params": 1.3e5, "model": "runs/x", "ppl_before": 170.25, "bpb_before": 4.5,
+            "ppl_after": 80.5, "bpb_after": 4.1}
+    pn = render(specialize_table({**base, "method": "pn", "phases": {
+        **phases, "select": {"instance": "x", "cluster": 3, "k": 16, "seconds": 1.0}}}), width=120).splitlines()
+    rows = [next(i for i, line in enumerate(pn) if text in line)
+            for text in ("projected network pre-train", "instantiate for cluster 3 of 16", "domain fine-tune")]
+    assert rows == sorted(rows) and "170.25" in pn[rows[1]] and "170.25" not in pn[rows[0]], "\n".join(pn)
+    slm_is = render(specialize_table({**base, "method": "is", "phases": {
+        **phases, "select": {"kl_selected": 0.1, "kl_generic": 0.4, "k": 64, "windows": 320, "seconds": 14}}}),
+        width=120).splitlines()
+    rows = [next(i for i, line in enumerate(slm_is) if text in line) for text in ("select (k=64", "importance-sampled")]
+    assert rows == sorted(rows) and "170.25" in slm_is[rows[1]], "\n".join(slm_is)
