@@ -131,6 +131,17 @@ def record(result: dict) -> None:
     print(json.dumps(result), flush=True)
 
 
+def finish_and_compare(args: list[str], chain: Path, ref: Path, reference: dict) -> list[str]:
+    """Run an interrupted command to its end; what differs from the uninterrupted run in
+    `ref` (report, weights) or was left behind."""
+    run_whole(args, chain.with_suffix(".final.log"))
+    report = json.loads((chain / "out" / "report.json").read_text())
+    problems = [f"report: {d}" for d in differences(comparable(report), comparable(reference))]
+    if not same_weights(chain / "out", ref / "out"):
+        problems.append("weights differ")
+    return problems + leftovers(chain / "cache", chain / "out")
+
+
 def kills(method: str, n_kills: int, work: Path, rng: random.Random) -> dict:
     """Chains of up to 3 kills at random moments, each chain then run to its end."""
     ref = work / f"ref-{method}"
@@ -156,13 +167,7 @@ def kills(method: str, n_kills: int, work: Path, rng: random.Random) -> dict:
             points.append({"chain": chains, "at_s": round(at, 2), "phase": phase_of(log), "last_line": line})
             if len(points) >= n_kills:
                 break
-        run_whole(args, chain.with_suffix(".final.log"))
-        report = json.loads((chain / "out" / "report.json").read_text())
-        problems = []
-        problems += [f"report: {d}" for d in differences(comparable(report), comparable(reference))]
-        if not same_weights(chain / "out", ref / "out"):
-            problems.append("weights differ")
-        problems += leftovers(chain / "cache", chain / "out")
+        problems = finish_and_compare(args, chain, ref, reference)
         if problems:
             failures.append({"chain": chains, "problems": problems})
         shutil.rmtree(chain, ignore_errors=True)
@@ -195,12 +200,7 @@ def targeted(method: str, work: Path, rng: random.Random) -> dict:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         points.append({"phase": phase, "killed": True, "last_line": last_line(log)})
-        run_whole(args, chain.with_suffix(".final.log"))
-        report = json.loads((chain / "out" / "report.json").read_text())
-        problems = [f"report: {d}" for d in differences(comparable(report), comparable(reference))]
-        if not same_weights(chain / "out", ref / "out"):
-            problems.append("weights differ")
-        problems += leftovers(chain / "cache", chain / "out")
+        problems = finish_and_compare(args, chain, ref, reference)
         if problems:
             failures.append({"phase": phase, "problems": problems})
         shutil.rmtree(chain, ignore_errors=True)
