@@ -10,10 +10,10 @@ their outputs are not rounded to bf16 (MLX's bf16 element-wise math on x86 is no
 Evaluation and generation are unaffected; checkpoints hold float32 weights.
 
 Where the products run:
-- x86 Linux CPU: MLX's own bf16 matmul is a scalar loop there (~5 GFLOP/s), so a C++
+- x86 Linux CPU: MLX's own bf16 matmul is a scalar loop there, so a C++
   extension (native/bf16_matmul.cpp, built at first use) calls Intel MKL's
-  `cblas_gemm_bf16bf16f32`, which uses AMX or AVX512-BF16: 1.6-3.2x MLX's float32 matmul
-  per core on a Xeon with AMX (BENCHMARKS.md). It needs MKL loaded (`pip install
+  `cblas_gemm_bf16bf16f32`, which uses AMX or AVX512-BF16 (faster than MLX's float32
+  matmul on a Xeon with AMX: BENCHMARKS.md). It needs MKL loaded (`pip install
   'mlx-specialize[bf16]'`) and a CPU with AVX512-BF16 or AMX; `check` refuses otherwise,
   with one line saying what is missing. `MLXSPEC_BF16_EMULATE=1` lets the extension
   multiply bf16-rounded inputs with float32 BLAS instead (the same values at float32

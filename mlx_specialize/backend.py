@@ -1,9 +1,8 @@
 """Compute backend: optimized BLAS on Linux, device facts, dtype policy.
 
-The `mlx-cpu` wheel links a reference BLAS (float32 matmul ~5 GFLOP/s on two x86
-cores). MLX calls `cblas_sgemm` (and LAPACK) through the dynamic linker, so loading
-an optimized BLAS with RTLD_GLOBAL *before* `mlx.core` is imported makes MLX use it
-(45x or more; BENCHMARKS.md, "Which BLAS"). This module must therefore be imported
+The `mlx-cpu` wheel links a slow reference BLAS. MLX calls `cblas_sgemm` (and LAPACK)
+through the dynamic linker, so loading an optimized BLAS with RTLD_GLOBAL *before*
+`mlx.core` is imported makes MLX use it (how much faster: BENCHMARKS.md, "Which BLAS"). This module must therefore be imported
 before `mlx.core`; `mlx_specialize/__init__.py` imports it first.
 
 Search order (first that loads wins), all skipped when MLXSPEC_BLAS=off:
@@ -18,8 +17,9 @@ Search order (first that loads wins), all skipped when MLXSPEC_BLAS=off:
 A failure to find any never breaks import: `mlxspec doctor` then says how to get one.
 
 Side effect: a BLAS loaded with RTLD_GLOBAL also takes over the BLAS calls of other
-libraries in the same process that use the same names. PyTorch trained 5.5x slower here
-with the system OpenBLAS loaded so. Run PyTorch work in a process with MLXSPEC_BLAS=off.
+libraries in the same process that use the same names: PyTorch trained several times
+slower with the system OpenBLAS loaded so. Run PyTorch work in a process with
+MLXSPEC_BLAS=off.
 """
 
 from __future__ import annotations
@@ -169,11 +169,9 @@ def widen_eval_order() -> str | None:
     ahead of the ones running. When the batch is split over two CPU streams
     (train/parallel.py), the depth-first runs the limit causes gave one stream long
     stretches of its own operations and left the other idle; breadth-first, the two
-    streams' operations alternate. With the C++ kernels (native/kernels.cpp), tok/s at
-    width 20 vs unlimited: the 9M model 1,818-2,201 vs 2,766-2,851, `small` 7,126 vs
-    7,918-7,999, `medium` 1,797 vs 3,282, for 9% more peak memory on `medium` (787 vs 859
-    MB); widths in between fall off cliffs (`small` at 50: 4,628; docs/mlx-cpu-elementwise.md).
-    Not done for MLX's CUDA build (unmeasured)."""
+    streams' operations alternate, for a little more peak memory; widths in between fall
+    off cliffs (measured: docs/mlx-cpu-elementwise.md). Not done for MLX's CUDA build
+    (unmeasured)."""
     if sys.platform != "linux" or not is_x86():
         return None
     if "MLX_BFS_MAX_WIDTH" in os.environ:
@@ -215,7 +213,7 @@ def load_optimized_blas() -> BlasInfo:
             continue
         BLAS.name, BLAS.path, BLAS.note, BLAS.handle = name, path, "", handle
         return BLAS
-    BLAS.note = "; ".join(errors) or "no optimized BLAS found (reference BLAS is ~45x slower)"
+    BLAS.note = "; ".join(errors) or "no optimized BLAS found (the reference BLAS is far slower: `mlxspec doctor` measures it)"
     return BLAS
 
 
@@ -290,7 +288,7 @@ def device_name() -> str:
 
 
 def train_dtype() -> str:
-    """The dtype policy: float32 on CPU (x86 MLX has no fast bf16 matmul, ~5 GFLOP/s),
+    """The dtype policy: float32 on CPU (x86 MLX has no fast bf16 matmul: autocast.py),
     float32 weights on GPU as well (mixed precision is not used yet)."""
     return "float32"
 

@@ -23,9 +23,7 @@ def auto_streams(batch_rows: int, processes: int = 1) -> int:
     of a batch; the cores shared by `processes` training processes on this host), one
     on a GPU. `MLXSPEC_STREAMS=N` overrides.
 
-    Narrow models too: `tiny` (d 64) trains 1.31-1.44x faster on two streams than on one
-    here (8 x 128 and 16 x 256, BENCHMARKS.md). An earlier build gave it one stream, when
-    the backward of the custom functions (fastmath.per_stream) still ran on one stream."""
+    Narrow models too: `tiny` trains faster on two streams than on one (BENCHMARKS.md)."""
     if os.environ.get("MLXSPEC_STREAMS"):
         return max(1, min(int(os.environ["MLXSPEC_STREAMS"]), batch_rows))
     if mx.default_device().type == mx.gpu:

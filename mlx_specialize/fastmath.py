@@ -173,8 +173,9 @@ def _per_stream(x: mx.array) -> mx.array:
     MLX's compile pass merges equal scalar constants and then equal broadcasts of them
     across the whole graph, parallel streams included: the second stream's fused loops
     then read the first stream's broadcast constants as arrays, which makes them strided
-    loops that the C++ compiler does not vectorize (25% slower SiLU over two streams,
-    measured). Shapes that differ per stream keep the broadcasts apart."""
+    loops that the C++ compiler does not vectorize (a slower SiLU over two streams,
+    measured: docs/mlx-cpu-elementwise.md). Shapes that differ per stream keep the
+    broadcasts apart."""
     slot = _stream_slot()
     return x if slot == 0 else x.reshape((1,) * slot + x.shape)
 
@@ -220,8 +221,8 @@ def exp_shifted(x: mx.array, shift: mx.array) -> mx.array:
 
     The shift is first spread to x's shape by a matrix product with a row of ones: a
     loop with a broadcast input is a strided loop, which the C++ compiler does not
-    vectorize; with two contiguous inputs both fused loops are vectorized (46 -> 22 ms
-    for the exp of [1024, 8192] here; the product itself is a fast BLAS write)."""
+    vectorize; with two contiguous inputs both fused loops are vectorized (the product
+    itself is a fast BLAS write; benchmarks/fastmath_ops.py measures the gain)."""
     shape, x, shift = x.shape, _per_stream(x), _per_stream(shift)
     shift = _spread(shift, x.shape[-1])
     return _exp_nonpositive(x - shift, mx.multiply(_c(-_LOG2E), shift - x)).reshape(shape)
@@ -345,8 +346,8 @@ def _bias_at(start: int, stop: int, shape: tuple[int, ...]) -> mx.array:
 
 
 def row_max(x: mx.array) -> mx.array:
-    """x.max(axis=-1, keepdims=True), 2-5x faster on x86 CPUs for rows of a multiple of
-    16 (benchmarks/fastmath_ops.py): MLX reduces the last axis one element at a time, but a reduction over an outer
+    """x.max(axis=-1, keepdims=True), faster on x86 CPUs for rows of a multiple of 16
+    (benchmarks/fastmath_ops.py): MLX reduces the last axis one element at a time, but a reduction over an outer
     axis is an element-wise max of whole rows, which the compiler vectorizes. So the
     rows are folded to [n / 16, 16], reduced over n / 16, then over the 16."""
     n = x.shape[-1]

@@ -22,8 +22,7 @@ class Decoder:
     The cache is a `StaticKVCache` sized for prompt + new tokens (rounded up to
     CACHE_BLOCK), so every decoding step has the same shapes and `mx.compile` traces it
     once per (batch, cache length): elementwise ops fuse and per-op dispatch shrinks,
-    which is most of a small model's decoding time (1.4-1.9x faster steps measured on
-    CPU for the laptop presets). Prompt positions beyond the last are run without the
+    which is most of a small model's decoding time (measured: BENCHMARKS.md, "Inference"). Prompt positions beyond the last are run without the
     vocabulary projection (it is never evaluated), as mlx-lm's prefill does."""
 
     def __init__(self, model: Model, batch: int, max_len: int):

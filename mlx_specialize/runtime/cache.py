@@ -22,8 +22,8 @@ model), and a process killed mid-build must not leave something that looks compl
   into the build folder and renames it to FOLDER: the entry appears whole or not at all.
 - `cache_entry` checks the manifest before saying `ready` (`verify`): every file present
   with its size, and the sha256 of every file up to VERIFY_HASH_BYTES. Larger files are
-  checked by size only, so that using an entry stays cheap (hashing runs at ~1.5 GB/s
-  here: 64 MiB is 40 ms, a paper-sized model with its checkpoints seconds);
+  checked by size only, so that using an entry stays cheap (hashing a paper-sized model
+  with its checkpoints on every use would take seconds);
   `verify(folder, full=True)` hashes everything. An entry that fails is moved aside to
   FOLDER.corrupt-<time>, with one line, and built again.
 - A FOLDER without a manifest was written in place by an older version: it becomes the
