@@ -398,6 +398,9 @@ def pretrain_cmd(
     else:
         read_through(generic, "train", "valid")
     warn_slow_paths()
+    train_options = _train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum, warmup=warmup,
+                                   eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every,
+                                   precision=precision)
     if arch != "dense":
         cache = cache_dir or ms.default_cache_dir()
         split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache)
@@ -408,8 +411,7 @@ def pretrain_cmd(
         summary = pretrain_projected(
             loaded, split, valid, valid_labels, tok, p, out_dir, tokens, arch, expert_dim=expert_dim, basis=basis,
             support=soup_support, seed=seed, resume=resume, overwrite=overwrite,
-            **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum, warmup=warmup,
-                             eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every, precision=precision))
+            **train_options)
         summary = {"model": str(out_dir), "arch": arch, **summary, "params": summary["params"]["total"],
                    "active_params": summary["params"]["active"]}
         return emit(summary, json_out, _summary_table(f"pre-trained a '{preset}' {arch} -> {out_dir}", summary))
@@ -417,9 +419,7 @@ def pretrain_cmd(
         from mlx_specialize.methods.mixture import pretrain_mixture
 
         meta = pretrain_mixture(loaded, split, tok, p, out_dir, tokens // loaded.k, cache_dir, seed, init_from=init,
-                                **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
-                                                 warmup=warmup, eval_every=eval_every, patience=patience,
-                                                 checkpoint_every=checkpoint_every, precision=precision))
+                                **train_options)
         return emit(meta, json_out, _summary_table(f"pre-trained {loaded.k} '{preset}' experts -> {out_dir}",
                                                    {k: v for k, v in meta.items() if k != "experts"}))
     tok = ms.Tokenizer.load(tokenizer) if tokenizer else None
@@ -435,9 +435,7 @@ def pretrain_cmd(
         tok = ms.Tokenizer.load(init)
     result = ms.pretrain(generic, p, out_dir, tokens, tokenizer=tok, vocab_size=vocab_size, cache_dir=cache_dir,
                          resume=resume, overwrite=overwrite, seed=seed, train_split=train_split, init_from=init,
-                         **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
-                                          warmup=warmup, eval_every=eval_every, patience=patience,
-                                          checkpoint_every=checkpoint_every, precision=precision))
+                         **train_options)
     summary = {"model": str(result.model_dir), **result.summary}
     emit(summary, json_out, _summary_table(f"pre-trained {preset} -> {out_dir}", summary))
 

@@ -160,6 +160,14 @@ def is_x86() -> bool:
 EVAL_WIDTH = "1000000"  # no limit in practice: breadth-first
 
 
+def setup() -> None:
+    """What must happen before anything imports `mlx.core`, and the one thing importing
+    `mlx_specialize` does: load an optimized BLAS (Linux), and on x86-64 Linux widen MLX's
+    evaluation order for parallel CPU streams. Nothing on a Mac."""
+    load_optimized_blas()
+    widen_eval_order()
+
+
 def widen_eval_order() -> str | None:
     """On x86-64 Linux CPUs, have MLX order a graph's evaluation breadth-first without
     its width limit of 20 (`MLX_BFS_MAX_WIDTH`, read once, at MLX's first eval; a value
