@@ -269,6 +269,7 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
     else:
         state = _read_state(out_dir)
         ui.info(f"continuing the unfinished run in {out_dir} (finished: {', '.join(state['phases']) or 'nothing yet'})")
+    state.setdefault("id", uuid.uuid4().hex)  # a run folder written before runs had ids
     state["sessions"] += 1
     previous_wall = state["wall_seconds"]
     out_dir.mkdir(parents=True, exist_ok=True)
