@@ -807,9 +807,11 @@ def specialize(
                 domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens, finetune_tokens=finetune_tokens,
                 vocab_size=vocab_size, lr=lr, seed=seed, overwrite=overwrite, k=k, embedder=embedder, window=window,
                 sampler=sampler, metric="cosine", select=select, expert_init=expert_init, basis=basis)
-    check_specialize_inputs(args)
+    from mlx_specialize.specialize import run_plan
+
+    run = check_specialize_inputs(args, cache_dir)
     warn_slow_paths()
-    report = ms.specialize(cache_dir=cache_dir, **args)
+    report = run_plan(run, overwrite)
     if not json_out:
         out.print(specialize_table(report))
         fin = report["phases"]["finetune"]
@@ -818,11 +820,12 @@ def specialize(
     emit(report, json_out)
 
 
-def check_specialize_inputs(args: dict) -> None:
+def check_specialize_inputs(args: dict, cache_dir: Path | None = None):
     """Everything `specialize` can check before a pre-training that may take hours: the
     choices, the run folder (an unfinished run of the same command continues; another
     command's is refused), the domain data against one training window, and every
-    corpus it will read, read through for the splits it uses."""
+    corpus it will read, read through for the splits it uses. Returns the resolved run
+    (`specialize.RunPlan`) to carry out."""
     from mlx_specialize.data.corpus import default_generic
     from mlx_specialize.data.embedding import EMBEDDERS
     from mlx_specialize.data.selection import SAMPLERS
@@ -845,7 +848,7 @@ def check_specialize_inputs(args: dict) -> None:
     read_through(args["domain"], "train", "valid", "test")  # fine-tune, early stopping, the report
     if args["base"] is None:  # pre-training reads the generic corpus' train and valid splits
         read_through(args["generic"] or default_generic(args["domain"]), "train", "valid")
-    resolve_run(**args)
+    return resolve_run(**args, cache_dir=cache_dir)
 
 
 def specialize_table(report: dict) -> Table:

@@ -230,9 +230,15 @@ def specialize(
     the bundled corpora other than the domain. An unfinished run of the same command in
     `out_dir` is continued; `wall_seconds` sums the sessions up to each one's last
     finished phase, `sessions` counts them."""
-    run = resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
-                      finetune_tokens, vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric, select,
-                      expert_init, basis, cache_dir)
+    return run_plan(resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
+                                finetune_tokens, vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric,
+                                select, expert_init, basis, cache_dir), overwrite)
+
+
+def run_plan(run: RunPlan, overwrite: bool = False) -> dict:
+    """`specialize` for a call `resolve_run` has checked (the command line resolves once,
+    to fail before any work, and runs what it resolved: the corpora are hashed and a
+    `--base` loaded once, not twice)."""
     # One process at a time in a run folder (a second run of the same command waits,
     # then finds the run finished); its state is read again once the lock is held. The
     # lock is a hidden file inside the folder: nothing is written beside it.
