@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-GFLOPS = ("import json, mlx_specialize as ms; from mlx_specialize.backend import matmul_gflops; "
+GFLOPS = ("import json, mlx_specialize as ms; from mlx_specialize.accel.backend import matmul_gflops; "
           "print(json.dumps([ms.BLAS.name, matmul_gflops(1024, 5)]))")
 SYSTEM_OK = ("libc.so", "libm.so", "libpthread.so", "libgcc_s.so", "libstdc++.so", "ld-linux", "libdl.so", "librt.so",
              "linux-vdso")
@@ -45,7 +45,7 @@ def _dist_size(*names: str) -> int | None:
 
 def candidates() -> dict[str, dict]:
     """name -> {path, size (bytes), where from}, for what is installed here."""
-    from mlx_specialize import backend
+    from mlx_specialize.accel import backend
 
     found = {}
     ref = backend.reference_blas_path()
@@ -106,7 +106,7 @@ def main() -> None:
     for item in args.blas:
         name, path = item.split("=", 1)
         found[name] = {"path": path, "size": os.path.getsize(path), "lib": path}
-    from mlx_specialize.backend import cpu_description
+    from mlx_specialize.accel.backend import cpu_description
 
     shape = f"; training {args.preset}, batch {args.batch_size} x {args.context}" if args.preset else ""
     print(f"CPU: {cpu_description()}; candidates: {', '.join(found)}{shape}")

@@ -47,7 +47,7 @@ from mlx.utils import tree_flatten, tree_map  # noqa: E402
 
 from mlx_specialize.data.tokens import TokenizedSplit  # noqa: E402
 from mlx_specialize.runtime import distributed as dist  # noqa: E402
-from mlx_specialize.cpu_streams import blas_per_stream  # noqa: E402
+from mlx_specialize.accel.streams import blas_per_stream  # noqa: E402
 from mlx_specialize.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 

@@ -6,7 +6,7 @@ Each pair runs in one process, compiled, alternating, one BLAS thread (one strea
 share of a two-stream step); prints the median milliseconds of each and the ratio:
 - the row maximum of [1024, 8192] logits: `mx.max` vs `fastmath.row_max`;
 - cross-entropy over [1024, 8192] logits, forward and backward: `nn.losses.cross_entropy`
-  vs ours (`train/losses.py`: the C++ kernel where built, else the fused one with the fast exp);
+  vs ours (`accel/losses.py`: the C++ kernel where built, else the fused one with the fast exp);
 - causal attention, forward and backward, one layer of the 9M shape's stream (4 x 4
   heads x 256 x 64, RoPE on q and k, the output transposed back as the model does):
   `mx.fast.scaled_dot_product_attention` vs `fastmath.attention` (with the C++ exp where built);
@@ -18,7 +18,7 @@ share of a two-stream step); prints the median milliseconds of each and the rati
   gives them for `x @ W.T` (transposed views): `optim.clip_grad_norm` + `update` vs
   `train/parallel.clip_and_update` (which makes them row-major first);
 - a linear layer's product, forward and backward (x [1024, K] @ W.T, W [N, K]), in
-  float32 (`x @ W.T`) vs in bf16 (`autocast.matmul_t`, MKL's bf16 GEMM; skipped without
+  float32 (`x @ W.T`) vs in bf16 (`bf16.matmul_t`, MKL's bf16 GEMM; skipped without
   MKL or a CPU with bf16 instructions), and its forward GEMM alone on pre-rounded operands.
 """
 
@@ -36,10 +36,11 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from mlx_specialize import autocast, fastmath
-from mlx_specialize.backend import blas_threads, keep_freed_buffers
+from mlx_specialize import accel
+from mlx_specialize.accel import bf16, fastmath, modules
+from mlx_specialize.accel.backend import blas_threads, keep_freed_buffers
 from mlx_specialize.errors import SpecializeError
-from mlx_specialize.train.losses import cross_entropy
+from mlx_specialize.accel.losses import cross_entropy
 from mlx_specialize.train.parallel import clip_and_update
 
 from train_throughput import resolve  # sibling script
@@ -47,7 +48,7 @@ from train_throughput import resolve  # sibling script
 
 def _scoped(f):
     def traced(*args):
-        with fastmath.scope(True):
+        with accel.scope(fast=True):
             return f(*args)
     return traced
 
@@ -58,7 +59,7 @@ def _scoped_without_kernels(f):
         before = os.environ.get("MLXSPEC_NATIVE_KERNELS")
         os.environ["MLXSPEC_NATIVE_KERNELS"] = "0"
         try:
-            with fastmath.scope(True):
+            with accel.scope(fast=True):
                 return f(*args)
         finally:
             os.environ.pop("MLXSPEC_NATIVE_KERNELS")
@@ -134,7 +135,7 @@ def main() -> None:
                 return mx.compile(mx.grad(lambda g, u: fn(g, u).sum(), argnums=(0, 1)))
 
             slow_swiglu = swiglu_grad(_scoped_without_kernels(lambda g, u: fastmath.silu(g) * u))
-            fast_swiglu = swiglu_grad(_scoped(ms.models.dense.swiglu))
+            fast_swiglu = swiglu_grad(_scoped(modules.SwiGLU()))
             _compare("SwiGLU of [4, 256, 688], fwd + bwd", lambda: mx.eval(slow_swiglu(gate, up)),
                      lambda: mx.eval(fast_swiglu(gate, up)), args.rounds, kernels)
 
@@ -173,7 +174,7 @@ def main() -> None:
         _compare("clip + AdamW, 9M model, transposed-view gradients", runs[0], runs[1], args.rounds)
 
         try:
-            autocast.check("bf16")
+            bf16.check("bf16")
         except SpecializeError as err:
             print(f"bf16 linear layers: skipped ({err})")
             return
@@ -183,16 +184,16 @@ def main() -> None:
 
             def linear_grad(precision):
                 def loss(x, w):
-                    with autocast.scope(precision):
-                        y = autocast.matmul_t(x, w) if precision == "bf16" else x @ w.T
+                    with accel.scope(precision):
+                        y = bf16.matmul_t(x, w) if precision == "bf16" else x @ w.T
                     return (y * g).sum()
                 return mx.compile(mx.grad(loss, argnums=(0, 1)))
 
-            f32, bf16 = linear_grad("float32"), linear_grad("bf16")
+            f32, b16 = linear_grad("float32"), linear_grad("bf16")
             _compare(f"linear [1024, {K}] x [{K}, {N}], fwd + bwd, float32 vs bf16",
-                     lambda: mx.eval(f32(x, w)), lambda: mx.eval(bf16(x, w)), args.rounds)
+                     lambda: mx.eval(f32(x, w)), lambda: mx.eval(b16(x, w)), args.rounds)
             # the forward GEMM alone, operands already rounded: MLX's float32 one vs MKL's bf16 one
-            native = autocast._native()
+            native = bf16._native()
             x16, w16 = native.to_bf16(x), native.to_bf16(w)
             mx.eval(x16, w16)
             _compare("  its GEMM alone, float32 vs bf16 operands",

@@ -13,7 +13,7 @@ difference, and tok/s of each.
     python benchmarks/loss_curve_check.py --preset small --tokens 300000 --precision bf16
 
 compares the defaults in float32 with the defaults in `--precision bf16` instead (needs
-MKL and a CPU with AMX or AVX512-BF16, see mlx_specialize/autocast.py).
+MKL and a CPU with AMX or AVX512-BF16, see mlx_specialize/bf16.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_specialize.models.projected import ProjectedModel, ProjectionArgs
-from mlx_specialize.cpu_streams import blas_per_stream
+from mlx_specialize.accel.streams import blas_per_stream
 from mlx_specialize.train.projected import ClusterBatches, SoupBatches
 from mlx_specialize.train.trainer import TrainConfig, Trainer
 

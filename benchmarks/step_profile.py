@@ -33,9 +33,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 
-from mlx_specialize import fastmath
-from mlx_specialize.models.dense import attend, norm, swiglu
-from mlx_specialize.train.losses import cross_entropy
+from mlx_specialize import accel
+from mlx_specialize.accel import modules
+from mlx_specialize.accel.losses import cross_entropy
 
 from train_throughput import mlx_stepper, resolve  # sibling script: the same compiled step
 
@@ -44,18 +44,23 @@ STAND_INS = ("attention", "cross-entropy", "SiLU", "RMSNorm", "optimizer")
 
 
 def stand_in(part: str) -> None:
-    """Replace `part` of the model by a cheap function of the same shapes."""
-    from mlx_specialize.models import dense
+    """Replace `part` of the model by a cheap function of the same shapes (in the layer
+    classes `accel.prepare` swaps in, and in the plain ones where it swaps nothing)."""
+    from mlx_specialize import layers
     from mlx_specialize.train import parallel
 
+    def patch(plain, fast, call):
+        plain.__call__ = fast.__call__ = call
+
     if part == "attention":
-        dense.attend = lambda q, k, v, scale, mask, cached=False: q + k + v
+        patch(layers.ScaledDotProductAttention, modules.ScaledDotProductAttention,
+              lambda self, q, k, v, mask=None, cache=None: q + k + v)
     elif part == "cross-entropy":
         parallel.cross_entropy = lambda logits, y: logits[..., 0] * 1.0
     elif part == "SiLU":
-        dense.swiglu = lambda gate, up: gate * up
+        patch(layers.SwiGLU, modules.SwiGLU, lambda self, gate, up: gate * up)
     elif part == "RMSNorm":
-        dense.norm = lambda layer, x: x * layer.weight
+        patch(nn.RMSNorm, modules.RMSNorm, lambda self, x: x * self.weight)
     elif part == "optimizer":  # a plain SGD step: no clipping, no AdamW moments
         from mlx.utils import tree_map
         from mlx_specialize.train import trainer
@@ -116,7 +121,7 @@ def whole_step(preset, vocab: int, streams: int, repeats: int, precision: str = 
 
 def parts(preset, vocab: int, repeats: int) -> dict[str, float]:
     """Each part's forward + backward compiled on its own, with the step's own functions
-    (fast CPU math inside `fastmath.scope()` where the step uses it)."""
+    (fast CPU math inside `accel.scope()` where the step uses it)."""
     B, T, D, F, H = preset.batch_size, preset.context, preset.hidden, preset.mlp, preset.heads
     N = B * T
     mx.random.seed(0)
@@ -130,12 +135,15 @@ def parts(preset, vocab: int, repeats: int) -> dict[str, float]:
     y = mx.random.randint(0, vocab, (B, T)).reshape(-1)
     logits = mx.random.normal((N, vocab))
 
+    attend, swiglu = modules.ScaledDotProductAttention((D // H) ** -0.5), modules.SwiGLU()
+    rms.__class__ = modules.RMSNorm  # what accel.prepare does
+
     def attention(a):
-        return attend(a, a, a, (D // H) ** -0.5, "causal")
+        return attend(a, a, a, "causal")
 
     def grad_of(f):
         def loss(a):
-            with fastmath.scope():
+            with accel.scope():
                 return f(a).sum()
         return mx.compile(mx.grad(loss))
 
@@ -145,7 +153,7 @@ def parts(preset, vocab: int, repeats: int) -> dict[str, float]:
         + timed(grad_of(lin_down), g, repeats=repeats),
         "attention (softmax(q k^T) v, causal)": timed(grad_of(attention), q, repeats=repeats),
         "SiLU gate (silu(g) * u)": timed(grad_of(lambda a: swiglu(a, a)), g, repeats=repeats),
-        "RMSNorm x2": 2 * timed(grad_of(lambda a: norm(rms, a)), h, repeats=repeats),
+        "RMSNorm x2": 2 * timed(grad_of(rms), h, repeats=repeats),
     }
     result = {f"{k} x {preset.layers} layers": v * preset.layers for k, v in per_layer.items()}
     result["vocab projection (matmul)"] = timed(grad_of(lambda a: a @ emb.T), h, repeats=repeats)
@@ -197,7 +205,7 @@ def main() -> None:
             print(f"  {name:16s} {whole - ms_:7.1f} ms  {(whole - ms_) / whole:6.1%}   (step without it {ms_:.1f} ms)")
         return
     one = whole_step(preset, args.vocab, 1, args.repeats)
-    auto = ms.cpu_streams.auto_streams(preset.batch_size)
+    auto = ms.accel.auto_streams(preset.batch_size)
     many = whole_step(preset, args.vocab, auto, args.repeats)
     print(f"whole compiled step, 1 stream: {one:8.1f} ms")
     print(f"whole compiled step, {auto} streams: {many:8.1f} ms  ({one / many:.2f}x)")

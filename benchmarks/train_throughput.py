@@ -30,9 +30,9 @@ import time
 import mlx_specialize as ms  # first: loads the optimized BLAS before mlx.core
 import mlx.core as mx
 import numpy as np
-from mlx_specialize.backend import BLAS, matmul_gflops
+from mlx_specialize.accel.backend import BLAS, matmul_gflops
 from mlx_specialize.data.tokens import TokenizedSplit
-from mlx_specialize.cpu_streams import blas_per_stream
+from mlx_specialize.accel.streams import blas_per_stream
 from mlx_specialize.train.trainer import TrainConfig, Trainer
 
 

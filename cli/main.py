@@ -29,11 +29,9 @@ try:  # these take seconds (MLX, the BLAS): Ctrl-C meanwhile is still exit 130, 
     from typer.core import TyperGroup
 
     import mlx_specialize as ms
-    from mlx_specialize import autocast, fastmath, ui
-    from mlx_specialize.backend import (BLAS, cpu_description, device_name, matmul_gflops, reference_matmul_gflops,
-                                        train_dtype)
+    from mlx_specialize import accel, ui
+    from mlx_specialize.accel import warn_slow_paths
     from mlx_specialize.errors import Interrupted, SpecializeError
-    from mlx_specialize.slow_paths import slow_paths, warn_slow_paths
     from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
 except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
@@ -201,8 +199,8 @@ def check_precision(precision: str | None) -> None:
     """Before any data work: an unknown value names the option; a missing MKL (bf16 on an
     x86 CPU) fails in a second."""
     if precision is not None:
-        check_choice("--precision", precision, autocast.PRECISIONS)
-        autocast.check(precision)
+        check_choice("--precision", precision, accel.PRECISIONS)
+        accel.check_precision(precision)
 
 
 def check_quantization(bits, group_size: int) -> None:
@@ -249,7 +247,7 @@ def _train_options(**opts) -> dict:
 @handle_errors
 def doctor(json_out: bool = JSON_OPT):
     """Platform, device, versions, BLAS in use and measured matmul speed."""
-    import mlx.core as mx
+    from mlx_specialize.accel.diagnose import platform_report
 
     try:
         import mlx_lm
@@ -257,27 +255,16 @@ def doctor(json_out: bool = JSON_OPT):
         mlx_lm_version = mlx_lm.__version__
     except Exception:  # mlx-lm missing or broken: doctor still reports the rest
         mlx_lm_version = "not installed"
-    gflops = matmul_gflops()
-    reference = reference_matmul_gflops() if sys.platform == "linux" else None
+    facts = platform_report()
     report = {
-        "platform": f"{platform.system()} {platform.machine()} ({platform.platform()})",
-        "cpu": cpu_description(),
+        "platform": facts.pop("platform"),
+        "cpu": facts.pop("cpu"),
         "python": platform.python_version(),
-        "device": device_name(),
-        "mlx": mx.__version__,
+        "device": facts.pop("device"),
+        "mlx": facts.pop("mlx"),
         "mlx_lm": mlx_lm_version,
         "mlx_specialize": ms.__version__,
-        "blas": BLAS.name or "none",
-        "blas_path": BLAS.path,
-        "blas_note": BLAS.note,
-        "matmul_gflops_f32": round(gflops, 1),
-        "reference_blas_gflops_f32": None if reference is None else round(reference, 1),
-        "blas_speedup": None if not reference else round(gflops / reference, 1),
-        "dtype": train_dtype(),
-        "cpu_fast_math": fastmath.status(),
-        "cpu_kernels": fastmath.kernels_status(),
-        "bf16_training": autocast.status(),
-        "slow_paths": slow_paths(),
+        **facts,
     }
     if json_out:
         return emit(report, True)

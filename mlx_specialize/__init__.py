@@ -4,13 +4,13 @@ Implements Grangier, Katharopoulos, Ablin & Hannun, "Specialized Language Models
 Cheap Inference from Limited Domain Data" (arXiv 2402.01093).
 """
 
-# First, before anything imports mlx.core: the platform's set-up (backend.setup: on Linux
-# an optimized BLAS, on x86-64 Linux a wider evaluation order). The only thing importing
-# the package does.
-from . import backend
-from .backend import BLAS, load_optimized_blas
+# First, before anything imports mlx.core: the platform's set-up (accel.setup: on Linux
+# an optimized BLAS, on x86-64 Linux a wider evaluation order; nothing on a Mac). The
+# only thing importing the package does.
+from . import accel
+from .accel import BLAS, load_optimized_blas
 
-backend.setup()
+accel.setup()
 
 from .data.corpus import Corpus, bundled_names, load_corpus  # noqa: E402
 from .data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402

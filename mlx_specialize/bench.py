@@ -34,7 +34,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from . import ui
-from .backend import device_name
+from .accel import device_name
 from .models.dense import Model, count_params
 from .models.export import DEFAULT_GROUP_SIZE, bits_per_weight, quantize, weight_bytes
 from .models.generate import random_prompts, time_generation

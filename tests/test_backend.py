@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mlx_specialize import backend
+from mlx_specialize.accel import backend
 
 PROBE = "import json, mlx_specialize as ms; b = ms.BLAS; print(json.dumps([b.name, b.path, b.note]))"
 
@@ -70,7 +70,7 @@ linux_x86 = pytest.mark.skipif(sys.platform != "linux" or not backend.is_x86(), 
 
 FORWARD_LIBM = """
 import ctypes, ctypes.util, json, math
-from mlx_specialize import blas_forward
+from mlx_specialize.accel import blas_forward
 libm = ctypes.util.find_library("m")
 ctypes.CDLL(libm, mode=ctypes.RTLD_GLOBAL)
 image = blas_forward.build_forwarder([("mlxspec_test_cos", "cos"), ("mlxspec_test_hypot", "hypot")],
@@ -99,7 +99,7 @@ def test_a_forwarder_calls_the_functions_it_names_under_new_names():
 
 @linux_x86
 def test_the_symbol_reader_and_the_writer_agree_with_each_other_and_with_libm(tmp_path):
-    from mlx_specialize import blas_forward
+    from mlx_specialize.accel import blas_forward
 
     names = [(f"fwd_{i}", n) for i, n in enumerate(("sin", "cos", "tan", "exp", "log"))]
     path = tmp_path / "fwd.so"
@@ -128,7 +128,7 @@ import json, os, sys
 def libs():
     with open("/proc/self/maps") as f:
         return {line.split(None, 5)[5].strip() for line in f if len(line.split()) == 6 and ".so" in line}
-import mlx_specialize.backend as backend  # MLXSPEC_BLAS=off: nothing loaded yet
+import mlx_specialize.accel.backend as backend  # MLXSPEC_BLAS=off: nothing loaded yet
 before = libs()
 name, path = [c for c in backend._candidates() if "scipy-openblas32" in c[0]][0]
 backend._load(path)
@@ -158,7 +158,7 @@ def test_the_declared_openblas_loads_and_needs_nothing_outside_the_environment()
 
 WHICH_SGEMM = """
 import ctypes, json, numpy as np, mlx_specialize as ms
-from mlx_specialize import backend
+from mlx_specialize.accel import backend
 import mlx.core as mx
 
 def product(sgemm, a, b):  # C = A @ B, row-major, through one library's cblas_sgemm

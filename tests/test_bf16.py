@@ -13,7 +13,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_specialize import autocast
+from mlx_specialize import accel
+from mlx_specialize.accel import bf16
 from mlx_specialize.errors import SpecializeError
 from helpers import tiny_loss_curve
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the C++ bf16 ma
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
     """The extension, built into a temporary cache (then kept loaded in this process)."""
-    from mlx_specialize.native import load_bf16
+    from mlx_specialize.accel.native import load_bf16
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLXSPEC_CACHE", str(tmp_path_factory.mktemp("native-cache")))
@@ -80,8 +81,8 @@ def test_gradients_are_float32_products_of_rounded_values(native):
     weights = mx.random.normal((4, 16, 24), key=mx.random.key(6))
 
     def loss(x, w):
-        with autocast.scope("bf16"):
-            return (autocast.matmul_t(x, w) * weights).sum()
+        with accel.scope("bf16"):
+            return (bf16.matmul_t(x, w) * weights).sum()
 
     for fn in (mx.grad(loss, argnums=(0, 1)), mx.compile(mx.grad(loss, argnums=(0, 1)))):
         dx, dw = fn(x, w)
@@ -93,14 +94,14 @@ def test_gradients_are_float32_products_of_rounded_values(native):
 
 def test_precision_is_checked_with_one_clear_line(native, monkeypatch):
     with pytest.raises(SpecializeError, match="unknown precision 'fp8'"):
-        autocast.check("fp8")
-    autocast.check("float32")
+        bf16.check("fp8")
+    bf16.check("float32")
     if not native.has_bf16_gemm():
         monkeypatch.delenv("MLXSPEC_BF16_EMULATE", raising=False)
         with pytest.raises(SpecializeError, match=r"needs Intel MKL.*mlx-specialize\[bf16\]"):
-            autocast.check("bf16")
+            bf16.check("bf16")
     monkeypatch.setenv("MLXSPEC_BF16_EMULATE", "1")
-    autocast.check("bf16")
+    bf16.check("bf16")
     assert "emulated" in native.gemm()
 
 

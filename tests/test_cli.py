@@ -117,15 +117,15 @@ def _bad_inputs(tmp_path, model_dir, other_tokenizer):
 
 
 def _has_bf16_gemm() -> bool:
-    from mlx_specialize import autocast
+    from mlx_specialize.accel import bf16
 
-    return autocast._emulate() or autocast._has_bf16_gemm()
+    return bf16._emulate() or bf16._has_bf16_gemm()
 
 
 def _message_lines(stderr: str) -> list[str]:
     """stderr's non-empty lines, less the slow-path warnings that training commands print
     first on a machine without the fast BLAS or C++ kernels (none where both load)."""
-    from mlx_specialize.slow_paths import slow_paths
+    from mlx_specialize.accel import slow_paths
 
     machine = {f"warning: {line}" for line in slow_paths()}
     return [line for line in stderr.splitlines() if line.strip() and line not in machine]

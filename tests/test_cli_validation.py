@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from cli.main import _summary_table, app, specialize_table
 from mlx_specialize.data.corpus import DEMO_DIR, load_corpus
 from mlx_specialize.errors import SpecializeError
-from mlx_specialize.slow_paths import slow_paths
+from mlx_specialize.accel import slow_paths
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

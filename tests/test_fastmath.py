@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import mlx_specialize as ms
-from mlx_specialize import fastmath
-from mlx_specialize.backend import keep_freed_buffers
-from mlx_specialize.train.losses import cross_entropy
+from mlx_specialize import accel
+from mlx_specialize.accel import fastmath
+from mlx_specialize.accel.backend import keep_freed_buffers
+from mlx_specialize.accel.losses import cross_entropy
 from helpers import calls_in_the_training_loss, tiny_loss_curve
 
 
@@ -25,7 +26,7 @@ def _without_the_cpp_kernels(monkeypatch):
 def _compiled(f):
     """f compiled, traced inside a fast scope (as the trainer's step is)."""
     def traced(*args):
-        with fastmath.scope(True):
+        with accel.scope(fast=True):
             return f(*args)
     return mx.compile(traced)
 
@@ -33,7 +34,7 @@ def _compiled(f):
 def _grad(f, argnums=0):
     """Compiled gradient of sum(f(...) * fixed weights), traced inside a fast scope."""
     def loss(*args):
-        with fastmath.scope(True):
+        with accel.scope(fast=True):
             out = f(*args)
         weights = mx.random.normal(out.shape, key=mx.random.key(7))
         return (out * weights).sum()
@@ -107,18 +108,18 @@ def test_fused_cross_entropy_with_fast_exp_matches_mlx():
 def test_the_scope_decides_and_only_float32_uses_the_fast_ops(monkeypatch):
     x = mx.zeros((2, 2))
     assert not fastmath.active(x)
-    with fastmath.scope(True):
+    with accel.scope(fast=True):
         assert fastmath.active(x) and not fastmath.active(x.astype(mx.bfloat16))
-        with fastmath.scope(False):
+        with accel.scope(fast=False):
             assert not fastmath.active(x)  # the innermost scope decides
         assert fastmath.active(x)
     assert not fastmath.active()
     monkeypatch.setenv("MLXSPEC_FAST_MATH", "0")
-    with fastmath.scope() as on:
-        assert not on and not fastmath.active(x)
+    with accel.scope() as on:
+        assert not on.fast and not fastmath.active(x)
     monkeypatch.setenv("MLXSPEC_FAST_MATH", "1")
-    with fastmath.scope() as on:
-        assert on and fastmath.active(x)
+    with accel.scope() as on:
+        assert on.fast and fastmath.active(x)
 
 
 def _train_losses(run_dir) -> list[float]:

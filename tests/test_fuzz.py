@@ -61,7 +61,7 @@ from typer.testing import CliRunner
 
 import mlx_specialize as ms
 from cli.main import app
-from mlx_specialize.slow_paths import slow_paths
+from mlx_specialize.accel import slow_paths
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("MLXSPEC_FUZZ_EXAMPLES", "0") or 0)

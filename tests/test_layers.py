@@ -1,8 +1,8 @@
 """The package's layers: no module imports from a layer above its own.
 
     runtime  errors.py, ui.py, runtime/ (cache folder and entries, files, process group)
-    platform backend.py, blas_forward.py, cpu_streams.py, fastmath.py, autocast.py,
-             native/, slow_paths.py (what makes MLX fast on a platform)
+    layers   layers.py (the plain MLX layers a platform may swap)
+    accel    accel/ (what makes MLX fast on a platform)
     data     data/
     models   models/
     train    train/
@@ -12,7 +12,9 @@
 
 A lower layer that imports a higher one ties, say, the corpus readers to the trainer: it
 cannot be tested, reused or read alone (docs/architecture.md). Read from the source with
-`ast`, so an import inside a function counts too.
+`ast`, so an import inside a function counts too. data/ uses accel through the package's
+own names, never its files; models/ does not use it at all (accel.prepare swaps their
+layers from outside).
 """
 
 import ast
@@ -24,8 +26,7 @@ import mlx_specialize
 
 PACKAGE = Path(mlx_specialize.__file__).parent
 CLI = PACKAGE.parent / "cli"
-LAYERS = ["runtime", "platform", "data", "models", "train", "methods", "jobs", "cli"]
-PLATFORM = {"backend", "blas_forward", "cpu_streams", "fastmath", "autocast", "native", "slow_paths"}
+LAYERS = ["runtime", "layers", "accel", "data", "models", "train", "methods", "jobs", "cli"]
 
 
 def layer_of(module: str) -> str:
@@ -36,9 +37,7 @@ def layer_of(module: str) -> str:
     head = parts[1] if len(parts) > 1 else "__init__"
     if head in ("errors", "ui", "runtime"):
         return "runtime"
-    if head in PLATFORM:
-        return "platform"
-    if head in ("data", "models", "train", "methods"):
+    if head in ("layers", "accel", "data", "models", "train", "methods"):
         return head
     return "jobs"
 
@@ -97,4 +96,16 @@ def test_the_reader_sees_relative_and_absolute_imports(tmp_path):
     found = dict((t, line) for line, t in imports_of(probe))
     assert "mlx_specialize.errors" in found
     assert layer_of("mlx_specialize.train.trainer") == "train" and layer_of("mlx_specialize.runtime.cache") == "runtime"
-    assert layer_of("mlx_specialize.native") == "platform" and layer_of("mlx_specialize") == "jobs"
+    assert layer_of("mlx_specialize.accel.native") == "accel" and layer_of("mlx_specialize") == "jobs"
+
+
+@pytest.mark.parametrize("path", [p for p in sources() if layer_of(module_name(p)) in ("data", "models")],
+                         ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_data_and_models_see_accel_only_through_its_package(path):
+    """models/ stays plain MLX (accel.prepare swaps its layers from outside); data/ uses
+    the CPU streams through `mlx_specialize.accel`'s names, never its files."""
+    used = [(line, t) for line, t in imports_of(path) if t == "mlx_specialize.accel" or t.startswith("mlx_specialize.accel.")]
+    if layer_of(module_name(path)) == "models":
+        assert not used, f"{module_name(path)} uses accel: {used}"
+    inside = [f"line {line}: {t}" for line, t in used if t != "mlx_specialize.accel"]
+    assert not inside, f"{module_name(path)} reaches into accel's files: {inside}"

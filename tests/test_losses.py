@@ -4,7 +4,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_specialize.train.losses import cross_entropy
+from mlx_specialize.accel.losses import cross_entropy
 
 
 def test_fused_cross_entropy_matches_mlx_in_value_and_gradient():

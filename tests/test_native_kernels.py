@@ -1,4 +1,4 @@
-"""The C++ CPU kernels (mlx_specialize/native/kernels.cpp, built here at first use) equal
+"""The C++ CPU kernels (mlx_specialize/accel/native/kernels.cpp, built here at first use) equal
 MLX's own ops in value and gradient, on contiguous inputs and on views, compiled and on
 parallel streams; the model and the trainer use them inside a fast-math scope and train
 to the same loss curve; and where they are switched off, the fast math of fastmath.py
@@ -16,10 +16,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 import mlx_specialize as ms
-from mlx_specialize import fastmath
-from mlx_specialize.backend import is_x86
-from mlx_specialize.models import dense
-from mlx_specialize.train.losses import cross_entropy
+from mlx_specialize import accel
+from mlx_specialize.accel import fastmath, modules
+from mlx_specialize.accel.backend import is_x86
+from mlx_specialize.accel.losses import cross_entropy
 from helpers import calls_in_the_training_loss, tiny_loss_curve
 
 pytestmark = pytest.mark.skipif(
@@ -149,14 +149,14 @@ def test_kernels_run_on_the_stream_they_are_given_and_their_backward_follows(ker
 
 def test_the_model_uses_the_kernels_in_a_fast_scope_and_gets_the_same_loss_and_gradients(kernels, monkeypatch):
     args = ms.get_preset("tiny").model_args(256)
-    model = ms.Model(args)
+    model = ms.accel.prepare(ms.Model(args))
     x = mx.random.randint(0, 256, (2, 40), key=mx.random.key(10))
     y = mx.random.randint(0, 256, (2, 40), key=mx.random.key(11))
     given = []  # what the model was given each time it asked for the kernels
     monkeypatch.setattr(fastmath, "native", lambda t=None, real=fastmath.native: given.append(real(t)) or given[-1])
 
     def loss(x, y):
-        with fastmath.scope(True):
+        with accel.scope(fast=True):
             return cross_entropy(model(x), y).mean()
 
     copies = kernels.row_major_copies()
@@ -207,12 +207,13 @@ def test_the_kernels_reject_other_dtypes_and_shapes_and_the_model_then_uses_mlx(
         kernels.swiglu(mx.ones((4,), mx.bfloat16), mx.ones((4,), mx.bfloat16))
     with pytest.raises(ValueError):
         kernels.cross_entropy(mx.ones((2, 3)), mx.zeros((3,), mx.int32))
-    assert dense.swiglu(mx.ones((4,), mx.bfloat16), mx.ones((4,), mx.bfloat16)).dtype == mx.bfloat16  # MLX's path
+    with accel.scope(fast=True):
+        assert modules.SwiGLU()(mx.ones((4,), mx.bfloat16), mx.ones((4,), mx.bfloat16)).dtype == mx.bfloat16  # MLX's path
 
 
 def test_a_failed_build_falls_back_to_fastmath_and_doctor_says_why(monkeypatch):
-    from mlx_specialize import native
-    from mlx_specialize.native import NativeUnavailable
+    from mlx_specialize.accel import native
+    from mlx_specialize.accel.native import NativeUnavailable
 
     def broken(purpose):
         raise NativeUnavailable(f"{purpose} builds C++ code and needs a C++ compiler: apt-get install g++")
@@ -222,15 +223,15 @@ def test_a_failed_build_falls_back_to_fastmath_and_doctor_says_why(monkeypatch):
     assert fastmath.kernels() is None
     assert fastmath.kernels_status().startswith("off (fast CPU training builds C++ code")
     gate, up = mx.random.normal((4, 8), key=mx.random.key(12)), mx.random.normal((4, 8), key=mx.random.key(13))
-    with fastmath.scope(True):
+    with accel.scope(fast=True):
         assert fastmath.native(gate) is None
-        _close(mx.compile(dense.swiglu)(gate, up), nn.silu(gate) * up, rtol=2e-6, atol=1e-6)  # fastmath's silu
+        _close(mx.compile(modules.SwiGLU())(gate, up), nn.silu(gate) * up, rtol=2e-6, atol=1e-6)  # fastmath's silu
 
 
 def test_an_incomplete_install_falls_back_with_the_missing_file_named(monkeypatch, tmp_path):
     """A wheel without one of the C++ sources (as once without common.h) must not stop
     training: the kernels are off, and the reason names the file."""
-    from mlx_specialize import native
+    from mlx_specialize.accel import native
 
     for name in native.SOURCES:
         if name != "common.h":
@@ -244,7 +245,7 @@ def test_an_incomplete_install_falls_back_with_the_missing_file_named(monkeypatc
 
 
 def test_any_failure_of_the_extension_falls_back(monkeypatch):
-    from mlx_specialize import native
+    from mlx_specialize.accel import native
 
     def crashing(purpose):
         raise RuntimeError("the compiler crashed")

@@ -50,7 +50,7 @@ def test_the_rules_would_catch_a_missing_header():
 
 
 def test_every_source_the_native_build_reads_exists():
-    from mlx_specialize import native
+    from mlx_specialize.accel import native
 
     for name in native.SOURCES:
         assert (native.SOURCE_DIR / name).is_file(), name

@@ -37,7 +37,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..errors import SpecializeError
-from ..cpu_streams import auto_streams, blas_per_stream, make_streams
+from ..accel import auto_streams, blas_per_stream, make_streams
 
 HUB_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")

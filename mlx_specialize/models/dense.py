@@ -1,12 +1,10 @@
 """Dense decoder-only transformer, weight-compatible with mlx-lm's `llama`.
 
-Pre-norm RMSNorm blocks, rotary positions, multi-head attention through
-`mx.fast.scaled_dot_product_attention` (on an x86 CPU, inside the compiled training and
-eval steps, `fastmath.attention` and `fastmath.silu`: the same values, computed by loops
-MLX's CPU compiler vectorizes, or the C++ kernels of native/kernels.cpp where they are
-built, which also take the SwiGLU, RMSNorm and loss; inside a bf16 `autocast.scope()`,
-the linear layers' products in bfloat16), a gated (SwiGLU) MLP, tied or untied output
-embedding, KV cache for generation. Parameter names and `config.json` fields are those
+Pre-norm RMSNorm blocks, rotary positions, multi-head attention
+(`mx.fast.scaled_dot_product_attention`), a gated (SwiGLU) MLP, tied or untied output
+embedding, KV cache for generation. Plain MLX: the layers a platform computes its own
+way (linear, norm, activation, attention) are modules that `accel.prepare` swaps from
+outside (layers.py). Parameter names and `config.json` fields are those
 of mlx-lm's llama, so a checkpoint we write loads with `mlx_lm.load` unchanged.
 
 The paper's MLP has two matrices of width 4d (8 d^2 parameters); we use SwiGLU, three
@@ -25,48 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.rope_utils import initialize_rope
 
-from .. import autocast, fastmath
-
-
-def linear(layer: nn.Module, x: mx.array) -> mx.array:
-    """`layer(x)`; for an `nn.Linear` inside a bf16 `autocast.scope()` (training with
-    `precision="bf16"`), its product in bfloat16 with float32 sums (see autocast.py)."""
-    if not (autocast.active() and isinstance(layer, nn.Linear)):
-        return layer(x)
-    y = autocast.matmul_t(x, layer.weight)
-    return y + layer.bias if "bias" in layer else y
-
-
-def silu(x: mx.array) -> mx.array:
-    """SiLU; the CPU-vectorizable version inside a `fastmath.scope()` (see fastmath.py)."""
-    return fastmath.silu(x) if fastmath.active(x) else nn.silu(x)
-
-
-def swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    """silu(gate) * up; inside a `fastmath.scope()` with the C++ kernels built, their
-    one-pass `swiglu` (forward and backward)."""
-    kernels = fastmath.native(gate)
-    if kernels is not None and up.dtype == mx.float32:
-        return kernels.swiglu(gate, up)
-    return silu(gate) * up
-
-
-def norm(layer: nn.RMSNorm, x: mx.array) -> mx.array:
-    """`layer(x)`; inside a `fastmath.scope()` with the C++ kernels built, their
-    `rms_norm` (one pass per row forward, one backward with the weight's gradient)."""
-    kernels = fastmath.native(x)
-    if kernels is not None and layer.weight.dtype == mx.float32:
-        return kernels.rms_norm(x, layer.weight, layer.eps)
-    return layer(x)
-
-
-def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask, cached: bool = False) -> mx.array:
-    """softmax(q k^T scale + mask) v: q [B, H, L, Dh], k and v [B, Hkv, S, Dh] -> [B, H, L, Dh].
-    `mx.fast.scaled_dot_product_attention`, or inside a `fastmath.scope()` without a KV
-    cache, the CPU-vectorizable `fastmath.attention`."""
-    if not cached and fastmath.active(q):
-        return fastmath.attention(q, k, v, scale, mask)
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+from ..layers import ScaledDotProductAttention, SwiGLU
 
 
 @dataclass
@@ -195,18 +152,19 @@ class Attention(nn.Module):
         # llama-style checkpoints declare in `rope_scaling`.
         self.rope = initialize_rope(Dh, args.rope_theta, args.rope_traditional, args.rope_scaling,
                                     args.max_position_embeddings)
+        self.attend = ScaledDotProductAttention(self.scale)
 
     def __call__(self, x: mx.array, mask, cache: KVCache | None = None) -> mx.array:
         B, L, _ = x.shape
-        q = linear(self.q_proj, x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
-        k = linear(self.k_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        v = linear(self.v_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = attend(q, k, v, self.scale, mask, cached=cache is not None)
-        return linear(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        out = self.attend(q, k, v, mask, cache)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
 class MLP(nn.Module):
@@ -216,9 +174,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(D, F, bias=bias)
         self.up_proj = nn.Linear(D, F, bias=bias)
         self.down_proj = nn.Linear(F, D, bias=bias)
+        self.act = SwiGLU()
 
     def __call__(self, x: mx.array) -> mx.array:
-        return linear(self.down_proj, swiglu(linear(self.gate_proj, x), linear(self.up_proj, x)))
+        return self.down_proj(self.act(self.gate_proj(x), self.up_proj(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -230,8 +189,8 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(self, x: mx.array, mask, cache: KVCache | None = None) -> mx.array:
-        h = x + self.self_attn(norm(self.input_layernorm, x), mask, cache)
-        return h + self.mlp(norm(self.post_attention_layernorm, h))
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 class LlamaModel(nn.Module):
@@ -246,7 +205,7 @@ class LlamaModel(nn.Module):
         mask = attention_mask(h.shape[1], cache)
         for i, layer in enumerate(self.layers):
             h = layer(h, mask, cache[i] if cache is not None else None)
-        return norm(self.norm, h)
+        return self.norm(h)
 
 
 class Model(nn.Module):
@@ -263,9 +222,7 @@ class Model(nn.Module):
     def __call__(self, inputs: mx.array, cache: list[KVCache] | None = None) -> mx.array:
         h = self.model(inputs, cache)
         if not self.args.tie_word_embeddings:
-            return linear(self.lm_head, h)
-        if autocast.active():
-            return autocast.matmul_t(h, self.model.embed_tokens.weight)
+            return self.lm_head(h)
         return self.model.embed_tokens.as_linear(h)
 
     def make_cache(self) -> list[KVCache]:

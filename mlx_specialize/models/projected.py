@@ -39,7 +39,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import SpecializeError
-from .dense import LlamaModel, Model, ModelArgs, attention_mask, count_params, swiglu
+from ..layers import MatmulT, SwiGLU
+from .dense import LlamaModel, Model, ModelArgs, attention_mask, count_params
 
 MODEL_TYPE = "mlxspec-projected"
 ARCHS = ("pn", "soup")
@@ -103,13 +104,15 @@ class GeneratedMLP(nn.Module):
         self.down_proj = GeneratedLinear(F, D, h, soup)
         if not soup:
             self.mix = mx.random.normal((proj.expert_dim, h)) / math.sqrt(proj.expert_dim)
+        self.act, self.product = SwiGLU(), MatmulT()
 
     def weights(self, coef: mx.array) -> dict[str, mx.array]:
         return {name: getattr(self, name).weight(coef) for name in MATRICES}
 
-    @staticmethod
-    def apply(x: mx.array, w: dict[str, mx.array]) -> mx.array:
-        return swiglu(x @ w["gate_proj"].T, x @ w["up_proj"].T) @ w["down_proj"].T
+    def __call__(self, x: mx.array, w: dict[str, mx.array]) -> mx.array:
+        """The MLP with weights `w` (from `weights`): x [..., D] -> [..., D]."""
+        gate, up = self.product(x, w["gate_proj"]), self.product(x, w["up_proj"])
+        return self.product(self.act(gate, up), w["down_proj"])
 
 
 class ProjectedModel(nn.Module):
@@ -171,7 +174,7 @@ class ProjectedModel(nn.Module):
         mask = attention_mask(h.shape[1], cache)
         for i, layer in enumerate(body.layers):
             h = h + layer.self_attn(layer.input_layernorm(h), mask, cache[i] if cache is not None else None)
-            h = h + GeneratedMLP.apply(layer.post_attention_layernorm(h), weights[i])
+            h = h + layer.mlp(layer.post_attention_layernorm(h), weights[i])
         h = body.norm(h)
         return body.embed_tokens.as_linear(h) if self.args.tie_word_embeddings else self.lm_head(h)
 

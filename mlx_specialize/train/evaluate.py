@@ -9,10 +9,10 @@ from functools import partial
 import mlx.core as mx
 import numpy as np
 
-from .. import fastmath
+from .. import accel
 from ..data.tokens import TokenizedSplit, eval_batches
 from ..models.dense import Model
-from ..cpu_streams import auto_streams, blas_per_stream, make_streams
+from ..accel import auto_streams, blas_per_stream, make_streams
 from .parallel import masked_nll
 
 
@@ -45,9 +45,10 @@ def make_eval_fn(model: Model, streams: list | None = None):
     """A compiled `(x, y, mask) -> summed NLL` that reads the model's current weights,
     with the batch's rows spread over `streams` (see `parallel.py`)."""
     streams = streams or [None]
+    accel.prepare(model)
 
     def summed_nll(x, y, mask):
-        with fastmath.scope():  # CPU-vectorized softmax and SiLU, see fastmath.py
+        with accel.scope():  # the prepared layers' fast paths, while traced
             return masked_nll(model, x, y, mask, streams)[0]
 
     return partial(mx.compile, inputs=model.state)(summed_nll)

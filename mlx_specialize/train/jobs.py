@@ -19,7 +19,6 @@ from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..data.tokens import TokenizedSplit, tokenize_split
 from ..errors import SpecializeError
 from ..models.dense import Model, count_params
-from ..backend import train_dtype
 from ..models.io import load_model, model_context
 from ..models.presets import Preset
 from ..runtime import distributed as dist
@@ -99,7 +98,7 @@ def pretrain(
     mx.random.seed(train_options.get("seed", 0))
     model = Model(preset.model_args(tokenizer.vocab_size))
     if init_from is not None:
-        base, _, _ = load_model(init_from, tokenizer=tokenizer, dtype=train_dtype(), dequantize=True)
+        base, _, _ = load_model(init_from, tokenizer=tokenizer, dtype="float32", dequantize=True)
         if base.args != model.args:
             raise SpecializeError(f"{init_from} is not a '{preset.name}' model: cannot start from it")
         model.update(base.parameters())
@@ -134,7 +133,7 @@ def finetune(
     pre-training rate / 3, as the paper does for its smallest domain sets; the batch size
     to the base's. A base we did not train (an mlx-lm model, maybe quantized) is
     dequantized and trained in float32 with its own tokenizer, at FOREIGN_LR."""
-    model, tokenizer, config = load_model(base, dtype=train_dtype(), dequantize=True)
+    model, tokenizer, config = load_model(base, dtype="float32", dequantize=True)
     corpus = load_corpus(domain)
     train = tokenize(corpus, "train", tokenizer, cache_dir, domain_tokens)
     valid = tokenize(corpus, "valid", tokenizer, cache_dir)

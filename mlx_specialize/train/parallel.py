@@ -18,10 +18,9 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..cpu_streams import on_stream
+from ..accel import cross_entropy, on_stream
 from ..data.tokenizer import BOS_ID
 from ..data.tokens import target_mask
-from .losses import cross_entropy
 
 def _row_slices(rows: int, parts: int) -> list[slice]:
     bounds = [rows * i // parts for i in range(parts + 1)]

@@ -26,7 +26,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .. import fastmath, ui
+from .. import accel, ui
 from ..data import selection
 from ..data.embedding import n_windows, window_tokens
 from ..data.tokens import TokenizedSplit
@@ -137,8 +137,10 @@ def cluster_evaluator(valid: TokenizedSplit, labels: np.ndarray, window: int, co
 
     def evaluator(model: ProjectedModel) -> EvalResult:
         if id(model) not in compiled:
+            accel.prepare(model)
+
             def summed_nll(x, y, m, cond):
-                with fastmath.scope():
+                with accel.scope():
                     return masked_nll(lambda v: model(v, cond=cond), x, y, m, [None])[0]
             compiled[id(model)] = mx.compile(summed_nll, inputs=model.state)
         fn = compiled[id(model)]

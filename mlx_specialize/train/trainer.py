@@ -35,8 +35,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from .. import autocast, fastmath, ui
-from ..backend import keep_freed_buffers
+from .. import accel, ui
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import PackedWindows, TokenizedSplit, target_mask
 from ..errors import Interrupted, SpecializeError
@@ -46,7 +45,7 @@ from ..models.io import save_model
 from ..runtime import distributed as dist
 from .checkpoint import checkpoint_dirs, load_checkpoint, refuse_existing_run, save_checkpoint
 from .evaluate import evaluate, make_eval_fn
-from ..cpu_streams import auto_streams, blas_per_stream, make_streams
+from ..accel import auto_streams, blas_per_stream, make_streams
 from .parallel import clip_and_update, training_loss
 
 
@@ -59,7 +58,7 @@ class TrainConfig:
     `schedule` ("cosine" to lr * min_lr_ratio, or "constant"); clip: max global
     gradient norm (paper: 5.0); patience: stop after this many evaluations without a
     better validation loss (0: never stop early); precision: "float32", or "bf16" for
-    mixed precision (float32 weights and optimizer, bf16 matrix products; autocast.py)."""
+    mixed precision (float32 weights and optimizer, bf16 matrix products; accel/bf16.py)."""
 
     steps: int
     batch_size: int = 16
@@ -80,7 +79,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     streams: int = 0  # parallel CPU streams per step (0: auto, see train/parallel.py)
-    precision: str = "float32"  # or "bf16": the linear layers' products in bfloat16 (autocast.py)
+    precision: str = "float32"  # or "bf16": the linear layers' products in bfloat16 (accel/bf16.py)
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
 
@@ -142,7 +141,10 @@ class Trainer:
         `model.conditioned(condition(i))(x)` (the projected network's expert, or a soup's
         domain weights; its MLP weights made once per batch). `evaluator(model) -> EvalResult` replaces the plain
         validation on `valid`."""
-        autocast.check(config.precision)  # bf16: builds its C++ matmul on first use
+        accel.check_precision(config.precision)  # bf16: builds its C++ matmul on first use
+        # the platform's accelerated layers, used inside the step's accel.scope; builds the
+        # C++ kernels here (once per machine), not inside the first timed step
+        accel.prepare(model, config.precision)
         self.model, self.tokenizer, self.cfg = model, tokenizer, config
         self.train, self.valid = train, valid
         self.run_dir = Path(run_dir)
@@ -166,9 +168,7 @@ class Trainer:
         self.rows = self.world.rows(config.batch_size)
         local_rows = self.rows.stop - self.rows.start
         self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local))
-        keep_freed_buffers()  # CPU: reuse the step's large buffers (backend.py)
-        if fastmath.supported():
-            fastmath.kernels()  # built here (once per machine, ~20 s), not inside the first timed step
+        accel.keep_freed_buffers()  # CPU: reuse the step's large buffers
         self.step = 0
         self.budget = Budget()
         self.best_valid = math.inf
@@ -185,8 +185,8 @@ class Trainer:
         def loss_fn(model, x, y, cond, count):
             # Summed NLL of this rank's rows / the global batch's target count, x world
             # size: average_gradients' mean over ranks is then the global batch's gradient.
-            # traced once, inside mx.compile: see fastmath.py and autocast.py
-            with fastmath.scope(), autocast.scope(cfg.precision):
+            # traced once, inside mx.compile: the prepared layers' fast paths (accel/)
+            with accel.scope(cfg.precision):
                 forward = model if cond is None else model.conditioned(cond)
                 loss = training_loss(forward, x, y, streams, bos_id, count)
             return loss * world.size if world.size > 1 else loss

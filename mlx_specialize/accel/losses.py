@@ -24,7 +24,7 @@ import os
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import fastmath
+from . import fastmath
 
 
 @fastmath.per_stream

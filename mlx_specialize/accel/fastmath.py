@@ -29,8 +29,8 @@ backward, at 4 x 4 heads x 256 x 64). `row_max` is a last-axis max that vectoriz
 stream of its forward (MLX would run every custom VJP on the default stream).
 
 Outside `mx.compile` these ops run as ~20 separate kernels and are slower than MLX's.
-So they are used only where `active()` says so: inside a `scope()` (the trainer enters
-one while its compiled step is traced) on a CPU device of an x86 machine whose MLX can
+So they are used only where `active()` says so: inside an `accel.scope` (the trainer
+opens one while its compiled step is traced) on a CPU device of an x86 machine whose MLX can
 compile CPU kernels. Apple silicon keeps MLX's ops (vectorized there already, and the
 GPU's are fast). `MLXSPEC_FAST_MATH=0` turns them off, `=1` forces them on.
 
@@ -44,7 +44,6 @@ where the build fails the ops above serve, and `mlxspec doctor` says why.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import platform
@@ -54,6 +53,7 @@ import mlx.core as mx
 import numpy as np
 
 from .backend import is_x86
+from .mode import current
 
 _ROUND = 12582912.0  # 1.5 * 2^23: x + _ROUND - _ROUND rounds x to an integer
 _LOG2E = 1.4426950408889634
@@ -61,9 +61,6 @@ _LOG2E = 1.4426950408889634
 _POLY = (1.535336188319500e-4, 1.339887440266574e-3, 9.618437357674640e-3,
          5.550332471162809e-2, 2.402264791363012e-1, 6.931472028550421e-1, 1.0)
 _MASKED = -1e9  # additive attention mask: exp gives exactly 0 there
-
-_scopes: list[bool] = []  # the settings of the open scopes, innermost last
-
 
 def supported() -> bool:
     """Would the fast ops help here: `MLXSPEC_FAST_MATH` if set, else an x86-64 machine,
@@ -137,22 +134,11 @@ def native(x: mx.array | None = None):
     return kernels() if active(x) else None
 
 
-@contextlib.contextmanager
-def scope(enabled: bool | None = None):
-    """Use the fast ops (or not) in model code run or traced inside this block:
-    `enabled`, default `supported()`; the innermost scope decides. Enter it inside the
-    function given to `mx.compile`, so that it is open while the function is traced."""
-    on = supported() if enabled is None else bool(enabled)
-    _scopes.append(on)
-    try:
-        yield on
-    finally:
-        _scopes.pop()
-
-
 def active(x: mx.array | None = None) -> bool:
-    """True inside a scope that enabled the fast ops (and for float32 `x`, when given)."""
-    return bool(_scopes) and _scopes[-1] and (x is None or x.dtype == mx.float32)
+    """True inside an `accel.scope` that enabled the fast ops (and for float32 `x`,
+    when given)."""
+    mode = current()
+    return mode is not None and mode.fast and (x is None or x.dtype == mx.float32)
 
 
 def _c(value: float, dtype=mx.float32) -> mx.array:

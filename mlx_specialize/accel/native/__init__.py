@@ -25,8 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..runtime.cache import default_cache_dir
-from ..errors import SpecializeError
+from ...runtime.cache import default_cache_dir
+from ...errors import SpecializeError
 
 SOURCE_DIR = Path(__file__).parent
 SOURCES = ("module.cpp", "common.h", "bf16_matmul.cpp", "kernels.cpp", "CMakeLists.txt")
@@ -126,7 +126,7 @@ def load(purpose: str = "mlx-specialize"):
     _versions(purpose)  # nanobind is there, or say so for this purpose
     target = build_dir()
     if not target.exists():
-        from .. import ui
+        from ... import ui
 
         ui.info(f"building the C++ extension for {purpose} on this machine (once, ~20 s)")
         try:

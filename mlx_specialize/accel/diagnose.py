@@ -37,7 +37,38 @@ def slow_paths() -> list[str]:
 
 def warn_slow_paths() -> None:
     """Print `slow_paths()` as warning lines (stderr)."""
-    from . import ui
+    from .. import ui
 
     for line in slow_paths():
         ui.warn(line)
+
+
+def platform_report() -> dict:
+    """What `mlxspec doctor` says of the platform: the CPU and device, the BLAS in use and
+    its measured float32 matmul speed (against the wheel's reference BLAS on Linux), and
+    whether each speed-up is on here, with why, and the slow paths in effect."""
+    import platform
+
+    import mlx.core as mx
+
+    from . import bf16, fastmath
+    from .backend import cpu_description, device_name, matmul_gflops, reference_matmul_gflops
+
+    gflops = matmul_gflops()
+    reference = reference_matmul_gflops() if sys.platform == "linux" else None
+    return {
+        "platform": f"{platform.system()} {platform.machine()} ({platform.platform()})",
+        "cpu": cpu_description(),
+        "device": device_name(),
+        "mlx": mx.__version__,
+        "blas": BLAS.name or "none",
+        "blas_path": BLAS.path,
+        "blas_note": BLAS.note,
+        "matmul_gflops_f32": round(gflops, 1),
+        "reference_blas_gflops_f32": None if reference is None else round(reference, 1),
+        "blas_speedup": None if not reference else round(gflops / reference, 1),
+        "cpu_fast_math": fastmath.status(),
+        "cpu_kernels": fastmath.kernels_status(),
+        "bf16_training": bf16.status(),
+        "slow_paths": slow_paths(),
+    }

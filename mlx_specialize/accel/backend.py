@@ -295,12 +295,6 @@ def device_name() -> str:
     return "CPU"
 
 
-def train_dtype() -> str:
-    """The dtype policy: float32 on CPU (x86 MLX has no fast bf16 matmul: autocast.py),
-    float32 weights on GPU as well (mixed precision is not used yet)."""
-    return "float32"
-
-
 def reference_blas_path() -> str | None:
     """The reference BLAS inside the `mlx-cpu` wheel (what MLX uses without an optimized
     one), or None (another platform or build)."""

@@ -23,16 +23,14 @@ Where the products run:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
 import mlx.core as mx
 
-from .errors import SpecializeError
+from ..errors import SpecializeError
+from .mode import PRECISIONS, current
 
-PRECISIONS = ("float32", "bf16")
-_scopes: list[bool] = []
 
 
 def _emulate() -> bool:
@@ -96,20 +94,10 @@ def status() -> str:
     return "available (MKL bf16 GEMM; the C++ matmul is built at first use)"
 
 
-@contextlib.contextmanager
-def scope(precision: str = "float32"):
-    """Compute the linear layers' products in `precision` for model code run or traced
-    inside this block (enter it inside the function given to `mx.compile`)."""
-    _scopes.append(precision == "bf16")
-    try:
-        yield
-    finally:
-        _scopes.pop()
-
-
 def active() -> bool:
-    """True inside a bf16 `scope`."""
-    return bool(_scopes) and _scopes[-1]
+    """True inside an `accel.scope("bf16")`."""
+    mode = current()
+    return mode is not None and mode.bf16
 
 
 def matmul_t(x: mx.array, weight: mx.array) -> mx.array:

@@ -1,0 +1,131 @@
+"""accel.prepare: the platform's layers swapped into every model (dense, pn, soup) from
+outside, with the model's parameters and values unchanged.
+
+The models are plain MLX (models/ imports nothing of accel: tests/test_layers.py); what
+makes them fast on an x86 CPU is this swap plus `accel.scope`, so a model that escaped
+the swap would silently train on the slow paths, as pn and soup once did (their MLP and
+norms bypassed the dispatchers the dense model called).
+"""
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+import mlx_specialize as ms
+from mlx_specialize import accel
+from mlx_specialize.accel import bf16, fastmath, modules
+from mlx_specialize.models.projected import ProjectedModel, ProjectionArgs
+
+NAMES = ("dense", "pn", "soup")
+COND = mx.array([0.5, 0.25, 0.25, 0.0])  # a domain's cluster weights, k = 4
+
+
+def make(name: str):
+    args = ms.get_preset("tiny").model_args(256)
+    mx.random.seed(3)
+    if name == "dense":
+        return ms.Model(args)
+    return ProjectedModel(args, ProjectionArgs(name, experts=4, expert_dim=4, basis=3))
+
+
+def logits(model, x):
+    return model(x) if isinstance(model, ms.Model) else model(x, cond=COND)
+
+
+def loss(model, x, y):
+    return nn.losses.cross_entropy(logits(model, x), y).mean()
+
+
+def classes(model) -> list[type]:
+    return [type(m) for _, m in model.named_modules()]
+
+
+def batch():
+    key = mx.random.key(5)
+    tokens = mx.random.randint(0, 256, (2, 33), key=key)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prepare_swaps_every_platform_layer_and_keeps_the_parameters(name, monkeypatch):
+    monkeypatch.setenv("MLXSPEC_FAST_MATH", "1")
+    model = make(name)
+    plain = classes(model)
+    params = dict(tree_flatten(model.parameters()))
+    assert accel.prepare(model) is model
+    swapped = classes(model)
+    assert not set(modules.SWAPS) & set(swapped), "a plain layer was left unswapped"
+    expected = {modules.Linear, modules.Embedding, modules.RMSNorm, modules.SwiGLU, modules.ScaledDotProductAttention}
+    if name != "dense":
+        expected.add(modules.MatmulT)  # the generated MLP weights' products
+    assert expected <= set(swapped)
+    after = dict(tree_flatten(model.parameters()))
+    assert after.keys() == params.keys() and all(after[k] is params[k] for k in params)  # the very same arrays
+    assert classes(accel.unprepare(model)) == plain
+
+
+def test_prepare_changes_nothing_where_nothing_is_faster(monkeypatch):
+    """As on Apple silicon or a GPU in float32: no fast math wanted, no bf16."""
+    monkeypatch.setenv("MLXSPEC_FAST_MATH", "0")
+    model = make("pn")
+    plain = classes(model)
+    assert classes(accel.prepare(model, "float32")) == plain
+    assert modules.Linear in classes(accel.prepare(model, "bf16"))  # bf16 products are wanted on any device
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_uses_the_kernels_in_a_scope_and_is_plain_outside_it(name, monkeypatch):
+    kernels = fastmath.kernels()
+    if kernels is None:
+        pytest.skip(f"no C++ kernels here: {fastmath.kernels_status()}")
+    monkeypatch.setenv("MLXSPEC_FAST_MATH", "1")
+    model, (x, y) = make(name), batch()
+    value_and_grad = nn.value_and_grad(model, loss)
+    plain_loss, plain_grads = value_and_grad(model, x, y)
+    mx.eval(plain_loss, plain_grads)
+
+    calls = []
+    for fn in ("rms_norm", "swiglu", "attention"):
+        real = getattr(kernels, fn)
+        monkeypatch.setattr(kernels, fn, lambda *a, _f=fn, _real=real: calls.append(_f) or _real(*a))
+    accel.prepare(model)
+    outside_loss, outside_grads = value_and_grad(model, x, y)  # no scope: MLX's own ops
+    assert calls == [] and outside_loss.item() == plain_loss.item()
+    for (k, g), (_, h) in zip(tree_flatten(plain_grads), tree_flatten(outside_grads)):
+        assert mx.array_equal(g, h), k
+
+    def scoped(model, x, y):
+        with accel.scope(fast=True):
+            return loss(model, x, y)
+
+    fast_loss, fast_grads = nn.value_and_grad(model, scoped)(model, x, y)
+    assert set(calls) == {"rms_norm", "swiglu", "attention"}, f"only {set(calls)} reached the kernels"
+    np.testing.assert_allclose(fast_loss.item(), plain_loss.item(), rtol=1e-5)
+    for (k, g), (_, h) in zip(tree_flatten(plain_grads), tree_flatten(fast_grads)):
+        np.testing.assert_allclose(np.array(h), np.array(g), rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_linear_product_is_in_bf16_inside_a_bf16_scope(name, monkeypatch):
+    """Counted through a stand-in for the bf16 product (MLX's own rounding; the C++ one
+    is tested in test_bf16.py): attention's four projections and the MLP's three
+    products per layer, and the tied output layer."""
+    products = []
+
+    def matmul_t(x, w):
+        products.append(w.shape)
+        return (x.astype(mx.bfloat16) @ w.astype(mx.bfloat16).T).astype(mx.float32)
+
+    monkeypatch.setattr(bf16, "matmul_t", matmul_t)
+    model, (x, _) = make(name), batch()
+    reference = logits(model, x)
+    accel.prepare(model, "bf16")
+    with accel.scope("bf16", fast=False):
+        out = logits(model, x)
+    layers = model.args.num_hidden_layers
+    soup_alpha = 2 if name == "soup" else 0  # its coefficient MLP's two linear layers
+    assert len(products) == 7 * layers + 1 + soup_alpha
+    assert out.dtype == mx.float32 and not mx.array_equal(out, reference)  # rounded operands
+    np.testing.assert_allclose(np.array(out), np.array(reference), atol=0.1)
