@@ -90,9 +90,7 @@ def main() -> None:
         for arch, (trainer, _, times) in runs.items():
             total = sum(v.size for _, v in tree_flatten(trainer.model.parameters()))
             active = ms.count_params(trainer.model.args)["total"]
-            flops = trainer.flops_per_token * tokens_per_step
-            if arch != "dense":
-                flops += trainer.model.generation_flops()
+            flops = trainer.flops_per_token * tokens_per_step  # the model's count: pn / soup add their weights' making
             step = statistics.median(times)
             print(f"{arch:6s} {total / 1e6:8.2f}M {active / 1e6:8.2f}M {flops / 1e9:11.2f} {step * 1e3:9.1f} "
                   f"{tokens_per_step / step:8.0f} {step / dense_s:7.2f}x  {[round(t * 1e3, 1) for t in times]}")

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from mlx_specialize.models import io as model_io
-from mlx_specialize.train import trainer as trainer_module
+from mlx_specialize.train import run_folder
 from mlx_specialize.train.checkpoint import TMP_PREFIX, checkpoint_dirs, load_checkpoint
 from helpers import GENERIC
 
@@ -150,14 +150,14 @@ def test_a_file_size_limit_stops_a_checkpoint_and_resume_recovers(reference_runs
     limit = (others + optimizer_size) // 2
     driver = (
         "import resource, sys\n"
-        "from mlx_specialize.train import trainer\n"
+        "from mlx_specialize.train import run_folder\n"
         "limit = int(sys.argv[1])\n"
-        "real = trainer.save_checkpoint\n"
+        "real = run_folder.save_checkpoint\n"
         "def save_checkpoint(*args, **kwargs):\n"
         "    path = real(*args, **kwargs)\n"
         "    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
         "    return path\n"
-        "trainer.save_checkpoint = save_checkpoint\n"
+        "run_folder.save_checkpoint = save_checkpoint\n"
         "from cli.main import main\n"
         "sys.argv = ['mlxspec', *sys.argv[2:]]\n"
         "main()\n"
@@ -241,7 +241,7 @@ class DiskFull:
         self.out, self.kind, self.name, self.nth, self.kill = out, kind, name, nth, kill
         self.count, self.armed, self.fired, self.before = 0, False, False, None
         for which, attr in (("checkpoint", "save_checkpoint"), ("best", "save_model")):
-            monkeypatch.setattr(trainer_module, attr, self._save(which, getattr(trainer_module, attr)))
+            monkeypatch.setattr(run_folder, attr, self._save(which, getattr(run_folder, attr)))
         real_save = mx.save_safetensors
 
         def save_safetensors(file, arrays, metadata=None):

@@ -45,8 +45,8 @@ def test_every_data_file_of_the_packages_is_in_the_wheel():
 def test_the_rules_would_catch_a_missing_header():
     """The check itself: the header rule removed, common.h is reported."""
     rules = {k: [p for p in v if p != "*.h"] for k, v in _package_data().items()}
-    assert not _shipped(ROOT / "mlx_specialize" / "native" / "common.h", rules)
-    assert _shipped(ROOT / "mlx_specialize" / "native" / "common.h", _package_data())
+    assert not _shipped(ROOT / "mlx_specialize" / "accel" / "native" / "common.h", rules)
+    assert _shipped(ROOT / "mlx_specialize" / "accel" / "native" / "common.h", _package_data())
 
 
 def test_every_source_the_native_build_reads_exists():

@@ -196,6 +196,74 @@ def test_the_step_takes_the_gradient_of_the_mean_loss_over_all_target_tokens(tok
     assert error < 1e-4, f"{name}: the applied gradient is {error:.3g} off the plain one (measured ~6e-7)"
 
 
+def test_the_loop_takes_its_loss_and_tells_its_callbacks_what_it_logs(tokenizer, tmp_path):
+    """A loss given to the trainer is the one its compiled step differentiates (twice the
+    plain loss: twice its gradient, under SGD whose update is linear in it), and the
+    callbacks hear every record the run logs, in order, as metrics.jsonl holds them."""
+    from mlx_specialize.train.parallel import training_loss
+    from mlx_specialize.train.trainer import TrainingCallback
+
+    rows = _uneven_rows(tokenizer)
+    mx.random.seed(0)
+    model = ms.Model(ms.get_preset("tiny").model_args(tokenizer.vocab_size))
+    want_loss, want = _plain_loss_and_grads(model, rows, tokenizer.bos_id)
+    before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+
+    class Heard(TrainingCallback):
+        def __init__(self):
+            self.train, self.valid = [], []
+
+        def on_train_loss_report(self, info):
+            self.train.append(info)
+
+        def on_val_loss_report(self, info):
+            self.valid.append(info)
+
+    heard = Heard()
+    lr = 2.0**10
+    cfg = ms.TrainConfig(steps=1, batch_size=8, context=32, streams=1, clip=1e9, log_every=1)
+    doubled = lambda *args: 2 * training_loss(*args)  # noqa: E731
+    trainer = ms.Trainer(model, tokenizer, None, None, cfg, tmp_path, batches=_Rows(rows, 8), loss=doubled,
+                         callbacks=[heard])
+    trainer.optimizer = optim.SGD(learning_rate=lr)
+    trainer.optimizer.init(model.trainable_parameters())
+    trainer.run()
+    got = {k: (before[k] - np.array(v)) / lr for k, v in tree_flatten(model.trainable_parameters())}
+    assert trainer.history[-1]["loss"] == pytest.approx(2 * want_loss, rel=1e-5)
+    error, name = _relative_error(got, {k: 2 * v for k, v in want.items()})
+    assert error < 1e-4, f"{name}: {error:.3g} off twice the plain gradient"
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert heard.train == [r for r in logged if r["event"] == "train"] and heard.valid == [] and len(heard.train) == 1
+
+
+def test_a_model_reports_its_own_flops_and_the_trainer_counts_them(tokenizer, tmp_path):
+    """A projected network costs its dense SLM's FLOPs plus making its MLP weights once
+    per micro-batch: h multiply-adds for each of the 3 L D F MLP weights, forward and
+    backward (x3), spread over the micro-batch's tokens. The trainer's budget counts that."""
+    from mlx_specialize.models.projected import ProjectedModel, ProjectionArgs
+
+    args = ms.get_preset("tiny").model_args(tokenizer.vocab_size)
+    D, F, L, h, B, T = args.hidden_size, args.intermediate_size, args.num_hidden_layers, 3, 4, 32
+    dense, pn = ms.Model(args), ProjectedModel(args, ProjectionArgs("pn", experts=2, basis=h))
+    made = 3 * 2 * h * (3 * L * D * F)  # per micro-batch, by hand
+    assert dense.flops_per_token(T, batch_tokens=B * T) == ms.flops_per_token(args, T)
+    assert pn.flops_per_token(T, batch_tokens=B * T) == pytest.approx(ms.flops_per_token(args, T) + made / (B * T))
+
+    class Conditioned:  # the same B rows of real text each batch, all of cluster 0
+        def __init__(self, rows):
+            self.rows = rows
+
+        def batch(self, i):
+            return self.rows[:B]
+
+        def condition(self, i):
+            return np.array([1.0, 0.0], np.float32)
+
+    cfg = ms.TrainConfig(steps=2, batch_size=B, context=T, streams=1, log_every=1)
+    summary = ms.Trainer(pn, tokenizer, None, None, cfg, tmp_path, batches=Conditioned(_uneven_rows(tokenizer))).run()
+    assert summary["flops"] == pytest.approx(2 * B * T * ms.flops_per_token(args, T) + 2 * made)
+
+
 def test_resuming_a_finished_run_returns_it_and_an_early_stop_stays_stopped(tiny_model_dir, cache_dir, tmp_path):
     """`--resume` on a run that ended (early-stopped here) trains no further: its summary
     comes back and no file changes; killed after its last checkpoint but before its

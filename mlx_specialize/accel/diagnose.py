@@ -67,6 +67,7 @@ def platform_report() -> dict:
         "matmul_gflops_f32": round(gflops, 1),
         "reference_blas_gflops_f32": None if reference is None else round(reference, 1),
         "blas_speedup": None if not reference else round(gflops / reference, 1),
+        "dtype": "float32",  # weights and optimizer state, everywhere; --precision bf16 rounds products only
         "cpu_fast_math": fastmath.status(),
         "cpu_kernels": fastmath.kernels_status(),
         "bf16_training": bf16.status(),

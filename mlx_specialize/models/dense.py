@@ -228,6 +228,11 @@ class Model(nn.Module):
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]
 
+    def flops_per_token(self, context: int, training: bool = True, batch_tokens: int | None = None) -> float:
+        """FLOPs per token at `context` (see `flops_per_token`); `batch_tokens`, the
+        tokens of one forward pass, changes nothing for a dense model."""
+        return flops_per_token(self.args, context, training)
+
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop what Hugging Face llama checkpoints store but this model computes:
         rotary frequency tables, and `lm_head` when the embeddings are tied."""

@@ -40,7 +40,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import SpecializeError
 from ..layers import MatmulT, SwiGLU
-from .dense import LlamaModel, Model, ModelArgs, attention_mask, count_params
+from .dense import LlamaModel, Model, ModelArgs, attention_mask, count_params, flops_per_token
 
 MODEL_TYPE = "mlxspec-projected"
 ARCHS = ("pn", "soup")
@@ -182,10 +182,17 @@ class ProjectedModel(nn.Module):
         """config.json: the dense fields, our model type, the projection."""
         return {**self.args.to_dict(), "model_type": MODEL_TYPE, "projection": asdict(self.projection)}
 
-    def generation_flops(self) -> float:
-        """FLOPs to make all MLP weights once, forward and backward (3x)."""
+    def generation_flops(self, training: bool = True) -> float:
+        """FLOPs to make all MLP weights once: h multiply-adds per MLP weight, forward,
+        and backward too (3x) when `training`."""
         mlp = 3 * self.args.hidden_size * self.args.intermediate_size * self.args.num_hidden_layers
-        return 3 * 2 * self.projection.basis * mlp
+        return (3 if training else 1) * 2 * self.projection.basis * mlp
+
+    def flops_per_token(self, context: int, training: bool = True, batch_tokens: int | None = None) -> float:
+        """FLOPs per token of the network: the dense SLM it runs as, plus making its MLP
+        weights, once per forward pass of `batch_tokens` tokens (one condition per batch)."""
+        dense = flops_per_token(self.args, context, training)
+        return dense + (self.generation_flops(training) / batch_tokens if batch_tokens else 0.0)
 
 
 def param_counts(model: ProjectedModel) -> dict[str, int]:

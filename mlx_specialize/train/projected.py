@@ -189,7 +189,6 @@ def pretrain_projected(clusters, generic: TokenizedSplit, valid: TokenizedSplit,
     meta = {"job": "pretrain", "arch": arch, "preset": preset.name, "corpus": clusters.meta["generic"],
             "clusters": str(clusters.folder), "window": window, "lr": cfg.lr, "batch_size": cfg.batch_size}
     trainer = Trainer(model, tokenizer, generic, None, cfg, out_dir, meta, batches=batches, evaluator=evaluator)
-    trainer.flops_per_token += model.generation_flops() / (cfg.batch_size * cfg.context)
     summary = trainer.run(resume=resume, overwrite=overwrite)
     return {**summary, "params": counts}
 

@@ -1,26 +1,25 @@
 """The training loop: one compiled step over explicit state, budget accounting,
 validation with early stopping, exact resume.
 
+The loop takes its parts, as mlx-lm's `tuner/trainer.py` does: the model (which reports
+its own FLOPs per token), the `loss` (default `parallel.training_loss`), the `batches`
+(default: shuffled packed windows of the train split) and `callbacks` told of every
+training and validation report. The run folder (files, checkpoints, what a resume
+finds) is `run_folder.RunFolder`'s.
+
 State = model weights + optimizer state (AdamW moments, step counter) + an explicit
 PRNG key. `step(batch)` is compiled once with `mx.compile(inputs=state, outputs=state)`;
 batches always have the shape [grad_accum, batch_size, context + 1], so it never
 recompiles. Batch i of the run is `PackedWindows.batch(i)`, a pure function of i, so a
 run resumed from a checkpoint sees exactly the batches it would have seen.
 
-The run folder:
-    RUN/config.json, model.safetensors, tokenizer.*   best model (mlx-lm loadable)
-    RUN/metrics.jsonl                                one JSON object per log/eval
-    RUN/summary.json                                 final budget and quality figures
-    RUN/checkpoints/step_*/                          full state, the last K kept
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
-import shutil
 import signal
 import sys
 import threading
@@ -38,15 +37,13 @@ from mlx.utils import tree_map
 from .. import accel, ui
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import PackedWindows, TokenizedSplit, target_mask
-from ..errors import Interrupted, SpecializeError
-from ..runtime.files import atomic_write_bytes
-from ..models.dense import Model, flops_per_token
-from ..models.io import save_model
-from ..runtime import distributed as dist
-from .checkpoint import checkpoint_dirs, load_checkpoint, refuse_existing_run, save_checkpoint
-from .evaluate import evaluate, make_eval_fn
 from ..accel import auto_streams, blas_per_stream, make_streams
+from ..errors import Interrupted, SpecializeError
+from ..models.dense import Model
+from ..runtime import distributed as dist
+from .evaluate import evaluate, make_eval_fn
 from .parallel import clip_and_update, training_loss
+from .run_folder import RunFolder
 
 
 @dataclass
@@ -120,6 +117,18 @@ class Budget:
     seconds: float = 0.0
 
 
+class TrainingCallback:
+    """What the loop tells its callbacks (mlx-lm's `TrainingCallback`): each record it
+    logs, a dict with "step", "tokens" and the figures ("loss", "grad_norm", "lr",
+    "tok_s", ... for training; "valid_loss", "valid_ppl", "valid_bpb" for validation)."""
+
+    def on_train_loss_report(self, info: dict) -> None:
+        pass
+
+    def on_val_loss_report(self, info: dict) -> None:
+        pass
+
+
 class Trainer:
     """Trains `model` on `train` windows, validating on `valid` (optional)."""
 
@@ -134,13 +143,16 @@ class Trainer:
         meta: dict | None = None,
         batches=None,
         evaluator=None,
+        loss=None,
+        callbacks: tuple[TrainingCallback, ...] = (),
     ):
         """`batches` replaces the shuffled windows of `train`: any object whose
         `batch(i)` gives batch i's rows, int32 [batch_size, context + 1], a pure
         function of i; if it also has `condition(i)` (float32 [n]), the model runs as
         `model.conditioned(condition(i))(x)` (the projected network's expert, or a soup's
         domain weights; its MLP weights made once per batch). `evaluator(model) -> EvalResult` replaces the plain
-        validation on `valid`."""
+        validation on `valid`. `loss(model, x, y, streams, bos_id, count)` is the
+        training loss of one micro-batch (default `parallel.training_loss`)."""
         accel.check_precision(config.precision)  # bf16: builds its C++ matmul on first use
         # the platform's accelerated layers, used inside the step's accel.scope; builds the
         # C++ kernels here (once per machine), not inside the first timed step
@@ -152,7 +164,9 @@ class Trainer:
         self.windows = batches or PackedWindows(train.tokens, config.context, config.batch_size, config.seed)
         self.conditioned = hasattr(self.windows, "condition")
         self.evaluator = evaluator
-        self.flops_per_token = flops_per_token(model.args, config.context)
+        self.loss, self.callbacks = loss or training_loss, tuple(callbacks)
+        # the model's own count: a projected network adds making its MLP weights, once per micro-batch
+        self.flops_per_token = model.flops_per_token(config.context, batch_tokens=config.batch_size * config.context)
         self.optimizer = optim.AdamW(
             learning_rate=lr_schedule(config),
             betas=list(config.betas),
@@ -166,6 +180,7 @@ class Trainer:
         # every global batch; alone, all of them.
         self.world = dist.world()
         self.rows = self.world.rows(config.batch_size)
+        self.folder = RunFolder(run_dir, self.world)
         local_rows = self.rows.stop - self.rows.start
         self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local))
         accel.keep_freed_buffers()  # CPU: reuse the step's large buffers
@@ -180,7 +195,7 @@ class Trainer:
         model, optimizer, cfg = self.model, self.optimizer, self.cfg
         state = [model.state, optimizer.state, self.rng]
 
-        streams, bos_id, world = self.streams, self.tokenizer.bos_id, self.world
+        streams, bos_id, world, training_loss = self.streams, self.tokenizer.bos_id, self.world, self.loss
 
         def loss_fn(model, x, y, cond, count):
             # Summed NLL of this rank's rows / the global batch's target count, x world
@@ -252,10 +267,12 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
-        if not self.world.is_main:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.folder.log(record)
+        for callback in self.callbacks:
+            if record["event"] == "valid":
+                callback.on_val_loss_report(record)
+            else:
+                callback.on_train_loss_report(record)
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> dict | None:
         """Check the run folder and return the checkpoint state to resume from, if any.
@@ -280,44 +297,13 @@ class Trainer:
         return state
 
     def _prepare_local(self, resume: bool, overwrite: bool) -> dict | None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpts = checkpoint_dirs(self.run_dir)
-        metrics = self.run_dir / "metrics.jsonl"
-        if resume and ckpts:
-            state = load_checkpoint(ckpts[-1], self.model, self.optimizer, self.tokenizer.fingerprint)
+        state = self.folder.start(resume, overwrite, self.model, self.optimizer, self.tokenizer.fingerprint)
+        if state is not None:
             self._restore(state)
-            if metrics.exists():  # drop what was logged after the checkpoint (and a line cut by a kill)
-                kept = [line for line in metrics.read_text().splitlines() if _logged_at_most(line, self.step)]
-                atomic_write_bytes(metrics, "".join(line + "\n" for line in kept).encode())
-            ui.info(f"resuming {self.run_dir} from step {self.step}")
-            return state
-        refuse_existing_run(self.run_dir, overwrite, resume)
-        # A new run: nothing of an old one may survive to be resumed from or reported
-        # (an old run's later checkpoints would be picked by the next --resume).
-        for old in (metrics, self.run_dir / "summary.json"):
-            if old.exists():
-                old.unlink()
-        shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
-        return None
-
-    def _finished(self) -> dict | None:
-        """The summary of the same run (configuration and tokenizer) already ended in
-        this folder, its last checkpoint at the summary's step: a resume returns it
-        instead of training on. (A resume with more steps continues the run.)"""
-        try:
-            summary = json.loads((self.run_dir / "summary.json").read_text())
-            ckpts = checkpoint_dirs(self.run_dir)
-            state = json.loads((ckpts[-1] / "state.json").read_text()) if ckpts else {}
-        except (OSError, ValueError):
-            return None
-        same = (state.get("config") == json.loads(json.dumps(self.cfg.to_dict())) and state.get("tokenizer") == self.tokenizer.fingerprint
-                and isinstance(summary, dict) and summary.get("steps") == state.get("step"))
-        return summary if same else None
+        return state
 
     def checkpoint(self) -> Path | None:
-        if not self.world.is_main:
-            return None
-        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self._state(), self.cfg.keep_checkpoints)
+        return self.folder.checkpoint(self.step, self.model, self.optimizer, self._state(), self.cfg.keep_checkpoints)
 
     # ---- validation --------------------------------------------------------------
     def validate(self) -> float:
@@ -338,9 +324,7 @@ class Trainer:
         return result.loss
 
     def _save_best(self) -> None:
-        if not self.world.is_main:
-            return
-        save_model(self.model, self.run_dir, self.tokenizer, {**self.meta, "step": self.step, "context": self.cfg.context})
+        self.folder.save_best(self.model, self.tokenizer, {**self.meta, "step": self.step, "context": self.cfg.context})
 
     # ---- the loop ----------------------------------------------------------------
     def run(self, resume: bool = False, overwrite: bool = False) -> dict:
@@ -359,12 +343,12 @@ class Trainer:
 
     def _run(self, resume: bool, overwrite: bool) -> dict:
         cfg = self.cfg
-        if resume and self.world.size == 1 and (summary := self._finished()) is not None:
+        if resume and self.world.size == 1 and \
+                (summary := self.folder.finished(cfg.to_dict(), self.tokenizer.fingerprint)) is not None:
             ui.info(f"{self.run_dir} already finished at step {summary['steps']}")
             return summary
         self._prepare_run_dir(resume, overwrite)
-        if self.world.is_main:
-            atomic_write_bytes(self.run_dir / "run.json", json.dumps({"train": cfg.to_dict(), **self.meta}, indent=2).encode())
+        self.folder.write_json("run.json", {"train": cfg.to_dict(), **self.meta})
         self._eval_fn = make_eval_fn(self.model, self.streams) if self.valid is not None and not self.evaluator else None
         step_fn = self._build_step()
         validating = self.valid is not None or self.evaluator is not None
@@ -417,9 +401,9 @@ class Trainer:
                         ui.info(f"early stop at step {self.step}: no better validation loss in {cfg.patience} evaluations")
                         break
         except KeyboardInterrupt:  # a second Ctrl-C: at once, mid-step, so no checkpoint of this state
-            last = checkpoint_dirs(self.run_dir)
+            last = self.folder.last_checkpoint()
             raise Interrupted(f"interrupted at step {self.step}, without a checkpoint; "
-                              + (f"--resume continues from {last[-1].name}" if last else "no checkpoint yet"),
+                              + (f"--resume continues from {last.name}" if last else "no checkpoint yet"),
                               step=self.step, run_dir=self.run_dir) from None
         if not validating:
             self._save_best()
@@ -438,8 +422,7 @@ class Trainer:
             "final_train_loss": next((h["loss"] for h in reversed(self.history) if h["event"] == "train"), None),
             **({"processes": self.world.size} if self.world.size > 1 else {}),
         }
-        if self.world.is_main:
-            atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        self.folder.write_json("summary.json", summary)
         return summary
 
 
@@ -468,11 +451,3 @@ class StopBetweenSteps:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _logged_at_most(line: str, step: int) -> bool:
-    """Whether a metrics.jsonl line is whole and logged at or before `step`."""
-    try:
-        return json.loads(line)["step"] <= step
-    except (ValueError, KeyError, TypeError):
-        return False
