@@ -23,7 +23,8 @@ from ..models.io import load_model, model_context
 from ..models.presets import Preset
 from ..runtime import distributed as dist
 from .evaluate import EvalResult, evaluate
-from .trainer import TrainConfig, Trainer
+from .config import TrainConfig
+from .trainer import Trainer
 
 FOREIGN_LR = 3e-5  # full fine-tuning rate for a pre-trained model from elsewhere (AdamW)
 

@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -41,80 +40,16 @@ from ..accel import auto_streams, blas_per_stream, make_streams
 from ..errors import Interrupted, SpecializeError
 from ..models.dense import Model
 from ..runtime import distributed as dist
+from .config import Budget, TrainConfig, lr_schedule
 from .evaluate import evaluate, make_eval_fn
 from .parallel import clip_and_update, training_loss
 from .run_folder import RunFolder
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters and budget of one training run.
-
-    steps: optimizer steps at most (one step = grad_accum x batch_size windows of
-    `context` tokens); lr: peak learning rate after `warmup` linear steps, then
-    `schedule` ("cosine" to lr * min_lr_ratio, or "constant"); clip: max global
-    gradient norm (paper: 5.0); patience: stop after this many evaluations without a
-    better validation loss (0: never stop early); precision: "float32", or "bf16" for
-    mixed precision (float32 weights and optimizer, bf16 matrix products; accel/bf16.py)."""
-
-    steps: int
-    batch_size: int = 16
-    context: int = 256
-    grad_accum: int = 1
-    lr: float = 1e-3
-    warmup: int = 50
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    clip: float = 5.0
-    eval_every: int = 50
-    eval_tokens: int = 32_768
-    eval_batch_size: int = 8
-    patience: int = 0
-    seed: int = 0
-    log_every: int = 10
-    streams: int = 0  # parallel CPU streams per step (0: auto, see train/parallel.py)
-    precision: str = "float32"  # or "bf16": the linear layers' products in bfloat16 (accel/bf16.py)
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.grad_accum * self.batch_size * self.context
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def lr_schedule(cfg: TrainConfig):
-    """Linear warm-up from 0 to cfg.lr, then cosine decay or constant."""
-    warmup = max(0, min(cfg.warmup, cfg.steps - 1))
-    if cfg.schedule == "constant":
-        after = lambda step: mx.array(cfg.lr)  # noqa: E731
-    elif cfg.schedule == "cosine":
-        after = optim.cosine_decay(cfg.lr, max(cfg.steps - warmup, 1), cfg.lr * cfg.min_lr_ratio)
-    else:
-        raise SpecializeError(f"unknown schedule '{cfg.schedule}' (cosine or constant)")
-    if warmup == 0:
-        return after
-    return optim.join_schedules([optim.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
 
 
 def peak_memory_bytes() -> int:
     """Peak memory of this process: MLX's allocator peak, or the RSS peak, the larger."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return max(int(mx.get_peak_memory()), int(rss))
-
-
-@dataclass
-class Budget:
-    """Counters of what a run spent: tokens trained on, FLOPs, wall-clock seconds."""
-
-    tokens: int = 0
-    flops: float = 0.0
-    seconds: float = 0.0
 
 
 class TrainingCallback:
