@@ -14,6 +14,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 import mlx_specialize as ms
+from mlx_specialize import layers
 from mlx_specialize import accel
 from mlx_specialize.accel import bf16, fastmath, modules
 from mlx_specialize.models.projected import ProjectedModel, ProjectionArgs
@@ -129,3 +130,43 @@ def test_every_linear_product_is_in_bf16_inside_a_bf16_scope(name, monkeypatch):
     assert len(products) == 7 * layers + 1 + soup_alpha
     assert out.dtype == mx.float32 and not mx.array_equal(out, reference)  # rounded operands
     np.testing.assert_allclose(np.array(out), np.array(reference), atol=0.1)
+
+
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_the_fast_gelu_and_padded_attention_equal_mlx_in_value_and_gradient(kernels, monkeypatch):
+    """BERT's layers (data/minilm.py): the exact GELU (the C++ kernel, or fastmath's erf
+    from vectorizable ops) and attention over padded keys (an additive mask, the fast
+    softmax) give MLX's values and gradients."""
+    monkeypatch.setenv("MLXSPEC_FAST_MATH", "1")
+    monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", kernels)
+    if kernels == "1" and fastmath.kernels() is None:
+        pytest.skip(f"no C++ kernels here: {fastmath.kernels_status()}")
+    x = mx.random.normal((4, 33, 96), key=mx.random.key(1)) * 3
+    gelu = nn.GELU()
+    plain = (gelu(x), mx.grad(lambda a: (gelu(a) * a).sum())(x))
+    accel.prepare(gelu)
+    assert type(gelu) is modules.GELU
+
+    def fast_gelu(a):
+        with accel.scope(fast=True):
+            return gelu(a)
+
+    fast = (mx.compile(fast_gelu)(x), mx.compile(mx.grad(lambda a: (fast_gelu(a) * a).sum()))(x))
+    np.testing.assert_allclose(np.array(fast[0]), np.array(plain[0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(fast[1]), np.array(plain[1]), rtol=1e-5, atol=1e-5)
+
+    q, k, v = (mx.random.normal((2, 4, 16, 8), key=mx.random.key(i)) for i in (2, 3, 4))
+    valid = mx.array([[1.0] * 16, [1.0] * 11 + [0.0] * 5])  # the second row's last 5 keys are padding
+    mask = ((1.0 - valid) * -1e9)[:, None, None, :]
+    attend = accel.prepare(layers.ScaledDotProductAttention(8**-0.5))
+
+    def loss(q, k, v, fast):
+        with accel.scope(fast=fast):
+            out = attend(q, k, v, mask)
+        return (out * out).sum(), out
+
+    (_, want), want_grads = mx.value_and_grad(lambda *a: loss(*a, False), argnums=(0, 1, 2))(q, k, v)
+    (_, got), got_grads = mx.value_and_grad(lambda *a: loss(*a, True), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-6)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(np.array(g), np.array(w), rtol=1e-4, atol=1e-5)

@@ -303,6 +303,55 @@ def silu(x: mx.array) -> mx.array:
     return _silu(x)[0]
 
 
+# erf(x) on [-4, 4] as a rational function (Eigen's and XLA's float erf; max error ~4e-7,
+# as MLX's own): x P(x^2) / Q(x^2), highest power first
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+def _erf(x: mx.array) -> mx.array:
+    """erf(x) for float32 x from multiplies, adds, a divide and a clamp (no custom gradient)."""
+    x = mx.minimum(mx.maximum(x, _c(-4.0)), _c(4.0))
+    x2 = x * x
+    p, q = _c(_ERF_P[0]), _c(_ERF_Q[0])
+    for a in _ERF_P[1:]:
+        p = p * x2 + _c(a)
+    for b in _ERF_Q[1:]:
+        q = q * x2 + _c(b)
+    return x * p / q
+
+
+@per_stream
+def gelu(stream):
+    """x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 for float32 x: the exact GELU (BERT's, MLX's
+    `nn.gelu`); gradient Phi(x) + x phi(x)."""
+
+    @mx.custom_function
+    def gelu(x: mx.array) -> mx.array:
+        shape, x = x.shape, _per_stream(x)
+        return (x * (_c(1.0) + _erf(x * _c(0.7071067811865476))) * _c(0.5)).reshape(shape)
+
+    @gelu.vjp
+    def gelu_vjp(primals, cotangent, output):
+        with mx.stream(stream):
+            x, g = _per_stream(primals), _per_stream(cotangent)
+            cdf = (_c(1.0) + _erf(x * _c(0.7071067811865476))) * _c(0.5)
+            density = _exp_nonpositive(x * x * _c(-0.5)) * _c(0.3989422804014327)
+            return (g * (cdf + x * density)).reshape(primals.shape)
+
+    return gelu
+
+
+def masked_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array) -> mx.array:
+    """softmax(q k^T scale + mask) v with the fast softmax, for an additive float32 `mask`
+    (finite, e.g. -1e9 on padded keys; broadcast to [B, H, L, S]): q, k, v [B, H, L|S, Dh]
+    -> [B, H, L, Dh]. BERT's padded batches."""
+    scores = (q @ k.swapaxes(-1, -2)) * scale + mask
+    return softmax(scores) @ v
+
+
 def _causal_blocks(length: int, block: int) -> list[tuple[int, int]]:
     """Query blocks [(start, stop)] of at most `block` rows covering `length`."""
     return [(a, min(a + block, length)) for a in range(0, length, block)]

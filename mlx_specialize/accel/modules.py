@@ -2,7 +2,7 @@
 them into a model from outside.
 
 Each class here subclasses the plain layer it replaces (mlx.nn's `Linear`, `RMSNorm`,
-`Embedding`; `layers.py`'s `SwiGLU`, `ScaledDotProductAttention`, `MatmulT`), has the
+`Embedding`, `GELU`; `layers.py`'s `SwiGLU`, `ScaledDotProductAttention`, `MatmulT`), has the
 same parameters, and inside an `accel.scope` computes the same values its platform's
 faster way; outside a scope it is the plain layer. So every model made of these layers
 (dense, projected, soup) gets the same kernels, and models/ holds no platform code.
@@ -71,13 +71,28 @@ class SwiGLU(layers.SwiGLU):
         return super().__call__(gate, up)
 
 
+class GELU(nn.GELU):
+    """`nn.GELU`; the exact (erf) one inside a fast scope: the C++ kernels' one-pass
+    `gelu`, or without them fastmath's from vectorizable ops."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self._approx != "none" or not fastmath.active(x):
+            return super().__call__(x)
+        kernels = fastmath.native(x)
+        return kernels.gelu(x) if kernels is not None else fastmath.gelu(x)
+
+
 class ScaledDotProductAttention(layers.ScaledDotProductAttention):
-    """MLX's fused attention; inside a fast scope, without a KV cache, fastmath's causal
-    attention in query blocks (the C++ kernel where built)."""
+    """MLX's fused attention; inside a fast scope, without a KV cache: for no mask or a
+    causal one, fastmath's attention in query blocks (the C++ kernel where built); for an
+    additive float32 mask (padded keys), scores and the fast softmax."""
 
     def __call__(self, q: mx.array, k: mx.array, v: mx.array, mask=None, cache=None) -> mx.array:
         if cache is None and fastmath.active(q):
-            return fastmath.attention(q, k, v, self.scale, mask)
+            if mask is None or isinstance(mask, str):
+                return fastmath.attention(q, k, v, self.scale, mask)
+            if isinstance(mask, mx.array) and mask.dtype == mx.float32 and k.shape[1] == q.shape[1]:
+                return fastmath.masked_attention(q, k, v, self.scale, mask)
         return super().__call__(q, k, v, mask, cache)
 
 
@@ -87,6 +102,7 @@ SWAPS = {
     nn.Linear: Linear,
     nn.Embedding: Embedding,
     nn.RMSNorm: RMSNorm,
+    nn.GELU: GELU,
     layers.MatmulT: MatmulT,
     layers.SwiGLU: SwiGLU,
     layers.ScaledDotProductAttention: ScaledDotProductAttention,

