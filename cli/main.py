@@ -790,52 +790,15 @@ def specialize(
     Interrupted (Ctrl-C, a crash, kill -9, a full disk)? Run the same command again: it
     continues from the first unfinished phase, in the same --out folder (without --out,
     the same command finds its own runs/ folder). A finished run's report is printed again."""
-    args = dict(domain=domain, generic=generic, method=method, base=base, preset=preset, out_dir=out_dir,
-                domain_tokens=domain_tokens, pretrain_tokens=pretrain_tokens, finetune_tokens=finetune_tokens,
-                vocab_size=vocab_size, lr=lr, seed=seed, overwrite=overwrite, k=k, embedder=embedder, window=window,
-                sampler=sampler, metric="cosine", select=select, expert_init=expert_init, basis=basis)
-    from mlx_specialize.specialize import run_plan
-
-    run = check_specialize_inputs(args, cache_dir)
-    warn_slow_paths()
-    report = run_plan(run, overwrite)
+    report = ms.specialize(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
+                           finetune_tokens, vocab_size, lr, seed, cache_dir, overwrite, k, embedder, window, sampler,
+                           "cosine", select, expert_init, basis)
     if not json_out:
         out.print(specialize_table(report))
         fin = report["phases"]["finetune"]
         out.print(f"generation: {report['gen_tok_s']:.0f} tok/s (batch 1); domain data: {fin['domain_tokens']:,} tokens"
                   f"{', early-stopped' if fin['stopped_early'] else ''}")
     emit(report, json_out)
-
-
-def check_specialize_inputs(args: dict, cache_dir: Path | None = None):
-    """Everything `specialize` can check before a pre-training that may take hours: the
-    choices, the run folder (an unfinished run of the same command continues; another
-    command's is refused), the domain data against one training window, and every
-    corpus it will read, read through for the splits it uses. Returns the resolved run
-    (`specialize.RunPlan`) to carry out."""
-    from mlx_specialize.data.corpus import default_generic
-    from mlx_specialize.data.embedding import EMBEDDERS
-    from mlx_specialize.data.selection import SAMPLERS
-    from mlx_specialize.methods import METHODS, get_method
-    from mlx_specialize.specialize import resolve_run
-
-    method, preset, domain_tokens = args["method"], args["preset"], args["domain_tokens"]
-    check_choice("--method", method, METHODS)
-    check_choice("--preset", preset, ms.PRESETS)
-    p = ms.get_preset(preset)
-    rules = get_method(method).select_rules
-    if rules:  # the other methods take no --select
-        check_choice("--select", args["select"], rules)
-    check_choice("--expert-init", args["expert_init"], ("scratch", "generic"))
-    check_choice("--embedder", args["embedder"], EMBEDDERS)
-    check_choice("--sampler", args["sampler"], SAMPLERS)
-    if args["base"] is None and domain_tokens is not None and domain_tokens < p.context + 1:
-        raise SpecializeError(f"--domain-tokens: {domain_tokens} tokens are fewer than one training window of the "
-                              f"'{preset}' preset ({p.context + 1} tokens)")
-    read_through(args["domain"], "train", "valid", "test")  # fine-tune, early stopping, the report
-    if args["base"] is None:  # pre-training reads the generic corpus' train and valid splits
-        read_through(args["generic"] or default_generic(args["domain"]), "train", "valid")
-    return resolve_run(**args, cache_dir=cache_dir)
 
 
 def specialize_table(report: dict) -> Table:

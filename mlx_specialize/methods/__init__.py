@@ -12,7 +12,7 @@ anything else that needs a method by name) goes through `get_method`.
 
 from __future__ import annotations
 
-from ..errors import SpecializeError
+from ..errors import check_choice
 from .base import Method, Prepared, Settings
 from .importance import ImportanceSampled
 from .mixture import Mixture
@@ -25,8 +25,8 @@ METHODS = tuple(REGISTRY)
 
 
 def get_method(name: str) -> Method:
-    if name not in REGISTRY:
-        raise SpecializeError(f"unknown method '{name}' (available: {', '.join(METHODS)})")
+    """The method named `name` (`--method`); refuses an unknown one naming the option."""
+    check_choice("--method", name, METHODS)
     return REGISTRY[name]
 
 

@@ -8,6 +8,7 @@ that `specialize` fine-tunes on the domain. The paper's costs split the same way
 `prepare` pays what the method pre-trains once for every domain (cached, so a later
 domain finds it done) and what it does per domain before fine-tuning (a selection, an
 instantiation, SLM-is's whole pre-training); `specialize` then fine-tunes and reports.
+`resolve` is the one check of a `specialize` call's options.
 Adding a method: one module in this package with a `Method` subclass, listed in
 `methods/__init__.py`'s registry.
 """
@@ -17,7 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpecializeError
+from ..data.clustering import METRICS
+from ..data.embedding import EMBEDDERS
+from ..data.selection import SAMPLERS
+from ..errors import SpecializeError, check_choice
+
+EXPERT_INITS = ("scratch", "generic")  # SLM-mix's experts start from scratch or from the generic SLM
 
 
 @dataclass
@@ -68,16 +74,20 @@ class Method:
     pretrains_per_domain = False  # SLM-is: its pre-training is paid per domain, not shared
 
     def resolve(self, settings: Settings) -> Settings:
-        """Fill the method's defaults in and check its options (before any work)."""
+        """Check the options of a `specialize` call, each refused naming its option (the
+        command line checks them nowhere else), and fill the method's defaults in. Only
+        looks at the values: runs before any file is read."""
+        if self.select_rules:  # the other methods take no --select
+            check_choice("--select", settings.select, self.select_rules)
+            settings.select = settings.select or self.select_rules[0]
+        check_choice("--expert-init", settings.expert_init, EXPERT_INITS)
+        check_choice("--embedder", settings.embedder, EMBEDDERS)
+        check_choice("--sampler", settings.sampler, SAMPLERS)
+        check_choice("--metric", settings.metric, METRICS)
         if settings.base is not None and self.name != "finetune":
             raise SpecializeError(f"--method {self.name} pre-trains its own base: drop --base")
         if settings.k is None:
             settings.k = self.default_k
-        if self.select_rules:
-            settings.select = settings.select or self.select_rules[0]
-            if settings.select not in self.select_rules:
-                raise SpecializeError(f"--method {self.name} takes --select {'|'.join(self.select_rules)}, "
-                                      f"not '{settings.select}'")
         return settings
 
     def prepare(self, settings: Settings) -> Prepared:

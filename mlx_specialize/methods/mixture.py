@@ -149,11 +149,6 @@ class Mixture(Method):
     default_k = 4
     select_rules = SELECT_RULES
 
-    def resolve(self, settings: Settings) -> Settings:
-        if settings.expert_init not in ("scratch", "generic"):
-            raise SpecializeError(f"unknown expert initialisation '{settings.expert_init}' (scratch or generic)")
-        return super().resolve(settings)
-
     def prepare(self, s: Settings) -> Prepared:
         """Pre-train (or reuse) k experts on `pretrain_tokens` generic tokens in all, then
         choose the domain's expert (`--select all`: every expert, for `specialize` to
