@@ -1,9 +1,10 @@
 """`mlxspec`: the command line. A thin Typer layer over `mlx_specialize`.
 
 Every command turns a bad input into one `error: ...` line on stderr and exit code 2
-(Ctrl-C: 130), and checks what it can before spending compute: option ranges (by the
-options' own types), output folders, and every corpus it will read, read through once;
-progress goes to stderr; results go to stdout (`--json`: one JSON object, last).
+(Ctrl-C: 130). Option ranges are checked by the options' own types; the library function
+a command calls checks the rest before spending compute: choices, output folders, and
+every corpus it will read, read through once. Progress goes to stderr; results go to
+stdout (`--json`: one JSON object, last).
 Everything printed from user data (corpus specs, paths, sample text) is plain text.
 """
 
@@ -13,13 +14,11 @@ import functools
 import json
 import math
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Optional
 
 try:  # these take seconds (MLX, the BLAS): Ctrl-C meanwhile is still exit 130, not a traceback
-    import numpy as np
     import typer
     from rich.console import Console
     from rich.markup import escape
@@ -29,8 +28,7 @@ try:  # these take seconds (MLX, the BLAS): Ctrl-C meanwhile is still exit 130, 
     from typer.core import TyperGroup
 
     import mlx_specialize as ms
-    from mlx_specialize import accel, ui
-    from mlx_specialize.accel import warn_slow_paths
+    from mlx_specialize import ui
     from mlx_specialize.errors import Interrupted, SpecializeError
     from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
 except KeyboardInterrupt:
@@ -163,23 +161,6 @@ def fail(message: str, code: int = 2):
 
 
 # ---- checks before any compute ------------------------------------------------------
-def read_through(spec: str | None, *splits: str) -> None:
-    """Read a corpus the command will use through now (`Corpus.check`): a truncated .gz,
-    a bad JSON line or an empty split fails in a second, before any compute."""
-    if spec:
-        ms.load_corpus(spec).check(splits)
-
-
-def check_run_folder(out_dir: Path, overwrite: bool, resume: bool = False) -> None:
-    """Refuse, before any work, to write a training run over one already in `out_dir`
-    (the trainer would refuse too, but only after tokenizing)."""
-    from mlx_specialize.train.checkpoint import refuse_existing_run
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SpecializeError(f"{out_dir} is a file, not a run folder")
-    refuse_existing_run(out_dir, overwrite, resume)
-
-
 def check_text(option: str, value: str) -> None:
     """Refuse a value that is not Unicode text: bytes of the command line that are not
     UTF-8 reach Python as lone surrogates, which no tokenizer can encode."""
@@ -187,28 +168,6 @@ def check_text(option: str, value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise SpecializeError(f"{option}: not UTF-8 text (check the terminal's encoding)") from None
-
-
-def check_choice(option: str, value, allowed) -> None:
-    """Refuse, naming the option, a value outside `allowed` (None: the option was not given)."""
-    if value is not None and value not in allowed:
-        raise SpecializeError(f"{option}: '{value}' is not one of {', '.join(map(str, allowed))}")
-
-
-def check_precision(precision: str | None) -> None:
-    """Before any data work: an unknown value names the option; a missing MKL (bf16 on an
-    x86 CPU) fails in a second."""
-    if precision is not None:
-        check_choice("--precision", precision, accel.PRECISIONS)
-        accel.check_precision(precision)
-
-
-def check_quantization(bits, group_size: int) -> None:
-    from mlx_specialize.models.export import GROUP_SIZES, QUANT_BITS
-
-    for value in bits if isinstance(bits, (list, tuple)) else [bits]:
-        check_choice("--quantize", value, QUANT_BITS)
-    check_choice("--group-size", group_size, GROUP_SIZES)
 
 
 def emit(result: dict, json_out: bool, table: Table | None = None) -> None:
@@ -247,25 +206,9 @@ def _train_options(**opts) -> dict:
 @handle_errors
 def doctor(json_out: bool = JSON_OPT):
     """Platform, device, versions, BLAS in use and measured matmul speed."""
-    from mlx_specialize.accel.diagnose import platform_report
+    from mlx_specialize.bench import platform_facts
 
-    try:
-        import mlx_lm
-
-        mlx_lm_version = mlx_lm.__version__
-    except Exception:  # mlx-lm missing or broken: doctor still reports the rest
-        mlx_lm_version = "not installed"
-    facts = platform_report()
-    report = {
-        "platform": facts.pop("platform"),
-        "cpu": facts.pop("cpu"),
-        "python": platform.python_version(),
-        "device": facts.pop("device"),
-        "mlx": facts.pop("mlx"),
-        "mlx_lm": mlx_lm_version,
-        "mlx_specialize": ms.__version__,
-        **facts,
-    }
+    report = platform_facts()
     if json_out:
         return emit(report, True)
     table = make_table("mlxspec doctor", "key", "value", show_header=False)
@@ -305,19 +248,12 @@ def tokenizer_train(
     quiet: bool = QUIET_OPT,
 ):
     """Train a SentencePiece BPE tokenizer (byte fallback) on a corpus sample."""
-    from mlx_specialize.train.jobs import fit_tokenizer
+    from mlx_specialize.train.jobs import train_tokenizer_folder
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SpecializeError(f"{out_dir} is a file; choose another folder")
-    if (out_dir / "tokenizer.model").exists():
-        raise SpecializeError(f"{out_dir}/tokenizer.model exists; choose another folder")
-    read_through(corpus, "train")
-    tok = fit_tokenizer(ms.load_corpus(corpus), vocab_size, sample_chars)
-    tok.save(out_dir)
-    result = {"tokenizer": str(out_dir / "tokenizer.model"), "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint}
+    result = train_tokenizer_folder(out_dir, corpus, vocab_size, sample_chars)
     if json_out:
         return emit(result, True)
-    out.print(f"wrote {result['tokenizer']} ({tok.vocab_size} tokens)")
+    out.print(f"wrote {result['tokenizer']} ({result['vocab_size']} tokens)")
 
 
 # ---- training --------------------------------------------------------------------
@@ -367,64 +303,17 @@ def pretrain_cmd(
     """Pre-train a model from scratch on a generic corpus.
 
     On N processes or Macs: `mlx.launch -n N -- mlxspec pretrain ...` (docs/distributed.md)."""
-    check_choice("--arch", arch, ("dense", "mix", "pn", "soup"))
-    check_choice("--preset", preset, ms.PRESETS)
-    check_precision(precision)
-    p = ms.get_preset(preset)
-    if arch != "mix":  # a mixture folder resumes its finished experts by itself
-        check_run_folder(out_dir, overwrite, resume)
-    if arch != "dense":
-        from mlx_specialize.methods import clusters as imp
+    from mlx_specialize.training import pretrain_run
 
-        if clusters is None:
-            raise SpecializeError(f"--arch {arch} needs --clusters (a folder from `mlxspec data cluster`)")
-        loaded, tok = imp.load_clusters(clusters), ms.Tokenizer.load(clusters)
-        read_through(loaded.meta["generic"], "train", "valid")
-    elif selection is not None:  # its windows replace the train split; validation stays on the corpus
-        read_through(json.loads((selection / "tokens.json").read_text())["generic"], "valid")
-    else:
-        read_through(generic, "train", "valid")
-    warn_slow_paths()
-    train_options = _train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum, warmup=warmup,
-                                   eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every,
-                                   precision=precision)
-    if arch != "dense":
-        cache = cache_dir or ms.default_cache_dir()
-        split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache)
-    if arch in ("pn", "soup"):
-        from mlx_specialize.train.projected import pretrain_projected
-
-        valid, valid_labels = imp.clustered_valid(loaded, tok, cache)
-        summary = pretrain_projected(
-            loaded, split, valid, valid_labels, tok, p, out_dir, tokens, arch, expert_dim=expert_dim, basis=basis,
-            support=soup_support, seed=seed, resume=resume, overwrite=overwrite,
-            **train_options)
-        summary = {"model": str(out_dir), "arch": arch, **summary, "params": summary["params"]["total"],
-                   "active_params": summary["params"]["active"]}
-        return emit(summary, json_out, _summary_table(f"pre-trained a '{preset}' {arch} -> {out_dir}", summary))
-    if arch == "mix":
-        from mlx_specialize.methods.mixture import pretrain_mixture
-
-        meta = pretrain_mixture(loaded, split, tok, p, out_dir, tokens // loaded.k, cache_dir, seed, init_from=init,
-                                **train_options)
-        return emit(meta, json_out, _summary_table(f"pre-trained {loaded.k} '{preset}' experts -> {out_dir}",
-                                                   {k: v for k, v in meta.items() if k != "experts"}))
-    tok = ms.Tokenizer.load(tokenizer) if tokenizer else None
-    if tok is None and resume and (out_dir / "tokenizer.model").exists():
-        tok = ms.Tokenizer.load(out_dir)
-    train_split = None
-    if selection is not None:
-        from mlx_specialize.methods.importance import load_selected
-
-        train_split, tok = load_selected(selection), ms.Tokenizer.load(selection)
-        generic = json.loads((selection / "tokens.json").read_text())["generic"]
-    if init is not None and tok is None:
-        tok = ms.Tokenizer.load(init)
-    result = ms.pretrain(generic, p, out_dir, tokens, tokenizer=tok, vocab_size=vocab_size, cache_dir=cache_dir,
-                         resume=resume, overwrite=overwrite, seed=seed, train_split=train_split, init_from=init,
-                         **train_options)
-    summary = {"model": str(result.model_dir), **result.summary}
-    emit(summary, json_out, _summary_table(f"pre-trained {preset} -> {out_dir}", summary))
+    summary = pretrain_run(out_dir, arch, generic, preset, tokens, seed, resume, overwrite, cache_dir,
+                           vocab_size=vocab_size, tokenizer=tokenizer, selection=selection, clusters=clusters,
+                           init=init, basis=basis, expert_dim=expert_dim, soup_support=soup_support,
+                           **_train_options(lr=lr, batch_size=batch_size, context=context, grad_accum=grad_accum,
+                                            warmup=warmup, eval_every=eval_every, patience=patience,
+                                            checkpoint_every=checkpoint_every, precision=precision))
+    what = {"dense": preset, "mix": f"{summary.get('k')} '{preset}' experts"}.get(arch, f"a '{preset}' {arch}")
+    emit(summary, json_out, _summary_table(f"pre-trained {what} -> {out_dir}",
+                                          {k: v for k, v in summary.items() if k != "experts"}))
 
 
 @app.command("finetune")
@@ -454,15 +343,12 @@ def finetune_cmd(
     """Fine-tune a model on a domain, early-stopping on the domain's valid split.
 
     On N processes or Macs: `mlx.launch -n N -- mlxspec finetune ...` (docs/distributed.md)."""
-    check_precision(precision)
-    check_run_folder(out_dir, overwrite, resume)
-    read_through(domain, "train", "valid")
-    warn_slow_paths()
-    result = ms.finetune(model, domain, out_dir, domain_tokens, tokens, cache_dir=cache_dir, resume=resume,
-                         overwrite=overwrite, seed=seed,
-                         **_train_options(lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
-                                          eval_every=eval_every, patience=patience, checkpoint_every=checkpoint_every, precision=precision))
-    summary = {"model": str(result.model_dir), **result.summary}
+    from mlx_specialize.training import finetune_run
+
+    summary = finetune_run(model, domain, out_dir, domain_tokens, tokens, seed, resume, overwrite, cache_dir,
+                           **_train_options(lr=lr, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
+                                            eval_every=eval_every, patience=patience,
+                                            checkpoint_every=checkpoint_every, precision=precision))
     emit(summary, json_out, _summary_table(f"fine-tuned {model} on {domain} -> {out_dir}", summary))
 
 
@@ -479,10 +365,9 @@ def eval_cmd(
     quiet: bool = QUIET_OPT,
 ):
     """Perplexity and bits per byte of a model on a corpus split."""
-    check_choice("--split", split, ("train", "valid", "test"))
-    read_through(corpus, split)
-    result = ms.evaluate_model(model, corpus, split, cache_dir, max_tokens=max_tokens)
-    report = {"model": str(model), "corpus": corpus, "split": split, **result.to_dict()}
+    from mlx_specialize.train.jobs import evaluate_split
+
+    report = evaluate_split(model, corpus, split, cache_dir, max_tokens)
     emit(report, json_out, _summary_table(f"{model} on {corpus}:{split}", report))
 
 
@@ -523,18 +408,10 @@ def export(
     quiet: bool = QUIET_OPT,
 ):
     """Write a model as an mlx-lm folder (mlx_lm.generate / server / lora load it), optionally quantized."""
-    from mlx_specialize.models.export import export_model
+    from mlx_specialize.bench import export_and_compare
 
-    _check_dtype(dtype)
-    if quantize is not None:
-        check_quantization(quantize, group_size)
-    read_through(eval_corpus, "test")
-    report = export_model(model, out_dir, quantize, group_size, dtype, overwrite)
-    if eval_corpus:
-        before = ms.evaluate_model(model, eval_corpus, "test", cache_dir, max_tokens=eval_tokens)
-        after = ms.evaluate_model(out_dir, eval_corpus, "test", cache_dir, max_tokens=eval_tokens)
-        report.update(eval_corpus=eval_corpus, ppl_source=before.ppl, ppl_export=after.ppl,
-                      bpb_source=before.bits_per_byte, bpb_export=after.bits_per_byte)
+    report = export_and_compare(model, out_dir, quantize, group_size, dtype, overwrite, eval_corpus, eval_tokens,
+                                cache_dir)
     emit(report, json_out, _summary_table(f"exported {model} -> {out_dir}", report))
 
 
@@ -557,38 +434,19 @@ def instantiate(
     quiet: bool = QUIET_OPT,
 ):
     """Make the dense SLM of a domain, a cluster or cluster weights from a pn / soup, in closed form."""
-    from mlx_specialize.models.projected import one_hot, read_projected_config
-    from mlx_specialize.methods.projected import instantiate_for_domain
-    from mlx_specialize.train.projected import instantiate_folder
+    from mlx_specialize.methods.projected import instantiate_network
 
-    config = read_projected_config(network)
-    if sum(x is not None for x in (domain, cluster, weights)) != 1:
-        raise SpecializeError("give exactly one of --domain, --cluster or --weights")
-    if (out_dir / "config.json").exists() and not overwrite:
-        raise SpecializeError(f"{out_dir} already holds a model (pass --overwrite to replace it)")
-    read_through(domain, "train")
-    k = config["projection"]["experts"]
-    if domain is not None:
-        result = instantiate_for_domain(network, out_dir, domain, select, domain_tokens, cache_dir)
-    else:
-        if cluster is not None:
-            cond = np.array(one_hot(cluster, k))
-        else:
-            try:
-                cond = np.array([float(x) for x in weights.split(",")])
-            except ValueError:
-                raise SpecializeError(f"--weights must be {k} comma-separated numbers, not '{weights}'") from None
-        instantiate_folder(network, out_dir, cond, {"cluster": cluster} if cluster is not None else {})
-        result = {"cluster": cluster} if cluster is not None else {"weights": cond.tolist()}
-    result = {"model": str(out_dir), "arch": config["projection"]["arch"], **result}
+    if weights is not None:
+        try:
+            weights = [float(x) for x in weights.split(",")]
+        except ValueError:
+            raise SpecializeError(f"--weights: '{weights}' is not comma-separated numbers") from None
+    result = instantiate_network(network, out_dir, domain, select, domain_tokens, cluster, weights, overwrite,
+                                 cache_dir)
     if json_out:
         return emit(result, True)
     chosen = f"cluster {result['cluster']}" if "cluster" in result else "the given cluster weights"
     out.print(f"wrote the dense SLM of {chosen} of {network} -> {out_dir}")
-
-
-def _check_dtype(dtype: Optional[str]) -> None:
-    check_choice("--dtype", dtype, ("float32", "float16", "bfloat16"))
 
 
 @app.command()
@@ -612,10 +470,6 @@ def bench(
     """Inference speed, memory, size, bandwidth bound and serving cost of models on this device."""
     from mlx_specialize.bench import BenchConfig, run_bench
 
-    _check_dtype(dtype)
-    if quantize:
-        check_quantization(quantize, group_size)
-    read_through(eval_corpus, "test")
     cfg = BenchConfig(prompt_tokens, generation_tokens, batch_size, trials, seed, tuple(quantize), group_size, dtype,
                       eval_corpus, eval_tokens, str(cache_dir) if cache_dir else None)
     report = run_bench(models, cfg)
@@ -658,21 +512,9 @@ def data_embed(
     quiet: bool = QUIET_OPT,
 ):
     """Embed the generic corpus's windows (resumable float16 shards in the cache)."""
-    import time
+    from mlx_specialize.methods.clusters import embed_corpus
 
-    from mlx_specialize.methods import clusters as imp
-    from mlx_specialize.data.embedding import EMBEDDERS
-
-    check_choice("--embedder", embedder, EMBEDDERS)
-    read_through(generic, "train")
-    cache = cache_dir or ms.default_cache_dir()
-    tok = ms.Tokenizer.load(tokenizer) if tokenizer else imp.generic_tokenizer(generic, vocab_size, cache)
-    t0 = time.perf_counter()
-    embedded = imp.embed_generic(generic, tok, embedder, window, cache, max_windows)
-    seconds = time.perf_counter() - t0
-    report = {"embeddings": str(embedded.folder), "windows": int(len(embedded.vectors)),
-              "dim": int(embedded.vectors.shape[1]), "window": window, "embedder": embedded.settings,
-              "seconds": seconds}
+    report = embed_corpus(generic, embedder, window, tokenizer, vocab_size, max_windows, cache_dir)
     emit(report, json_out, _summary_table(f"embedded {generic}", {k: v for k, v in report.items() if k != "embedder"}))
 
 
@@ -689,17 +531,9 @@ def data_cluster(
     quiet: bool = QUIET_OPT,
 ):
     """k-means over the generic embeddings; keeps centroids, labels, embedder state."""
-    from mlx_specialize.methods import clusters as imp
-    from mlx_specialize.data.clustering import METRICS
+    from mlx_specialize.methods.clusters import cluster_embeddings
 
-    check_choice("--metric", metric, METRICS)
-    if (out_dir / "clusters.safetensors").exists() and not overwrite:
-        raise SpecializeError(f"{out_dir} already holds clusters (pass --overwrite to replace them)")
-    clusters = imp.cluster_folder(embeddings, k, out_dir, metric, seed)
-    counts = np.bincount(clusters.labels, minlength=clusters.k)
-    report = {"clusters": str(out_dir), "k": clusters.k, "windows": int(len(clusters.labels)),
-              "inertia": clusters.meta["inertia"], "iterations": clusters.meta["iterations"],
-              "smallest": int(counts.min()), "largest": int(counts.max())}
+    report = cluster_embeddings(embeddings, k, out_dir, metric, seed, overwrite)
     emit(report, json_out, _summary_table(f"k-means over {embeddings}", report))
 
 
@@ -719,23 +553,9 @@ def data_select(
     quiet: bool = QUIET_OPT,
 ):
     """Resample generic windows so their cluster histogram matches the domain's."""
-    from mlx_specialize.data.selection import SAMPLERS
-    from mlx_specialize.methods import clusters as imp
-    from mlx_specialize.methods.importance import report as selection_report, select_tokens
+    from mlx_specialize.methods.importance import select_for_domain
 
-    check_choice("--sampler", sampler, SAMPLERS)
-    if (out_dir / "tokens.json").exists() and not overwrite:
-        raise SpecializeError(f"{out_dir} already holds a selection (pass --overwrite to replace it)")
-    cache = cache_dir or ms.default_cache_dir()
-    loaded = imp.load_clusters(clusters)
-    read_through(domain, "train")
-    read_through(loaded.meta["generic"], "train")
-    tok = ms.Tokenizer.load(clusters)
-    generic_split = imp.corpus_split(loaded.meta["generic"], "train", tok, cache)
-    domain_split = imp.corpus_split(domain, "train", tok, cache, domain_tokens)
-    labels = imp.domain_histogram_labels(loaded, domain_split, tok, cache)
-    _, selection = select_tokens(loaded, generic_split, labels, tokens, out_dir, sampler, seed)
-    report = selection_report(selection, loaded, generic_split, tok, out_dir)
+    report = select_for_domain(clusters, domain, tokens, out_dir, domain_tokens, sampler, seed, overwrite, cache_dir)
     if json_out:
         return emit(report, True)
     table = make_table(f"{sampler} sampler: {report['windows']:,} windows -> {out_dir} "
