@@ -1,5 +1,6 @@
 """`mlxspec`'s options, each declared once: what commands share first, then each
-command's own, in the order of main.py.
+command's own in a namespace named after it (its parameters' names), in the order of
+main.py and data.py.
 
 A range is the option's own (`min=`, `max=`, a callback), so Typer refuses a value out of
 range naming its option before any work; checks that need more than the value (other
@@ -60,14 +61,17 @@ def check_text(option: str, value: str) -> None:
 
 
 def seed_option(what: str = "Seed."):
+    """--seed, any 32-bit value; `what` says what it seeds."""
     return typer.Option(0, min=0, max=MAX_SEED, help=what)
 
 
 def vocab_option(default: int | None, what: str):
+    """--vocab-size, in the range a tokenizer here can have."""
     return typer.Option(default, min=MIN_VOCAB, max=MAX_VOCAB, help=what)
 
 
 def overwrite_option(what: str):
+    """--overwrite; `what` says what it replaces."""
     return typer.Option(False, "--overwrite", help=what)
 
 
@@ -83,7 +87,7 @@ DTYPE_OPT = typer.Option(None, help="Cast float weights first: float32, float16 
 GROUP_SIZE_OPT = typer.Option(64, min=1, help="Weights per quantization group (32, 64, 128).")
 EVAL_TOKENS_OPT = typer.Option(20_000, min=1, help="Test tokens for --eval.")
 
-# ---- each command's own: its parameters' names, in its namespace --------------------
+# ---- each command's own --------------------------------------------------------------
 class TokenizerTrain:
     """`mlxspec tokenizer train`'s own options."""
 
