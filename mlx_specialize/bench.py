@@ -17,6 +17,9 @@ For every model (and every `--quantize` variant of it), after one warm-up genera
   generation speed (the paper's Table 2 puts its SLM at about 4x cheaper than its LLM).
 - With an evaluation corpus: test perplexity and bits per byte, so the quality a
   quantization costs sits next to the speed it buys.
+
+`mlxspec export --eval` measures the same quality before and after an export
+(`export_and_compare`); `mlxspec doctor` reports the platform (`platform_facts`).
 """
 
 from __future__ import annotations
@@ -35,12 +38,32 @@ from mlx.utils import tree_flatten
 
 from . import ui
 from .accel import device_name
+from .data.corpus import load_corpus
+from .errors import check_choice
 from .models.dense import Model, count_params
-from .models.export import DEFAULT_GROUP_SIZE, bits_per_weight, quantize, weight_bytes
+from .models.export import (DEFAULT_GROUP_SIZE, GROUP_SIZES, QUANT_BITS, bits_per_weight, export_model, quantize,
+                            weight_bytes)
 from .models.generate import random_prompts, time_generation
 from .models.io import load_model, model_context, read_config, resolve_model_path
 
 SPEED_FIELDS = ("prompt_tps", "generation_tps", "ttft_s", "peak_memory_gb")
+DTYPES = ("float32", "float16", "bfloat16")  # what float weights may be cast to
+
+
+def check_weight_options(dtype: str | None, bits, group_size: int) -> None:
+    """`--dtype`, each `--quantize` width and (when quantizing) `--group-size`, refused by
+    name before any model loads."""
+    check_choice("--dtype", dtype, DTYPES)
+    for width in bits:
+        check_choice("--quantize", width, QUANT_BITS)
+    if bits:
+        check_choice("--group-size", group_size, GROUP_SIZES)
+
+
+def check_eval_corpus(eval_corpus: str | None) -> None:
+    """An evaluation corpus' test split read through before any model loads."""
+    if eval_corpus:
+        load_corpus(eval_corpus).check(("test",))
 
 
 @dataclass
@@ -79,6 +102,27 @@ class BenchResult:
     device_hours_per_billion: float = 0.0
     ppl: float | None = None
     bpb: float | None = None
+
+
+def platform_facts() -> dict:
+    """What `mlxspec doctor` reports: the platform, the device, the versions of Python,
+    MLX, mlx-lm and this package, then `accel.diagnose.platform_report`'s BLAS, speeds
+    and slow paths."""
+    import platform
+
+    from . import __version__
+    from .accel.diagnose import platform_report
+
+    try:
+        import mlx_lm
+
+        mlx_lm_version = mlx_lm.__version__
+    except Exception:  # mlx-lm missing or broken: doctor still reports the rest
+        mlx_lm_version = "not installed"
+    facts = platform_report()
+    return {"platform": facts.pop("platform"), "cpu": facts.pop("cpu"), "python": platform.python_version(),
+            "device": facts.pop("device"), "mlx": facts.pop("mlx"), "mlx_lm": mlx_lm_version,
+            "mlx_specialize": __version__, **facts}
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -154,7 +198,6 @@ def bench_loaded(model: Model, name: str, variant: str, cfg: BenchConfig, bandwi
 
 
 def _evaluate(model: Model, tokenizer, config: dict, cfg: BenchConfig) -> tuple[float, float]:
-    from .data.corpus import load_corpus
     from .train.evaluate import evaluate
     from .train.jobs import tokenize
 
@@ -164,7 +207,10 @@ def _evaluate(model: Model, tokenizer, config: dict, cfg: BenchConfig) -> tuple[
 
 
 def run_bench(models: list[str], cfg: BenchConfig) -> dict:
-    """Benchmark each model folder (or hub name) and its quantized variants."""
+    """Benchmark each model folder (or hub name) and its quantized variants. The options
+    and the evaluation corpus are checked first, then every model's configuration."""
+    check_weight_options(cfg.dtype, cfg.quantize, cfg.group_size)
+    check_eval_corpus(cfg.eval_corpus)
     mx.random.seed(cfg.seed)
     for name in models:  # a wrong name fails now, not after minutes of measuring
         read_config(resolve_model_path(name))
@@ -198,3 +244,22 @@ def run_bench(models: list[str], cfg: BenchConfig) -> dict:
 def _dtype_name(model: nn.Module) -> str:
     dtypes = {v.dtype for _, v in tree_flatten(model.parameters())}
     return "/".join(sorted(str(d).split(".")[-1] for d in dtypes))
+
+
+def export_and_compare(model: str, out_dir, bits: int | None = None, group_size: int = DEFAULT_GROUP_SIZE,
+                       dtype: str | None = None, overwrite: bool = False, eval_corpus: str | None = None,
+                       eval_tokens: int = 20_000, cache_dir=None) -> dict:
+    """`models.export.export_model` with its options checked first, and with an
+    evaluation corpus the test perplexity and bits per byte of the source and the export
+    on its first `eval_tokens` tokens: what a quantization costs."""
+    from .train.jobs import evaluate_model
+
+    check_weight_options(dtype, [bits] if bits is not None else [], group_size)
+    check_eval_corpus(eval_corpus)
+    report = export_model(model, out_dir, bits, group_size, dtype, overwrite)
+    if eval_corpus:
+        before = evaluate_model(model, eval_corpus, "test", cache_dir, max_tokens=eval_tokens)
+        after = evaluate_model(out_dir, eval_corpus, "test", cache_dir, max_tokens=eval_tokens)
+        report.update(eval_corpus=eval_corpus, ppl_source=before.ppl, ppl_export=after.ppl,
+                      bpb_source=before.bits_per_byte, bpb_export=after.bits_per_byte)
+    return report

@@ -18,3 +18,10 @@ class Interrupted(SpecializeError):
     def __init__(self, message: str, step: int | None = None, run_dir=None):
         super().__init__(message)
         self.step, self.run_dir = step, run_dir
+
+
+def check_choice(option: str, value, allowed) -> None:
+    """Refuse, naming the option, a value outside `allowed` (None: the option was not
+    given): `--sampler: 'topk' is not one of cluster, gumbel`."""
+    if value is not None and value not in allowed:
+        raise SpecializeError(f"{option}: '{value}' is not one of {', '.join(map(str, allowed))}")

@@ -32,13 +32,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import ui
+from .accel import warn_slow_paths
 from .data.corpus import bundled_names, default_generic, load_corpus
-from .errors import Interrupted, SpecializeError
+from .errors import Interrupted, SpecializeError, check_choice
 from .methods import Method, Settings, get_method
 from .models.dense import count_params
 from .models.generate import measure_generation
 from .models.io import load_model
-from .models.presets import get_preset
+from .models.presets import PRESETS, get_preset
 from .runtime.cache import building_for, default_cache_dir, locked
 from .runtime.files import atomic_write_bytes
 from .train.jobs import evaluate_model, finetune
@@ -170,29 +171,42 @@ class RunPlan:
 def resolve_run(domain: str, generic: str | None, method: str, base, preset: str, out_dir, domain_tokens,
                 pretrain_tokens: int, finetune_tokens: int, vocab_size, lr, seed: int, overwrite: bool, k, embedder: str,
                 window, sampler: str, metric: str, select, expert_init: str, basis, cache_dir=None) -> RunPlan:
-    """Check a `specialize` call's arguments and run folder, before any work (the
-    command line calls it first, with the same arguments, to fail in a second)."""
+    """Check everything a `specialize` call can check before a pre-training that may take
+    hours, each refused in one line naming its option; this is the only check (the
+    command line makes none of its own). In order: the method and the preset, the
+    method's options (`Method.resolve`), the domain data against one training window,
+    every corpus read through for the splits the run uses, a `--base` loaded, then the
+    run folder (an unfinished run of the same command continues, another command's is
+    refused). Returns the resolved run."""
     chosen = get_method(method)
+    check_choice("--preset", preset, PRESETS)
+    settings = chosen.resolve(Settings(
+        domain=domain, generic=generic or "", method=method, preset=preset, pretrain_tokens=pretrain_tokens,
+        finetune_tokens=finetune_tokens, domain_tokens=domain_tokens, vocab_size=vocab_size, seed=seed,
+        cache_dir=Path(cache_dir or default_cache_dir()), base=base, lr=lr, k=k, embedder=embedder, window=window,
+        sampler=sampler, metric=metric, select=select, expert_init=expert_init, basis=basis))
+    window_tokens = get_preset(preset).context + 1
+    if base is None and domain_tokens is not None and domain_tokens < window_tokens:
+        raise SpecializeError(f"--domain-tokens: {domain_tokens} tokens are fewer than one training window of the "
+                              f"'{preset}' preset ({window_tokens} tokens)")
     from .runtime.distributed import world
 
     if world().size > 1:  # its reports and caches are written by one process
         raise SpecializeError("specialize runs as one process; under mlx.launch run its steps (mlxspec data, "
                               "pretrain, finetune) instead")
     domain_corpus = load_corpus(domain)
-    domain = domain_corpus.spec  # as the corpus reads it: ' go-code\n' is the command 'go-code'
-    for split in ("train", "valid", "test"):  # fail fast, before any pre-training
-        if next(domain_corpus.documents(split), None) is None:
-            raise SpecializeError(f"domain corpus '{domain}' has no documents in its {split} split")
-    get_preset(preset)
-    generic = generic or default_generic(domain)
+    counts = domain_corpus.check(("train", "valid", "test"))  # fine-tune, early stopping, the report
+    for split, documents in counts.items():  # a hub dataset is only opened by check: its first document
+        if not documents and next(domain_corpus.documents(split), None) is None:
+            raise SpecializeError(f"domain corpus '{domain_corpus.spec}' has no documents in its {split} split")
+    settings.domain = domain_corpus.spec  # as the corpus reads it: ' go-code\n' is the command 'go-code'
+    generic = generic or default_generic(settings.domain)
     if not generic:
         raise SpecializeError(f"no generic corpus: pass --generic (bundled: {', '.join(bundled_names())})")
-    generic = load_corpus(generic).spec
-    settings = chosen.resolve(Settings(
-        domain=domain, generic=generic, method=method, preset=preset, pretrain_tokens=pretrain_tokens,
-        finetune_tokens=finetune_tokens, domain_tokens=domain_tokens, vocab_size=vocab_size, seed=seed,
-        cache_dir=Path(cache_dir or default_cache_dir()), base=base, lr=lr, k=k, embedder=embedder, window=window,
-        sampler=sampler, metric=metric, select=select, expert_init=expert_init, basis=basis))
+    generic_corpus = load_corpus(generic)
+    if base is None:  # pre-training reads the generic corpus' train and valid splits
+        generic_corpus.check(("train", "valid"))
+    settings.generic = generic_corpus.spec
     if base is not None:  # it loads: weights, configuration and tokenizer agree
         load_model(base)
     command = run_command(settings)
@@ -236,9 +250,8 @@ def specialize(
 
 
 def run_plan(run: RunPlan, overwrite: bool = False) -> dict:
-    """`specialize` for a call `resolve_run` has checked (the command line resolves once,
-    to fail before any work, and runs what it resolved: the corpora are hashed and a
-    `--base` loaded once, not twice)."""
+    """`specialize` for a call `resolve_run` has checked: warns of this platform's slow
+    paths unless the run is already finished, then carries it out in its folder."""
     # One process at a time in a run folder (a second run of the same command waits,
     # then finds the run finished); its state is read again once the lock is held. The
     # lock is a hidden file inside the folder: nothing is written beside it.
@@ -248,6 +261,7 @@ def run_plan(run: RunPlan, overwrite: bool = False) -> dict:
         if verdict == "finished":
             ui.info(f"{run.out_dir} holds this command's finished run: its report (--overwrite runs it again)")
             return json.loads((run.out_dir / "report.json").read_text())
+        warn_slow_paths()
         try:
             return _carry_out(run, verdict)
         except Interrupted as err:  # a training's checkpoint is saved; say how to go on

@@ -24,7 +24,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from cli.main import _summary_table, app, specialize_table
+from cli.main import app
+from cli.output import summary_table
+from cli.reports import specialize_table
 from mlx_specialize.data.corpus import DEMO_DIR, load_corpus
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.accel import slow_paths
@@ -243,7 +245,7 @@ def test_a_results_table_wraps_to_80_columns_and_never_cuts_a_number():
     for number in ("600,000", "120,000", "1.23e+14", "2.40e+13", "812", "123.45", "0.987"):
         assert number in text, (number, text)
     long_path = "/tmp/a-rather-long-cache-folder/pretrained/5d1b31cc160cb986/and/more/python-docs-finetune"
-    text = render(_summary_table("pre-trained", {"model": long_path, "tokens": 600_000, "seconds": 812.3}))
+    text = render(summary_table("pre-trained", {"model": long_path, "tokens": 600_000, "seconds": 812.3}))
     assert "…" not in text and max(map(len, text.splitlines())) <= 80, text
     assert "600000" in text and "812.30" in text
     assert long_path in "".join(text.split()).replace("│", "")  # folded onto two lines, all of it

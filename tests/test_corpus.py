@@ -131,6 +131,29 @@ def test_fingerprint_follows_content(tmp_path):
     assert ms.load_corpus(str(path)).fingerprint() != first
 
 
+def test_a_fingerprint_is_hashed_once_while_its_files_stay_as_they_were(tmp_path, monkeypatch):
+    """A run asks for its corpora's fingerprints many times (its command, each cache key,
+    each tokenized split): files that have not changed are read once. A write since moves
+    a file's change time, so it is hashed again; a file changed too recently for its
+    change time to tell a later write apart is never remembered."""
+    from mlx_specialize.data import corpus as corpus_module
+
+    monkeypatch.setattr(corpus_module, "_FINGERPRINTS", {})
+    hashed = []
+    real = corpus_module.LocalFiles.fingerprint
+    monkeypatch.setattr(corpus_module.LocalFiles, "fingerprint", lambda self, h: (hashed.append(1), real(self, h)))
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"text": "one document"}))
+    first = ms.load_corpus(str(path)).fingerprint()
+    assert ms.load_corpus(str(path)).fingerprint() == first and len(hashed) == 2  # just written: hashed each time
+    monkeypatch.setattr(corpus_module, "SETTLED_SECONDS", -60.0)  # as if written a minute before
+    assert ms.load_corpus(str(path)).fingerprint() == first and len(hashed) == 3
+    assert ms.load_corpus(str(path)).fingerprint() == first and len(hashed) == 3  # remembered
+    assert ms.load_corpus(f"{path},{path}").fingerprint() != first and len(hashed) == 5  # another corpus
+    path.write_text(json.dumps({"text": "two document"}))  # the same size, a new change time
+    assert ms.load_corpus(str(path)).fingerprint() != first and len(hashed) == 6
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [

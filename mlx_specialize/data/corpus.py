@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,11 @@ SPLIT_ALIASES = {
 TEXT_EXTENSIONS = (".jsonl", ".json", ".parquet", ".txt")
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 MAX_DOC_CHARS = 12_000  # plain-text files are cut at paragraph breaks into documents
+# Corpus fingerprints already computed in this process, by the identity of the files
+# hashed (see Corpus.fingerprint): a run asks for them many times (its command, each
+# cache key, each tokenized split), and hashing a large corpus takes seconds.
+_FINGERPRINTS: dict[tuple, str] = {}
+SETTLED_SECONDS = 2.0  # a file changed this recently may change again unseen: never remembered
 
 
 def bundled_names() -> list[str]:
@@ -229,6 +235,15 @@ class LocalFiles:
             for text, split in zip(rows[text_col], splits):
                 yield text, SPLIT_ALIASES.get(str(split).lower()) if split is not None else None
 
+    def identity(self) -> tuple:
+        """What the fingerprint depends on, short of the bytes: the options and each file's
+        path, inode, size and change times. Any write to a file changes its ctime."""
+        files = []
+        for path in self.paths:
+            st = path.stat()
+            files.append((str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return ("files", self.field_name, str(self.root), tuple(files))
+
     def fingerprint(self, h) -> None:
         h.update(f"files|{self.field_name}".encode())
         for path in self.paths:
@@ -276,6 +291,10 @@ class HFDataset:
             ours = SPLIT_ALIASES.get(key.lower()) if own else None
             for i, rec in enumerate(rows):
                 yield _pick_text(rec, self.field_name, f"{self.name}[{key}] row {i}"), ours
+
+    def identity(self) -> None:
+        """None: a dataset's content has no cheap identity here; it is hashed every time."""
+        return None
 
     def fingerprint(self, h) -> None:
         h.update(f"hf|{self.name}|{self.config}|{self.field_name}|{self.split}".encode())
@@ -332,11 +351,30 @@ class Corpus:
         return counts
 
     def fingerprint(self) -> str:
-        """A hash of the corpus content and options: the key of tokenized caches."""
+        """A hash of the corpus content and options: the key of tokenized caches.
+
+        Local files are hashed once per process while they stay as they were (the same
+        `identity` before and after hashing, and no change in the SETTLED_SECONDS before
+        it started, so a later write cannot share the change time seen): a run that asks
+        for a corpus' fingerprint many times reads it once."""
+        identity = self._identity()
+        if identity is not None and identity in _FINGERPRINTS:
+            return _FINGERPRINTS[identity]
+        started = time.time_ns()
         h = hashlib.sha256()
         for source in self.sources:
             source.fingerprint(h)
-        return h.hexdigest()[:16]
+        digest = h.hexdigest()[:16]
+        settled = started - int(SETTLED_SECONDS * 1e9)
+        if identity is not None and self._identity() == identity and all(
+                file[-1] < settled for source in identity for file in source[-1]):
+            _FINGERPRINTS[identity] = digest
+        return digest
+
+    def _identity(self) -> tuple | None:
+        """Every source's identity (None if one has none)."""
+        identities = tuple(source.identity() for source in self.sources)
+        return None if any(i is None for i in identities) else identities
 
 
 def _parse_hf(spec: str) -> HFDataset:

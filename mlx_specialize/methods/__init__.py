@@ -7,13 +7,14 @@
     soup      Soup-of-Experts  projected.py
 
 clusters.py holds the clustered generic corpus the last four share. `specialize` (and
-anything else that needs a method by name) goes through `get_method`.
+anything else that needs a method by name) goes through `get_method`; `mlxspec pretrain
+--arch` finds the method that pre-trains an architecture through `get_arch`.
 """
 
 from __future__ import annotations
 
-from ..errors import SpecializeError
-from .base import Method, Prepared, Settings
+from ..errors import check_choice
+from .base import Method, Prepared, PretrainJob, Settings
 from .importance import ImportanceSampled
 from .mixture import Mixture
 from .projected import Projected
@@ -22,12 +23,21 @@ from .slm import SLM
 REGISTRY: dict[str, Method] = {m.name: m for m in (SLM(), ImportanceSampled(), Mixture(), Projected("pn"),
                                                    Projected("soup"))}
 METHODS = tuple(REGISTRY)
+# Each architecture and the method that pre-trains it on its own: dense is SLM's (SLM-is
+# pre-trains a dense model too, on a selection: `pretrain --arch dense --selection`).
+ARCHS: dict[str, Method] = {m.arch: m for m in REGISTRY.values() if m.arch is not None}
 
 
 def get_method(name: str) -> Method:
-    if name not in REGISTRY:
-        raise SpecializeError(f"unknown method '{name}' (available: {', '.join(METHODS)})")
+    """The method named `name` (`--method`); refuses an unknown one naming the option."""
+    check_choice("--method", name, METHODS)
     return REGISTRY[name]
 
 
-__all__ = ["METHODS", "REGISTRY", "Method", "Prepared", "Settings", "get_method"]
+def get_arch(arch: str) -> Method:
+    """The method that pre-trains architecture `arch` (`--arch`)."""
+    check_choice("--arch", arch, ARCHS)
+    return ARCHS[arch]
+
+
+__all__ = ["ARCHS", "METHODS", "REGISTRY", "Method", "Prepared", "PretrainJob", "Settings", "get_arch", "get_method"]

@@ -8,6 +8,9 @@ that `specialize` fine-tunes on the domain. The paper's costs split the same way
 `prepare` pays what the method pre-trains once for every domain (cached, so a later
 domain finds it done) and what it does per domain before fine-tuning (a selection, an
 instantiation, SLM-is's whole pre-training); `specialize` then fine-tunes and reports.
+`resolve` is the one check of a `specialize` call's options. A method that owns an
+architecture (`arch`) also pre-trains it alone, into a folder of the user's, for
+`mlxspec pretrain --arch` (`check_pretrain`, then `pretrain`, on a `PretrainJob`).
 Adding a method: one module in this package with a `Method` subclass, listed in
 `methods/__init__.py`'s registry.
 """
@@ -17,7 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpecializeError
+from ..data.clustering import METRICS
+from ..data.embedding import EMBEDDERS
+from ..data.selection import SAMPLERS
+from ..errors import SpecializeError, check_choice
+
+EXPERT_INITS = ("scratch", "generic")  # SLM-mix's experts start from scratch or from the generic SLM
 
 
 @dataclass
@@ -57,6 +65,33 @@ class Prepared:
     phases: dict = field(default_factory=dict)
 
 
+@dataclass
+class PretrainJob:
+    """One `mlxspec pretrain` call: pre-train an architecture into `out_dir` (a run
+    folder of the user's, not a cache entry) on `tokens` tokens. Which fields a method
+    reads depends on its architecture: dense reads `generic` (or a `selection` folder),
+    `tokenizer`, `vocab_size`; the clustered ones read `clusters`; pn / soup `basis`,
+    `expert_dim`, `soup_support`. `train_options` go to the trainer (TrainConfig's names)."""
+
+    out_dir: Path
+    generic: str
+    preset: str
+    tokens: int
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    cache_dir: Path | None = None
+    train_options: dict = field(default_factory=dict)
+    vocab_size: int | None = None
+    tokenizer: Path | None = None
+    selection: Path | None = None
+    clusters: Path | None = None
+    init: Path | None = None  # start from this model's weights (same preset and tokenizer)
+    basis: int | None = None
+    expert_dim: int = 16
+    soup_support: int | None = None
+
+
 class Method:
     """One way to get a domain's small model. Subclasses set the class attributes and
     implement `prepare`."""
@@ -66,19 +101,37 @@ class Method:
     default_k: int | None = None  # clusters of the generic corpus it uses (None: none)
     select_rules: tuple[str, ...] = ()  # --select values, the default first
     pretrains_per_domain = False  # SLM-is: its pre-training is paid per domain, not shared
+    arch: str | None = None  # the architecture `mlxspec pretrain --arch` pre-trains with this method
 
     def resolve(self, settings: Settings) -> Settings:
-        """Fill the method's defaults in and check its options (before any work)."""
+        """Check the options of a `specialize` call, each refused naming its option (the
+        command line checks them nowhere else), and fill the method's defaults in. Only
+        looks at the values: runs before any file is read."""
+        if self.select_rules:  # the other methods take no --select
+            check_choice("--select", settings.select, self.select_rules)
+            settings.select = settings.select or self.select_rules[0]
+        check_choice("--expert-init", settings.expert_init, EXPERT_INITS)
+        check_choice("--embedder", settings.embedder, EMBEDDERS)
+        check_choice("--sampler", settings.sampler, SAMPLERS)
+        check_choice("--metric", settings.metric, METRICS)
         if settings.base is not None and self.name != "finetune":
             raise SpecializeError(f"--method {self.name} pre-trains its own base: drop --base")
         if settings.k is None:
             settings.k = self.default_k
-        if self.select_rules:
-            settings.select = settings.select or self.select_rules[0]
-            if settings.select not in self.select_rules:
-                raise SpecializeError(f"--method {self.name} takes --select {'|'.join(self.select_rules)}, "
-                                      f"not '{settings.select}'")
         return settings
 
     def prepare(self, settings: Settings) -> Prepared:
         raise NotImplementedError
+
+    def check_pretrain(self, job: PretrainJob) -> None:
+        """Refuse, before any work, a `pretrain` job this method cannot run: by default a
+        run folder that holds a run, unless the job continues (`resume`) or replaces
+        (`overwrite`) it. Subclasses add what their architecture reads."""
+        from ..train.jobs import check_run_folder
+
+        check_run_folder(job.out_dir, job.overwrite, job.resume)
+
+    def pretrain(self, job: PretrainJob) -> dict:
+        """Pre-train this method's architecture for `job` (checked by `check_pretrain`);
+        returns the summary to report."""
+        raise NotImplementedError(f"--method {self.name} has no architecture of its own to pre-train")

@@ -10,6 +10,7 @@ built in FOLDER.partial and published with its manifest, see `cache.py`):
   metadata: embedder settings, k, metric, window, generic corpus, tokenizer), `labels.npy`
   (the cluster of every generic window), `tokenizer.model` (the generic tokenizer).
 A domain embedded with other embedder settings than the centroids' is refused.
+`mlxspec data embed` and `data cluster` are `embed_corpus` and `cluster_embeddings`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +29,11 @@ from .. import ui
 from ..runtime.cache import MANIFEST, cache_entry, check_file, file_record, locked, move_aside, verify
 from ..data.clustering import METRICS, assign, kmeans
 from ..data.corpus import load_corpus
-from ..data.embedding import HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows, window_texts
+from ..data.embedding import (EMBEDDERS, HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows,
+                              window_texts)
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import TokenizedSplit
-from ..errors import SpecializeError
+from ..errors import SpecializeError, check_choice
 from ..runtime.files import atomic_write_bytes
 from ..models.io import save_arrays
 
@@ -261,3 +264,57 @@ def cluster_folder(embeddings: str | os.PathLike, k: int, out: str | os.PathLike
     embedder = restore_embedder(embedded.settings, dict(np.load(folder / "embedder-state.npz")))
     generic = json.loads((folder / "generic.json").read_text())["generic"]
     return cluster(embedded, k, out, generic, Tokenizer.load(folder), embedder, metric, seed)
+
+
+def embed_corpus(generic: str, embedder: str = "hashed", window: int = 256, tokenizer=None, vocab_size: int = 8192,
+                 max_windows: int | None = None, cache_dir=None) -> dict:
+    """`mlxspec data embed`: `embed_generic` with the tokenizer in folder `tokenizer`
+    (default: the generic corpus' own, `generic_tokenizer`), the embedder named and the
+    corpus read through first. Returns what was written: the folder, windows, width,
+    the embedder's settings, seconds."""
+    from ..runtime.cache import default_cache_dir
+
+    check_choice("--embedder", embedder, EMBEDDERS)
+    load_corpus(generic).check(("train",))
+    cache_dir = cache_dir or default_cache_dir()
+    tokenizer = Tokenizer.load(tokenizer) if tokenizer else generic_tokenizer(generic, vocab_size, cache_dir)
+    t0 = time.perf_counter()
+    embedded = embed_generic(generic, tokenizer, embedder, window, cache_dir, max_windows)
+    return {"embeddings": str(embedded.folder), "windows": int(len(embedded.vectors)),
+            "dim": int(embedded.vectors.shape[1]), "window": window, "embedder": embedded.settings,
+            "seconds": time.perf_counter() - t0}
+
+
+def cluster_embeddings(embeddings: str | os.PathLike, k: int, out: str | os.PathLike, metric: str = "cosine",
+                       seed: int = 0, overwrite: bool = False) -> dict:
+    """`mlxspec data cluster`: `cluster_folder` into `out` (never over another clustering
+    unless `overwrite`). Returns the clustering's figures: k, windows, inertia,
+    iterations, the smallest and largest cluster."""
+    check_choice("--metric", metric, METRICS)
+    out = Path(out)
+    if (out / "clusters.safetensors").exists() and not overwrite:
+        raise SpecializeError(f"{out} already holds clusters (pass --overwrite to replace them)")
+    clusters = cluster_folder(embeddings, k, out, metric, seed)
+    counts = np.bincount(clusters.labels, minlength=clusters.k)
+    return {"clusters": str(out), "k": clusters.k, "windows": int(len(clusters.labels)),
+            "inertia": clusters.meta["inertia"], "iterations": clusters.meta["iterations"],
+            "smallest": int(counts.min()), "largest": int(counts.max())}
+
+
+def check_clustered_job(job, arch: str) -> None:
+    """Refuse a `pretrain --arch mix|pn|soup` job (`methods.PretrainJob`) without a
+    clusters folder; read the generic corpus behind its clustering through (the train
+    and valid splits it trains and validates on)."""
+    if job.clusters is None:
+        raise SpecializeError(f"--arch {arch} needs --clusters (a folder from `mlxspec data cluster`)")
+    load_corpus(load_clusters(job.clusters).meta["generic"]).check(("train", "valid"))
+
+
+def clustered_job(job) -> tuple[Clusters, Tokenizer, TokenizedSplit, Path]:
+    """What a checked `pretrain --arch mix|pn|soup` job trains on: its clustering, the
+    generic tokenizer and train split (tokenized in the job's cache), and that cache."""
+    from ..runtime.cache import default_cache_dir
+
+    clusters, tokenizer = load_clusters(job.clusters), Tokenizer.load(job.clusters)
+    cache_dir = Path(job.cache_dir or default_cache_dir())
+    return clusters, tokenizer, corpus_split(clusters.meta["generic"], "train", tokenizer, cache_dir), cache_dir

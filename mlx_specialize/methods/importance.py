@@ -4,9 +4,10 @@
     P(c|D), generic labels --resample--> N tokens of generic windows --> pre-train an SLM
 
 The clustering is shared by every domain; the selection and the pre-training are paid per
-domain (cached by domain and settings). A selection folder holds `tokens.bin` +
-`tokens.json` (the resampled token stream, windows concatenated), `report.json` and
-`histograms.png` (the domain's, generic and selected cluster histograms).
+domain (cached by domain and settings). A selection folder (in that cache entry, or
+written by `select_for_domain`, `mlxspec data select`) holds `tokens.bin` + `tokens.json`
+(the resampled token stream, windows concatenated), `report.json` and `histograms.png`
+(the domain's, generic and selected cluster histograms).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from .. import ui
 from ..runtime.cache import cache_entry
 from ..data.corpus import load_corpus
 from ..data.embedding import n_windows, window_texts, window_tokens
-from ..data.selection import Selection, select
+from ..data.selection import SAMPLERS, Selection, select
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import TokenizedSplit
-from ..errors import SpecializeError
+from ..errors import SpecializeError, check_choice
 from ..runtime.files import atomic_write_bytes
 from ..train.jobs import pretrain
 from . import clusters as cl
@@ -54,14 +55,61 @@ def select_tokens(clusters: Clusters, generic: TokenizedSplit, domain_labels: np
     return load_selected(out), selection
 
 
+def _selection_meta(folder: Path) -> dict:
+    """A selection folder's tokens.json; refuses a folder that holds none."""
+    if not (folder / "tokens.json").is_file():
+        raise SpecializeError(f"no selection at {folder} (run `mlxspec data select` first)")
+    return json.loads((folder / "tokens.json").read_text())
+
+
 def load_selected(folder: str | os.PathLike) -> TokenizedSplit:
     """The token stream of a selection folder."""
     folder = Path(folder)
-    if not (folder / "tokens.json").is_file():
-        raise SpecializeError(f"no selection at {folder} (run `mlxspec data select` first)")
-    meta = json.loads((folder / "tokens.json").read_text())
+    meta = _selection_meta(folder)
     tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
     return TokenizedSplit(tokens, meta["n_bytes"], meta["n_docs"], f"selected:{folder.name}", meta.get("bos"))
+
+
+def selected_from(folder: str | os.PathLike) -> str:
+    """The generic corpus (spec) a selection folder's windows were drawn from."""
+    return _selection_meta(Path(folder))["generic"]
+
+
+def select_like_domain(clusters: Clusters, generic: TokenizedSplit, tokenizer, domain: str,
+                       domain_tokens: int | None, n_tokens: int, out: Path, sampler: str, seed: int,
+                       cache_dir) -> tuple[TokenizedSplit, dict]:
+    """The importance sampling itself: the domain's train windows (its first
+    `domain_tokens` tokens) assigned to the clusters give P(c|D), from which `n_tokens`
+    generic tokens are resampled into the selection folder `out`, with its report and
+    chart. Returns (the selected tokens, the report)."""
+    domain_split = cl.corpus_split(domain, "train", tokenizer, cache_dir, domain_tokens)
+    domain_labels = cl.domain_histogram_labels(clusters, domain_split, tokenizer, cache_dir)
+    selected, selection = select_tokens(clusters, generic, domain_labels, n_tokens, out, sampler, seed)
+    return selected, report(selection, clusters, generic, tokenizer, out)
+
+
+def select_for_domain(clusters_dir: str | os.PathLike, domain: str, n_tokens: int, out_dir: str | os.PathLike,
+                      domain_tokens: int | None = None, sampler: str = "cluster", seed: int = 0,
+                      overwrite: bool = False, cache_dir=None) -> dict:
+    """`mlxspec data select`: `select_like_domain` over the clustering in `clusters_dir`
+    (its generic corpus, tokenizer and centroids) into the selection folder `out_dir`.
+    Every input is checked before any work: the sampler, an existing selection (replaced
+    only with `overwrite`), the clusters folder, both corpora read through. Returns the
+    selection's report."""
+    from ..runtime.cache import default_cache_dir
+
+    check_choice("--sampler", sampler, SAMPLERS)
+    out_dir = Path(out_dir)
+    if (out_dir / "tokens.json").exists() and not overwrite:
+        raise SpecializeError(f"{out_dir} already holds a selection (pass --overwrite to replace it)")
+    cache_dir = cache_dir or default_cache_dir()
+    clusters = cl.load_clusters(clusters_dir)
+    load_corpus(domain).check(("train",))
+    load_corpus(clusters.meta["generic"]).check(("train",))
+    tokenizer = Tokenizer.load(clusters_dir)
+    generic = cl.corpus_split(clusters.meta["generic"], "train", tokenizer, cache_dir)
+    return select_like_domain(clusters, generic, tokenizer, domain, domain_tokens, n_tokens, out_dir, sampler, seed,
+                              cache_dir)[1]
 
 
 def report(selection: Selection, clusters: Clusters, generic: TokenizedSplit, tokenizer, out: str | os.PathLike,
@@ -132,11 +180,10 @@ class ImportanceSampled(Method):
                 summary, cached = json.loads((folder / "summary.json").read_text()), entry.reused
                 summary_report = json.loads((folder / "selection" / "report.json").read_text())
             else:
-                domain_split = cl.corpus_split(s.domain, "train", tokenizer, s.cache_dir, s.domain_tokens)
-                domain_labels = cl.domain_histogram_labels(clusters, domain_split, tokenizer, s.cache_dir)
-                selected, selection = select_tokens(clusters, generic_split, domain_labels, s.pretrain_tokens,
-                                                    entry.build / "selection", s.sampler, s.seed)
-                summary_report = report(selection, clusters, generic_split, tokenizer, entry.build / "selection")
+                selected, summary_report = select_like_domain(clusters, generic_split, tokenizer, s.domain,
+                                                              s.domain_tokens, s.pretrain_tokens,
+                                                              entry.build / "selection", s.sampler, s.seed,
+                                                              s.cache_dir)
                 summary = pretrain(s.generic, preset, entry.build, s.pretrain_tokens, tokenizer=tokenizer,
                                    cache_dir=s.cache_dir, resume=True, seed=s.seed, checkpoint_every=50,
                                    train_split=selected).summary

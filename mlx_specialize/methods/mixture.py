@@ -40,7 +40,7 @@ from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError
 from ..runtime.files import atomic_write_bytes
 from . import clusters as cl
-from .base import Method, Prepared, Settings
+from .base import Method, Prepared, PretrainJob, Settings
 from .slm import cached_pretrain
 
 MIXTURE_FILE = "mixture.json"
@@ -148,11 +148,22 @@ class Mixture(Method):
     paper = "SLM-mix"
     default_k = 4
     select_rules = SELECT_RULES
+    arch = "mix"
 
-    def resolve(self, settings: Settings) -> Settings:
-        if settings.expert_init not in ("scratch", "generic"):
-            raise SpecializeError(f"unknown expert initialisation '{settings.expert_init}' (scratch or generic)")
-        return super().resolve(settings)
+    def check_pretrain(self, job: PretrainJob) -> None:
+        """The clustering and its generic corpus. No run-folder check: a mixture folder
+        continues by itself (finished experts are kept, an unfinished one resumes)."""
+        cl.check_clustered_job(job, self.arch)
+
+    def pretrain(self, job: PretrainJob) -> dict:
+        """One expert per cluster of `job.clusters` into `job.out_dir`, `job.tokens` in
+        all; returns mixture.json."""
+        from ..models.presets import get_preset
+
+        clusters, tokenizer, split, _ = cl.clustered_job(job)
+        return pretrain_mixture(clusters, split, tokenizer, get_preset(job.preset), job.out_dir,
+                                job.tokens // clusters.k, job.cache_dir, job.seed, init_from=job.init,
+                                **job.train_options)
 
     def prepare(self, s: Settings) -> Prepared:
         """Pre-train (or reuse) k experts on `pretrain_tokens` generic tokens in all, then

@@ -8,6 +8,8 @@ dense SLM is computed in closed form and then fine-tuned.
 The models are in `models/projected.py`, their training in `train/projected.py`. The
 domain's dense SLM is a cache entry of its own inside the network's folder
 (`instances/<key>`, not in the network's manifest), with what was chosen in instance.json.
+`mlxspec pretrain --arch pn|soup` is `Projected.pretrain`; `mlxspec instantiate` is
+`instantiate_network`.
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..runtime.cache import cache_entry
 from .. import ui
 from ..data.corpus import load_corpus
-from ..errors import SpecializeError
+from ..errors import SpecializeError, check_choice
 from ..runtime.files import atomic_write_bytes
-from ..models.projected import read_projected_config
+from ..models.projected import one_hot, read_projected_config
 from ..train.projected import domain_condition, instantiate_folder, pretrain_projected
 from . import clusters as cl
-from .base import Method, Prepared, Settings
+from .base import Method, Prepared, PretrainJob, Settings
 
 DEFAULT_BASIS = 8  # basis matrices h per MLP weight
+INSTANCE_RULES = ("frequent", "histogram")  # a domain's condition: its most frequent cluster, or its histogram
 
 
 def instantiate_for_domain(folder: str | os.PathLike, out_dir: str | os.PathLike, domain: str, rule: str,
@@ -55,6 +60,35 @@ def instantiate_for_domain(folder: str | os.PathLike, out_dir: str | os.PathLike
     return {**chosen, "windows": int(len(labels))}
 
 
+def instantiate_network(network: str | os.PathLike, out_dir: str | os.PathLike, domain: str | None = None,
+                        select: str = "frequent", domain_tokens: int | None = None, cluster: int | None = None,
+                        weights=None, overwrite: bool = False, cache_dir=None) -> dict:
+    """`mlxspec instantiate`: write the dense SLM of the pn / soup in `network` for exactly
+    one of a domain (`instantiate_for_domain`, by `select`), one cluster's expert, or
+    cluster `weights` (k non-negative numbers, normalized). Checked before any work: the
+    network, the choice, a model already in `out_dir` (replaced only with `overwrite`),
+    the domain read through. Returns the model folder, the architecture, what was chosen."""
+    config = read_projected_config(network)
+    if sum(x is not None for x in (domain, cluster, weights)) != 1:
+        raise SpecializeError("give exactly one of --domain, --cluster or --weights")
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and not overwrite:
+        raise SpecializeError(f"{out_dir} already holds a model (pass --overwrite to replace it)")
+    if domain is not None:
+        check_choice("--select", select, INSTANCE_RULES)
+        load_corpus(domain).check(("train",))
+        chosen = instantiate_for_domain(network, out_dir, domain, select, domain_tokens, cache_dir)
+    elif cluster is not None:
+        instantiate_folder(network, out_dir, np.array(one_hot(cluster, config["projection"]["experts"])),
+                           {"cluster": cluster})
+        chosen = {"cluster": cluster}
+    else:
+        cond = np.asarray(weights, dtype=float)
+        instantiate_folder(network, out_dir, cond)
+        chosen = {"weights": cond.tolist()}
+    return {"model": str(out_dir), "arch": config["projection"]["arch"], **chosen}
+
+
 class Projected(Method):
     """pn: one expert per cluster, generated from a shared tensor (instantiated for the
     domain's most frequent cluster by default); soup: shared weights plus a mix of
@@ -63,9 +97,28 @@ class Projected(Method):
     default_k = 16
 
     def __init__(self, arch: str):
-        self.name = arch
+        self.name = self.arch = arch
         self.paper = {"pn": "SLM-pn", "soup": "Soup-of-Experts"}[arch]
-        self.select_rules = ("frequent", "histogram") if arch == "pn" else ("histogram", "frequent")
+        self.select_rules = INSTANCE_RULES if arch == "pn" else INSTANCE_RULES[::-1]
+
+    def check_pretrain(self, job: PretrainJob) -> None:
+        """The run folder, the clustering and its generic corpus."""
+        super().check_pretrain(job)
+        cl.check_clustered_job(job, self.arch)
+
+    def pretrain(self, job: PretrainJob) -> dict:
+        """The network on the clustering of `job.clusters`, into `job.out_dir`; returns
+        the run's summary with its parameters: in all, and per instantiated SLM (active)."""
+        from ..models.presets import get_preset
+
+        clusters, tokenizer, split, cache_dir = cl.clustered_job(job)
+        valid, valid_labels = cl.clustered_valid(clusters, tokenizer, cache_dir)
+        summary = pretrain_projected(clusters, split, valid, valid_labels, tokenizer, get_preset(job.preset),
+                                     job.out_dir, job.tokens, self.arch, expert_dim=job.expert_dim,
+                                     basis=job.basis or DEFAULT_BASIS, support=job.soup_support, seed=job.seed,
+                                     resume=job.resume, overwrite=job.overwrite, **job.train_options)
+        return {"model": str(job.out_dir), "arch": self.arch, **summary, "params": summary["params"]["total"],
+                "active_params": summary["params"]["active"]}
 
     def prepare(self, s: Settings) -> Prepared:
         g = cl.clustered_generic(s)

@@ -5,6 +5,10 @@ The pre-training is the budget every domain shares: its result is cached under
 at a time in `<key>.partial` (an interrupted pre-training resumes there from its last
 checkpoint) and published with its manifest (`cache.py`). `--base` replaces it with a
 model given by the user (ours, or an mlx-lm one with its own tokenizer).
+
+SLM owns the dense architecture: `mlxspec pretrain --arch dense` pre-trains one into a
+folder of the user's, on the generic corpus or on a selection (`mlxspec data select`,
+SLM-is's pre-training data).
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from pathlib import Path
 from .. import ui
 from ..runtime.cache import cache_entry
 from ..data.corpus import load_corpus
+from ..data.tokenizer import Tokenizer
 from ..models.presets import get_preset, with_overrides
 from ..train.jobs import pretrain
-from .base import Method, Prepared, Settings
+from .base import Method, Prepared, PretrainJob, Settings
+from .importance import load_selected, selected_from
 
 
 def pretrain_key(fingerprint: str, preset, tokens: int, vocab: int | None, seed: int) -> str:
@@ -45,6 +51,7 @@ def cached_pretrain(generic: str, preset_name: str, tokens: int, vocab_size: int
 class SLM(Method):
     name = "finetune"
     paper = "SLM"
+    arch = "dense"
 
     def prepare(self, s: Settings) -> Prepared:
         if s.base is not None:
@@ -53,3 +60,32 @@ class SLM(Method):
                                                   s.cache_dir)
         return Prepared(folder, {"pretrain": {"tokens": summary["tokens"], "seconds": summary["seconds"],
                                               "flops": summary["flops"], "cached": reused, "model": str(folder)}})
+
+    def check_pretrain(self, job: PretrainJob) -> None:
+        """The run folder, then the corpus read through: the generic train and valid
+        splits, or only the valid split behind a selection (its windows are the train split)."""
+        super().check_pretrain(job)
+        if job.selection is not None:
+            load_corpus(selected_from(job.selection)).check(("valid",))
+        else:
+            load_corpus(job.generic).check(("train", "valid"))
+
+    def pretrain(self, job: PretrainJob) -> dict:
+        """A dense model on the generic corpus, or on a selection's windows (with the
+        selection's tokenizer, validated on its generic corpus). The tokenizer: the job's,
+        else the one of the run being resumed, the selection's or the `init` model's, else
+        one trained on the generic corpus."""
+        tokenizer = Tokenizer.load(job.tokenizer) if job.tokenizer else None
+        if tokenizer is None and job.resume and (job.out_dir / "tokenizer.model").exists():
+            tokenizer = Tokenizer.load(job.out_dir)
+        generic, train_split = job.generic, None
+        if job.selection is not None:
+            train_split, tokenizer = load_selected(job.selection), Tokenizer.load(job.selection)
+            generic = selected_from(job.selection)
+        if job.init is not None and tokenizer is None:
+            tokenizer = Tokenizer.load(job.init)
+        result = pretrain(generic, get_preset(job.preset), job.out_dir, job.tokens, tokenizer=tokenizer,
+                          vocab_size=job.vocab_size, cache_dir=job.cache_dir, resume=job.resume,
+                          overwrite=job.overwrite, seed=job.seed, train_split=train_split, init_from=job.init,
+                          **job.train_options)
+        return {"model": str(result.model_dir), **result.summary}

@@ -1,7 +1,8 @@
 """Whole training jobs: pre-train from scratch, fine-tune from a model, evaluate.
 
 Each takes corpus specs and folders (what the command line takes) and returns a
-summary dict; the command line is a thin layer over these functions.
+summary dict; the command line is a thin layer over these functions. The checks a
+command makes before a job (`check_run_folder`, `check_train_options`) are here too.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .. import ui
-from ..data.corpus import Corpus, load_corpus
+from .. import accel, ui
+from ..data.corpus import SPLITS, Corpus, load_corpus
 from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..data.tokens import TokenizedSplit, tokenize_split
-from ..errors import SpecializeError
+from ..errors import SpecializeError, check_choice
 from ..models.dense import Model, count_params
 from ..models.io import load_model, model_context
 from ..models.presets import Preset
@@ -38,6 +39,44 @@ def tokenize(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir=None, m
 def fit_tokenizer(corpus: Corpus, vocab_size: int, sample_chars: int = 4_000_000) -> Tokenizer:
     ui.info(f"training a {vocab_size}-token SentencePiece tokenizer on {corpus.name}")
     return train_tokenizer(corpus.documents("train"), vocab_size, sample_chars)
+
+
+def train_tokenizer_folder(out_dir: str | os.PathLike, corpus: str, vocab_size: int,
+                           sample_chars: int = 4_000_000) -> dict:
+    """Train a tokenizer on `corpus`'s train split and save it in `out_dir` (never over
+    another; the corpus is read through first). Returns its path, size and fingerprint."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpecializeError(f"{out_dir} is a file; choose another folder")
+    if (out_dir / "tokenizer.model").exists():
+        raise SpecializeError(f"{out_dir}/tokenizer.model exists; choose another folder")
+    source = load_corpus(corpus)
+    source.check(("train",))
+    tokenizer = fit_tokenizer(source, vocab_size, sample_chars)
+    tokenizer.save(out_dir)
+    return {"tokenizer": str(out_dir / "tokenizer.model"), "vocab_size": tokenizer.vocab_size,
+            "fingerprint": tokenizer.fingerprint}
+
+
+def check_run_folder(out_dir: str | os.PathLike, overwrite: bool, resume: bool = False) -> None:
+    """Refuse, before any work, to write a training run over one already in `out_dir`
+    (the trainer would refuse too, but only after tokenizing), or into a file."""
+    from .checkpoint import refuse_existing_run
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpecializeError(f"{out_dir} is a file, not a run folder")
+    refuse_existing_run(out_dir, overwrite, resume)
+
+
+def check_train_options(options: dict) -> None:
+    """What a training's options can be refused for before any data work: an unknown
+    `precision`, named; bf16 where this machine has no bf16 products (a missing MKL on an
+    x86 CPU) fails in a second, not after tokenizing. The ranges are TrainConfig's."""
+    precision = options.get("precision")
+    if precision is not None:
+        check_choice("--precision", precision, accel.PRECISIONS)
+        accel.check_precision(precision)
 
 
 def rank0_tokenizer(tokenizer, make, w: dist.World | None = None):
@@ -167,3 +206,14 @@ def evaluate_model(
     targets = min(data.n_tokens - 1, max_tokens or data.n_tokens)
     with ui.task(f"evaluating {corpus}:{split}", targets) as advance:
         return evaluate(model, data, context, batch_size, max_tokens, on_batch=advance)
+
+
+def evaluate_split(model: str | os.PathLike, corpus: str, split: str = "test", cache_dir=None,
+                   max_tokens: int | None = None) -> dict:
+    """`evaluate_model` for the command line: the split named, and the corpus read
+    through (a truncated file, an empty split) before the model loads. Returns the model,
+    corpus, split and the evaluation's figures."""
+    check_choice("--split", split, SPLITS)
+    load_corpus(corpus).check((split,))
+    result = evaluate_model(model, corpus, split, cache_dir, max_tokens=max_tokens)
+    return {"model": str(model), "corpus": corpus, "split": split, **result.to_dict()}

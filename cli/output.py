@@ -1,0 +1,64 @@
+"""What `mlxspec` prints on stdout: a command's result, as plain-text tables and lines,
+or (`--json`) as one JSON object, last. Progress and errors go to stderr (`ui`, errors.py).
+
+Everything printed from user data (corpus specs, paths, sample text) is plain text: no
+markup, no emoji codes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mlx_specialize import ui
+
+# Logs (not a terminal) keep whole tables.
+out = Console(width=None if sys.stdout.isatty() else 160, markup=False, emoji=False)
+JSON = False  # this command's --json (options.output_options sets it)
+
+
+def set_json(on: bool) -> None:
+    global JSON
+    JSON = on
+
+
+def emit(result: dict, *shown) -> None:
+    """A command's result: `result` as one JSON line with --json, else each of `shown`
+    (tables, lines of text) in turn. Under mlx.launch only rank 0 reports."""
+    if ui.SECONDARY:
+        return
+    if JSON:
+        print(json.dumps(result, default=float))
+        return
+    for item in shown:
+        out.print(Text(item) if isinstance(item, str) else item, highlight=False)
+
+
+def make_table(title: str, *columns: str, right: tuple[str, ...] = (), show_header: bool = True) -> Table:
+    """A results table that fits the terminal: every column may wrap and folds what is
+    too long (a path), so a number is never cut to "600,0…". Fill it with `add_row`."""
+    table = Table(title=Text(title), show_header=show_header)
+    for col in columns:
+        table.add_column(col, overflow="fold", justify="right" if col in right else "left")
+    return table
+
+
+def add_row(table: Table, *cells) -> None:
+    """Cells as plain text: user data (a corpus spec, a sample of text) may hold brackets or `:name:`."""
+    table.add_row(*(Text(str(cell)) for cell in cells))
+
+
+def summary_table(title: str, summary: dict) -> Table:
+    """A key / value table of a summary; numbers with thousands separators."""
+    table = make_table(title, "key", "value", show_header=False)
+    for key, value in summary.items():
+        add_row(table, key, _number(value) if isinstance(value, float) else value)
+    return table
+
+
+def _number(x: float) -> str:
+    return f"{x:,.2f}" if x < 1e4 else f"{x:,.0f}"
