@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from ..accel import auto_streams, blas_per_stream, make_streams, on_stream
 from ..errors import SpecializeError
 
 METRICS = ("euclidean", "cosine")
@@ -51,12 +52,34 @@ def _prepare(x, metric: str) -> mx.array:
     return x
 
 
+_streams: list = []  # the CPU streams the assignment's rows are split over, made once
+
+
+def _assignment_streams() -> list:
+    """One CPU stream per core ([None]: the default stream, on a GPU). MLX's argmin over
+    a row of k scores runs on one thread; split by rows, it runs on every core."""
+    if not _streams:
+        _streams.extend(make_streams(auto_streams(1 << 20)))
+    return _streams
+
+
 def _nearest(x: mx.array, centroids: mx.array, c_norm2: mx.array) -> tuple[mx.array, mx.array]:
-    """x [m, d], centroids [k, d] -> (labels [m] int32, squared distances [m])."""
-    scores = mx.addmm(c_norm2[None, :], x, centroids.T, alpha=-2.0, beta=1.0)  # ||c||^2 - 2 x.c
-    labels = mx.argmin(scores, axis=1)
-    best = mx.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
-    return labels.astype(mx.int32), mx.maximum(best + (x * x).sum(axis=1), 0.0)
+    """x [m, d], centroids [k, d] -> (labels [m] int32, squared distances [m]), the rows
+    split over the assignment streams (run it inside `blas_per_stream`)."""
+    streams = _assignment_streams()
+    bounds = [x.shape[0] * i // len(streams) for i in range(len(streams) + 1)]
+    labels, dists = [], []
+    for a, b, stream in zip(bounds, bounds[1:], streams):
+        if b == a:
+            continue
+        with on_stream(stream):
+            part = x[a:b]
+            scores = mx.addmm(c_norm2[None, :], part, centroids.T, alpha=-2.0, beta=1.0)  # ||c||^2 - 2 x.c
+            nearest = mx.argmin(scores, axis=1)
+            best = mx.take_along_axis(scores, nearest[:, None], axis=1)[:, 0]
+            labels.append(nearest.astype(mx.int32))
+            dists.append(mx.maximum(best + (part * part).sum(axis=1), 0.0))
+    return mx.concatenate(labels), mx.concatenate(dists)
 
 
 def assign(vectors, centroids: np.ndarray, metric: str = "euclidean", chunk: int = 32768,
@@ -75,19 +98,21 @@ def assign(vectors, centroids: np.ndarray, metric: str = "euclidean", chunk: int
         from ..runtime.distributed import all_sum
 
         labels, dists = np.zeros(len(vectors), np.int32), np.zeros(len(vectors), np.float32)
-        for start in range(chunk * world.rank, len(vectors), chunk * world.size):
-            lab, dist = _nearest(_prepare(vectors[start : start + chunk], metric), c, c_norm2)
-            mx.eval(lab, dist)
-            labels[start : start + chunk], dists[start : start + chunk] = np.array(lab), np.array(dist)
+        with blas_per_stream(len(_assignment_streams()), world.local):
+            for start in range(chunk * world.rank, len(vectors), chunk * world.size):
+                lab, dist = _nearest(_prepare(vectors[start : start + chunk], metric), c, c_norm2)
+                mx.eval(lab, dist)
+                labels[start : start + chunk], dists[start : start + chunk] = np.array(lab), np.array(dist)
         summed = all_sum(mx.array(labels), world), all_sum(mx.array(dists), world)  # zeros elsewhere
         mx.eval(*summed)
         return np.array(summed[0]), np.array(summed[1])
     labels, dists = [], []
-    for start in range(0, len(vectors), chunk):
-        lab, dist = _nearest(_prepare(vectors[start : start + chunk], metric), c, c_norm2)
-        mx.eval(lab, dist)
-        labels.append(np.array(lab))
-        dists.append(np.array(dist))
+    with blas_per_stream(len(_assignment_streams())):
+        for start in range(0, len(vectors), chunk):
+            lab, dist = _nearest(_prepare(vectors[start : start + chunk], metric), c, c_norm2)
+            mx.eval(lab, dist)
+            labels.append(np.array(lab))
+            dists.append(np.array(dist))
     if not labels:
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
     return np.concatenate(labels), np.concatenate(dists)
@@ -166,12 +191,27 @@ def _normalize_centroids(c: mx.array, metric: str) -> mx.array:
 def _pass(x: mx.array, centroids: mx.array, chunk: int) -> tuple[mx.array, mx.array]:
     c_norm2 = (centroids * centroids).sum(axis=1)
     labels, dists = [], []
-    for start in range(0, x.shape[0], chunk):
-        lab, dist = _nearest(x[start : start + chunk], centroids, c_norm2)
-        mx.eval(lab, dist)
-        labels.append(lab)
-        dists.append(dist)
+    with blas_per_stream(len(_assignment_streams())):
+        for start in range(0, x.shape[0], chunk):
+            lab, dist = _nearest(x[start : start + chunk], centroids, c_norm2)
+            mx.eval(lab, dist)
+            labels.append(lab)
+            dists.append(dist)
     return mx.concatenate(labels), mx.concatenate(dists)
+
+
+def _cluster_sums(x: mx.array, labels: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """(sum of the rows of x [n, d] in each cluster [k, d], rows per cluster [k]): a
+    scatter-add per assignment stream over its share of the rows (MLX's scatter runs on
+    one thread), then the partial sums added."""
+    streams = _assignment_streams()
+    bounds = [x.shape[0] * i // len(streams) for i in range(len(streams) + 1)]
+    sums, counts = [], []
+    for a, b, stream in zip(bounds, bounds[1:], streams):
+        with on_stream(stream):
+            sums.append(mx.zeros((k, x.shape[1])).at[labels[a:b]].add(x[a:b]))
+            counts.append(mx.zeros((k,)).at[labels[a:b]].add(1.0))
+    return sum(sums[1:], sums[0]), sum(counts[1:], counts[0])
 
 
 def _lloyd(x: mx.array, centroids: mx.array, metric: str, max_iter: int, tol: float, chunk: int, on_iter) -> KMeansResult:
@@ -182,8 +222,7 @@ def _lloyd(x: mx.array, centroids: mx.array, metric: str, max_iter: int, tol: fl
         inertia = float(dists.sum().item())
         if on_iter:
             on_iter(it, inertia)
-        sums = mx.zeros((k, d)).at[labels].add(x)
-        counts = mx.zeros((k,)).at[labels].add(1.0)
+        sums, counts = _cluster_sums(x, labels, k)
         centroids = mx.where(counts[:, None] > 0, sums / mx.maximum(counts[:, None], 1.0), centroids)
         centroids = _repair_empty(centroids, counts, x, dists)
         centroids = _normalize_centroids(centroids, metric)
@@ -215,19 +254,20 @@ def _minibatch(vectors, centroids: mx.array, metric: str, rng: np.random.Generat
     seen = mx.zeros((k,))
     for it in range(1, max_iter + 1):
         order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            ids = np.sort(order[start : start + batch_size])
-            x = _prepare(vectors[ids], metric)
-            labels, _ = _nearest(x, centroids, (centroids * centroids).sum(axis=1))
-            batch_counts = mx.zeros((k,)).at[labels].add(1.0)
-            sums = mx.zeros((k, d)).at[labels].add(x)
-            seen = seen + batch_counts
-            rate = batch_counts / mx.maximum(seen, 1.0)  # weight of this batch's mean
-            means = sums / mx.maximum(batch_counts, 1.0)[:, None]
-            centroids = mx.where(batch_counts[:, None] > 0, (1 - rate[:, None]) * centroids + rate[:, None] * means,
-                                 centroids)
-            centroids = _normalize_centroids(centroids, metric)
-            mx.eval(centroids, seen)
+        with blas_per_stream(len(_assignment_streams())):
+            for start in range(0, n, batch_size):
+                ids = np.sort(order[start : start + batch_size])
+                x = _prepare(vectors[ids], metric)
+                labels, _ = _nearest(x, centroids, (centroids * centroids).sum(axis=1))
+                batch_counts = mx.zeros((k,)).at[labels].add(1.0)
+                sums = mx.zeros((k, d)).at[labels].add(x)
+                seen = seen + batch_counts
+                rate = batch_counts / mx.maximum(seen, 1.0)  # weight of this batch's mean
+                means = sums / mx.maximum(batch_counts, 1.0)[:, None]
+                centroids = mx.where(batch_counts[:, None] > 0, (1 - rate[:, None]) * centroids + rate[:, None] * means,
+                                     centroids)
+                centroids = _normalize_centroids(centroids, metric)
+                mx.eval(centroids, seen)
         if on_iter:
             on_iter(it, math.nan)
     labels, dists = assign(vectors, np.array(centroids), metric, chunk)
