@@ -170,3 +170,19 @@ def test_the_fast_gelu_and_padded_attention_equal_mlx_in_value_and_gradient(kern
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-6)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(np.array(g), np.array(w), rtol=1e-4, atol=1e-5)
+
+
+def test_the_nearest_centre_equals_mlx_argmin_ties_included(monkeypatch):
+    """accel.nearest (k-means' assignment; the C++ kernel where built): the index and value
+    of min_j ||c_j||^2 - 2 x.c_j of each row, the first index on ties, as MLX's argmin."""
+    x = mx.random.normal((300, 16), key=mx.random.key(7))
+    centres = mx.concatenate([x[:40], x[:8]])  # centres 40..47 repeat 0..7: exact ties
+    products, norms = x @ centres.T, (centres * centres).sum(axis=1)
+    scores = norms[None, :] - 2 * products
+    want_index = mx.argmin(scores, axis=1)
+    for setting in ("1", "0"):
+        monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", setting)
+        index, value = accel.nearest(products, norms)
+        assert index.dtype == mx.int32 and mx.array_equal(index, want_index.astype(mx.int32)), setting
+        assert mx.array_equal(value, scores.min(axis=1)), setting
+    assert int(want_index[3]) == 3  # row 3 is centre 3 and centre 43: the first wins

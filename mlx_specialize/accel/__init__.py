@@ -14,13 +14,14 @@ uses it through these names only:
     scope(precision)           open while a compiled training / evaluation step is
                                traced: where the swapped layers use their fast paths
     cross_entropy              the per-token loss, fused where that is faster
+    nearest                    k-means' nearest centre from x c^T and ||c||^2, one pass
     check_precision            refuse, in one line, a precision this machine cannot train in
     auto_streams, make_streams, on_stream, blas_per_stream
                                the CPU streams a batch is split over
     keep_freed_buffers, blas_threads, device_name, BLAS, slow_paths, warn_slow_paths
 
 What is in the files: backend.py (BLAS, device facts), blas_forward.py, streams.py,
-mode.py (the scope), modules.py (the accelerated layers), fastmath.py, bf16.py, losses.py,
+mode.py (the scope), modules.py (the accelerated layers), ops.py, fastmath.py, bf16.py, losses.py,
 native/ (C++ kernels), diagnose.py (slow paths said before work starts).
 
 Nothing here imports `mlx.core` before `setup()` has run: the names that need it are
@@ -38,6 +39,7 @@ _LAZY = {  # name -> (module, attribute)
     "prepare": ("modules", "prepare"),
     "unprepare": ("modules", "unprepare"),
     "cross_entropy": ("losses", "cross_entropy"),
+    "nearest": ("ops", "nearest"),
     "check_precision": ("bf16", "check"),
     "auto_streams": ("streams", "auto_streams"),
     "make_streams": ("streams", "make_streams"),

@@ -8,6 +8,9 @@ for assignment and mini-batch training.
   L2-normalised, distance = 2 - 2 cos (spherical k-means).
 - Seeding: greedy k-means++ (2 + ln k candidates per centre, as scikit-learn) on a
   random sample of at most `init_sample` vectors; costs O(k x sample) instead of O(k x n).
+  By default the sample holds 50,000 vectors, fewer for large k: at most
+  `SEEDING_WORK / k` (8 per centre at k = 1024), so that seeding stays a small part of
+  the run (the inertia it costs after Lloyd: BENCHMARKS.md).
 - `method="lloyd"`: full passes until the inertia improves by less than `tol` (relative)
   or `max_iter`; `"minibatch"`: Sculley's mini-batch k-means with per-centre learning
   rates, `max_iter` passes over shuffled batches; `"auto"` picks Lloyd when the vectors
@@ -27,10 +30,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from .. import accel
 from ..accel import auto_streams, blas_per_stream, make_streams, on_stream
 from ..errors import SpecializeError
 
 METRICS = ("euclidean", "cosine")
+SEEDING_WORK = 8_000_000  # centres x sampled vectors for the default k-means++ sample
 
 
 @dataclass
@@ -74,15 +79,13 @@ def _nearest(x: mx.array, centroids: mx.array, c_norm2: mx.array) -> tuple[mx.ar
             continue
         with on_stream(stream):
             part = x[a:b]
-            scores = mx.addmm(c_norm2[None, :], part, centroids.T, alpha=-2.0, beta=1.0)  # ||c||^2 - 2 x.c
-            nearest = mx.argmin(scores, axis=1)
-            best = mx.take_along_axis(scores, nearest[:, None], axis=1)[:, 0]
-            labels.append(nearest.astype(mx.int32))
+            nearest, best = accel.nearest(part @ centroids.T, c_norm2)  # min over j of ||c_j||^2 - 2 x.c_j
+            labels.append(nearest)
             dists.append(mx.maximum(best + (part * part).sum(axis=1), 0.0))
     return mx.concatenate(labels), mx.concatenate(dists)
 
 
-def assign(vectors, centroids: np.ndarray, metric: str = "euclidean", chunk: int = 32768,
+def assign(vectors, centroids: np.ndarray, metric: str = "euclidean", chunk: int = 8192,
            world=None) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every vector, streamed in chunks: (labels [n] int32,
     squared distances [n] float32). `vectors` may be a memory-mapped array.
@@ -155,9 +158,9 @@ def kmeans(
     method: str = "auto",
     max_iter: int = 50,
     tol: float = 1e-4,
-    init_sample: int = 50_000,
+    init_sample: int | None = None,
     batch_size: int = 8192,
-    chunk: int = 32768,
+    chunk: int = 8192,
     memory_budget: int = 4 << 30,
     on_iter=None,
 ) -> KMeansResult:
@@ -175,6 +178,8 @@ def kmeans(
     if method not in ("lloyd", "minibatch"):
         raise SpecializeError(f"unknown k-means method '{method}' (lloyd, minibatch or auto)")
     rng = np.random.default_rng(seed)
+    if init_sample is None:
+        init_sample = min(50_000, SEEDING_WORK // k)
     sample_ids = np.sort(rng.choice(n, size=min(n, max(init_sample, k)), replace=False))
     centroids = kmeans_plus_plus(_prepare(vectors[sample_ids], metric), k, rng)
     if method == "lloyd":

@@ -5,6 +5,8 @@
 //       for the backward, which writes softmax - onehot in one pass)
 //   swiglu(gate, up) -> silu(gate) * up                          (any shape, one pass)
 //   gelu(x) -> x Phi(x) = x (1 + erf(x / sqrt 2)) / 2            (any shape, one pass; BERT's)
+//   nearest(products [m, k], norms [k]) -> argmin_j (norms_j - 2 products_ij), its value
+//       (k-means' assignment from x c^T and ||c||^2; no gradient)
 //   rms_norm(x [..., D], weight [D], eps) -> x / rms(x) * weight  (backward: dx and dweight)
 //   attention(q [B, H, L, Dh], k, v [B, Hkv, S, Dh], scale, causal, block) -> [B, L, H, Dh]
 //       softmax(scale q k^T + mask) v, forward and backward fused around BLAS products
@@ -25,11 +27,13 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common.h"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
@@ -315,6 +319,54 @@ mx::array gelu(const mx::array& x, mx::StreamOrDevice s = {}) {
   check_cpu(stream, "gelu");
   check_float32(x, "gelu");
   return mx::array(x.shape(), mx::float32, std::make_shared<Gelu>(stream), {x});
+}
+
+// ---------------------------------------------------------------- nearest centre
+
+class Nearest : public CpuPrimitive {
+ public:
+  using CpuPrimitive::CpuPrimitive;
+  const char* name() const override { return "Nearest"; }
+
+  // inputs: products [m, k], norms [k] -> index [m] int32, value [m] of the smallest
+  // norms_j - 2 products_ij in each row (the first index on ties, as argmin)
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = encoder_for(stream(), inputs, outputs);
+    encoder.dispatch([p = row_major(inputs[0], encoder).data<float>(), c = row_major(inputs[1], encoder).data<float>(),
+                      index = outputs[0].data<int32_t>(), value = outputs[1].data<float>(),
+                      m = int64_t(inputs[0].shape(0)), k = int64_t(inputs[0].shape(1))]() {
+      std::vector<float> d(k);  // one row's values, stored: the search compares the very floats the min saw
+      for (int64_t r = 0; r < m; ++r) {
+        const float* row = p + r * k;
+        float best = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : best)
+        for (int64_t j = 0; j < k; ++j) {
+          d[j] = c[j] - 2.0f * row[j];
+          best = std::min(best, d[j]);
+        }
+        int64_t at = 0;
+        while (at < k - 1 && !(d[at] <= best)) ++at;  // NaN rows end at k - 1
+        index[r] = int32_t(at);
+        value[r] = best;
+      }
+    });
+  }
+
+  std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&, const std::vector<int>&,
+                             const std::vector<mx::array>&) override {
+    throw std::invalid_argument("nearest has no gradient");
+  }
+};
+
+std::vector<mx::array> nearest(const mx::array& products, const mx::array& norms, mx::StreamOrDevice s = {}) {
+  auto stream = mx::to_stream(s);
+  check_cpu(stream, "nearest");
+  check_float32(products, "nearest");
+  check_float32(norms, "nearest");
+  if (products.ndim() != 2 || norms.ndim() != 1 || norms.shape(0) != products.shape(1) || products.shape(1) < 1)
+    throw std::invalid_argument("nearest takes products [m, k] and norms [k], k >= 1");
+  return mx::array::make_arrays({{products.shape(0)}, {products.shape(0)}}, {mx::int32, mx::float32},
+                                std::make_shared<Nearest>(stream), {products, norms});
 }
 
 // ---------------------------------------------------------------- RMSNorm
@@ -641,6 +693,8 @@ void register_kernels(nb::module_& m) {
         "silu(gate) * up for float32 arrays of one shape, one pass forward and backward");
   m.def("gelu", &gelu, "x"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x (1 + erf(x / sqrt 2)) / 2 for a float32 array (exact GELU, as BERT's), one pass forward and backward");
+  m.def("nearest", &nearest, "products"_a, "norms"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "(index [m] int32, value [m]) of min_j norms_j - 2 products_ij for products [m, k], norms [k], float32");
   m.def("rms_norm", &rms_norm, "x"_a, "weight"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x [..., D] / sqrt(mean(x^2) + eps) * weight [D], float32");
   m.def("attention", &attention, "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a, "block"_a, nb::kw_only(),
