@@ -186,3 +186,16 @@ def test_the_nearest_centre_equals_mlx_argmin_ties_included(monkeypatch):
         assert index.dtype == mx.int32 and mx.array_equal(index, want_index.astype(mx.int32)), setting
         assert mx.array_equal(value, scores.min(axis=1)), setting
     assert int(want_index[3]) == 3  # row 3 is centre 3 and centre 43: the first wins
+
+
+def test_cluster_sums_equal_a_scatter_add(monkeypatch):
+    """accel.cluster_sums (k-means' update; the C++ kernel where built) adds up each
+    cluster's rows and counts them as MLX's scatter-add does, empty clusters zero."""
+    x = mx.random.normal((500, 24), key=mx.random.key(8))
+    labels = mx.random.randint(0, 9, (500,), key=mx.random.key(9)).astype(mx.int32)  # cluster 9 stays empty
+    want = mx.zeros((10, 24)).at[labels].add(x), mx.zeros((10,)).at[labels].add(1.0)
+    for setting in ("1", "0"):
+        monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", setting)
+        sums, counts = accel.cluster_sums(x, labels, 10)
+        np.testing.assert_allclose(np.array(sums), np.array(want[0]), rtol=1e-5, atol=1e-5, err_msg=setting)
+        assert mx.array_equal(counts, want[1]) and counts[9].item() == 0, setting

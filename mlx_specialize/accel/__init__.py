@@ -14,7 +14,7 @@ uses it through these names only:
     scope(precision)           open while a compiled training / evaluation step is
                                traced: where the swapped layers use their fast paths
     cross_entropy              the per-token loss, fused where that is faster
-    nearest                    k-means' nearest centre from x c^T and ||c||^2, one pass
+    nearest, cluster_sums      k-means' assignment (from x c^T and ||c||^2) and update, one pass each
     check_precision            refuse, in one line, a precision this machine cannot train in
     auto_streams, make_streams, on_stream, blas_per_stream
                                the CPU streams a batch is split over
@@ -40,6 +40,7 @@ _LAZY = {  # name -> (module, attribute)
     "unprepare": ("modules", "unprepare"),
     "cross_entropy": ("losses", "cross_entropy"),
     "nearest": ("ops", "nearest"),
+    "cluster_sums": ("ops", "cluster_sums"),
     "check_precision": ("bf16", "check"),
     "auto_streams": ("streams", "auto_streams"),
     "make_streams": ("streams", "make_streams"),

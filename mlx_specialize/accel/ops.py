@@ -23,3 +23,15 @@ def nearest(products: mx.array, norms: mx.array) -> tuple[mx.array, mx.array]:
     scores = norms[None, :] - 2 * products
     index = mx.argmin(scores, axis=1)
     return index.astype(mx.int32), mx.take_along_axis(scores, index[:, None], axis=1)[:, 0]
+
+
+def cluster_sums(x: mx.array, labels: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """k-means' update: (sums [k, d] of the rows of x [n, d] in each cluster of labels
+    [n], counts [k] float32). MLX's scatter-add runs one element at a time on one thread;
+    the C++ kernel adds each row into its cluster's sum as one vectorized pass."""
+    kernels = fastmath.kernels() if x.dtype == mx.float32 else None
+    if kernels is not None and mx.default_device().type == mx.cpu:
+        sums, counts = kernels.cluster_sums(x, labels, k)
+        return sums, counts
+    sums = mx.zeros((k, x.shape[1]), x.dtype).at[labels].add(x)
+    return sums, mx.zeros((k,)).at[labels].add(1.0)

@@ -205,20 +205,6 @@ def _pass(x: mx.array, centroids: mx.array, chunk: int) -> tuple[mx.array, mx.ar
     return mx.concatenate(labels), mx.concatenate(dists)
 
 
-def _cluster_sums(x: mx.array, labels: mx.array, k: int) -> tuple[mx.array, mx.array]:
-    """(sum of the rows of x [n, d] in each cluster [k, d], rows per cluster [k]): a
-    scatter-add per assignment stream over its share of the rows (MLX's scatter runs on
-    one thread), then the partial sums added."""
-    streams = _assignment_streams()
-    bounds = [x.shape[0] * i // len(streams) for i in range(len(streams) + 1)]
-    sums, counts = [], []
-    for a, b, stream in zip(bounds, bounds[1:], streams):
-        with on_stream(stream):
-            sums.append(mx.zeros((k, x.shape[1])).at[labels[a:b]].add(x[a:b]))
-            counts.append(mx.zeros((k,)).at[labels[a:b]].add(1.0))
-    return sum(sums[1:], sums[0]), sum(counts[1:], counts[0])
-
-
 def _lloyd(x: mx.array, centroids: mx.array, metric: str, max_iter: int, tol: float, chunk: int, on_iter) -> KMeansResult:
     k, d = centroids.shape
     previous = math.inf
@@ -227,7 +213,7 @@ def _lloyd(x: mx.array, centroids: mx.array, metric: str, max_iter: int, tol: fl
         inertia = float(dists.sum().item())
         if on_iter:
             on_iter(it, inertia)
-        sums, counts = _cluster_sums(x, labels, k)
+        sums, counts = accel.cluster_sums(x, labels, k)
         centroids = mx.where(counts[:, None] > 0, sums / mx.maximum(counts[:, None], 1.0), centroids)
         centroids = _repair_empty(centroids, counts, x, dists)
         centroids = _normalize_centroids(centroids, metric)

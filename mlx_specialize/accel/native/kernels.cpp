@@ -7,6 +7,8 @@
 //   gelu(x) -> x Phi(x) = x (1 + erf(x / sqrt 2)) / 2            (any shape, one pass; BERT's)
 //   nearest(products [m, k], norms [k]) -> argmin_j (norms_j - 2 products_ij), its value
 //       (k-means' assignment from x c^T and ||c||^2; no gradient)
+//   cluster_sums(x [n, d], labels [n] int32, k) -> sums [k, d], counts [k]
+//       (k-means' update: the rows of each cluster added up; no gradient)
 //   rms_norm(x [..., D], weight [D], eps) -> x / rms(x) * weight  (backward: dx and dweight)
 //   attention(q [B, H, L, Dh], k, v [B, Hkv, S, Dh], scale, causal, block) -> [B, L, H, Dh]
 //       softmax(scale q k^T + mask) v, forward and backward fused around BLAS products
@@ -369,6 +371,52 @@ std::vector<mx::array> nearest(const mx::array& products, const mx::array& norms
                                 std::make_shared<Nearest>(stream), {products, norms});
 }
 
+class ClusterSums : public CpuPrimitive {
+ public:
+  ClusterSums(mx::Stream stream, int k) : CpuPrimitive(stream), k_(k) {}
+  const char* name() const override { return "ClusterSums"; }
+  std::vector<double> params() const override { return {double(k_)}; }
+
+  // inputs: x [n, d], labels [n] -> sums [k, d], counts [k] (labels outside [0, k) skipped)
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = encoder_for(stream(), inputs, outputs);
+    encoder.dispatch([x = row_major(inputs[0], encoder).data<float>(), l = row_major(inputs[1], encoder).data<int32_t>(),
+                      sums = outputs[0].data<float>(), counts = outputs[1].data<float>(), n = int64_t(inputs[0].shape(0)),
+                      d = int64_t(inputs[0].shape(1)), k = int64_t(k_)]() {
+      std::fill(sums, sums + k * d, 0.0f);
+      std::fill(counts, counts + k, 0.0f);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t c = l[i];
+        if (c < 0 || c >= k) continue;
+        float* to = sums + c * d;
+        const float* row = x + i * d;
+#pragma omp simd
+        for (int64_t j = 0; j < d; ++j) to[j] += row[j];
+        counts[c] += 1.0f;
+      }
+    });
+  }
+
+  std::vector<mx::array> vjp(const std::vector<mx::array>&, const std::vector<mx::array>&, const std::vector<int>&,
+                             const std::vector<mx::array>&) override {
+    throw std::invalid_argument("cluster_sums has no gradient");
+  }
+
+ private:
+  int k_;
+};
+
+std::vector<mx::array> cluster_sums(const mx::array& x, const mx::array& labels, int k, mx::StreamOrDevice s = {}) {
+  auto stream = mx::to_stream(s);
+  check_cpu(stream, "cluster_sums");
+  check_float32(x, "cluster_sums");
+  if (x.ndim() != 2 || labels.ndim() != 1 || labels.shape(0) != x.shape(0) || k < 1)
+    throw std::invalid_argument("cluster_sums takes x [n, d], labels [n] and k >= 1");
+  auto l = labels.dtype() == mx::int32 ? labels : mx::astype(labels, mx::int32, stream);
+  return mx::array::make_arrays({{k, x.shape(1)}, {k}}, {mx::float32, mx::float32},
+                                std::make_shared<ClusterSums>(stream, k), {x, l});
+}
+
 // ---------------------------------------------------------------- RMSNorm
 
 // The RMSNorm primitives' parameter: eps
@@ -695,6 +743,8 @@ void register_kernels(nb::module_& m) {
         "x (1 + erf(x / sqrt 2)) / 2 for a float32 array (exact GELU, as BERT's), one pass forward and backward");
   m.def("nearest", &nearest, "products"_a, "norms"_a, nb::kw_only(), "stream"_a = nb::none(),
         "(index [m] int32, value [m]) of min_j norms_j - 2 products_ij for products [m, k], norms [k], float32");
+  m.def("cluster_sums", &cluster_sums, "x"_a, "labels"_a, "k"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "(sums [k, d], counts [k]) of the rows of x [n, d] float32 in each cluster of labels [n]");
   m.def("rms_norm", &rms_norm, "x"_a, "weight"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x [..., D] / sqrt(mean(x^2) + eps) * weight [D], float32");
   m.def("attention", &attention, "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a, "block"_a, nb::kw_only(),
