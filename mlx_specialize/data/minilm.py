@@ -286,6 +286,9 @@ class MiniLMEmbedder:
         self.model = self._load_model(folder / "model.safetensors", config)
         self.streams = make_streams(auto_streams(batch_size))  # [None] (one stream) unless CPU is the default
         self._forward = {}  # padded (bool) -> the compiled forward; MLX traces it once per shape
+        # CPU: keep freed buffers for reuse, as the trainer does (a batch's attention and MLP
+        # arrays are far above MLX's 32 MB default; fresh ones are page-faulted in each time)
+        accel.keep_freed_buffers()
 
     def _load_tokenizer(self, path: Path):
         from tokenizers import Tokenizer
