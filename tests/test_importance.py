@@ -222,3 +222,18 @@ def test_specialize_with_importance_sampling_lowers_domain_perplexity(tmp_path):
     assert select_phase["kl_selected"] < select_phase["kl_generic"]
     assert report["ppl_after"] < report["ppl_before"]
     assert (tmp_path / "run" / "selection-histograms.png").is_file()
+
+
+def test_kmeans_fitted_on_a_sample_assigns_every_vector():
+    """`max_points_per_centroid` (faiss' rule): centroids fitted on at most that many
+    vectors per centre, then every vector assigned: labels and inertia over all n."""
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 10
+    x = (centres[rng.integers(0, 4, 2000)] + rng.normal(size=(2000, 8))).astype(np.float32)
+    sampled = kmeans(x, 4, max_points_per_centroid=50, seed=1)  # fitted on 200 of 2,000
+    labels, d2 = assign(x, sampled.centroids)
+    assert sampled.counts.sum() == 2000 and np.array_equal(np.bincount(labels, minlength=4), sampled.counts)
+    assert sampled.inertia == pytest.approx(float(d2.astype(np.float64).sum()), rel=1e-6)
+    full = kmeans(x, 4, seed=1)
+    assert sampled.inertia <= 1.02 * full.inertia  # four well-separated blobs: the sample finds them too

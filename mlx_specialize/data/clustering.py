@@ -36,6 +36,9 @@ from ..errors import SpecializeError
 
 METRICS = ("euclidean", "cosine")
 SEEDING_WORK = 8_000_000  # centres x sampled vectors for the default k-means++ sample
+# Bumped whenever the same vectors, k and seed may give other centroids (cache keys of
+# clusterings include it): 2 = seeding sample 8M / k, the C++ assignment and update.
+VERSION = 2
 
 
 @dataclass
@@ -162,11 +165,15 @@ def kmeans(
     batch_size: int = 8192,
     chunk: int = 8192,
     memory_budget: int = 4 << 30,
+    max_points_per_centroid: int | None = None,
     on_iter=None,
 ) -> KMeansResult:
     """Cluster `vectors` [n, d] into k clusters (see the module docstring).
 
-    `on_iter(iteration, inertia)` is called after each pass (for progress)."""
+    `on_iter(iteration, inertia)` is called after each pass (for progress).
+    `max_points_per_centroid`: fit the centroids on a random sample of at most that many
+    vectors per centre (faiss' rule, 256 by default there), then assign all n; None
+    fits on all of them."""
     _check_metric(metric)
     n = len(vectors)
     if n == 0:
@@ -178,6 +185,13 @@ def kmeans(
     if method not in ("lloyd", "minibatch"):
         raise SpecializeError(f"unknown k-means method '{method}' (lloyd, minibatch or auto)")
     rng = np.random.default_rng(seed)
+    if max_points_per_centroid is not None and n > max_points_per_centroid * k:
+        fit_ids = np.sort(rng.choice(n, size=max_points_per_centroid * k, replace=False))
+        fitted = kmeans(vectors[fit_ids], k, metric, seed, method, max_iter, tol, init_sample, batch_size, chunk,
+                        memory_budget, None, on_iter)
+        labels, dists = assign(vectors, fitted.centroids, metric, chunk)
+        return KMeansResult(fitted.centroids, float(dists.astype(np.float64).sum()),
+                            np.bincount(labels, minlength=k), fitted.n_iter, metric)
     if init_sample is None:
         init_sample = min(50_000, SEEDING_WORK // k)
     sample_ids = np.sort(rng.choice(n, size=min(n, max(init_sample, k)), replace=False))

@@ -28,6 +28,7 @@ import numpy as np
 from .. import ui
 from ..runtime.cache import MANIFEST, cache_entry, check_file, file_record, locked, move_aside, verify
 from ..data.clustering import METRICS, assign, kmeans
+from ..data.clustering import VERSION as KMEANS_VERSION
 from ..data.corpus import load_corpus
 from ..data.embedding import (EMBEDDERS, HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows,
                               window_texts)
@@ -222,7 +223,8 @@ def cached_clusters(generic: str, tokenizer: Tokenizer, embedder_name: str, wind
                     seed: int, cache_dir) -> tuple[Clusters, bool]:
     """Embed and cluster the generic train split once per settings: (clusters, reused)."""
     generic_split = corpus_split(generic, "train", tokenizer, cache_dir)
-    key = cache_key(load_corpus(generic).fingerprint(), tokenizer.fingerprint, embedder_name, window, k, metric, seed)
+    key = cache_key(load_corpus(generic).fingerprint(), tokenizer.fingerprint, embedder_name, window, k, metric, seed,
+                    f"kmeans-v{KMEANS_VERSION}")
     folder = Path(cache_dir) / "clusters" / key
     what = f"the {k} clusters of {generic} ({embedder_name} embeddings of {window}-token windows)"
     with cache_entry(folder, what) as entry:
