@@ -16,7 +16,7 @@ uses it through these names only:
     cross_entropy              the per-token loss, fused where that is faster
     nearest, cluster_sums      k-means' assignment (from x c^T and ||c||^2) and update, one pass each
     check_precision            refuse, in one line, a precision this machine cannot train in
-    auto_streams, make_streams, on_stream, blas_per_stream
+    auto_streams, make_streams, on_stream, blas_per_stream, row_slices
                                the CPU streams a batch is split over
     keep_freed_buffers, blas_threads, device_name, BLAS, slow_paths, warn_slow_paths
 
@@ -45,6 +45,7 @@ _LAZY = {  # name -> (module, attribute)
     "auto_streams": ("streams", "auto_streams"),
     "make_streams": ("streams", "make_streams"),
     "on_stream": ("streams", "on_stream"),
+    "row_slices": ("streams", "row_slices"),
     "blas_per_stream": ("streams", "blas_per_stream"),
     "slow_paths": ("diagnose", "slow_paths"),
     "warn_slow_paths": ("diagnose", "warn_slow_paths"),

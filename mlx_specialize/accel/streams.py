@@ -36,6 +36,13 @@ def make_streams(n: int) -> list:
     return [None] if n <= 1 else [mx.new_stream(mx.cpu) for _ in range(n)]
 
 
+def row_slices(rows: int, parts: int) -> list[slice]:
+    """`rows` split into at most `parts` contiguous, non-empty slices of near-equal size,
+    one per stream (fewer when there are fewer rows than streams)."""
+    bounds = [rows * i // parts for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
 def blas_per_stream(n_streams: int, processes: int = 1):
     """Context for running `n_streams` parallel streams in each of `processes` processes
     on this host: BLAS on one thread per stream, or its share of the cores for one

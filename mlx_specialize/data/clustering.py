@@ -31,7 +31,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import accel
-from ..accel import auto_streams, blas_per_stream, make_streams, on_stream
+from ..accel import auto_streams, blas_per_stream, make_streams, on_stream, row_slices
 from ..errors import SpecializeError
 
 METRICS = ("euclidean", "cosine")
@@ -75,13 +75,10 @@ def _nearest(x: mx.array, centroids: mx.array, c_norm2: mx.array) -> tuple[mx.ar
     """x [m, d], centroids [k, d] -> (labels [m] int32, squared distances [m]), the rows
     split over the assignment streams (run it inside `blas_per_stream`)."""
     streams = _assignment_streams()
-    bounds = [x.shape[0] * i // len(streams) for i in range(len(streams) + 1)]
     labels, dists = [], []
-    for a, b, stream in zip(bounds, bounds[1:], streams):
-        if b == a:
-            continue
+    for rows, stream in zip(row_slices(x.shape[0], len(streams)), streams):
         with on_stream(stream):
-            part = x[a:b]
+            part = x[rows]
             nearest, best = accel.nearest(part @ centroids.T, c_norm2)  # min over j of ||c_j||^2 - 2 x.c_j
             labels.append(nearest)
             dists.append(mx.maximum(best + (part * part).sum(axis=1), 0.0))
@@ -220,7 +217,7 @@ def _pass(x: mx.array, centroids: mx.array, chunk: int) -> tuple[mx.array, mx.ar
 
 
 def _lloyd(x: mx.array, centroids: mx.array, metric: str, max_iter: int, tol: float, chunk: int, on_iter) -> KMeansResult:
-    k, d = centroids.shape
+    k = centroids.shape[0]
     previous = math.inf
     for it in range(1, max_iter + 1):
         labels, dists = _pass(x, centroids, chunk)
@@ -255,7 +252,7 @@ def _minibatch(vectors, centroids: mx.array, metric: str, rng: np.random.Generat
                batch_size: int, chunk: int, on_iter) -> KMeansResult:
     """Sculley (2010): per-centre counts give each centre the learning rate 1 / count."""
     n = len(vectors)
-    k, d = centroids.shape
+    k = centroids.shape[0]
     seen = mx.zeros((k,))
     for it in range(1, max_iter + 1):
         order = rng.permutation(n)
@@ -264,8 +261,7 @@ def _minibatch(vectors, centroids: mx.array, metric: str, rng: np.random.Generat
                 ids = np.sort(order[start : start + batch_size])
                 x = _prepare(vectors[ids], metric)
                 labels, _ = _nearest(x, centroids, (centroids * centroids).sum(axis=1))
-                batch_counts = mx.zeros((k,)).at[labels].add(1.0)
-                sums = mx.zeros((k, d)).at[labels].add(x)
+                sums, batch_counts = accel.cluster_sums(x, labels, k)
                 seen = seen + batch_counts
                 rate = batch_counts / mx.maximum(seen, 1.0)  # weight of this batch's mean
                 means = sums / mx.maximum(batch_counts, 1.0)[:, None]

@@ -41,7 +41,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .. import accel
-from ..accel import auto_streams, blas_per_stream, make_streams
+from ..accel import auto_streams, blas_per_stream, make_streams, row_slices
 from ..errors import SpecializeError
 from ..layers import ScaledDotProductAttention
 
@@ -339,13 +339,11 @@ class MiniLMEmbedder:
             streams = self.streams
 
             def forward(tokens, valid=None):
-                parts = [p for p in np.array_split(np.arange(tokens.shape[0]), len(streams)) if len(p)]
                 outputs = []
                 with accel.scope():
-                    for rows, stream in zip(parts, streams):
-                        a, b = int(rows[0]), int(rows[-1]) + 1
+                    for rows, stream in zip(row_slices(tokens.shape[0], len(streams)), streams):
                         with mx.stream(stream if stream is not None else mx.cpu):
-                            outputs.append(self._pooled(tokens[a:b], None if valid is None else valid[a:b]))
+                            outputs.append(self._pooled(tokens[rows], None if valid is None else valid[rows]))
                 return outputs
 
             self._forward[padded] = mx.compile(forward)

@@ -18,21 +18,16 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..accel import cross_entropy, on_stream
+from ..accel import cross_entropy, on_stream, row_slices
 from ..data.tokenizer import BOS_ID
 from ..data.tokens import target_mask
-
-def _row_slices(rows: int, parts: int) -> list[slice]:
-    bounds = [rows * i // parts for i in range(parts + 1)]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-
 
 def masked_nll(model, x: mx.array, y: mx.array, mask: mx.array, streams: list) -> tuple[mx.array, mx.array]:
     """(sum of -log p(y|x) over mask, sum of mask), computed slice by slice on `streams`.
 
     x, y, mask: [B, L]. With streams == [None] this is one plain forward pass."""
     total = count = None
-    for rows, stream in zip(_row_slices(x.shape[0], len(streams)), streams):
+    for rows, stream in zip(row_slices(x.shape[0], len(streams)), streams):
         with on_stream(stream):
             nll = (cross_entropy(model(x[rows]), y[rows]) * mask[rows]).sum()
             part_count = mask[rows].sum()
