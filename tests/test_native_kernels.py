@@ -92,6 +92,23 @@ def test_rms_norm_matches_mlx_fast_rms_norm(kernels, layout):
         kernels.rms_norm(x, weight[:-1], 1e-5)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_layer_norm_matches_mlx_fast_layer_norm(kernels, layout):
+    x = mx.random.normal((3, 50, 64), key=mx.random.key(6)) * 3 + 5  # a mean far from 0
+    weight, bias = (mx.random.normal((64,), key=mx.random.key(i)) for i in (7, 8))
+    if layout == "transposed":
+        x = x.swapaxes(0, 1)
+    _close(kernels.layer_norm(x, weight, bias, 1e-12), mx.fast.layer_norm(x, weight, bias, 1e-12),
+           rtol=2e-6, atol=2e-6)
+    for got, want in zip(_grads(lambda a, w, b: kernels.layer_norm(a, w, b, 1e-12), (x, weight, bias), (0, 1, 2)),
+                         _grads(lambda a, w, b: mx.fast.layer_norm(a, w, b, 1e-12), (x, weight, bias), (0, 1, 2))):
+        _close(got, want, rtol=1e-4, atol=1e-5)
+    only_bias = _grads(lambda b: kernels.layer_norm(x, weight, b, 1e-12), (bias,), 0)
+    _close(only_bias, _grads(lambda b: mx.fast.layer_norm(x, weight, b, 1e-12), (bias,), 0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        kernels.layer_norm(x, weight, bias[:-1], 1e-12)
+
+
 @pytest.mark.parametrize("heads,kv_heads,length,block,causal,layout", [
     (4, 4, 200, 64, True, "contiguous"),  # ragged last block
     (4, 2, 96, 32, True, "contiguous"),  # grouped queries

@@ -2,8 +2,8 @@
 them into a model from outside.
 
 Each class here subclasses the plain layer it replaces (mlx.nn's `Linear`, `RMSNorm`,
-`Embedding`, `GELU`; `layers.py`'s `SwiGLU`, `ScaledDotProductAttention`, `MatmulT`), has the
-same parameters, and inside an `accel.scope` computes the same values its platform's
+`LayerNorm`, `Embedding`, `GELU`; `layers.py`'s `SwiGLU`, `ScaledDotProductAttention`,
+`MatmulT`), has the same parameters, and inside an `accel.scope` computes the same values its platform's
 faster way; outside a scope it is the plain layer. So every model made of these layers
 (dense, projected, soup) gets the same kernels, and models/ holds no platform code.
 
@@ -58,6 +58,18 @@ class RMSNorm(nn.RMSNorm):
         return super().__call__(x)
 
 
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm`; inside a fast scope with the C++ kernels built, their
+    `layer_norm` (one pass per row forward, mean and variance as MLX's), for the affine
+    layer norm with a bias (BERT's)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        kernels = fastmath.native(x)
+        if kernels is not None and "weight" in self and "bias" in self and self.weight.dtype == mx.float32:
+            return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+        return super().__call__(x)
+
+
 class SwiGLU(layers.SwiGLU):
     """silu(gate) * up; inside a fast scope the C++ kernels' one-pass `swiglu` (forward
     and backward), or without them fastmath's vectorizable SiLU."""
@@ -102,6 +114,7 @@ SWAPS = {
     nn.Linear: Linear,
     nn.Embedding: Embedding,
     nn.RMSNorm: RMSNorm,
+    nn.LayerNorm: LayerNorm,
     nn.GELU: GELU,
     layers.MatmulT: MatmulT,
     layers.SwiGLU: SwiGLU,

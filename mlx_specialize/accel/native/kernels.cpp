@@ -10,6 +10,8 @@
 //   cluster_sums(x [n, d], labels [n] int32, k) -> sums [k, d], counts [k]
 //       (k-means' update: the rows of each cluster added up; no gradient)
 //   rms_norm(x [..., D], weight [D], eps) -> x / rms(x) * weight  (backward: dx and dweight)
+//   layer_norm(x [..., D], weight [D], bias [D], eps) -> (x - mean) / std * weight + bias
+//       (BERT's; backward: dx, and dweight with dbias)
 //   attention(q [B, H, L, Dh], k, v [B, Hkv, S, Dh], scale, causal, block) -> [B, L, H, Dh]
 //       softmax(scale q k^T + mask) v, forward and backward fused around BLAS products
 //
@@ -535,6 +537,138 @@ mx::array rms_norm(const mx::array& x, const mx::array& weight, float eps, mx::S
   return mx::array(x.shape(), mx::float32, std::make_shared<RmsNorm>(stream, eps), {x, weight});
 }
 
+// ---------------------------------------------------------------- layer norm
+// y = (x - mean) / sqrt(var + eps) * weight + bias per row (BERT's LayerNorm): mean and
+// variance in two passes over the row, as MLX's own (no cancellation in E[x^2] - mean^2).
+// No saved statistics: the backward recomputes them (two short passes per row)
+
+struct RowStats {
+  float mean, inverse_std;
+};
+
+inline RowStats row_stats(const float* x, int64_t d, float eps) {
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < d; ++i) total += x[i];
+  const float mean = total / float(d);
+  float squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+  for (int64_t i = 0; i < d; ++i) squares += (x[i] - mean) * (x[i] - mean);
+  return {mean, 1.0f / std::sqrt(squares / float(d) + eps)};
+}
+
+class LayerNormGrad : public WithEps {
+ public:
+  using WithEps::WithEps;
+  const char* name() const override { return "LayerNormGrad"; }
+
+  // inputs: x [N, D], weight [D], d y [N, D] -> d x [N, D]
+  //   = (w dy - mean(w dy) - xhat mean(w dy xhat)) / std, xhat = (x - mean) / std
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = encoder_for(stream(), inputs, outputs);
+    const int64_t d = inputs[1].size(), n = inputs[0].size() / d;
+    encoder.dispatch([x = row_major(inputs[0], encoder).data<float>(),
+                      w = row_major(inputs[1], encoder).data<float>(),
+                      dy = row_major(inputs[2], encoder).data<float>(), dx = outputs[0].data<float>(), n, d,
+                      eps = eps_]() {
+      for (int64_t r = 0; r < n; ++r) {
+        const float *xr = x + r * d, *dyr = dy + r * d;
+        float* dxr = dx + r * d;
+        const auto [mean, k] = row_stats(xr, d, eps);
+        float g_sum = 0.0f, gx_sum = 0.0f;  // sums of w dy and of w dy xhat
+#pragma omp simd reduction(+ : g_sum, gx_sum)
+        for (int64_t i = 0; i < d; ++i) {
+          const float g = w[i] * dyr[i];
+          g_sum += g;
+          gx_sum += g * (xr[i] - mean) * k;
+        }
+        const float g_mean = g_sum / float(d), gx_mean = gx_sum / float(d);
+#pragma omp simd
+        for (int64_t i = 0; i < d; ++i) dxr[i] = k * (w[i] * dyr[i] - g_mean - (xr[i] - mean) * k * gx_mean);
+      }
+    });
+  }
+};
+
+// The weight's and the bias's gradients (one primitive, two outputs), computed only
+// when asked for: d weight = sum over rows of dy xhat, d bias = sum of dy
+class LayerNormParamGrad : public WithEps {
+ public:
+  using WithEps::WithEps;
+  const char* name() const override { return "LayerNormParamGrad"; }
+  // inputs: x [N, D], d y [N, D] -> d weight [D], d bias [D]
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = encoder_for(stream(), inputs, outputs);
+    const int64_t d = outputs[0].size(), n = inputs[0].size() / d;
+    encoder.dispatch([x = row_major(inputs[0], encoder).data<float>(),
+                      dy = row_major(inputs[1], encoder).data<float>(), dw = outputs[0].data<float>(),
+                      db = outputs[1].data<float>(), n, d, eps = eps_]() {
+      std::fill(dw, dw + d, 0.0f);
+      std::fill(db, db + d, 0.0f);
+      for (int64_t r = 0; r < n; ++r) {
+        const float *xr = x + r * d, *dyr = dy + r * d;
+        const auto [mean, k] = row_stats(xr, d, eps);
+#pragma omp simd
+        for (int64_t i = 0; i < d; ++i) {
+          dw[i] += dyr[i] * (xr[i] - mean) * k;
+          db[i] += dyr[i];
+        }
+      }
+    });
+  }
+};
+
+class LayerNorm : public WithEps {
+ public:
+  using WithEps::WithEps;
+  const char* name() const override { return "LayerNorm"; }
+  // inputs: x [N, D], weight [D], bias [D] -> y [N, D]
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = encoder_for(stream(), inputs, outputs);
+    const int64_t d = inputs[1].size(), n = inputs[0].size() / d;
+    encoder.dispatch([x = row_major(inputs[0], encoder).data<float>(),
+                      w = row_major(inputs[1], encoder).data<float>(),
+                      b = row_major(inputs[2], encoder).data<float>(), y = outputs[0].data<float>(), n, d,
+                      eps = eps_]() {
+      for (int64_t r = 0; r < n; ++r) {
+        const float* xr = x + r * d;
+        float* yr = y + r * d;
+        const auto [mean, k] = row_stats(xr, d, eps);
+#pragma omp simd
+        for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - mean) * k * w[i] + b[i];
+      }
+    });
+  }
+
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                             const std::vector<int>& argnums, const std::vector<mx::array>& outputs) override {
+    std::vector<mx::array> grads, params;
+    for (int arg : argnums) {
+      if (arg == 0) {
+        grads.push_back(mx::array(primals[0].shape(), mx::float32, std::make_shared<LayerNormGrad>(stream(), eps_),
+                                  {primals[0], primals[1], cotangents[0]}));
+        continue;
+      }
+      if (params.empty())
+        params = mx::array::make_arrays({primals[1].shape(), primals[2].shape()}, {mx::float32, mx::float32},
+                                        std::make_shared<LayerNormParamGrad>(stream(), eps_),
+                                        {primals[0], cotangents[0]});
+      grads.push_back(params[arg - 1]);
+    }
+    return grads;
+  }
+};
+
+mx::array layer_norm(const mx::array& x, const mx::array& weight, const mx::array& bias, float eps,
+                     mx::StreamOrDevice s = {}) {
+  auto stream = mx::to_stream(s);
+  check_cpu(stream, "layer_norm");
+  for (auto* a : {&x, &weight, &bias}) check_float32(*a, "layer_norm");
+  if (x.ndim() < 1 || weight.ndim() != 1 || weight.shape(0) != x.shape(-1) || bias.shape() != weight.shape())
+    throw std::invalid_argument("layer_norm takes x [..., D], weight [D] and bias [D]");
+  return mx::array(x.shape(), mx::float32, std::make_shared<LayerNorm>(stream, eps), {x, weight, bias});
+}
+
 // ---------------------------------------------------------------- fused attention
 // softmax(scale q k^T + causal mask) v for q [B, H, L, Dh], k and v [B, Hkv, S, Dh]
 // (H = groups x Hkv), in query blocks of `block` rows that see only the keys up to the
@@ -747,6 +881,8 @@ void register_kernels(nb::module_& m) {
         "(sums [k, d], counts [k]) of the rows of x [n, d] float32 in each cluster of labels [n]");
   m.def("rms_norm", &rms_norm, "x"_a, "weight"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x [..., D] / sqrt(mean(x^2) + eps) * weight [D], float32");
+  m.def("layer_norm", &layer_norm, "x"_a, "weight"_a, "bias"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "(x [..., D] - mean) / sqrt(var + eps) * weight [D] + bias [D], float32");
   m.def("attention", &attention, "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a, "block"_a, nb::kw_only(),
         "stream"_a = nb::none(),
         "softmax(scale q k^T (+ causal mask)) v for q [B, H, L, Dh], k, v [B, Hkv, S, Dh] -> [B, L, H, Dh]; "
