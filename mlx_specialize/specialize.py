@@ -230,7 +230,7 @@ def specialize(
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     k: int | None = None,
-    embedder: str = "hashed",
+    embedder: str = "auto",
     window: int | None = None,
     sampler: str = "cluster",
     metric: str = "cosine",

@@ -188,7 +188,7 @@ def test_numeric_options_are_range_checked_by_their_own_types(tmp_path, args, op
     (["--domain-tokens", "50", "--preset", "tiny"], "fewer than one training window of the 'tiny' preset (129 tokens)"),
     (["--method", "mix", "--select", "best"], "--select: 'best' is not one of frequent, loss, all"),
     (["--method", "is", "--sampler", "topk"], "--sampler: 'topk' is not one of cluster, gumbel"),
-    (["--embedder", "bert"], "--embedder: 'bert' is not one of hashed, minilm"),
+    (["--embedder", "bert"], "--embedder: 'bert' is not one of auto, hashed, minilm"),
 ])
 def test_specialize_checks_its_choices_before_any_work(tmp_path, args, expected):
     result = runner.invoke(app, ["specialize", *args, "--cache-dir", str(tmp_path / "cache")])

@@ -731,7 +731,7 @@ SPECIALIZE = (Opt("--domain-tokens", "int", 1), Opt("--pretrain-tokens", "int", 
               Opt("--method", "choice", choices=("finetune", "is", "mix", "pn", "soup")),
               Opt("--select", "choice", choices=("frequent", "loss", "all", "histogram")),
               Opt("--expert-init", "choice", choices=("scratch", "generic")),
-              Opt("--embedder", "choice", choices=("hashed", "minilm"), pick=("hashed",)),
+              Opt("--embedder", "choice", choices=("auto", "hashed", "minilm"), pick=("hashed",)),
               Opt("--sampler", "choice", choices=("cluster", "gumbel")),
               Opt("--preset", "choice", choices=PRESETS))
 TRAINING = (Opt("--lr", "positive"), Opt("--batch-size", "int", 1), Opt("--grad-accum", "int", 1),
@@ -838,7 +838,7 @@ def expect_specialize(given, kind, overwrite, world, root) -> Expect:
                   choice(given, "--preset", PRESETS),
                   choice(given, "--select", rules[method]) if method in rules else None,
                   choice(given, "--expert-init", ("scratch", "generic")),
-                  choice(given, "--embedder", ("hashed", "minilm")),
+                  choice(given, "--embedder", ("auto", "hashed", "minilm")),
                   choice(given, "--sampler", ("cluster", "gumbel")))
     if found:
         return found

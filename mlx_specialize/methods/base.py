@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.clustering import METRICS
-from ..data.embedding import EMBEDDERS
+from ..data.embedding import EMBEDDER_CHOICES
 from ..data.selection import SAMPLERS
 from ..errors import SpecializeError, check_choice
 
@@ -46,7 +46,7 @@ class Settings:
     base: str | None = None
     lr: float | None = None
     k: int | None = None  # clusters of the generic corpus (methods that use them)
-    embedder: str = "hashed"
+    embedder: str = "auto"  # an embedder, or auto: chosen by cost when the clusters are made
     window: int | None = None
     sampler: str = "cluster"
     metric: str = "cosine"
@@ -111,7 +111,7 @@ class Method:
             check_choice("--select", settings.select, self.select_rules)
             settings.select = settings.select or self.select_rules[0]
         check_choice("--expert-init", settings.expert_init, EXPERT_INITS)
-        check_choice("--embedder", settings.embedder, EMBEDDERS)
+        check_choice("--embedder", settings.embedder, EMBEDDER_CHOICES)
         check_choice("--sampler", settings.sampler, SAMPLERS)
         check_choice("--metric", settings.metric, METRICS)
         if settings.base is not None and self.name != "finetune":

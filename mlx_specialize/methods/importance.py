@@ -190,6 +190,7 @@ class ImportanceSampled(Method):
                 entry.publish()
                 cached = False
         select_phase = {"seconds": time.perf_counter() - t0, "clusters": str(clusters.folder), "clusters_cached": reused,
+                        **g.embedding,
                         "report": str(folder / "selection"),
                         **{name: summary_report[name] for name in ("k", "sampler", "windows", "kl_selected",
                                                                    "kl_generic", "entropy_domain", "unmatched_mass",

@@ -192,12 +192,12 @@ class Mixture(Method):
         pre_phase.update(cached=cached, model=str(folder), experts=s.k, init=s.expert_init)
         if s.select == "all":
             return Prepared([folder / name for name in meta["experts"]],
-                            {"select": {"rule": s.select, "k": s.k}, "pretrain": pre_phase})
+                            {"select": {"rule": s.select, "k": s.k, **g.embedding}, "pretrain": pre_phase})
         t0 = time.perf_counter()
         domain_split = cl.corpus_split(s.domain, "train", tokenizer, s.cache_dir, s.domain_tokens)
         labels = (cl.domain_histogram_labels(clusters, domain_split, tokenizer, s.cache_dir)
                   if s.select == "frequent" else None)
         chosen, scores = choose_expert(folder, s.select, labels, domain_split)
         select_phase = {"rule": s.select, "k": s.k, "expert": chosen, "scores": scores,
-                        "seconds": time.perf_counter() - t0}
+                        "seconds": time.perf_counter() - t0, **g.embedding}
         return Prepared(folder / meta["experts"][chosen], {"select": select_phase, "pretrain": pre_phase})
