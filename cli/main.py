@@ -245,6 +245,8 @@ def specialize(
     embedder: str = Specialize.embedder,
     window: Optional[int] = Specialize.window,
     sampler: str = Specialize.sampler,
+    distill_temperature: float = Specialize.distill_temperature,
+    distill_alpha: float = Specialize.distill_alpha,
     cache_dir: Optional[Path] = CACHE_OPT,
 ):
     """Specialize a small model to a domain: pre-train (or reuse) what the method shares, fine-tune, report.
@@ -254,7 +256,8 @@ def specialize(
     the same command finds its own runs/ folder). A finished run's report is printed again."""
     report = ms.specialize(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
                            finetune_tokens, vocab_size, training.get("lr"), seed, cache_dir, overwrite, k, embedder,
-                           window, sampler, "cosine", select, expert_init, basis)
+                           window, sampler, "cosine", select, expert_init, basis, distill_temperature=distill_temperature,
+                           distill_alpha=distill_alpha)
     emit(report, *specialize_view(report))
 
 

@@ -218,7 +218,9 @@ class Specialize:
 
     domain = typer.Option("python-docs", help="Target domain: bundled name, file/folder, or hf:NAME.")
     generic = typer.Option(None, help="Generic corpus [default: bundled corpora except the domain].")
-    method = typer.Option("finetune", help="finetune (SLM), is (SLM-is: importance-sampled pre-training), mix "
+    method = typer.Option("finetune", help="finetune (SLM), nopt (SLM-nopt: the domain data only), llm (the "
+                          "preset's large twin, pre-trained and fine-tuned as SLM), distill (SLM-d: SLM fine-tuned "
+                          "against the fine-tuned LLM), is (SLM-is: importance-sampled pre-training), mix "
                           "(SLM-mix: one expert per generic cluster), pn (SLM-pn: projected network) or soup "
                           "(Soup-of-Experts).")
     base = typer.Option(None, help="Start from this pre-trained model (our folder, an mlx-lm llama-style folder or "
@@ -245,6 +247,10 @@ class Specialize:
                             "pre-training's FLOPs, else hashed (the report says which and why).")
     window = typer.Option(None, min=MIN_WINDOW, help="--method is: tokens per window [default: the preset's context].")
     sampler = typer.Option("cluster", help="--method is: cluster or gumbel.")
+    distill_temperature = typer.Option(1.0, help="--method distill: softmax temperature T of the KL to the teacher "
+                                       "(the term is scaled by T^2).")
+    distill_alpha = typer.Option(0.5, help="--method distill: weight of the KL to the teacher; 1 - alpha weighs the "
+                                 "data's own next-token loss.")
 
 
 # ---- the training options ----------------------------------------------------------

@@ -170,7 +170,8 @@ class RunPlan:
 
 def resolve_run(domain: str, generic: str | None, method: str, base, preset: str, out_dir, domain_tokens,
                 pretrain_tokens: int, finetune_tokens: int, vocab_size, lr, seed: int, overwrite: bool, k, embedder: str,
-                window, sampler: str, metric: str, select, expert_init: str, basis, cache_dir=None) -> RunPlan:
+                window, sampler: str, metric: str, select, expert_init: str, basis, cache_dir=None,
+                distill_temperature: float = 1.0, distill_alpha: float = 0.5) -> RunPlan:
     """Check everything a `specialize` call can check before a pre-training that may take
     hours, each refused in one line naming its option; this is the only check (the
     command line makes none of its own). In order: the method and the preset, the
@@ -184,7 +185,8 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
         domain=domain, generic=generic or "", method=method, preset=preset, pretrain_tokens=pretrain_tokens,
         finetune_tokens=finetune_tokens, domain_tokens=domain_tokens, vocab_size=vocab_size, seed=seed,
         cache_dir=Path(cache_dir or default_cache_dir()), base=base, lr=lr, k=k, embedder=embedder, window=window,
-        sampler=sampler, metric=metric, select=select, expert_init=expert_init, basis=basis))
+        sampler=sampler, metric=metric, select=select, expert_init=expert_init, basis=basis,
+        distill_temperature=distill_temperature, distill_alpha=distill_alpha))
     window_tokens = get_preset(preset).context + 1
     if base is None and domain_tokens is not None and domain_tokens < window_tokens:
         raise SpecializeError(f"--domain-tokens: {domain_tokens} tokens are fewer than one training window of the "
@@ -237,6 +239,8 @@ def specialize(
     select: str | None = None,
     expert_init: str = "scratch",
     basis: int | None = None,
+    distill_temperature: float = 1.0,
+    distill_alpha: float = 0.5,
 ) -> dict:
     """Specialize a small model to `domain`; returns the report (also RUN/report.json).
 
@@ -246,7 +250,7 @@ def specialize(
     finished phase, `sessions` counts them."""
     return run_plan(resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
                                 finetune_tokens, vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric,
-                                select, expert_init, basis, cache_dir), overwrite)
+                                select, expert_init, basis, cache_dir, distill_temperature, distill_alpha), overwrite)
 
 
 def run_plan(run: RunPlan, overwrite: bool = False) -> dict:
@@ -310,7 +314,7 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
         save(base=[str(b) for b in base_dir] if isinstance(base_dir, list) else str(base_dir))
     # Fine-tuning checkpoints every 50 steps, as pre-training does: an interruption costs
     # at most that, and the rerun continues from the checkpoint.
-    options = {"seed": settings.seed, "checkpoint_every": 50,
+    options = {"seed": settings.seed, "checkpoint_every": 50, **run.method.finetune_options(settings, phases),
                **({"lr": settings.lr} if settings.lr is not None else {})}
     if isinstance(state["base"], list) and "finetune" not in phases:
         # SLM-mix --select all: k fine-tunings, k times the cost

@@ -40,12 +40,12 @@ SPECIALIZE = dict(domain="python-docs", generic=None, method="finetune", base=No
 
 
 @pytest.mark.parametrize("changes, expected", [
-    ({"method": "magic"}, "--method: 'magic' is not one of finetune, is, mix, pn, soup"),
+    ({"method": "magic"}, "--method: 'magic' is not one of finetune, nopt, llm, distill, is, mix, pn, soup"),
     ({"preset": "gigantic"}, "--preset: 'gigantic' is not one of"),
     ({"method": "mix", "select": "best"}, "--select: 'best' is not one of frequent, loss, all"),
     ({"method": "pn", "select": "all"}, "--select: 'all' is not one of frequent, histogram"),
     ({"expert_init": "warm"}, "--expert-init: 'warm' is not one of scratch, generic"),
-    ({"embedder": "bert"}, "--embedder: 'bert' is not one of hashed, minilm"),
+    ({"embedder": "bert"}, "--embedder: 'bert' is not one of auto, hashed, minilm"),
     ({"sampler": "topk"}, "--sampler: 'topk' is not one of cluster, gumbel"),
     ({"metric": "manhattan"}, "--metric: 'manhattan' is not one of"),
     ({"method": "is", "base": "some/model"}, "--method is pre-trains its own base: drop --base"),

@@ -53,6 +53,8 @@ class Settings:
     select: str | None = None
     expert_init: str = "scratch"
     basis: int | None = None
+    distill_temperature: float = 1.0  # SLM-d: softmax temperature of the KL term
+    distill_alpha: float = 0.5  # SLM-d: weight of the KL term (1 - alpha: the data's NLL)
 
 
 @dataclass
@@ -114,6 +116,10 @@ class Method:
         check_choice("--embedder", settings.embedder, EMBEDDER_CHOICES)
         check_choice("--sampler", settings.sampler, SAMPLERS)
         check_choice("--metric", settings.metric, METRICS)
+        if not settings.distill_temperature > 0:
+            raise SpecializeError(f"--distill-temperature must be positive, not {settings.distill_temperature}")
+        if not 0.0 <= settings.distill_alpha <= 1.0:
+            raise SpecializeError(f"--distill-alpha must be between 0 and 1, not {settings.distill_alpha}")
         if settings.base is not None and self.name != "finetune":
             raise SpecializeError(f"--method {self.name} pre-trains its own base: drop --base")
         if settings.k is None:
@@ -122,6 +128,12 @@ class Method:
 
     def prepare(self, settings: Settings) -> Prepared:
         raise NotImplementedError
+
+    def finetune_options(self, settings: Settings, phases: dict) -> dict:
+        """What the domain fine-tuning takes beyond `train.jobs.finetune`'s defaults (its
+        keyword arguments: a learning rate, a `loss`), from the settings and the phases
+        `prepare` reported; asked again by a resumed run, so it must not build anything."""
+        return {}
 
     def check_pretrain(self, job: PretrainJob) -> None:
         """Refuse, before any work, a `pretrain` job this method cannot run: by default a

@@ -165,6 +165,7 @@ def finetune(
     cache_dir=None,
     resume: bool = False,
     overwrite: bool = False,
+    loss=None,
     **train_options,
 ) -> JobResult:
     """Fine-tune the model in `base` on the first `domain_tokens` of the domain's train
@@ -172,7 +173,8 @@ def finetune(
     (default: 4 passes over the domain data). The learning rate defaults to the base's
     pre-training rate / 3, as the paper does for its smallest domain sets; the batch size
     to the base's. A base we did not train (an mlx-lm model, maybe quantized) is
-    dequantized and trained in float32 with its own tokenizer, at FOREIGN_LR."""
+    dequantized and trained in float32 with its own tokenizer, at FOREIGN_LR. `loss`
+    replaces the trainer's next-token loss (e.g. `distill.DistillationLoss`)."""
     model, tokenizer, config = load_model(base, dtype="float32", dequantize=True)
     corpus = load_corpus(domain)
     train = tokenize(corpus, "train", tokenizer, cache_dir, domain_tokens)
@@ -190,7 +192,8 @@ def finetune(
     )
     meta = {"job": "finetune", "base": str(base), "corpus": domain, "preset": base_meta.get("preset"),
             "lr": base_meta.get("lr", cfg.lr), "batch_size": cfg.batch_size}
-    summary = Trainer(model, tokenizer, train, valid, cfg, out_dir, meta).run(resume=resume, overwrite=overwrite)
+    summary = Trainer(model, tokenizer, train, valid, cfg, out_dir, meta, loss=loss).run(resume=resume,
+                                                                                         overwrite=overwrite)
     summary["domain_tokens"] = train.n_tokens
     return JobResult(Path(out_dir), summary)
 

@@ -100,8 +100,10 @@ class Trainer:
         self.conditioned = hasattr(self.windows, "condition")
         self.evaluator = evaluator
         self.loss, self.callbacks = loss or training_loss, tuple(callbacks)
-        # the model's own count: a projected network adds making its MLP weights, once per micro-batch
-        self.flops_per_token = model.flops_per_token(config.context, batch_tokens=config.batch_size * config.context)
+        # the model's own count: a projected network adds making its MLP weights, once per micro-batch;
+        # a loss that runs another model (distillation's teacher) declares what it adds
+        self.flops_per_token = (model.flops_per_token(config.context, batch_tokens=config.batch_size * config.context)
+                                + getattr(self.loss, "extra_flops_per_token", 0.0))
         self.optimizer = optim.AdamW(
             learning_rate=lr_schedule(config),
             betas=list(config.betas),

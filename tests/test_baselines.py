@@ -1,0 +1,141 @@
+"""The paper's reference rows as methods: SLM-nopt (the domain data only), LLM (the
+preset's large twin) and SLM-d (distillation from the fine-tuned LLM), end to end through
+`specialize` on the bundled corpora, and the distillation loss itself on small exact
+cases."""
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+import mlx_specialize as ms
+from mlx_specialize.data.tokenizer import BOS_ID
+from mlx_specialize.data.tokens import target_mask
+from mlx_specialize.models.dense import Model, ModelArgs
+from mlx_specialize.train.distill import DistillationLoss, kl_to_teacher
+from mlx_specialize.train.parallel import training_loss
+
+RUN = dict(preset="tiny", vocab_size=512, pretrain_tokens=16 * 1024, finetune_tokens=8 * 1024,
+           domain_tokens=20_000)
+
+
+def _run(method, tmp_path, cache, **extra):
+    return ms.specialize("python-docs", method=method, out_dir=tmp_path / method, cache_dir=cache, **RUN, **extra)
+
+
+def _run_json(report, name):
+    return json.loads((Path(report["model"]) / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("baselines-cache")
+
+
+def test_nopt_learns_the_domain_from_a_random_start(tmp_path, cache):
+    report = _run("nopt", tmp_path, cache)
+    assert report["phases"]["pretrain"]["flops"] == 0 and report["phases"]["pretrain"]["tokens"] == 0
+    # a random start predicts about uniformly: perplexity near the vocabulary size
+    assert report["ppl_before"] > 0.5 * 512
+    assert report["ppl_after"] < 0.5 * report["ppl_before"]
+    train = _run_json(report, "run.json")["train"]
+    assert train["lr"] == ms.get_preset("tiny").lr and train["warmup"] == ms.get_preset("tiny").warmup
+    assert report["params"] == ms.count_params(ms.get_preset("tiny").model_args(512))["total"]
+
+
+def test_llm_is_the_presets_large_twin_pretrained_and_finetuned(tmp_path, cache):
+    report = _run("llm", tmp_path, cache)
+    twin = ms.get_preset("tiny-llm")
+    assert report["preset"] == "tiny-llm"
+    assert report["params"] == ms.count_params(twin.model_args(512))["total"]
+    assert report["params"] > 4 * ms.count_params(ms.get_preset("tiny").model_args(512))["total"]
+    assert report["phases"]["pretrain"]["tokens"] >= RUN["pretrain_tokens"]
+    assert report["ppl_after"] < report["ppl_before"]
+
+
+def test_kl_to_the_teacher_is_exact_on_a_small_case():
+    # two positions over a 3-token vocabulary, by hand: p = softmax(t / T), q = softmax(s / T)
+    s = np.array([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    t = np.array([[2.0, 0.0, 0.0], [0.5, 0.5, 2.0]])
+    for T in (1.0, 2.0):
+        p = np.exp(t / T) / np.exp(t / T).sum(-1, keepdims=True)
+        q = np.exp(s / T) / np.exp(s / T).sum(-1, keepdims=True)
+        want = (p * np.log(p / q)).sum(-1)
+        got = np.array(kl_to_teacher(mx.array(s, mx.float32), mx.array(t, mx.float32), T))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert abs(float(got[1])) < 1e-6  # equal distributions: 0
+
+
+def _tiny(seed):
+    mx.random.seed(seed)
+    return Model(ModelArgs(hidden_size=32, num_hidden_layers=1, intermediate_size=64, num_attention_heads=2,
+                           vocab_size=64, max_position_embeddings=32, tie_word_embeddings=True))
+
+
+def test_the_distillation_loss_mixes_kl_and_nll_and_alpha_0_is_plain_training():
+    student, teacher = _tiny(0), _tiny(1)
+    x = mx.random.randint(0, 8, (4, 17), key=mx.random.key(3))  # a few BOS among them
+    inputs, targets = x[:, :-1], x[:, 1:]
+    plain = training_loss(student, inputs, targets, [None])
+    assert DistillationLoss(teacher, 2.0, 0.0, 16)(student, inputs, targets, [None]).item() == pytest.approx(
+        plain.item(), rel=1e-6)
+    mask = np.array(target_mask(targets, BOS_ID), dtype=np.float64)  # document starts are not targets
+    assert 0 < mask.sum() < mask.size
+    kl = float((np.array(kl_to_teacher(student(inputs), teacher(inputs), 2.0)) * mask).sum() / mask.sum())
+    mixed = DistillationLoss(teacher, 2.0, 0.25, 16)(student, inputs, targets, [None]).item()
+    assert mixed == pytest.approx(0.75 * plain.item() + 0.25 * 4.0 * kl, rel=1e-5)
+    # the teacher is a constant: no gradient reaches it, the student's is finite
+    loss = DistillationLoss(teacher, 2.0, 0.5, 16)
+    grads = mx.grad(lambda m: loss(m, inputs, targets, [None]))(student)
+    assert all(np.isfinite(np.array(g)).all() for _, g in tree_flatten(grads))
+    with pytest.raises(ValueError):
+        DistillationLoss(teacher, 0.0, 0.5)
+
+
+def test_a_student_trained_against_a_fixed_teacher_comes_closer_to_it(tmp_path, tokenizer, cache_dir):
+    """alpha = 1: the trainer, given the distillation loss, lowers the student's KL to a
+    fixed (random, different) teacher on held-out windows."""
+    from mlx_specialize.data.corpus import load_corpus
+    from mlx_specialize.train.jobs import tokenize
+    from mlx_specialize.train.trainer import Trainer, TrainConfig
+
+    args = ModelArgs(hidden_size=32, num_hidden_layers=1, intermediate_size=64, num_attention_heads=2,
+                     vocab_size=tokenizer.vocab_size, max_position_embeddings=64, tie_word_embeddings=True)
+    mx.random.seed(0)
+    student = Model(args)
+    mx.random.seed(1)
+    teacher = Model(args)
+    split = tokenize(load_corpus("python-docs"), "train", tokenizer, cache_dir, 20_000)
+    held_out = mx.array(np.asarray(split.tokens[-8 * 65:], dtype=np.int32).reshape(8, 65))
+
+    def kl_now():
+        return kl_to_teacher(student(held_out[:, :-1]), teacher(held_out[:, :-1])).mean().item()
+
+    before = kl_now()
+    cfg = TrainConfig(steps=30, batch_size=8, context=64, lr=3e-3, warmup=2, eval_every=1000)
+    loss = DistillationLoss(teacher, 1.0, 1.0, 64)
+    summary = Trainer(student, tokenizer, split, None, cfg, tmp_path / "run", loss=loss).run()
+    assert kl_now() < 0.7 * before
+    # the teacher's forward pass is in the budget: 2 per weight it multiplies by, per token
+    student_only = student.flops_per_token(64)
+    assert summary["flops"] == pytest.approx(summary["tokens"] * (student_only + teacher.flops_per_token(64, False)))
+
+
+def test_distill_fine_tunes_the_slm_against_the_fine_tuned_llm(tmp_path, cache):
+    report = _run("distill", tmp_path, cache, distill_temperature=2.0, distill_alpha=0.5)
+    phases = report["phases"]
+    assert report["preset"] == "tiny" and report["ppl_after"] < report["ppl_before"]
+    # both generic pre-trainings are counted (shared), the teacher's fine-tuning per domain
+    pre = phases["pretrain"]
+    assert pre["flops"] == pytest.approx(pre["student"]["flops"] + pre["teacher"]["flops"])
+    assert pre["teacher"]["flops"] > 4 * pre["student"]["flops"]
+    assert phases["teacher"]["flops"] > 0 and phases["teacher"]["preset"] == "tiny-llm"
+    # the student's fine-tuning paid the teacher's forward pass on every token
+    tiny, twin = (ms.get_preset(p).model_args(512) for p in ("tiny", "tiny-llm"))
+    per_token = ms.flops_per_token(tiny, 128) + ms.flops_per_token(twin, 128, training=False)
+    assert phases["finetune"]["flops"] == pytest.approx(phases["finetune"]["tokens"] * per_token)
+    with pytest.raises(ms.SpecializeError, match="--distill-alpha"):
+        _run("distill", tmp_path / "bad", cache, distill_alpha=1.5)
