@@ -30,8 +30,8 @@ from ..runtime.cache import MANIFEST, cache_entry, check_file, file_record, lock
 from ..data.clustering import METRICS, assign, kmeans
 from ..data.clustering import VERSION as KMEANS_VERSION
 from ..data.corpus import load_corpus
-from ..data.embedding import (EMBEDDER_CHOICES, EMBEDDERS, HashedEmbedder, embed_windows, load_embedded, make_embedder, n_windows,
-                              window_texts)
+from ..data.embedding import (EMBEDDER_CHOICES, EMBEDDERS, HashedEmbedder, embed_windows, load_embedded,
+                              make_embedder, n_windows, window_texts)
 from ..data.tokenizer import Tokenizer
 from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError, check_choice
@@ -197,9 +197,8 @@ class ClusteredGeneric:
 
 def clustered_generic(settings) -> ClusteredGeneric:
     """The generic corpus of a `methods.Settings`, tokenized and clustered (each cached)."""
-    from ..models.presets import get_preset
-
     from ..models.dense import flops_per_token
+    from ..models.presets import get_preset
 
     s = settings
     preset = get_preset(s.preset)
