@@ -109,7 +109,7 @@ def pretrain_cmd(
 
 @command(app, "finetune")
 @training_options("lr", "batch_size", "grad_accum", "warmup", "eval_every", "patience", "checkpoint_every",
-                  "precision", defaults={"lr": "the base's / 3", "batch_size": "the base's, or 8", "warmup": "10",
+                  "precision", defaults={"lr": "the base's / 3 up to 300k domain tokens, the base's above", "batch_size": "the base's, or 8", "warmup": "10",
                                          "eval_every": "10", "patience": "3"})
 def finetune_cmd(
     model: str = Finetune.model,
@@ -233,7 +233,7 @@ def specialize(
     out_dir: Optional[Path] = Specialize.out_dir,
     domain_tokens: Optional[int] = DOMAIN_TOKENS_OPT,
     pretrain_tokens: int = Specialize.pretrain_tokens,
-    finetune_tokens: int = Specialize.finetune_tokens,
+    finetune_tokens: Optional[int] = Specialize.finetune_tokens,
     vocab_size: Optional[int] = Specialize.vocab_size,
     training: dict = None,  # --lr (options.py), if given
     seed: int = seed_option(),

@@ -125,7 +125,8 @@ class Finetune:
     model = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name to start from.")
     out_dir = typer.Argument(..., help="Run folder for the fine-tuned model.")
     domain = typer.Option("python-docs", help="Domain corpus spec.")
-    tokens = typer.Option(None, min=1, help="Fine-tuning budget in tokens [default: 4 passes over the domain data].")
+    tokens = typer.Option(None, min=1, help="The most tokens fine-tuning trains on (early stopping usually ends it "
+                          "sooner) [default: 2000 steps' worth, a safety bound].")
 
 
 class Eval:
@@ -229,8 +230,9 @@ class Specialize:
     out_dir = typer.Option(None, "--out", help="Run folder [default: runs/DOMAIN-METHOD[-N]].")
     pretrain_tokens = typer.Option(DEFAULT_PRETRAIN_TOKENS, min=1, help="Generic pre-training budget in tokens "
                                    "(cached, shared by domains).")
-    finetune_tokens = typer.Option(DEFAULT_FINETUNE_TOKENS, min=1, help="Specialization budget in tokens (early "
-                                   "stopping may use fewer).")
+    finetune_tokens = typer.Option(DEFAULT_FINETUNE_TOKENS, min=1, help="The most tokens fine-tuning trains on; it "
+                                   "runs until early stopping on the domain's valid split [default: 2000 steps' "
+                                   "worth, a safety bound].")
     vocab_size = vocab_option(None, "Tokenizer vocabulary when pre-training [default: the preset's].")
     # The methods' options (methods.Settings)
     k = typer.Option(None, min=2, help="Clusters of the generic corpus [is: 64, mix: 4 experts, pn / soup: 16].")

@@ -35,10 +35,11 @@ from . import ui
 from .accel import warn_slow_paths
 from .data.corpus import bundled_names, default_generic, load_corpus
 from .errors import Interrupted, SpecializeError, check_choice
+from .costs import split_costs
 from .methods import Method, Settings, get_method
-from .models.dense import count_params
+from .models.dense import count_params, flops_per_token
 from .models.generate import measure_generation
-from .models.io import load_model
+from .models.io import load_model, model_context
 from .models.presets import PRESETS, get_preset
 from .runtime.cache import building_for, default_cache_dir, locked
 from .runtime.files import atomic_write_bytes
@@ -47,7 +48,7 @@ from .train.jobs import evaluate_model, finetune
 DEFAULT_DOMAIN = "python-docs"
 DEFAULT_PRESET = "small"
 DEFAULT_PRETRAIN_TOKENS = 600_000
-DEFAULT_FINETUNE_TOKENS = 120_000
+DEFAULT_FINETUNE_TOKENS = None  # until early stopping (train.jobs.FINETUNE_MAX_STEPS at most)
 RUN_STATE = "specialize.json"  # in the run folder: the command, and each phase once finished
 RUN_FILES = (RUN_STATE, "report.json", "summary.json", "metrics.jsonl", "run.json", "checkpoints", "candidates",
              "selection-report.json", "selection-histograms.png")
@@ -153,7 +154,8 @@ def finetune_best(bases: list[Path], domain: str, out_dir: Path, domain_tokens, 
             tmp = out_dir / f".{path.name}.tmp{os.getpid()}"
             shutil.copy2(path, tmp)
             os.replace(tmp, out_dir / path.name)
-    cost = {key: sum(r.summary[key] for r in results) for key in ("tokens", "seconds", "flops", "steps")}
+    cost = {key: sum(r.summary[key] for r in results)
+            for key in ("tokens", "seconds", "flops", "steps", "valid_flops", "valid_seconds")}
     return bases[best], results[best].summary, {**cost, "valid_losses": losses, "expert": best}
 
 
@@ -169,7 +171,7 @@ class RunPlan:
 
 
 def resolve_run(domain: str, generic: str | None, method: str, base, preset: str, out_dir, domain_tokens,
-                pretrain_tokens: int, finetune_tokens: int, vocab_size, lr, seed: int, overwrite: bool, k, embedder: str,
+                pretrain_tokens: int, finetune_tokens: int | None, vocab_size, lr, seed: int, overwrite: bool, k, embedder: str,
                 window, sampler: str, metric: str, select, expert_init: str, basis, cache_dir=None,
                 distill_temperature: float = 1.0, distill_alpha: float = 0.5) -> RunPlan:
     """Check everything a `specialize` call can check before a pre-training that may take
@@ -225,7 +227,7 @@ def specialize(
     out_dir: str | os.PathLike | None = None,
     domain_tokens: int | None = None,
     pretrain_tokens: int = DEFAULT_PRETRAIN_TOKENS,
-    finetune_tokens: int = DEFAULT_FINETUNE_TOKENS,
+    finetune_tokens: int | None = DEFAULT_FINETUNE_TOKENS,
     vocab_size: int | None = None,
     lr: float | None = None,
     seed: int = 0,
@@ -342,6 +344,12 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
     after = evaluate_model(out_dir, domain, "test", cache_dir, loaded=loaded)
     speed = measure_generation(loaded[0])
     save()
+    args = loaded[0].args
+    costs = {**split_costs(phases, run.method.shared_phases),
+             "inference": {"params": count_params(args)["total"], "gen_tok_s": speed.gen_tok_s,
+                           "prompt_tok_s": speed.prompt_tok_s,
+                           # a token's forward pass at the full context (an upper bound)
+                           "flops_per_token": flops_per_token(args, model_context(loaded[2]), training=False)}}
     report = {
         "domain": load_corpus(domain).name,
         "generic": settings.generic,
@@ -357,6 +365,7 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
         "gen_tok_s": speed.gen_tok_s,
         "prompt_tok_s": speed.prompt_tok_s,
         "phases": phases,
+        "costs": costs,
         "wall_seconds": state["wall_seconds"],
         "sessions": state["sessions"],
     }
@@ -368,5 +377,6 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
 def _finetune_phase(cost: dict, summary: dict) -> dict:
     """The report's fine-tuning phase: `cost` summed over what was fine-tuned, the rest
     from the kept run's `summary`."""
-    return {**{key: cost[key] for key in ("tokens", "seconds", "flops", "steps")},
-            "domain_tokens": summary["domain_tokens"], "stopped_early": summary["stopped_early"]}
+    return {**{key: cost[key] for key in ("tokens", "seconds", "flops", "steps", "valid_flops", "valid_seconds")},
+            "domain_tokens": summary["domain_tokens"], "stopped_early": summary["stopped_early"],
+            "max_steps": summary.get("max_steps"), "lr": summary.get("lr")}

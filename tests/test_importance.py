@@ -218,9 +218,15 @@ def test_specialize_with_importance_sampling_lowers_domain_perplexity(tmp_path):
     report = ms.specialize("python-docs", method="is", preset="tiny", vocab_size=512, pretrain_tokens=40 * 1024,
                            finetune_tokens=16 * 1024, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", k=8,
                            window=128)
-    select_phase = report["phases"]["select"]
+    select_phase, clusters = report["phases"]["select"], report["phases"]["clusters"]
     # --embedder auto: MiniLM would cost far more than this tiny pre-training (or is absent)
-    assert select_phase["embedder"] == "hashed" and select_phase["embedder_reason"].startswith("auto: ")
+    assert clusters["embedder"] == "hashed" and clusters["embedder_reason"].startswith("auto: ")
+    # costs where they are paid: the generic clustering once; the selection, its
+    # pre-training and the fine-tuning for every domain
+    costs = report["costs"]
+    assert costs["shared"]["phases"] == ["clusters"] and clusters["seconds"] > 0 and clusters["flops"] > 0
+    assert sorted(costs["per_domain"]["phases"]) == ["finetune", "pretrain", "select"]
+    assert costs["per_domain"]["flops"] >= report["phases"]["pretrain"]["flops"] + report["phases"]["finetune"]["flops"]
     assert select_phase["kl_selected"] < select_phase["kl_generic"]
     assert report["ppl_after"] < report["ppl_before"]
     assert (tmp_path / "run" / "selection-histograms.png").is_file()

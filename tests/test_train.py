@@ -29,9 +29,15 @@ def test_loss_falls_on_real_text(tiny_model_dir, tokenizer, cache_dir):
     assert valid[-1] < np.log(tokenizer.vocab_size) - 0.5  # well below a uniform guess
     summary = json.loads((tiny_model_dir / "summary.json").read_text())
     assert summary["tokens"] == summary["steps"] * 8 * 128
-    assert summary["flops"] == pytest.approx(summary["tokens"] * ms.flops_per_token(
-        ms.load_model(tiny_model_dir)[0].args, 128))
-    assert summary["seconds"] > 0 and summary["peak_memory_bytes"] > 0
+    args = ms.load_model(tiny_model_dir)[0].args
+    assert summary["train_flops"] == pytest.approx(summary["tokens"] * ms.flops_per_token(args, 128))
+    # every validation is counted: its predicted tokens at the forward pass' FLOPs (a third of training's)
+    # steps 20 and 40, each over eval_tokens 4096 tokens: 4095 predicted (the first has no context)
+    assert len(valid) == 2 and summary["valid_tokens"] == 2 * 4095
+    assert summary["valid_flops"] == pytest.approx(summary["valid_tokens"] * ms.flops_per_token(args, 128) / 3)
+    assert summary["flops"] == pytest.approx(summary["train_flops"] + summary["valid_flops"])
+    assert summary["seconds"] == pytest.approx(summary["train_seconds"] + summary["valid_seconds"])
+    assert summary["valid_seconds"] > 0 and summary["peak_memory_bytes"] > 0
 
 
 def test_finetuning_lowers_domain_perplexity(tiny_model_dir, cache_dir, tmp_path):

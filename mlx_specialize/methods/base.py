@@ -38,7 +38,7 @@ class Settings:
     method: str
     preset: str
     pretrain_tokens: int
-    finetune_tokens: int
+    finetune_tokens: int | None  # None: until early stopping (a safety bound of steps)
     domain_tokens: int | None
     vocab_size: int | None
     seed: int
@@ -102,7 +102,9 @@ class Method:
     paper = ""  # the paper's name for it
     default_k: int | None = None  # clusters of the generic corpus it uses (None: none)
     select_rules: tuple[str, ...] = ()  # --select values, the default first
-    pretrains_per_domain = False  # SLM-is: its pre-training is paid per domain, not shared
+    # The report's phases paid once for every domain (costs.split_costs); the others are
+    # paid per domain. SLM-is's pre-training is per domain: its `shared_phases` lack it.
+    shared_phases: tuple[str, ...] = ("clusters", "pretrain")
     arch: str | None = None  # the architecture `mlxspec pretrain --arch` pre-trains with this method
 
     def resolve(self, settings: Settings) -> Settings:

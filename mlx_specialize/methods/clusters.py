@@ -39,6 +39,7 @@ from ..runtime.files import atomic_write_bytes
 from ..models.io import save_arrays
 
 IDF_SAMPLE_WINDOWS = 20_000
+CLUSTERS_COST = "cost.json"  # in a clusters cache entry: seconds and FLOPs of making it
 # `--embedder auto` takes MiniLM (the paper's Sentence-BERT) when embedding the generic
 # windows costs at most this share of the pre-training's FLOPs, else the hashed embedder.
 # FLOPs stand for time: on the x86 CPUs measured, MiniLM's forward and our trainer's step
@@ -194,6 +195,14 @@ class ClusteredGeneric:
     reused: bool  # the clustering was found in the cache
     embedding: dict  # {"embedder": the one used, "embedder_reason": why (choose_embedder)}
 
+    @property
+    def phase(self) -> dict:
+        """The report's "clusters" phase: the embedding and k-means of the generic
+        corpus, shared by every domain; what it cost when it was made (also when found
+        in the cache, as a cached pre-training's cost is reported)."""
+        return {**clustering_cost(self.clusters), "cached": self.reused, "k": self.clusters.k,
+                "windows": int(len(self.clusters.labels)), **self.embedding}
+
 
 def clustered_generic(settings) -> ClusteredGeneric:
     """The generic corpus of a `methods.Settings`, tokenized and clustered (each cached)."""
@@ -272,10 +281,49 @@ def cached_clusters(generic: str, tokenizer: Tokenizer, embedder_name: str, wind
         n = n_windows(generic_split.tokens, window)
         if k > n:
             raise SpecializeError(f"cannot make {k} clusters from {n} generic windows of {window} tokens: lower --k")
+        t0 = time.perf_counter()
         embedded = embed_generic(generic, tokenizer, embedder_name, window, cache_dir)
-        cluster_folder(embedded.folder, k, entry.build, metric, seed)
+        made = cluster_folder(embedded.folder, k, entry.build, metric, seed)
+        cost = {"seconds": time.perf_counter() - t0, "flops": clustering_flops(made, embedder_name)}
+        atomic_write_bytes(entry.build / CLUSTERS_COST, json.dumps(cost).encode())
         entry.publish()
     return load_clusters(folder), False
+
+
+def embedding_flops(embedder_name: str, windows: int) -> float:
+    """FLOPs of embedding `windows` windows: MiniLM's forward pass at its truncation
+    length (an upper bound); the hashed embedder multiplies nothing (0)."""
+    if embedder_name != "minilm":
+        return 0.0
+    from ..data import minilm
+
+    folder = minilm.local_checkpoint()
+    config = json.loads((folder / "config.json").read_text())
+    return windows * minilm.forward_flops(config, minilm.default_max_tokens(folder, config))
+
+
+def clustering_flops(clusters: Clusters, embedder_name: str) -> float:
+    """FLOPs of embedding and clustering the generic windows: `embedding_flops`, then
+    k-means: per iteration 2 n k d for the distances and n d for the centre update, and
+    one last assignment (2 n k d)."""
+    n, d, k = len(clusters.labels), clusters.centroids.shape[1], clusters.k
+    return embedding_flops(embedder_name, n) + clusters.meta["iterations"] * (2 * n * k * d + n * d) + 2 * n * k * d
+
+
+def domain_embedding_flops(clusters: Clusters, settings, tokenizer) -> float:
+    """FLOPs of placing the domain's train windows (its first `domain_tokens`) in the
+    clusters: the embedder's forward pass on each (the assignment is next to nothing)."""
+    domain = corpus_split(settings.domain, "train", tokenizer, settings.cache_dir, settings.domain_tokens)
+    return embedding_flops(clusters.meta["embedder"]["embedder"], n_windows(domain.tokens, clusters.meta["window"]))
+
+
+def clustering_cost(clusters: Clusters) -> dict:
+    """What the clustering cost when it was made (`CLUSTERS_COST` in its folder): seconds
+    and FLOPs, or None for each in a folder made before it was recorded."""
+    try:
+        return json.loads((clusters.folder / CLUSTERS_COST).read_text())
+    except (OSError, ValueError):
+        return {"seconds": None, "flops": None}
 
 
 def embed_generic(generic: str, tokenizer: Tokenizer, embedder_name: str, window: int, cache_dir,

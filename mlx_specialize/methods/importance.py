@@ -159,16 +159,18 @@ def _plot(selection: Selection, path: Path) -> None:
     plt.close(fig)
 
 
+SELECT_COST = "cost.json"  # in a selection folder made by `prepare`: its seconds and FLOPs
+
+
 class ImportanceSampled(Method):
     name = "is"
     paper = "SLM-is"
     default_k = 64
-    pretrains_per_domain = True
+    shared_phases = ("clusters",)  # the generic clustering; the selection and pre-training are per domain
 
     def prepare(self, s: Settings) -> Prepared:
         """Select `pretrain_tokens` generic tokens like the domain, pre-train on them
         (cached by domain and settings)."""
-        t0 = time.perf_counter()
         g = cl.clustered_generic(s)
         preset, tokenizer, clusters, generic_split, reused = g.preset, g.tokenizer, g.clusters, g.generic, g.reused
         key = cl.cache_key(clusters.folder.name, load_corpus(s.domain).fingerprint(), s.domain_tokens,
@@ -179,22 +181,28 @@ class ImportanceSampled(Method):
                 ui.info(f"using the cached importance-sampled model {folder}")
                 summary, cached = json.loads((folder / "summary.json").read_text()), entry.reused
                 summary_report = json.loads((folder / "selection" / "report.json").read_text())
+                select_cost = json.loads((folder / "selection" / SELECT_COST).read_text())
             else:
+                t0 = time.perf_counter()
                 selected, summary_report = select_like_domain(clusters, generic_split, tokenizer, s.domain,
                                                               s.domain_tokens, s.pretrain_tokens,
                                                               entry.build / "selection", s.sampler, s.seed,
                                                               s.cache_dir)
+                select_cost = {"seconds": time.perf_counter() - t0,
+                               "flops": cl.domain_embedding_flops(clusters, s, tokenizer)}
+                atomic_write_bytes(entry.build / "selection" / SELECT_COST, json.dumps(select_cost).encode())
                 summary = pretrain(s.generic, preset, entry.build, s.pretrain_tokens, tokenizer=tokenizer,
                                    cache_dir=s.cache_dir, resume=True, seed=s.seed, checkpoint_every=50,
                                    train_split=selected).summary
                 entry.publish()
                 cached = False
-        select_phase = {"seconds": time.perf_counter() - t0, "clusters": str(clusters.folder), "clusters_cached": reused,
-                        **g.embedding,
+        # embedding the domain's windows, weighting the clusters, resampling the generic
+        # windows: per domain, as its pre-training is (FLOPs: the embedder's)
+        select_phase = {**select_cost, "clusters": str(clusters.folder),
                         "report": str(folder / "selection"),
                         **{name: summary_report[name] for name in ("k", "sampler", "windows", "kl_selected",
                                                                    "kl_generic", "entropy_domain", "unmatched_mass",
                                                                    "repeats")}}
         pre_phase = {"tokens": summary["tokens"], "seconds": summary["seconds"], "flops": summary["flops"],
                      "cached": cached, "model": str(folder)}
-        return Prepared(folder, {"select": select_phase, "pretrain": pre_phase})
+        return Prepared(folder, {"clusters": g.phase, "select": select_phase, "pretrain": pre_phase})

@@ -37,6 +37,7 @@ from .. import ui
 from ..runtime.cache import cache_entry
 from ..data.embedding import n_windows, window_tokens
 from ..data.tokens import TokenizedSplit
+from ..models.dense import flops_per_token
 from ..errors import SpecializeError
 from ..runtime.files import atomic_write_bytes
 from . import clusters as cl
@@ -45,6 +46,7 @@ from .slm import cached_pretrain
 
 MIXTURE_FILE = "mixture.json"
 SELECT_RULES = ("frequent", "loss", "all")
+LOSS_RULE_TOKENS = 20_000  # --select loss: the domain train tokens each expert is scored on
 
 
 def expert_split(generic: TokenizedSplit, labels: np.ndarray, cluster: int, window: int) -> TokenizedSplit:
@@ -123,7 +125,8 @@ def load_mixture(folder: str | os.PathLike) -> dict:
 
 
 def choose_expert(mixture_dir: str | os.PathLike, rule: str, domain_labels: np.ndarray | None = None,
-                  domain_split: TokenizedSplit | None = None, eval_tokens: int = 20_000) -> tuple[int, list[float]]:
+                  domain_split: TokenizedSplit | None = None,
+                  eval_tokens: int = LOSS_RULE_TOKENS) -> tuple[int, list[float]]:
     """(chosen expert, per-expert scores): the domain's cluster histogram (`frequent`)
     or minus the mean loss on its first `eval_tokens` train tokens (`loss`)."""
     from ..models.io import load_model, model_context
@@ -192,12 +195,18 @@ class Mixture(Method):
         pre_phase.update(cached=cached, model=str(folder), experts=s.k, init=s.expert_init)
         if s.select == "all":
             return Prepared([folder / name for name in meta["experts"]],
-                            {"select": {"rule": s.select, "k": s.k, **g.embedding}, "pretrain": pre_phase})
+                            {"clusters": g.phase, "select": {"rule": s.select, "k": s.k}, "pretrain": pre_phase})
         t0 = time.perf_counter()
         domain_split = cl.corpus_split(s.domain, "train", tokenizer, s.cache_dir, s.domain_tokens)
         labels = (cl.domain_histogram_labels(clusters, domain_split, tokenizer, s.cache_dir)
                   if s.select == "frequent" else None)
         chosen, scores = choose_expert(folder, s.select, labels, domain_split)
+        if s.select == "frequent":  # the domain's windows embedded
+            flops = cl.domain_embedding_flops(clusters, s, tokenizer)
+        else:  # every expert's forward pass over the domain tokens it scores
+            flops = s.k * min(LOSS_RULE_TOKENS, domain_split.n_tokens) * flops_per_token(
+                preset.model_args(tokenizer.vocab_size), preset.context, training=False)
         select_phase = {"rule": s.select, "k": s.k, "expert": chosen, "scores": scores,
-                        "seconds": time.perf_counter() - t0, **g.embedding}
-        return Prepared(folder / meta["experts"][chosen], {"select": select_phase, "pretrain": pre_phase})
+                        "seconds": time.perf_counter() - t0, "flops": flops}
+        return Prepared(folder / meta["experts"][chosen], {"clusters": g.phase, "select": select_phase,
+                                                           "pretrain": pre_phase})

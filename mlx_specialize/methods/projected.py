@@ -150,5 +150,7 @@ class Projected(Method):
                                                       s.cache_dir)
                 atomic_write_bytes(entry.build / "instance.json", json.dumps(select_phase).encode())
                 entry.publish()
-        select_phase.update(k=s.k, seconds=time.perf_counter() - t0, instance=str(dense_dir), **g.embedding)
-        return Prepared(dense_dir, {"select": select_phase, "pretrain": pre_phase})
+        # per domain: its windows embedded (the instantiation itself is a few small products)
+        select_phase.update(k=s.k, seconds=time.perf_counter() - t0, instance=str(dense_dir),
+                            flops=cl.embedding_flops(clusters.meta["embedder"]["embedder"], select_phase["windows"]))
+        return Prepared(dense_dir, {"clusters": g.phase, "select": select_phase, "pretrain": pre_phase})

@@ -69,8 +69,13 @@ def lr_schedule(cfg: TrainConfig):
 
 @dataclass
 class Budget:
-    """Counters of what a run spent: tokens trained on, FLOPs, wall-clock seconds."""
+    """Counters of what a run spent: tokens trained on, their FLOPs and wall-clock
+    seconds (the steps alone), and the same for validation (forward passes over the
+    valid split: counted, as the paper's costs count every FLOP a method pays)."""
 
     tokens: int = 0
     flops: float = 0.0
     seconds: float = 0.0
+    valid_tokens: int = 0
+    valid_flops: float = 0.0
+    valid_seconds: float = 0.0

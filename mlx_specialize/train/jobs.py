@@ -28,6 +28,19 @@ from .config import TrainConfig
 from .trainer import Trainer
 
 FOREIGN_LR = 3e-5  # full fine-tuning rate for a pre-trained model from elsewhere (AdamW)
+# Fine-tuning runs until early stopping on the domain's valid split, as the paper's does;
+# this many steps is only a safety bound (the paper's smallest cap, 2k steps), reported.
+FINETUNE_MAX_STEPS = 2000
+# The paper fine-tunes its smallest domain sets at the pre-training lr / 3 and larger
+# ones at the pre-training lr. Ours: lr / 3 up to this many domain tokens (the protocol's
+# 100k set), the base lr above (its 1M set and all of a target's train split).
+SMALL_DOMAIN_TOKENS = 300_000
+
+
+def finetune_lr(base_lr: float, domain_tokens: int) -> float:
+    """The fine-tuning learning rate for `domain_tokens` of domain data from a base
+    pre-trained at `base_lr` (see SMALL_DOMAIN_TOKENS)."""
+    return base_lr / 3 if domain_tokens <= SMALL_DOMAIN_TOKENS else base_lr
 
 
 def tokenize(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir=None, max_tokens: int | None = None) -> TokenizedSplit:
@@ -169,23 +182,24 @@ def finetune(
     **train_options,
 ) -> JobResult:
     """Fine-tune the model in `base` on the first `domain_tokens` of the domain's train
-    split, early-stopping on its valid split; train on at most `max_tokens` tokens
-    (default: 4 passes over the domain data). The learning rate defaults to the base's
-    pre-training rate / 3, as the paper does for its smallest domain sets; the batch size
-    to the base's. A base we did not train (an mlx-lm model, maybe quantized) is
-    dequantized and trained in float32 with its own tokenizer, at FOREIGN_LR. `loss`
-    replaces the trainer's next-token loss (e.g. `distill.DistillationLoss`)."""
+    split until early stopping on its valid split, training on at most `max_tokens`
+    tokens (default: FINETUNE_MAX_STEPS steps, a safety bound the summary reports as
+    `max_steps`). The learning rate defaults to `finetune_lr` of the base's pre-training
+    rate (its / 3 for small domain sets, as the paper's); the batch size to the base's. A
+    base we did not train (an mlx-lm model, maybe quantized) is dequantized and trained
+    in float32 with its own tokenizer, at FOREIGN_LR. `loss` replaces the trainer's
+    next-token loss (e.g. `distill.DistillationLoss`)."""
     model, tokenizer, config = load_model(base, dtype="float32", dequantize=True)
     corpus = load_corpus(domain)
     train = tokenize(corpus, "train", tokenizer, cache_dir, domain_tokens)
     valid = tokenize(corpus, "valid", tokenizer, cache_dir)
     context = model_context(config)
     base_meta = config.get("mlxspec", {})
-    base_lr = base_meta["lr"] / 3 if "lr" in base_meta else FOREIGN_LR
+    base_lr = finetune_lr(base_meta["lr"], train.n_tokens) if "lr" in base_meta else FOREIGN_LR
     options = {"patience": 3, "warmup": 10, "eval_every": 10, "lr": base_lr,
                "batch_size": base_meta.get("batch_size", 8), "context": context, **train_options}
     cfg = TrainConfig(steps=1, **options)
-    cfg.steps = steps_for(max_tokens or 4 * train.n_tokens, cfg)
+    cfg.steps = steps_for(max_tokens, cfg) if max_tokens else FINETUNE_MAX_STEPS
     ui.info(
         f"fine-tuning {base} on {domain}: {train.n_tokens:,} domain tokens, at most {cfg.steps} steps "
         f"x {cfg.tokens_per_step:,} tokens, early stopping on valid (patience {cfg.patience})"

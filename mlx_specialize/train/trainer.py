@@ -104,6 +104,9 @@ class Trainer:
         # a loss that runs another model (distillation's teacher) declares what it adds
         self.flops_per_token = (model.flops_per_token(config.context, batch_tokens=config.batch_size * config.context)
                                 + getattr(self.loss, "extra_flops_per_token", 0.0))
+        # validation: the model's forward pass alone (a distillation's teacher is not run there)
+        self.valid_flops_per_token = model.flops_per_token(config.context, training=False,
+                                                           batch_tokens=config.eval_batch_size * config.context)
         self.optimizer = optim.AdamW(
             learning_rate=lr_schedule(config),
             betas=list(config.betas),
@@ -191,6 +194,9 @@ class Trainer:
             "tokens": self.budget.tokens,
             "flops": self.budget.flops,
             "seconds": self.budget.seconds,
+            "valid_tokens": self.budget.valid_tokens,
+            "valid_flops": self.budget.valid_flops,
+            "valid_seconds": self.budget.valid_seconds,
             "tokenizer": self.tokenizer.fingerprint,
             "config": self.cfg.to_dict(),
         }
@@ -200,7 +206,8 @@ class Trainer:
         self.rng[0] = mx.array(state["rng_key"], dtype=mx.uint32)
         self.best_valid = math.inf if state["best_valid"] is None else state["best_valid"]
         self.bad_evals = state["bad_evals"]
-        self.budget = Budget(state["tokens"], state["flops"], state["seconds"])
+        self.budget = Budget(state["tokens"], state["flops"], state["seconds"], state.get("valid_tokens", 0),
+                             state.get("valid_flops", 0.0), state.get("valid_seconds", 0.0))
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
@@ -244,6 +251,7 @@ class Trainer:
 
     # ---- validation --------------------------------------------------------------
     def validate(self) -> float:
+        t0 = time.perf_counter()
         if self.evaluator is not None:
             result = self.evaluator(self.model)
         else:
@@ -251,6 +259,9 @@ class Trainer:
                               self.cfg.eval_tokens, self._eval_fn, streams=len(self.streams), world=self.world)
         if self.world.size > 1:  # every rank takes rank 0's figures: the same early-stopping decisions
             result = type(result)(*dist.broadcast_json([result.nll, result.tokens, result.bytes], self.world))
+        self.budget.valid_tokens += result.tokens
+        self.budget.valid_flops += result.tokens * self.valid_flops_per_token
+        self.budget.valid_seconds += time.perf_counter() - t0
         self._log({"event": "valid", "step": self.step, "tokens": self.budget.tokens,
                    "valid_loss": result.loss, "valid_ppl": result.ppl, "valid_bpb": result.bits_per_byte})
         if result.loss < self.best_valid:
@@ -345,13 +356,22 @@ class Trainer:
         if not validating:
             self._save_best()
         self.checkpoint()
+        b = self.budget
         summary = {
             "steps": self.step,
             "steps_this_session": self.step - start_step,
-            "tokens": self.budget.tokens,
-            "flops": self.budget.flops,
-            "seconds": self.budget.seconds,
-            "tok_s": self.budget.tokens / max(self.budget.seconds, 1e-9),
+            "max_steps": cfg.steps,  # the safety bound when early stopping is on
+            "lr": cfg.lr,
+            "tokens": b.tokens,
+            # what the run cost: its steps and its validations (each also on its own)
+            "flops": b.flops + b.valid_flops,
+            "seconds": b.seconds + b.valid_seconds,
+            "train_flops": b.flops,
+            "train_seconds": b.seconds,
+            "valid_tokens": b.valid_tokens,
+            "valid_flops": b.valid_flops,
+            "valid_seconds": b.valid_seconds,
+            "tok_s": b.tokens / max(b.seconds, 1e-9),
             "peak_memory_bytes": peak_memory_bytes(),
             "stopped_early": stopped_early,
             "best_valid_loss": None if math.isinf(self.best_valid) else self.best_valid,
