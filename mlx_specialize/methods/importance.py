@@ -172,7 +172,7 @@ class ImportanceSampled(Method):
         """Select `pretrain_tokens` generic tokens like the domain, pre-train on them
         (cached by domain and settings)."""
         g = cl.clustered_generic(s)
-        preset, tokenizer, clusters, generic_split, reused = g.preset, g.tokenizer, g.clusters, g.generic, g.reused
+        preset, tokenizer, clusters, generic_split = g.preset, g.tokenizer, g.clusters, g.generic
         key = cl.cache_key(clusters.folder.name, load_corpus(s.domain).fingerprint(), s.domain_tokens,
                            s.pretrain_tokens, s.sampler, s.seed, preset.__dict__)
         folder = s.cache_dir / "pretrained-is" / key
