@@ -1,8 +1,8 @@
 """SLM-d (`--method distill`): the generic SLM fine-tuned against a fine-tuned LLM.
 
 The paper's response-based distillation: the LLM (the preset's large twin, `llm.py`) is
-pre-trained on the generic corpus with the same token budget as the SLM and fine-tuned on
-the domain; it is the teacher. The SLM (SLM's own generic model) is then fine-tuned on the
+pre-trained on the generic corpus at the same FLOPs as the SLM (fewer tokens) and
+fine-tuned on the domain; it is the teacher. The SLM (SLM's own generic model) is then fine-tuned on the
 same domain data with `train.distill.DistillationLoss`: alpha x T^2 x KL to the teacher's
 next-token distribution plus (1 - alpha) x the data's NLL, early-stopped on the domain's
 valid NLL.
@@ -28,18 +28,20 @@ from ..train.distill import DistillationLoss
 from ..train.jobs import finetune
 from .base import Method, Prepared, Settings
 from .clusters import cache_key
-from .llm import llm_twin
+from .llm import equal_flops_tokens, llm_twin
 from .slm import cached_pretrain
 
 COSTS = ("tokens", "seconds", "flops")
 
 
 def fine_tuned_teacher(s: Settings) -> tuple[Path, dict, dict, bool]:
-    """The LLM twin pre-trained on `s.pretrain_tokens` generic tokens (shared, `llm`'s
-    cache entry) and fine-tuned on the domain as SLM is (cached per domain). Returns
-    (teacher folder, its pre-training summary, its fine-tuning summary, fine-tuning reused)."""
+    """The LLM twin pre-trained at the generic FLOPs of the student's pre-training
+    (`equal_flops_tokens`; `--method llm` with those tokens shares its cache entry) and
+    fine-tuned on the domain as SLM is (cached per domain). Returns (teacher folder, its
+    pre-training summary, its fine-tuning summary, fine-tuning reused)."""
     twin = llm_twin(s.preset)
-    llm, llm_summary, _ = cached_pretrain(s.generic, twin, s.pretrain_tokens, s.vocab_size, s.seed, s.cache_dir)
+    tokens = equal_flops_tokens(s.pretrain_tokens, s.preset, twin, s.vocab_size)
+    llm, llm_summary, _ = cached_pretrain(s.generic, twin, tokens, s.vocab_size, s.seed, s.cache_dir)
     key = cache_key(llm.name, load_corpus(s.domain).fingerprint(), s.domain_tokens, s.finetune_tokens, s.seed)
     folder = s.cache_dir / "teachers" / key
     with cache_entry(folder, f"the '{twin}' teacher fine-tuned on {s.domain}") as entry:

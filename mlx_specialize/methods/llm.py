@@ -9,12 +9,22 @@ SLM's. Its inference costs the large model's FLOPs per token, which the report's
 from __future__ import annotations
 
 from ..errors import SpecializeError
-from ..models.presets import PRESETS
+from ..models.dense import flops_per_token
+from ..models.presets import PRESETS, get_preset
 from .base import Settings
 from .slm import SLM
 
 LLM_TWIN = {name: f"{name}-llm" for name in PRESETS if f"{name}-llm" in PRESETS}
 LLM_TWIN["paper-slm"] = "paper-llm"
+
+
+def equal_flops_tokens(tokens: int, preset: str, other: str, vocab_size: int | None = None) -> int:
+    """The tokens `other` trains on for the generic pre-training FLOPs that `tokens`
+    tokens of `preset` cost (each at its own context and vocabulary): the LLM's share
+    of a budget stated in SLM tokens, as the paper compares them at equal GPU-hours."""
+    flops = [flops_per_token(get_preset(p).model_args(vocab_size or get_preset(p).vocab), get_preset(p).context)
+             for p in (preset, other)]
+    return max(1, round(tokens * flops[0] / flops[1]))
 
 
 def llm_twin(preset: str) -> str:
