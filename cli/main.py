@@ -31,6 +31,7 @@ try:  # these take seconds (MLX, the BLAS): Ctrl-C meanwhile is still exit 130, 
                           TokenizerTrain, check_text, overwrite_option, seed_option, training_options)
     from .output import emit, summary_table
     from .reports import bench_view, presets_table, pretrain_table, specialize_view
+    from .study import study
 except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
     sys.exit(130)
@@ -259,6 +260,9 @@ def specialize(
                            window, sampler, "cosine", select, expert_init, basis, distill_temperature=distill_temperature,
                            distill_alpha=distill_alpha)
     emit(report, *specialize_view(report))
+
+
+command(app, "study")(study)
 
 
 def main() -> None:

@@ -1,0 +1,58 @@
+"""`mlxspec study`: run a study's grid (`mlxspec study SPEC.toml`), or report one from its
+results alone (`mlxspec study report RESULTS --out DIR`). Calls `mlx_specialize.study`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mlx_specialize.errors import SpecializeError
+from mlx_specialize.study import check_runnable, load_study, report_study, run_study, spec_floors, study_status
+
+from .options import CACHE_OPT
+from .output import emit
+
+
+def study(
+    args: List[str] = typer.Argument(..., metavar="SPEC.toml | report RESULTS...",
+                                     help="A study spec to run, or `report` and the results files to report."),
+    out: Optional[Path] = typer.Option(None, "--out", help="report: the folder for the figures and tables.md."),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="report: the study spec, for its floors (bits per byte "
+                                        "of a classical coder per target)."),
+    target_ppl: Optional[float] = typer.Option(None, "--target-ppl", min=1.0, help="report: the macro perplexity the "
+                                               "cost figure reaches [default: SLM's at its largest budget]."),
+    status: bool = typer.Option(False, "--status", help="Print the grid and what of it is done; run nothing."),
+    max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="Run at most this many cells, then "
+                                            "stop (the next call continues)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The folder of the spec's corpora by name [default: the "
+                                        "spec's `data`]."),
+    keep_runs: bool = typer.Option(False, "--keep-runs", help="Keep each cell's run folder (its model) once its "
+                                   "line is written."),
+    cache_dir: Optional[Path] = CACHE_OPT,
+):
+    """Run the paper's grid (methods x budgets x domain-set sizes x targets x seeds) as a study: every cell cached,
+    resumable, one JSON line per finished cell; or print its tables and write its figures from results alone.
+
+    A finished cell is never run again: run the same command to continue an interrupted study."""
+    if args[0] == "report":
+        if len(args) < 2:
+            raise SpecializeError("study report: name the results file(s): mlxspec study report RESULTS --out DIR")
+        floors = spec_floors(spec) if spec else {}
+        result = report_study([Path(a) for a in args[1:]], out, floors, target_ppl)
+        shown = [result["tables"]] + ([f"figures: {', '.join(result['figures'])}"] if out else [])
+        emit(result, *shown)
+        return
+    if len(args) != 1:
+        raise SpecializeError(f"study: one spec file, not {len(args)} arguments (or `report RESULTS...`)")
+    loaded = load_study(args[0], data=data)
+    if status:
+        result = study_status(loaded, cache_dir)
+    else:
+        check_runnable(loaded)
+        result = run_study(loaded, cache_dir, max_cells, keep_runs)
+    pending = result["pending"]
+    emit(result, f"{loaded.name}: {result['done']} of {result['cells']} cells done"
+         + (f", {result['ran']} run now" if "ran" in result else "") + f"; results in {result['results']}"
+         + (f"\nnext: {pending[0]}" if pending else ""))

@@ -1,0 +1,300 @@
+"""A study's tables and figures, from its results file(s) alone: nothing is run.
+
+Per (method, budget, domain-set size, seed), the macro figures over the targets (only
+where every target's cell is finished): test perplexity exp(mean over targets of the
+per-token NLL), bits per byte (mean), costs (shared: the same for every target; per
+domain: the targets' mean). Across seeds: mean and sample standard deviation.
+
+Tables (markdown): macro perplexity per method and budget for each domain-set size; bits
+per byte per target at the largest budget beside the spec's floors; the cost split; each
+budget of SLM-is against the others at equal total cost C(N) for N = 1 and 3 domains.
+Figures (PNG): perplexity vs generic pre-training FLOPs (the paper's main figure), vs
+domain-set size, and the cheapest C(N) reaching a target perplexity vs N.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from ..costs import total_cost
+from ..errors import SpecializeError
+
+ORDER = ["nopt", "finetune", "llm", "llm-lora", "distill", "is", "mix", "pn", "soup"]
+LABEL = {"finetune": "SLM", "nopt": "SLM-nopt", "llm": "LLM", "llm-lora": "LLM + LoRA", "distill": "SLM-d",
+         "is": "SLM-is", "mix": "SLM-mix", "pn": "SLM-pn", "soup": "Soup-of-Experts"}
+
+
+def load_lines(paths) -> list[dict]:
+    """Every finished cell of the results files, `same_as` lines resolved to their cell's
+    figures under their own domain-set size."""
+    from .run import read_results
+
+    lines = {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise SpecializeError(f"no results file at {path}")
+        lines.update(read_results(Path(path)))
+    rows = []
+    for line in lines.values():
+        if "same_as" in line:
+            if line["same_as"] in lines:
+                rows.append({**lines[line["same_as"]], **{k: line[k] for k in ("cell", "domain_tokens")}})
+        else:
+            rows.append(line)
+    if not rows:
+        raise SpecializeError("the results hold no finished cell")
+    return rows
+
+
+def size_label(size) -> str:
+    """Tokens as a short label: 100k, 1M, 12.5M; None (a whole train split) is "all"."""
+    return "all" if size is None else f"{size / 1e6:.3g}M" if size >= 1e6 else f"{size / 1e3:.3g}k"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def macro(rows: list[dict]) -> dict:
+    """{(method, budget, size): {"ppl": (mean, std), "bpb": ..., "seeds": n, ...}} over
+    the seeds whose every target finished; per seed first, then across seeds."""
+    targets = sorted({r["target"] for r in rows})
+    by_seed = defaultdict(dict)
+    for r in rows:
+        by_seed[(r["method"], r["budget"], r["domain_tokens"], r["seed"])][r["target"]] = r
+    per_seed = defaultdict(list)
+    for (method, budget, size, seed), cells in by_seed.items():
+        if sorted(cells) != targets:
+            continue
+        cs = list(cells.values())
+        per_seed[(method, budget, size)].append({
+            "ppl": math.exp(sum(math.log(c["ppl_after"]) for c in cs) / len(cs)),
+            "ppl_before": math.exp(sum(math.log(c["ppl_before"]) for c in cs) / len(cs)),
+            "bpb": sum(c["bpb_after"] for c in cs) / len(cs),
+            "shared": max(c["costs"]["shared"]["flops"] for c in cs),
+            "per_domain": sum(c["costs"]["per_domain"]["flops"] for c in cs) / len(cs),
+            "shared_s": max(c["costs"]["shared"]["seconds"] for c in cs),
+            "per_domain_s": sum(c["costs"]["per_domain"]["seconds"] for c in cs) / len(cs),
+            "inference": cs[0]["costs"]["inference"]["flops_per_token"],
+            "gen_tok_s": sum(c["costs"]["inference"]["gen_tok_s"] for c in cs) / len(cs),
+            "params": cs[0]["params"], "budget_flops": cs[0]["budget_flops"],
+            "domain_tokens_used": sum(c["domain_tokens_used"] for c in cs) / len(cs)})
+    out = {}
+    for key, seeds in per_seed.items():
+        out[key] = {name: _mean_std([s[name] for s in seeds]) for name in seeds[0]}
+        out[key]["seeds"] = len(seeds)
+    return out
+
+
+def _methods(table: dict) -> list[str]:
+    present = {key[0] for key in table}
+    return [m for m in ORDER if m in present] + sorted(present - set(ORDER))
+
+
+def _cell(stat: dict | None, name: str = "ppl", digits: int = 1) -> str:
+    if stat is None:
+        return "-"
+    mean, std = stat[name]
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if stat["seeds"] > 1 else f"{mean:.{digits}f}"
+
+
+def tables(rows: list[dict], floors: dict | None = None) -> str:
+    """The study's tables, as markdown."""
+    table = macro(rows)
+    methods, budgets = _methods(table), sorted({k[1] for k in table})
+    sizes = sorted({k[2] for k in table}, key=lambda s: math.inf if s is None else s)
+    out = []
+    for size in sizes:
+        out += [f"Macro test perplexity, domain set {size_label(size)} (mean ± std over seeds where more than one)", "",
+                "| method | " + " | ".join(f"{size_label(b)} tok ({_flops_of(table, b):.1e} FLOPs)" for b in budgets)
+                + " |", "|---|" + "---:|" * len(budgets)]
+        for m in methods:
+            stats = [table.get((m, b, size)) for b in budgets]
+            if any(stats):
+                out.append(f"| {LABEL.get(m, m)} | " + " | ".join(_cell(s) for s in stats) + " |")
+        out.append("")
+    top = budgets[-1]
+    targets = sorted({r["target"] for r in rows})
+    floors = floors or {}
+    out += [f"Bits per byte at the largest budget ({size_label(top)} tokens), seed mean, per target", "",
+            "| method | size | " + " | ".join(targets) + " | macro |", "|---|---|" + "---:|" * (len(targets) + 1)]
+    for m in methods:
+        for size in sizes:
+            cells = [[r["bpb_after"] for r in rows if (r["method"], r["budget"], r["domain_tokens"], r["target"])
+                      == (m, top, size, t)] for t in targets]
+            if all(cells):
+                values = [sum(c) / len(c) for c in cells]
+                out.append(f"| {LABEL.get(m, m)} | {size_label(size)} | " + " | ".join(f"{v:.3f}" for v in values)
+                           + f" | {sum(values) / len(values):.3f} |")
+    if floors:
+        out.append("| xz -9 floor | | " + " | ".join(f"{floors[t]:.2f}" if t in floors else "-" for t in targets) + " | |")
+    out += ["", f"Costs at the largest budget, smallest domain set ({size_label(sizes[0])}): FLOPs (seconds on this "
+            "machine); C(N) = shared + N x per domain", "",
+            "| method | shared | per domain | C(1) | C(3) | inference FLOPs/token | params | generation tok/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in methods:
+        s = table.get((m, top, sizes[0]))
+        if s:
+            costs = {"shared": {"flops": s["shared"][0], "seconds": s["shared_s"][0]},
+                     "per_domain": {"flops": s["per_domain"][0], "seconds": s["per_domain_s"][0]}}
+            c1, c3 = total_cost(costs, 1), total_cost(costs, 3)
+            out.append(f"| {LABEL.get(m, m)} | {s['shared'][0]:.2e} ({s['shared_s'][0]:.0f} s) | "
+                       f"{s['per_domain'][0]:.2e} ({s['per_domain_s'][0]:.0f} s) | {c1['flops']:.2e} | "
+                       f"{c3['flops']:.2e} | {s['inference'][0]:.2e} | {s['params'][0] / 1e6:.2f}M | "
+                       f"{s['gen_tok_s'][0]:.0f} |")
+    out += ["", *equal_cost_table(table, sizes)]
+    return "\n".join(out)
+
+
+def _flops_of(table: dict, budget: int) -> float:
+    return next(v["budget_flops"][0] for k, v in table.items() if k[1] == budget)
+
+
+def cost_curve(table: dict, method: str, size, n: float) -> list[tuple[float, float]]:
+    """(C(N) FLOPs, macro ppl) of a method's budgets at one domain-set size, by cost."""
+    points = []
+    for (m, budget, s), stat in table.items():
+        if m == method and s == size:
+            points.append((stat["shared"][0] + n * stat["per_domain"][0], stat["ppl"][0]))
+    return sorted(points)
+
+
+def at_cost(points: list[tuple[float, float]], cost: float) -> float | None:
+    """A method's macro perplexity at total cost `cost`: interpolated in log cost and log
+    perplexity between its two measured budgets around it; None outside them."""
+    for (c0, p0), (c1, p1) in zip(points, points[1:]):
+        if c0 <= cost <= c1:
+            t = 0.0 if c1 == c0 else (math.log(cost) - math.log(c0)) / (math.log(c1) - math.log(c0))
+            return math.exp(math.log(p0) + t * (math.log(p1) - math.log(p0)))
+    return None
+
+
+def equal_cost_table(table: dict, sizes: list) -> list[str]:
+    """Each budget of SLM-is against the other methods at the same total cost C(N)."""
+    if not any(k[0] == "is" for k in table):
+        return []
+    others = [m for m in _methods(table) if m != "is"]
+    out = []
+    for n in (1, 3):
+        out += [f"SLM-is at equal total cost C({n}) (FLOPs; others interpolated between their measured budgets, "
+                "- outside them)", "",
+                "| size | SLM-is budget | C(N) | SLM-is | " + " | ".join(LABEL.get(m, m) for m in others) + " |",
+                "|---|---:|---:|---:|" + "---:|" * len(others)]
+        for size in sizes:
+            for cost, ppl in cost_curve(table, "is", size, n):
+                budget = next(b for (m, b, s), st in table.items() if m == "is" and s == size
+                              and st["shared"][0] + n * st["per_domain"][0] == cost)
+                shown = [at_cost(cost_curve(table, m, size, n), cost) for m in others]
+                out.append(f"| {size_label(size)} | {size_label(budget)} | {cost:.2e} | {ppl:.1f} | "
+                           + " | ".join("-" if p is None else f"{p:.1f}" for p in shown) + " |")
+        out.append("")
+    return out
+
+
+def figures(rows: list[dict], out_dir: Path, target_ppl: float | None = None) -> list[Path]:
+    """The three figures (PNG) in `out_dir`; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = macro(rows)
+    methods = _methods(table)
+    sizes = sorted({k[2] for k in table}, key=lambda s: math.inf if s is None else s)
+    budgets = sorted({k[1] for k in table})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False, sharey=True)
+    for ax, size in zip(axes[0], sizes):
+        for m in methods:
+            pts = sorted((st["shared"][0], st["ppl"][0], st["ppl"][1]) for (mm, b, s), st in table.items()
+                         if mm == m and s == size and mm != "nopt")
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                            capsize=3, label=LABEL.get(m, m))
+            elif m == "nopt" and (m, budgets[0], size) in table:
+                ax.axhline(table[(m, budgets[0], size)]["ppl"][0], color="grey", ls=":", label="SLM-nopt")
+        ax.set(xscale="log", yscale="log", title=f"domain set {size_label(size)}",
+               xlabel="generic pre-training FLOPs (shared)")
+    axes[0][0].set_ylabel("macro test perplexity")
+    for ax in axes[0]:
+        _plain_log_ticks(ax)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "ppl_vs_pretraining.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    top = budgets[-1]
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for m in methods:
+        pts = sorted((st["domain_tokens_used"][0], st["ppl"][0], st["ppl"][1]) for (mm, b, s), st in table.items()
+                     if mm == m and b == (budgets[0] if m == "nopt" else top))
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                        label=LABEL.get(m, m))
+    ax.set(xscale="log", yscale="log", xlabel="domain train tokens (targets' mean)", ylabel="macro test perplexity",
+           title=f"at the largest budget ({size_label(top)} tokens)")
+    _plain_log_ticks(ax)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "ppl_vs_domain_size.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    size = sizes[0]
+    target = target_ppl or default_target_ppl(table, size)
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    ns = [1, 2, 3, 5, 10, 20, 50, 100]
+    for m in methods:
+        best = [min((c for c, p in cost_curve(table, m, size, n) if p <= target), default=None) for n in ns]
+        if any(b is not None for b in best):
+            ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], marker="o", label=LABEL.get(m, m))
+    ax.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="cheapest total cost C(N), FLOPs",
+           title=f"reaching macro ppl <= {target:.1f} (domain set {size_label(size)})")
+    _plain_log_ticks(ax)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "cost_vs_domains.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def _plain_log_ticks(ax) -> None:
+    """Log axes: FLOPs and token counts labelled at their decades only (minor labels
+    crowd them), perplexities as plain numbers (they often span less than a decade)."""
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+
+
+def default_target_ppl(table: dict, size) -> float:
+    """The target perplexity of the cost figure: SLM's at its largest budget (what each
+    method pays to match the plain recipe's best), else the median of all."""
+    slm = sorted((b, st["ppl"][0]) for (m, b, s), st in table.items() if m == "finetune" and s == size)
+    if slm:
+        return slm[-1][1]
+    values = sorted(st["ppl"][0] for (m, b, s), st in table.items() if s == size)
+    return values[len(values) // 2]
+
+
+def report_study(paths, out_dir: str | Path | None = None, floors: dict | None = None,
+                 target_ppl: float | None = None) -> dict:
+    """The tables (markdown) and, with `out_dir`, the figures and tables.md written there."""
+    rows = load_lines(paths)
+    text = tables(rows, floors)
+    result = {"cells": len(rows), "tables": text}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        result["figures"] = [str(p) for p in figures(rows, out_dir, target_ppl)]
+        (out_dir / "tables.md").write_text(text + "\n")
+        result["tables_file"] = str(out_dir / "tables.md")
+    return result

@@ -1,0 +1,183 @@
+"""Running a study: every cell of the grid not yet in the results file, one `specialize`
+call each, one JSON line appended per finished cell.
+
+Cached and resumable at three levels: a finished cell is in the results file and is never
+run again (on this machine or another: its key names no path); an interrupted cell's run
+folder (CACHE/study-runs/NAME/KEY) continues from its last finished phase or checkpoint;
+what cells share (a generic pre-training, a clustering, a teacher) is built once in the
+cache. Two processes may run one study: a cell is locked while it runs, and found done by
+the other. A cell asking for more domain tokens than the target's train split holds is the
+cell of the whole split: it is run once, and the other is recorded as `same_as` it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .. import ui
+from ..errors import SpecializeError
+from ..methods import get_method
+from ..methods.clusters import corpus_split, generic_tokenizer
+from ..methods.llm import equal_flops_tokens, llm_twin
+from ..models.dense import flops_per_token
+from ..models.presets import get_preset
+from ..runtime.cache import default_cache_dir, locked
+from .spec import Cell, Study
+
+LLM_METHODS = ("llm", "llm-lora")  # pre-train the preset's large twin: fewer tokens for the same FLOPs
+
+
+def read_results(path: Path) -> dict[str, dict]:
+    """The results file's lines by cell key (a line cut short by a kill is skipped)."""
+    lines = {}
+    if not Path(path).is_file():
+        return lines
+    for number, text in enumerate(Path(path).read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+            lines[line["cell"]] = line
+        except (ValueError, KeyError, TypeError):
+            ui.warn(f"{path}:{number} is not a result line (a write cut short?): skipped")
+    return lines
+
+
+def append_result(path: Path, line: dict) -> None:
+    """One line at the end of the results file, on disk before returning; a previous
+    line cut short (no newline) is ended first, so it cannot swallow this one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(json.dumps(line, sort_keys=True).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def pretrain_tokens(study: Study, cell: Cell) -> int:
+    """The tokens the cell's method pre-trains on for its budget (see spec.py)."""
+    if cell.method in LLM_METHODS:
+        return equal_flops_tokens(cell.budget, study.preset, llm_twin(study.preset), dict(cell.options).get("vocab_size"))
+    return cell.budget
+
+
+def budget_flops(study: Study, budget: int, vocab_size: int | None = None) -> float:
+    """The generic pre-training FLOPs of a budget: its tokens of the preset, trained."""
+    preset = get_preset(study.preset)
+    return budget * flops_per_token(preset.model_args(vocab_size or preset.vocab), preset.context)
+
+
+class Sizes:
+    """The train tokens of each target under the generic tokenizer (cached), to tell a
+    domain-set size that is the whole split."""
+
+    def __init__(self, study: Study, cache_dir: Path):
+        self.study, self.cache_dir, self.tokens = study, cache_dir, {}
+
+    def whole(self, cell: Cell) -> bool:
+        if cell.domain_tokens is None:
+            return False
+        if cell.target not in self.tokens:
+            vocab = dict(cell.options).get("vocab_size") or get_preset(self.study.preset).vocab
+            tokenizer = generic_tokenizer(self.study.generic, vocab, self.cache_dir)
+            split = corpus_split(self.study.targets[cell.target], "train", tokenizer, self.cache_dir)
+            self.tokens[cell.target] = split.n_tokens
+        return cell.domain_tokens >= self.tokens[cell.target]
+
+
+def plan_study(study: Study, cache_dir: Path) -> list[tuple[Cell, str, str | None]]:
+    """(cell, key, key of the whole-split cell it stands for or None), in running order."""
+    sizes, plan = Sizes(study, cache_dir), []
+    for cell in study.cells():
+        whole = replace(cell, domain_tokens=None) if sizes.whole(cell) else None
+        plan.append((cell, study.key(cell), None if whole is None else study.key(whole)))
+    return plan
+
+
+def study_status(study: Study, cache_dir=None) -> dict:
+    """The grid and what of it is done, without running anything."""
+    cache_dir = Path(cache_dir or study.cache or default_cache_dir())
+    done = read_results(study.results)
+    plan = plan_study(study, cache_dir)
+    pending = [cell.label for cell, key, _ in plan if key not in done]
+    return {"study": study.name, "results": str(study.results), "cells": len(plan), "done": len(plan) - len(pending),
+            "pending": pending}
+
+
+def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_runs: bool = False) -> dict:
+    """Run the cells not yet in the results file (at most `max_cells` of them, for a
+    session of bounded length); returns the study's status after."""
+    cache_dir = Path(cache_dir or study.cache or default_cache_dir())
+    runs = cache_dir / "study-runs" / study.name
+    ran = 0
+    for cell, key, whole_key in plan_study(study, cache_dir):
+        if max_cells is not None and ran >= max_cells:
+            break
+        if key in read_results(study.results):
+            continue
+        if whole_key is not None:  # the whole split's cell, run (if not yet) and pointed at
+            whole = replace(cell, domain_tokens=None)
+            if whole_key not in read_results(study.results):
+                ran += _run_cell(study, whole, whole_key, runs, cache_dir, keep_runs)
+            append_result(study.results, {"cell": key, "same_as": whole_key, **_axes(study, cell)})
+            continue
+        ran += _run_cell(study, cell, key, runs, cache_dir, keep_runs)
+    return {**study_status(study, cache_dir), "ran": ran}
+
+
+def _axes(study: Study, cell: Cell) -> dict:
+    return {"study": study.name, "version": study.version, "method": cell.method, "target": cell.target,
+            "budget": cell.budget, "domain_tokens": cell.domain_tokens, "seed": cell.seed,
+            "options": dict(cell.options), "preset": study.preset}
+
+
+def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, keep_runs: bool) -> int:
+    """Run one cell and append its line; 0 if another process finished it meanwhile."""
+    from ..specialize import specialize
+
+    out = runs / key
+    with locked(out, f"the study cell {cell.label}"):
+        if key in read_results(study.results):
+            return 0
+        ui.info(f"study {study.name}: {cell.label}")
+        options = dict(cell.options)
+        report = specialize(domain=study.targets[cell.target], generic=study.generic, method=cell.method,
+                            preset=study.preset, out_dir=out, domain_tokens=cell.domain_tokens,
+                            pretrain_tokens=pretrain_tokens(study, cell), seed=cell.seed, cache_dir=cache_dir,
+                            **options)
+        fin = report["phases"]["finetune"]
+        line = {"cell": key, **_axes(study, cell), "paper": get_method(cell.method).paper,
+                "budget_flops": budget_flops(study, cell.budget, options.get("vocab_size")),
+                "pretrain_tokens": pretrain_tokens(study, cell), "domain_tokens_used": fin["domain_tokens"],
+                **{name: report[name] for name in ("ppl_before", "ppl_after", "bpb_before", "bpb_after",
+                                                   "test_tokens", "params", "costs", "phases", "wall_seconds")},
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                            "system": platform.system()}}
+        append_result(study.results, line)
+        if not keep_runs:  # the figures are in the line; the shared models stay in the cache
+            shutil.rmtree(out, ignore_errors=True)
+    return 1
+
+
+def check_runnable(study: Study) -> None:
+    """What can be refused before the first cell: every corpus read through for the
+    splits the cells use."""
+    from ..data.corpus import load_corpus
+
+    load_corpus(study.generic).check(("train", "valid"))
+    for name, spec in study.targets.items():
+        counts = load_corpus(spec).check(("train", "valid", "test"))
+        empty = [split for split, n in counts.items() if not n]
+        if empty:
+            raise SpecializeError(f"target {name} has no documents in its {', '.join(empty)} split")

@@ -1,0 +1,232 @@
+"""A study's spec (a TOML file) and the grid of cells it names.
+
+    name = "minipile-standard"           # what the results file says it holds
+    version = 1                          # bump when the protocol changes: new cells
+    data = "../../../shared/minipile"    # optional: corpus names below are DATA/NAME.jsonl.gz
+    preset = "small"
+    generic = ["c-headers", "go-code"]   # corpus specs (or names under `data`), one mix
+    targets = ["fortunes", "licenses"]   # each a corpus spec (or name)
+    methods = ["finetune", "is", "mix"]
+    pretrain_tokens = [500_000, 2_500_000, 12_500_000]  # budgets, in tokens of the preset
+    domain_tokens = [100_000, 1_000_000, "all"]
+    seeds = [0]
+    results = "results.jsonl"            # beside the spec unless absolute
+    [seeds_at]                           # budgets run with other seeds
+    12500000 = [0, 1, 2]
+    [options]                            # `specialize`'s keyword arguments, every cell
+    embedder = "hashed"
+    [method.mix]                         # and one method's own
+    k = 4
+    [floors]                             # bits per byte of a classical coder, for the report
+    fortunes = 2.44
+
+A budget is the generic pre-training FLOPs that many tokens of the preset cost: methods
+that pre-train the preset (SLM, SLM-is, SLM-mix, SLM-pn, soup, SLM-d's student) train on
+those tokens; the LLM (and SLM-d's teacher) on fewer, at the same FLOPs
+(`methods.llm.equal_flops_tokens`). SLM-nopt has no generic pre-training: one budget's
+worth of its cells is run, not one per budget.
+
+A cell is one `specialize` call: method x budget x domain-set size x target x seed. Its
+key hashes what decides its result (the study's version, the method and its options, the
+preset, the budget, the domain-set size, the seed and the bytes of the target and the
+generic corpora), never a path, so a results file written on one machine is read on
+another and no finished cell is run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.corpus import load_corpus
+from ..errors import SpecializeError
+from ..methods import METHODS
+from ..models.presets import PRESETS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+KEYS = {"name", "version", "data", "preset", "generic", "targets", "methods", "pretrain_tokens", "domain_tokens",
+        "seeds", "seeds_at", "results", "options", "method", "floors", "cache"}
+# what `specialize` takes from a spec's [options] and [method.NAME] (the rest is the grid's)
+CELL_OPTIONS = {"vocab_size", "lr", "k", "embedder", "window", "sampler", "metric", "select", "expert_init", "basis",
+                "distill_temperature", "distill_alpha", "finetune_tokens"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One `specialize` call of the grid; `domain_tokens` None is the whole train split."""
+
+    method: str
+    budget: int  # generic pre-training budget, in tokens of the preset
+    domain_tokens: int | None
+    target: str  # the target's name (the corpus' own)
+    seed: int
+    options: tuple = ()  # sorted (name, value) pairs for `specialize`
+
+    @property
+    def label(self) -> str:
+        size = "all" if self.domain_tokens is None else f"{self.domain_tokens:,}"
+        return f"{self.method} budget {self.budget:,} domain {size} {self.target} seed {self.seed}"
+
+
+@dataclass
+class Study:
+    """A parsed spec: the grid's axes, the options, where its results go."""
+
+    path: Path
+    name: str
+    version: int
+    preset: str
+    generic: str  # one corpus spec (a comma-joined mix)
+    targets: dict[str, str]  # name -> corpus spec
+    methods: list[str]
+    budgets: list[int]
+    domain_tokens: list[int | None]
+    seeds: list[int]
+    seeds_at: dict[int, list[int]]
+    results: Path
+    options: dict = field(default_factory=dict)
+    method_options: dict = field(default_factory=dict)
+    floors: dict = field(default_factory=dict)
+    cache: Path | None = None
+
+    def cells(self) -> list[Cell]:
+        """The grid, in the order it runs: budgets from the smallest, then seeds, methods
+        (each method's generic pre-training is made once, then serves all its cells),
+        domain-set sizes and targets. SLM-nopt's cells only at the smallest budget."""
+        cells = []
+        for budget in sorted(self.budgets):
+            for seed in self.seeds_at.get(budget, self.seeds):
+                for method in self.methods:
+                    if method == "nopt" and budget != min(self.budgets):
+                        continue
+                    options = tuple(sorted({**self.options, **self.method_options.get(method, {})}.items()))
+                    for size in self.domain_tokens:
+                        for target in self.targets:
+                            cells.append(Cell(method, budget, size, target, seed, options))
+        return cells
+
+    def fingerprints(self) -> dict:
+        """The bytes of the corpora (generic, each target), read once per study run."""
+        if not hasattr(self, "_fingerprints"):
+            self._fingerprints = {"generic": load_corpus(self.generic).fingerprint(),
+                                  **{name: load_corpus(spec).fingerprint() for name, spec in self.targets.items()}}
+        return self._fingerprints
+
+    def key(self, cell: Cell) -> str:
+        """What decides a cell's result, hashed (see the module docstring)."""
+        prints = self.fingerprints()
+        parts = {"version": self.version, "method": cell.method, "preset": self.preset, "options": list(cell.options),
+                 "budget": 0 if cell.method == "nopt" else cell.budget, "domain_tokens": cell.domain_tokens,
+                 "seed": cell.seed, "target": prints[cell.target],
+                 "generic": prints["generic"]}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _fail(path: Path, message: str):
+    raise SpecializeError(f"{path}: {message}")
+
+
+def _int_list(path: Path, spec: dict, key: str, allow_all: bool = False) -> list:
+    values = spec.get(key)
+    if not isinstance(values, list) or not values:
+        _fail(path, f"`{key}` must be a non-empty list")
+    for v in values:
+        ok = (isinstance(v, int) and not isinstance(v, bool) and v >= (0 if key == "seeds" else 1)) or \
+            (allow_all and v == "all")
+        if not ok:
+            _fail(path, f"`{key}` holds {v!r}: " + ("a positive number of tokens or \"all\"" if allow_all else
+                                                    "a non-negative integer" if key == "seeds" else
+                                                    "a positive integer"))
+    if len(set(map(str, values))) != len(values):
+        _fail(path, f"`{key}` repeats a value")
+    return values
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise SpecializeError(f"no study spec at {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        _fail(path, f"not valid TOML ({err})")
+
+
+def spec_floors(path: str | Path) -> dict:
+    """A spec's [floors] alone (for a report), its corpora not looked at."""
+    floors = _read(Path(path)).get("floors", {})
+    if not isinstance(floors, dict) or not all(isinstance(v, (int, float)) for v in floors.values()):
+        _fail(Path(path), "`floors` must be a table of numbers (bits per byte per target)")
+    return floors
+
+
+def load_study(path: str | Path, data: str | Path | None = None) -> Study:
+    """Read and check a study spec; every problem is one error naming the file and the
+    key, before any work. `data` replaces the spec's `data` folder."""
+    path = Path(path)
+    spec = _read(path)
+    unknown = sorted(set(spec) - KEYS)
+    if unknown:
+        _fail(path, f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (known: {', '.join(sorted(KEYS))})")
+    for key in ("name", "generic", "targets", "methods", "pretrain_tokens", "domain_tokens"):
+        if key not in spec:
+            _fail(path, f"`{key}` is missing")
+    here = path.resolve().parent
+    folder = Path(data) if data is not None else (here / spec["data"] if "data" in spec else None)
+    if folder is not None and not folder.is_dir():
+        _fail(path, f"the data folder {folder} does not exist" + ("" if data else " (pass --data)"))
+
+    def corpus(name) -> str:
+        if not isinstance(name, str) or not name:
+            _fail(path, f"a corpus must be a spec or a name, not {name!r}")
+        if folder is not None and (folder / f"{name}.jsonl.gz").is_file():
+            return str(folder / f"{name}.jsonl.gz")
+        return name
+
+    generic = spec["generic"] if isinstance(spec["generic"], list) else [spec["generic"]]
+    targets = spec["targets"]
+    if not isinstance(targets, list) or not targets:
+        _fail(path, "`targets` must be a non-empty list of corpus names or specs")
+    targets = {Path(str(t)).name.split(".")[0]: corpus(t) for t in targets}
+    methods = spec["methods"]
+    if not isinstance(methods, list) or not methods:
+        _fail(path, "`methods` must be a non-empty list")
+    for m in methods:
+        if m not in METHODS:
+            _fail(path, f"unknown method {m!r} in `methods` (choose from {', '.join(METHODS)})")
+    preset = spec.get("preset", "small")
+    if preset not in PRESETS:
+        _fail(path, f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    budgets = _int_list(path, spec, "pretrain_tokens")
+    sizes = [None if v == "all" else v for v in _int_list(path, spec, "domain_tokens", allow_all=True)]
+    seeds = _int_list(path, spec, "seeds") if "seeds" in spec else [0]
+    seeds_at = {}
+    for budget, values in spec.get("seeds_at", {}).items():
+        if not budget.isdigit() or int(budget) not in budgets:
+            _fail(path, f"`seeds_at` names {budget}, which is not one of `pretrain_tokens`")
+        seeds_at[int(budget)] = _int_list(path, {"seeds": values}, "seeds")
+    options = spec.get("options", {})
+    method_options = spec.get("method", {})
+    for where, table in [("options", options)] + [(f"method.{m}", t) for m, t in method_options.items()]:
+        if not isinstance(table, dict):
+            _fail(path, f"`{where}` must be a table")
+        bad = sorted(set(table) - CELL_OPTIONS)
+        if bad:
+            _fail(path, f"`{where}` takes {', '.join(sorted(CELL_OPTIONS))}, not {', '.join(bad)}")
+    for m in method_options:
+        if m not in methods:
+            _fail(path, f"`method.{m}` is not one of the study's methods")
+    results = Path(spec.get("results", f"{path.stem}-results.jsonl"))
+    cache = spec.get("cache")
+    return Study(path=path, name=str(spec["name"]), version=int(spec.get("version", 1)), preset=preset,
+                 generic=",".join(corpus(g) for g in generic), targets=targets, methods=list(methods),
+                 budgets=budgets, domain_tokens=sizes, seeds=seeds, seeds_at=seeds_at,
+                 results=results if results.is_absolute() else here / results, options=options,
+                 method_options=method_options, floors=spec_floors(path),
+                 cache=None if cache is None else (here / cache))

@@ -1,0 +1,160 @@
+"""`mlxspec study`: a real grid on the bundled corpora, run, resumed, moved to another
+folder and reported; its spec's errors; the report's arithmetic on hand-made lines."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlx_specialize.data.corpus import DEMO_DIR
+from mlx_specialize.errors import SpecializeError
+from mlx_specialize.study import load_study, report_study, run_study, study_status
+from mlx_specialize.study.report import at_cost, macro
+from mlx_specialize.study.run import append_result, read_results
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = """
+name = "tiny-check"
+data = "corpora"
+preset = "tiny"
+generic = ["go-code", "postgres-docs"]
+targets = ["python-docs", "python-code"]
+methods = ["finetune"]
+pretrain_tokens = [8192]
+domain_tokens = [20000, 100000000, "all"]
+[options]
+vocab_size = 512
+finetune_tokens = 4096
+[floors]
+python-docs = 2.0
+"""
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """A study folder: the spec, its corpora (copies of the bundled ones) beside it."""
+    folder = tmp_path_factory.mktemp("study")
+    (folder / "corpora").mkdir()
+    for name in ("go-code", "postgres-docs", "python-docs", "python-code"):
+        shutil.copy(DEMO_DIR / f"{name}.jsonl.gz", folder / "corpora")
+    (folder / "tiny.toml").write_text(SPEC)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ran(study_dir, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("study-cache")
+    study = load_study(study_dir / "tiny.toml")
+    first = run_study(study, cache, max_cells=1)
+    rest = run_study(study, cache)
+    return study, cache, first, rest
+
+
+def test_a_study_runs_each_cell_once_and_resumes(ran):
+    study, cache, first, rest = ran
+    # 2 targets x 3 sizes; 100M tokens is more than either train split holds: it is the
+    # "all" cell, run once and recorded as the same
+    assert first["ran"] == 1 and first["done"] == 1 and first["cells"] == 6
+    assert rest["ran"] == 3 and rest["done"] == 6 and rest["pending"] == []
+    lines = read_results(study.results)
+    same = [line for line in lines.values() if "same_as" in line]
+    assert len(same) == 2 and all(lines[s["same_as"]]["domain_tokens"] is None for s in same)
+    full = [line for line in lines.values() if "same_as" not in line]
+    for line in full:
+        assert line["ppl_after"] < line["ppl_before"]
+        assert line["costs"]["shared"]["phases"] == ["pretrain"] and line["costs"]["per_domain"]["flops"] > 0
+        assert line["domain_tokens_used"] == (20000 if line["domain_tokens"] else line["domain_tokens_used"])
+    # one generic pre-training served every cell: the same shared cost in each line
+    assert len({line["costs"]["shared"]["flops"] for line in full}) == 1
+    assert not any((cache / "study-runs" / "tiny-check").glob("*/report.json"))  # run folders gone
+    again = run_study(study, cache)
+    assert again["ran"] == 0 and len(read_results(study.results)) == 6
+
+
+def test_a_moved_study_finds_its_cells_done(ran, tmp_path):
+    """Keys hash the corpora's bytes, not their paths: the spec, results and data moved
+    to another folder (another machine) have nothing left to run."""
+    study, cache, _, _ = ran
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(study.path.parent, moved)
+    status = study_status(load_study(moved / "tiny.toml"), cache)
+    assert status["done"] == 6 and status["pending"] == []
+    shutil.rmtree(moved / "corpora")
+    data = tmp_path / "data"
+    shutil.copytree(study.path.parent / "corpora", data)
+    assert study_status(load_study(moved / "tiny.toml", data=data), cache)["done"] == 6
+
+
+def test_a_cut_line_is_skipped_and_the_next_append_is_whole(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_result(path, {"cell": "a", "x": 1})
+    with open(path, "ab") as f:
+        f.write(b'{"cell": "b", "x"')  # killed mid-write
+    append_result(path, {"cell": "c", "x": 3})
+    assert sorted(read_results(path)) == ["a", "c"]
+
+
+def test_the_report_regenerates_tables_and_figures_from_the_results(ran, tmp_path):
+    study, _, _, _ = ran
+    lines = [line for line in read_results(study.results).values() if "same_as" not in line]
+    small = {line["target"]: line for line in lines if line["domain_tokens"] == 20000}
+    expected = math.exp((math.log(small["python-docs"]["ppl_after"]) + math.log(small["python-code"]["ppl_after"])) / 2)
+    result = report_study([study.results], tmp_path / "figs", study.floors)
+    assert f"| SLM | {expected:.1f} |" in result["tables"]
+    assert "| xz -9 floor | | - | 2.00 | |" in result["tables"]  # python-code has no floor in the spec
+    for name in ("ppl_vs_pretraining.png", "ppl_vs_domain_size.png", "cost_vs_domains.png", "tables.md"):
+        assert (tmp_path / "figs" / name).stat().st_size > 1000 or name == "tables.md"
+    # the command line prints the same tables
+    out = subprocess.run([sys.executable, "-m", "cli.main", "study", "report", str(study.results), "--spec", str(study.path), "--json"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["tables"] == result["tables"]
+
+
+def _line(method, budget, target, seed, ppl, shared, per_domain):
+    return {"method": method, "budget": budget, "domain_tokens": 100, "target": target, "seed": seed,
+            "ppl_after": ppl, "ppl_before": 2 * ppl, "bpb_after": 1.0, "params": 10, "budget_flops": budget * 6.0,
+            "domain_tokens_used": 100, "costs": {"shared": {"flops": shared, "seconds": 1.0},
+                                                 "per_domain": {"flops": per_domain, "seconds": 1.0},
+                                                 "inference": {"flops_per_token": 20.0, "gen_tok_s": 5.0}}}
+
+
+def test_macro_figures_and_equal_cost_interpolation_by_hand():
+    rows = [_line("finetune", 1, "a", 0, 10.0, 100.0, 10.0), _line("finetune", 1, "b", 0, 40.0, 100.0, 30.0),
+            _line("finetune", 1, "a", 1, 20.0, 100.0, 10.0), _line("finetune", 1, "b", 1, 20.0, 100.0, 30.0),
+            _line("finetune", 2, "a", 0, 5.0, 200.0, 10.0)]  # budget 2 lacks target b: no macro figure
+    table = macro(rows)
+    stat = table[("finetune", 1, 100)]
+    assert stat["seeds"] == 2 and stat["ppl"][0] == pytest.approx(20.0)  # exp(mean(log 10, log 40)) = 20 both seeds
+    assert stat["ppl"][1] == pytest.approx(0.0) and stat["per_domain"][0] == pytest.approx(20.0)
+    assert ("finetune", 2, 100) not in table
+    # log-log interpolation between (100, 20) and (10000, 5): at cost 1000, ppl 10
+    assert at_cost([(100.0, 20.0), (10000.0, 5.0)], 1000.0) == pytest.approx(10.0)
+    assert at_cost([(100.0, 20.0), (10000.0, 5.0)], 20000.0) is None
+
+
+@pytest.mark.parametrize("change, message", [
+    ("methods = [\"finetune\", \"nope\"]", "unknown method 'nope'"),
+    ("domain_tokens = [0]", "`domain_tokens` holds 0"),
+    ("colour = 1", "unknown key colour"),
+    ("[seeds_at]\n5 = [1]", "`seeds_at` names 5"),
+    ("[method.mix]\nk = 4", "`method.mix` is not one of the study's methods"),
+    ("[options]\nlearning = 1", "`options` takes"),
+])
+def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
+    (tmp_path / "corpora").mkdir()
+    key = change.split(" ")[0]
+    top = [line for line in SPEC.split("[options]")[0].splitlines() if not line.startswith(key + " ")]
+    (tmp_path / "bad.toml").write_text("\n".join(top) + "\n" + change + "\n")
+    with pytest.raises(SpecializeError, match=message.replace("[", r"\[")):
+        load_study(tmp_path / "bad.toml")
+
+
+def test_the_command_line_refuses_a_missing_spec_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "cli.main", "study", str(tmp_path / "none.toml")],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and out.stderr.strip() == f"error: no study spec at {tmp_path / 'none.toml'}"
