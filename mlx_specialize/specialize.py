@@ -42,7 +42,7 @@ from .models.generate import measure_generation
 from .models.io import load_model, model_context
 from .models.presets import PRESETS, get_preset
 from .runtime.cache import building_for, default_cache_dir, locked
-from .runtime.files import atomic_write_bytes
+from .runtime.files import atomic_write_bytes, copy_run_files
 from .train.jobs import evaluate_model, finetune
 
 DEFAULT_DOMAIN = "python-docs"
@@ -149,11 +149,7 @@ def finetune_best(bases: list[Path], domain: str, out_dir: Path, domain_tokens, 
     losses = [r.summary["best_valid_loss"] if r.summary["best_valid_loss"] is not None else float("inf")
               for r in results]
     best = int(min(range(len(bases)), key=losses.__getitem__))
-    for path in sorted((candidates / bases[best].name).iterdir()):  # the run's files, not its checkpoints
-        if path.is_file() and not path.name.startswith("."):
-            tmp = out_dir / f".{path.name}.tmp{os.getpid()}"
-            shutil.copy2(path, tmp)
-            os.replace(tmp, out_dir / path.name)
+    copy_run_files(candidates / bases[best].name, out_dir)  # the run's files, not its checkpoints
     cost = {key: sum(r.summary[key] for r in results)
             for key in ("tokens", "seconds", "flops", "steps", "valid_flops", "valid_seconds")}
     return bases[best], results[best].summary, {**cost, "valid_losses": losses, "expert": best}
@@ -331,9 +327,16 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
         before = evaluate_model(base_dir, domain, "test", cache_dir, loaded=load_model(base_dir))
         save(before={"ppl": before.ppl, "bits_per_byte": before.bits_per_byte})
     if "finetune" not in phases:
-        tuned = finetune(base_dir, domain, out_dir, domain_tokens, finetune_tokens, cache_dir=cache_dir, resume=True,
-                         **options).summary
-        phases["finetune"] = _finetune_phase(tuned, tuned)
+        made = run.method.fine_tuned(settings, phases)
+        if made is not None:  # made once for another method (SLM-d's teacher): copied, its cost counted
+            ui.info(f"using the same fine-tuning, made for another method: {made}")
+            copy_run_files(made, out_dir)
+            tuned = json.loads((made / "summary.json").read_text())
+        else:
+            tuned = finetune(base_dir, domain, out_dir, domain_tokens, finetune_tokens, cache_dir=cache_dir,
+                             resume=True, **options).summary
+            run.method.keep_fine_tuned(settings, phases, out_dir)
+        phases["finetune"] = {**_finetune_phase(tuned, tuned), "cached": made is not None}
         save()
     shutil.rmtree(out_dir / "candidates", ignore_errors=True)  # left by an interruption after the choice
 

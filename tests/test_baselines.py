@@ -15,6 +15,7 @@ import mlx_specialize as ms
 from mlx_specialize.costs import total_cost
 from mlx_specialize.data.tokenizer import BOS_ID
 from mlx_specialize.data.tokens import target_mask
+from mlx_specialize.methods.llm import equal_flops_tokens
 from mlx_specialize.models.dense import Model, ModelArgs
 from mlx_specialize.train.distill import DistillationLoss, kl_to_teacher
 from mlx_specialize.train.parallel import training_loss
@@ -155,3 +156,25 @@ def test_distill_fine_tunes_the_slm_against_the_fine_tuned_llm(tmp_path, cache):
     assert costs["inference"]["params"] == report["params"] and costs["inference"]["flops_per_token"] > 0
     with pytest.raises(ms.SpecializeError, match="--distill-alpha"):
         _run("distill", tmp_path / "bad", cache, distill_alpha=1.5)
+
+
+def test_the_llm_and_the_distillation_teacher_are_one_fine_tuning(tmp_path, cache):
+    """SLM-d's teacher is the LLM fine-tuned on the domain with SLM's recipe: `--method
+    llm` at the teacher's tokens (the student's generic FLOPs) copies that fine-tuning
+    rather than training it again, and reports its cost."""
+    distilled = _run("distill", tmp_path, cache)
+    tokens = equal_flops_tokens(RUN["pretrain_tokens"], "tiny", "tiny-llm", 512)
+    llm = ms.specialize("python-docs", method="llm", out_dir=tmp_path / "llm", cache_dir=cache,
+                        **{**RUN, "pretrain_tokens": tokens})
+    teacher = distilled["phases"]["teacher"]
+    assert llm["phases"]["finetune"]["cached"] is True
+    assert llm["phases"]["finetune"]["flops"] == teacher["flops"] > 0
+    ours, theirs = (dict(tree_flatten(ms.load_model(p)[0].parameters())) for p in (llm["model"], teacher["model"]))
+    assert all(mx.array_equal(ours[name], theirs[name]).item() for name in theirs)
+    # and the other way: an LLM fine-tuned first is the teacher a later distillation finds
+    other = {**RUN, "domain_tokens": 16_000}
+    first = ms.specialize("python-docs", method="llm", out_dir=tmp_path / "llm2", cache_dir=cache,
+                          **{**other, "pretrain_tokens": tokens})
+    later = ms.specialize("python-docs", method="distill", out_dir=tmp_path / "distill2", cache_dir=cache, **other)
+    assert first["phases"]["finetune"]["cached"] is False and later["phases"]["teacher"]["cached"] is True
+    assert later["phases"]["teacher"]["flops"] == first["phases"]["finetune"]["flops"]

@@ -137,6 +137,16 @@ class Method:
         `prepare` reported; asked again by a resumed run, so it must not build anything."""
         return {}
 
+    def fine_tuned(self, settings: Settings, phases: dict) -> Path | None:
+        """A folder holding this run's fine-tuning already made by another method (the
+        same base, data and options: SLM-d's teacher is the LLM's fine-tuning), which
+        `specialize` copies instead of training again; None: fine-tune here."""
+        return None
+
+    def keep_fine_tuned(self, settings: Settings, phases: dict, run_dir: Path) -> None:
+        """Offer this run's finished fine-tuning (in `run_dir`) to the methods that
+        reuse it (see `fine_tuned`)."""
+
     def check_pretrain(self, job: PretrainJob) -> None:
         """Refuse, before any work, a `pretrain` job this method cannot run: by default a
         run folder that holds a run, unless the job continues (`resume`) or replaces

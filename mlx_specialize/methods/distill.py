@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 from .. import ui
-from ..data.corpus import load_corpus
 from ..data.tokenizer import Tokenizer
 from ..errors import SpecializeError
 from ..models.io import load_model, model_context
@@ -27,8 +26,7 @@ from ..runtime.cache import cache_entry
 from ..train.distill import DistillationLoss
 from ..train.jobs import finetune
 from .base import Method, Prepared, Settings
-from .clusters import cache_key
-from .llm import equal_flops_tokens, llm_twin
+from .llm import equal_flops_tokens, llm_twin, teacher_folder
 from .slm import cached_pretrain
 
 COSTS = ("tokens", "seconds", "flops")
@@ -42,8 +40,7 @@ def fine_tuned_teacher(s: Settings) -> tuple[Path, dict, dict, bool]:
     twin = llm_twin(s.preset)
     tokens = equal_flops_tokens(s.pretrain_tokens, s.preset, twin, s.vocab_size)
     llm, llm_summary, _ = cached_pretrain(s.generic, twin, tokens, s.vocab_size, s.seed, s.cache_dir)
-    key = cache_key(llm.name, load_corpus(s.domain).fingerprint(), s.domain_tokens, s.finetune_tokens, s.seed)
-    folder = s.cache_dir / "teachers" / key
+    folder = teacher_folder(s, llm)
     with cache_entry(folder, f"the '{twin}' teacher fine-tuned on {s.domain}") as entry:
         if entry.ready:
             ui.info(f"using the cached teacher {folder}")

@@ -8,7 +8,11 @@ SLM's. Its inference costs the large model's FLOPs per token, which the report's
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import SpecializeError
+from ..runtime.cache import cache_entry
+from ..runtime.files import copy_run_files
 from ..models.dense import flops_per_token
 from ..models.presets import PRESETS, get_preset
 from .base import Settings
@@ -36,10 +40,35 @@ def llm_twin(preset: str) -> str:
     return LLM_TWIN[preset]
 
 
+def teacher_folder(s: Settings, base: Path) -> Path:
+    """The cache entry of the LLM `base` fine-tuned on `s.domain` with SLM's recipe
+    (SLM-d's teacher, and `--method llm`'s fine-tuning: made once for both)."""
+    from ..data.corpus import load_corpus
+    from .clusters import cache_key
+
+    return s.cache_dir / "teachers" / cache_key(Path(base).name, load_corpus(s.domain).fingerprint(), s.domain_tokens,
+                                                s.finetune_tokens, s.seed)
+
+
 class LLM(SLM):
     name = "llm"
     paper = "LLM"
     arch = None  # the dense architecture's pre-training is SLM's (`pretrain --arch dense --preset small-llm`)
+
+    def fine_tuned(self, s: Settings, phases: dict) -> Path | None:
+        """SLM-d's teacher for this domain, if one was made from this same LLM (the
+        fine-tuning's own lr: a run with --lr trains its own)."""
+        folder = teacher_folder(s, Path(phases["pretrain"]["model"]))
+        return folder if s.lr is None and (folder / "summary.json").is_file() else None
+
+    def keep_fine_tuned(self, s: Settings, phases: dict, run_dir: Path) -> None:
+        """Publish the fine-tuned LLM as SLM-d's teacher for this domain (once)."""
+        if s.lr is not None or "given" in phases["pretrain"]:
+            return
+        with cache_entry(teacher_folder(s, Path(phases["pretrain"]["model"])), "the fine-tuned LLM") as entry:
+            if not entry.ready:
+                copy_run_files(run_dir, entry.build)
+                entry.publish()
 
     def resolve(self, settings: Settings) -> Settings:
         settings = super().resolve(settings)

@@ -178,7 +178,7 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
         if key not in spec:
             _fail(path, f"`{key}` is missing")
     here = path.resolve().parent
-    folder = Path(data) if data is not None else (here / spec["data"] if "data" in spec else None)
+    folder = Path(data).resolve() if data is not None else ((here / spec["data"]).resolve() if "data" in spec else None)
     if folder is not None and not folder.is_dir():
         _fail(path, f"the data folder {folder} does not exist" + ("" if data else " (pass --data)"))
 

@@ -7,6 +7,7 @@ command makes before a job (`check_run_folder`, `check_train_options`) are here 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ..models.dense import Model, count_params
 from ..models.io import load_model, model_context
 from ..models.presets import Preset
 from ..runtime import distributed as dist
+from ..runtime.files import atomic_write_bytes
 from .evaluate import EvalResult, evaluate
 from .config import TrainConfig
 from .trainer import Trainer
@@ -208,7 +210,10 @@ def finetune(
             "lr": base_meta.get("lr", cfg.lr), "batch_size": cfg.batch_size}
     summary = Trainer(model, tokenizer, train, valid, cfg, out_dir, meta, loss=loss).run(resume=resume,
                                                                                          overwrite=overwrite)
-    summary["domain_tokens"] = train.n_tokens
+    if "domain_tokens" not in summary:  # in the run's summary.json too: a copy of the run says what it saw
+        summary["domain_tokens"] = train.n_tokens
+        if dist.world().is_main:
+            atomic_write_bytes(Path(out_dir) / "summary.json", json.dumps(summary, indent=2).encode())
     return JobResult(Path(out_dir), summary)
 
 
