@@ -220,7 +220,8 @@ class Specialize:
     domain = typer.Option("python-docs", help="Target domain: bundled name, file/folder, or hf:NAME.")
     generic = typer.Option(None, help="Generic corpus [default: bundled corpora except the domain].")
     method = typer.Option("finetune", help="finetune (SLM), nopt (SLM-nopt: the domain data only), llm (the "
-                          "preset's large twin, pre-trained and fine-tuned as SLM), distill (SLM-d: SLM fine-tuned "
+                          "preset's large twin, pre-trained and fine-tuned as SLM), llm-lora (the LLM fine-tuned "
+                          "through LoRA adapters, fused), distill (SLM-d: SLM fine-tuned "
                           "against the fine-tuned LLM), is (SLM-is: importance-sampled pre-training), mix "
                           "(SLM-mix: one expert per generic cluster), pn (SLM-pn: projected network) or soup "
                           "(Soup-of-Experts).")

@@ -51,7 +51,7 @@ DEFAULT_PRETRAIN_TOKENS = 600_000
 DEFAULT_FINETUNE_TOKENS = None  # until early stopping (train.jobs.FINETUNE_MAX_STEPS at most)
 RUN_STATE = "specialize.json"  # in the run folder: the command, and each phase once finished
 RUN_FILES = (RUN_STATE, "report.json", "summary.json", "metrics.jsonl", "run.json", "checkpoints", "candidates",
-             "selection-report.json", "selection-histograms.png")
+             "selection-report.json", "selection-histograms.png", "adapters")
 
 
 def run_command(settings: Settings) -> dict:

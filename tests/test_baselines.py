@@ -178,3 +178,33 @@ def test_the_llm_and_the_distillation_teacher_are_one_fine_tuning(tmp_path, cach
     later = ms.specialize("python-docs", method="distill", out_dir=tmp_path / "distill2", cache_dir=cache, **other)
     assert first["phases"]["finetune"]["cached"] is False and later["phases"]["teacher"]["cached"] is True
     assert later["phases"]["teacher"]["flops"] == first["phases"]["finetune"]["flops"]
+
+
+def test_llm_lora_trains_adapters_only_and_serves_them_fused(tmp_path, cache):
+    """LLM + LoRA: mlx-lm's adapters on the frozen LLM, the paper's rank scaled to the
+    width, fused for serving: the fused model's logits are the adapter model's."""
+    from mlx_lm.tuner.utils import load_adapters
+
+    from mlx_specialize.train.lora import adapter_params, lora_flops_per_token, lora_rank
+
+    report = _run("llm-lora", tmp_path, cache)
+    twin = ms.get_preset("tiny-llm").model_args(512)
+    rank = lora_rank(twin)
+    assert rank == round(256 * 64 / 2816) == 6
+    assert report["preset"] == "tiny-llm" and report["ppl_after"] < report["ppl_before"]
+    assert report["params"] == ms.count_params(twin)["total"]  # served at the LLM's own size
+    run = Path(report["model"])
+    adapters = mx.load(str(run / "adapters" / "adapters.safetensors"))
+    assert sum(v.size for v in adapters.values()) == adapter_params(twin, rank)
+    assert all(k.endswith(("lora_a", "lora_b")) for k in adapters)
+    # its FLOPs: a frozen base's forward and activation backward, the adapters trained
+    tuned = report["phases"]["finetune"]
+    assert tuned["flops"] - tuned["valid_flops"] == pytest.approx(tuned["tokens"] * lora_flops_per_token(twin, 128, rank))
+    # fused (what is served) == the base with mlx-lm's own adapters loaded from the run
+    fused, tokenizer, _ = ms.load_model(run)
+    base, _, _ = ms.load_model(report["phases"]["pretrain"]["model"])
+    load_adapters(base, str(run / "adapters"))
+    x = mx.array([tokenizer.encode("def main():\n    return 0\n")[:64]])
+    np.testing.assert_allclose(np.array(fused(x)), np.array(base(x)), rtol=1e-4, atol=1e-4)
+    assert not mx.allclose(fused.layers[0].mlp.down_proj.weight,
+                           ms.load_model(report["phases"]["pretrain"]["model"])[0].layers[0].mlp.down_proj.weight).item()

@@ -728,7 +728,7 @@ PRESETS = tuple(ms.PRESETS)
 SPECIALIZE = (Opt("--domain-tokens", "int", 1), Opt("--pretrain-tokens", "int", 1),
               Opt("--finetune-tokens", "int", 1), Opt("--vocab-size", "int", 300, MAX_VOCAB), Opt("--lr", "positive"),
               Opt("--seed", "int", 0, MAX_SEED), Opt("--k", "int", 2), Opt("--basis", "int", 1), Opt("--window", "int", 8),
-              Opt("--method", "choice", choices=("finetune", "nopt", "llm", "distill", "is", "mix", "pn", "soup")),
+              Opt("--method", "choice", choices=("finetune", "nopt", "llm", "llm-lora", "distill", "is", "mix", "pn", "soup")),
               Opt("--select", "choice", choices=("frequent", "loss", "all", "histogram")),
               Opt("--expert-init", "choice", choices=("scratch", "generic")),
               Opt("--embedder", "choice", choices=("auto", "hashed", "minilm"), pick=("hashed",)),
@@ -834,7 +834,7 @@ def expect_specialize(given, kind, overwrite, world, root) -> Expect:
     preset = given.get("--preset", "tiny")
     method = given.get("--method", "finetune")
     rules = {"mix": ("frequent", "loss", "all"), "pn": ("frequent", "histogram"), "soup": ("frequent", "histogram")}
-    found = first(option_refusal(given, SPECIALIZE), choice(given, "--method", ("finetune", "nopt", "llm", "distill", "is", "mix", "pn", "soup")),
+    found = first(option_refusal(given, SPECIALIZE), choice(given, "--method", ("finetune", "nopt", "llm", "llm-lora", "distill", "is", "mix", "pn", "soup")),
                   choice(given, "--preset", PRESETS),
                   choice(given, "--select", rules[method]) if method in rules else None,
                   choice(given, "--expert-init", ("scratch", "generic")),

@@ -3,6 +3,7 @@
     finetune  SLM        slm.py         generic pre-training (shared), fine-tune
     nopt      SLM-nopt   nopt.py        the domain data only, from a random initialisation
     llm       LLM        llm.py         SLM's recipe on the preset's large twin
+    llm-lora  LLM + LoRA llm_lora.py    the LLM fine-tuned through LoRA adapters, fused
     distill   SLM-d      distill.py     SLM fine-tuned against the fine-tuned LLM
     is        SLM-is     importance.py  importance-sampled pre-training (per domain)
     mix       SLM-mix    mixture.py     one expert per generic cluster (shared), pick one
@@ -21,13 +22,14 @@ from .base import Method, Prepared, PretrainJob, Settings
 from .distill import Distillation
 from .importance import ImportanceSampled
 from .llm import LLM
+from .llm_lora import LLMLoRA
 from .mixture import Mixture
 from .nopt import NoPretraining
 from .projected import Projected
 from .slm import SLM
 
-REGISTRY: dict[str, Method] = {m.name: m for m in (SLM(), NoPretraining(), LLM(), Distillation(), ImportanceSampled(),
-                                                   Mixture(), Projected("pn"), Projected("soup"))}
+REGISTRY: dict[str, Method] = {m.name: m for m in (SLM(), NoPretraining(), LLM(), LLMLoRA(), Distillation(),
+                                                   ImportanceSampled(), Mixture(), Projected("pn"), Projected("soup"))}
 METHODS = tuple(REGISTRY)
 # Each architecture and the method that pre-trains it on its own: dense is SLM's (SLM-is
 # pre-trains a dense model too, on a selection: `pretrain --arch dense --selection`).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,12 @@ from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..data.tokens import TokenizedSplit, tokenize_split
 from ..errors import SpecializeError, check_choice
 from ..models.dense import Model, count_params
-from ..models.io import load_model, model_context
+from ..models.io import load_model, model_context, save_model
 from ..models.presets import Preset
 from ..runtime import distributed as dist
 from ..runtime.files import atomic_write_bytes
 from .evaluate import EvalResult, evaluate
+from .lora import ADAPTERS, add_adapters, fuse_adapters, lora_flops_per_token
 from .config import TrainConfig
 from .trainer import Trainer
 
@@ -181,6 +183,7 @@ def finetune(
     resume: bool = False,
     overwrite: bool = False,
     loss=None,
+    lora_rank: int | None = None,
     **train_options,
 ) -> JobResult:
     """Fine-tune the model in `base` on the first `domain_tokens` of the domain's train
@@ -190,7 +193,9 @@ def finetune(
     rate (its / 3 for small domain sets, as the paper's); the batch size to the base's. A
     base we did not train (an mlx-lm model, maybe quantized) is dequantized and trained
     in float32 with its own tokenizer, at FOREIGN_LR. `loss` replaces the trainer's
-    next-token loss (e.g. `distill.DistillationLoss`)."""
+    next-token loss (e.g. `distill.DistillationLoss`). `lora_rank`: train LoRA adapters
+    of that rank on the frozen base instead (`lora.py`), in OUT/adapters, and save the
+    model with the adapters fused into OUT."""
     model, tokenizer, config = load_model(base, dtype="float32", dequantize=True)
     corpus = load_corpus(domain)
     train = tokenize(corpus, "train", tokenizer, cache_dir, domain_tokens)
@@ -208,8 +213,18 @@ def finetune(
     )
     meta = {"job": "finetune", "base": str(base), "corpus": domain, "preset": base_meta.get("preset"),
             "lr": base_meta.get("lr", cfg.lr), "batch_size": cfg.batch_size}
-    summary = Trainer(model, tokenizer, train, valid, cfg, out_dir, meta, loss=loss).run(resume=resume,
-                                                                                         overwrite=overwrite)
+    run_dir, flops = Path(out_dir), None
+    if lora_rank is not None:
+        add_adapters(model, lora_rank)
+        run_dir, flops = run_dir / ADAPTERS, lora_flops_per_token(model.args, context, lora_rank)
+        meta["lora_rank"] = lora_rank
+    summary = Trainer(model, tokenizer, train, valid, cfg, run_dir, meta, loss=loss, flops_per_token=flops).run(
+        resume=resume, overwrite=overwrite)
+    if lora_rank is not None and dist.world().is_main:  # the served model: adapters fused, in OUT
+        save_model(fuse_adapters(model, run_dir), out_dir, tokenizer, {**meta, "context": context})
+        for name in ("metrics.jsonl", "run.json"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, Path(out_dir) / name)
     if "domain_tokens" not in summary:  # in the run's summary.json too: a copy of the run says what it saw
         summary["domain_tokens"] = train.n_tokens
         if dist.world().is_main:

@@ -80,6 +80,7 @@ class Trainer:
         evaluator=None,
         loss=None,
         callbacks: tuple[TrainingCallback, ...] = (),
+        flops_per_token: float | None = None,
     ):
         """`batches` replaces the shuffled windows of `train`: any object whose
         `batch(i)` gives batch i's rows, int32 [batch_size, context + 1], a pure
@@ -87,7 +88,9 @@ class Trainer:
         `model.conditioned(condition(i))(x)` (the projected network's expert, or a soup's
         domain weights; its MLP weights made once per batch). `evaluator(model) -> EvalResult` replaces the plain
         validation on `valid`. `loss(model, x, y, streams, bos_id, count)` is the
-        training loss of one micro-batch (default `parallel.training_loss`)."""
+        training loss of one micro-batch (default `parallel.training_loss`).
+        `flops_per_token` replaces the model's own count of a training token's FLOPs
+        (LoRA: a frozen base has no weight gradients)."""
         accel.check_precision(config.precision)  # bf16: builds its C++ matmul on first use
         # the platform's accelerated layers, used inside the step's accel.scope; builds the
         # C++ kernels here (once per machine), not inside the first timed step
@@ -102,8 +105,9 @@ class Trainer:
         self.loss, self.callbacks = loss or training_loss, tuple(callbacks)
         # the model's own count: a projected network adds making its MLP weights, once per micro-batch;
         # a loss that runs another model (distillation's teacher) declares what it adds
-        self.flops_per_token = (model.flops_per_token(config.context, batch_tokens=config.batch_size * config.context)
-                                + getattr(self.loss, "extra_flops_per_token", 0.0))
+        own = (flops_per_token if flops_per_token is not None else
+               model.flops_per_token(config.context, batch_tokens=config.batch_size * config.context))
+        self.flops_per_token = own + getattr(self.loss, "extra_flops_per_token", 0.0)
         # validation: the model's forward pass alone (a distillation's teacher is not run there)
         self.valid_flops_per_token = model.flops_per_token(config.context, training=False,
                                                            batch_tokens=config.eval_batch_size * config.context)
