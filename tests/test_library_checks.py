@@ -40,7 +40,7 @@ SPECIALIZE = dict(domain="python-docs", generic=None, method="finetune", base=No
 
 
 @pytest.mark.parametrize("changes, expected", [
-    ({"method": "magic"}, "--method: 'magic' is not one of finetune, nopt, llm, distill, is, mix, pn, soup"),
+    ({"method": "magic"}, "--method: 'magic' is not one of finetune, nopt, llm, llm-lora, distill, is, mix, pn, soup"),
     ({"preset": "gigantic"}, "--preset: 'gigantic' is not one of"),
     ({"method": "mix", "select": "best"}, "--select: 'best' is not one of frequent, loss, all"),
     ({"method": "pn", "select": "all"}, "--select: 'all' is not one of frequent, histogram"),
