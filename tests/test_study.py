@@ -158,3 +158,37 @@ def test_the_command_line_refuses_a_missing_spec_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "cli.main", "study", str(tmp_path / "none.toml")],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and out.stderr.strip() == f"error: no study spec at {tmp_path / 'none.toml'}"
+
+
+def test_grids_run_in_their_order_and_a_cell_two_name_runs_once(study_dir):
+    """[[grid]] tables: sub-grids taking the top level's other axes, in order, deduplicated."""
+    spec = SPEC.replace('methods = ["finetune"]', 'methods = ["finetune", "nopt"]').replace(
+        "pretrain_tokens = [8192]", "pretrain_tokens = [8192, 16384]") + """
+[[grid]]
+domain_tokens = [20000]
+[[grid]]
+pretrain_tokens = [16384]
+methods = ["finetune"]
+seeds = [0, 1]
+"""
+    (study_dir / "grids.toml").write_text(spec)
+    cells = load_study(study_dir / "grids.toml").cells()
+    got = [(c.method, c.budget, c.domain_tokens, c.seed) for c in cells if c.target == "python-docs"]
+    assert got == [("finetune", 8192, 20000, 0), ("nopt", 8192, 20000, 0), ("finetune", 16384, 20000, 0),
+                   # the second grid: its one budget, both seeds, the top level's three sizes; (16384, 20000,
+                   # seed 0) was the first grid's; nopt only at the study's smallest budget
+                   ("finetune", 16384, 100000000, 0), ("finetune", 16384, None, 0),
+                   ("finetune", 16384, 20000, 1), ("finetune", 16384, 100000000, 1), ("finetune", 16384, None, 1)]
+    (study_dir / "bad-grid.toml").write_text(spec + "[[grid]]\npretrain_tokens = [5]\n")
+    with pytest.raises(SpecializeError, match=r"\[\[grid\]\] 3: budget 5 is not one of the top-level"):
+        load_study(study_dir / "bad-grid.toml")
+
+
+def test_cells_of_one_method_with_other_options_are_reported_as_variants(tmp_path):
+    rows = [{**_line("llm-lora", 1, t, 0, ppl, 100.0, 10.0), "options": {"embedder": "hashed", "lr": lr}}
+            for t in ("a", "b") for lr, ppl in ((None, 10.0), (0.002, 20.0))]
+    path = tmp_path / "r.jsonl"
+    for i, row in enumerate(rows):
+        append_result(path, {**row, "cell": str(i), "bpb_before": 2.0})
+    text = report_study([path])["tables"]
+    assert "| LLM + LoRA (lr=0.002) | 20.0 |" in text and "| LLM + LoRA (lr=None) | 10.0 |" in text

@@ -15,6 +15,7 @@ domain-set size, and the cheapest C(N) reaching a target perplexity vs N.
 from __future__ import annotations
 
 import math
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -45,7 +46,21 @@ def load_lines(paths) -> list[dict]:
             rows.append(line)
     if not rows:
         raise SpecializeError("the results hold no finished cell")
+    by_method = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    for method, group in by_method.items():  # cells of one method with other options (an lr tried): variants
+        names = sorted({name for row in group for name in row.get("options", {})})
+        varying = [n for n in names if len({json.dumps(row.get("options", {}).get(n)) for row in group}) > 1]
+        for row in group if varying else []:
+            row["method"] = method + " " + ",".join(f"{n}={row.get('options', {}).get(n)}" for n in varying)
     return rows
+
+
+def label(method: str) -> str:
+    """The paper's name of a method, with the options that tell its variants apart."""
+    base, _, variant = method.partition(" ")
+    return LABEL.get(base, base) + (f" ({variant})" if variant else "")
 
 
 def size_label(size) -> str:
@@ -92,7 +107,8 @@ def macro(rows: list[dict]) -> dict:
 
 def _methods(table: dict) -> list[str]:
     present = {key[0] for key in table}
-    return [m for m in ORDER if m in present] + sorted(present - set(ORDER))
+    rank = {m: i for i, m in enumerate(ORDER)}
+    return sorted(present, key=lambda m: (rank.get(m.partition(" ")[0], len(ORDER)), m))
 
 
 def _cell(stat: dict | None, name: str = "ppl", digits: int = 1) -> str:
@@ -115,7 +131,7 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
         for m in methods:
             stats = [table.get((m, b, size)) for b in budgets]
             if any(stats):
-                out.append(f"| {LABEL.get(m, m)} | " + " | ".join(_cell(s) for s in stats) + " |")
+                out.append(f"| {label(m)} | " + " | ".join(_cell(s) for s in stats) + " |")
         out.append("")
     top = budgets[-1]
     targets = sorted({r["target"] for r in rows})
@@ -128,7 +144,7 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
                       == (m, top, size, t)] for t in targets]
             if all(cells):
                 values = [sum(c) / len(c) for c in cells]
-                out.append(f"| {LABEL.get(m, m)} | {size_label(size)} | " + " | ".join(f"{v:.3f}" for v in values)
+                out.append(f"| {label(m)} | {size_label(size)} | " + " | ".join(f"{v:.3f}" for v in values)
                            + f" | {sum(values) / len(values):.3f} |")
     if floors:
         out.append("| xz -9 floor | | " + " | ".join(f"{floors[t]:.2f}" if t in floors else "-" for t in targets) + " | |")
@@ -142,7 +158,7 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
             costs = {"shared": {"flops": s["shared"][0], "seconds": s["shared_s"][0]},
                      "per_domain": {"flops": s["per_domain"][0], "seconds": s["per_domain_s"][0]}}
             c1, c3 = total_cost(costs, 1), total_cost(costs, 3)
-            out.append(f"| {LABEL.get(m, m)} | {s['shared'][0]:.2e} ({s['shared_s'][0]:.0f} s) | "
+            out.append(f"| {label(m)} | {s['shared'][0]:.2e} ({s['shared_s'][0]:.0f} s) | "
                        f"{s['per_domain'][0]:.2e} ({s['per_domain_s'][0]:.0f} s) | {c1['flops']:.2e} | "
                        f"{c3['flops']:.2e} | {s['inference'][0]:.2e} | {s['params'][0] / 1e6:.2f}M | "
                        f"{s['gen_tok_s'][0]:.0f} |")
@@ -182,7 +198,7 @@ def equal_cost_table(table: dict, sizes: list) -> list[str]:
     for n in (1, 3):
         out += [f"SLM-is at equal total cost C({n}) (FLOPs; others interpolated between their measured budgets, "
                 "- outside them)", "",
-                "| size | SLM-is budget | C(N) | SLM-is | " + " | ".join(LABEL.get(m, m) for m in others) + " |",
+                "| size | SLM-is budget | C(N) | SLM-is | " + " | ".join(label(m) for m in others) + " |",
                 "|---|---:|---:|---:|" + "---:|" * len(others)]
         for size in sizes:
             for cost, ppl in cost_curve(table, "is", size, n):
@@ -216,7 +232,7 @@ def figures(rows: list[dict], out_dir: Path, target_ppl: float | None = None) ->
                          if mm == m and s == size and mm != "nopt")
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                            capsize=3, label=LABEL.get(m, m))
+                            capsize=3, label=label(m))
             elif m == "nopt" and (m, budgets[0], size) in table:
                 ax.axhline(table[(m, budgets[0], size)]["ppl"][0], color="grey", ls=":", label="SLM-nopt")
         ax.set(xscale="log", yscale="log", title=f"domain set {size_label(size)}",
@@ -237,7 +253,7 @@ def figures(rows: list[dict], out_dir: Path, target_ppl: float | None = None) ->
                      if mm == m and b == (budgets[0] if m == "nopt" else top))
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                        label=LABEL.get(m, m))
+                        label=label(m))
     ax.set(xscale="log", yscale="log", xlabel="domain train tokens (targets' mean)", ylabel="macro test perplexity",
            title=f"at the largest budget ({size_label(top)} tokens)")
     _plain_log_ticks(ax)
@@ -254,7 +270,7 @@ def figures(rows: list[dict], out_dir: Path, target_ppl: float | None = None) ->
     for m in methods:
         best = [min((c for c, p in cost_curve(table, m, size, n) if p <= target), default=None) for n in ns]
         if any(b is not None for b in best):
-            ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], marker="o", label=LABEL.get(m, m))
+            ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], marker="o", label=label(m))
     ax.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="cheapest total cost C(N), FLOPs",
            title=f"reaching macro ppl <= {target:.1f} (domain set {size_label(size)})")
     _plain_log_ticks(ax)

@@ -19,6 +19,16 @@
     k = 4
     [floors]                             # bits per byte of a classical coder, for the report
     fortunes = 2.44
+    [[grid]]                             # optional: run these sub-grids, in this order,
+    domain_tokens = [100_000]            # each taking the axes it does not name from the
+    [[grid]]                             # top level (methods, pretrain_tokens,
+    pretrain_tokens = [12_500_000]       # domain_tokens, seeds)
+    domain_tokens = [1_000_000, "all"]
+
+Without [[grid]] the study is the one grid of the top-level axes (with `seeds_at`);
+with it, the union of its grids, run in their order (a cell two grids name runs once).
+A grid's `options` table adds to (or replaces) the others for its cells: a learning rate
+tried on the valid splits, say, whose cells match the main grid's once that rate is chosen.
 
 A budget is the generic pre-training FLOPs that many tokens of the preset cost: methods
 that pre-train the preset (SLM, SLM-is, SLM-mix, SLM-pn, soup, SLM-d's student) train on
@@ -52,7 +62,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 KEYS = {"name", "version", "data", "preset", "generic", "targets", "methods", "pretrain_tokens", "domain_tokens",
-        "seeds", "seeds_at", "results", "options", "method", "floors", "cache"}
+        "seeds", "seeds_at", "results", "options", "method", "floors", "cache", "grid"}
+AXES = ("methods", "pretrain_tokens", "domain_tokens", "seeds", "options")  # what a [[grid]] may set
 # what `specialize` takes from a spec's [options] and [method.NAME] (the rest is the grid's)
 CELL_OPTIONS = {"vocab_size", "lr", "k", "embedder", "window", "sampler", "metric", "select", "expert_init", "basis",
                 "distill_temperature", "distill_alpha", "finetune_tokens"}
@@ -95,21 +106,29 @@ class Study:
     method_options: dict = field(default_factory=dict)
     floors: dict = field(default_factory=dict)
     cache: Path | None = None
+    grids: list[dict] = field(default_factory=list)  # [[grid]]: sub-grids' axes, in running order
 
     def cells(self) -> list[Cell]:
-        """The grid, in the order it runs: budgets from the smallest, then seeds, methods
-        (each method's generic pre-training is made once, then serves all its cells),
-        domain-set sizes and targets. SLM-nopt's cells only at the smallest budget."""
-        cells = []
-        for budget in sorted(self.budgets):
-            for seed in self.seeds_at.get(budget, self.seeds):
-                for method in self.methods:
-                    if method == "nopt" and budget != min(self.budgets):
-                        continue
-                    options = tuple(sorted({**self.options, **self.method_options.get(method, {})}.items()))
-                    for size in self.domain_tokens:
-                        for target in self.targets:
-                            cells.append(Cell(method, budget, size, target, seed, options))
+        """The grid(s), in the order they run; within one: budgets from the smallest,
+        then seeds, methods (each method's generic pre-training is made once, then serves
+        all its cells), domain-set sizes and targets. SLM-nopt, which pre-trains nothing,
+        only at the study's smallest budget. A cell two grids name appears once."""
+        cells, smallest = [], min(self.budgets)
+        for grid in self.grids or [{}]:
+            methods = grid.get("methods", self.methods)
+            sizes = grid.get("domain_tokens", self.domain_tokens)
+            for budget in sorted(grid.get("pretrain_tokens", self.budgets)):
+                for seed in grid.get("seeds", self.seeds_at.get(budget, self.seeds)):
+                    for method in methods:
+                        if method == "nopt" and budget != smallest:
+                            continue
+                        options = tuple(sorted({**self.options, **self.method_options.get(method, {}),
+                                                **grid.get("options", {})}.items()))
+                        for size in sizes:
+                            for target in self.targets:
+                                cell = Cell(method, budget, size, target, seed, options)
+                                if cell not in cells:
+                                    cells.append(cell)
         return cells
 
     def fingerprints(self) -> dict:
@@ -222,6 +241,27 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
     for m in method_options:
         if m not in methods:
             _fail(path, f"`method.{m}` is not one of the study's methods")
+    grids = spec.get("grid", [])
+    if not isinstance(grids, list) or not all(isinstance(g, dict) for g in grids):
+        _fail(path, "`grid` must be an array of tables ([[grid]])")
+    for i, grid in enumerate(grids, 1):
+        bad = sorted(set(grid) - set(AXES))
+        if bad:
+            _fail(path, f"[[grid]] {i} sets {', '.join(bad)}; a grid sets only {', '.join(AXES)}")
+        if "methods" in grid:
+            unknown = [m for m in grid["methods"] if m not in methods] if isinstance(grid["methods"], list) else [1]
+            if unknown or not grid["methods"]:
+                _fail(path, f"[[grid]] {i}: `methods` must list some of the study's methods")
+        if "pretrain_tokens" in grid:
+            extra = [b for b in _int_list(path, grid, "pretrain_tokens") if b not in budgets]
+            if extra:
+                _fail(path, f"[[grid]] {i}: budget {extra[0]} is not one of the top-level `pretrain_tokens`")
+        if "domain_tokens" in grid:
+            grid["domain_tokens"] = [None if v == "all" else v for v in _int_list(path, grid, "domain_tokens", True)]
+        if "seeds" in grid:
+            _int_list(path, grid, "seeds")
+        if not isinstance(grid.get("options", {}), dict) or set(grid.get("options", {})) - CELL_OPTIONS:
+            _fail(path, f"[[grid]] {i}: `options` takes {', '.join(sorted(CELL_OPTIONS))}")
     results = Path(spec.get("results", f"{path.stem}-results.jsonl"))
     cache = spec.get("cache")
     return Study(path=path, name=str(spec["name"]), version=int(spec.get("version", 1)), preset=preset,
@@ -229,4 +269,4 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
                  budgets=budgets, domain_tokens=sizes, seeds=seeds, seeds_at=seeds_at,
                  results=results if results.is_absolute() else here / results, options=options,
                  method_options=method_options, floors=spec_floors(path),
-                 cache=None if cache is None else (here / cache))
+                 cache=None if cache is None else (here / cache), grids=grids)
