@@ -32,14 +32,16 @@ def pretrain_table(arch: str, preset: str, out_dir: Path, summary: dict) -> Tabl
 def specialize_view(report: dict) -> list:
     """`specialize`'s summary table, its cost line (shared / per domain / inference) and
     its line on generation speed and domain data."""
-    fin, costs = report["phases"]["finetune"], report["costs"]
-    shared, per_domain, serve = costs["shared"], costs["per_domain"], costs["inference"]
+    fin, costs = report["phases"]["finetune"], report.get("costs")  # a report of an older version has no costs
     stop = ("early-stopped" if fin["stopped_early"]
             else f"stopped at the {fin['max_steps']:,}-step bound" if fin.get("max_steps") == fin["steps"] else "")
-    return [specialize_table(report),
-            f"cost: shared {shared['flops']:.2e} FLOPs ({shared['seconds']:.0f} s), per domain "
-            f"{per_domain['flops']:.2e} FLOPs ({per_domain['seconds']:.0f} s): N domains cost shared + N x per "
-            f"domain; inference {serve['flops_per_token']:.2e} FLOPs per token",
+    lines = [specialize_table(report)]
+    if costs:
+        shared, per_domain, serve = costs["shared"], costs["per_domain"], costs["inference"]
+        lines.append(f"cost: shared {shared['flops']:.2e} FLOPs ({shared['seconds']:.0f} s), per domain "
+                     f"{per_domain['flops']:.2e} FLOPs ({per_domain['seconds']:.0f} s): N domains cost shared + N x "
+                     f"per domain; inference {serve['flops_per_token']:.2e} FLOPs per token")
+    return [*lines,
             f"generation: {report['gen_tok_s']:.0f} tok/s (batch 1); domain data: {fin['domain_tokens']:,} tokens"
             f"{', ' + stop if stop else ''}"]
 

@@ -46,6 +46,14 @@ def test_specialize_end_to_end_then_reuses_the_pretrained_model(tmp_path):
     assert again["phases"]["finetune"]["domain_tokens"] == 5000
     assert again["ppl_before"] == pytest.approx(report["ppl_before"])
 
+    # the same run's report as text: the cost line splits shared and per-domain FLOPs, as the JSON does
+    text = run_cli(*[a for a in common if a != "--json"], "--out", tmp_path / "run1")
+    assert text.returncode == 0, text.stderr
+    costs = report["costs"]
+    assert (f"cost: shared {costs['shared']['flops']:.2e} FLOPs" in text.stdout
+            and f"per domain {costs['per_domain']['flops']:.2e} FLOPs" in text.stdout)
+    assert costs["per_domain"]["flops"] == pytest.approx(report["phases"]["finetune"]["flops"])
+
     gen = run_cli("generate", tmp_path / "run1", "--prompt", "The ", "--max-tokens", 10, "--temperature", 0)
     assert gen.returncode == 0 and gen.stdout.startswith("The ")
 
@@ -53,7 +61,7 @@ def test_specialize_end_to_end_then_reuses_the_pretrained_model(tmp_path):
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     for command in ("doctor", "presets", "tokenizer", "pretrain", "finetune", "eval", "generate", "specialize",
-                    "bench", "export"):
+                    "bench", "export", "study"):
         assert command in result.stdout
 
 
