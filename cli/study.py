@@ -23,6 +23,9 @@ def study(
                                         "of a classical coder per target)."),
     target_ppl: Optional[float] = typer.Option(None, "--target-ppl", min=1.0, help="report: the macro perplexity the "
                                                "cost figure reaches [default: SLM's at its largest budget]."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="report: write the headline table into this "
+                                          "markdown file, between its lines <!-- study headline: mlxspec study "
+                                          "report --readme --> and <!-- /study headline -->."),
     status: bool = typer.Option(False, "--status", help="Print the grid and what of it is done; run nothing."),
     max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="Run at most this many cells, then "
                                             "stop (the next call continues)."),
@@ -40,7 +43,7 @@ def study(
         if len(args) < 2:
             raise SpecializeError("study report: name the results file(s): mlxspec study report RESULTS --out DIR")
         floors = spec_floors(spec) if spec else {}
-        result = report_study([Path(a) for a in args[1:]], out, floors, target_ppl)
+        result = report_study([Path(a) for a in args[1:]], out, floors, target_ppl, readme)
         shown = [result["tables"]] + ([f"figures: {', '.join(result['figures'])}"] if out else [])
         emit(result, *shown)
         return

@@ -192,3 +192,27 @@ def test_cells_of_one_method_with_other_options_are_reported_as_variants(tmp_pat
         append_result(path, {**row, "cell": str(i), "bpb_before": 2.0})
     text = report_study([path])["tables"]
     assert "| LLM + LoRA (lr=0.002) | 20.0 |" in text and "| LLM + LoRA (lr=None) | 10.0 |" in text
+
+
+def test_the_readme_and_docs_study_are_drawn_from_the_committed_results():
+    """The README's results table and docs/study/tables.md are the study's results file
+    reported (regenerate with the command the README gives after adding cells)."""
+    from mlx_specialize.study import spec_floors
+
+    study = REPO / "studies" / "minipile"
+    report = report_study([study / "results.jsonl"], floors=spec_floors(study / "spec.toml"))
+    assert f"-->\n{report['headline']}\n<!--" in (REPO / "README.md").read_text()
+    assert (REPO / "docs" / "study" / "tables.md").read_text() == report["tables"] + "\n"
+
+
+def test_the_headline_goes_between_the_markers_and_nowhere_else(ran, tmp_path):
+    study = ran[0]
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- study headline: mlxspec study report --readme -->\nold\n<!-- /study headline -->\n\nend\n")
+    result = report_study([study.results], readme=readme)
+    assert readme.read_text() == ("# x\n\n<!-- study headline: mlxspec study report --readme -->\n" + result["headline"]
+                                  + "\n<!-- /study headline -->\n\nend\n")
+    readme.write_text("# no markers\n")
+    with pytest.raises(SpecializeError, match="--readme: .* has no lines"):
+        report_study([study.results], readme=readme)
+    assert readme.read_text() == "# no markers\n"

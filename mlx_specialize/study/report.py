@@ -148,21 +148,33 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
                            + f" | {sum(values) / len(values):.3f} |")
     if floors:
         out.append("| xz -9 floor | | " + " | ".join(f"{floors[t]:.2f}" if t in floors else "-" for t in targets) + " | |")
-    out += ["", f"Costs at the largest budget, smallest domain set ({size_label(sizes[0])}): FLOPs (seconds on this "
-            "machine); C(N) = shared + N x per domain", "",
-            "| method | shared | per domain | C(1) | C(3) | inference FLOPs/token | params | generation tok/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for m in methods:
-        s = table.get((m, top, sizes[0]))
+    out += ["", *equal_cost_table(table, sizes)]
+    return headline(table) + "\n\n" + "\n".join(out)
+
+
+def headline(table: dict) -> str:
+    """The README's table: every method at the largest budget measured with the smallest
+    domain set: macro perplexity and bits per byte, and its costs in FLOPs (seconds on
+    the machine that ran it): shared, per domain, C(1) and C(3), inference per token."""
+    size = min((k[2] for k in table), key=lambda s: math.inf if s is None else s)
+    top = max(k[1] for k in table if k[2] == size and not k[0].startswith("nopt"))
+    out = [f"At the largest budget, {size_label(top)} generic tokens ({_flops_of(table, top):.2e} FLOPs), domain set "
+           f"{size_label(size)}: macro test perplexity before / after fine-tuning and bits per byte (mean ± std over "
+           "seeds where more than one); costs in FLOPs (seconds on the machine that ran it), C(N) = shared + N x "
+           "per domain", "",
+           "| method | params | ppl before | ppl after | bits/byte | shared | per domain | C(1) | C(3) | "
+           "inference FLOPs/token | seeds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    smallest = min(k[1] for k in table)
+    for m in _methods(table):
+        s = table.get((m, smallest if m.startswith("nopt") else top, size))
         if s:
             costs = {"shared": {"flops": s["shared"][0], "seconds": s["shared_s"][0]},
                      "per_domain": {"flops": s["per_domain"][0], "seconds": s["per_domain_s"][0]}}
             c1, c3 = total_cost(costs, 1), total_cost(costs, 3)
-            out.append(f"| {label(m)} | {s['shared'][0]:.2e} ({s['shared_s'][0]:.0f} s) | "
+            out.append(f"| {label(m)} | {s['params'][0] / 1e6:.2f}M | {_cell(s, 'ppl_before')} | {_cell(s)} | "
+                       f"{_cell(s, 'bpb', 3)} | {s['shared'][0]:.2e} ({s['shared_s'][0]:.0f} s) | "
                        f"{s['per_domain'][0]:.2e} ({s['per_domain_s'][0]:.0f} s) | {c1['flops']:.2e} | "
-                       f"{c3['flops']:.2e} | {s['inference'][0]:.2e} | {s['params'][0] / 1e6:.2f}M | "
-                       f"{s['gen_tok_s'][0]:.0f} |")
-    out += ["", *equal_cost_table(table, sizes)]
+                       f"{c3['flops']:.2e} | {s['inference'][0]:.2e} | {s['seeds']} |")
     return "\n".join(out)
 
 
@@ -302,15 +314,40 @@ def default_target_ppl(table: dict, size) -> float:
     return values[len(values) // 2]
 
 
+HEADLINE_BEGIN, HEADLINE_END = "<!-- study headline: mlxspec study report --readme -->", "<!-- /study headline -->"
+
+
+def _marked(readme: Path) -> str:
+    """The markdown file's text, refused unless it holds both headline markers."""
+    body = readme.read_text() if readme.is_file() else ""
+    if HEADLINE_BEGIN not in body or HEADLINE_END not in body:
+        raise SpecializeError(f"--readme: {readme} has no lines {HEADLINE_BEGIN} and {HEADLINE_END} to write between")
+    return body
+
+
+def write_headline(readme: Path, text: str) -> None:
+    """Replace what lies between the headline markers of a markdown file with `text`."""
+    from ..runtime.files import atomic_write_bytes
+
+    head, rest = _marked(readme).split(HEADLINE_BEGIN, 1)
+    atomic_write_bytes(readme, (head + HEADLINE_BEGIN + "\n" + text + "\n" + HEADLINE_END
+                                + rest.split(HEADLINE_END, 1)[1]).encode())
+
+
 def report_study(paths, out_dir: str | Path | None = None, floors: dict | None = None,
-                 target_ppl: float | None = None) -> dict:
-    """The tables (markdown) and, with `out_dir`, the figures and tables.md written there."""
+                 target_ppl: float | None = None, readme: str | Path | None = None) -> dict:
+    """The tables (markdown) and, with `out_dir`, the figures and tables.md written there;
+    with `readme`, the headline table written between its markers (`write_headline`)."""
+    if readme is not None:  # before any work: a file without the markers is refused
+        _marked(Path(readme))
     rows = load_lines(paths)
     text = tables(rows, floors)
-    result = {"cells": len(rows), "tables": text}
+    result = {"cells": len(rows), "tables": text, "headline": headline(macro(rows))}
     if out_dir is not None:
         out_dir = Path(out_dir)
         result["figures"] = [str(p) for p in figures(rows, out_dir, target_ppl)]
         (out_dir / "tables.md").write_text(text + "\n")
         result["tables_file"] = str(out_dir / "tables.md")
+    if readme is not None:
+        write_headline(Path(readme), result["headline"])
     return result
