@@ -122,7 +122,7 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
     """The study's tables, as markdown."""
     table = macro(rows)
     methods, budgets = _methods(table), sorted({k[1] for k in table})
-    sizes = sorted({k[2] for k in table}, key=lambda s: math.inf if s is None else s)
+    sizes = _sizes(table)
     out = []
     for size in sizes:
         out += [f"Macro test perplexity, domain set {size_label(size)} (mean ± std over seeds where more than one)", "",
@@ -156,7 +156,7 @@ def headline(table: dict) -> str:
     """The README's table: every method at the largest budget measured with the smallest
     domain set: macro perplexity and bits per byte, and its costs in FLOPs (seconds on
     the machine that ran it): shared, per domain, C(1) and C(3), inference per token."""
-    size = min((k[2] for k in table), key=lambda s: math.inf if s is None else s)
+    size = _sizes(table)[0]
     top = max(k[1] for k in table if k[2] == size and not k[0].startswith("nopt"))
     out = [f"At the largest budget, {size_label(top)} generic tokens ({_flops_of(table, top):.2e} FLOPs), domain set "
            f"{size_label(size)}: macro test perplexity before / after fine-tuning and bits per byte (mean ± std over "
@@ -228,70 +228,92 @@ def figures(rows: list[dict], out_dir: Path, target_ppl: float | None = None) ->
     import matplotlib
 
     matplotlib.use("Agg")
+    table = macro(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [_vs_pretraining(table, out_dir / "ppl_vs_pretraining.png"),
+            _vs_domain_size(table, out_dir / "ppl_vs_domain_size.png"),
+            _cost_vs_domains(table, out_dir / "cost_vs_domains.png", target_ppl)]
+
+
+def _sizes(table: dict) -> list:
+    return sorted({k[2] for k in table}, key=lambda s: math.inf if s is None else s)
+
+
+def _save(fig, axes, path: Path) -> Path:
+    """Plain log ticks on every panel, the legend on the last, the figure written."""
     import matplotlib.pyplot as plt
 
-    table = macro(rows)
-    methods = _methods(table)
-    sizes = sorted({k[2] for k in table}, key=lambda s: math.inf if s is None else s)
-    budgets = sorted({k[1] for k in table})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    for ax in axes:
+        _plain_log_ticks(ax)
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
+
+def _errorbars(ax, points: list[tuple[float, float, float]], name: str) -> None:
+    """(x, mean, std) points, sorted by x, as one method's line."""
+    points = sorted(points)
+    ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3,
+                label=label(name))
+
+
+def _vs_pretraining(table: dict, path: Path) -> Path:
+    """The paper's main figure: macro perplexity vs shared pre-training FLOPs, one panel
+    per domain set; SLM-nopt (no pre-training) as a dotted line."""
+    import matplotlib.pyplot as plt
+
+    sizes, smallest = _sizes(table), min(k[1] for k in table)
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False, sharey=True)
     for ax, size in zip(axes[0], sizes):
-        for m in methods:
-            pts = sorted((st["shared"][0], st["ppl"][0], st["ppl"][1]) for (mm, b, s), st in table.items()
-                         if mm == m and s == size and mm != "nopt")
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                            capsize=3, label=label(m))
-            elif m == "nopt" and (m, budgets[0], size) in table:
-                ax.axhline(table[(m, budgets[0], size)]["ppl"][0], color="grey", ls=":", label="SLM-nopt")
+        for m in _methods(table):
+            if m == "nopt":
+                if (m, smallest, size) in table:
+                    ax.axhline(table[(m, smallest, size)]["ppl"][0], color="grey", ls=":", label="SLM-nopt")
+                continue
+            points = [(st["shared"][0], *st["ppl"]) for (mm, _, s), st in table.items() if mm == m and s == size]
+            if points:
+                _errorbars(ax, points, m)
         ax.set(xscale="log", yscale="log", title=f"domain set {size_label(size)}",
                xlabel="generic pre-training FLOPs (shared)")
     axes[0][0].set_ylabel("macro test perplexity")
-    for ax in axes[0]:
-        _plain_log_ticks(ax)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "ppl_vs_pretraining.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    return _save(fig, list(axes[0]), path)
 
-    top = budgets[-1]
+
+def _vs_domain_size(table: dict, path: Path) -> Path:
+    """Macro perplexity vs the domain train tokens, at the largest budget."""
+    import matplotlib.pyplot as plt
+
+    budgets = sorted({k[1] for k in table})
     fig, ax = plt.subplots(figsize=(5, 3.8))
-    for m in methods:
-        pts = sorted((st["domain_tokens_used"][0], st["ppl"][0], st["ppl"][1]) for (mm, b, s), st in table.items()
-                     if mm == m and b == (budgets[0] if m == "nopt" else top))
-        if pts:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                        label=label(m))
+    for m in _methods(table):
+        budget = budgets[0] if m == "nopt" else budgets[-1]
+        points = [(st["domain_tokens_used"][0], *st["ppl"]) for (mm, b, _), st in table.items()
+                  if mm == m and b == budget]
+        if points:
+            _errorbars(ax, points, m)
     ax.set(xscale="log", yscale="log", xlabel="domain train tokens (targets' mean)", ylabel="macro test perplexity",
-           title=f"at the largest budget ({size_label(top)} tokens)")
-    _plain_log_ticks(ax)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "ppl_vs_domain_size.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+           title=f"at the largest budget ({size_label(budgets[-1])} tokens)")
+    return _save(fig, [ax], path)
 
-    size = sizes[0]
+
+def _cost_vs_domains(table: dict, path: Path, target_ppl: float | None) -> Path:
+    """For each method, the cheapest measured budget reaching the target perplexity:
+    its total cost C(N) for N domains (smallest domain set)."""
+    import matplotlib.pyplot as plt
+
+    size = _sizes(table)[0]
     target = target_ppl or default_target_ppl(table, size)
     fig, ax = plt.subplots(figsize=(5, 3.8))
     ns = [1, 2, 3, 5, 10, 20, 50, 100]
-    for m in methods:
+    for m in _methods(table):
         best = [min((c for c, p in cost_curve(table, m, size, n) if p <= target), default=None) for n in ns]
         if any(b is not None for b in best):
             ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], marker="o", label=label(m))
     ax.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="cheapest total cost C(N), FLOPs",
            title=f"reaching macro ppl <= {target:.1f} (domain set {size_label(size)})")
-    _plain_log_ticks(ax)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "cost_vs_domains.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
+    return _save(fig, [ax], path)
 
 
 def _plain_log_ticks(ax) -> None:
