@@ -291,3 +291,14 @@ def test_resuming_a_finished_run_returns_it_and_an_early_stop_stays_stopped(tiny
     assert resumed["best_valid_loss"] == first["best_valid_loss"]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line)["step"] <= first["steps"] for line in lines)
+
+
+def test_fine_tuning_rules_follow_the_domain_sets_size():
+    """lr / 3 for small domain sets (the paper's smallest), the base lr above; validation
+    8 times per pass over the domain data, never sparser than every 10 steps for a small one."""
+    from mlx_specialize.train.jobs import finetune_eval_every, finetune_lr
+
+    assert finetune_lr(6e-3, 100_000) == pytest.approx(2e-3) and finetune_lr(6e-3, 1_000_000) == 6e-3
+    step = 8 * 256  # the small preset's batch
+    assert finetune_eval_every(100_000, step) == 10  # 49 steps a pass: 6 between validations, raised to 10
+    assert finetune_eval_every(1_000_000, step) == 61  # 488 steps a pass / 8

@@ -39,6 +39,14 @@ FINETUNE_MAX_STEPS = 2000
 # ones at the pre-training lr. Ours: lr / 3 up to this many domain tokens (the protocol's
 # 100k set), the base lr above (its 1M set and all of a target's train split).
 SMALL_DOMAIN_TOKENS = 300_000
+VALIDATIONS_PER_PASS = 8
+
+
+def finetune_eval_every(domain_tokens: int, tokens_per_step: int) -> int:
+    """Fine-tuning validates VALIDATIONS_PER_PASS times per pass over the domain data, and
+    at least every 10 steps: a small set is watched closely, and a large one does not spend
+    most of its time validating (each validation reads up to 32k valid tokens)."""
+    return max(10, round(domain_tokens / tokens_per_step / VALIDATIONS_PER_PASS))
 
 
 def finetune_lr(base_lr: float, domain_tokens: int) -> float:
@@ -203,8 +211,9 @@ def finetune(
     context = model_context(config)
     base_meta = config.get("mlxspec", {})
     base_lr = finetune_lr(base_meta["lr"], train.n_tokens) if "lr" in base_meta else FOREIGN_LR
-    options = {"patience": 3, "warmup": 10, "eval_every": 10, "lr": base_lr,
-               "batch_size": base_meta.get("batch_size", 8), "context": context, **train_options}
+    batch_size = train_options.get("batch_size", base_meta.get("batch_size", 8))
+    options = {"patience": 3, "warmup": 10, "eval_every": finetune_eval_every(train.n_tokens, batch_size * context),
+               "lr": base_lr, "batch_size": batch_size, "context": context, **train_options}
     cfg = TrainConfig(steps=1, **options)
     cfg.steps = steps_for(max_tokens, cfg) if max_tokens else FINETUNE_MAX_STEPS
     ui.info(
