@@ -40,7 +40,7 @@ def specialize_view(report: dict) -> list:
         shared, per_domain, serve = costs["shared"], costs["per_domain"], costs["inference"]
         lines.append(f"cost: shared {shared['flops']:.2e} FLOPs ({shared['seconds']:.0f} s), per domain "
                      f"{per_domain['flops']:.2e} FLOPs ({per_domain['seconds']:.0f} s): N domains cost shared + N x "
-                     f"per domain; inference {serve['flops_per_token']:.2e} FLOPs per token")
+                     f"per domain (validation included); inference {serve['flops_per_token']:.2e} FLOPs per token")
     return [*lines,
             f"generation: {report['gen_tok_s']:.0f} tok/s (batch 1); domain data: {fin['domain_tokens']:,} tokens"
             f"{', ' + stop if stop else ''}"]
@@ -74,7 +74,8 @@ def specialize_table(report: dict) -> Table:
         add_row(table, chosen, "", f"{sel['seconds']:.0f}", "", *before)
     else:
         add_row(table, *pretrain_row, *before)
-    add_row(table, "domain fine-tune", f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
+    tuned = f"domain fine-tune (LoRA rank {fin['lora_rank']}, fused)" if fin.get("lora_rank") else "domain fine-tune"
+    add_row(table, tuned, f"{fin['tokens']:,}", f"{fin['seconds']:.0f}", f"{fin['flops']:.2e}",
             f"{report['ppl_after']:.2f}", f"{report['bpb_after']:.3f}")
     return table
 

@@ -1,5 +1,6 @@
-"""`mlxspec study`: run a study's grid (`mlxspec study SPEC.toml`), or report one from its
-results alone (`mlxspec study report RESULTS --out DIR`). Calls `mlx_specialize.study`."""
+"""`mlxspec study`: run a study's grid (`mlxspec study SPEC.toml`), report one from its
+results alone (`mlxspec study report RESULTS --out DIR`), or print an example spec
+(`mlxspec study example`). Calls `mlx_specialize.study`."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ import typer
 
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.study import check_runnable, load_study, report_study, run_study, spec_floors, study_status
+from mlx_specialize.study.spec import EXAMPLE
 
 from .options import CACHE_OPT
 from .output import emit
 
+SHOWN_PENDING = 10  # --status: the next cells listed (--json lists all)
+
 
 def study(
-    args: List[str] = typer.Argument(..., metavar="SPEC.toml | report RESULTS...",
-                                     help="A study spec to run, or `report` and the results files to report."),
+    args: List[str] = typer.Argument(..., metavar="SPEC.toml | report RESULTS... | example",
+                                     help="A study spec to run; `report` and the results files to report; or "
+                                     "`example` for a commented spec to start from."),
     out: Optional[Path] = typer.Option(None, "--out", help="report: the folder for the figures and tables.md."),
     spec: Optional[Path] = typer.Option(None, "--spec", help="report: the study spec, for its floors (bits per byte "
                                         "of a classical coder per target)."),
@@ -26,26 +31,39 @@ def study(
     readme: Optional[Path] = typer.Option(None, "--readme", help="report: write the headline table into this "
                                           "markdown file, between its lines <!-- study headline: mlxspec study "
                                           "report --readme --> and <!-- /study headline -->."),
-    status: bool = typer.Option(False, "--status", help="Print the grid and what of it is done; run nothing."),
-    max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="Run at most this many cells, then "
+    status: bool = typer.Option(False, "--status", help="run: list what of the grid is done and what is left; "
+                                "trains nothing (it may tokenize the targets, to tell a whole train split)."),
+    max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="run: at most this many cells, then "
                                             "stop (the next call continues)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="The folder of the spec's corpora by name [default: the "
-                                        "spec's `data`]."),
-    keep_runs: bool = typer.Option(False, "--keep-runs", help="Keep each cell's run folder (its model) once its "
-                                   "line is written."),
+    data: Optional[Path] = typer.Option(None, "--data", help="run: the folder of the spec's corpora by name "
+                                        "[default: the spec's `data`]."),
+    keep_runs: bool = typer.Option(False, "--keep-runs", help="run: keep each cell's run folder (its model) once "
+                                   "its line is written."),
     cache_dir: Optional[Path] = CACHE_OPT,
 ):
     """Run the paper's grid (methods x budgets x domain-set sizes x targets x seeds) as a study: every cell cached,
     resumable, one JSON line per finished cell; or print its tables and write its figures from results alone.
 
-    A finished cell is never run again: run the same command to continue an interrupted study."""
-    if args[0] == "report":
+    A finished cell is never run again: run the same command to continue an interrupted study. The spec's format:
+    `mlxspec study example` prints a commented one."""
+    given = {"--out": out, "--spec": spec, "--target-ppl": target_ppl, "--readme": readme, "--status": status or None,
+             "--max-cells": max_cells, "--data": data, "--keep-runs": keep_runs or None, "--cache-dir": cache_dir}
+    action = args[0] if args[0] in ("report", "example") else "run"
+    allowed = {"report": ("--out", "--spec", "--target-ppl", "--readme"), "example": (),
+               "run": ("--status", "--max-cells", "--data", "--keep-runs", "--cache-dir")}[action]
+    stray = [name for name, value in given.items() if value is not None and name not in allowed]
+    if stray:
+        raise SpecializeError(f"study {'' if action == 'run' else action + ' '}takes no {', '.join(stray)} "
+                              f"({'its options: ' + ', '.join(allowed) if allowed else 'options'})")
+    if action == "example":
+        emit({"spec": EXAMPLE}, EXAMPLE.rstrip())
+        return
+    if action == "report":
         if len(args) < 2:
             raise SpecializeError("study report: name the results file(s): mlxspec study report RESULTS --out DIR")
         floors = spec_floors(spec) if spec else {}
         result = report_study([Path(a) for a in args[1:]], out, floors, target_ppl, readme)
-        shown = [result["tables"]] + ([f"figures: {', '.join(result['figures'])}"] if out else [])
-        emit(result, *shown)
+        emit(result, result["tables"], *([f"figures: {', '.join(result['figures'])}"] if out else []))
         return
     if len(args) != 1:
         raise SpecializeError(f"study: one spec file, not {len(args)} arguments (or `report RESULTS...`)")
@@ -56,6 +74,10 @@ def study(
         check_runnable(loaded)
         result = run_study(loaded, cache_dir, max_cells, keep_runs)
     pending = result["pending"]
-    emit(result, f"{loaded.name}: {result['done']} of {result['cells']} cells done"
-         + (f", {result['ran']} run now" if "ran" in result else "") + f"; results in {result['results']}"
-         + (f"\nnext: {pending[0]}" if pending else ""))
+    shown = [f"{loaded.name}: {result['done']} of {result['cells']} cells done"
+             + (f", {result['ran']} run now" if "ran" in result else "") + f"; results in {result['results']}"]
+    if pending:
+        shown.append("left, in running order:\n  " + "\n  ".join(pending[:SHOWN_PENDING])
+                     + (f"\n  ... and {len(pending) - SHOWN_PENDING} more (--json lists all)"
+                        if len(pending) > SHOWN_PENDING else ""))
+    emit(result, *shown)

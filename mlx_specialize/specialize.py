@@ -383,4 +383,5 @@ def _finetune_phase(cost: dict, summary: dict) -> dict:
     return {**{key: cost[key] for key in ("tokens", "seconds", "flops", "steps", "valid_flops", "valid_seconds")},
             "domain_tokens": summary["domain_tokens"], "stopped_early": summary["stopped_early"],
             "max_steps": summary.get("max_steps"), "lr": summary.get("lr"),
-            "best_valid_loss": summary.get("best_valid_loss")}  # what choices are made on (never the test split)
+            "best_valid_loss": summary.get("best_valid_loss"),
+            **({"lora_rank": summary["lora_rank"]} if "lora_rank" in summary else {})}  # what choices are made on (never the test split)

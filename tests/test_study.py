@@ -144,6 +144,11 @@ def test_macro_figures_and_equal_cost_interpolation_by_hand():
     ("[seeds_at]\n5 = [1]", "`seeds_at` names 5"),
     ("[method.mix]\nk = 4", "`method.mix` is not one of the study's methods"),
     ("[options]\nlearning = 1", "`options` takes"),
+    ("version = \"two\"", "`version` must be an integer, not 'two'"),
+    ("preset = [\"tiny\"]", "`preset` must be a preset's name"),
+    ("results = 5", "`results` must be a file's path"),
+    ("seeds_at = [1]", "`seeds_at` must be a table"),
+    ("method = [\"finetune\"]", "`method` must be a table of tables"),
 ])
 def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
     (tmp_path / "corpora").mkdir()
@@ -154,10 +159,34 @@ def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
         load_study(tmp_path / "bad.toml")
 
 
-def test_the_command_line_refuses_a_missing_spec_in_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "cli.main", "study", str(tmp_path / "none.toml")],
-                         capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 2 and out.stderr.strip() == f"error: no study spec at {tmp_path / 'none.toml'}"
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "cli.main", "study", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO)
+
+
+def test_the_command_line_refuses_bad_calls_in_one_line(tmp_path):
+    missing = _cli(tmp_path / "none.toml")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: no study spec at {tmp_path / 'none.toml'}"
+    stray = _cli(tmp_path / "none.toml", "--out", tmp_path)  # --out is the report's
+    assert stray.returncode == 2 and stray.stderr.strip().startswith("error: study takes no --out (its options: ")
+    (tmp_path / "file").write_text("x")
+    results = tmp_path / "r.jsonl"
+    append_result(results, {**_line("finetune", 1, "a", 0, 10.0, 1.0, 1.0), "cell": "c", "bpb_before": 2.0})
+    for args, message in [((results, "--out", tmp_path / "file"), f"--out {tmp_path / 'file'} is a file"),
+                          ((results, "--readme", tmp_path / "no.md"), f"--readme: no such file: {tmp_path / 'no.md'}"),
+                          ((results, "--status"), "study report takes no --status")]:
+        out = _cli("report", *args)
+        assert out.returncode == 2 and out.stderr.strip().startswith(f"error: {message}"), out.stderr
+
+
+def test_the_example_spec_is_a_valid_one(tmp_path):
+    out = _cli("example")
+    assert out.returncode == 0
+    (tmp_path / "data").mkdir()
+    (tmp_path / "example.toml").write_text(out.stdout)
+    study = load_study(tmp_path / "example.toml", data=tmp_path / "data")
+    assert study.methods == ["finetune", "is", "mix"] and study.method_options == {"mix": {"k": 4}}
+    assert len(study.grids) == 2 and study.results == tmp_path / "results.jsonl"
 
 
 def test_grids_run_in_their_order_and_a_cell_two_name_runs_once(study_dir):

@@ -24,6 +24,7 @@ from ..data.tokenizer import Tokenizer
 from ..models.presets import get_preset, with_overrides
 from ..train.jobs import pretrain
 from .base import Method, Prepared, PretrainJob, Settings
+from .clusters import generic_tokenizer
 from .importance import load_selected, selected_from
 
 
@@ -42,7 +43,9 @@ def cached_pretrain(generic: str, preset_name: str, tokens: int, vocab_size: int
         if entry.ready:
             ui.info(f"using the cached generic model {folder}")
             return folder, json.loads((folder / "summary.json").read_text()), entry.reused
-        result = pretrain(generic, preset, entry.build, tokens, vocab_size=vocab_size, cache_dir=cache_dir,
+        # the generic tokenizer, made once per corpus and vocabulary (not once per budget)
+        tokenizer = generic_tokenizer(generic, vocab_size or preset.vocab, cache_dir)
+        result = pretrain(generic, preset, entry.build, tokens, tokenizer=tokenizer, cache_dir=cache_dir,
                           resume=True, seed=seed, checkpoint_every=50)
         entry.publish()
     return folder, result.summary, False

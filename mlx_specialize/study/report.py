@@ -125,7 +125,8 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
     sizes = _sizes(table)
     out = []
     for size in sizes:
-        out += [f"Macro test perplexity, domain set {size_label(size)} (mean ± std over seeds where more than one)", "",
+        out += [f"Macro test perplexity, domain set {size_label(size)} (mean ± std over seeds where more than one), "
+                "per generic pre-training budget (tokens of the preset, and their training FLOPs)", "",
                 "| method | " + " | ".join(f"{size_label(b)} tok ({_flops_of(table, b):.1e} FLOPs)" for b in budgets)
                 + " |", "|---|" + "---:|" * len(budgets)]
         for m in methods:
@@ -160,8 +161,8 @@ def headline(table: dict) -> str:
     top = max(k[1] for k in table if k[2] == size and not k[0].startswith("nopt"))
     out = [f"At the largest budget, {size_label(top)} generic tokens ({_flops_of(table, top):.2e} FLOPs), domain set "
            f"{size_label(size)}: macro test perplexity before / after fine-tuning and bits per byte (mean ± std over "
-           "seeds where more than one); costs in FLOPs (seconds on the machine that ran it), C(N) = shared + N x "
-           "per domain", "",
+           "seeds where more than one); costs in FLOPs (seconds on the machine that ran it), validation passes "
+           "included, C(N) = shared + N x per domain", "",
            "| method | params | ppl before | ppl after | bits/byte | shared | per domain | C(1) | C(3) | "
            "inference FLOPs/token | seeds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     smallest = min(k[1] for k in table)
@@ -239,13 +240,15 @@ def _sizes(table: dict) -> list:
     return sorted({k[2] for k in table}, key=lambda s: math.inf if s is None else s)
 
 
-def _save(fig, axes, path: Path) -> Path:
-    """Plain log ticks on every panel, the legend on the last, the figure written."""
+def _save(fig, axes, path: Path, ppl_axis: bool = True) -> Path:
+    """Log ticks on every panel (see `_plain_log_ticks`), the legend on the last (if
+    anything was drawn), the figure written."""
     import matplotlib.pyplot as plt
 
     for ax in axes:
-        _plain_log_ticks(ax)
-    axes[-1].legend(fontsize=7)
+        _plain_log_ticks(ax, ppl_axis)
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -276,7 +279,7 @@ def _vs_pretraining(table: dict, path: Path) -> Path:
             if points:
                 _errorbars(ax, points, m)
         ax.set(xscale="log", yscale="log", title=f"domain set {size_label(size)}",
-               xlabel="generic pre-training FLOPs (shared)")
+               xlabel="shared FLOPs (generic pre-training + its validation)")
     axes[0][0].set_ylabel("macro test perplexity")
     return _save(fig, list(axes[0]), path)
 
@@ -311,19 +314,27 @@ def _cost_vs_domains(table: dict, path: Path, target_ppl: float | None) -> Path:
         best = [min((c for c, p in cost_curve(table, m, size, n) if p <= target), default=None) for n in ns]
         if any(b is not None for b in best):
             ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], marker="o", label=label(m))
+    if not ax.get_legend_handles_labels()[0]:
+        ax.text(0.5, 0.5, f"no method measured reaches\nmacro ppl <= {target:.1f}", ha="center", va="center",
+                transform=ax.transAxes)
     ax.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="cheapest total cost C(N), FLOPs",
            title=f"reaching macro ppl <= {target:.1f} (domain set {size_label(size)})")
-    return _save(fig, [ax], path)
+    return _save(fig, [ax], path, ppl_axis=False)
 
 
-def _plain_log_ticks(ax) -> None:
-    """Log axes: FLOPs and token counts labelled at their decades only (minor labels
-    crowd them), perplexities as plain numbers (they often span less than a decade)."""
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+def _plain_log_ticks(ax, ppl_axis: bool = True) -> None:
+    """Log axes: FLOPs and token counts in scientific notation at every 1-2-5 step (a
+    range narrower than a decade still shows numbers), perplexities as plain numbers."""
+    from matplotlib.ticker import FormatStrFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    axes = [ax.xaxis] + ([] if ppl_axis else [ax.yaxis])
+    for axis in axes:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+        axis.set_minor_formatter(NullFormatter())
+    if ppl_axis:
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
 
 
 def default_target_ppl(table: dict, size) -> float:
@@ -341,7 +352,9 @@ HEADLINE_BEGIN, HEADLINE_END = "<!-- study headline: mlxspec study report --read
 
 def _marked(readme: Path) -> str:
     """The markdown file's text, refused unless it holds both headline markers."""
-    body = readme.read_text() if readme.is_file() else ""
+    if not readme.is_file():
+        raise SpecializeError(f"--readme: no such file: {readme}")
+    body = readme.read_text()
     if HEADLINE_BEGIN not in body or HEADLINE_END not in body:
         raise SpecializeError(f"--readme: {readme} has no lines {HEADLINE_BEGIN} and {HEADLINE_END} to write between")
     return body
@@ -362,6 +375,8 @@ def report_study(paths, out_dir: str | Path | None = None, floors: dict | None =
     with `readme`, the headline table written between its markers (`write_headline`)."""
     if readme is not None:  # before any work: a file without the markers is refused
         _marked(Path(readme))
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise SpecializeError(f"--out {out_dir} is a file; name a folder for the figures")
     rows = load_lines(paths)
     text = tables(rows, floors)
     result = {"cells": len(rows), "tables": text, "headline": headline(macro(rows))}

@@ -1,29 +1,6 @@
 """A study's spec (a TOML file) and the grid of cells it names.
 
-    name = "minipile-standard"           # what the results file says it holds
-    version = 1                          # bump when the protocol changes: new cells
-    data = "../../../shared/minipile"    # optional: corpus names below are DATA/NAME.jsonl.gz
-    preset = "small"
-    generic = ["c-headers", "go-code"]   # corpus specs (or names under `data`), one mix
-    targets = ["fortunes", "licenses"]   # each a corpus spec (or name)
-    methods = ["finetune", "is", "mix"]
-    pretrain_tokens = [500_000, 2_500_000, 12_500_000]  # budgets, in tokens of the preset
-    domain_tokens = [100_000, 1_000_000, "all"]
-    seeds = [0]
-    results = "results.jsonl"            # beside the spec unless absolute
-    [seeds_at]                           # budgets run with other seeds
-    12500000 = [0, 1, 2]
-    [options]                            # `specialize`'s keyword arguments, every cell
-    embedder = "hashed"
-    [method.mix]                         # and one method's own
-    k = 4
-    [floors]                             # bits per byte of a classical coder, for the report
-    fortunes = 2.44
-    [[grid]]                             # optional: run these sub-grids, in this order,
-    domain_tokens = [100_000]            # each taking the axes it does not name from the
-    [[grid]]                             # top level (methods, pretrain_tokens,
-    pretrain_tokens = [12_500_000]       # domain_tokens, seeds)
-    domain_tokens = [1_000_000, "all"]
+The format, by example: `EXAMPLE` below (`mlxspec study example` prints it).
 
 Without [[grid]] the study is the one grid of the top-level axes (with `seeds_at`);
 with it, the union of its grids, run in their order (a cell two grids name runs once).
@@ -61,8 +38,46 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+EXAMPLE = """\
+name = "minipile-standard"           # what the results file says it holds
+version = 1                          # bump when the protocol changes: new cells
+data = "../../../shared/minipile"    # optional: corpus names below are DATA/NAME.jsonl.gz
+preset = "small"
+generic = ["c-headers", "go-code"]   # corpus specs (or names under `data`), one mix
+targets = ["fortunes", "licenses"]   # each a corpus spec (or name)
+methods = ["finetune", "is", "mix"]
+pretrain_tokens = [500_000, 2_500_000, 12_500_000]  # budgets, in tokens of the preset
+domain_tokens = [100_000, 1_000_000, "all"]
+seeds = [0]
+results = "results.jsonl"            # beside the spec unless absolute [SPEC-results.jsonl]
+# cache = "cache"                    # the cache folder [--cache-dir, else mlxspec's]
+
+[seeds_at]                           # budgets run with other seeds
+12500000 = [0, 1, 2]
+
+[options]                            # `specialize`'s keyword arguments, every cell
+embedder = "hashed"
+
+[method.mix]                         # and one method's own
+k = 4
+
+[floors]                             # bits per byte of a classical coder, for the report
+fortunes = 2.44
+
+[[grid]]                             # optional: run these sub-grids, in this order, each
+domain_tokens = [100_000]            # taking the axes it does not name from the top
+[[grid]]                             # level (methods, pretrain_tokens, domain_tokens,
+pretrain_tokens = [12_500_000]       # seeds; and `options`, added to the others)
+domain_tokens = [1_000_000, "all"]
+"""
+
 KEYS = {"name", "version", "data", "preset", "generic", "targets", "methods", "pretrain_tokens", "domain_tokens",
         "seeds", "seeds_at", "results", "options", "method", "floors", "cache", "grid"}
+TYPES = [("name", str, "a string"), ("version", int, "an integer"), ("data", str, "a folder's path"),
+         ("preset", str, "a preset's name"), ("results", str, "a file's path"), ("cache", str, "a folder's path"),
+         ("generic", (str, list), "a corpus or a list of them"), ("seeds_at", dict, "a table ([seeds_at])"),
+         ("options", dict, "a table ([options])"), ("method", dict, "a table of tables ([method.NAME])"),
+         ("floors", dict, "a table ([floors])")]
 AXES = ("methods", "pretrain_tokens", "domain_tokens", "seeds", "options")  # what a [[grid]] may set
 # what `specialize` takes from a spec's [options] and [method.NAME] (the rest is the grid's)
 CELL_OPTIONS = {"vocab_size", "lr", "k", "embedder", "window", "sampler", "metric", "select", "expert_init", "basis",
@@ -196,6 +211,9 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
     for key in ("name", "generic", "targets", "methods", "pretrain_tokens", "domain_tokens"):
         if key not in spec:
             _fail(path, f"`{key}` is missing")
+    for key, kind, what in TYPES:
+        if key in spec and (not isinstance(spec[key], kind) or isinstance(spec[key], bool)):
+            _fail(path, f"`{key}` must be {what}, not {spec[key]!r}")
     here = path.resolve().parent
     folder = Path(data).resolve() if data is not None else ((here / spec["data"]).resolve() if "data" in spec else None)
     if folder is not None and not folder.is_dir():
@@ -232,6 +250,9 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
         seeds_at[int(budget)] = _int_list(path, {"seeds": values}, "seeds")
     options = spec.get("options", {})
     method_options = spec.get("method", {})
+    for name, table in method_options.items():
+        if not isinstance(table, dict):
+            _fail(path, f"`method.{name}` must be a table ([method.{name}]), not {table!r}")
     for where, table in [("options", options)] + [(f"method.{m}", t) for m, t in method_options.items()]:
         if not isinstance(table, dict):
             _fail(path, f"`{where}` must be a table")
@@ -262,6 +283,8 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
             _int_list(path, grid, "seeds")
         if not isinstance(grid.get("options", {}), dict) or set(grid.get("options", {})) - CELL_OPTIONS:
             _fail(path, f"[[grid]] {i}: `options` takes {', '.join(sorted(CELL_OPTIONS))}")
+    # the default results file: SPEC-results.jsonl beside the spec (a renamed spec starts a new file;
+    # its finished cells are still found where a spec names the old one: keys name no path)
     results = Path(spec.get("results", f"{path.stem}-results.jsonl"))
     cache = spec.get("cache")
     return Study(path=path, name=str(spec["name"]), version=int(spec.get("version", 1)), preset=preset,

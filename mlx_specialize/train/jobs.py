@@ -236,6 +236,8 @@ def finetune(
                 shutil.copy2(run_dir / name, Path(out_dir) / name)
     if "domain_tokens" not in summary:  # in the run's summary.json too: a copy of the run says what it saw
         summary["domain_tokens"] = train.n_tokens
+        if lora_rank is not None:
+            summary["lora_rank"] = lora_rank
         if dist.world().is_main:
             atomic_write_bytes(Path(out_dir) / "summary.json", json.dumps(summary, indent=2).encode())
     return JobResult(Path(out_dir), summary)
