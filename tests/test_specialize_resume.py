@@ -21,7 +21,7 @@ from mlx_specialize.models.io import load_arrays
 
 MLXSPEC = str(Path(sys.executable).with_name("mlxspec"))
 # What differs between two runs of one command: times, and the folders they wrote in.
-TIMINGS = {"seconds", "wall_seconds", "gen_tok_s", "prompt_tok_s", "sessions"}
+TIMINGS = {"seconds", "valid_seconds", "wall_seconds", "gen_tok_s", "prompt_tok_s", "sessions"}
 PATHS = {"model", "report", "instance", "clusters"}
 
 
