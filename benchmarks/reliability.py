@@ -45,7 +45,7 @@ GENERIC = "go-code,postgres-docs,python-code,python-docs"
 # Budgets that make every phase last long enough to be hit, and checkpoint in both
 # trainings (every 50 steps of 1,024 tokens).
 BUDGET = ["--preset", "tiny", "--vocab-size", "512", "--pretrain-tokens", "122880", "--finetune-tokens", "122880"]
-TIMINGS = {"seconds", "wall_seconds", "gen_tok_s", "prompt_tok_s", "sessions"}
+TIMINGS = {"seconds", "valid_seconds", "wall_seconds", "gen_tok_s", "prompt_tok_s", "sessions"}
 PATHS = {"model", "report", "instance", "clusters"}
 PHASES = [("tokeniz", "tokenize"), ("sentencepiece", "tokenizer"), ("embed", "embed"), ("k-means", "cluster"),
           ("select", "select"), ("sampl", "select"), ("pre-train", "pretrain"), ("instantiat", "instantiate"),
