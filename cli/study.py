@@ -35,6 +35,8 @@ def study(
                                 "trains nothing (it may tokenize the targets, to tell a whole train split)."),
     max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="run: at most this many cells, then "
                                             "stop (the next call continues)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.0, help="run: start no cell after "
+                                                "this many minutes (the one under way finishes)."),
     data: Optional[Path] = typer.Option(None, "--data", help="run: the folder of the spec's corpora by name "
                                         "[default: the spec's `data`]."),
     keep_runs: bool = typer.Option(False, "--keep-runs", help="run: keep each cell's run folder (its model) once "
@@ -47,10 +49,10 @@ def study(
     A finished cell is never run again: run the same command to continue an interrupted study. The spec's format:
     `mlxspec study example` prints a commented one."""
     given = {"--out": out, "--spec": spec, "--target-ppl": target_ppl, "--readme": readme, "--status": status or None,
-             "--max-cells": max_cells, "--data": data, "--keep-runs": keep_runs or None, "--cache-dir": cache_dir}
+             "--max-cells": max_cells, "--max-minutes": max_minutes, "--data": data, "--keep-runs": keep_runs or None, "--cache-dir": cache_dir}
     action = args[0] if args[0] in ("report", "example") else "run"
     allowed = {"report": ("--out", "--spec", "--target-ppl", "--readme"), "example": (),
-               "run": ("--status", "--max-cells", "--data", "--keep-runs", "--cache-dir")}[action]
+               "run": ("--status", "--max-cells", "--max-minutes", "--data", "--keep-runs", "--cache-dir")}[action]
     stray = [name for name, value in given.items() if value is not None and name not in allowed]
     if stray:
         raise SpecializeError(f"study {'' if action == 'run' else action + ' '}takes no {', '.join(stray)} "
@@ -72,7 +74,7 @@ def study(
         result = study_status(loaded, cache_dir)
     else:
         check_runnable(loaded)
-        result = run_study(loaded, cache_dir, max_cells, keep_runs)
+        result = run_study(loaded, cache_dir, max_cells, keep_runs, max_minutes)
     pending = result["pending"]
     shown = [f"{loaded.name}: {result['done']} of {result['cells']} cells done"
              + (f", {result['ran']} run now" if "ran" in result else "") + f"; results in {result['results']}"]

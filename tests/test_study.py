@@ -49,6 +49,7 @@ def study_dir(tmp_path_factory):
 def ran(study_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("study-cache")
     study = load_study(study_dir / "tiny.toml")
+    assert run_study(study, cache, max_minutes=0)["ran"] == 0  # no cell starts after 0 minutes
     first = run_study(study, cache, max_cells=1)
     rest = run_study(study, cache)
     return study, cache, first, rest

@@ -114,14 +114,18 @@ def study_status(study: Study, cache_dir=None) -> dict:
             "pending": pending}
 
 
-def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_runs: bool = False) -> dict:
-    """Run the cells not yet in the results file (at most `max_cells` of them, for a
-    session of bounded length); returns the study's status after."""
+def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_runs: bool = False,
+              max_minutes: float | None = None) -> dict:
+    """Run the cells not yet in the results file: at most `max_cells` of them, and none
+    started after `max_minutes` (for a session of bounded length; a cell under way
+    finishes); returns the study's status after."""
     cache_dir = Path(cache_dir or study.cache or default_cache_dir())
     runs = cache_dir / "study-runs" / study.name
-    ran = 0
+    ran, t0 = 0, time.monotonic()
     for cell, key, whole_key in plan_study(study, cache_dir):
         if max_cells is not None and ran >= max_cells:
+            break
+        if max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes:
             break
         if key in read_results(study.results):
             continue
