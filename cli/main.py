@@ -110,7 +110,8 @@ def pretrain_cmd(
 
 @command(app, "finetune")
 @training_options("lr", "batch_size", "grad_accum", "warmup", "eval_every", "patience", "checkpoint_every",
-                  "precision", defaults={"lr": "the base's / 3 up to 300k domain tokens, the base's above", "batch_size": "the base's, or 8", "warmup": "10",
+                  "precision", defaults={"lr": "the base's / 3 up to 300k domain tokens, the base's above",
+                                         "batch_size": "the base's, or 8", "warmup": "10",
                                          "eval_every": "8 per pass over the domain data, at least every 10 steps",
                                          "patience": "3"})
 def finetune_cmd(
@@ -225,7 +226,8 @@ def bench(
 # ---- the main job ----------------------------------------------------------------
 @command(app)
 @training_options("lr", scope="Fine-tuning",
-                  defaults={"lr": "the pre-training rate / 3; 3e-5 for a --base from elsewhere"})
+                  defaults={"lr": "the pre-training rate / 3 up to 300k domain tokens, the rate above; "
+                                        "3e-5 for a --base from elsewhere"})
 def specialize(
     domain: str = Specialize.domain,
     generic: Optional[str] = Specialize.generic,
