@@ -112,7 +112,7 @@ def pretrain_cmd(
 @training_options("lr", "batch_size", "grad_accum", "warmup", "eval_every", "patience", "checkpoint_every",
                   "precision", defaults={"lr": "the base's / 3 up to 300k domain tokens, the base's above",
                                          "batch_size": "the base's, or 8", "warmup": "10",
-                                         "eval_every": "8 per pass over the domain data, at least every 10 steps",
+                                         "eval_every": "8 per pass over the domain data, no closer than 10 steps",
                                          "patience": "3"})
 def finetune_cmd(
     model: str = Finetune.model,

@@ -318,7 +318,8 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
         # SLM-mix --select all: k fine-tunings, k times the cost
         chosen, tuned, cost = finetune_best([Path(b) for b in state["base"]], domain, out_dir, domain_tokens,
                                             finetune_tokens, cache_dir, **options)
-        phases["select"].update(expert=cost["expert"], valid_losses=cost["valid_losses"], seconds=cost["seconds"])
+        # the k fine-tunings' cost is the fine-tuning phase's; choosing by their valid losses costs nothing more
+        phases["select"].update(expert=cost["expert"], valid_losses=cost["valid_losses"], seconds=0.0, flops=0.0)
         phases["finetune"] = _finetune_phase(cost, tuned)
         save(base=str(chosen))
         shutil.rmtree(out_dir / "candidates", ignore_errors=True)
@@ -330,7 +331,7 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
         made = run.method.fine_tuned(settings, phases)
         if made is not None:  # made once for another method (SLM-d's teacher): copied, its cost counted
             ui.info(f"using the same fine-tuning, made for another method: {made}")
-            copy_run_files(made, out_dir)
+            copy_run_files(made, out_dir, skip=("manifest.json",))  # the cache entry's own record stays there
             tuned = json.loads((made / "summary.json").read_text())
         else:
             tuned = finetune(base_dir, domain, out_dir, domain_tokens, finetune_tokens, cache_dir=cache_dir,

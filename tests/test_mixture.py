@@ -86,6 +86,10 @@ def test_specialize_with_a_mixture_of_experts(tmp_path):
     assert every["phases"]["pretrain"]["cached"] and len(picked["valid_losses"]) == 3
     assert picked["expert"] == int(np.argmin(picked["valid_losses"]))
     assert every["phases"]["finetune"]["tokens"] > 2 * report["phases"]["finetune"]["tokens"]
+    # counted once: the k fine-tunings are the per-domain cost, the choice adds nothing
+    costs = every["costs"]["per_domain"]
+    assert "unknown" not in costs and costs["flops"] == pytest.approx(every["phases"]["finetune"]["flops"])
+    assert costs["seconds"] == pytest.approx(every["phases"]["finetune"]["seconds"])
     assert not (tmp_path / "run-all" / "candidates").exists() and (tmp_path / "run-all" / "model.safetensors").is_file()
 
 

@@ -295,7 +295,7 @@ def test_resuming_a_finished_run_returns_it_and_an_early_stop_stays_stopped(tiny
 
 def test_fine_tuning_rules_follow_the_domain_sets_size():
     """lr / 3 for small domain sets (the paper's smallest), the base lr above; validation
-    8 times per pass over the domain data, never sparser than every 10 steps for a small one."""
+    8 times per pass over the domain data, but no closer than 10 steps apart."""
     from mlx_specialize.train.jobs import finetune_eval_every, finetune_lr
 
     assert finetune_lr(6e-3, 100_000) == pytest.approx(2e-3) and finetune_lr(6e-3, 1_000_000) == 6e-3

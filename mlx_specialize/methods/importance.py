@@ -181,7 +181,10 @@ class ImportanceSampled(Method):
                 ui.info(f"using the cached importance-sampled model {folder}")
                 summary, cached = json.loads((folder / "summary.json").read_text()), entry.reused
                 summary_report = json.loads((folder / "selection" / "report.json").read_text())
-                select_cost = json.loads((folder / "selection" / SELECT_COST).read_text())
+                try:
+                    select_cost = json.loads((folder / "selection" / SELECT_COST).read_text())
+                except (OSError, ValueError):  # an entry made before selections recorded their cost
+                    select_cost = {"seconds": None, "flops": None}
             else:
                 t0 = time.perf_counter()
                 selected, summary_report = select_like_domain(clusters, generic_split, tokenizer, s.domain,

@@ -40,6 +40,10 @@ def llm_twin(preset: str) -> str:
     return LLM_TWIN[preset]
 
 
+# what a `specialize` run folder holds beside its fine-tuned model: not the teacher's
+NOT_THE_MODEL = ("specialize.json", "report.json", "selection-report.json", "selection-histograms.png")
+
+
 def teacher_folder(s: Settings, base: Path) -> Path:
     """The cache entry of the LLM `base` fine-tuned on `s.domain` with SLM's recipe
     (SLM-d's teacher, and `--method llm`'s fine-tuning: made once for both)."""
@@ -67,7 +71,7 @@ class LLM(SLM):
             return
         with cache_entry(teacher_folder(s, Path(phases["pretrain"]["model"])), "the fine-tuned LLM") as entry:
             if not entry.ready:
-                copy_run_files(run_dir, entry.build)
+                copy_run_files(run_dir, entry.build, skip=NOT_THE_MODEL)
                 entry.publish()
 
     def resolve(self, settings: Settings) -> Settings:

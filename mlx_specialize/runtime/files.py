@@ -34,14 +34,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def copy_run_files(src: Path, dst: Path) -> None:
-    """Copy a run folder's files (its model, summary, metrics; not its checkpoints or
-    hidden files) into `dst`, each under a temporary name first, then renamed."""
+def copy_run_files(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy a run folder's files (its model, summary, metrics; not its checkpoints,
+    hidden files or the names in `skip`) into `dst`, each under a temporary name first,
+    then renamed."""
     import shutil
 
     dst.mkdir(parents=True, exist_ok=True)
     for path in sorted(Path(src).iterdir()):
-        if path.is_file() and not path.name.startswith("."):
+        if path.is_file() and not path.name.startswith(".") and path.name not in skip:
             tmp = dst / f".{path.name}.tmp{os.getpid()}"
             shutil.copy2(path, tmp)
             os.replace(tmp, dst / path.name)

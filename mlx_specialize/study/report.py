@@ -46,14 +46,14 @@ def load_lines(paths) -> list[dict]:
             rows.append(line)
     if not rows:
         raise SpecializeError("the results hold no finished cell")
-    by_method = defaultdict(list)
-    for row in rows:
-        by_method[row["method"]].append(row)
-    for method, group in by_method.items():  # cells of one method with other options (an lr tried): variants
-        names = sorted({name for row in group for name in row.get("options", {})})
-        varying = [n for n in names if len({json.dumps(row.get("options", {}).get(n)) for row in group}) > 1]
-        for row in group if varying else []:
-            row["method"] = method + " " + ",".join(f"{n}={row.get('options', {}).get(n)}" for n in varying)
+    # a cell's options that not every cell of the study shares (an lr tried, a method's own k)
+    # name its variant of the method, so cells with other options are never averaged together
+    pairs = [{(n, json.dumps(v)) for n, v in row.get("options", {}).items()} for row in rows]
+    common = set.intersection(*pairs)
+    for row, own in zip(rows, pairs):
+        extra = sorted(own - common)
+        if extra:
+            row["method"] += " " + ",".join(f"{n}={json.loads(v)}" for n, v in extra)
     return rows
 
 
@@ -263,8 +263,10 @@ def _errorbars(ax, points: list[tuple[float, float, float]], name: str) -> None:
 
 
 def _vs_pretraining(table: dict, path: Path) -> Path:
-    """The paper's main figure: macro perplexity vs shared pre-training FLOPs, one panel
-    per domain set; SLM-nopt (no pre-training) as a dotted line."""
+    """The paper's main figure: macro perplexity vs the generic pre-training budget (each
+    method at the same FLOPs: SLM-is spends its budget per domain, SLM-d twice, once per
+    model; the tables give what each paid), one panel per domain set; SLM-nopt (no
+    pre-training) as a dotted line."""
     import matplotlib.pyplot as plt
 
     sizes, smallest = _sizes(table), min(k[1] for k in table)
@@ -275,11 +277,11 @@ def _vs_pretraining(table: dict, path: Path) -> Path:
                 if (m, smallest, size) in table:
                     ax.axhline(table[(m, smallest, size)]["ppl"][0], color="grey", ls=":", label="SLM-nopt")
                 continue
-            points = [(st["shared"][0], *st["ppl"]) for (mm, _, s), st in table.items() if mm == m and s == size]
+            points = [(st["budget_flops"][0], *st["ppl"]) for (mm, _, s), st in table.items() if mm == m and s == size]
             if points:
                 _errorbars(ax, points, m)
         ax.set(xscale="log", yscale="log", title=f"domain set {size_label(size)}",
-               xlabel="shared FLOPs (generic pre-training + its validation)")
+               xlabel="generic pre-training budget (FLOPs)")
     axes[0][0].set_ylabel("macro test perplexity")
     return _save(fig, list(axes[0]), path)
 

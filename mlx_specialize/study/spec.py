@@ -224,6 +224,9 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
             _fail(path, f"a corpus must be a spec or a name, not {name!r}")
         if folder is not None and (folder / f"{name}.jsonl.gz").is_file():
             return str(folder / f"{name}.jsonl.gz")
+        if folder is not None and not any(c in name for c in "/:,.") and not Path(name).exists():
+            # never a bundled corpus of the same name in its place
+            _fail(path, f"no {name}.jsonl.gz in the data folder {folder}")
         return name
 
     generic = spec["generic"] if isinstance(spec["generic"], list) else [spec["generic"]]

@@ -43,9 +43,10 @@ VALIDATIONS_PER_PASS = 8
 
 
 def finetune_eval_every(domain_tokens: int, tokens_per_step: int) -> int:
-    """Fine-tuning validates VALIDATIONS_PER_PASS times per pass over the domain data, and
-    at least every 10 steps: a small set is watched closely, and a large one does not spend
-    most of its time validating (each validation reads up to 32k valid tokens)."""
+    """Steps between fine-tuning validations: VALIDATIONS_PER_PASS per pass over the domain
+    data, but no closer than 10 steps apart (a pass over a small set is only a few dozen
+    steps): a large set does not spend most of its time validating (each validation reads
+    up to 32k valid tokens)."""
     return max(10, round(domain_tokens / tokens_per_step / VALIDATIONS_PER_PASS))
 
 
