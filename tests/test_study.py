@@ -13,7 +13,7 @@ import pytest
 from mlx_specialize.data.corpus import DEMO_DIR
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.study import load_study, report_study, run_study, study_status
-from mlx_specialize.study.report import at_cost, macro
+from mlx_specialize.study.report import at_cost, cost_curve, equal_cost_table, macro
 from mlx_specialize.study.run import append_result, read_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,6 +138,19 @@ def test_macro_figures_and_equal_cost_interpolation_by_hand():
     # log-log interpolation between (100, 20) and (10000, 5): at cost 1000, ppl 10
     assert at_cost([(100.0, 20.0), (10000.0, 5.0)], 1000.0) == pytest.approx(10.0)
     assert at_cost([(100.0, 20.0), (10000.0, 5.0)], 20000.0) is None
+    # SLM-is against SLM at equal C(N): is at budget 1 costs 50 + N x 400; SLM's budgets 1 and 2
+    # cost 100 + N x 20 and 200 + N x 10 (by hand: C(1) 120 and 210, C(3) 160 and 230)
+    rows += [_line("is", 1, t, 0, 8.0, 50.0, 400.0) for t in "ab"] + [_line("finetune", 2, "b", 0, 5.0, 200.0, 10.0)]
+    text = "\n".join(equal_cost_table(macro(rows), [100]))
+    # N = 1: is costs 450, beyond SLM's 210: "-"; N = 3: 1250, beyond 230 too
+    assert "| 100 | SLM-is | 1 | 4.50e+02 | 8.0 | - |" in text and "| 100 | SLM-is | 1 | 1.25e+03 | 8.0 | - |" in text
+    table = macro(rows)
+    assert [p[:2] for p in cost_curve(table, "finetune", 100, 3)] == [pytest.approx((160.0, 20.0)),
+                                                                       pytest.approx((230.0, 5.0))]
+    # at C(3) = 200 SLM's perplexity is interpolated in log-log between its two budgets
+    expected = math.exp(math.log(20) + (math.log(200) - math.log(160)) / (math.log(230) - math.log(160))
+                        * (math.log(5) - math.log(20)))
+    assert at_cost(cost_curve(table, "finetune", 100, 3), 200.0) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("change, message", [

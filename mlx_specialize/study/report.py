@@ -65,7 +65,9 @@ def label(method: str) -> str:
 
 def size_label(size) -> str:
     """Tokens as a short label: 100k, 1M, 12.5M; None (a whole train split) is "all"."""
-    return "all" if size is None else f"{size / 1e6:.3g}M" if size >= 1e6 else f"{size / 1e3:.3g}k"
+    if size is None:
+        return "all"
+    return f"{size / 1e6:.3g}M" if size >= 1e6 else f"{size / 1e3:.3g}k" if size >= 1e3 else f"{size:g}"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -183,19 +185,20 @@ def _flops_of(table: dict, budget: int) -> float:
     return next(v["budget_flops"][0] for k, v in table.items() if k[1] == budget)
 
 
-def cost_curve(table: dict, method: str, size, n: float) -> list[tuple[float, float]]:
-    """(C(N) FLOPs, macro ppl) of a method's budgets at one domain-set size, by cost."""
+def cost_curve(table: dict, method: str, size, n: float) -> list[tuple[float, float, int]]:
+    """(C(N) FLOPs, macro ppl, budget) of a method's budgets at one domain-set size, by cost."""
     points = []
     for (m, budget, s), stat in table.items():
         if m == method and s == size:
-            points.append((stat["shared"][0] + n * stat["per_domain"][0], stat["ppl"][0]))
+            points.append((stat["shared"][0] + n * stat["per_domain"][0], stat["ppl"][0], budget))
     return sorted(points)
 
 
-def at_cost(points: list[tuple[float, float]], cost: float) -> float | None:
-    """A method's macro perplexity at total cost `cost`: interpolated in log cost and log
-    perplexity between its two measured budgets around it; None outside them."""
-    for (c0, p0), (c1, p1) in zip(points, points[1:]):
+def at_cost(points: list[tuple], cost: float) -> float | None:
+    """A method's macro perplexity at total cost `cost`, from its (cost, ppl, ...) points:
+    interpolated in log cost and log perplexity between its two measured budgets around
+    it; None outside them."""
+    for (c0, p0, *_), (c1, p1, *_) in zip(points, points[1:]):
         if c0 <= cost <= c1:
             t = 0.0 if c1 == c0 else (math.log(cost) - math.log(c0)) / (math.log(c1) - math.log(c0))
             return math.exp(math.log(p0) + t * (math.log(p1) - math.log(p0)))
@@ -204,22 +207,20 @@ def at_cost(points: list[tuple[float, float]], cost: float) -> float | None:
 
 def equal_cost_table(table: dict, sizes: list) -> list[str]:
     """Each budget of SLM-is against the other methods at the same total cost C(N)."""
-    if not any(k[0] == "is" for k in table):
-        return []
-    others = [m for m in _methods(table) if m != "is"]
+    selected = [m for m in _methods(table) if m.partition(" ")[0] == "is"]  # SLM-is and its variants
+    others = [m for m in _methods(table) if m not in selected]
     out = []
-    for n in (1, 3):
+    for n in (1, 3) if selected else ():
         out += [f"SLM-is at equal total cost C({n}) (FLOPs; others interpolated between their measured budgets, "
                 "- outside them)", "",
-                "| size | SLM-is budget | C(N) | SLM-is | " + " | ".join(label(m) for m in others) + " |",
-                "|---|---:|---:|---:|" + "---:|" * len(others)]
+                "| size | SLM-is | budget | C(N) | its ppl | " + " | ".join(label(m) for m in others) + " |",
+                "|---|---|---:|---:|---:|" + "---:|" * len(others)]
         for size in sizes:
-            for cost, ppl in cost_curve(table, "is", size, n):
-                budget = next(b for (m, b, s), st in table.items() if m == "is" and s == size
-                              and st["shared"][0] + n * st["per_domain"][0] == cost)
-                shown = [at_cost(cost_curve(table, m, size, n), cost) for m in others]
-                out.append(f"| {size_label(size)} | {size_label(budget)} | {cost:.2e} | {ppl:.1f} | "
-                           + " | ".join("-" if p is None else f"{p:.1f}" for p in shown) + " |")
+            for m in selected:
+                for cost, ppl, budget in cost_curve(table, m, size, n):
+                    shown = [at_cost(cost_curve(table, o, size, n), cost) for o in others]
+                    out.append(f"| {size_label(size)} | {label(m)} | {size_label(budget)} | {cost:.2e} | {ppl:.1f} | "
+                               + " | ".join("-" if p is None else f"{p:.1f}" for p in shown) + " |")
         out.append("")
     return out
 
@@ -313,7 +314,7 @@ def _cost_vs_domains(table: dict, path: Path, target_ppl: float | None) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.8))
     ns = [1, 2, 3, 5, 10, 20, 50, 100]
     for m in _methods(table):
-        best = [min((c for c, p in cost_curve(table, m, size, n) if p <= target), default=None) for n in ns]
+        best = [min((c for c, p, _ in cost_curve(table, m, size, n) if p <= target), default=None) for n in ns]
         if any(b is not None for b in best):
             ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], marker="o", label=label(m))
     if not ax.get_legend_handles_labels()[0]:
