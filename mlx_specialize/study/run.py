@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import ui
+from ..accel.backend import cpu_description
 from ..errors import SpecializeError
 from ..methods import get_method
 from ..methods.clusters import corpus_split, generic_tokenizer
@@ -166,8 +167,8 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
                 **{name: report[name] for name in ("ppl_before", "ppl_after", "bpb_before", "bpb_after",
                                                    "test_tokens", "params", "costs", "phases", "wall_seconds")},
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                            "system": platform.system()}}
+                # what the seconds were measured on: the CPU model and its vector extensions decide them
+                "machine": {"cpu": cpu_description(), "system": platform.system()}}
         append_result(study.results, line)
         if not keep_runs:  # the figures are in the line; the shared models stay in the cache
             shutil.rmtree(out, ignore_errors=True)
