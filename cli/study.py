@@ -49,7 +49,8 @@ def study(
     A finished cell is never run again: run the same command to continue an interrupted study. The spec's format:
     `mlxspec study example` prints a commented one."""
     given = {"--out": out, "--spec": spec, "--target-ppl": target_ppl, "--readme": readme, "--status": status or None,
-             "--max-cells": max_cells, "--max-minutes": max_minutes, "--data": data, "--keep-runs": keep_runs or None, "--cache-dir": cache_dir}
+             "--max-cells": max_cells, "--max-minutes": max_minutes, "--data": data,
+             "--keep-runs": keep_runs or None, "--cache-dir": cache_dir}
     action = args[0] if args[0] in ("report", "example") else "run"
     allowed = {"report": ("--out", "--spec", "--target-ppl", "--readme"), "example": (),
                "run": ("--status", "--max-cells", "--max-minutes", "--data", "--keep-runs", "--cache-dir")}[action]

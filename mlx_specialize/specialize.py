@@ -167,7 +167,8 @@ class RunPlan:
 
 
 def resolve_run(domain: str, generic: str | None, method: str, base, preset: str, out_dir, domain_tokens,
-                pretrain_tokens: int, finetune_tokens: int | None, vocab_size, lr, seed: int, overwrite: bool, k, embedder: str,
+                pretrain_tokens: int, finetune_tokens: int | None, vocab_size, lr, seed: int, overwrite: bool, k,
+                embedder: str,
                 window, sampler: str, metric: str, select, expert_init: str, basis, cache_dir=None,
                 distill_temperature: float = 1.0, distill_alpha: float = 0.5) -> RunPlan:
     """Check everything a `specialize` call can check before a pre-training that may take
@@ -384,5 +385,5 @@ def _finetune_phase(cost: dict, summary: dict) -> dict:
     return {**{key: cost[key] for key in ("tokens", "seconds", "flops", "steps", "valid_flops", "valid_seconds")},
             "domain_tokens": summary["domain_tokens"], "stopped_early": summary["stopped_early"],
             "max_steps": summary.get("max_steps"), "lr": summary.get("lr"),
-            "best_valid_loss": summary.get("best_valid_loss"),
-            **({"lora_rank": summary["lora_rank"]} if "lora_rank" in summary else {})}  # what choices are made on (never the test split)
+            "best_valid_loss": summary.get("best_valid_loss"),  # what choices are made on (never the test split)
+            **({"lora_rank": summary["lora_rank"]} if "lora_rank" in summary else {})}

@@ -112,8 +112,7 @@ def test_the_report_regenerates_tables_and_figures_from_the_results(ran, tmp_pat
     for name in ("ppl_vs_pretraining.png", "ppl_vs_domain_size.png", "cost_vs_domains.png", "tables.md"):
         assert (tmp_path / "figs" / name).stat().st_size > 1000 or name == "tables.md"
     # the command line prints the same tables
-    out = subprocess.run([sys.executable, "-m", "cli.main", "study", "report", str(study.results), "--spec", str(study.path), "--json"],
-                         capture_output=True, text=True, cwd=REPO)
+    out = _cli("report", study.results, "--spec", study.path, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["tables"] == result["tables"]
 

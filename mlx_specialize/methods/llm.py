@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.corpus import load_corpus
 from ..errors import SpecializeError
 from ..runtime.cache import cache_entry
 from ..runtime.files import copy_run_files
 from ..models.dense import flops_per_token
 from ..models.presets import PRESETS, get_preset
 from .base import Settings
+from .clusters import cache_key
 from .slm import SLM
 
 LLM_TWIN = {name: f"{name}-llm" for name in PRESETS if f"{name}-llm" in PRESETS}
@@ -26,8 +28,8 @@ def equal_flops_tokens(tokens: int, preset: str, other: str, vocab_size: int | N
     """The tokens `other` trains on for the generic pre-training FLOPs that `tokens`
     tokens of `preset` cost (each at its own context and vocabulary): the LLM's share
     of a budget stated in SLM tokens, as the paper compares them at equal GPU-hours."""
-    flops = [flops_per_token(get_preset(p).model_args(vocab_size or get_preset(p).vocab), get_preset(p).context)
-             for p in (preset, other)]
+    ours, theirs = (get_preset(p) for p in (preset, other))
+    flops = [flops_per_token(p.model_args(vocab_size or p.vocab), p.context) for p in (ours, theirs)]
     return max(1, round(tokens * flops[0] / flops[1]))
 
 
@@ -47,9 +49,6 @@ NOT_THE_MODEL = ("specialize.json", "report.json", "selection-report.json", "sel
 def teacher_folder(s: Settings, base: Path) -> Path:
     """The cache entry of the LLM `base` fine-tuned on `s.domain` with SLM's recipe
     (SLM-d's teacher, and `--method llm`'s fine-tuning: made once for both)."""
-    from ..data.corpus import load_corpus
-    from .clusters import cache_key
-
     return s.cache_dir / "teachers" / cache_key(Path(base).name, load_corpus(s.domain).fingerprint(), s.domain_tokens,
                                                 s.finetune_tokens, s.seed)
 

@@ -14,8 +14,8 @@ domain-set size, and the cheapest C(N) reaching a target perplexity vs N.
 
 from __future__ import annotations
 
-import math
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -150,7 +150,8 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
                 out.append(f"| {label(m)} | {size_label(size)} | " + " | ".join(f"{v:.3f}" for v in values)
                            + f" | {sum(values) / len(values):.3f} |")
     if floors:
-        out.append("| xz -9 floor | | " + " | ".join(f"{floors[t]:.2f}" if t in floors else "-" for t in targets) + " | |")
+        shown = [f"{floors[t]:.2f}" if t in floors else "-" for t in targets]
+        out.append("| xz -9 floor | | " + " | ".join(shown) + " | |")
     out += ["", *equal_cost_table(table, sizes)]
     return headline(table) + "\n\n" + "\n".join(out)
 

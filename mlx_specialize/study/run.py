@@ -68,7 +68,8 @@ def append_result(path: Path, line: dict) -> None:
 def pretrain_tokens(study: Study, cell: Cell) -> int:
     """The tokens the cell's method pre-trains on for its budget (see spec.py)."""
     if cell.method in LLM_METHODS:
-        return equal_flops_tokens(cell.budget, study.preset, llm_twin(study.preset), dict(cell.options).get("vocab_size"))
+        return equal_flops_tokens(cell.budget, study.preset, llm_twin(study.preset),
+                                  dict(cell.options).get("vocab_size"))
     return cell.budget
 
 
@@ -155,15 +156,14 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
         if key in read_results(study.results):
             return 0
         ui.info(f"study {study.name}: {cell.label}")
-        options = dict(cell.options)
+        options, tokens = dict(cell.options), pretrain_tokens(study, cell)
         report = specialize(domain=study.targets[cell.target], generic=study.generic, method=cell.method,
                             preset=study.preset, out_dir=out, domain_tokens=cell.domain_tokens,
-                            pretrain_tokens=pretrain_tokens(study, cell), seed=cell.seed, cache_dir=cache_dir,
-                            **options)
+                            pretrain_tokens=tokens, seed=cell.seed, cache_dir=cache_dir, **options)
         fin = report["phases"]["finetune"]
         line = {"cell": key, **_axes(study, cell), "paper": get_method(cell.method).paper,
                 "budget_flops": budget_flops(study, cell.budget, options.get("vocab_size")),
-                "pretrain_tokens": pretrain_tokens(study, cell), "domain_tokens_used": fin["domain_tokens"],
+                "pretrain_tokens": tokens, "domain_tokens_used": fin["domain_tokens"],
                 **{name: report[name] for name in ("ppl_before", "ppl_after", "bpb_before", "bpb_after",
                                                    "test_tokens", "params", "costs", "phases", "wall_seconds")},
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

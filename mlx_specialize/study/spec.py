@@ -26,6 +26,7 @@ import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from ..data.corpus import load_corpus
@@ -146,16 +147,15 @@ class Study:
                                     cells.append(cell)
         return cells
 
+    @cached_property
     def fingerprints(self) -> dict:
         """The bytes of the corpora (generic, each target), read once per study run."""
-        if not hasattr(self, "_fingerprints"):
-            self._fingerprints = {"generic": load_corpus(self.generic).fingerprint(),
-                                  **{name: load_corpus(spec).fingerprint() for name, spec in self.targets.items()}}
-        return self._fingerprints
+        return {"generic": load_corpus(self.generic).fingerprint(),
+                **{name: load_corpus(spec).fingerprint() for name, spec in self.targets.items()}}
 
     def key(self, cell: Cell) -> str:
         """What decides a cell's result, hashed (see the module docstring)."""
-        prints = self.fingerprints()
+        prints = self.fingerprints
         parts = {"version": self.version, "method": cell.method, "preset": self.preset, "options": list(cell.options),
                  "budget": 0 if cell.method == "nopt" else cell.budget, "domain_tokens": cell.domain_tokens,
                  "seed": cell.seed, "target": prints[cell.target],
@@ -207,7 +207,8 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
     spec = _read(path)
     unknown = sorted(set(spec) - KEYS)
     if unknown:
-        _fail(path, f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (known: {', '.join(sorted(KEYS))})")
+        _fail(path, f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                    f"(known: {', '.join(sorted(KEYS))})")
     for key in ("name", "generic", "targets", "methods", "pretrain_tokens", "domain_tokens"):
         if key not in spec:
             _fail(path, f"`{key}` is missing")

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..models.dense import Model, ModelArgs, flops_per_token
@@ -77,9 +76,3 @@ def fuse_adapters(model: Model, run_dir: Path) -> Model:
     model.update_modules(tree_unflatten(fused))
     model.unfreeze()
     return model
-
-
-def is_lora(model: nn.Module) -> bool:
-    from mlx_lm.tuner.lora import LoRALinear
-
-    return any(isinstance(m, LoRALinear) for _, m in model.named_modules())

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
 
@@ -195,12 +196,7 @@ class Trainer:
             "rng_key": np.asarray(self.rng[0]).tolist(),
             "best_valid": None if math.isinf(self.best_valid) else self.best_valid,
             "bad_evals": self.bad_evals,
-            "tokens": self.budget.tokens,
-            "flops": self.budget.flops,
-            "seconds": self.budget.seconds,
-            "valid_tokens": self.budget.valid_tokens,
-            "valid_flops": self.budget.valid_flops,
-            "valid_seconds": self.budget.valid_seconds,
+            **asdict(self.budget),  # tokens, flops, seconds and their validation counterparts
             "tokenizer": self.tokenizer.fingerprint,
             "config": self.cfg.to_dict(),
         }
@@ -210,8 +206,8 @@ class Trainer:
         self.rng[0] = mx.array(state["rng_key"], dtype=mx.uint32)
         self.best_valid = math.inf if state["best_valid"] is None else state["best_valid"]
         self.bad_evals = state["bad_evals"]
-        self.budget = Budget(state["tokens"], state["flops"], state["seconds"], state.get("valid_tokens", 0),
-                             state.get("valid_flops", 0.0), state.get("valid_seconds", 0.0))
+        # a checkpoint from before validation was counted has no valid_* counters: they start at 0
+        self.budget = Budget(**{f.name: state.get(f.name, f.default) for f in fields(Budget)})
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
