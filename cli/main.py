@@ -31,6 +31,7 @@ try:  # these take seconds (MLX, the BLAS): Ctrl-C meanwhile is still exit 130, 
                           TokenizerTrain, check_text, overwrite_option, seed_option, training_options)
     from .output import emit, summary_table
     from .reports import bench_view, presets_table, pretrain_table, specialize_view
+    from .plan import plan
     from .study import study
 except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
@@ -266,6 +267,7 @@ def specialize(
 
 
 command(app, "study")(study)
+command(app, "plan")(plan)
 
 
 def main() -> None:

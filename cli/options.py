@@ -223,8 +223,9 @@ class Specialize:
                           "preset's large twin, pre-trained and fine-tuned as SLM), llm-lora (the LLM fine-tuned "
                           "through LoRA adapters, fused), distill (SLM-d: SLM fine-tuned "
                           "against the fine-tuned LLM), is (SLM-is: importance-sampled pre-training), mix "
-                          "(SLM-mix: one expert per generic cluster), pn (SLM-pn: projected network) or soup "
-                          "(Soup-of-Experts).")
+                          "(SLM-mix: one expert per generic cluster), pn (SLM-pn: projected network), soup "
+                          "(Soup-of-Experts), or auto (what `mlxspec plan` recommends for --pretrain-tokens and "
+                          "the domain, run at the budget it chose).")
     base = typer.Option(None, help="Start from this pre-trained model (our folder, an mlx-lm llama-style folder or "
                         "hub name, with its own tokenizer) instead of pre-training one.")
     preset = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`).")

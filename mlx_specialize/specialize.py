@@ -246,10 +246,28 @@ def specialize(
     `domain` and `generic` are corpus specs (see `data.corpus`); `generic` defaults to
     the bundled corpora other than the domain. An unfinished run of the same command in
     `out_dir` is continued; `wall_seconds` sums the sessions up to each one's last
-    finished phase, `sessions` counts them."""
-    return run_plan(resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
-                                finetune_tokens, vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric,
-                                select, expert_init, basis, cache_dir, distill_temperature, distill_alpha), overwrite)
+    finished phase, `sessions` counts them.
+
+    `method="auto"` asks the planner (`plan.auto_method`: `pretrain_tokens` as the
+    pre-training budget, the preset's size as the inference budget, the domain's floor
+    and size) and runs the method it recommends, at the budget it chose; the report
+    carries the decision as `plan`."""
+    decision = None
+    if method == "auto":
+        if base is not None:
+            raise SpecializeError("--method auto plans a pre-training; with --base there is none to plan")
+        check_choice("--preset", preset, PRESETS)
+        from .plan.planner import auto_method
+
+        decision = auto_method(domain, preset, pretrain_tokens, domain_tokens)
+        method, pretrain_tokens = decision["method"], decision["pretrain_tokens"]
+        at = "" if decision["budget_flops"] is None else f" at {pretrain_tokens:,} pre-training tokens"
+        ui.info(f"--method auto: {decision['method']}{at}. {decision['reason']}")
+    report = run_plan(resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
+                                  finetune_tokens, vocab_size, lr, seed, overwrite, k, embedder, window, sampler,
+                                  metric, select, expert_init, basis, cache_dir, distill_temperature, distill_alpha),
+                         overwrite)
+    return {**report, "plan": decision} if decision else report
 
 
 def run_plan(run: RunPlan, overwrite: bool = False) -> dict:

@@ -275,6 +275,21 @@ class Trainer:
         self.folder.save_best(self.model, self.tokenizer, {**self.meta, "step": self.step, "context": self.cfg.context})
 
     # ---- the loop ----------------------------------------------------------------
+    def time_steps(self, steps: int, warmup: int = 1) -> float:
+        """Seconds that `steps` training steps take after `warmup` untimed ones (the first
+        compiles), run as `run` runs them; nothing is logged or saved (a machine's
+        calibration: `plan` with budgets in hours)."""
+        step_fn = self._build_step()
+        seconds = 0.0
+        with blas_per_stream(len(self.streams), self.world.local):
+            for i in range(warmup + steps):
+                t0 = time.perf_counter()
+                loss, grad_norm = step_fn(*self._batch(i))
+                mx.eval(loss, grad_norm, self.model.state, self.optimizer.state)
+                if i >= warmup:
+                    seconds += time.perf_counter() - t0
+        return seconds
+
     def run(self, resume: bool = False, overwrite: bool = False) -> dict:
         """Train until `steps`, early stopping, or an interrupt (which checkpoints).
         Returns the summary also written to RUN/summary.json.

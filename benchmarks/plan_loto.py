@@ -1,0 +1,98 @@
+"""How well `mlxspec plan` predicts a domain it never saw: leave one target out on the
+standard-protocol study (issue 19's acceptance test).
+
+    python benchmarks/plan_loto.py studies/minipile/results.jsonl --spec studies/minipile/spec.toml \
+        --figure docs/plan/loto.png
+
+For each target, the planner is refitted on the other targets' cells and predicts the
+held-out target's cells from its xz floor (as `plan --domain` does) and its bytes per
+token (as `plan --domain --tokenizer` does). Prints:
+- coverage: the share of held-out cells inside their 90% intervals (bits per byte, and
+  perplexity), against the issue's 80%;
+- recommendations: for each budget and domain-set size the held-out target was measured
+  at, the method the planner picks against the one measured best (exact, and hits: the
+  same or within the stated interval of the difference), among the SLM-size methods and
+  among all;
+- every held-out cell: measured, predicted and its interval.
+With --figure, predicted against measured perplexity, one panel per held-out target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mlx_specialize.plan.validate import leave_one_target_out  # noqa: E402
+from mlx_specialize.study import spec_floors  # noqa: E402
+from mlx_specialize.study.report import label, load_lines, size_label  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("--spec", type=Path, required=True, help="the study spec, for its targets' floors")
+    parser.add_argument("--figure", type=Path, help="write predicted vs measured perplexity here (PNG)")
+    args = parser.parse_args()
+    report = leave_one_target_out(load_lines(args.results), spec_floors(args.spec))
+    cells = report["cells"]
+    print(f"leave one target out over {', '.join(report['targets'])}: {len(cells)} held-out cells")
+    print(f"coverage of the 90% intervals: bits per byte {report['bpb_coverage']:.0%}, "
+          f"perplexity {report['ppl_coverage']:.0%} (issue 19 asks >= 80% for perplexity)")
+    for scope, rate in report["hit_rate"].items():
+        if rate["decisions"]:
+            print(f"recommendations among {scope} methods: {rate['exact']} of {rate['decisions']} exact, "
+                  f"{rate['hits']} of {rate['decisions']} hits (exact or within the stated interval)")
+    print("\n| held out | budget | domain set | scope | recommended | measured best | gap (bits/byte) | hit |")
+    print("|---|---:|---:|---|---|---|---:|---|")
+    for d in report["decisions"]:
+        print(f"| {d['target']} | {size_label(d['budget'])} | {size_label(d['D'])} | {d['scope']} | "
+              f"{label(d['recommended'])} | {label(d['measured_best'])} | {d['gap_bpb']:.3f} | "
+              f"{'yes' if d['hit'] else 'no'} |")
+    print("\n| held out | method | budget | domain set | seed | ppl measured | predicted [90%] | bpb measured | "
+          "predicted [90%] |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---|")
+    for c in cells:
+        lo, hi = c["ppl_interval"]
+        blo, bhi = c["interval"]
+        print(f"| {c['target']} | {label(c['method'])} | {size_label(c['budget'])} | {size_label(c['D'])} | "
+              f"{c['seed']} | {c['ppl']:.1f} | {c['ppl_predicted']:.1f} [{lo:.1f}, {hi:.1f}] | {c['bpb']:.3f} | "
+              f"{c['predicted']:.3f} [{blo:.3f}, {bhi:.3f}] |")
+    if args.figure:
+        print(f"\nfigure: {figure(report, args.figure)}")
+
+
+def figure(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = report["targets"]
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 4), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        own = [c for c in report["cells"] if c["target"] == target]
+        methods = sorted({c["method"] for c in own})
+        for m in methods:
+            cs = [c for c in own if c["method"] == m]
+            ax.errorbar([c["ppl"] for c in cs], [c["ppl_predicted"] for c in cs],
+                        yerr=[[c["ppl_predicted"] - c["ppl_interval"][0] for c in cs],
+                              [c["ppl_interval"][1] - c["ppl_predicted"] for c in cs]],
+                        marker="o", ls="none", capsize=2, label=label(m))
+        values = [c["ppl"] for c in own] + [c["ppl_predicted"] for c in own]
+        lo, hi = min(values) / 1.3, max(values) * 1.3
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlim=(lo, hi), xlabel="measured test perplexity",
+               ylabel="predicted (90% interval)", title=f"{target} held out")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()

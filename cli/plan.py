@@ -1,0 +1,108 @@
+"""`mlxspec plan`: which method to invest the generic pre-training in, from the budgets,
+with each method's predicted quality and costs. Calls `mlx_specialize.plan.make_plan`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mlx_specialize.plan import make_plan
+from mlx_specialize.plan.budgets import (DEFAULT_INFERENCE, DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE)
+
+from .output import add_row, emit, make_table
+
+
+def plan(
+    pretrain: str = typer.Option(DEFAULT_PRETRAIN, "--pretrain", help="Generic pre-training budget, spent once for "
+                                 "all domains: FLOPs (2e14, 200T FLOPs) or tokens of the study's preset (12.5M tokens)."),
+    specialize: str = typer.Option(DEFAULT_SPECIALIZE, "--specialize", help="Budget per domain once its data "
+                                   "arrives (fine-tuning; SLM-is's pre-training): FLOPs or tokens, as --pretrain."),
+    inference: str = typer.Option(DEFAULT_INFERENCE, "--inference", help="The largest model you can serve: a preset "
+                                  "(small, small-llm, ...) or a parameter count (2M)."),
+    domain_tokens: Optional[int] = typer.Option(None, "--domain-tokens", min=1, help="The domain's training tokens "
+                                                "[default: --domain's train split, else 100,000]."),
+    domains: int = typer.Option(1, "--domains", "-n", min=1, help="How many domains will be specialized (N in "
+                                "C(N) = shared + N x per domain)."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="A domain corpus (file or folder): its xz -9 bits "
+                                         "per byte anchors the predicted level, its train split sets the size."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="With --domain: the study's tokenizer (a "
+                                             "model folder of the study, or its tokenizer.model), to count the "
+                                             "domain's tokens and predict its perplexity as tightly as its bits per "
+                                             "byte."),
+    results: Optional[List[Path]] = typer.Option(None, "--results", help="Refit on these `mlxspec study` results "
+                                                 "files instead of the package's fit (repeat for several)."),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="With --results: the study spec whose [floors] anchor "
+                                        "a new domain's level."),
+    save_fit: Optional[Path] = typer.Option(None, "--save-fit", help="Write the fitted model (JSON) here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the plan's figure (PNG) here."),
+):
+    """Plan early: the method to pre-train for, from the four budgets, with predicted quality and costs.
+
+    Predictions come from a model fitted on measured study results (the package's: the standard-protocol study
+    on ../shared/minipile at laptop scale; --results for your own), with 90% prediction intervals."""
+    if spec is not None and not results:
+        from mlx_specialize.errors import SpecializeError
+
+        raise SpecializeError("--spec goes with --results (the package's fit has its floors)")
+    result = make_plan(pretrain, specialize, inference, domain_tokens, domains, domain,
+                       [str(p) for p in results] if results else None, str(spec) if spec else None,
+                       str(save_fit) if save_fit else None, str(plot) if plot else None,
+                       str(tokenizer) if tokenizer else None)
+    emit(result, *plan_view(result))
+
+
+def _interval(value: float, interval, digits: int) -> str:
+    if interval is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def _cost(flops: float, seconds: float | None) -> str:
+    if seconds is None:
+        return f"{flops:.2e}"
+    time = f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else \
+        f"{seconds:.0f} s"
+    return f"{flops:.2e} ({time})"
+
+
+def plan_view(result: dict) -> list:
+    b = result["budgets"]
+    n = b["domains"]
+    table = make_table(f"mlxspec plan: pre-training {b['pretrain']:.2e} FLOPs, {b['specialize']:.2e} FLOPs per domain, "
+                       f"serving <= {b['inference']:,.0f} params, {b['domain_tokens']:,.0f} domain tokens, N = {n}",
+                       "method", "budget (tokens)", "bits/byte (90%)", "perplexity (90%)", "shared FLOPs (time)",
+                       "per domain", f"C({n})", "params",
+                       right=("budget (tokens)", "shared FLOPs (time)", "per domain", f"C({n})", "params"))
+    for e in result["methods"]:
+        mark = " *" if e["method"] == result["recommended"] else ""
+        add_row(table, e["label"] + mark, "-" if e["budget_tokens"] is None else f"{e['budget_tokens']:,}",
+                _interval(e["bpb"], e["bpb_interval"], 3), _interval(e["ppl"], e["ppl_interval"], 1),
+                _cost(e["shared_flops"], e.get("shared_seconds")), _cost(e["per_domain_flops"], e.get("per_domain_seconds")),
+                _cost(e["total_flops"], e.get("total_seconds")), f"{e['params'] / 1e6:.2f}M")
+    lines = [table]
+    machine = next((e["seconds_on"] for e in result["methods"] if "seconds_on" in e), None)
+    if "calibration" in result:
+        c = result["calibration"]
+        lines.append(f"this machine pre-trains at {c['flops_per_second'] / 1e9:.1f} GFLOP/s, {c['ratio']:.2f}x the "
+                     f"study's machine ({c['study'] / 1e9:.1f}): times are this machine's")
+    elif machine:
+        lines.append(f"times (in brackets) are those of {machine}")
+    for e in result["methods"]:
+        for note in e["notes"]:
+            lines.append(f"{e['label']}: {note}")
+    for r in result["ruled_out"]:
+        needs = r["needs"]
+        need = (f"{needs['params']:,} params" if r["budget"] == "inference" else
+                f"at least {needs['pretrain']:.2e} FLOPs shared and {needs['specialize']:.2e} per domain")
+        lines.append(f"ruled out: {r['label']}, by the {r['budget']} budget (needs {need})")
+    if "domain" in result:
+        d = result["domain"]
+        lines.append(f"domain {d['corpus']}: xz -9 {d['floor']:.3f} bits per byte on its {d['held_out']} split")
+    lines.append(f"recommended: {result['reason']}" if result["recommended"] else result["reason"])
+    fit = result["fit"]
+    lines.append(f"fitted on {fit['cells']} cells of {fit['source']}, targets {', '.join(fit['targets'])}")
+    if "plot" in result:
+        lines.append(f"figure: {result['plot']}")
+    return lines

@@ -1,0 +1,112 @@
+"""The planner's inputs as a user writes them: budgets in FLOPs or in tokens of the
+study's preset, the inference budget as a preset or a parameter count, and what a domain
+corpus tells before anything is trained (its xz bits per byte, its size).
+
+Defaults, so that `mlxspec plan` alone answers: a laptop's budgets, at the scale the study
+measured: the generic pre-training of its largest budget (one pass of `small` over the
+standard generic set, some 20 minutes on the study's 2-core machine), a per-domain budget
+that affords fine-tuning at any measured size, the SLM's size to serve, one domain of
+100k tokens.
+"""
+
+from __future__ import annotations
+
+import lzma
+import re
+
+from ..errors import SpecializeError
+
+DEFAULT_PRETRAIN = "12.5M tokens"
+DEFAULT_SPECIALIZE = "5e13"
+DEFAULT_INFERENCE = "small"
+DEFAULT_DOMAIN_TOKENS = 100_000
+XZ_CONTEXT_BYTES = 2_000_000  # the protocol's floor: xz -9 given the last 2 MB of the train split
+
+_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12, "p": 1e15, "e": 1e18}
+_AMOUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*([a-z]*)\s*$", re.IGNORECASE)
+_UNITS = {"", "flop", "flops", "tok", "toks", "token", "tokens", "param", "params", "parameters", "s", "sec",
+          "second", "seconds", "min", "mins", "minute", "minutes", "h", "hr", "hour", "hours"}
+
+
+def _amount(text: str, option: str) -> tuple[float, str]:
+    """(number, unit) of "2e14", "200T FLOPs", "12.5M tokens", "30min": an SI prefix
+    (k, M, G or B, T, P, E) only where the letters are not a unit themselves."""
+    match = _AMOUNT.match(text.replace("_", "").replace(",", ""))
+    if not match:
+        raise SpecializeError(f"{option}: '{text}' is not an amount (write 2e14, 2e14 FLOPs or 12.5M tokens)")
+    number, word, unit = match.groups()
+    word, unit = word.lower(), unit.lower()
+    if not unit and word in _UNITS:
+        return float(number), word
+    if word[:1] in _SUFFIX and not (unit and word[1:]) and (unit or word[1:]) in _UNITS:
+        return float(number) * _SUFFIX[word[0]], unit or word[1:]
+    raise SpecializeError(f"{option}: unknown unit '{(word + ' ' + unit).strip()}' in '{text}' "
+                          "(FLOPs, tokens, or s, min, h)")
+
+
+_SECONDS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0, "mins": 60.0, "minute": 60.0,
+            "minutes": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0}
+
+
+def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[float, str]:
+    """(amount, "flops") from "2e14", "2e14 FLOPs", "200T FLOPs" or "12.5M tokens" (tokens
+    of the study's preset, at its training FLOPs per token); (seconds, "seconds") from
+    "90s", "30 min" or "2h" (time on this machine, which `plan` calibrates)."""
+    value, unit = _amount(text, option)
+    if value <= 0:
+        raise SpecializeError(f"{option}: the budget must be positive, not '{text}'")
+    if unit in ("", "flop", "flops"):
+        return value, "flops"
+    if unit in ("tok", "toks", "token", "tokens"):
+        return value * flops_per_token, "flops"
+    if unit in _SECONDS:
+        return value * _SECONDS[unit], "seconds"
+    raise SpecializeError(f"{option}: unknown unit '{unit}' in '{text}' (FLOPs, tokens, or s, min, h)")
+
+
+def inference_budget(text: str, option: str, presets: dict) -> float:
+    """Parameters of the largest servable model from a preset's name ("small") or a
+    count ("2M", "2e6", "2M params")."""
+    if text in presets:
+        return float(presets[text])
+    try:
+        value, unit = _amount(text, option)
+    except SpecializeError:
+        value, unit = 0.0, ""
+    if unit not in ("", "param", "params", "parameters") or value <= 0:
+        raise SpecializeError(f"{option}: '{text}' is neither a preset ({', '.join(presets)}) nor a parameter count")
+    return value
+
+
+def xz_bits_per_byte(context: bytes, held_out: bytes) -> float:
+    """Bits per byte xz -9 needs for `held_out` after `context` (the protocol's floor):
+    8 x (|xz(context + held_out)| - |xz(context)|) / |held_out|."""
+    if not held_out:
+        raise SpecializeError("the domain has no held-out text to measure its xz bits per byte on")
+    with_held = len(lzma.compress(context + held_out, preset=9))
+    return 8.0 * (with_held - len(lzma.compress(context, preset=9))) / len(held_out)
+
+
+def domain_features(spec: str, tokenizer: str | None = None) -> dict:
+    """What the planner reads from a domain corpus before anything is trained: its xz -9
+    bits per byte on its test split (valid if it has none) after the last 2 MB of its
+    train split, and the train split's bytes; with a `tokenizer` (the study's: a model
+    folder or tokenizer.model), its train tokens and the held-out split's bytes per token."""
+    from ..data.corpus import load_corpus
+    from ..data.tokenizer import Tokenizer
+
+    encoder = Tokenizer.load(tokenizer) if tokenizer else None  # a bad path fails before the corpus is read
+    corpus = load_corpus(spec)
+    counts = corpus.check(splits=("train",))
+    held_split = "test" if counts.get("test") else "valid" if counts.get("valid") else None
+    if held_split is None:
+        raise SpecializeError(f"--domain {spec}: no valid or test documents to measure its xz bits per byte on")
+    train_docs, held_docs = list(corpus.documents("train")), list(corpus.documents(held_split))
+    train, held = "\n\n".join(train_docs).encode(), "\n\n".join(held_docs).encode()
+    features = {"floor": xz_bits_per_byte(train[-XZ_CONTEXT_BYTES:], held), "train_bytes": len(train),
+                "held_out": held_split}
+    if encoder is not None:
+        features["train_tokens"] = sum(map(len, encoder.encode_batch(train_docs)))
+        held_tokens = sum(map(len, encoder.encode_batch(held_docs)))
+        features["bytes_per_token"] = sum(len(d.encode()) for d in held_docs) / max(held_tokens, 1)
+    return features

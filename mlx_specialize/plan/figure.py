@@ -1,0 +1,66 @@
+"""`mlxspec plan --plot`: the plan as a figure (PNG).
+
+Left: each affordable method's predicted perplexity against its generic pre-training
+budget (FLOPs) at the domain's size, with the 90% band, over the budgets it may run at;
+the recommendation starred at the budget the plan chose. Right: each method's total cost
+C(N) = shared + N x per domain against the number of domains N, at its chosen budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .fit import NO_PRETRAINING
+from .planner import GRID, Budgets, _affordable
+from .predict import predict
+
+
+def plan_figure(model: dict, result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = Budgets(**result["budgets"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    ns = np.unique(np.geomspace(1, max(100, 10 * budgets.domains), 40).round())
+    for entry in result["methods"]:
+        method = entry["method"]
+        options, _ = _affordable(model, method, budgets)
+        if method in NO_PRETRAINING:
+            p = predict(model, method, options[0], budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token)
+            line = left.axhline(p["ppl"], ls=":", color="grey", label=f"{entry['label']} (no generic budget)")
+        elif len(options) < 2:  # one budget measured and affordable: a point
+            p = predict(model, method, options[0], budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token)
+            lo, hi = p["ppl_interval"] or (p["ppl"], p["ppl"])
+            line = left.errorbar([options[0]], [p["ppl"]], yerr=[[p["ppl"] - lo], [hi - p["ppl"]]], marker="o",
+                                 capsize=3, label=entry["label"]).lines[0]
+        else:
+            Bs = np.geomspace(min(options), max(options), GRID // 4)
+            ps = [predict(model, method, B, budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token) for B in Bs]
+            (line,) = left.plot(Bs, [p["ppl"] for p in ps], label=entry["label"])
+            if all(p["ppl_interval"] for p in ps):
+                left.fill_between(Bs, [p["ppl_interval"][0] for p in ps], [p["ppl_interval"][1] for p in ps],
+                                  color=line.get_color(), alpha=0.12)
+        right.plot(ns, entry["shared_flops"] + ns * entry["per_domain_flops"], color=line.get_color(),
+                   label=entry["label"], lw=2.5 if method == result["recommended"] else 1.2)
+        if method == result["recommended"]:
+            x = entry["pretrain_flops"] or model["methods"][method]["B"][0]
+            left.plot([x], [entry["ppl"]], marker="*", ms=16, color=line.get_color(), ls="none",
+                      label=f"recommended: {entry['label']}")
+    left.set(xscale="log", yscale="log", xlabel="generic pre-training budget (FLOPs)",
+             ylabel="predicted test perplexity (90% interval)",
+             title=f"domain of {budgets.domain_tokens:,.0f} tokens")
+    right.axvline(budgets.domains, color="grey", ls="--", lw=0.8)
+    right.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="total cost C(N), FLOPs",
+              title="C(N) = shared + N x per domain")
+    for ax in (left, right):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,228 @@
+"""The planner's model: each method's quality and costs as functions of the budgets,
+fitted on a study's measured cells (`mlxspec study` results lines).
+
+Quality, in bits per byte of the domain's test text after specialization (tokenizer-free,
+so domains compare), one least-squares fit over every cell of every method:
+
+    bpb(method m, target t, budget B, domain tokens D)
+        = a_t + b_m + g_m u + d_m v + z_m u v + noise,   u = ln(B / B0), v = ln(D / D0)
+
+- a_t: the target's level; for a domain the study never saw it is predicted from the
+  domain's xz -9 bits per byte (the protocol's floor): a = floor + the study targets' mean
+  of (a_t - floor_t), with their spread as its uncertainty; without a floor, the targets'
+  mean level and spread. The level is shared by the methods, so it widens every method's
+  interval but not the comparison between two methods.
+- b_m, g_m, d_m, z_m: the method's offset and its slopes in log budget and log domain
+  size (the scaling-law literature's power laws, in the log-loss regime the study
+  measured), each fitted only where the method's cells vary along it; the reference
+  method (SLM, `finetune`) has no offset. SLM-nopt has no generic pre-training: no u.
+- noise: the cells' scatter around the fit (seeds, and what a method gains on one target
+  more than on another), one variance for all cells.
+
+Perplexity follows from bits per byte and the domain's bytes per token (the study
+targets' mean, with their spread: a domain's tokenization is not known before it is
+tokenized). Costs: per method, ln FLOPs of its shared and its per-domain part, linear in
+u and v in the same way (SLM-is pays its pre-training per domain, so its per-domain cost
+grows with B); seconds from the FLOPs at the method's measured FLOP/s.
+
+Everything here is plain numpy on the results' numbers; the fitted model is a JSON-able
+dict (`fit_results`), saved with the package so `mlxspec plan` answers offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SpecializeError
+
+REFERENCE = "finetune"  # SLM: the method the others' offsets are measured from
+NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the generic budget
+FORMAT = 1  # the fitted model's layout; `plan` refuses another
+
+
+def cell_rows(rows: list[dict]) -> list[dict]:
+    """The study's lines (`study.report.load_lines`) as the fit's rows: each method's
+    default recipe only (a variant, `llm-lora lr=0.002`, is a choice the study made on
+    the valid splits, not a method the planner offers)."""
+    out = []
+    for r in rows:
+        if " " in r["method"]:
+            continue
+        bytes_per_token = math.log2(r["ppl_after"]) / r["bpb_after"]
+        pretraining = {part: float(r["phases"]["pretrain"]["flops"]) if "pretrain" in r["costs"][part]["phases"]
+                       else 0.0 for part in ("shared", "per_domain")}
+        out.append({"method": r["method"], "target": r["target"], "seed": r["seed"], "B": float(r["budget_flops"]),
+                    "budget": r["budget"], "D": float(r["domain_tokens_used"]), "bpb": float(r["bpb_after"]),
+                    "bytes_per_token": bytes_per_token, "shared": float(r["costs"]["shared"]["flops"]),
+                    "per_domain": float(r["costs"]["per_domain"]["flops"]),
+                    "shared_pretraining": pretraining["shared"], "per_domain_pretraining": pretraining["per_domain"],
+                    "shared_s": float(r["costs"]["shared"]["seconds"]),
+                    "per_domain_s": float(r["costs"]["per_domain"]["seconds"]),
+                    "params": int(r["costs"]["inference"]["params"]),
+                    "inference_flops": float(r["costs"]["inference"]["flops_per_token"]),
+                    "gen_tok_s": float(r["costs"]["inference"]["gen_tok_s"]), "preset": r["preset"]})
+    if not out:
+        raise SpecializeError("the results hold no cell of a method's default recipe to fit the planner on")
+    return out
+
+
+def _terms(rows: list[dict], method: str) -> list[str]:
+    """Which of the method's slopes its cells can fit: u and v where they vary, u v where
+    at least four (u, v) points were measured."""
+    us = {r["u"] for r in rows if r["method"] == method}
+    vs = {r["v"] for r in rows if r["method"] == method}
+    terms = [t for t, values in (("u", us), ("v", vs)) if len(values) > 1]
+    if len(terms) == 2 and len({(r["u"], r["v"]) for r in rows if r["method"] == method}) >= 4:
+        terms.append("uv")
+    return terms
+
+
+def _columns(rows: list[dict], methods: list[str], targets: list[str]) -> list[tuple]:
+    cols = [("a", t) for t in targets] + [("b", m) for m in methods if m != REFERENCE]
+    for m in methods:
+        cols += [(term, m) for term in _terms(rows, m)]
+    return cols
+
+
+def _design(rows: list[dict], cols: list[tuple]) -> np.ndarray:
+    X = np.zeros((len(rows), len(cols)))
+    index = {c: i for i, c in enumerate(cols)}
+    for i, r in enumerate(rows):
+        if ("a", r["target"]) in index:
+            X[i, index[("a", r["target"])]] = 1.0
+        for key, value in (("b", 1.0), ("u", r["u"]), ("v", r["v"]), ("uv", r["u"] * r["v"])):
+            if (key, r["method"]) in index:
+                X[i, index[(key, r["method"])]] = value
+    return X
+
+
+def _cost_fit(rows: list[dict], part: str) -> dict:
+    """One method's shared or per-domain FLOPs as a function of the budgets: its
+    pre-training is the budget's FLOPs times a measured ratio (validation passes, a
+    teacher's pre-training); the rest (fine-tuning until early stopping, a clustering,
+    a selection) as ln(rest) = c0 + cu u + cv v, each slope only where the method's cells
+    vary along it, held at the measured value where they do not."""
+    ratio = float(np.mean([r[part + "_pretraining"] / r["B"] for r in rows]))
+    rest = np.array([r[part] - r[part + "_pretraining"] for r in rows])
+    fit = {"pretraining_ratio": ratio}
+    if (rest <= 0).all():
+        return fit
+    terms = [t for t in ("u", "v") if len({r[t] for r in rows}) > 1]
+    X = np.column_stack([np.ones(len(rows))] + [[r[t] for r in rows] for t in terms])
+    coef = np.linalg.lstsq(X, np.log(np.maximum(rest, 1.0)), rcond=None)[0]
+    return {**fit, "c0": float(coef[0]), **{f"c{t}": float(c) for t, c in zip(terms, coef[1:])}}
+
+
+def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") -> dict:
+    """The planner's model, fitted on a study's result lines (`load_lines`); `floors`:
+    the targets' xz bits per byte (the spec's [floors]) to anchor a new domain's level."""
+    lines, rows = rows, [dict(r) for r in cell_rows(rows)]
+    B0 = math.exp(sum(math.log(r["B"]) for r in rows) / len(rows))
+    D0 = math.exp(sum(math.log(r["D"]) for r in rows) / len(rows))
+    for r in rows:
+        r["u"] = 0.0 if r["method"] in NO_PRETRAINING else math.log(r["B"] / B0)
+        r["v"] = math.log(r["D"] / D0)
+    methods = sorted({r["method"] for r in rows})
+    if REFERENCE not in methods:
+        raise SpecializeError(f"the results hold no cell of SLM (`{REFERENCE}`), the planner's reference method")
+    targets = sorted({r["target"] for r in rows})
+    cols = _columns(rows, methods, targets)
+    X, y = _design(rows, cols), np.array([r["bpb"] for r in rows])
+    theta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
+    dof = len(rows) - rank
+    if dof < 1:
+        raise SpecializeError(f"{len(rows)} cells fit {rank} parameters exactly: the planner needs more cells "
+                              "(more targets, seeds or budgets) to measure its own error")
+    residual = y - X @ theta
+    s2 = float(residual @ residual / dof)
+    cov = s2 * np.linalg.pinv(X.T @ X)
+
+    floors = {t: float(floors[t]) for t in targets if floors and t in floors}
+    anchored = len(floors) == len(targets)
+    levels = {t: float(theta[cols.index(("a", t))]) for t in targets}
+    offsets = [levels[t] - (floors[t] if anchored else 0.0) for t in targets]
+    bpt = defaultdict(list)
+    for r in rows:
+        bpt[r["target"]].append(r["bytes_per_token"])
+    per_target_bpt = [sum(v) / len(v) for v in bpt.values()]
+
+    # the study machine's pre-training speed (SLM's own, not from a cache), for time budgets (calibrate.py)
+    timed = [r["phases"]["pretrain"] for r in lines if r["method"] == REFERENCE
+             and r["phases"].get("pretrain", {}).get("cached") is False and r["phases"]["pretrain"].get("seconds")]
+    reference_rate = sum(p["flops"] for p in timed) / sum(p["seconds"] for p in timed) if timed else None
+    model = {"format": FORMAT, "source": source, "cells": len(rows), "reference_flops_per_second": reference_rate, "targets": targets, "floors": floors,
+             "anchored": anchored, "B0": B0, "D0": D0, "columns": [list(c) for c in cols],
+             "theta": theta.tolist(), "cov": cov.tolist(), "s2": s2, "dof": int(dof),
+             "levels": levels, "offset_mean": float(np.mean(offsets)),
+             "offset_var": float(np.var(offsets, ddof=1)) if len(offsets) > 1 else None,
+             "bytes_per_token": float(np.mean(per_target_bpt)),
+             "bytes_per_token_by_target": {t: sum(v) / len(v) for t, v in bpt.items()},
+             "bytes_per_token_var": float(np.var(per_target_bpt, ddof=1)) if len(per_target_bpt) > 1 else None,
+             "residual_rms": {}, "methods": {}}
+    for m in methods:
+        own = [r for r in rows if r["method"] == m]
+        own_res = residual[[i for i, r in enumerate(rows) if r["method"] == m]]
+        model["residual_rms"][m] = float(np.sqrt(np.mean(own_res ** 2)))
+        flops = sum(r["shared"] + r["per_domain"] for r in own)
+        seconds = sum(r["shared_s"] + r["per_domain_s"] for r in own)
+        model["methods"][m] = {
+            "cells": len(own), "terms": _terms(rows, m),
+            "budgets": sorted({r["budget"] for r in own}), "B": [min(r["B"] for r in own), max(r["B"] for r in own)],
+            "D": [min(r["D"] for r in own), max(r["D"] for r in own)],
+            "shared": _cost_fit(own, "shared"), "per_domain": _cost_fit(own, "per_domain"),
+            "flops_per_second": flops / seconds if seconds > 0 else None,
+            "params": own[0]["params"], "inference_flops": own[0]["inference_flops"],
+            "gen_tok_s": float(np.mean([r["gen_tok_s"] for r in own])), "preset": own[0]["preset"],
+            "tokens_per_budget_flop": own[0]["budget"] / own[0]["B"]}
+    return model
+
+
+def results_digest(paths) -> str:
+    """A short hash of the results files' bytes: which measurements a fit came from."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+FITTED = Path(__file__).with_name("fitted.json")  # the package's: fitted on the standard-protocol study
+
+
+def refit(results, spec=None) -> dict:
+    """The model fitted on results files (`mlxspec study` lines), anchored on the
+    spec's [floors] where it has them."""
+    from ..study import spec_floors
+    from ..study.report import load_lines
+
+    paths = [Path(p) for p in results]
+    for path in paths:
+        if not path.is_file():
+            raise SpecializeError(f"no results file at {path}")
+    floors = spec_floors(spec) if spec else {}
+    source = ", ".join(p.name for p in paths) + f" ({results_digest(paths)})"
+    return fit_results(load_lines(paths), floors, source)
+
+
+def save_fitted(model: dict, path) -> None:
+    """The fitted model as JSON (sorted keys, so a refit of the same results is the same file)."""
+    from ..runtime.files import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), (json.dumps(model, indent=1, sort_keys=True) + "\n").encode())
+
+
+def load_fitted(path=FITTED) -> dict:
+    """A saved fitted model; the package's by default."""
+    try:
+        model = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SpecializeError(f"cannot read the planner's fitted model {path}: {e}") from None
+    if not isinstance(model, dict) or model.get("format") != FORMAT:
+        raise SpecializeError(f"{path} is not a fitted planner model of format {FORMAT}")
+    return model

@@ -1,0 +1,255 @@
+"""`plan`: the method to invest the generic pre-training in, decided from the budgets
+before the domains are known (the paper's "plan early"), with each method's predicted
+quality and costs from the fitted model (fit.py, predict.py).
+
+The budgets, in FLOPs (`budgets.py` reads tokens and hours too):
+- pretrain: what may be spent once, before any domain is known (a method's shared cost);
+- specialize: what may be spent per domain once its data arrives (its per-domain cost:
+  fine-tuning, and SLM-is's whole pre-training);
+- inference: the parameters of the largest model that can be served;
+- the domain: its training tokens, how many domains will come (N), and optionally its
+  xz bits per byte (anchors the predicted level).
+
+Each method runs at the generic budget (in the preset's tokens) that its fit predicts
+best among those both budgets afford; the one predicted best overall is recommended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SpecializeError
+from ..study.report import LABEL
+from .fit import NO_PRETRAINING, REFERENCE, save_fitted
+from .predict import EXTRAPOLATE, costs, difference, predict
+
+GRID = 121  # budgets tried per method, evenly in log FLOPs over its reachable range
+
+
+@dataclass
+class Budgets:
+    """pretrain, specialize: what may be spent once, and per domain, in FLOPs or (unit
+    "seconds") in seconds on this machine, which runs `speed` times as fast as the study's
+    (calibrate.py); inference: parameters of the served model; domain_tokens: the
+    domain's training tokens; domains: N; floor: the domain's xz -9 bits per byte, or
+    None; bytes_per_token: its measured bytes per token in the study's tokenization, or
+    None."""
+
+    pretrain: float
+    specialize: float
+    inference: float
+    domain_tokens: float = 100_000
+    domains: int = 1
+    floor: float | None = None
+    bytes_per_token: float | None = None
+    pretrain_unit: str = "flops"
+    specialize_unit: str = "flops"
+    speed: float | None = None
+
+
+def _exceeded(c: dict, budgets: Budgets) -> set[str]:
+    """The budgets a method's costs `c` (predict.costs) go beyond."""
+    out = set()
+    for name, part in (("pretrain", "shared"), ("specialize", "per_domain")):
+        if getattr(budgets, name + "_unit") == "seconds":
+            spent = c[part + "_seconds"] / budgets.speed
+        else:
+            spent = c[part]
+        if spent > getattr(budgets, name):
+            out.add(name)
+    return out
+
+
+def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float], str | None]:
+    """The budgets B (FLOPs) the method may run at within both budgets, and, where there
+    is none, the budget that rules it out."""
+    spec = model["methods"][method]
+    lo, hi = spec["B"]
+    reach = EXTRAPOLATE if "u" in spec["terms"] else 1.0
+    candidates = [spec["B"][0]] if method in NO_PRETRAINING else list(np.geomspace(lo / reach, hi * reach, GRID))
+    fits, over = [], set()
+    for B in candidates:
+        exceeded = _exceeded(costs(model, method, B, budgets.domain_tokens), budgets)
+        over |= exceeded
+        if not exceeded:
+            fits.append(B)
+    if fits:
+        return fits, None
+    return [], "pretrain" if "pretrain" in over and "specialize" not in over else \
+        "specialize" if "specialize" in over and "pretrain" not in over else "pretrain and specialize"
+
+
+def _affords_more(model: dict, method: str, B: float, budgets: Budgets) -> bool:
+    return not _exceeded(costs(model, method, 2 * B, budgets.domain_tokens), budgets)
+
+
+def _cheapest_needed(model: dict, method: str, budgets: Budgets) -> dict:
+    B = model["methods"][method]["B"][0] / (EXTRAPOLATE if "u" in model["methods"][method]["terms"] else 1.0)
+    return costs(model, method, B, budgets.domain_tokens)
+
+
+def plan(model: dict, budgets: Budgets) -> dict:
+    """Every method's predicted quality and costs at its best affordable budget, the ones
+    ruled out (and by which budget), and the recommendation with its reason."""
+    fitting, ruled_out = [], []
+    for method, spec in model["methods"].items():
+        if spec["params"] > budgets.inference:
+            ruled_out.append({"method": method, "label": LABEL.get(method, method), "budget": "inference",
+                              "needs": {"params": spec["params"]}})
+            continue
+        options, rule = _affordable(model, method, budgets)
+        if not options:
+            need = _cheapest_needed(model, method, budgets)
+            ruled_out.append({"method": method, "label": LABEL.get(method, method), "budget": rule,
+                              "needs": {"pretrain": need["shared"], "specialize": need["per_domain"]}})
+            continue
+        # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
+        scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor)["bpb"], 4), B) for B in options]
+        B = min(scored)[1]
+        fitting.append(_entry(model, method, B, budgets))
+        top = spec["B"][1] * (EXTRAPOLATE if "u" in spec["terms"] else 1.0)
+        if method not in NO_PRETRAINING and B >= top * 0.999 and _affords_more(model, method, top, budgets):
+            fitting[-1]["notes"].append(f"the generic budget held at {fitting[-1]['budget_tokens']:,} tokens of "
+                                        f"{spec['preset']}, as far as its measured budgets carry its fit; the "
+                                        "budgets afford more, whose gain is not predicted")
+    fitting.sort(key=lambda e: e["bpb"])
+    result = {"budgets": asdict(budgets), "methods": fitting, "ruled_out": ruled_out,
+              "fit": {k: model[k] for k in ("source", "cells", "targets", "anchored")}}
+    if fitting:
+        result["recommended"] = fitting[0]["method"]
+        result["reason"] = _reason(model, fitting, budgets)
+    else:
+        result["recommended"] = None
+        result["reason"] = "no method fits these budgets: " + "; ".join(
+            f"{r['label']} needs more {r['budget']}" for r in ruled_out)
+    return result
+
+
+def _entry(model: dict, method: str, B: float, budgets: Budgets) -> dict:
+    spec = model["methods"][method]
+    p = predict(model, method, B, budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token)
+    c = costs(model, method, B, budgets.domain_tokens)
+    n = budgets.domains
+    return {"method": method, "label": LABEL.get(method, method), "pretrain_flops": None if method in NO_PRETRAINING else B,
+            "budget_tokens": None if method in NO_PRETRAINING else round(B * spec["tokens_per_budget_flop"]),
+            "bpb": p["bpb"], "bpb_interval": p["bpb_interval"], "ppl": p["ppl"], "ppl_interval": p["ppl_interval"],
+            "notes": p["notes"], "shared_flops": c["shared"], "per_domain_flops": c["per_domain"],
+            "total_flops": c["shared"] + n * c["per_domain"], **_seconds(c, budgets),
+            "params": spec["params"], "inference_flops_per_token": spec["inference_flops"],
+            "gen_tok_s": spec["gen_tok_s"]}
+
+
+def _seconds(c: dict, budgets: Budgets) -> dict:
+    """The costs in seconds: on this machine where it was calibrated, else on the study's."""
+    if c["shared_seconds"] is None:
+        return {}
+    scale = 1.0 / budgets.speed if budgets.speed else 1.0
+    shared, per_domain = c["shared_seconds"] * scale, c["per_domain_seconds"] * scale
+    return {"shared_seconds": shared, "per_domain_seconds": per_domain,
+            "total_seconds": shared + budgets.domains * per_domain,
+            "seconds_on": "this machine" if budgets.speed else "the study's machine"}
+
+
+def _reason(model: dict, fitting: list[dict], budgets: Budgets) -> str:
+    best = fitting[0]
+    if len(fitting) == 1:
+        return f"{best['label']} is the only method these budgets afford."
+    second = fitting[1]
+    d = difference(model, best["method"], second["method"], best["pretrain_flops"] or model["B0"],
+                   second["pretrain_flops"] or model["B0"], budgets.domain_tokens)
+    lo, hi = d["interval"]
+    cheaper = best["total_flops"] <= second["total_flops"]
+    sure = "clearly" if hi < 0 else "though within the fit's error of it"
+    return (f"{best['label']} has the lowest predicted bits per byte of the {len(fitting)} methods these budgets "
+            f"afford, {-d['mean']:.3f} below {second['label']} ({sure}: the difference's 90% interval is "
+            f"[{lo:+.3f}, {hi:+.3f}]), at {'less' if cheaper else 'more'} total cost for "
+            f"{budgets.domains} domain{'s' if budgets.domains != 1 else ''}.")
+
+
+
+def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int | None = None, domains: int = 1,
+              domain: str | None = None, results=None, spec: str | None = None, save_fit: str | None = None,
+              plot: str | None = None, tokenizer: str | None = None) -> dict:
+    """`mlxspec plan`: the budgets as written (budgets.py), the fitted model (the package's,
+    or refitted on `results` with `spec`'s floors, saved to `save_fit`), the plan; with
+    `plot`, its figure (PNG). Every input is checked before the domain is read."""
+    from ..models.presets import PRESETS, describe
+    from .budgets import compute_budget, domain_features, inference_budget
+    from .fit import load_fitted, refit
+
+    if domains < 1:
+        raise SpecializeError(f"--domains: at least 1, not {domains}")
+    if plot is not None and Path(plot).suffix.lower() != ".png":
+        raise SpecializeError(f"--plot {plot}: name a .png file")
+    model = refit(results, spec) if results else load_fitted()
+    per_token = 1.0 / model["methods"][REFERENCE]["tokens_per_budget_flop"]
+    sizes = {name: describe(p)["params"] for name, p in PRESETS.items()}
+    (pre, pre_unit), (spec_, spec_unit) = (compute_budget(pretrain, "--pretrain", per_token),
+                                           compute_budget(specialize, "--specialize", per_token))
+    budgets = Budgets(pretrain=pre, specialize=spec_, inference=inference_budget(inference, "--inference", sizes),
+                      domains=domains, pretrain_unit=pre_unit, specialize_unit=spec_unit)
+    if tokenizer and not domain:
+        raise SpecializeError("--tokenizer goes with --domain (it tokenizes the domain)")
+    features = domain_features(domain, tokenizer) if domain else None
+    if features:
+        budgets.floor = features["floor"]
+        budgets.bytes_per_token = features.get("bytes_per_token")
+    if domain_tokens is not None:
+        budgets.domain_tokens = domain_tokens
+    elif features:  # its train split (at the study targets' bytes per token, untokenized)
+        budgets.domain_tokens = features.get("train_tokens") or round(features["train_bytes"] / model["bytes_per_token"])
+    calibration = None
+    if "seconds" in (pre_unit, spec_unit):  # time on this machine: how fast is it, against the study's?
+        from .calibrate import speed_ratio
+
+        calibration = speed_ratio(model)
+        budgets.speed = calibration["ratio"]
+    result = plan(model, budgets)
+    if calibration:
+        result["calibration"] = calibration
+    if features:
+        result["domain"] = {"corpus": domain, **features}
+    if save_fit:
+        save_fitted(model, save_fit)
+        result["fit_file"] = str(save_fit)
+    if plot:
+        from .figure import plan_figure
+
+        result["plot"] = str(plan_figure(model, result, Path(plot)))
+    return result
+
+
+def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: int | None = None) -> dict:
+    """`specialize --method auto`: the plan for a pre-training budget of `pretrain_tokens`
+    tokens of `preset`, the plan's default per-domain budget, serving the preset's size,
+    on `domain` (its xz floor and size); returns the recommended method, the pre-training
+    tokens of `preset` it runs at, and the plan's reason."""
+    from ..models.dense import flops_per_token
+    from ..models.presets import describe, get_preset
+    from .budgets import DEFAULT_SPECIALIZE, compute_budget, domain_features
+    from .fit import load_fitted
+
+    model = load_fitted()
+    chosen = get_preset(preset)
+    per_token = flops_per_token(chosen.model_args(), chosen.context)
+    features = domain_features(domain)
+    # serving one model of the preset's size: the fit measured one SLM size (and its LLM
+    # twin), so a preset of the SLM role is read as the SLM's size, the LLM role as the LLM's
+    sizes = sorted({spec["params"] for spec in model["methods"].values()})
+    inference = sizes[0] if chosen.role == "slm" else max(describe(chosen)["params"], sizes[-1])
+    budgets = Budgets(pretrain=pretrain_tokens * per_token, inference=inference,
+                      specialize=compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0],
+                      floor=features["floor"],
+                      domain_tokens=domain_tokens or round(features["train_bytes"] / model["bytes_per_token"]))
+    result = plan(model, budgets)
+    if result["recommended"] is None:
+        raise SpecializeError(f"--method auto: {result['reason']}")
+    best = result["methods"][0]
+    tokens = pretrain_tokens if best["pretrain_flops"] is None else max(1, round(best["pretrain_flops"] / per_token))
+    return {"method": best["method"], "pretrain_tokens": tokens, "budget_flops": best["pretrain_flops"],
+            "reason": result["reason"],
+            "predicted_bpb": best["bpb"], "predicted_bpb_interval": best["bpb_interval"],
+            "floor": features["floor"], "fit": result["fit"], "measured_preset": model["methods"][REFERENCE]["preset"]}

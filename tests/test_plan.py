@@ -1,0 +1,268 @@
+"""`mlxspec plan`: the planner's fit, its intervals, its budgets and its command line.
+
+The fit is checked on cells drawn from a known model of the form it fits (it must
+recover the coefficients, and its 90% intervals must cover fresh draws about 90% of the
+time); the costs by hand; the plan's decisions against budgets that rule methods out;
+the package's fitted model against a refit of the committed study results."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlx_specialize.errors import SpecializeError
+from mlx_specialize.plan import Budgets, costs, fit_results, plan, predict
+from mlx_specialize.plan.budgets import compute_budget, inference_budget, xz_bits_per_byte
+from mlx_specialize.plan.fit import FITTED, load_fitted, refit
+from mlx_specialize.plan.predict import t_quantile
+from mlx_specialize.plan.validate import leave_one_target_out
+
+REPO = Path(__file__).resolve().parents[1]
+MLXSPEC = Path(sys.executable).with_name("mlxspec")
+
+# the known model the synthetic cells are drawn from: bpb = level + offset + slope_u u + slope_v v
+LEVEL = {"t1": 2.9, "t2": 1.2, "t3": 2.3}
+FLOOR = {"t1": 2.4, "t2": 0.7, "t3": 1.8}  # level - floor = 0.5 on every target: a perfect anchor
+BPT = {"t1": 2.5, "t2": 3.4, "t3": 2.7}  # bytes per token
+METHOD = {"finetune": (0.0, -0.08, -0.05), "mix": (-0.06, -0.10, -0.03), "nopt": (0.10, 0.0, -0.12),
+          "is": (-0.12, -0.09, -0.04)}
+BUDGETS = [500_000, 2_500_000, 12_500_000]
+SIZES = [100_000, 1_000_000, 3_000_000]
+FLOPS_PER_TOKEN = 1.19e7  # generic budget FLOPs per token of the preset
+B0, D0 = math.exp(sum(math.log(b * FLOPS_PER_TOKEN) for b in BUDGETS) / 3), math.exp(sum(map(math.log, SIZES)) / 3)
+
+
+def _truth(method, target, budget, size):
+    b, gu, gv = METHOD[method]
+    u = 0.0 if method == "nopt" else math.log(budget * FLOPS_PER_TOKEN / B0)
+    return LEVEL[target] + b + gu * u + gv * math.log(size / D0)
+
+
+def _line(method, target, budget, size, seed, bpb):
+    B = budget * FLOPS_PER_TOKEN
+    pretraining = 0.0 if method == "nopt" else 1.1 * B
+    shared = 0.0 if method in ("nopt", "is") else pretraining + (2e12 if method == "mix" else 0.0)
+    finetune = 40.0 * FLOPS_PER_TOKEN * size ** 0.8
+    per_domain = finetune + (pretraining if method == "is" else 0.0)
+    shared_phases = [] if method == "nopt" else ["clusters"] if method == "is" else ["pretrain"]
+    return {"cell": f"{method}-{target}-{budget}-{size}-{seed}", "method": method, "target": target, "seed": seed,
+            "budget": budget, "budget_flops": B, "domain_tokens": size, "domain_tokens_used": size, "preset": "small",
+            "params": 11_000_000 if method == "llm" else 1_852_544, "bpb_after": bpb, "bpb_before": bpb + 1,
+            "ppl_after": 2 ** (bpb * BPT[target]), "ppl_before": 2 ** ((bpb + 1) * BPT[target]),
+            "phases": {"pretrain": {"flops": pretraining}, "finetune": {"flops": finetune}},
+            "costs": {"shared": {"flops": shared, "seconds": shared / 1e11, "phases": shared_phases},
+                      "per_domain": {"flops": per_domain, "seconds": per_domain / 1e11,
+                                     "phases": ["finetune"] + (["pretrain"] if method == "is" else [])},
+                      "inference": {"flops_per_token": 4e6, "params": 1_852_544, "gen_tok_s": 500.0}}}
+
+
+def _study(noise=0.02, seeds=(0, 1), rng=None):
+    rng = rng or random.Random(0)
+    return [_line(m, t, b, d, s, _truth(m, t, b, d) + rng.gauss(0, noise))
+            for m in METHOD for t in LEVEL for b in (BUDGETS[:1] if m == "nopt" else BUDGETS) for d in SIZES
+            for s in seeds]
+
+
+def test_t_quantiles_are_the_tables():
+    # Student's t, one-sided 0.95: dof 1, 4 and 12 (12 is between the rows kept), and the normal's
+    assert t_quantile(1) == pytest.approx(6.314, abs=1e-3)
+    assert t_quantile(4) == pytest.approx(2.132, abs=1e-3)
+    assert t_quantile(12) == pytest.approx(1.782, abs=5e-3)
+    assert t_quantile(1e9) == pytest.approx(1.645, abs=1e-3)
+
+
+def test_the_fit_recovers_a_known_model_and_its_intervals_cover_fresh_cells():
+    model = fit_results(_study(), FLOOR)
+    for method, (b, gu, gv) in METHOD.items():
+        cols = {tuple(c): v for c, v in zip(model["columns"], model["theta"])}
+        assert cols.get(("b", method), 0.0) == pytest.approx(b, abs=0.02)
+        assert cols.get(("v", method), 0.0) == pytest.approx(gv, abs=0.01)
+        if method != "nopt":
+            assert cols[("u", method)] == pytest.approx(gu, abs=0.01)
+    assert math.sqrt(model["s2"]) == pytest.approx(0.02, rel=0.25)
+    # fresh cells of the study's own targets, drawn anew: ~90% inside the 90% intervals
+    rng, inside, total = random.Random(1), 0, 0
+    for _ in range(4):
+        for m in METHOD:
+            for t in LEVEL:
+                for b in BUDGETS:
+                    p = predict(model, m, b * FLOPS_PER_TOKEN, 300_000, target=t)
+                    y = _truth(m, t, b, 300_000) + rng.gauss(0, 0.02)
+                    inside += p["bpb_interval"][0] <= y <= p["bpb_interval"][1]
+                    total += 1
+    assert 0.8 <= inside / total <= 0.98
+    # a new domain anchored on its floor lands on its level (the offset is 0.5 on every target)
+    new = predict(model, "finetune", B0, D0, floor=1.0)
+    assert new["bpb"] == pytest.approx(1.5, abs=0.03)
+    assert new["bpb_interval"][0] < new["bpb"] < new["bpb_interval"][1]
+
+
+def test_a_budget_or_size_never_measured_is_held_and_said():
+    rows = [r for r in _study() if r["domain_tokens"] == 100_000]
+    model = fit_results(rows, FLOOR)
+    far = predict(model, "mix", BUDGETS[-1] * FLOPS_PER_TOKEN * 100, 1_000_000)
+    near = predict(model, "mix", BUDGETS[-1] * FLOPS_PER_TOKEN * 2, 100_000)
+    assert far["B"] == pytest.approx(BUDGETS[-1] * FLOPS_PER_TOKEN * 2)  # its fit followed 2x beyond, no further
+    assert far["D"] == 100_000 and any("domain set held at" in n and "only one measured" in n for n in far["notes"])
+    assert far["bpb"] == pytest.approx(near["bpb"])
+
+
+def test_costs_scale_pre_training_with_the_budget_and_fine_tuning_with_the_domain():
+    model = fit_results(_study(), FLOOR)
+    B = BUDGETS[1] * FLOPS_PER_TOKEN
+    slm, slm2 = costs(model, "finetune", B, 1e6), costs(model, "finetune", 2 * B, 1e6)
+    assert slm2["shared"] - slm["shared"] == pytest.approx(1.1 * B, rel=1e-6)  # pre-training's ratio, measured
+    assert slm["per_domain"] == pytest.approx(40.0 * FLOPS_PER_TOKEN * 1e6 ** 0.8, rel=1e-6)
+    assert slm2["per_domain"] == pytest.approx(slm["per_domain"], rel=1e-6)
+    sis = costs(model, "is", B, 1e6)  # SLM-is pays its pre-training per domain
+    assert sis["per_domain"] == pytest.approx(1.1 * B + 40.0 * FLOPS_PER_TOKEN * 1e6 ** 0.8, rel=1e-6)
+    assert sis["shared"] == 0.0
+    assert slm["shared_seconds"] == pytest.approx(slm["shared"] / 1e11, rel=1e-6)
+
+
+def test_the_plan_rules_methods_out_by_the_budget_that_binds_and_picks_the_best_affordable():
+    model = fit_results(_study(), FLOOR)
+    big = Budgets(pretrain=1e15, specialize=1e15, inference=2e6)
+    result = plan(model, big)
+    assert result["recommended"] == "is"  # the lowest offset, every budget affordable
+    assert {e["method"] for e in result["methods"]} == set(METHOD)
+    # a per-domain budget below SLM-is's per-domain pre-training at the smallest budget it may run at
+    finetune_cost = 40.0 * FLOPS_PER_TOKEN * 1e5 ** 0.8
+    small = Budgets(pretrain=1e15, specialize=finetune_cost + 0.5 * BUDGETS[0] * FLOPS_PER_TOKEN, inference=2e6)
+    result = plan(model, small)
+    assert [r["budget"] for r in result["ruled_out"] if r["method"] == "is"] == ["specialize"]
+    assert result["recommended"] == "mix"
+    tight = Budgets(pretrain=1.0, specialize=1e15, inference=2e6)  # nothing to spend before the domain comes:
+    result = plan(model, tight)  # SLM-is pre-trains per domain, SLM-nopt not at all
+    assert result["recommended"] == "is" and {e["method"] for e in result["methods"]} == {"is", "nopt"}
+    assert {r["method"]: r["budget"] for r in result["ruled_out"]} == {"finetune": "pretrain", "mix": "pretrain"}
+    none = plan(model, Budgets(pretrain=1e15, specialize=1e15, inference=1e6))
+    assert none["recommended"] is None and all(r["budget"] == "inference" for r in none["ruled_out"])
+
+
+def test_leave_one_target_out_covers_and_recommends_on_a_known_model():
+    report = leave_one_target_out(_study(noise=0.02, rng=random.Random(3)), FLOOR)
+    assert report["bpb_coverage"] >= 0.8 and report["ppl_coverage"] >= 0.8
+    rate = report["hit_rate"]["preset size"]
+    assert rate["decisions"] == 3 * 3 * 3 and rate["hits"] == rate["decisions"]
+    with pytest.raises(SpecializeError, match="needs every target's floor; none for t3"):
+        leave_one_target_out(_study(), {"t1": 1.0, "t2": 1.0})
+
+
+def test_budgets_read_as_written():
+    assert compute_budget("2e14", "--pretrain", FLOPS_PER_TOKEN) == (2e14, "flops")
+    assert compute_budget("200T FLOPs", "--pretrain", FLOPS_PER_TOKEN) == (pytest.approx(2e14), "flops")
+    assert compute_budget("12.5M tokens", "--pretrain", 10.0) == (pytest.approx(1.25e8), "flops")
+    assert compute_budget("1.5h", "--pretrain", 10.0) == (5400.0, "seconds")
+    assert compute_budget("30 min", "--pretrain", 10.0) == (1800.0, "seconds")
+    assert inference_budget("small", "--inference", {"small": 1852544}) == 1852544
+    assert inference_budget("2M params", "--inference", {"small": 1852544}) == 2e6
+    for text, message in [("12 apples", "unknown unit 'apples'"), ("lots", "is not an amount"), ("0", "positive")]:
+        with pytest.raises(SpecializeError, match=message):
+            compute_budget(text, "--pretrain", 1.0)
+
+
+def test_xz_bits_per_byte_tell_repeated_text_from_noise():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes()
+    assert xz_bits_per_byte(b"", noise) > 7.9  # incompressible
+    text = b"the same licence paragraph, again and again. " * 200
+    assert xz_bits_per_byte(text, text[:4000]) < 0.2  # seen in the context: almost free
+
+
+def test_the_package_fit_is_the_committed_study_refitted():
+    """The planner ships a fit of studies/minipile/results.jsonl (regenerate with the command
+    docs/usage.md gives after adding cells)."""
+    study = REPO / "studies" / "minipile"
+    fresh = json.loads(json.dumps(refit([study / "results.jsonl"], study / "spec.toml")))
+    _assert_close(load_fitted(FITTED), fresh)
+
+
+def _assert_close(a, b, where="fit"):
+    """Equal structure; floats equal to rounding (another CPU's BLAS may differ in the last bits)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            _assert_close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-12), where
+    else:
+        assert a == b, where
+
+
+def _plan(*args, cwd):
+    return subprocess.run([str(MLXSPEC), "plan", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_plan_answers_alone_from_the_installed_package(tmp_path):
+    out = _plan("--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["recommended"] in {e["method"] for e in result["methods"]}
+    assert result["reason"].startswith(next(e["label"] for e in result["methods"]
+                                            if e["method"] == result["recommended"]))
+    assert {r["method"] for r in result["ruled_out"] if r["budget"] == "inference"} >= {"llm"}
+    for e in result["methods"]:
+        assert e["total_flops"] == pytest.approx(e["shared_flops"] + e["per_domain_flops"])
+        assert e["bpb_interval"][0] <= e["bpb"] <= e["bpb_interval"][1]
+
+
+def test_plan_reads_a_domain_and_draws_its_figure(tmp_path):
+    out = _plan("--domain", "python-docs", "-n", "3", "--plot", tmp_path / "plan.png", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0.5 < result["domain"]["floor"] < 4.0 and result["budgets"]["floor"] == result["domain"]["floor"]
+    assert result["budgets"]["domain_tokens"] > 1000 and result["budgets"]["domains"] == 3
+    assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--pretrain", "12 apples"), "--pretrain: unknown unit 'apples' in '12 apples' (FLOPs, tokens, or s, min, h)"),
+    (("--inference", "huge"), "--inference: 'huge' is neither a preset"),
+    (("--spec", "spec.toml"), "--spec goes with --results"),
+    (("--plot", "plan.jpg"), "--plot plan.jpg: name a .png file"),
+    (("--results", "none.jsonl"), "no results file at none.jsonl"),
+    (("--tokenizer", "tok"), "--tokenizer goes with --domain"),
+])
+def test_plan_refuses_bad_input_in_one_line(tmp_path, args, message):
+    out = _plan(*args, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().startswith(f"error: {message}"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_auto_runs_what_the_plan_recommends(tmp_path):
+    """`specialize --method auto`: the planner's choice for the budget and the domain is run."""
+    from mlx_specialize import specialize
+    from mlx_specialize.models.dense import flops_per_token
+    from mlx_specialize.models.presets import get_preset
+    from mlx_specialize.plan.planner import auto_method
+
+    tiny = get_preset("tiny")
+    per_token = flops_per_token(tiny.model_args(), tiny.context)
+    big = auto_method("python-docs", "tiny", 10**9, 20_000)
+    shipped = load_fitted()
+    assert big["method"] in shipped["methods"] and shipped["methods"][big["method"]]["params"] < 3e6  # SLM-size
+    if big["budget_flops"] is not None:  # its budget, in the preset's own tokens
+        assert big["pretrain_tokens"] == round(big["budget_flops"] / per_token) <= 10**9
+    # a budget too small for any pre-training the study measured: the domain data alone
+    small = auto_method("python-docs", "tiny", 1000, 20_000)
+    assert small["method"] == "nopt" and "only method" in small["reason"]
+    report = specialize("python-docs", method="auto", preset="tiny", pretrain_tokens=1000, domain_tokens=20_000,
+                        out_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    assert report["method"] == "nopt" and report["plan"]["method"] == "nopt"
+    assert report["ppl_after"] < report["ppl_before"]
+    with pytest.raises(SpecializeError, match="--method auto plans a pre-training"):
+        specialize("python-docs", method="auto", base=str(tmp_path / "run"))
