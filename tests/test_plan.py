@@ -266,3 +266,12 @@ def test_auto_runs_what_the_plan_recommends(tmp_path):
     assert report["ppl_after"] < report["ppl_before"]
     with pytest.raises(SpecializeError, match="--method auto plans a pre-training"):
         specialize("python-docs", method="auto", base=str(tmp_path / "run"))
+
+
+def test_the_readme_plan_example_is_the_package_fit_s_output(tmp_path):
+    """The README's `mlxspec plan --domains 3` is that command's output with the shipped fit
+    (scripts/regenerate_study.sh rewrites it with the fit)."""
+    out = _plan("--domains", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    readme = (REPO / "README.md").read_text()
+    assert "<!-- plan example: mlxspec plan --domains 3 -->\n```text\n" + out.stdout.rstrip() + "\n```\n" in readme

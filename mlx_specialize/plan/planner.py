@@ -161,12 +161,12 @@ def _reason(model: dict, fitting: list[dict], budgets: Budgets) -> str:
     d = difference(model, best["method"], second["method"], best["pretrain_flops"] or model["B0"],
                    second["pretrain_flops"] or model["B0"], budgets.domain_tokens)
     lo, hi = d["interval"]
-    cheaper = best["total_flops"] <= second["total_flops"]
-    sure = "clearly" if hi < 0 else "though within the fit's error of it"
+    n = budgets.domains
+    sure = "clearly" if hi < 0 else "though within the fit's error"
     return (f"{best['label']} has the lowest predicted bits per byte of the {len(fitting)} methods these budgets "
             f"afford, {-d['mean']:.3f} below {second['label']} ({sure}: the difference's 90% interval is "
-            f"[{lo:+.3f}, {hi:+.3f}]), at {'less' if cheaper else 'more'} total cost for "
-            f"{budgets.domains} domain{'s' if budgets.domains != 1 else ''}.")
+            f"[{lo:+.3f}, {hi:+.3f}]); for {n} domain{'s' if n != 1 else ''} it costs C({n}) = "
+            f"{best['total_flops']:.2e} FLOPs against {second['total_flops']:.2e}.")
 
 
 

@@ -354,23 +354,23 @@ def default_target_ppl(table: dict, size) -> float:
 HEADLINE_BEGIN, HEADLINE_END = "<!-- study headline: mlxspec study report --readme -->", "<!-- /study headline -->"
 
 
-def _marked(readme: Path) -> str:
-    """The markdown file's text, refused unless it holds both headline markers."""
+def _marked(readme: Path, begin: str = HEADLINE_BEGIN, end: str = HEADLINE_END) -> str:
+    """The markdown file's text, refused unless it holds both markers."""
     if not readme.is_file():
         raise SpecializeError(f"--readme: no such file: {readme}")
     body = readme.read_text()
-    if HEADLINE_BEGIN not in body or HEADLINE_END not in body:
-        raise SpecializeError(f"--readme: {readme} has no lines {HEADLINE_BEGIN} and {HEADLINE_END} to write between")
+    if begin not in body or end not in body:
+        raise SpecializeError(f"--readme: {readme} has no lines {begin} and {end} to write between")
     return body
 
 
-def write_headline(readme: Path, text: str) -> None:
-    """Replace what lies between the headline markers of a markdown file with `text`."""
+def write_headline(readme: Path, text: str, begin: str = HEADLINE_BEGIN, end: str = HEADLINE_END) -> None:
+    """Replace what lies between two marker lines of a markdown file (the headline's by
+    default) with `text`."""
     from ..runtime.files import atomic_write_bytes
 
-    head, rest = _marked(readme).split(HEADLINE_BEGIN, 1)
-    atomic_write_bytes(readme, (head + HEADLINE_BEGIN + "\n" + text + "\n" + HEADLINE_END
-                                + rest.split(HEADLINE_END, 1)[1]).encode())
+    head, rest = _marked(readme, begin, end).split(begin, 1)
+    atomic_write_bytes(readme, (head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]).encode())
 
 
 def report_study(paths, out_dir: str | Path | None = None, floors: dict | None = None,
