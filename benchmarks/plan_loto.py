@@ -70,23 +70,33 @@ def figure(report: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
     targets = report["targets"]
+    methods = sorted({c["method"] for c in report["cells"]})
+    color = {m: f"C{i}" for i, m in enumerate(methods)}  # one colour per method in every panel
     fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 4), squeeze=False)
     for ax, target in zip(axes[0], targets):
         own = [c for c in report["cells"] if c["target"] == target]
-        methods = sorted({c["method"] for c in own})
         for m in methods:
             cs = [c for c in own if c["method"] == m]
+            if not cs:
+                continue
             ax.errorbar([c["ppl"] for c in cs], [c["ppl_predicted"] for c in cs],
                         yerr=[[c["ppl_predicted"] - c["ppl_interval"][0] for c in cs],
                               [c["ppl_interval"][1] - c["ppl_predicted"] for c in cs]],
-                        marker="o", ls="none", capsize=2, label=label(m))
+                        marker="o", ls="none", capsize=2, color=color[m], label=label(m))
         values = [c["ppl"] for c in own] + [c["ppl_predicted"] for c in own]
         lo, hi = min(values) / 1.3, max(values) * 1.3
         ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
         ax.set(xscale="log", yscale="log", xlim=(lo, hi), xlabel="measured test perplexity",
                ylabel="predicted (90% interval)", title=f"{target} held out")
-    axes[0][-1].legend(fontsize=7)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(NullFormatter())
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    axes[0][-1].legend(list(handles.values()), list(handles), fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
