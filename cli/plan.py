@@ -16,9 +16,11 @@ from .output import add_row, emit, make_table
 
 def plan(
     pretrain: str = typer.Option(DEFAULT_PRETRAIN, "--pretrain", help="Generic pre-training budget, spent once for "
-                                 "all domains: FLOPs (2e14, 200T FLOPs) or tokens of the study's preset (12.5M tokens)."),
+                                 "all domains: FLOPs (2e14, 200T FLOPs), tokens of the study's preset (12.5M tokens) "
+                                 "or time on this machine (30min, 2h: a ~10 s calibration measures its speed)."),
     specialize: str = typer.Option(DEFAULT_SPECIALIZE, "--specialize", help="Budget per domain once its data "
-                                   "arrives (fine-tuning; SLM-is's pre-training): FLOPs or tokens, as --pretrain."),
+                                   "arrives (fine-tuning; SLM-is's pre-training): FLOPs, tokens or time, as "
+                                   "--pretrain."),
     inference: str = typer.Option(DEFAULT_INFERENCE, "--inference", help="The largest model you can serve: a preset "
                                   "(small, small-llm, ...) or a parameter count (2M)."),
     domain_tokens: Optional[int] = typer.Option(None, "--domain-tokens", min=1, help="The domain's training tokens "
@@ -79,7 +81,8 @@ def plan_view(result: dict) -> list:
         mark = " *" if e["method"] == result["recommended"] else ""
         add_row(table, e["label"] + mark, "-" if e["budget_tokens"] is None else f"{e['budget_tokens']:,}",
                 _interval(e["bpb"], e["bpb_interval"], 3), _interval(e["ppl"], e["ppl_interval"], 1),
-                _cost(e["shared_flops"], e.get("shared_seconds")), _cost(e["per_domain_flops"], e.get("per_domain_seconds")),
+                _cost(e["shared_flops"], e.get("shared_seconds")),
+                _cost(e["per_domain_flops"], e.get("per_domain_seconds")),
                 _cost(e["total_flops"], e.get("total_seconds")), f"{e['params'] / 1e6:.2f}M")
     lines = [table]
     machine = next((e["seconds_on"] for e in result["methods"] if "seconds_on" in e), None)

@@ -275,3 +275,13 @@ def test_the_readme_plan_example_is_the_package_fit_s_output(tmp_path):
     assert out.returncode == 0, out.stderr
     readme = (REPO / "README.md").read_text()
     assert "<!-- plan example: mlxspec plan --domains 3 -->\n```text\n" + out.stdout.rstrip() + "\n```\n" in readme
+
+
+def test_a_cell_recorded_under_two_domain_set_sizes_is_fitted_once():
+    """A 1M-token cell of a target whose whole split is smaller is the whole split's cell
+    (`same_as`): the study lists it under both sizes, the fit counts it once."""
+    from mlx_specialize.plan.fit import cell_rows
+
+    rows = _study(seeds=(0,))
+    alias = {**rows[0], "cell": "alias", "domain_tokens": 10 * rows[0]["domain_tokens"]}
+    assert len(cell_rows(rows + [alias])) == len(cell_rows(rows)) == len(rows)

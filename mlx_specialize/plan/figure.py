@@ -29,17 +29,22 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
     for entry in result["methods"]:
         method = entry["method"]
         options, _ = _affordable(model, method, budgets)
+
+        def at(B):
+            return predict(model, method, B, budgets.domain_tokens, budgets.floor,
+                           bytes_per_token=budgets.bytes_per_token)
+
         if method in NO_PRETRAINING:
-            p = predict(model, method, options[0], budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token)
+            p = at(options[0])
             line = left.axhline(p["ppl"], ls=":", color="grey", label=f"{entry['label']} (no generic budget)")
         elif len(options) < 2:  # one budget measured and affordable: a point
-            p = predict(model, method, options[0], budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token)
+            p = at(options[0])
             lo, hi = p["ppl_interval"] or (p["ppl"], p["ppl"])
             line = left.errorbar([options[0]], [p["ppl"]], yerr=[[p["ppl"] - lo], [hi - p["ppl"]]], marker="o",
                                  capsize=3, label=entry["label"]).lines[0]
         else:
             Bs = np.geomspace(min(options), max(options), GRID // 4)
-            ps = [predict(model, method, B, budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token) for B in Bs]
+            ps = [at(B) for B in Bs]
             (line,) = left.plot(Bs, [p["ppl"] for p in ps], label=entry["label"])
             if all(p["ppl_interval"] for p in ps):
                 left.fill_between(Bs, [p["ppl_interval"][0] for p in ps], [p["ppl_interval"][1] for p in ps],

@@ -49,11 +49,15 @@ FORMAT = 1  # the fitted model's layout; `plan` refuses another
 def cell_rows(rows: list[dict]) -> list[dict]:
     """The study's lines (`study.report.load_lines`) as the fit's rows: each method's
     default recipe only (a variant, `llm-lora lr=0.002`, is a choice the study made on
-    the valid splits, not a method the planner offers)."""
-    out = []
+    the valid splits, not a method the planner offers), each measurement once."""
+    out, seen = [], set()
     for r in rows:
-        if " " in r["method"]:
+        # a cell asking for more domain tokens than the split holds is the whole split's
+        # cell (`same_as`): one measurement, counted once
+        key = (r["method"], r["target"], r["seed"], r["budget"], r["domain_tokens_used"])
+        if " " in r["method"] or key in seen:
             continue
+        seen.add(key)
         bytes_per_token = math.log2(r["ppl_after"]) / r["bpb_after"]
         pretraining = {part: float(r["phases"]["pretrain"]["flops"]) if "pretrain" in r["costs"][part]["phases"]
                        else 0.0 for part in ("shared", "per_domain")}
@@ -156,9 +160,10 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
     timed = [r["phases"]["pretrain"] for r in lines if r["method"] == REFERENCE
              and r["phases"].get("pretrain", {}).get("cached") is False and r["phases"]["pretrain"].get("seconds")]
     reference_rate = sum(p["flops"] for p in timed) / sum(p["seconds"] for p in timed) if timed else None
-    model = {"format": FORMAT, "source": source, "cells": len(rows), "reference_flops_per_second": reference_rate, "targets": targets, "floors": floors,
-             "anchored": anchored, "B0": B0, "D0": D0, "columns": [list(c) for c in cols],
-             "theta": theta.tolist(), "cov": cov.tolist(), "s2": s2, "dof": int(dof),
+    model = {"format": FORMAT, "source": source, "cells": len(rows), "reference_flops_per_second": reference_rate,
+             "targets": targets, "floors": floors, "anchored": anchored, "B0": B0, "D0": D0,
+             "columns": [list(c) for c in cols], "theta": theta.tolist(), "cov": cov.tolist(), "s2": s2,
+             "dof": int(dof),
              "levels": levels, "offset_mean": float(np.mean(offsets)),
              "offset_var": float(np.var(offsets, ddof=1)) if len(offsets) > 1 else None,
              "bytes_per_token": float(np.mean(per_target_bpt)),

@@ -107,7 +107,8 @@ def plan(model: dict, budgets: Budgets) -> dict:
                               "needs": {"pretrain": need["shared"], "specialize": need["per_domain"]}})
             continue
         # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
-        scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor)["bpb"], 4), B) for B in options]
+        scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor)["bpb"], 4), B)
+                  for B in options]
         B = min(scored)[1]
         fitting.append(_entry(model, method, B, budgets))
         top = spec["B"][1] * (EXTRAPOLATE if "u" in spec["terms"] else 1.0)
@@ -124,7 +125,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
     else:
         result["recommended"] = None
         result["reason"] = "no method fits these budgets: " + "; ".join(
-            f"{r['label']} needs more {r['budget']}" for r in ruled_out)
+            f"{r['label']} is ruled out by the {r['budget']} budget" for r in ruled_out)
     return result
 
 
@@ -133,7 +134,8 @@ def _entry(model: dict, method: str, B: float, budgets: Budgets) -> dict:
     p = predict(model, method, B, budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token)
     c = costs(model, method, B, budgets.domain_tokens)
     n = budgets.domains
-    return {"method": method, "label": LABEL.get(method, method), "pretrain_flops": None if method in NO_PRETRAINING else B,
+    return {"method": method, "label": LABEL.get(method, method),
+            "pretrain_flops": None if method in NO_PRETRAINING else B,
             "budget_tokens": None if method in NO_PRETRAINING else round(B * spec["tokens_per_budget_flop"]),
             "bpb": p["bpb"], "bpb_interval": p["bpb_interval"], "ppl": p["ppl"], "ppl_interval": p["ppl_interval"],
             "notes": p["notes"], "shared_flops": c["shared"], "per_domain_flops": c["per_domain"],
@@ -169,7 +171,6 @@ def _reason(model: dict, fitting: list[dict], budgets: Budgets) -> str:
             f"{best['total_flops']:.2e} FLOPs against {second['total_flops']:.2e}.")
 
 
-
 def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int | None = None, domains: int = 1,
               domain: str | None = None, results=None, spec: str | None = None, save_fit: str | None = None,
               plot: str | None = None, tokenizer: str | None = None) -> dict:
@@ -200,7 +201,8 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     if domain_tokens is not None:
         budgets.domain_tokens = domain_tokens
     elif features:  # its train split (at the study targets' bytes per token, untokenized)
-        budgets.domain_tokens = features.get("train_tokens") or round(features["train_bytes"] / model["bytes_per_token"])
+        budgets.domain_tokens = (features.get("train_tokens")
+                                 or round(features["train_bytes"] / model["bytes_per_token"]))
     calibration = None
     if "seconds" in (pre_unit, spec_unit):  # time on this machine: how fast is it, against the study's?
         from .calibrate import speed_ratio
