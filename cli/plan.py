@@ -33,8 +33,11 @@ def plan(
                                              "model folder of the study, or its tokenizer.model), to count the "
                                              "domain's tokens and predict its perplexity as tightly as its bits per "
                                              "byte."),
-    results: Optional[List[Path]] = typer.Option(None, "--results", help="Refit on these `mlxspec study` results "
-                                                 "files instead of the package's fit (repeat for several)."),
+    results: Optional[List[Path]] = typer.Option(None, "--results", metavar="FILE", help="Refit on these `mlxspec "
+                                                 "study` results files instead of the package's fit (repeat for "
+                                                 "several)."),
+    fit: Optional[Path] = typer.Option(None, "--fit", help="Plan with a fit saved by --save-fit instead of the "
+                                       "package's."),
     spec: Optional[Path] = typer.Option(None, "--spec", help="With --results: the study spec whose [floors] anchor "
                                         "a new domain's level."),
     save_fit: Optional[Path] = typer.Option(None, "--save-fit", help="Write the fitted model (JSON) here."),
@@ -42,8 +45,9 @@ def plan(
 ):
     """Plan early: the method to pre-train for, from the four budgets, with predicted quality and costs.
 
-    Predictions come from a model fitted on measured study results (the package's: the standard-protocol study
-    on ../shared/minipile at laptop scale; --results for your own), with 90% prediction intervals."""
+    Predictions come from a model fitted on measured study results, with 90% prediction intervals: the package's
+    is fitted on this project's standard-protocol study (the `small` preset and its LLM twin, on a 2-core CPU;
+    the README says at what scale); --results refits on your own `mlxspec study` results."""
     if spec is not None and not results:
         from mlx_specialize.errors import SpecializeError
 
@@ -51,7 +55,7 @@ def plan(
     result = make_plan(pretrain, specialize, inference, domain_tokens, domains, domain,
                        [str(p) for p in results] if results else None, str(spec) if spec else None,
                        str(save_fit) if save_fit else None, str(plot) if plot else None,
-                       str(tokenizer) if tokenizer else None)
+                       str(tokenizer) if tokenizer else None, str(fit) if fit else None)
     emit(result, *plan_view(result))
 
 
@@ -62,21 +66,28 @@ def _interval(value: float, interval, digits: int) -> str:
 
 
 def _cost(flops: float, seconds: float | None) -> str:
-    if seconds is None:
-        return f"{flops:.2e}"
-    time = f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else \
+    return f"{flops:.2e}" if seconds is None else f"{flops:.2e} ({_time(seconds)})"
+
+
+def _budget(value: float, unit: str) -> str:
+    return _time(value) if unit == "seconds" else f"{value:.2e} FLOPs"
+
+
+def _time(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else \
         f"{seconds:.0f} s"
-    return f"{flops:.2e} ({time})"
 
 
 def plan_view(result: dict) -> list:
     b = result["budgets"]
     n = b["domains"]
-    table = make_table(f"mlxspec plan: pre-training {b['pretrain']:.2e} FLOPs, {b['specialize']:.2e} FLOPs per domain, "
-                       f"serving <= {b['inference']:,.0f} params, {b['domain_tokens']:,.0f} domain tokens, N = {n}",
-                       "method", "budget (tokens)", "bits/byte (90%)", "perplexity (90%)", "shared FLOPs (time)",
+    preset = result["fit"].get("preset", "the preset")
+    table = make_table(f"mlxspec plan: pre-training {_budget(b['pretrain'], b['pretrain_unit'])}, "
+                       f"{_budget(b['specialize'], b['specialize_unit'])} per domain, serving <= "
+                       f"{b['inference']:,.0f} params, {b['domain_tokens']:,.0f} domain tokens, N = {n}",
+                       "method", f"budget (tokens of {preset})", "bits/byte (90%)", "perplexity (90%)", "shared FLOPs (time)",
                        "per domain", f"C({n})", "params",
-                       right=("budget (tokens)", "shared FLOPs (time)", "per domain", f"C({n})", "params"))
+                       right=(f"budget (tokens of {preset})", "shared FLOPs (time)", "per domain", f"C({n})", "params"))
     for e in result["methods"]:
         mark = " *" if e["method"] == result["recommended"] else ""
         add_row(table, e["label"] + mark, "-" if e["budget_tokens"] is None else f"{e['budget_tokens']:,}",
@@ -98,8 +109,12 @@ def plan_view(result: dict) -> list:
     for r in result["ruled_out"]:
         needs = r["needs"]
         need = (f"{needs['params']:,} params" if r["budget"] == "inference" else
-                f"at least {needs['pretrain']:.2e} FLOPs shared and {needs['specialize']:.2e} per domain")
-        lines.append(f"ruled out: {r['label']}, by the {r['budget']} budget (needs {need})")
+                f"at the least it was measured at, {needs['pretrain']:.2e} FLOPs shared and "
+                f"{needs['specialize']:.2e} per domain")
+        plural = "s" if " and " in r["budget"] else ""
+        lines.append(f"ruled out: {r['label']}, by the {r['budget']} budget{plural} (needs {need})")
+    if result.get("not_measured"):
+        lines.append(f"not in the fit (no cell of theirs measured yet): {', '.join(result['not_measured'])}")
     if "domain" in result:
         d = result["domain"]
         lines.append(f"domain {d['corpus']}: xz -9 {d['floor']:.3f} bits per byte on its {d['held_out']} split")

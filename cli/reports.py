@@ -41,6 +41,8 @@ def specialize_view(report: dict) -> list:
         lines.append(f"cost: shared {shared['flops']:.2e} FLOPs ({shared['seconds']:.0f} s), per domain "
                      f"{per_domain['flops']:.2e} FLOPs ({per_domain['seconds']:.0f} s): N domains cost shared + N x "
                      f"per domain (validation included); inference {serve['flops_per_token']:.2e} FLOPs per token")
+    if report.get("plan"):  # --method auto: what the planner chose, and why
+        lines.append(f"--method auto chose {report['method']}: {report['plan']['reason']}")
     return [*lines,
             f"generation: {report['gen_tok_s']:.0f} tok/s (batch 1); domain data: {fin['domain_tokens']:,} tokens"
             f"{', ' + stop if stop else ''}"]

@@ -256,18 +256,21 @@ def specialize(
     if method == "auto":
         if base is not None:
             raise SpecializeError("--method auto plans a pre-training; with --base there is none to plan")
-        check_choice("--preset", preset, PRESETS)
         from .plan.planner import auto_method
 
         decision = auto_method(domain, preset, pretrain_tokens, domain_tokens)
         method, pretrain_tokens = decision["method"], decision["pretrain_tokens"]
         at = "" if decision["budget_flops"] is None else f" at {pretrain_tokens:,} pre-training tokens"
-        ui.info(f"--method auto: {decision['method']}{at}. {decision['reason']}")
-    report = run_plan(resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
-                                  finetune_tokens, vocab_size, lr, seed, overwrite, k, embedder, window, sampler,
-                                  metric, select, expert_init, basis, cache_dir, distill_temperature, distill_alpha),
-                         overwrite)
-    return {**report, "plan": decision} if decision else report
+        ui.info(f"--method auto: {decision['method']}{at}. {decision['reason']} " + " ".join(
+            note[0].upper() + note[1:] + "." for note in decision["notes"]))
+    run = resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens, finetune_tokens,
+                      vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric, select, expert_init,
+                      basis, cache_dir, distill_temperature, distill_alpha)
+    report = run_plan(run, overwrite)
+    if decision and report.get("plan") != decision:  # the run folder's report keeps the decision
+        report = {**report, "plan": decision}
+        atomic_write_bytes(run.out_dir / "report.json", json.dumps(report, indent=2).encode())
+    return report
 
 
 def run_plan(run: RunPlan, overwrite: bool = False) -> dict:

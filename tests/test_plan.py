@@ -229,8 +229,40 @@ def test_plan_reads_a_domain_and_draws_its_figure(tmp_path):
     assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_time_budgets_are_calibrated_on_this_machine(tmp_path):
+    out = _plan("--pretrain", "30min", "--specialize", "10min", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    c = result["calibration"]
+    assert c["flops_per_second"] > 1e8 and c["ratio"] == pytest.approx(c["flops_per_second"] / c["study"])
+    assert result["budgets"]["pretrain_unit"] == "seconds" and result["budgets"]["pretrain"] == 1800
+    for e in result["methods"]:  # every method that fits, fits in this machine's time
+        assert e["seconds_on"] == "this machine"
+        assert e["shared_seconds"] <= 1800 and e["per_domain_seconds"] <= 600
+        assert e["shared_seconds"] == pytest.approx(e["shared_flops"] / (
+            load_fitted()["methods"][e["method"]]["flops_per_second"] * c["ratio"]), rel=1e-6)
+    text = _plan("--pretrain", "30min", cwd=tmp_path).stdout
+    assert "mlxspec plan: pre-training 30 min, 5.00e+13 FLOPs per domain" in text.replace("\n", " ")
+
+
+def test_a_saved_fit_plans_as_the_fit_it_was(tmp_path):
+    study = REPO / "studies" / "minipile"
+    saved = tmp_path / "fit.json"
+    first = _plan("--results", study / "results.jsonl", "--spec", study / "spec.toml", "--save-fit", saved, "--json",
+                  cwd=tmp_path)
+    again = _plan("--fit", saved, "--json", cwd=tmp_path)
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    a, b = (json.loads(o.stdout.strip().splitlines()[-1]) for o in (first, again))
+    assert a["methods"] == b["methods"] and a["recommended"] == b["recommended"]
+
+
 @pytest.mark.parametrize("args, message", [
     (("--pretrain", "12 apples"), "--pretrain: unknown unit 'apples' in '12 apples' (FLOPs, tokens, or s, min, h)"),
+    (("--pretrain", "45m"), "--pretrain: '45m' is ambiguous: write 45min for minutes, or 45M FLOPs or 45M tokens"),
+    (("--specialize", "1e400"), "--specialize: '1e400' is too large"),
+    (("--save-fit", "."), "--save-fit . is a folder; name the file to write"),
+    (("--results", "README.txt"), "README.txt is not a results file of `mlxspec study`"),
+    (("--fit", "README.txt"), "cannot read the planner's fitted model README.txt"),
     (("--inference", "huge"), "--inference: 'huge' is neither a preset"),
     (("--spec", "spec.toml"), "--spec goes with --results"),
     (("--plot", "plan.jpg"), "--plot plan.jpg: name a .png file"),
@@ -238,34 +270,36 @@ def test_plan_reads_a_domain_and_draws_its_figure(tmp_path):
     (("--tokenizer", "tok"), "--tokenizer goes with --domain"),
 ])
 def test_plan_refuses_bad_input_in_one_line(tmp_path, args, message):
+    (tmp_path / "README.txt").write_text("not results\n" * 1000)
     out = _plan(*args, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip().startswith(f"error: {message}"), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_auto_runs_what_the_plan_recommends(tmp_path):
-    """`specialize --method auto`: the planner's choice for the budget and the domain is run."""
+    """`specialize --method auto`: the planner's choice for the budget and the domain is run,
+    and the run's report keeps the decision."""
     from mlx_specialize import specialize
-    from mlx_specialize.models.dense import flops_per_token
-    from mlx_specialize.models.presets import get_preset
     from mlx_specialize.plan.planner import auto_method
 
-    tiny = get_preset("tiny")
-    per_token = flops_per_token(tiny.model_args(), tiny.context)
-    big = auto_method("python-docs", "tiny", 10**9, 20_000)
     shipped = load_fitted()
+    per_token = 1.0 / shipped["methods"]["finetune"]["tokens_per_budget_flop"]
+    big = auto_method("python-docs", "small", 10**9, 20_000)
     assert big["method"] in shipped["methods"] and shipped["methods"][big["method"]]["params"] < 3e6  # SLM-size
-    if big["budget_flops"] is not None:  # its budget, in the preset's own tokens
+    if big["budget_flops"] is not None:  # its budget, in the preset's tokens
         assert big["pretrain_tokens"] == round(big["budget_flops"] / per_token) <= 10**9
-    # a budget too small for any pre-training the study measured: the domain data alone
-    small = auto_method("python-docs", "tiny", 1000, 20_000)
-    assert small["method"] == "nopt" and "only method" in small["reason"]
-    report = specialize("python-docs", method="auto", preset="tiny", pretrain_tokens=1000, domain_tokens=20_000,
-                        out_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
+    # a budget too small for any pre-training the study measured: the domain data alone, and why
+    small = auto_method("python-docs", "small", 1000, 20_000)
+    assert small["method"] == "nopt" and "the only method" in small["reason"]
+    assert "SLM by the pretrain budget" in small["reason"]
+    report = specialize("python-docs", method="auto", preset="small", pretrain_tokens=1000, domain_tokens=20_000,
+                        finetune_tokens=8192, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
     assert report["method"] == "nopt" and report["plan"]["method"] == "nopt"
-    assert report["ppl_after"] < report["ppl_before"]
-    with pytest.raises(SpecializeError, match="--method auto plans a pre-training"):
-        specialize("python-docs", method="auto", base=str(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["plan"] == report["plan"]
+    for kwargs, message in [({"base": str(tmp_path / "run")}, "--method auto plans a pre-training"),
+                            ({"preset": "tiny"}, "measured with the 'small' preset, not 'tiny'")]:
+        with pytest.raises(SpecializeError, match=message):
+            specialize("python-docs", method="auto", **kwargs)
 
 
 def test_the_readme_plan_example_is_the_package_fit_s_output(tmp_path):

@@ -12,6 +12,7 @@ that affords fine-tuning at any measured size, the SLM's size to serve, one doma
 from __future__ import annotations
 
 import lzma
+import math
 import re
 
 from ..errors import SpecializeError
@@ -28,14 +29,20 @@ _UNITS = {"", "flop", "flops", "tok", "toks", "token", "tokens", "param", "param
           "second", "seconds", "min", "mins", "minute", "minutes", "h", "hr", "hour", "hours"}
 
 
-def _amount(text: str, option: str) -> tuple[float, str]:
+def _amount(text: str, option: str, times: bool = True) -> tuple[float, str]:
     """(number, unit) of "2e14", "200T FLOPs", "12.5M tokens", "30min": an SI prefix
-    (k, M, G or B, T, P, E) only where the letters are not a unit themselves."""
+    (k, M, G or B, T, P, E) only where the letters are not a unit themselves. Where
+    `times` may be written, a bare "m" (minutes? millions?) is refused."""
     match = _AMOUNT.match(text.replace("_", "").replace(",", ""))
     if not match:
-        raise SpecializeError(f"{option}: '{text}' is not an amount (write 2e14, 2e14 FLOPs or 12.5M tokens)")
+        raise SpecializeError(f"{option}: '{text}' is not an amount (write 2e14, 2e14 FLOPs, 12.5M tokens or 30min)")
     number, word, unit = match.groups()
+    if not math.isfinite(float(number)):
+        raise SpecializeError(f"{option}: '{text}' is too large")
     word, unit = word.lower(), unit.lower()
+    if times and word == "m" and not unit:  # 45m: minutes or millions? refused rather than guessed
+        raise SpecializeError(f"{option}: '{text}' is ambiguous: write {number}min for minutes, or {number}M FLOPs "
+                              f"or {number}M tokens")
     if not unit and word in _UNITS:
         return float(number), word
     if word[:1] in _SUFFIX and not (unit and word[1:]) and (unit or word[1:]) in _UNITS:
@@ -55,6 +62,8 @@ def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[floa
     value, unit = _amount(text, option)
     if value <= 0:
         raise SpecializeError(f"{option}: the budget must be positive, not '{text}'")
+    if not math.isfinite(value * flops_per_token):
+        raise SpecializeError(f"{option}: '{text}' is too large")
     if unit in ("", "flop", "flops"):
         return value, "flops"
     if unit in ("tok", "toks", "token", "tokens"):
@@ -70,10 +79,11 @@ def inference_budget(text: str, option: str, presets: dict) -> float:
     if text in presets:
         return float(presets[text])
     try:
-        value, unit = _amount(text, option)
+        value, unit = _amount(text, option, times=False)
     except SpecializeError:
         value, unit = 0.0, ""
-    if unit not in ("", "param", "params", "parameters") or value <= 0:
+    if unit not in ("", "param", "params", "parameters") or value < 1 or value != round(value) \
+            or not math.isfinite(value):
         raise SpecializeError(f"{option}: '{text}' is neither a preset ({', '.join(presets)}) nor a parameter count")
     return value
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..study.report import plain_log_ticks
 from .fit import NO_PRETRAINING
 from .planner import GRID, Budgets, _affordable
 from .predict import predict
@@ -26,6 +27,7 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
     budgets = Budgets(**result["budgets"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     ns = np.unique(np.geomspace(1, max(100, 10 * budgets.domains), 40).round())
+    points = 0
     for entry in result["methods"]:
         method = entry["method"]
         options, _ = _affordable(model, method, budgets)
@@ -40,8 +42,9 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
         elif len(options) < 2:  # one budget measured and affordable: a point
             p = at(options[0])
             lo, hi = p["ppl_interval"] or (p["ppl"], p["ppl"])
-            line = left.errorbar([options[0]], [p["ppl"]], yerr=[[p["ppl"] - lo], [hi - p["ppl"]]], marker="o",
-                                 capsize=3, label=entry["label"]).lines[0]
+            points += 1  # methods measured at one budget share it: each drawn a little apart, to be seen
+            line = left.errorbar([options[0] * 1.04 ** points], [p["ppl"]], yerr=[[p["ppl"] - lo], [hi - p["ppl"]]],
+                                 marker="o", capsize=3, label=entry["label"]).lines[0]
         else:
             Bs = np.geomspace(min(options), max(options), GRID // 4)
             ps = [at(B) for B in Bs]
@@ -52,15 +55,20 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
         right.plot(ns, entry["shared_flops"] + ns * entry["per_domain_flops"], color=line.get_color(),
                    label=entry["label"], lw=2.5 if method == result["recommended"] else 1.2)
         if method == result["recommended"]:
-            x = entry["pretrain_flops"] or model["methods"][method]["B"][0]
+            x = (entry["pretrain_flops"] or model["methods"][method]["B"][0]) * (1.04 ** points if len(options) < 2
+                                                                                  else 1.0)
             left.plot([x], [entry["ppl"]], marker="*", ms=16, color=line.get_color(), ls="none",
                       label=f"recommended: {entry['label']}")
+    if budgets.pretrain_unit == "flops":  # the budget the user gave, where the methods stand against it
+        left.axvline(budgets.pretrain, color="grey", ls="--", lw=0.8, label="your pre-training budget")
     left.set(xscale="log", yscale="log", xlabel="generic pre-training budget (FLOPs)",
              ylabel="predicted test perplexity (90% interval)",
              title=f"domain of {budgets.domain_tokens:,.0f} tokens")
     right.axvline(budgets.domains, color="grey", ls="--", lw=0.8)
     right.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="total cost C(N), FLOPs",
               title="C(N) = shared + N x per domain")
+    plain_log_ticks(left)
+    plain_log_ticks(right, ppl_axis=False)
     for ax in (left, right):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

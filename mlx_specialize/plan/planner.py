@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import ui
 from ..errors import SpecializeError
-from ..study.report import LABEL
+from ..study.report import LABEL, ORDER
 from .fit import NO_PRETRAINING, REFERENCE, save_fitted
 from .predict import EXTRAPOLATE, costs, difference, predict
 
@@ -117,15 +118,18 @@ def plan(model: dict, budgets: Budgets) -> dict:
                                         f"{spec['preset']}, as far as its measured budgets carry its fit; the "
                                         "budgets afford more, whose gain is not predicted")
     fitting.sort(key=lambda e: e["bpb"])
-    result = {"budgets": asdict(budgets), "methods": fitting, "ruled_out": ruled_out,
-              "fit": {k: model[k] for k in ("source", "cells", "targets", "anchored")}}
+    unmeasured = [LABEL[m] for m in ORDER if m not in model["methods"]]
+    result = {"budgets": asdict(budgets), "methods": fitting, "ruled_out": ruled_out, "not_measured": unmeasured,
+              "fit": {**{k: model[k] for k in ("source", "cells", "targets", "anchored")},
+                      "preset": model["methods"][REFERENCE]["preset"]}}
     if fitting:
         result["recommended"] = fitting[0]["method"]
-        result["reason"] = _reason(model, fitting, budgets)
+        result["reason"] = _reason(model, fitting, ruled_out, budgets)
     else:
         result["recommended"] = None
         result["reason"] = "no method fits these budgets: " + "; ".join(
-            f"{r['label']} is ruled out by the {r['budget']} budget" for r in ruled_out)
+            f"{r['label']} is ruled out by the {r['budget']} budget{'s' if ' and ' in r['budget'] else ''}"
+            for r in ruled_out)
     return result
 
 
@@ -155,28 +159,31 @@ def _seconds(c: dict, budgets: Budgets) -> dict:
             "seconds_on": "this machine" if budgets.speed else "the study's machine"}
 
 
-def _reason(model: dict, fitting: list[dict], budgets: Budgets) -> str:
+def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Budgets) -> str:
     best = fitting[0]
     if len(fitting) == 1:
-        return f"{best['label']} is the only method these budgets afford."
+        why = "; ".join(f"{r['label']} by the {r['budget']} budget{'s' if ' and ' in r['budget'] else ''}"
+                        for r in ruled_out)
+        return f"{best['label']} is the only method these budgets afford" + (f" (ruled out: {why})." if why else ".")
     second = fitting[1]
     d = difference(model, best["method"], second["method"], best["pretrain_flops"] or model["B0"],
                    second["pretrain_flops"] or model["B0"], budgets.domain_tokens)
     lo, hi = d["interval"]
     n = budgets.domains
-    sure = "clearly" if hi < 0 else "though within the fit's error"
+    sure = "clearly better" if hi < -0.0005 else "though within the fit's error"
     return (f"{best['label']} has the lowest predicted bits per byte of the {len(fitting)} methods these budgets "
-            f"afford, {-d['mean']:.3f} below {second['label']} ({sure}: the difference's 90% interval is "
-            f"[{lo:+.3f}, {hi:+.3f}]); for {n} domain{'s' if n != 1 else ''} it costs C({n}) = "
-            f"{best['total_flops']:.2e} FLOPs against {second['total_flops']:.2e}.")
+            f"afford: {d['mean']:+.3f} against {second['label']} ({sure}: 90% interval [{lo:+.3f}, {hi:+.3f}]); "
+            f"for {n} domain{'s' if n != 1 else ''} it costs C({n}) = {best['total_flops']:.2e} FLOPs against "
+            f"{second['total_flops']:.2e}.")
 
 
 def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int | None = None, domains: int = 1,
               domain: str | None = None, results=None, spec: str | None = None, save_fit: str | None = None,
-              plot: str | None = None, tokenizer: str | None = None) -> dict:
+              plot: str | None = None, tokenizer: str | None = None, fit: str | None = None) -> dict:
     """`mlxspec plan`: the budgets as written (budgets.py), the fitted model (the package's,
-    or refitted on `results` with `spec`'s floors, saved to `save_fit`), the plan; with
-    `plot`, its figure (PNG). Every input is checked before the domain is read."""
+    one saved in `fit`, or refitted on `results` with `spec`'s floors, saved to
+    `save_fit`), the plan; with `plot`, its figure (PNG). Every input is checked before
+    the domain is read."""
     from ..models.presets import PRESETS, describe
     from .budgets import compute_budget, domain_features, inference_budget
     from .fit import load_fitted, refit
@@ -185,7 +192,11 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         raise SpecializeError(f"--domains: at least 1, not {domains}")
     if plot is not None and Path(plot).suffix.lower() != ".png":
         raise SpecializeError(f"--plot {plot}: name a .png file")
-    model = refit(results, spec) if results else load_fitted()
+    if save_fit is not None and Path(save_fit).is_dir():
+        raise SpecializeError(f"--save-fit {save_fit} is a folder; name the file to write")
+    if fit is not None and results:
+        raise SpecializeError("--fit and --results: one or the other (a saved fit, or results to fit now)")
+    model = refit(results, spec) if results else load_fitted(fit) if fit else load_fitted()
     per_token = 1.0 / model["methods"][REFERENCE]["tokens_per_budget_flop"]
     sizes = {name: describe(p)["params"] for name, p in PRESETS.items()}
     (pre, pre_unit), (spec_, spec_unit) = (compute_budget(pretrain, "--pretrain", per_token),
@@ -200,6 +211,9 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         budgets.bytes_per_token = features.get("bytes_per_token")
     if domain_tokens is not None:
         budgets.domain_tokens = domain_tokens
+        held = features and (features.get("train_tokens") or features["train_bytes"] / model["bytes_per_token"])
+        if held and domain_tokens > 1.1 * held:
+            ui.warn(f"--domain-tokens {domain_tokens:,}: {domain}'s train split holds about {held:,.0f} tokens")
     elif features:  # its train split (at the study targets' bytes per token, untokenized)
         budgets.domain_tokens = (features.get("train_tokens")
                                  or round(features["train_bytes"] / model["bytes_per_token"]))
@@ -207,6 +221,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     if "seconds" in (pre_unit, spec_unit):  # time on this machine: how fast is it, against the study's?
         from .calibrate import speed_ratio
 
+        ui.info("calibrating: a few pre-training steps time this machine against the study's")
         calibration = speed_ratio(model)
         budgets.speed = calibration["ratio"]
     result = plan(model, budgets)
@@ -226,23 +241,21 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
 
 def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: int | None = None) -> dict:
     """`specialize --method auto`: the plan for a pre-training budget of `pretrain_tokens`
-    tokens of `preset`, the plan's default per-domain budget, serving the preset's size,
-    on `domain` (its xz floor and size); returns the recommended method, the pre-training
-    tokens of `preset` it runs at, and the plan's reason."""
-    from ..models.dense import flops_per_token
-    from ..models.presets import describe, get_preset
+    tokens of `preset` (the preset the package's fit was measured with), the plan's
+    default per-domain budget, serving one model of the preset's size, on `domain` (its
+    xz floor and size); returns the recommended method, the pre-training tokens it runs at,
+    the plan's reason and its notes."""
     from .budgets import DEFAULT_SPECIALIZE, compute_budget, domain_features
     from .fit import load_fitted
 
     model = load_fitted()
-    chosen = get_preset(preset)
-    per_token = flops_per_token(chosen.model_args(), chosen.context)
+    measured = model["methods"][REFERENCE]["preset"]
+    if preset != measured:
+        raise SpecializeError(f"--method auto: the planner's predictions were measured with the '{measured}' preset, "
+                              f"not '{preset}'; pass --preset {measured}, or name a --method")
+    per_token = 1.0 / model["methods"][REFERENCE]["tokens_per_budget_flop"]
     features = domain_features(domain)
-    # serving one model of the preset's size: the fit measured one SLM size (and its LLM
-    # twin), so a preset of the SLM role is read as the SLM's size, the LLM role as the LLM's
-    sizes = sorted({spec["params"] for spec in model["methods"].values()})
-    inference = sizes[0] if chosen.role == "slm" else max(describe(chosen)["params"], sizes[-1])
-    budgets = Budgets(pretrain=pretrain_tokens * per_token, inference=inference,
+    budgets = Budgets(pretrain=pretrain_tokens * per_token, inference=model["methods"][REFERENCE]["params"],
                       specialize=compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0],
                       floor=features["floor"],
                       domain_tokens=domain_tokens or round(features["train_bytes"] / model["bytes_per_token"]))
@@ -250,8 +263,7 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
     if result["recommended"] is None:
         raise SpecializeError(f"--method auto: {result['reason']}")
     best = result["methods"][0]
-    tokens = pretrain_tokens if best["pretrain_flops"] is None else max(1, round(best["pretrain_flops"] / per_token))
-    return {"method": best["method"], "pretrain_tokens": tokens, "budget_flops": best["pretrain_flops"],
-            "reason": result["reason"],
+    return {"method": best["method"], "pretrain_tokens": best["budget_tokens"] or pretrain_tokens,
+            "budget_flops": best["pretrain_flops"], "reason": result["reason"], "notes": best["notes"],
             "predicted_bpb": best["bpb"], "predicted_bpb_interval": best["bpb_interval"],
-            "floor": features["floor"], "fit": result["fit"], "measured_preset": model["methods"][REFERENCE]["preset"]}
+            "floor": features["floor"], "fit": result["fit"]}

@@ -243,12 +243,12 @@ def _sizes(table: dict) -> list:
 
 
 def _save(fig, axes, path: Path, ppl_axis: bool = True) -> Path:
-    """Log ticks on every panel (see `_plain_log_ticks`), the legend on the last (if
+    """Log ticks on every panel (see `plain_log_ticks`), the legend on the last (if
     anything was drawn), the figure written."""
     import matplotlib.pyplot as plt
 
     for ax in axes:
-        _plain_log_ticks(ax, ppl_axis)
+        plain_log_ticks(ax, ppl_axis)
     if axes[-1].get_legend_handles_labels()[0]:
         axes[-1].legend(fontsize=7)
     fig.tight_layout()
@@ -326,7 +326,7 @@ def _cost_vs_domains(table: dict, path: Path, target_ppl: float | None) -> Path:
     return _save(fig, [ax], path, ppl_axis=False)
 
 
-def _plain_log_ticks(ax, ppl_axis: bool = True) -> None:
+def plain_log_ticks(ax, ppl_axis: bool = True) -> None:
     """Log axes: FLOPs and token counts in scientific notation at every 1-2-5 step (a
     range narrower than a decade still shows numbers), perplexities as plain numbers."""
     from matplotlib.ticker import FormatStrFormatter, LogFormatterSciNotation, LogLocator, NullFormatter

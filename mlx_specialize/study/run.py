@@ -36,17 +36,27 @@ LLM_METHODS = ("llm", "llm-lora")  # pre-train the preset's large twin: fewer to
 
 def read_results(path: Path) -> dict[str, dict]:
     """The results file's lines by cell key (a line cut short by a kill is skipped)."""
-    lines = {}
+    lines, bad = {}, []
     if not Path(path).is_file():
         return lines
-    for number, text in enumerate(Path(path).read_text().splitlines(), 1):
+    try:
+        texts = Path(path).read_text().splitlines()
+    except UnicodeDecodeError:
+        raise SpecializeError(f"{path} is not a results file (not text)") from None
+    for number, text in enumerate(texts, 1):
         if not text.strip():
             continue
         try:
             line = json.loads(text)
             lines[line["cell"]] = line
         except (ValueError, KeyError, TypeError):
-            ui.warn(f"{path}:{number} is not a result line (a write cut short?): skipped")
+            bad.append(number)
+    if bad and not lines and bad != [len(texts)]:  # not one cut-short last line: another kind of file
+        raise SpecializeError(f"{path} is not a results file of `mlxspec study` (no line is a result line)")
+    if bad:  # one warning for the file, not one per line
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        ui.warn(f"{path}: line{'s' if len(bad) > 1 else ''} {shown} {'are' if len(bad) > 1 else 'is'} not a "
+                "result line (a write cut short?): skipped")
     return lines
 
 
