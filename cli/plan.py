@@ -33,6 +33,10 @@ def plan(
                                              "model folder of the study, or its tokenizer.model), to count the "
                                              "domain's tokens and predict its perplexity as tightly as its bits per "
                                              "byte."),
+    clusters: Optional[Path] = typer.Option(None, "--clusters", help="With --domain and --tokenizer: the study's "
+                                            "clustering of its generic corpus (SLM-is's), to measure the domain's "
+                                            "cluster histogram (its entropy moves the clustered methods' prediction "
+                                            "where the fit has enough targets to measure that)."),
     results: Optional[List[Path]] = typer.Option(None, "--results", metavar="FILE", help="Refit on these `mlxspec "
                                                  "study` results files instead of the package's fit (repeat for "
                                                  "several)."),
@@ -55,7 +59,8 @@ def plan(
     result = make_plan(pretrain, specialize, inference, domain_tokens, domains, domain,
                        [str(p) for p in results] if results else None, str(spec) if spec else None,
                        str(save_fit) if save_fit else None, str(plot) if plot else None,
-                       str(tokenizer) if tokenizer else None, str(fit) if fit else None)
+                       str(tokenizer) if tokenizer else None, str(fit) if fit else None,
+                       str(clusters) if clusters else None)
     emit(result, *plan_view(result))
 
 
@@ -117,7 +122,12 @@ def plan_view(result: dict) -> list:
         lines.append(f"not in the fit (no cell of theirs measured yet): {', '.join(result['not_measured'])}")
     if "domain" in result:
         d = result["domain"]
-        lines.append(f"domain {d['corpus']}: xz -9 {d['floor']:.3f} bits per byte on its {d['held_out']} split")
+        lines.append(f"domain {d['corpus']}: xz -9 {d['floor']:.3f} bits per byte on its {d['held_out']} split"
+                     + (f"; cluster histogram entropy {d['entropy']:.2f} nats, KL to the generic mix "
+                        f"{d['kl_generic']:.2f} over {d['k']} clusters" if "entropy" in d else ""))
+        if "entropy" in d and not result["fit"]["entropy_terms"]:
+            lines.append(f"(the fit does not use the entropy: its {len(result['fit']['targets'])} targets are too "
+                         "few to tell a method's entropy slope from noise)")
     lines.append(f"recommended: {result['reason']}" if result["recommended"] else result["reason"])
     fit = result["fit"]
     lines.append(f"fitted on {fit['cells']} cells of {fit['source']}, targets {', '.join(fit['targets'])}")

@@ -7,6 +7,7 @@ the package's fitted model against a refit of the committed study results."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlx_specialize import load_corpus
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.plan import Budgets, costs, fit_results, plan, predict
 from mlx_specialize.plan.budgets import compute_budget, inference_budget, xz_bits_per_byte
@@ -40,13 +42,13 @@ FLOPS_PER_TOKEN = 1.19e7  # generic budget FLOPs per token of the preset
 B0, D0 = math.exp(sum(math.log(b * FLOPS_PER_TOKEN) for b in BUDGETS) / 3), math.exp(sum(map(math.log, SIZES)) / 3)
 
 
-def _truth(method, target, budget, size):
+def _truth(method, target, budget, size, level=LEVEL):
     b, gu, gv = METHOD[method]
     u = 0.0 if method == "nopt" else math.log(budget * FLOPS_PER_TOKEN / B0)
-    return LEVEL[target] + b + gu * u + gv * math.log(size / D0)
+    return level[target] + b + gu * u + gv * math.log(size / D0)
 
 
-def _line(method, target, budget, size, seed, bpb):
+def _line(method, target, budget, size, seed, bpb, bpt=BPT):
     B = budget * FLOPS_PER_TOKEN
     pretraining = 0.0 if method == "nopt" else 1.1 * B
     shared = 0.0 if method in ("nopt", "is") else pretraining + (2e12 if method == "mix" else 0.0)
@@ -56,7 +58,7 @@ def _line(method, target, budget, size, seed, bpb):
     return {"cell": f"{method}-{target}-{budget}-{size}-{seed}", "method": method, "target": target, "seed": seed,
             "budget": budget, "budget_flops": B, "domain_tokens": size, "domain_tokens_used": size, "preset": "small",
             "params": 11_000_000 if method == "llm" else 1_852_544, "bpb_after": bpb, "bpb_before": bpb + 1,
-            "ppl_after": 2 ** (bpb * BPT[target]), "ppl_before": 2 ** ((bpb + 1) * BPT[target]),
+            "ppl_after": 2 ** (bpb * bpt[target]), "ppl_before": 2 ** ((bpb + 1) * bpt[target]),
             "phases": {"pretrain": {"flops": pretraining}, "finetune": {"flops": finetune}},
             "costs": {"shared": {"flops": shared, "seconds": shared / 1e11, "phases": shared_phases},
                       "per_domain": {"flops": per_domain, "seconds": per_domain / 1e11,
@@ -319,3 +321,64 @@ def test_a_cell_recorded_under_two_domain_set_sizes_is_fitted_once():
     rows = _study(seeds=(0,))
     alias = {**rows[0], "cell": "alias", "domain_tokens": 10 * rows[0]["domain_tokens"]}
     assert len(cell_rows(rows + [alias])) == len(cell_rows(rows)) == len(rows)
+
+
+def test_with_four_targets_the_clustered_methods_get_an_entropy_slope():
+    """The paper: SLM-mix's gain over SLM vanishes on high-entropy domains. Cells drawn with
+    that effect on four targets: the fit measures it (from SLM-is's selections' entropies)
+    and a new domain's entropy moves SLM-mix's prediction, not SLM's; with three targets
+    the fit has no such term."""
+    entropy = {"t1": 3.0, "t2": 3.5, "t3": 4.0, "t4": 4.5}
+    level, floor, bpt = {**LEVEL, "t4": 2.0}, {**FLOOR, "t4": 1.5}, {**BPT, "t4": 2.8}
+    rng = random.Random(5)
+    rows = []
+    for t, h in entropy.items():
+        for m in ("finetune", "mix", "is"):
+            for b in BUDGETS:
+                gain = 0.3 * (h - 3.75) if m == "mix" else 0.0  # mix loses its gain as entropy grows
+                bpb = _truth(m, t, b, 100_000, level) + gain + rng.gauss(0, 0.01)
+                line = _line(m, t, b, 100_000, 0, bpb, bpt)
+                if m == "is":
+                    line["phases"]["select"] = {"entropy_domain": h, "kl_generic": 0.5, "k": 64}
+                rows.append(line)
+    model = fit_results(rows, floor)
+    cols = {tuple(c): v for c, v in zip(model["columns"], model["theta"])}
+    assert model["entropy_terms"] and cols[("h", "mix")] == pytest.approx(0.3, abs=0.03)
+    assert cols[("h", "is")] == pytest.approx(0.0, abs=0.03) and ("h", "finetune") not in cols
+    B = BUDGETS[1] * FLOPS_PER_TOKEN
+    low, high = (predict(model, "mix", B, 1e5, floor=1.0, entropy=h) for h in (3.0, 4.5))
+    assert high["bpb"] - low["bpb"] == pytest.approx(0.45, abs=0.05)
+    slm = [predict(model, "finetune", B, 1e5, floor=1.0, entropy=h)["bpb"] for h in (3.0, 4.5)]
+    assert slm[0] == pytest.approx(slm[1])
+    three = fit_results([r for r in rows if r["target"] != "t4"], floor)
+    assert not three["entropy_terms"] and not any(c[0] == "h" for c in three["columns"])
+
+
+def test_a_domain_s_cluster_histogram_against_the_generic_mix(tmp_path):
+    """--clusters: the generic corpus itself, as a domain, has the generic histogram (KL 0);
+    one of its two parts is further from it and less spread."""
+    from mlx_specialize.methods.clusters import cached_clusters, generic_tokenizer
+    from mlx_specialize.plan.budgets import domain_features
+
+    def texts(name, n):
+        return [d[:1500] for d in itertools.islice(load_corpus(name).documents("train"), n)]
+
+    def write(path, docs):
+        path.write_text("".join(json.dumps({"text": d, "split": "test" if i % 10 == 1 else "train"}) + "\n"
+                                for i, d in enumerate(docs)))
+        return str(path)
+
+    go, pg = texts("go-code", 40), texts("postgres-docs", 40)
+    generic = write(tmp_path / "generic.jsonl", go + pg)
+    part = write(tmp_path / "go.jsonl", go)
+    cache = tmp_path / "cache"
+    tok = generic_tokenizer(generic, 512, cache)
+    clusters, _ = cached_clusters(generic, tok, "hashed", 32, 4, "cosine", 0, cache)
+    tok_file = tmp_path / "tokenizer.model"
+    tok_file.write_bytes(tok.model_bytes)
+    whole = domain_features(generic, str(tok_file), str(clusters.folder), cache)
+    half = domain_features(part, str(tok_file), str(clusters.folder), cache)
+    assert whole["kl_generic"] == pytest.approx(0.0, abs=1e-9) and whole["k"] == 4
+    assert half["kl_generic"] > 0.05 and half["entropy"] < whole["entropy"] <= math.log(4)
+    with pytest.raises(SpecializeError, match="--clusters needs --tokenizer"):
+        domain_features(part, None, str(clusters.folder), cache)

@@ -97,15 +97,27 @@ def xz_bits_per_byte(context: bytes, held_out: bytes) -> float:
     return 8.0 * (with_held - len(lzma.compress(context, preset=9))) / len(held_out)
 
 
-def domain_features(spec: str, tokenizer: str | None = None) -> dict:
+def domain_features(spec: str, tokenizer: str | None = None, clusters: str | None = None,
+                    cache_dir=None) -> dict:
     """What the planner reads from a domain corpus before anything is trained: its xz -9
     bits per byte on its test split (valid if it has none) after the last 2 MB of its
     train split, and the train split's bytes; with a `tokenizer` (the study's: a model
-    folder or tokenizer.model), its train tokens and the held-out split's bytes per token."""
+    folder or tokenizer.model), its train tokens and the held-out split's bytes per token;
+    with `clusters` too (a clustering of the study's generic corpus, made with that
+    tokenizer: `cluster_features`), its cluster histogram's entropy and distance to the
+    generic mix's."""
     from ..data.corpus import load_corpus
     from ..data.tokenizer import Tokenizer
 
     encoder = Tokenizer.load(tokenizer) if tokenizer else None  # a bad path fails before the corpus is read
+    if clusters is not None:
+        if encoder is None:
+            raise SpecializeError("--clusters needs --tokenizer: the domain's windows are clustered as tokens")
+        from ..methods.clusters import load_clusters
+
+        clustering = load_clusters(clusters)
+        if clustering.meta.get("tokenizer") != encoder.fingerprint:
+            raise SpecializeError(f"--clusters {clusters} was made with another tokenizer than --tokenizer {tokenizer}")
     corpus = load_corpus(spec)
     counts = corpus.check(splits=("train",))
     held_split = "test" if counts.get("test") else "valid" if counts.get("valid") else None
@@ -119,4 +131,22 @@ def domain_features(spec: str, tokenizer: str | None = None) -> dict:
         features["train_tokens"] = sum(map(len, encoder.encode_batch(train_docs)))
         held_tokens = sum(map(len, encoder.encode_batch(held_docs)))
         features["bytes_per_token"] = sum(len(d.encode()) for d in held_docs) / max(held_tokens, 1)
+    if clusters is not None:
+        features.update(cluster_features(spec, encoder, clustering, cache_dir))
     return features
+
+
+def cluster_features(spec: str, tokenizer, clustering, cache_dir=None) -> dict:
+    """The domain's train windows assigned to the generic clusters (as SLM-is assigns
+    them): the entropy of their histogram and its KL divergence to the generic
+    histogram, in nats, as SLM-is's selection reports them (`entropy_domain`,
+    `kl_generic`)."""
+    from ..data.selection import entropy, histogram, kl_divergence
+    from ..methods.clusters import corpus_split, domain_histogram_labels
+    from ..runtime.cache import default_cache_dir
+
+    cache_dir = cache_dir or default_cache_dir()
+    split = corpus_split(spec, "train", tokenizer, cache_dir)
+    p_domain = histogram(domain_histogram_labels(clustering, split, tokenizer, cache_dir), clustering.k)
+    p_generic = histogram(clustering.labels, clustering.k)
+    return {"entropy": entropy(p_domain), "kl_generic": kl_divergence(p_domain, p_generic), "k": clustering.k}

@@ -43,6 +43,10 @@ from ..errors import SpecializeError
 
 REFERENCE = "finetune"  # SLM: the method the others' offsets are measured from
 NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the generic budget
+# the methods built on the generic clusters, whose gain the paper finds vanishing on domains
+# whose cluster histogram has high entropy: with enough targets, each gets a slope in it
+CLUSTERED = ("is", "mix", "pn", "soup")
+ENTROPY_TARGETS = 4  # fewer targets cannot tell a method's entropy slope from its noise
 FORMAT = 1  # the fitted model's layout; `plan` refuses another
 
 
@@ -76,6 +80,18 @@ def cell_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def target_features(lines: list[dict]) -> dict:
+    """Each target's cluster histogram entropy and KL divergence to the generic mix (nats),
+    as its SLM-is cells' selections measured them (on the largest domain set)."""
+    found = {}
+    for r in sorted(lines, key=lambda r: r.get("domain_tokens_used") or 0):
+        select = r.get("phases", {}).get("select", {})
+        if r["method"] == "is" and "entropy_domain" in select:
+            found[r["target"]] = {"entropy": float(select["entropy_domain"]),
+                                  "kl_generic": float(select["kl_generic"]), "k": int(select["k"])}
+    return found
+
+
 def _terms(rows: list[dict], method: str) -> list[str]:
     """Which of the method's slopes its cells can fit: u and v where they vary, u v where
     at least four (u, v) points were measured."""
@@ -87,10 +103,12 @@ def _terms(rows: list[dict], method: str) -> list[str]:
     return terms
 
 
-def _columns(rows: list[dict], methods: list[str], targets: list[str]) -> list[tuple]:
+def _columns(rows: list[dict], methods: list[str], targets: list[str], entropy: bool) -> list[tuple]:
     cols = [("a", t) for t in targets] + [("b", m) for m in methods if m != REFERENCE]
     for m in methods:
         cols += [(term, m) for term in _terms(rows, m)]
+        if entropy and m in CLUSTERED and len({r["target"] for r in rows if r["method"] == m}) >= ENTROPY_TARGETS:
+            cols.append(("h", m))
     return cols
 
 
@@ -100,7 +118,7 @@ def _design(rows: list[dict], cols: list[tuple]) -> np.ndarray:
     for i, r in enumerate(rows):
         if ("a", r["target"]) in index:
             X[i, index[("a", r["target"])]] = 1.0
-        for key, value in (("b", 1.0), ("u", r["u"]), ("v", r["v"]), ("uv", r["u"] * r["v"])):
+        for key, value in (("b", 1.0), ("u", r["u"]), ("v", r["v"]), ("uv", r["u"] * r["v"]), ("h", r["h"])):
             if (key, r["method"]) in index:
                 X[i, index[(key, r["method"])]] = value
     return X
@@ -136,7 +154,12 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
     if REFERENCE not in methods:
         raise SpecializeError(f"the results hold no cell of SLM (`{REFERENCE}`), the planner's reference method")
     targets = sorted({r["target"] for r in rows})
-    cols = _columns(rows, methods, targets)
+    features = target_features(lines)
+    entropy = len(targets) >= ENTROPY_TARGETS and all(t in features for t in targets)
+    H0 = sum(features[t]["entropy"] for t in targets) / len(targets) if entropy else 0.0
+    for r in rows:
+        r["h"] = features[r["target"]]["entropy"] - H0 if entropy else 0.0
+    cols = _columns(rows, methods, targets, entropy)
     X, y = _design(rows, cols), np.array([r["bpb"] for r in rows])
     theta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
     dof = len(rows) - rank
@@ -162,6 +185,7 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
     reference_rate = sum(p["flops"] for p in timed) / sum(p["seconds"] for p in timed) if timed else None
     model = {"format": FORMAT, "source": source, "cells": len(rows), "reference_flops_per_second": reference_rate,
              "targets": targets, "floors": floors, "anchored": anchored, "B0": B0, "D0": D0,
+             "features": features, "entropy_terms": entropy, "H0": H0,
              "columns": [list(c) for c in cols], "theta": theta.tolist(), "cov": cov.tolist(), "s2": s2,
              "dof": int(dof),
              "levels": levels, "offset_mean": float(np.mean(offsets)),

@@ -46,6 +46,7 @@ class Budgets:
     domains: int = 1
     floor: float | None = None
     bytes_per_token: float | None = None
+    entropy: float | None = None
     pretrain_unit: str = "flops"
     specialize_unit: str = "flops"
     speed: float | None = None
@@ -108,8 +109,8 @@ def plan(model: dict, budgets: Budgets) -> dict:
                               "needs": {"pretrain": need["shared"], "specialize": need["per_domain"]}})
             continue
         # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
-        scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor)["bpb"], 4), B)
-                  for B in options]
+        scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor,
+                                 entropy=budgets.entropy)["bpb"], 4), B) for B in options]
         B = min(scored)[1]
         fitting.append(_entry(model, method, B, budgets))
         top = spec["B"][1] * (EXTRAPOLATE if "u" in spec["terms"] else 1.0)
@@ -121,6 +122,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
     unmeasured = [LABEL[m] for m in ORDER if m not in model["methods"]]
     result = {"budgets": asdict(budgets), "methods": fitting, "ruled_out": ruled_out, "not_measured": unmeasured,
               "fit": {**{k: model[k] for k in ("source", "cells", "targets", "anchored")},
+                      "entropy_terms": model.get("entropy_terms", False),
                       "preset": model["methods"][REFERENCE]["preset"]}}
     if fitting:
         result["recommended"] = fitting[0]["method"]
@@ -135,7 +137,8 @@ def plan(model: dict, budgets: Budgets) -> dict:
 
 def _entry(model: dict, method: str, B: float, budgets: Budgets) -> dict:
     spec = model["methods"][method]
-    p = predict(model, method, B, budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token)
+    p = predict(model, method, B, budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token,
+                entropy=budgets.entropy)
     c = costs(model, method, B, budgets.domain_tokens)
     n = budgets.domains
     return {"method": method, "label": LABEL.get(method, method),
@@ -167,7 +170,7 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
         return f"{best['label']} is the only method these budgets afford" + (f" (ruled out: {why})." if why else ".")
     second = fitting[1]
     d = difference(model, best["method"], second["method"], best["pretrain_flops"] or model["B0"],
-                   second["pretrain_flops"] or model["B0"], budgets.domain_tokens)
+                   second["pretrain_flops"] or model["B0"], budgets.domain_tokens, budgets.entropy)
     lo, hi = d["interval"]
     n = budgets.domains
     sure = "clearly better" if hi < -0.0005 else "though within the fit's error"
@@ -179,11 +182,13 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
 
 def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int | None = None, domains: int = 1,
               domain: str | None = None, results=None, spec: str | None = None, save_fit: str | None = None,
-              plot: str | None = None, tokenizer: str | None = None, fit: str | None = None) -> dict:
+              plot: str | None = None, tokenizer: str | None = None, fit: str | None = None,
+              clusters: str | None = None, cache_dir=None) -> dict:
     """`mlxspec plan`: the budgets as written (budgets.py), the fitted model (the package's,
     one saved in `fit`, or refitted on `results` with `spec`'s floors, saved to
-    `save_fit`), the plan; with `plot`, its figure (PNG). Every input is checked before
-    the domain is read."""
+    `save_fit`), the plan; with `plot`, its figure (PNG). `domain` with `tokenizer` and
+    `clusters` (the study's) also measures its cluster histogram. Every input is checked
+    before the domain is read."""
     from ..models.presets import PRESETS, describe
     from .budgets import compute_budget, domain_features, inference_budget
     from .fit import load_fitted, refit
@@ -203,12 +208,14 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
                                            compute_budget(specialize, "--specialize", per_token))
     budgets = Budgets(pretrain=pre, specialize=spec_, inference=inference_budget(inference, "--inference", sizes),
                       domains=domains, pretrain_unit=pre_unit, specialize_unit=spec_unit)
-    if tokenizer and not domain:
-        raise SpecializeError("--tokenizer goes with --domain (it tokenizes the domain)")
-    features = domain_features(domain, tokenizer) if domain else None
+    if (tokenizer or clusters) and not domain:
+        raise SpecializeError(f"{'--tokenizer' if tokenizer else '--clusters'} goes with --domain (it reads the "
+                              "domain)")
+    features = domain_features(domain, tokenizer, clusters, cache_dir) if domain else None
     if features:
         budgets.floor = features["floor"]
         budgets.bytes_per_token = features.get("bytes_per_token")
+        budgets.entropy = features.get("entropy")
     if domain_tokens is not None:
         budgets.domain_tokens = domain_tokens
         held = features and (features.get("train_tokens") or features["train_bytes"] / model["bytes_per_token"])

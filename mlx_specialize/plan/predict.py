@@ -64,12 +64,18 @@ def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, li
     return B, D, notes
 
 
-def _row(model: dict, method: str, B: float, D: float, target: str | None = None) -> np.ndarray:
+def _row(model: dict, method: str, B: float, D: float, target: str | None = None,
+         entropy: float | None = None) -> np.ndarray:
     """The design row of a cell of `method` at (B, D) on `target`, or on a new domain
-    (the targets' mean level)."""
+    (the targets' mean level) of cluster histogram entropy `entropy` (None: the targets'
+    mean)."""
     u = 0.0 if method in NO_PRETRAINING else math.log(B / model["B0"])
     v = math.log(D / model["D0"])
-    values = {"b": 1.0, "u": u, "v": v, "uv": u * v}
+    if target is not None and model.get("entropy_terms"):
+        h = model["features"][target]["entropy"] - model["H0"]
+    else:
+        h = 0.0 if entropy is None or not model.get("entropy_terms") else entropy - model["H0"]
+    values = {"b": 1.0, "u": u, "v": v, "uv": u * v, "h": h}
     targets = model["targets"]
     x = np.zeros(len(model["columns"]))
     for i, (kind, name) in enumerate(model["columns"]):
@@ -81,7 +87,7 @@ def _row(model: dict, method: str, B: float, D: float, target: str | None = None
 
 
 def predict(model: dict, method: str, B: float, D: float, floor: float | None = None, target: str | None = None,
-            bytes_per_token: float | None = None) -> dict:
+            bytes_per_token: float | None = None, entropy: float | None = None) -> dict:
     """The method's bits per byte and perplexity after specialization at the generic
     budget B (FLOPs) with D domain tokens, each with its 90% prediction interval (None
     where the fit cannot measure a spread).
@@ -90,14 +96,16 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
     - `target`: one of the study's, at its fitted level;
     - `floor`: a new domain, at the level its xz -9 bits per byte implies (the study
       targets' mean of level - floor, scattering as theirs did), its perplexity at
-      `bytes_per_token` where it was tokenized, else at the targets' mean and spread;
+      `bytes_per_token` where it was tokenized, else at the targets' mean and spread; its
+      cluster histogram `entropy` moves the clustered methods where the fit has the
+      terms (fit.CLUSTERED);
     - neither: the study's targets on average (their macro perplexity, as the study
       reports it), the level and scatter averaged over them."""
     B, D, notes = held(model, method, B, D)
     theta, cov, s2, targets = np.array(model["theta"]), np.array(model["cov"]), model["s2"], model["targets"]
     if floor is None and target is None:
         return {"method": method, "B": B, "D": D, "notes": notes, **_macro(model, method, B, D)}
-    x = _row(model, method, B, D, target)
+    x = _row(model, method, B, D, target, entropy)
     bpb = float(x @ theta)
     parts = [(float(x @ cov @ x) + s2, model["dof"])]
     if target is None:  # a new domain
@@ -149,10 +157,13 @@ def _level_var(model: dict) -> float | None:
     return float(np.var(levels, ddof=1)) if len(levels) > 1 else None
 
 
-def difference(model: dict, first: str, second: str, B1: float, B2: float, D: float) -> dict:
-    """bpb(first at B1) - bpb(second at B2) on the same domain, with its 90% interval: the
-    domain's level cancels; two cells' scatter does not."""
-    x = _row(model, first, *held(model, first, B1, D)[:2]) - _row(model, second, *held(model, second, B2, D)[:2])
+def difference(model: dict, first: str, second: str, B1: float, B2: float, D: float,
+               entropy: float | None = None) -> dict:
+    """bpb(first at B1) - bpb(second at B2) on the same domain (of cluster histogram
+    `entropy`, or the targets' mean), with its 90% interval: the domain's level cancels;
+    two cells' scatter does not."""
+    x = (_row(model, first, *held(model, first, B1, D)[:2], entropy=entropy)
+         - _row(model, second, *held(model, second, B2, D)[:2], entropy=entropy))
     theta, cov = np.array(model["theta"]), np.array(model["cov"])
     mean = float(x @ theta)
     half = t_quantile(model["dof"]) * math.sqrt(float(x @ cov @ x) + 2 * model["s2"])

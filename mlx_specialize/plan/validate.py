@@ -2,7 +2,8 @@
 
 For each target of a study, the planner's model is fitted on the other targets' cells
 alone and asked about the held-out target, anchored on its floor (the xz bits per byte
-a user's `--domain` gives) as a new domain would be:
+a user's `--domain` gives) and with its cluster histogram's entropy (`--clusters`) as a
+new domain would be:
 - coverage: the share of the held-out cells whose measured bits per byte and perplexity
   fall inside the predicted 90% intervals;
 - recommendations: for each budget and domain-set size the held-out target was measured
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..errors import SpecializeError
-from .fit import cell_rows, fit_results
+from .fit import cell_rows, fit_results, target_features
 from .predict import difference, predict
 
 
@@ -27,6 +28,7 @@ def leave_one_target_out(rows: list[dict], floors: dict) -> dict:
     `rows`: the study's lines (`study.report.load_lines`)."""
     cells = cell_rows(rows)
     targets = sorted({r["target"] for r in cells})
+    entropy = {t: f["entropy"] for t, f in target_features(rows).items()}
     missing = [t for t in targets if t not in floors]
     if missing:
         raise SpecializeError(f"leave-one-target-out needs every target's floor; none for {', '.join(missing)}")
@@ -36,12 +38,13 @@ def leave_one_target_out(rows: list[dict], floors: dict) -> dict:
         own = [r for r in cells if r["target"] == target and r["method"] in model["methods"]]
         for r in own:
             # as `plan --domain --tokenizer` would: its floor and its bytes per token measured
-            p = predict(model, r["method"], r["B"], r["D"], floors[target], bytes_per_token=r["bytes_per_token"])
+            p = predict(model, r["method"], r["B"], r["D"], floors[target], bytes_per_token=r["bytes_per_token"],
+                        entropy=entropy.get(target))
             held_cells.append({"target": target, "method": r["method"], "budget": r["budget"], "D": r["D"],
                                "seed": r["seed"], "bpb": r["bpb"], "predicted": p["bpb"],
                                "interval": p["bpb_interval"], "ppl": 2 ** (r["bpb"] * r["bytes_per_token"]),
                                "ppl_predicted": p["ppl"], "ppl_interval": p["ppl_interval"]})
-        decisions += _decisions(model, own, target, floors)
+        decisions += _decisions(model, own, target, floors[target], entropy.get(target))
     return {"targets": targets, "cells": held_cells, "decisions": decisions,
             "bpb_coverage": _share(held_cells, "bpb", "interval"),
             "ppl_coverage": _share(held_cells, "ppl", "ppl_interval"),
@@ -49,7 +52,7 @@ def leave_one_target_out(rows: list[dict], floors: dict) -> dict:
                          for scope in ("preset size", "any size")}}
 
 
-def _decisions(model: dict, own: list[dict], target: str, floors: dict) -> list[dict]:
+def _decisions(model: dict, own: list[dict], target: str, floor: float, entropy: float | None) -> list[dict]:
     """One decision per (budget, domain-set size) of the held-out target and inference
     scope, over the methods measured there (seed means)."""
     groups = defaultdict(lambda: defaultdict(list))
@@ -64,9 +67,9 @@ def _decisions(model: dict, own: list[dict], target: str, floors: dict) -> list[
                 continue
             measured = {m: sum(r["bpb"] for r in by_method[m]) / len(by_method[m]) for m in methods}
             B = {m: by_method[m][0]["B"] for m in methods}
-            predicted = {m: predict(model, m, B[m], D, floors[target])["bpb"] for m in methods}
+            predicted = {m: predict(model, m, B[m], D, floor, entropy=entropy)["bpb"] for m in methods}
             pick, best = min(methods, key=predicted.get), min(methods, key=measured.get)
-            d = difference(model, pick, best, B[pick], B[best], D)
+            d = difference(model, pick, best, B[pick], B[best], D, entropy)
             gap = measured[pick] - measured[best]
             out.append({"target": target, "budget": budget, "D": D, "scope": scope, "methods": len(methods),
                         "recommended": pick, "measured_best": best, "gap_bpb": gap,
