@@ -114,7 +114,7 @@ def plan_view(result: dict) -> list:
     for r in result["ruled_out"]:
         needs = r["needs"]
         need = (f"{needs['params']:,} params" if r["budget"] == "inference" else
-                f"at the least it was measured at, {needs['pretrain']:.2e} FLOPs shared and "
+                f"at the smallest budget its fit reaches, {needs['pretrain']:.2e} FLOPs shared and "
                 f"{needs['specialize']:.2e} per domain")
         plural = "s" if " and " in r["budget"] else ""
         lines.append(f"ruled out: {r['label']}, by the {r['budget']} budget{plural} (needs {need})")

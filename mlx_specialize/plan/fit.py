@@ -16,8 +16,9 @@ so domains compare), one least-squares fit over every cell of every method:
   size (the scaling-law literature's power laws, in the log-loss regime the study
   measured), each fitted only where the method's cells vary along it; the reference
   method (SLM, `finetune`) has no offset. SLM-nopt has no generic pre-training: no u.
-- noise: the cells' scatter around the fit (seeds, and what a method gains on one target
-  more than on another), one variance for all cells.
+- noise: the cells' scatter around the fit: within a method's cells on one target (seeds,
+  budgets off the fit) and between targets (what a method gains on one target more than
+  on another), two variance components (`_variance`).
 
 Perplexity follows from bits per byte and the domain's bytes per token (the study
 targets' mean, with their spread: a domain's tokenization is not known before it is
@@ -94,11 +95,11 @@ def target_features(lines: list[dict]) -> dict:
 
 def _terms(rows: list[dict], method: str) -> list[str]:
     """Which of the method's slopes its cells can fit: u and v where they vary, u v where
-    at least four (u, v) points were measured."""
-    us = {r["u"] for r in rows if r["method"] == method}
-    vs = {r["v"] for r in rows if r["method"] == method}
-    terms = [t for t, values in (("u", us), ("v", vs)) if len(values) > 1]
-    if len(terms) == 2 and len({(r["u"], r["v"]) for r in rows if r["method"] == method}) >= 4:
+    its (u, v) points are not all on two lines (an L-shaped grid, as a study fills: every
+    budget at one size, every size at one budget, makes u v a sum of 1, u and v there)."""
+    points = {(r["u"], r["v"]) for r in rows if r["method"] == method}
+    terms = [t for t, i in (("u", 0), ("v", 1)) if len({p[i] for p in points}) > 1]
+    if len(terms) == 2 and np.linalg.matrix_rank(np.array([[1.0, u, v, u * v] for u, v in points])) == 4:
         terms.append("uv")
     return terms
 
@@ -110,6 +111,49 @@ def _columns(rows: list[dict], methods: list[str], targets: list[str], entropy: 
         if entropy and m in CLUSTERED and len({r["target"] for r in rows if r["method"] == m}) >= ENTROPY_TARGETS:
             cols.append(("h", m))
     return cols
+
+
+def _independent(X: np.ndarray) -> list[int]:
+    """The columns kept, in order, each only where it adds to the rank of those before:
+    the fit then has one solution, and nothing is predicted along a direction the cells
+    never measured (a method on one target only, say)."""
+    keep: list[int] = []
+    for j in range(X.shape[1]):
+        if np.linalg.matrix_rank(X[:, keep + [j]]) == len(keep) + 1:
+            keep.append(j)
+    return keep
+
+
+def _variance(X: np.ndarray, residual: np.ndarray, clusters: list, level_columns: int) -> tuple[float, np.ndarray,
+                                                                                                 int, dict]:
+    """(variance of a new cell, covariance of the coefficients, degrees of freedom, the
+    components). A method's cells on one target share what it gains on that target more
+    than on others: their residuals are correlated. Within a (method, target) cluster the
+    cells scatter by sw2 (seeds, budgets off the fit); the clusters' means by sb2 more
+    (one-way ANOVA on the residuals). The coefficients' covariance is the sandwich
+    (X'X)^-1 X'VX (X'X)^-1 with V = sw2 I + sb2 (same cluster); the degrees of freedom
+    are the clusters' (less the `level_columns` fitted on them: the targets' levels, the
+    methods' offsets) where sb2 > 0, as the clusters are the independent units."""
+    n, p = X.shape
+    index = defaultdict(list)
+    for i, c in enumerate(clusters):
+        index[c].append(i)
+    C = len(index)
+    within = sum(float(((residual[ix] - residual[ix].mean()) ** 2).sum()) for ix in index.values())
+    between = sum(len(ix) * float(residual[ix].mean()) ** 2 for ix in index.values())
+    sw2, sb2, dof = (within + between) / (n - p), 0.0, n - p  # all cells independent
+    between_dof = C - level_columns
+    if n - C >= p - level_columns + 1 and between_dof >= 1:
+        sw2 = within / (n - C - (p - level_columns))  # the slopes are fitted within the clusters
+        n_bar = (n - sum(len(ix) ** 2 for ix in index.values()) / n) / max(C - 1, 1)
+        sb2 = max(0.0, (between / between_dof - sw2) / max(n_bar, 1.0))
+        dof = between_dof if sb2 > 0 else n - p
+    V = sw2 * np.eye(n)
+    for ix in index.values():
+        V[np.ix_(ix, ix)] += sb2
+    inverse = np.linalg.inv(X.T @ X)
+    cov = inverse @ X.T @ V @ X @ inverse
+    return sw2 + sb2, cov, int(dof), {"within": sw2, "method_target": sb2}
 
 
 def _design(rows: list[dict], cols: list[tuple]) -> np.ndarray:
@@ -131,13 +175,14 @@ def _cost_fit(rows: list[dict], part: str) -> dict:
     a selection) as ln(rest) = c0 + cu u + cv v, each slope only where the method's cells
     vary along it, held at the measured value where they do not."""
     ratio = float(np.mean([r[part + "_pretraining"] / r["B"] for r in rows]))
-    rest = np.array([r[part] - r[part + "_pretraining"] for r in rows])
     fit = {"pretraining_ratio": ratio}
-    if (rest <= 0).all():
+    rows = [r for r in rows if r[part] - r[part + "_pretraining"] > 0]  # a part with nothing besides pre-training
+    if not rows:
         return fit
+    rest = np.array([r[part] - r[part + "_pretraining"] for r in rows])
     terms = [t for t in ("u", "v") if len({r[t] for r in rows}) > 1]
     X = np.column_stack([np.ones(len(rows))] + [[r[t] for r in rows] for t in terms])
-    coef = np.linalg.lstsq(X, np.log(np.maximum(rest, 1.0)), rcond=None)[0]
+    coef = np.linalg.lstsq(X, np.log(rest), rcond=None)[0]
     return {**fit, "c0": float(coef[0]), **{f"c{t}": float(c) for t, c in zip(terms, coef[1:])}}
 
 
@@ -160,15 +205,16 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
     for r in rows:
         r["h"] = features[r["target"]]["entropy"] - H0 if entropy else 0.0
     cols = _columns(rows, methods, targets, entropy)
-    X, y = _design(rows, cols), np.array([r["bpb"] for r in rows])
-    theta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
-    dof = len(rows) - rank
-    if dof < 1:
-        raise SpecializeError(f"{len(rows)} cells fit {rank} parameters exactly: the planner needs more cells "
+    X = _design(rows, cols)
+    kept = _independent(X)
+    cols, X, y = [cols[j] for j in kept], X[:, kept], np.array([r["bpb"] for r in rows])
+    if len(rows) - len(cols) < 1:
+        raise SpecializeError(f"{len(rows)} cells fit {len(cols)} parameters exactly: the planner needs more cells "
                               "(more targets, seeds or budgets) to measure its own error")
+    theta = np.linalg.lstsq(X, y, rcond=None)[0]
     residual = y - X @ theta
-    s2 = float(residual @ residual / dof)
-    cov = s2 * np.linalg.pinv(X.T @ X)
+    s2, cov, dof, components = _variance(X, residual, [(r["method"], r["target"]) for r in rows],
+                                         sum(kind in ("a", "b", "h") for kind, _ in cols))
 
     floors = {t: float(floors[t]) for t in targets if floors and t in floors}
     anchored = len(floors) == len(targets)
@@ -187,7 +233,7 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
              "targets": targets, "floors": floors, "anchored": anchored, "B0": B0, "D0": D0,
              "features": features, "entropy_terms": entropy, "H0": H0,
              "columns": [list(c) for c in cols], "theta": theta.tolist(), "cov": cov.tolist(), "s2": s2,
-             "dof": int(dof),
+             "dof": dof, "variance_components": components,
              "levels": levels, "offset_mean": float(np.mean(offsets)),
              "offset_var": float(np.var(offsets, ddof=1)) if len(offsets) > 1 else None,
              "bytes_per_token": float(np.mean(per_target_bpt)),
@@ -201,7 +247,7 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
         flops = sum(r["shared"] + r["per_domain"] for r in own)
         seconds = sum(r["shared_s"] + r["per_domain_s"] for r in own)
         model["methods"][m] = {
-            "cells": len(own), "terms": _terms(rows, m),
+            "cells": len(own), "terms": [kind for kind, name in cols if name == m and kind in ("u", "v", "uv")],
             "budgets": sorted({r["budget"] for r in own}), "B": [min(r["B"] for r in own), max(r["B"] for r in own)],
             "D": [min(r["D"] for r in own), max(r["D"] for r in own)],
             "shared": _cost_fit(own, "shared"), "per_domain": _cost_fit(own, "per_domain"),

@@ -16,6 +16,7 @@ best among those both budgets afford; the one predicted best overall is recommen
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def _exceeded(c: dict, budgets: Budgets) -> set[str]:
     out = set()
     for name, part in (("pretrain", "shared"), ("specialize", "per_domain")):
         if getattr(budgets, name + "_unit") == "seconds":
-            spent = c[part + "_seconds"] / budgets.speed
+            # a method whose cells recorded no time cannot be said to fit a time budget
+            spent = math.inf if c[part + "_seconds"] is None else c[part + "_seconds"] / budgets.speed
         else:
             spent = c[part]
         if spent > getattr(budgets, name):
@@ -71,17 +73,20 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
     spec = model["methods"][method]
     lo, hi = spec["B"]
     reach = EXTRAPOLATE if "u" in spec["terms"] else 1.0
-    candidates = [spec["B"][0]] if method in NO_PRETRAINING else list(np.geomspace(lo / reach, hi * reach, GRID))
-    fits, over = [], set()
+    if method in NO_PRETRAINING or lo * (1 - 1e-9) >= hi * reach:  # one budget to run at
+        candidates = [lo]
+    else:
+        candidates = list(np.geomspace(lo / reach, hi * reach, GRID))
+    fits, binding = [], None
     for B in candidates:
         exceeded = _exceeded(costs(model, method, B, budgets.domain_tokens), budgets)
-        over |= exceeded
+        binding = exceeded if binding is None else binding & exceeded  # exceeded at every budget tried
         if not exceeded:
             fits.append(B)
     if fits:
         return fits, None
-    return [], "pretrain" if "pretrain" in over and "specialize" not in over else \
-        "specialize" if "specialize" in over and "pretrain" not in over else "pretrain and specialize"
+    # the budget exceeded at every budget it may run at; if none is, the two only jointly
+    return [], " and ".join(sorted(binding)) if binding else "pretrain and specialize"
 
 
 def _affords_more(model: dict, method: str, B: float, budgets: Budgets) -> bool:
@@ -170,7 +175,8 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
         return f"{best['label']} is the only method these budgets afford" + (f" (ruled out: {why})." if why else ".")
     second = fitting[1]
     d = difference(model, best["method"], second["method"], best["pretrain_flops"] or model["B0"],
-                   second["pretrain_flops"] or model["B0"], budgets.domain_tokens, budgets.entropy)
+                   second["pretrain_flops"] or model["B0"], budgets.domain_tokens, budgets.entropy,
+                   macro=budgets.floor is None)
     lo, hi = d["interval"]
     n = budgets.domains
     sure = "clearly better" if hi < -0.0005 else "though within the fit's error"

@@ -19,22 +19,46 @@ from .fit import NO_PRETRAINING
 LEVEL = 0.90  # two-sided prediction intervals
 EXTRAPOLATE = 2.0  # how far beyond its measured budgets and sizes a method's fit is followed
 
-# Student's t, one-sided 0.95 quantile (a two-sided 90% interval), by degrees of freedom;
-# interpolated in 1/dof between the rows (the standard tables).
-_T95 = [(1, 6.314), (2, 2.920), (3, 2.353), (4, 2.132), (5, 2.015), (6, 1.943), (7, 1.895), (8, 1.860),
-        (9, 1.833), (10, 1.812), (15, 1.753), (20, 1.725), (30, 1.697), (60, 1.671), (120, 1.658)]
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction
+    (Numerical Recipes' betacf, Lentz's method)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side only
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * f
 
 
-def t_quantile(dof: float) -> float:
-    """The 0.95 quantile of Student's t with `dof` (>= 1, possibly fractional) degrees of
-    freedom; the normal's 1.645 as dof grows without bound."""
+def t_quantile(dof: float, level: float = LEVEL) -> float:
+    """The two-sided `level` quantile of Student's t with `dof` (>= 1, possibly fractional:
+    Welch-Satterthwaite's) degrees of freedom: t with P(|T| <= t) = level; the normal's
+    as dof grows without bound."""
     dof = max(float(dof), 1.0)
-    rows = _T95 + [(math.inf, 1.645)]
-    for (d0, t0), (d1, t1) in zip(rows, rows[1:]):
-        if dof <= d1:
-            x0, x1, x = 1 / d0, 1 / d1, 1 / dof
-            return t0 + (t1 - t0) * (x0 - x) / (x0 - x1)
-    return 1.645
+    if not math.isfinite(dof) or dof > 1e7:
+        dof = 1e7
+    tail = 1.0 - level  # P(|T| > t) = I_{dof / (dof + t^2)}(dof / 2, 1 / 2)
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if _incomplete_beta(dof / 2, 0.5, dof / (dof + mid * mid)) > tail:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def _satterthwaite(parts: list[tuple[float, float]]) -> float:
@@ -105,19 +129,25 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
     theta, cov, s2, targets = np.array(model["theta"]), np.array(model["cov"]), model["s2"], model["targets"]
     if floor is None and target is None:
         return {"method": method, "B": B, "D": D, "notes": notes, **_macro(model, method, B, D)}
+    T = len(targets)
+    entropy = _held_entropy(model, entropy, notes) if target is None else None
     x = _row(model, method, B, D, target, entropy)
     bpb = float(x @ theta)
     parts = [(float(x @ cov @ x) + s2, model["dof"])]
     if target is None:  # a new domain
-        T = len(targets)
-        spread = model["offset_var"] if model["anchored"] else _level_var(model)
         if model["anchored"]:
             bpb += floor - sum(model["floors"].values()) / T
-        parts.append((spread, T - 1) if spread is not None else (math.nan, 1))
+        else:
+            notes.append("the fit has no floors: the domain's level is the study targets' mean")
+        # its level lies as far from the targets' mean (itself known from T of them) as theirs did
+        spread = model["offset_var"] if model["anchored"] else _level_var(model)
+        parts.append((spread * (1 + 1 / T), T - 1) if spread is not None else (math.nan, 1))
+        if entropy is None:  # an unmeasured histogram: the clustered method's entropy slope adds its spread
+            parts += _entropy_parts(model, _slope(model, method))
     var = sum(v for v, _ in parts)
     half = None if math.isnan(var) else t_quantile(_satterthwaite(parts)) * math.sqrt(var)
     out = {"method": method, "B": B, "D": D, "notes": notes, "bpb": bpb,
-           "bpb_interval": None if half is None else [max(bpb - half, 0.0), bpb + half]}
+           "bpb_interval": None if half is None else _nonnegative(bpb, half)}
     if target is not None:  # a study target's tokenization is known
         bytes_per_token = model["bytes_per_token_by_target"][target]
     known = bytes_per_token is not None
@@ -125,12 +155,49 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
     out["ppl"] = 2.0 ** (bpb * bpt)
     out["ppl_interval"] = None
     if half is not None and (known or model["bytes_per_token_var"] is not None):
-        # an untokenized domain's bytes per token is as uncertain as the targets' scatter says
-        bpt_half = 0.0 if known else t_quantile(len(targets) - 1) * math.sqrt(
-            model["bytes_per_token_var"] * (1 + 1 / len(targets)))
-        lo, hi = out["bpb_interval"]
-        out["ppl_interval"] = [2.0 ** (lo * max(bpt - bpt_half, 0.0)), 2.0 ** (hi * (bpt + bpt_half))]
+        # ln ppl = ln 2 x bpb x bytes per token: its variance to first order (delta method),
+        # an untokenized domain's bytes per token as uncertain as the targets' scatter says
+        ln2 = math.log(2.0)
+        ppl_parts = [((ln2 * bpt) ** 2 * v, d) for v, d in parts]
+        if not known:
+            ppl_parts.append(((ln2 * bpb) ** 2 * model["bytes_per_token_var"] * (1 + 1 / T), T - 1))
+        ln_half = t_quantile(_satterthwaite(ppl_parts)) * math.sqrt(sum(v for v, _ in ppl_parts))
+        out["ppl_interval"] = [math.exp(ln2 * bpb * bpt - ln_half), math.exp(ln2 * bpb * bpt + ln_half)]
     return out
+
+
+def _nonnegative(mean: float, half: float) -> list[float]:
+    """mean +- half, cut at 0 (no text codes in fewer than 0 bits)."""
+    lo = max(mean - half, 0.0)
+    return [lo, max(mean + half, lo)]
+
+
+def _slope(model: dict, method: str) -> float:
+    """The method's fitted slope in the domain's cluster histogram entropy (0: none)."""
+    return next((v for (kind, name), v in zip(model["columns"], model["theta"]) if kind == "h" and name == method),
+                0.0)
+
+
+def _entropy_parts(model: dict, slope: float) -> list[tuple[float, float]]:
+    """The variance (and its dof) an unmeasured entropy adds through a slope: the targets'
+    entropies' spread, a new domain's as wide."""
+    if not slope or not model.get("entropy_terms"):
+        return []
+    values = [model["features"][t]["entropy"] for t in model["targets"]]
+    T = len(values)
+    return [(slope * slope * float(np.var(values, ddof=1)) * (1 + 1 / T), T - 1)]
+
+
+def _held_entropy(model: dict, entropy: float | None, notes: list[str]) -> float | None:
+    """A domain's entropy within the targets' measured range (the slope is not followed
+    beyond it), and the note where it was held."""
+    if entropy is None or not model.get("entropy_terms"):
+        return entropy
+    values = [model["features"][t]["entropy"] for t in model["targets"]]
+    inside = min(max(entropy, min(values)), max(values))
+    if inside != entropy:
+        notes.append(f"entropy held at {inside:.2f} nats: the targets' measured range")
+    return inside
 
 
 def _macro(model: dict, method: str, B: float, D: float) -> dict:
@@ -146,7 +213,7 @@ def _macro(model: dict, method: str, B: float, D: float) -> dict:
         x = sum(w * r for w, r in zip(weights, rows))
         mean = float(x @ theta)
         half = t * math.sqrt(float(x @ cov @ x) + s2 * sum(w * w for w in weights))
-        out[name] = (mean, [max(mean - half, 0.0), mean + half])
+        out[name] = (mean, _nonnegative(mean, half) if name == "bpb" else [mean - half, mean + half])
     (bpb, bpb_interval), (ln_ppl, ln_interval) = out["bpb"], out["ln_ppl"]
     return {"bpb": bpb, "bpb_interval": bpb_interval, "ppl": math.exp(ln_ppl),
             "ppl_interval": [math.exp(v) for v in ln_interval], "macro": targets}
@@ -158,15 +225,21 @@ def _level_var(model: dict) -> float | None:
 
 
 def difference(model: dict, first: str, second: str, B1: float, B2: float, D: float,
-               entropy: float | None = None) -> dict:
+               entropy: float | None = None, macro: bool = False) -> dict:
     """bpb(first at B1) - bpb(second at B2) on the same domain (of cluster histogram
-    `entropy`, or the targets' mean), with its 90% interval: the domain's level cancels;
-    two cells' scatter does not."""
+    `entropy`, or unmeasured), with its 90% interval: the domain's level cancels; two
+    cells' scatter does not (`macro`: two means over the study's targets, each of T
+    cells)."""
+    notes: list[str] = []
+    entropy = None if macro else _held_entropy(model, entropy, notes)
     x = (_row(model, first, *held(model, first, B1, D)[:2], entropy=entropy)
          - _row(model, second, *held(model, second, B2, D)[:2], entropy=entropy))
     theta, cov = np.array(model["theta"]), np.array(model["cov"])
     mean = float(x @ theta)
-    half = t_quantile(model["dof"]) * math.sqrt(float(x @ cov @ x) + 2 * model["s2"])
+    parts = [(float(x @ cov @ x) + 2 * model["s2"] / (len(model["targets"]) if macro else 1), model["dof"])]
+    if entropy is None and not macro:
+        parts += _entropy_parts(model, _slope(model, first) - _slope(model, second))
+    half = t_quantile(_satterthwaite(parts)) * math.sqrt(sum(v for v, _ in parts))
     return {"mean": mean, "interval": [mean - half, mean + half]}
 
 
