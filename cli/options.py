@@ -23,6 +23,7 @@ from mlx_specialize import ui
 from mlx_specialize.data.corpus import bundled_names
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.methods.projected import DEFAULT_BASIS
+from mlx_specialize.plan.budgets import DEFAULT_INFERENCE, DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE
 from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
 
 from . import output
@@ -258,6 +259,37 @@ class Specialize:
 
 
 # ---- the training options ----------------------------------------------------------
+class Plan:
+    """`mlxspec plan`'s own options."""
+
+    pretrain = typer.Option(DEFAULT_PRETRAIN, "--pretrain", help="Generic pre-training budget, spent once for all "
+                            "domains: FLOPs (2e14, 200T FLOPs), tokens of the study's preset (12.5M tokens) or time "
+                            "on this machine (30min, 2h: a ~10 s calibration measures its speed).")
+    specialize = typer.Option(DEFAULT_SPECIALIZE, "--specialize", help="Budget per domain once its data arrives "
+                              "(fine-tuning; SLM-is's pre-training): FLOPs, tokens or time, as --pretrain.")
+    inference = typer.Option(DEFAULT_INFERENCE, "--inference", help="The largest model you can serve: a preset "
+                             "(small, small-llm, ...) or a parameter count (2M).")
+    domain_tokens = typer.Option(None, "--domain-tokens", min=1, help="The domain's training tokens [default: "
+                                 "--domain's train split, else 100,000].")
+    domains = typer.Option(1, "--domains", "-n", min=1, help="How many domains will be specialized (N in C(N) = "
+                           "shared + N x per domain).")
+    domain = typer.Option(None, "--domain", help="A domain corpus (file or folder): its xz -9 bits per byte anchors "
+                          "the predicted level, its train split sets the size.")
+    tokenizer = typer.Option(None, "--tokenizer", help="With --domain: the study's tokenizer (a model folder of the "
+                             "study, or its tokenizer.model), to count the domain's tokens and predict its perplexity "
+                             "as tightly as its bits per byte.")
+    clusters = typer.Option(None, "--clusters", help="With --domain and --tokenizer: the study's clustering of its "
+                            "generic corpus (SLM-is's), to measure the domain's cluster histogram (its entropy moves "
+                            "the clustered methods' prediction where the fit has enough targets to measure that).")
+    results = typer.Option(None, "--results", metavar="FILE", help="Refit on these `mlxspec study` results files "
+                           "instead of the package's fit (repeat for several).")
+    fit = typer.Option(None, "--fit", help="Plan with a fit saved by --save-fit instead of the package's.")
+    spec = typer.Option(None, "--spec", help="With --results: the study spec whose [floors] anchor a new domain's "
+                        "level.")
+    save_fit = typer.Option(None, "--save-fit", help="Write the fitted model (JSON) here.")
+    plot = typer.Option(None, "--plot", help="Write the plan's figure (PNG) here.")
+
+
 @dataclass(frozen=True)
 class TrainingOption:
     """A training option as every command that takes it declares it (`TrainConfig`'s name)."""

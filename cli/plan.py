@@ -6,56 +6,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import typer
-
 from mlx_specialize.plan import make_plan
-from mlx_specialize.plan.budgets import (DEFAULT_INFERENCE, DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE)
 
+from .options import Plan
 from .output import add_row, emit, make_table
 
 
 def plan(
-    pretrain: str = typer.Option(DEFAULT_PRETRAIN, "--pretrain", help="Generic pre-training budget, spent once for "
-                                 "all domains: FLOPs (2e14, 200T FLOPs), tokens of the study's preset (12.5M tokens) "
-                                 "or time on this machine (30min, 2h: a ~10 s calibration measures its speed)."),
-    specialize: str = typer.Option(DEFAULT_SPECIALIZE, "--specialize", help="Budget per domain once its data "
-                                   "arrives (fine-tuning; SLM-is's pre-training): FLOPs, tokens or time, as "
-                                   "--pretrain."),
-    inference: str = typer.Option(DEFAULT_INFERENCE, "--inference", help="The largest model you can serve: a preset "
-                                  "(small, small-llm, ...) or a parameter count (2M)."),
-    domain_tokens: Optional[int] = typer.Option(None, "--domain-tokens", min=1, help="The domain's training tokens "
-                                                "[default: --domain's train split, else 100,000]."),
-    domains: int = typer.Option(1, "--domains", "-n", min=1, help="How many domains will be specialized (N in "
-                                "C(N) = shared + N x per domain)."),
-    domain: Optional[str] = typer.Option(None, "--domain", help="A domain corpus (file or folder): its xz -9 bits "
-                                         "per byte anchors the predicted level, its train split sets the size."),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="With --domain: the study's tokenizer (a "
-                                             "model folder of the study, or its tokenizer.model), to count the "
-                                             "domain's tokens and predict its perplexity as tightly as its bits per "
-                                             "byte."),
-    clusters: Optional[Path] = typer.Option(None, "--clusters", help="With --domain and --tokenizer: the study's "
-                                            "clustering of its generic corpus (SLM-is's), to measure the domain's "
-                                            "cluster histogram (its entropy moves the clustered methods' prediction "
-                                            "where the fit has enough targets to measure that)."),
-    results: Optional[List[Path]] = typer.Option(None, "--results", metavar="FILE", help="Refit on these `mlxspec "
-                                                 "study` results files instead of the package's fit (repeat for "
-                                                 "several)."),
-    fit: Optional[Path] = typer.Option(None, "--fit", help="Plan with a fit saved by --save-fit instead of the "
-                                       "package's."),
-    spec: Optional[Path] = typer.Option(None, "--spec", help="With --results: the study spec whose [floors] anchor "
-                                        "a new domain's level."),
-    save_fit: Optional[Path] = typer.Option(None, "--save-fit", help="Write the fitted model (JSON) here."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the plan's figure (PNG) here."),
+    pretrain: str = Plan.pretrain,
+    specialize: str = Plan.specialize,
+    inference: str = Plan.inference,
+    domain_tokens: Optional[int] = Plan.domain_tokens,
+    domains: int = Plan.domains,
+    domain: Optional[str] = Plan.domain,
+    tokenizer: Optional[Path] = Plan.tokenizer,
+    clusters: Optional[Path] = Plan.clusters,
+    results: Optional[List[Path]] = Plan.results,
+    fit: Optional[Path] = Plan.fit,
+    spec: Optional[Path] = Plan.spec,
+    save_fit: Optional[Path] = Plan.save_fit,
+    plot: Optional[Path] = Plan.plot,
 ):
     """Plan early: the method to pre-train for, from the four budgets, with predicted quality and costs.
 
     Predictions come from a model fitted on measured study results, with 90% prediction intervals: the package's
     is fitted on this project's standard-protocol study (the `small` preset and its LLM twin, on a 2-core CPU;
     the README says at what scale); --results refits on your own `mlxspec study` results."""
-    if spec is not None and not results:
-        from mlx_specialize.errors import SpecializeError
-
-        raise SpecializeError("--spec goes with --results (the package's fit has its floors)")
     result = make_plan(pretrain, specialize, inference, domain_tokens, domains, domain,
                        [str(p) for p in results] if results else None, str(spec) if spec else None,
                        str(save_fit) if save_fit else None, str(plot) if plot else None,
@@ -90,7 +66,8 @@ def plan_view(result: dict) -> list:
     table = make_table(f"mlxspec plan: pre-training {_budget(b['pretrain'], b['pretrain_unit'])}, "
                        f"{_budget(b['specialize'], b['specialize_unit'])} per domain, serving <= "
                        f"{b['inference']:,.0f} params, {b['domain_tokens']:,.0f} domain tokens, N = {n}",
-                       "method", f"budget (tokens of {preset})", "bits/byte (90%)", "perplexity (90%)", "shared FLOPs (time)",
+                       "method", f"budget (tokens of {preset})", "bits/byte (90%)", "perplexity (90%)",
+                       "shared FLOPs (time)",
                        "per domain", f"C({n})", "params",
                        right=(f"budget (tokens of {preset})", "shared FLOPs (time)", "per domain", f"C({n})", "params"))
     for e in result["methods"]:

@@ -205,6 +205,8 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         raise SpecializeError(f"--plot {plot}: name a .png file")
     if save_fit is not None and Path(save_fit).is_dir():
         raise SpecializeError(f"--save-fit {save_fit} is a folder; name the file to write")
+    if spec is not None and not results:
+        raise SpecializeError("--spec goes with --results (the package's fit has its floors)")
     if fit is not None and results:
         raise SpecializeError("--fit and --results: one or the other (a saved fit, or results to fit now)")
     model = refit(results, spec) if results else load_fitted(fit) if fit else load_fitted()
