@@ -258,7 +258,6 @@ class Specialize:
                                  "data's own next-token loss.")
 
 
-# ---- the training options ----------------------------------------------------------
 class Plan:
     """`mlxspec plan`'s own options."""
 
@@ -273,7 +272,7 @@ class Plan:
                                  "--domain's train split, else 100,000].")
     domains = typer.Option(1, "--domains", "-n", min=1, help="How many domains will be specialized (N in C(N) = "
                            "shared + N x per domain).")
-    domain = typer.Option(None, "--domain", help="A domain corpus (file or folder): its xz -9 bits per byte anchors "
+    domain = typer.Option(None, "--domain", help="A domain corpus (file or folder): its xz -9e bits per byte anchors "
                           "the predicted level, its train split sets the size.")
     tokenizer = typer.Option(None, "--tokenizer", help="With --domain: the study's tokenizer (a model folder of the "
                              "study, or its tokenizer.model), to count the domain's tokens and predict its perplexity "
@@ -290,6 +289,7 @@ class Plan:
     plot = typer.Option(None, "--plot", help="Write the plan's figure (PNG) here.")
 
 
+# ---- the training options ----------------------------------------------------------
 @dataclass(frozen=True)
 class TrainingOption:
     """A training option as every command that takes it declares it (`TrainConfig`'s name)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from mlx_specialize.plan import make_plan
+from mlx_specialize.plan.planner import the_budget
 
 from .options import Plan
 from .output import add_row, emit, make_table
@@ -32,11 +33,13 @@ def plan(
     Predictions come from a model fitted on measured study results, with 90% prediction intervals: the package's
     is fitted on this project's standard-protocol study (the `small` preset and its LLM twin, on a 2-core CPU;
     the README says at what scale); --results refits on your own `mlxspec study` results."""
-    result = make_plan(pretrain, specialize, inference, domain_tokens, domains, domain,
-                       [str(p) for p in results] if results else None, str(spec) if spec else None,
-                       str(save_fit) if save_fit else None, str(plot) if plot else None,
-                       str(tokenizer) if tokenizer else None, str(fit) if fit else None,
-                       str(clusters) if clusters else None)
+    def text(path: Optional[Path]) -> Optional[str]:
+        return str(path) if path else None
+
+    result = make_plan(pretrain, specialize, inference, domain_tokens=domain_tokens, domains=domains, domain=domain,
+                       results=[str(p) for p in results] if results else None, spec=text(spec),
+                       save_fit=text(save_fit), plot=text(plot), tokenizer=text(tokenizer), fit=text(fit),
+                       clusters=text(clusters))
     emit(result, *plan_view(result))
 
 
@@ -93,13 +96,12 @@ def plan_view(result: dict) -> list:
         need = (f"{needs['params']:,} params" if r["budget"] == "inference" else
                 f"at the smallest budget its fit reaches, {needs['pretrain']:.2e} FLOPs shared and "
                 f"{needs['specialize']:.2e} per domain")
-        plural = "s" if " and " in r["budget"] else ""
-        lines.append(f"ruled out: {r['label']}, by the {r['budget']} budget{plural} (needs {need})")
+        lines.append(f"ruled out: {r['label']}, by {the_budget(r['budget'])} (needs {need})")
     if result.get("not_measured"):
         lines.append(f"not in the fit (no cell of theirs measured yet): {', '.join(result['not_measured'])}")
     if "domain" in result:
         d = result["domain"]
-        lines.append(f"domain {d['corpus']}: xz -9 {d['floor']:.3f} bits per byte on its {d['held_out']} split"
+        lines.append(f"domain {d['corpus']}: xz -9e {d['floor']:.3f} bits per byte on its {d['held_out']} split"
                      + (f"; cluster histogram entropy {d['entropy']:.2f} nats, KL to the generic mix "
                         f"{d['kl_generic']:.2f} over {d['k']} clusters" if "entropy" in d else ""))
         if "entropy" in d and not result["fit"]["entropy_terms"]:

@@ -164,6 +164,14 @@ class RunPlan:
     out_dir: Path
     command: dict
     verdict: str  # "new", "resume" or "finished": see run_folder_state
+    plan: dict | None = None  # `--method auto`'s decision (plan.auto_method), kept in the report
+
+
+def _check_domain_tokens(domain_tokens: int | None, preset: str) -> None:
+    window_tokens = get_preset(preset).context + 1
+    if domain_tokens is not None and domain_tokens < window_tokens:
+        raise SpecializeError(f"--domain-tokens: {domain_tokens} tokens are fewer than one training window of the "
+                              f"'{preset}' preset ({window_tokens} tokens)")
 
 
 def resolve_run(domain: str, generic: str | None, method: str, base, preset: str, out_dir, domain_tokens,
@@ -186,10 +194,8 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
         cache_dir=Path(cache_dir or default_cache_dir()), base=base, lr=lr, k=k, embedder=embedder, window=window,
         sampler=sampler, metric=metric, select=select, expert_init=expert_init, basis=basis,
         distill_temperature=distill_temperature, distill_alpha=distill_alpha))
-    window_tokens = get_preset(preset).context + 1
-    if base is None and domain_tokens is not None and domain_tokens < window_tokens:
-        raise SpecializeError(f"--domain-tokens: {domain_tokens} tokens are fewer than one training window of the "
-                              f"'{preset}' preset ({window_tokens} tokens)")
+    if base is None:
+        _check_domain_tokens(domain_tokens, preset)
     from .runtime.distributed import world
 
     if world().size > 1:  # its reports and caches are written by one process
@@ -251,11 +257,15 @@ def specialize(
     `method="auto"` asks the planner (`plan.auto_method`: `pretrain_tokens` as the
     pre-training budget, the preset's size as the inference budget, the domain's floor
     and size) and runs the method it recommends, at the budget it chose; the report
-    carries the decision as `plan`."""
+    carries the decision as `plan`. The checks that need no method (the preset,
+    `domain_tokens`) come before the plan, which reads the domain (seconds); the chosen
+    method's own options are checked once it is named, still before any training."""
     decision = None
-    if method == "auto":
+    if method == "auto":  # the checks that need no method first, then the plan (it reads the domain)
         if base is not None:
             raise SpecializeError("--method auto plans a pre-training; with --base there is none to plan")
+        check_choice("--preset", preset, PRESETS)
+        _check_domain_tokens(domain_tokens, preset)
         from .plan.planner import auto_method
 
         decision = auto_method(domain, preset, pretrain_tokens, domain_tokens)
@@ -266,11 +276,8 @@ def specialize(
     run = resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens, finetune_tokens,
                       vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric, select, expert_init,
                       basis, cache_dir, distill_temperature, distill_alpha)
-    report = run_plan(run, overwrite)
-    if decision and report.get("plan") != decision:  # the run folder's report keeps the decision
-        report = {**report, "plan": decision}
-        atomic_write_bytes(run.out_dir / "report.json", json.dumps(report, indent=2).encode())
-    return report
+    run.plan = decision
+    return run_plan(run, overwrite)
 
 
 def run_plan(run: RunPlan, overwrite: bool = False) -> dict:
@@ -284,7 +291,11 @@ def run_plan(run: RunPlan, overwrite: bool = False) -> dict:
         verdict = run_folder_state(run.out_dir, run.command, overwrite)
         if verdict == "finished":
             ui.info(f"{run.out_dir} holds this command's finished run: its report (--overwrite runs it again)")
-            return json.loads((run.out_dir / "report.json").read_text())
+            report = json.loads((run.out_dir / "report.json").read_text())
+            if run.plan and report.get("plan") != run.plan:  # the same run, now asked for by the planner
+                report["plan"] = run.plan
+                atomic_write_bytes(run.out_dir / "report.json", json.dumps(report, indent=2).encode())
+            return report
         warn_slow_paths()
         try:
             return _carry_out(run, verdict)
@@ -394,6 +405,7 @@ def _carry_out(run: RunPlan, verdict: str) -> dict:
         "costs": costs,
         "wall_seconds": state["wall_seconds"],
         "sessions": state["sessions"],
+        **({"plan": run.plan} if run.plan else {}),
     }
     atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
     save(done=True)

@@ -2,13 +2,23 @@
 # After new cells land in studies/minipile/results.jsonl: the README's results table and
 # its `mlxspec plan` example, docs/study/ (tables and figures) and the planner's packaged
 # fit, all from the results alone (nothing is trained). Tests check each against them.
+# Needs an editable install (pip install -e .): the plan example must be planned with the
+# fitted.json this script has just written into the checkout.
 set -e
 cd "$(dirname "$0")/.."
-mlxspec study report studies/minipile/results.jsonl --spec studies/minipile/spec.toml --out docs/study --readme README.md > /dev/null
-mlxspec plan --results studies/minipile/results.jsonl --spec studies/minipile/spec.toml --save-fit mlx_specialize/plan/fitted.json > /dev/null
-COLUMNS=160 mlxspec plan --domains 3 | python -c '
+case "$(cd / && python3 -c 'import mlx_specialize, os; print(os.path.realpath(mlx_specialize.__file__))' 2>/dev/null)" in
+    "$(pwd -P)"/*) ;;
+    *) echo "regenerate_study.sh: needs mlx_specialize installed from this checkout: pip install -e ." >&2; exit 2 ;;
+esac
+results=studies/minipile/results.jsonl
+spec=studies/minipile/spec.toml
+mlxspec study report "$results" --spec "$spec" --out docs/study --readme README.md > /dev/null
+mlxspec plan --results "$results" --spec "$spec" --save-fit mlx_specialize/plan/fitted.json > /dev/null
+# captured first: a failing plan stops the script here rather than blanking the example
+example=$(COLUMNS=160 mlxspec plan --domains 3)
+printf '%s\n' "$example" | python3 -c '
 import sys
 from pathlib import Path
 from mlx_specialize.study.report import write_headline
 write_headline(Path("README.md"), "```text\n" + sys.stdin.read().rstrip() + "\n```",
-               "<!-- plan example: mlxspec plan --domains 3 -->", "<!-- /plan example -->")'
+               "<!-- plan example: mlxspec plan --domains 3 -->", "<!-- /plan example -->", option="")'

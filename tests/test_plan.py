@@ -150,6 +150,20 @@ def test_the_plan_rules_methods_out_by_the_budget_that_binds_and_picks_the_best_
     assert none["recommended"] is None and all(r["budget"] == "inference" for r in none["ruled_out"])
 
 
+def test_a_budget_in_tokens_affords_the_cell_of_that_many_tokens():
+    """"12.5M tokens" is what SLM's pre-training on 12.5M tokens costs as a shared cost,
+    validation included, so it affords SLM's 12.5M-token cell and no more."""
+    from mlx_specialize.plan.planner import shared_flops_per_token
+
+    model = fit_results(_study(), FLOOR)
+    assert shared_flops_per_token(model) == pytest.approx(1.1 * FLOPS_PER_TOKEN)  # the cells' 1.1 B
+    for budget in BUDGETS:
+        pretrain = compute_budget(f"{budget / 1e6}M tokens", "--pretrain", shared_flops_per_token(model))[0]
+        result = plan(model, Budgets(pretrain=pretrain, specialize=1e15, inference=2e6))
+        slm = next(e for e in result["methods"] if e["method"] == "finetune")
+        assert slm["budget_tokens"] == budget and slm["shared_flops"] <= pretrain * (1 + 1e-9)
+
+
 def test_leave_one_target_out_covers_and_recommends_on_a_known_model():
     report = leave_one_target_out(_study(noise=0.02, rng=random.Random(3)), FLOOR)
     assert report["bpb_coverage"] >= 0.8 and report["ppl_coverage"] >= 0.8

@@ -101,6 +101,20 @@ def test_a_cut_line_is_skipped_and_the_next_append_is_whole(tmp_path):
     assert sorted(read_results(path)) == ["a", "c"]
 
 
+def test_a_study_killed_twice_before_its_first_cell_resumes(tmp_path):
+    """Two cut lines and no whole one are a results file still (append_result ends each),
+    while a JSON-lines file of another kind is refused rather than appended to."""
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"cell": "a", "x"\n{"ce')  # the first cut line ended by the next write
+    assert read_results(path) == {}
+    append_result(path, {"cell": "b", "x": 2})
+    assert sorted(read_results(path)) == ["b"]
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"name": "a"}\n{"name": "b"}\n')
+    with pytest.raises(SpecializeError, match="not a results file"):
+        read_results(other)
+
+
 def test_the_report_regenerates_tables_and_figures_from_the_results(ran, tmp_path):
     study, _, _, _ = ran
     lines = [line for line in read_results(study.results).values() if "same_as" not in line]

@@ -4,7 +4,7 @@ corpus tells before anything is trained (its xz bits per byte, its size).
 
 Defaults, so that `mlxspec plan` alone answers: a laptop's budgets, at the scale the study
 measured: the generic pre-training of its largest budget (one pass of `small` over the
-standard generic set, some 20 minutes on the study's 2-core machine), a per-domain budget
+standard generic set; BENCHMARKS.md times it), a per-domain budget
 that affords fine-tuning at any measured size, the SLM's size to serve, one domain of
 100k tokens.
 """
@@ -21,7 +21,7 @@ DEFAULT_PRETRAIN = "12.5M tokens"
 DEFAULT_SPECIALIZE = "5e13"
 DEFAULT_INFERENCE = "small"
 DEFAULT_DOMAIN_TOKENS = 100_000
-XZ_CONTEXT_BYTES = 2_000_000  # the protocol's floor: xz -9 given the last 2 MB of the train split
+XZ_CONTEXT_BYTES = 2_000_000  # the protocol's floor: xz -9e given the last 2 MB of the train split
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12, "p": 1e15, "e": 1e18}
 _AMOUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -57,7 +57,8 @@ _SECONDS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0, "m
 
 def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[float, str]:
     """(amount, "flops") from "2e14", "2e14 FLOPs", "200T FLOPs" or "12.5M tokens" (tokens
-    of the study's preset, at its training FLOPs per token); (seconds, "seconds") from
+    of the study's preset, at what SLM's pre-training of one token costs, validation
+    included); (seconds, "seconds") from
     "90s", "30 min" or "2h" (time on this machine, which `plan` calibrates)."""
     value, unit = _amount(text, option)
     if value <= 0:
@@ -89,17 +90,20 @@ def inference_budget(text: str, option: str, presets: dict) -> float:
 
 
 def xz_bits_per_byte(context: bytes, held_out: bytes) -> float:
-    """Bits per byte xz -9 needs for `held_out` after `context` (the protocol's floor):
-    8 x (|xz(context + held_out)| - |xz(context)|) / |held_out|."""
+    """Bits per byte xz -9e needs for `held_out` after `context` (the protocol's floor):
+    8 x (|xz(context + held_out)| - |xz(context)|) / |held_out|. The extreme preset, as
+    it reproduces the protocol's published floors for all three targets, documents
+    joined by blank lines (plain -9 codes licenses at 0.53 against its 0.51)."""
     if not held_out:
         raise SpecializeError("the domain has no held-out text to measure its xz bits per byte on")
-    with_held = len(lzma.compress(context + held_out, preset=9))
-    return 8.0 * (with_held - len(lzma.compress(context, preset=9))) / len(held_out)
+    preset = 9 | lzma.PRESET_EXTREME
+    with_held = len(lzma.compress(context + held_out, preset=preset))
+    return 8.0 * (with_held - len(lzma.compress(context, preset=preset))) / len(held_out)
 
 
 def domain_features(spec: str, tokenizer: str | None = None, clusters: str | None = None,
                     cache_dir=None) -> dict:
-    """What the planner reads from a domain corpus before anything is trained: its xz -9
+    """What the planner reads from a domain corpus before anything is trained: its xz -9e
     bits per byte on its test split (valid if it has none) after the last 2 MB of its
     train split, and the train split's bytes; with a `tokenizer` (the study's: a model
     folder or tokenizer.model), its train tokens and the held-out split's bytes per token;

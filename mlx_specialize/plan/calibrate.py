@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..errors import SpecializeError
+from .fit import REFERENCE
 
 STEPS, WARMUP = 12, 3  # steps run; steps before the timed ones (the first compiles the step)
 
@@ -50,5 +51,5 @@ def speed_ratio(model: dict) -> dict:
     study = model.get("reference_flops_per_second")
     if not study:
         raise SpecializeError("the fitted model records no pre-training speed to calibrate time budgets against")
-    here = training_flops_per_second(model["methods"]["finetune"]["preset"])
+    here = training_flops_per_second(model["methods"][REFERENCE]["preset"])
     return {"flops_per_second": here, "study": study, "ratio": here / study}

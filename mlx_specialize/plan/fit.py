@@ -146,8 +146,11 @@ def _variance(X: np.ndarray, residual: np.ndarray, clusters: list, level_columns
     if n - C >= p - level_columns + 1 and between_dof >= 1:
         sw2 = within / (n - C - (p - level_columns))  # the slopes are fitted within the clusters
         n_bar = (n - sum(len(ix) ** 2 for ix in index.values()) / n) / max(C - 1, 1)
-        sb2 = max(0.0, (between / between_dof - sw2) / max(n_bar, 1.0))
-        dof = between_dof if sb2 > 0 else n - p
+        sb2 = (between / between_dof - sw2) / max(n_bar, 1.0)
+        if sb2 > 0:
+            dof = between_dof
+        else:  # no (method, target) component: the cells are independent, pooled as such
+            sw2, sb2 = (within + between) / (n - p), 0.0
     V = sw2 * np.eye(n)
     for ix in index.values():
         V[np.ix_(ix, ix)] += sb2
@@ -234,16 +237,14 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
              "features": features, "entropy_terms": entropy, "H0": H0,
              "columns": [list(c) for c in cols], "theta": theta.tolist(), "cov": cov.tolist(), "s2": s2,
              "dof": dof, "variance_components": components,
-             "levels": levels, "offset_mean": float(np.mean(offsets)),
+             "levels": levels,
              "offset_var": float(np.var(offsets, ddof=1)) if len(offsets) > 1 else None,
              "bytes_per_token": float(np.mean(per_target_bpt)),
              "bytes_per_token_by_target": {t: sum(v) / len(v) for t, v in bpt.items()},
              "bytes_per_token_var": float(np.var(per_target_bpt, ddof=1)) if len(per_target_bpt) > 1 else None,
-             "residual_rms": {}, "methods": {}}
+             "methods": {}}
     for m in methods:
         own = [r for r in rows if r["method"] == m]
-        own_res = residual[[i for i, r in enumerate(rows) if r["method"] == m]]
-        model["residual_rms"][m] = float(np.sqrt(np.mean(own_res ** 2)))
         flops = sum(r["shared"] + r["per_domain"] for r in own)
         seconds = sum(r["shared_s"] + r["per_domain_s"] for r in own)
         model["methods"][m] = {
@@ -286,9 +287,11 @@ def refit(results, spec=None) -> dict:
 
 
 def save_fitted(model: dict, path) -> None:
-    """The fitted model as JSON (sorted keys, so a refit of the same results is the same file)."""
+    """The fitted model as JSON (sorted keys, so a refit of the same results is the same
+    file); its folder is made if missing."""
     from ..runtime.files import atomic_write_bytes
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(path), (json.dumps(model, indent=1, sort_keys=True) + "\n").encode())
 
 

@@ -62,7 +62,7 @@ def _exceeded(c: dict, budgets: Budgets) -> set[str]:
             spent = math.inf if c[part + "_seconds"] is None else c[part + "_seconds"] / budgets.speed
         else:
             spent = c[part]
-        if spent > getattr(budgets, name):
+        if spent > getattr(budgets, name) * (1 + 1e-9):  # a budget written as a cost is met, not exceeded
             out.add(name)
     return out
 
@@ -76,7 +76,10 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
     if method in NO_PRETRAINING or lo * (1 - 1e-9) >= hi * reach:  # one budget to run at
         candidates = [lo]
     else:
-        candidates = list(np.geomspace(lo / reach, hi * reach, GRID))
+        # the grid, and the measured budgets themselves (a budget written as a measured cell's
+        # tokens affords that cell exactly)
+        measured = [b / spec["tokens_per_budget_flop"] for b in spec["budgets"]]
+        candidates = sorted({*np.geomspace(lo / reach, hi * reach, GRID).tolist(), *measured})
     fits, binding = [], None
     for B in candidates:
         exceeded = _exceeded(costs(model, method, B, budgets.domain_tokens), budgets)
@@ -101,6 +104,9 @@ def _cheapest_needed(model: dict, method: str, budgets: Budgets) -> dict:
 def plan(model: dict, budgets: Budgets) -> dict:
     """Every method's predicted quality and costs at its best affordable budget, the ones
     ruled out (and by which budget), and the recommendation with its reason."""
+    if "seconds" in (budgets.pretrain_unit, budgets.specialize_unit) and not budgets.speed:
+        raise SpecializeError("a budget in time needs this machine's speed against the study's "
+                              "(Budgets.speed: calibrate.speed_ratio)")
     fitting, ruled_out = [], []
     for method, spec in model["methods"].items():
         if spec["params"] > budgets.inference:
@@ -135,8 +141,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
     else:
         result["recommended"] = None
         result["reason"] = "no method fits these budgets: " + "; ".join(
-            f"{r['label']} is ruled out by the {r['budget']} budget{'s' if ' and ' in r['budget'] else ''}"
-            for r in ruled_out)
+            f"{r['label']} is ruled out by {the_budget(r['budget'])}" for r in ruled_out)
     return result
 
 
@@ -167,11 +172,15 @@ def _seconds(c: dict, budgets: Budgets) -> dict:
             "seconds_on": "this machine" if budgets.speed else "the study's machine"}
 
 
+def the_budget(name: str) -> str:
+    """"the pretrain budget", "the pretrain and specialize budgets": what rules a method out."""
+    return f"the {name} budget" + ("s" if " and " in name else "")
+
+
 def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Budgets) -> str:
     best = fitting[0]
     if len(fitting) == 1:
-        why = "; ".join(f"{r['label']} by the {r['budget']} budget{'s' if ' and ' in r['budget'] else ''}"
-                        for r in ruled_out)
+        why = "; ".join(f"{r['label']} by {the_budget(r['budget'])}" for r in ruled_out)
         return f"{best['label']} is the only method these budgets afford" + (f" (ruled out: {why})." if why else ".")
     second = fitting[1]
     d = difference(model, best["method"], second["method"], best["pretrain_flops"] or model["B0"],
@@ -184,6 +193,14 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
             f"afford: {d['mean']:+.3f} against {second['label']} ({sure}: 90% interval [{lo:+.3f}, {hi:+.3f}]); "
             f"for {n} domain{'s' if n != 1 else ''} it costs C({n}) = {best['total_flops']:.2e} FLOPs against "
             f"{second['total_flops']:.2e}.")
+
+
+def shared_flops_per_token(model: dict) -> float:
+    """What one token of generic pre-training of the reference preset costs, as a shared
+    cost is counted (its validation passes included): the rate at which a budget written
+    in tokens becomes FLOPs, so that "2.5M tokens" affords SLM's 2.5M-token cell."""
+    ref = model["methods"][REFERENCE]
+    return ref["shared"]["pretraining_ratio"] / ref["tokens_per_budget_flop"]
 
 
 def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int | None = None, domains: int = 1,
@@ -210,7 +227,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     if fit is not None and results:
         raise SpecializeError("--fit and --results: one or the other (a saved fit, or results to fit now)")
     model = refit(results, spec) if results else load_fitted(fit) if fit else load_fitted()
-    per_token = 1.0 / model["methods"][REFERENCE]["tokens_per_budget_flop"]
+    per_token = shared_flops_per_token(model)
     sizes = {name: describe(p)["params"] for name, p in PRESETS.items()}
     (pre, pre_unit), (spec_, spec_unit) = (compute_budget(pretrain, "--pretrain", per_token),
                                            compute_budget(specialize, "--specialize", per_token))
@@ -268,7 +285,7 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
     if preset != measured:
         raise SpecializeError(f"--method auto: the planner's predictions were measured with the '{measured}' preset, "
                               f"not '{preset}'; pass --preset {measured}, or name a --method")
-    per_token = 1.0 / model["methods"][REFERENCE]["tokens_per_budget_flop"]
+    per_token = shared_flops_per_token(model)
     features = domain_features(domain)
     budgets = Budgets(pretrain=pretrain_tokens * per_token, inference=model["methods"][REFERENCE]["params"],
                       specialize=compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0],

@@ -354,22 +354,24 @@ def default_target_ppl(table: dict, size) -> float:
 HEADLINE_BEGIN, HEADLINE_END = "<!-- study headline: mlxspec study report --readme -->", "<!-- /study headline -->"
 
 
-def _marked(readme: Path, begin: str = HEADLINE_BEGIN, end: str = HEADLINE_END) -> str:
-    """The markdown file's text, refused unless it holds both markers."""
+def _marked(readme: Path, begin: str = HEADLINE_BEGIN, end: str = HEADLINE_END, option: str = "--readme") -> str:
+    """The markdown file's text, refused unless it holds both markers; errors name `option`."""
+    where = f"{option}: " if option else ""
     if not readme.is_file():
-        raise SpecializeError(f"--readme: no such file: {readme}")
+        raise SpecializeError(f"{where}no such file: {readme}")
     body = readme.read_text()
     if begin not in body or end not in body:
-        raise SpecializeError(f"--readme: {readme} has no lines {begin} and {end} to write between")
+        raise SpecializeError(f"{where}{readme} has no lines {begin} and {end} to write between")
     return body
 
 
-def write_headline(readme: Path, text: str, begin: str = HEADLINE_BEGIN, end: str = HEADLINE_END) -> None:
+def write_headline(readme: Path, text: str, begin: str = HEADLINE_BEGIN, end: str = HEADLINE_END,
+                   option: str = "--readme") -> None:
     """Replace what lies between two marker lines of a markdown file (the headline's by
-    default) with `text`."""
+    default) with `text`; errors name `option` (the command line's, or none)."""
     from ..runtime.files import atomic_write_bytes
 
-    head, rest = _marked(readme, begin, end).split(begin, 1)
+    head, rest = _marked(readme, begin, end, option).split(begin, 1)
     atomic_write_bytes(readme, (head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]).encode())
 
 

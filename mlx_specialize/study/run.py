@@ -36,7 +36,7 @@ LLM_METHODS = ("llm", "llm-lora")  # pre-train the preset's large twin: fewer to
 
 def read_results(path: Path) -> dict[str, dict]:
     """The results file's lines by cell key (a line cut short by a kill is skipped)."""
-    lines, bad = {}, []
+    lines, bad, foreign = {}, [], False
     if not Path(path).is_file():
         return lines
     try:
@@ -48,10 +48,18 @@ def read_results(path: Path) -> dict[str, dict]:
             continue
         try:
             line = json.loads(text)
-            lines[line["cell"]] = line
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
+            # a write cut short is the start of a line of ours; `append_result` ends it and
+            # goes on, so cut lines may be anywhere (a study killed twice before its first cell)
             bad.append(number)
-    if bad and not lines and bad != [len(texts)]:  # not one cut-short last line: another kind of file
+            foreign = foreign or not text.lstrip().startswith("{")
+            continue
+        if isinstance(line, dict) and "cell" in line:
+            lines[line["cell"]] = line
+        else:  # whole JSON, but not a result: another kind of file if nothing else is a result
+            bad.append(number)
+            foreign = True
+    if foreign and not lines:
         raise SpecializeError(f"{path} is not a results file of `mlxspec study` (no line is a result line)")
     if bad:  # one warning for the file, not one per line
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")

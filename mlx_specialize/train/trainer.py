@@ -283,12 +283,16 @@ class Trainer:
         seconds = 0.0
         with blas_per_stream(len(self.streams), self.world.local):
             for i in range(warmup + steps):
-                t0 = time.perf_counter()
-                loss, grad_norm = step_fn(*self._batch(i))
-                mx.eval(loss, grad_norm, self.model.state, self.optimizer.state)
-                if i >= warmup:
-                    seconds += time.perf_counter() - t0
+                dt = self._step(step_fn, i)[2]
+                seconds += dt if i >= warmup else 0.0
         return seconds
+
+    def _step(self, step_fn, step: int) -> tuple[mx.array, mx.array, float]:
+        """One training step on batch `step`, evaluated: (loss, gradient norm, seconds)."""
+        t0 = time.perf_counter()
+        loss, grad_norm = step_fn(*self._batch(step))
+        mx.eval(loss, grad_norm, self.model.state, self.optimizer.state)
+        return loss, grad_norm, time.perf_counter() - t0
 
     def run(self, resume: bool = False, overwrite: bool = False) -> dict:
         """Train until `steps`, early stopping, or an interrupt (which checkpoints).
@@ -326,10 +330,7 @@ class Trainer:
                     StopBetweenSteps() as stop:
                 task = bar.add_task("training", total=cfg.steps, completed=self.step, loss="loss -", toks="")
                 while self.step < cfg.steps and not stopped_early:
-                    t0 = time.perf_counter()
-                    loss, grad_norm = step_fn(*self._batch(self.step))
-                    mx.eval(loss, grad_norm, self.model.state, self.optimizer.state)
-                    dt = time.perf_counter() - t0
+                    loss, grad_norm, dt = self._step(step_fn, self.step)
                     self.step += 1
                     self._watchdog.beat(self.step)
                     self.budget.tokens += cfg.tokens_per_step
