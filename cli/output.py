@@ -35,12 +35,37 @@ def emit(result: dict, *shown) -> None:
         print(json.dumps(result, default=float))
         return
     for item in shown:
+        if isinstance(item, Table) and not _fits(item, out.width):
+            item = _records(item)
         out.print(Text(item) if isinstance(item, str) else item, highlight=False)
+
+
+def _fits(table: Table, width: int) -> bool:
+    """Whether the table fits `width` columns without folding a word of any cell: a
+    header wraps at its spaces; a value split mid-word ("4.11e+1" / "3") could be misread."""
+    if not table.show_header or len(table.columns) <= 2:  # key / value: only long paths fold
+        return True
+    longest = [max((len(word) for cell in (column.header, *column.cells) for word in str(cell).split()), default=1)
+               for column in table.columns]
+    return sum(longest) + 3 * len(table.columns) + 1 <= width
+
+
+def _records(table: Table) -> str:
+    """A table too wide for the terminal, as one block per row: its first cell, then each
+    other column's header and value on a line of its own."""
+    headers = [str(column.header) for column in table.columns]
+    rows = zip(*(list(column.cells) for column in table.columns))
+    lines = [str(table.title)] if table.title else []
+    for row in rows:
+        lines.append(str(row[0]))
+        lines += [f"  {header}: {value}" for header, value in zip(headers[1:], row[1:])]
+    return "\n".join(lines)
 
 
 def make_table(title: str, *columns: str, right: tuple[str, ...] = (), show_header: bool = True) -> Table:
     """A results table that fits the terminal: every column may wrap and folds what is
-    too long (a path), so a number is never cut to "600,0…". Fill it with `add_row`."""
+    too long (a path), so a number is never cut to "600,0…"; one too wide to fit without
+    splitting a number is printed as records (`emit`). Fill it with `add_row`."""
     table = Table(title=Text(title), show_header=show_header)
     for col in columns:
         table.add_column(col, overflow="fold", justify="right" if col in right else "left")

@@ -251,6 +251,25 @@ def test_a_results_table_wraps_to_80_columns_and_never_cuts_a_number():
     assert long_path in "".join(text.split()).replace("│", "")  # folded onto two lines, all of it
 
 
+def test_a_table_too_wide_for_the_terminal_is_printed_as_records(monkeypatch):
+    """`mlxspec plan`'s eight columns cannot fit 80 without splitting "4.11e+10" across
+    lines (read as "4.11e+1"): each method is printed as a block of header: value lines."""
+    from cli import output
+    from cli.plan import plan_view
+    from mlx_specialize.plan import make_plan
+
+    table = plan_view(make_plan("12.5M tokens", "5e13", "small", domains=3))[0]
+    values = [str(cell) for column in table.columns for cell in column.cells]
+    for width, records in ((80, True), (200, False)):
+        monkeypatch.setattr(output, "out", Console(file=StringIO(), width=width, markup=False, emoji=False))
+        output.emit({}, table)
+        text = output.out.file.getvalue()
+        assert max(map(len, text.splitlines())) <= width, text
+        assert ("  bits/byte (90%): " in text) == records, text
+        for value in values:  # every cell whole, on one line
+            assert value in text, (value, text)
+
+
 def test_a_progress_bar_wraps_its_description_and_never_cuts_its_count(monkeypatch):
     from mlx_specialize import ui
 
