@@ -11,8 +11,9 @@ token (as `plan --domain --tokenizer` does). Prints:
   perplexity), against the issue's 80%;
 - recommendations: for each budget and domain-set size the held-out target was measured
   at, the method the planner picks against the one measured best (exact, and hits: the
-  same or within the stated interval of the difference), among the SLM-size methods and
-  among all;
+  same or within the stated interval of the difference), among the SLM-size methods,
+  those the plan's default budgets afford and all; against always running SLM, and with
+  the coverage of the plan's intervals on each difference between the pick and another;
 - every held-out cell: measured, predicted and its interval.
 With --figure, predicted against measured perplexity, one panel per held-out target.
 """
@@ -47,7 +48,11 @@ def main() -> None:
             print(f"recommendations among {scope} methods: {rate['exact']} of {rate['decisions']} exact, regret "
                   f"{rate['mean_regret_bpb']:.3f} bits per byte on average, {rate['max_regret_bpb']:.3f} at most; "
                   f"{rate['hits']} of {rate['decisions']} hits (exact, or the measured difference to the best "
-                  "inside the plan's stated interval)")
+                  f"inside the plan's stated interval); its intervals hold {rate['difference_coverage']:.0%} of the "
+                  "measured differences between the pick and each other method")
+            if rate["slm_decisions"]:
+                print(f"  baseline, always SLM: {rate['slm_exact']} of {rate['slm_decisions']} exact, regret "
+                      f"{rate['slm_mean_regret_bpb']:.3f} bits per byte on average")
     print("\n| held out | budget | domain set | scope | recommended | measured best | gap (bits/byte) | hit |")
     print("|---|---:|---:|---|---|---|---:|---|")
     for d in report["decisions"]:

@@ -109,7 +109,10 @@ def plan_view(result: dict) -> list:
                          "few to tell a method's entropy slope from noise)")
     lines.append(f"recommended: {result['reason']}" if result["recommended"] else result["reason"])
     fit = result["fit"]
-    lines.append(f"fitted on {fit['cells']} cells of {fit['source']}, targets {', '.join(fit['targets'])}")
+    pending = fit.get("pending_cells", 0)
+    lines.append(f"fitted on {fit['cells']} cells of {fit['source']}, targets {', '.join(fit['targets'])}"
+                 + (f" ({pending} more left out until their budget and domain set are measured on every target)"
+                    if pending else ""))
     if "plot" in result:
         lines.append(f"figure: {result['plot']}")
     return lines

@@ -150,6 +150,23 @@ def test_the_plan_rules_methods_out_by_the_budget_that_binds_and_picks_the_best_
     assert none["recommended"] is None and all(r["budget"] == "inference" for r in none["ruled_out"])
 
 
+def test_a_budget_measured_on_one_target_only_waits_for_the_others():
+    """A study under way: SLM-is's largest budget measured on t1 alone would fit its budget
+    slope from one target's cell (t1's own gain taken as the method's, with no scatter to
+    show it); it is left out, and said, until t2 and t3 have it too."""
+    rows = [r for r in _study(seeds=(0,)) if not (r["method"] == "is" and r["budget"] != BUDGETS[0])]
+    early = [r for r in _study(seeds=(0,)) if r["method"] == "is" and r["budget"] == BUDGETS[-1]
+             and r["target"] == "t1" and r["domain_tokens"] == SIZES[0]]
+    model = fit_results(rows + early, FLOOR)
+    assert model["pending_cells"] == 1 and "u" not in model["methods"]["is"]["terms"]
+    assert model["methods"]["is"]["B"][1] == BUDGETS[0] * FLOPS_PER_TOKEN
+    assert fit_results(rows, FLOOR)["theta"] == model["theta"]  # as if the cell were not there
+    whole = [r for r in _study(seeds=(0,)) if r["method"] == "is" and r["budget"] == BUDGETS[-1]
+             and r["domain_tokens"] == SIZES[0]]
+    model = fit_results(rows + whole, FLOOR)
+    assert model["pending_cells"] == 0 and "u" in model["methods"]["is"]["terms"]
+
+
 def test_a_budget_in_tokens_affords_the_cell_of_that_many_tokens():
     """"12.5M tokens" is what SLM's pre-training on 12.5M tokens costs as a shared cost,
     validation included, so it affords SLM's 12.5M-token cell and no more."""
@@ -169,6 +186,12 @@ def test_leave_one_target_out_covers_and_recommends_on_a_known_model():
     assert report["bpb_coverage"] >= 0.8 and report["ppl_coverage"] >= 0.8
     rate = report["hit_rate"]["preset size"]
     assert rate["decisions"] == 3 * 3 * 3 and rate["hits"] == rate["decisions"]
+    # SLM-is's offset is the lowest: always running SLM loses it, the plan does not
+    assert rate["mean_regret_bpb"] < 0.02 < 0.1 < rate["slm_mean_regret_bpb"] and rate["slm_exact"] == 0
+    assert rate["difference_coverage"] >= 0.8
+    # the default per-domain budget cannot pay SLM-is's pre-training at the larger budgets
+    default = [d for d in report["decisions"] if d["scope"] == "default budgets"]
+    assert default and all(d["recommended"] != "is" for d in default if d["budget"] == BUDGETS[-1])
     with pytest.raises(SpecializeError, match="needs every target's floor; none for t3"):
         leave_one_target_out(_study(), {"t1": 1.0, "t2": 1.0})
 
@@ -305,6 +328,9 @@ def test_auto_runs_what_the_plan_recommends(tmp_path):
     assert big["method"] in shipped["methods"] and shipped["methods"][big["method"]]["params"] < 3e6  # SLM-size
     if big["budget_flops"] is not None:  # its budget, in the preset's tokens
         assert big["pretrain_tokens"] == round(big["budget_flops"] / per_token) <= 10**9
+    # SLM-is pre-trains per domain, out of the per-domain budget: still no more than given
+    for tokens in (600_000, 3_000_000):
+        assert auto_method("python-docs", "small", tokens, 20_000)["pretrain_tokens"] <= tokens
     # a budget too small for any pre-training the study measured: the domain data alone, and why
     small = auto_method("python-docs", "small", 1000, 20_000)
     assert small["method"] == "nopt" and "the only method" in small["reason"]

@@ -8,7 +8,7 @@ so domains compare), one least-squares fit over every cell of every method:
         = a_t + b_m + g_m u + d_m v + z_m u v + noise,   u = ln(B / B0), v = ln(D / D0)
 
 - a_t: the target's level; for a domain the study never saw it is predicted from the
-  domain's xz -9 bits per byte (the protocol's floor): a = floor + the study targets' mean
+  domain's xz -9e bits per byte (the protocol's floor): a = floor + the study targets' mean
   of (a_t - floor_t), with their spread as its uncertainty; without a floor, the targets'
   mean level and spread. The level is shared by the methods, so it widens every method's
   interval but not the comparison between two methods.
@@ -51,10 +51,20 @@ ENTROPY_TARGETS = 4  # fewer targets cannot tell a method's entropy slope from i
 FORMAT = 1  # the fitted model's layout; `plan` refuses another
 
 
-def cell_rows(rows: list[dict]) -> list[dict]:
+def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
     """The study's lines (`study.report.load_lines`) as the fit's rows: each method's
     default recipe only (a variant, `llm-lora lr=0.002`, is a choice the study made on
-    the valid splits, not a method the planner offers), each measurement once."""
+    the valid splits, not a method the planner offers), each measurement once, and (with
+    `complete_only`) only where its method, budget, domain set and seed are measured on
+    every target of the lines: a study under way has budgets that one target reached
+    first, and a slope fitted on one target's cell would carry that target's own gain as
+    the method's, with no scatter to warn of it."""
+    if complete_only:
+        targets = {r["target"] for r in rows}
+        covered = defaultdict(set)
+        for r in rows:
+            covered[_group(r)].add(r["target"])
+        rows = [r for r in rows if covered[_group(r)] == targets]
     out, seen = [], set()
     for r in rows:
         # a cell asking for more domain tokens than the split holds is the whole split's
@@ -79,6 +89,10 @@ def cell_rows(rows: list[dict]) -> list[dict]:
     if not out:
         raise SpecializeError("the results hold no cell of a method's default recipe to fit the planner on")
     return out
+
+
+def _group(line: dict) -> tuple:
+    return line["method"], line["budget"], line["domain_tokens"], line["seed"]
 
 
 def target_features(lines: list[dict]) -> dict:
@@ -193,6 +207,7 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
     """The planner's model, fitted on a study's result lines (`load_lines`); `floors`:
     the targets' xz bits per byte (the spec's [floors]) to anchor a new domain's level."""
     lines, rows = rows, [dict(r) for r in cell_rows(rows)]
+    pending = len(cell_rows(lines, complete_only=False)) - len(rows)
     B0 = math.exp(sum(math.log(r["B"]) for r in rows) / len(rows))
     D0 = math.exp(sum(math.log(r["D"]) for r in rows) / len(rows))
     for r in rows:
@@ -232,7 +247,8 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
     timed = [r["phases"]["pretrain"] for r in lines if r["method"] == REFERENCE
              and r["phases"].get("pretrain", {}).get("cached") is False and r["phases"]["pretrain"].get("seconds")]
     reference_rate = sum(p["flops"] for p in timed) / sum(p["seconds"] for p in timed) if timed else None
-    model = {"format": FORMAT, "source": source, "cells": len(rows), "reference_flops_per_second": reference_rate,
+    model = {"format": FORMAT, "source": source, "cells": len(rows), "pending_cells": pending,
+             "reference_flops_per_second": reference_rate,
              "targets": targets, "floors": floors, "anchored": anchored, "B0": B0, "D0": D0,
              "features": features, "entropy_terms": entropy, "H0": H0,
              "columns": [list(c) for c in cols], "theta": theta.tolist(), "cov": cov.tolist(), "s2": s2,

@@ -36,9 +36,10 @@ class Budgets:
     """pretrain, specialize: what may be spent once, and per domain, in FLOPs or (unit
     "seconds") in seconds on this machine, which runs `speed` times as fast as the study's
     (calibrate.py); inference: parameters of the served model; domain_tokens: the
-    domain's training tokens; domains: N; floor: the domain's xz -9 bits per byte, or
+    domain's training tokens; domains: N; floor: the domain's xz -9e bits per byte, or
     None; bytes_per_token: its measured bytes per token in the study's tokenization, or
-    None."""
+    None; max_budget: a cap on any method's generic pre-training budget B, whether it
+    pre-trains once or per domain (`specialize --method auto`'s --pretrain-tokens)."""
 
     pretrain: float
     specialize: float
@@ -51,6 +52,7 @@ class Budgets:
     pretrain_unit: str = "flops"
     specialize_unit: str = "flops"
     speed: float | None = None
+    max_budget: float | None = None  # no generic budget B above this, shared or per domain (FLOPs)
 
 
 def _exceeded(c: dict, budgets: Budgets) -> set[str]:
@@ -76,13 +78,16 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
     if method in NO_PRETRAINING or lo * (1 - 1e-9) >= hi * reach:  # one budget to run at
         candidates = [lo]
     else:
-        # the grid, and the measured budgets themselves (a budget written as a measured cell's
-        # tokens affords that cell exactly)
+        # the grid, the measured budgets themselves (a budget written as a measured cell's
+        # tokens affords that cell exactly) and a cap on the budget (run at it exactly)
         measured = [b / spec["tokens_per_budget_flop"] for b in spec["budgets"]]
-        candidates = sorted({*np.geomspace(lo / reach, hi * reach, GRID).tolist(), *measured})
+        cap = [budgets.max_budget] if budgets.max_budget and lo / reach <= budgets.max_budget <= hi * reach else []
+        candidates = sorted({*np.geomspace(lo / reach, hi * reach, GRID).tolist(), *measured, *cap})
     fits, binding = [], None
     for B in candidates:
         exceeded = _exceeded(costs(model, method, B, budgets.domain_tokens), budgets)
+        if budgets.max_budget is not None and method not in NO_PRETRAINING and B > budgets.max_budget * (1 + 1e-9):
+            exceeded.add("pretrain")
         binding = exceeded if binding is None else binding & exceeded  # exceeded at every budget tried
         if not exceeded:
             fits.append(B)
@@ -133,6 +138,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
     unmeasured = [LABEL[m] for m in ORDER if m not in model["methods"]]
     result = {"budgets": asdict(budgets), "methods": fitting, "ruled_out": ruled_out, "not_measured": unmeasured,
               "fit": {**{k: model[k] for k in ("source", "cells", "targets", "anchored")},
+                      "pending_cells": model.get("pending_cells", 0),
                       "entropy_terms": model.get("entropy_terms", False),
                       "preset": model["methods"][REFERENCE]["preset"]}}
     if fitting:
@@ -273,7 +279,8 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
 
 def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: int | None = None) -> dict:
     """`specialize --method auto`: the plan for a pre-training budget of `pretrain_tokens`
-    tokens of `preset` (the preset the package's fit was measured with), the plan's
+    tokens of `preset` (the preset the package's fit was measured with; no method
+    pre-trains on more, SLM-is's per-domain pre-training included), the plan's
     default per-domain budget, serving one model of the preset's size, on `domain` (its
     xz floor and size); returns the recommended method, the pre-training tokens it runs at,
     the plan's reason and its notes."""
@@ -288,6 +295,7 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
     per_token = shared_flops_per_token(model)
     features = domain_features(domain)
     budgets = Budgets(pretrain=pretrain_tokens * per_token, inference=model["methods"][REFERENCE]["params"],
+                      max_budget=pretrain_tokens / model["methods"][REFERENCE]["tokens_per_budget_flop"],
                       specialize=compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0],
                       floor=features["floor"],
                       domain_tokens=domain_tokens or round(features["train_bytes"] / model["bytes_per_token"]))

@@ -118,7 +118,7 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
 
     Of which domain:
     - `target`: one of the study's, at its fitted level;
-    - `floor`: a new domain, at the level its xz -9 bits per byte implies (the study
+    - `floor`: a new domain, at the level its xz -9e bits per byte implies (the study
       targets' mean of level - floor, scattering as theirs did), its perplexity at
       `bytes_per_token` where it was tokenized, else at the targets' mean and spread; its
       cluster histogram `entropy` moves the clustered methods where the fit has the

@@ -13,9 +13,14 @@ new domain would be:
   method or one whose measured difference to the best lies inside the 90% interval the
   plan stated for it (the plan knew how close they were). Exact picks and regret judge
   the decision; hits judge the plan's statement of its own uncertainty.
-Decisions are made per inference budget: among the methods of the preset's size (the
-SLM's), and among all. Coverage is also given per held-out target: a target's cells share
-its level's error, so three targets are three chances, not one per cell.
+Decisions are made in three scopes: among the methods of the preset's size (the SLM's),
+among those the plan's default budgets afford (what `mlxspec plan` alone decides: its
+per-domain budget rules out SLM-d, say), and among all. Two baselines put them in scale:
+the regret of always running SLM (the plain recipe, no plan), and the coverage of the
+plan's intervals on every difference between the pick and another method (the
+differences decide; a held-out level's wide interval cannot make them look right).
+Coverage is also given per held-out target: a target's cells share its level's error, so
+three targets are three chances, not one per cell.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..errors import SpecializeError
-from .fit import NO_PRETRAINING, cell_rows, fit_results, target_features
+from .budgets import DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE, compute_budget
+from .fit import NO_PRETRAINING, REFERENCE, cell_rows, fit_results, target_features
 from .predict import difference, predict
+
+SCOPES = ("preset size", "default budgets", "any size")
 
 
 def leave_one_target_out(rows: list[dict], floors: dict) -> dict:
@@ -58,8 +66,7 @@ def leave_one_target_out(rows: list[dict], floors: dict) -> dict:
             "coverage_by_target": {t: {"bpb": _share([c for c in held_cells if c["target"] == t], "bpb", "interval"),
                                        "ppl": _share([c for c in held_cells if c["target"] == t], "ppl",
                                                      "ppl_interval")} for t in targets},
-            "hit_rate": {scope: _rate([d for d in decisions if d["scope"] == scope])
-                         for scope in ("preset size", "any size")}}
+            "hit_rate": {scope: _rate([d for d in decisions if d["scope"] == scope]) for scope in SCOPES}}
 
 
 def _decisions(model: dict, own: list[dict], target: str, floor: float, entropy: float | None) -> list[dict]:
@@ -74,23 +81,45 @@ def _decisions(model: dict, own: list[dict], target: str, floor: float, entropy:
             for budget, D in list(groups):
                 if D == r["D"]:
                     groups[(budget, D)][r["method"]].append(r)
+    from .planner import shared_flops_per_token
+
     smallest = min(spec["params"] for spec in model["methods"].values())
+    per_token = shared_flops_per_token(model)
+    pretrain, specialize = (compute_budget(DEFAULT_PRETRAIN, "", per_token)[0],
+                            compute_budget(DEFAULT_SPECIALIZE, "", per_token)[0])
+
+    def in_scope(scope: str, cells: list[dict]) -> bool:
+        small = all(r["params"] <= smallest for r in cells)
+        affordable = all(r["shared"] <= pretrain and r["per_domain"] <= specialize for r in cells)
+        return scope == "any size" or small and (scope == "preset size" or affordable)
+
     out = []
     for (budget, D), by_method in sorted(groups.items()):
-        for scope in ("preset size", "any size"):
-            methods = [m for m in by_method if scope == "any size" or model["methods"][m]["params"] <= smallest]
+        for scope in SCOPES:
+            methods = [m for m in by_method if in_scope(scope, by_method[m])]
             if len(methods) < 2:
                 continue
             measured = {m: sum(r["bpb"] for r in by_method[m]) / len(by_method[m]) for m in methods}
             B = {m: by_method[m][0]["B"] for m in methods}
             predicted = {m: predict(model, m, B[m], D, floor, entropy=entropy)["bpb"] for m in methods}
             pick, best = min(methods, key=predicted.get), min(methods, key=measured.get)
-            d = difference(model, pick, best, B[pick], B[best], D, entropy)
             gap = measured[pick] - measured[best]
+            covered = 0  # the plan's interval on pick - m holds the measured difference, for each other m
+            for m in methods:
+                if m != pick:
+                    lo, hi = difference(model, pick, m, B[pick], B[m], D, entropy)["interval"]
+                    covered += lo <= measured[pick] - measured[m] <= hi
+            hit = pick == best or _inside(model, pick, best, B, D, entropy, gap)
             out.append({"target": target, "budget": budget, "D": D, "scope": scope, "methods": len(methods),
-                        "recommended": pick, "measured_best": best, "gap_bpb": gap,
-                        "hit": pick == best or d["interval"][0] <= gap <= d["interval"][1]})
+                        "recommended": pick, "measured_best": best, "gap_bpb": gap, "hit": hit,
+                        "slm_gap_bpb": measured[REFERENCE] - measured[best] if REFERENCE in measured else None,
+                        "differences": len(methods) - 1, "differences_covered": covered})
     return out
+
+
+def _inside(model, pick, best, B, D, entropy, gap) -> bool:
+    lo, hi = difference(model, pick, best, B[pick], B[best], D, entropy)["interval"]
+    return lo <= gap <= hi
 
 
 def _share(cells: list[dict], key: str, interval: str) -> float | None:
@@ -102,6 +131,12 @@ def _share(cells: list[dict], key: str, interval: str) -> float | None:
 
 def _rate(decisions: list[dict]) -> dict:
     gaps = [d["gap_bpb"] for d in decisions]
+    slm = [d["slm_gap_bpb"] for d in decisions if d["slm_gap_bpb"] is not None]
+    pairs = sum(d["differences"] for d in decisions)
     return {"decisions": len(decisions), "exact": sum(d["recommended"] == d["measured_best"] for d in decisions),
             "hits": sum(d["hit"] for d in decisions), "mean_regret_bpb": sum(gaps) / len(gaps) if gaps else None,
-            "max_regret_bpb": max(gaps, default=None)}
+            "max_regret_bpb": max(gaps, default=None),
+            # the baseline: always SLM, where it was measured
+            "slm_exact": sum(g == 0 for g in slm), "slm_decisions": len(slm),
+            "slm_mean_regret_bpb": sum(slm) / len(slm) if slm else None,
+            "difference_coverage": sum(d["differences_covered"] for d in decisions) / pairs if pairs else None}
