@@ -246,6 +246,7 @@ def specialize(
     k: Optional[int] = Specialize.k,
     select: Optional[str] = Specialize.select,
     basis: Optional[int] = Specialize.basis,
+    soup_support: Optional[int] = Specialize.soup_support,
     expert_init: str = Specialize.expert_init,
     embedder: str = Specialize.embedder,
     window: Optional[int] = Specialize.window,
@@ -262,7 +263,7 @@ def specialize(
     report = ms.specialize(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
                            finetune_tokens, vocab_size, training.get("lr"), seed, cache_dir, overwrite, k, embedder,
                            window, sampler, "cosine", select, expert_init, basis, distill_temperature=distill_temperature,
-                           distill_alpha=distill_alpha)
+                           distill_alpha=distill_alpha, soup_support=soup_support)
     emit(report, *specialize_view(report))
 
 

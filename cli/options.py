@@ -244,6 +244,8 @@ class Specialize:
                           "instantiate for the most frequent cluster (frequent, pn's default) or the domain's cluster "
                           "histogram (histogram, soup's).")
     basis = typer.Option(None, min=1, help=f"--method pn / soup: basis matrices h per MLP weight [{DEFAULT_BASIS}].")
+    soup_support = typer.Option(None, min=1, help="--method soup: clusters in each training condition (Dirichlet(1) "
+                                "weights) [all].")
     expert_init = typer.Option("scratch", help="--method mix: experts start from scratch (the paper) or from the "
                                "generic SLM (generic; its pre-training is counted).")
     embedder = typer.Option("auto", help="is / mix / pn / soup: hashed (fast, model-free), minilm (the paper's "

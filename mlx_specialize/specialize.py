@@ -54,10 +54,16 @@ RUN_FILES = (RUN_STATE, "report.json", "summary.json", "metrics.jsonl", "run.jso
              "selection-report.json", "selection-histograms.png", "adapters")
 
 
+# Options added after run folders existed: left out of the command at their default, so
+# that an unfinished run of an earlier version (a study's cell, say) still continues.
+LATER_OPTIONS = ("soup_support",)
+
+
 def run_command(settings: Settings) -> dict:
     """What decides a run's result: its settings and the bytes of its corpora. A run
     folder continues only the same command (see `run_folder_state`)."""
-    command = {key: value for key, value in asdict(settings).items() if key != "cache_dir"}
+    command = {key: value for key, value in asdict(settings).items()
+               if key != "cache_dir" and not (key in LATER_OPTIONS and value is None)}
     command["data"] = {"domain": load_corpus(settings.domain).fingerprint(),
                        "generic": load_corpus(settings.generic).fingerprint()}
     return command
@@ -178,7 +184,8 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
                 pretrain_tokens: int, finetune_tokens: int | None, vocab_size, lr, seed: int, overwrite: bool, k,
                 embedder: str,
                 window, sampler: str, metric: str, select, expert_init: str, basis, cache_dir=None,
-                distill_temperature: float = 1.0, distill_alpha: float = 0.5) -> RunPlan:
+                distill_temperature: float = 1.0, distill_alpha: float = 0.5,
+                soup_support: int | None = None) -> RunPlan:
     """Check everything a `specialize` call can check before a pre-training that may take
     hours, each refused in one line naming its option; this is the only check (the
     command line makes none of its own). In order: the method and the preset, the
@@ -193,7 +200,7 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
         finetune_tokens=finetune_tokens, domain_tokens=domain_tokens, vocab_size=vocab_size, seed=seed,
         cache_dir=Path(cache_dir or default_cache_dir()), base=base, lr=lr, k=k, embedder=embedder, window=window,
         sampler=sampler, metric=metric, select=select, expert_init=expert_init, basis=basis,
-        distill_temperature=distill_temperature, distill_alpha=distill_alpha))
+        distill_temperature=distill_temperature, distill_alpha=distill_alpha, soup_support=soup_support))
     if base is None:
         _check_domain_tokens(domain_tokens, preset)
     from .runtime.distributed import world
@@ -246,6 +253,7 @@ def specialize(
     basis: int | None = None,
     distill_temperature: float = 1.0,
     distill_alpha: float = 0.5,
+    soup_support: int | None = None,
 ) -> dict:
     """Specialize a small model to `domain`; returns the report (also RUN/report.json).
 
@@ -275,7 +283,7 @@ def specialize(
             note[0].upper() + note[1:] + "." for note in decision["notes"]))
     run = resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens, finetune_tokens,
                       vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric, select, expert_init,
-                      basis, cache_dir, distill_temperature, distill_alpha)
+                      basis, cache_dir, distill_temperature, distill_alpha, soup_support)
     run.plan = decision
     return run_plan(run, overwrite)
 

@@ -728,6 +728,7 @@ PRESETS = tuple(ms.PRESETS)
 SPECIALIZE = (Opt("--domain-tokens", "int", 1), Opt("--pretrain-tokens", "int", 1),
               Opt("--finetune-tokens", "int", 1), Opt("--vocab-size", "int", 300, MAX_VOCAB), Opt("--lr", "positive"),
               Opt("--seed", "int", 0, MAX_SEED), Opt("--k", "int", 2), Opt("--basis", "int", 1), Opt("--window", "int", 8),
+              Opt("--soup-support", "int", 1),
               Opt("--method", "choice", choices=("finetune", "nopt", "llm", "llm-lora", "distill", "is", "mix", "pn", "soup")),
               Opt("--select", "choice", choices=("frequent", "loss", "all", "histogram")),
               Opt("--expert-init", "choice", choices=("scratch", "generic")),
@@ -842,6 +843,13 @@ def expect_specialize(given, kind, overwrite, world, root) -> Expect:
                   choice(given, "--sampler", ("cluster", "gumbel")))
     if found:
         return found
+    if "--soup-support" in given:  # Method.resolve, after the choices
+        if method != "soup":
+            return Expect("error: --soup-support goes with --method soup")
+        opts = {o.name: o for o in SPECIALIZE}
+        k = opts["--k"].parse(given["--k"]) if "--k" in given else 16
+        if opts["--soup-support"].parse(given["--soup-support"]) > k:
+            return Expect("error: --soup-support ")
     domain_tokens = SPECIALIZE[0].parse(given["--domain-tokens"]) if "--domain-tokens" in given else None
     if domain_tokens is not None and domain_tokens < ms.get_preset(preset).context + 1:
         return Expect("error: --domain-tokens: ")

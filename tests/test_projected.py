@@ -166,6 +166,15 @@ def test_specialize_with_a_projected_network_and_a_soup(tmp_path):
     condition = ms.load_model(soup["phases"]["select"]["instance"])[2]["mlxspec"]["condition"]
     np.testing.assert_allclose(condition, expected, atol=0.01)  # the whole histogram
     assert soup["ppl_after"] < soup["ppl_before"]
+    # trained on 2-cluster conditions: another network, cached apart, its support reported
+    narrow = ms.specialize(method="soup", soup_support=2, out_dir=tmp_path / "soup2", **options)
+    assert (soup["phases"]["pretrain"]["support"], narrow["phases"]["pretrain"]["support"]) == (3, 2)
+    assert narrow["phases"]["pretrain"]["model"] != soup["phases"]["pretrain"]["model"]
+    assert not narrow["phases"]["pretrain"]["cached"] and narrow["ppl_after"] != soup["ppl_after"]
+    with pytest.raises(ms.SpecializeError, match="--soup-support goes with --method soup, not pn"):
+        ms.specialize(method="pn", soup_support=2, out_dir=tmp_path / "x", **options)
+    with pytest.raises(ms.SpecializeError, match=r"--soup-support 4: more than the 3 clusters \(--k\)"):
+        ms.specialize(method="soup", soup_support=4, out_dir=tmp_path / "x", **options)
     slm = ms.count_params(ms.get_preset("tiny").model_args(512))["total"]
     assert pn["params"] == soup["params"] == slm  # inference runs one plain SLM
     with pytest.raises(ms.SpecializeError, match="--select frequent|histogram"):

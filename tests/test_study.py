@@ -65,9 +65,16 @@ def test_a_study_runs_each_cell_once_and_resumes(ran):
     same = [line for line in lines.values() if "same_as" in line]
     assert len(same) == 2 and all(lines[s["same_as"]]["domain_tokens"] is None for s in same)
     full = [line for line in lines.values() if "same_as" not in line]
+    from importlib.metadata import version
+
+    import mlx.core as mx
+
     for line in full:
         assert line["ppl_after"] < line["ppl_before"]
         assert line["costs"]["shared"]["phases"] == ["pretrain"] and line["costs"]["per_domain"]["flops"] > 0
+        # which code measured it (and, run from a git checkout, its commit)
+        assert {k: line["code"][k] for k in ("mlx_specialize", "mlx")} == {
+            "mlx_specialize": version("mlx-specialize"), "mlx": mx.__version__}
     used = {(line["target"], line["domain_tokens"]): line["domain_tokens_used"] for line in full}
     for target in ("python-docs", "python-code"):  # the bundled splits hold ~1M tokens at this vocabulary
         assert used[(target, 20000)] == 20000 and 200_000 < used[(target, None)] < 100_000_000
@@ -122,7 +129,7 @@ def test_the_report_regenerates_tables_and_figures_from_the_results(ran, tmp_pat
     expected = math.exp((math.log(small["python-docs"]["ppl_after"]) + math.log(small["python-code"]["ppl_after"])) / 2)
     result = report_study([study.results], tmp_path / "figs", study.floors)
     assert f"| SLM | {expected:.1f} |" in result["tables"]
-    assert "| xz -9 floor | | - | 2.00 | |" in result["tables"]  # python-code has no floor in the spec
+    assert "| xz floor (the spec's) | | - | 2.00 | |" in result["tables"]  # python-code has no floor in the spec
     for name in ("ppl_vs_pretraining.png", "ppl_vs_domain_size.png", "cost_vs_domains.png", "tables.md"):
         assert (tmp_path / "figs" / name).stat().st_size > 1000 or name == "tables.md"
     # the command line prints the same tables
@@ -231,7 +238,7 @@ def test_grids_run_in_their_order_and_a_cell_two_name_runs_once(study_dir):
 domain_tokens = [20000]
 [[grid]]
 pretrain_tokens = [16384]
-methods = ["finetune"]
+methods = ["finetune", "nopt"]
 seeds = [0, 1]
 """
     (study_dir / "grids.toml").write_text(spec)
@@ -239,9 +246,12 @@ seeds = [0, 1]
     got = [(c.method, c.budget, c.domain_tokens, c.seed) for c in cells if c.target == "python-docs"]
     assert got == [("finetune", 8192, 20000, 0), ("nopt", 8192, 20000, 0), ("finetune", 16384, 20000, 0),
                    # the second grid: its one budget, both seeds, the top level's three sizes; (16384, 20000,
-                   # seed 0) was the first grid's; nopt only at the study's smallest budget
+                   # seed 0) was the first grid's; nopt, one cell whatever the budget, at the smallest, with
+                   # the grid's sizes and seeds
                    ("finetune", 16384, 100000000, 0), ("finetune", 16384, None, 0),
-                   ("finetune", 16384, 20000, 1), ("finetune", 16384, 100000000, 1), ("finetune", 16384, None, 1)]
+                   ("nopt", 8192, 100000000, 0), ("nopt", 8192, None, 0),
+                   ("finetune", 16384, 20000, 1), ("finetune", 16384, 100000000, 1), ("finetune", 16384, None, 1),
+                   ("nopt", 8192, 20000, 1), ("nopt", 8192, 100000000, 1), ("nopt", 8192, None, 1)]
     (study_dir / "bad-grid.toml").write_text(spec + "[[grid]]\npretrain_tokens = [5]\n")
     with pytest.raises(SpecializeError, match=r"\[\[grid\]\] 3: budget 5 is not one of the top-level"):
         load_study(study_dir / "bad-grid.toml")
@@ -279,3 +289,26 @@ def test_the_headline_goes_between_the_markers_and_nowhere_else(ran, tmp_path):
     with pytest.raises(SpecializeError, match="--readme: .* has no lines"):
         report_study([study.results], readme=readme)
     assert readme.read_text() == "# no markers\n"
+
+
+def test_a_line_names_the_commit_of_the_checkout_that_measured_it(tmp_path, monkeypatch):
+    from mlx_specialize.runtime import provenance
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    commit = git("rev-parse", "HEAD").strip()
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    provenance.code_version.cache_clear()
+    assert provenance.code_version()["commit"] == commit
+    (tmp_path / "a.py").write_text("x = 2\n")  # an edit not committed
+    provenance.code_version.cache_clear()
+    assert provenance.code_version()["commit"] == commit + "+dirty"
+    monkeypatch.setattr(provenance, "ROOT", tmp_path / "elsewhere")  # an installed package: versions only
+    provenance.code_version.cache_clear()
+    assert "commit" not in provenance.code_version()
+    provenance.code_version.cache_clear()

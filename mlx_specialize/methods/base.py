@@ -55,6 +55,7 @@ class Settings:
     basis: int | None = None
     distill_temperature: float = 1.0  # SLM-d: softmax temperature of the KL term
     distill_alpha: float = 0.5  # SLM-d: weight of the KL term (1 - alpha: the data's NLL)
+    soup_support: int | None = None  # soup: clusters in each training condition (None: all)
 
 
 @dataclass
@@ -122,10 +123,14 @@ class Method:
             raise SpecializeError(f"--distill-temperature must be positive, not {settings.distill_temperature}")
         if not 0.0 <= settings.distill_alpha <= 1.0:
             raise SpecializeError(f"--distill-alpha must be between 0 and 1, not {settings.distill_alpha}")
+        if settings.soup_support is not None and self.name != "soup":
+            raise SpecializeError(f"--soup-support goes with --method soup, not {self.name}")
         if settings.base is not None and self.name != "finetune":
             raise SpecializeError(f"--method {self.name} pre-trains its own base: drop --base")
         if settings.k is None:
             settings.k = self.default_k
+        if settings.soup_support is not None and settings.soup_support > settings.k:
+            raise SpecializeError(f"--soup-support {settings.soup_support}: more than the {settings.k} clusters (--k)")
         return settings
 
     def prepare(self, settings: Settings) -> Prepared:

@@ -124,7 +124,8 @@ class Projected(Method):
         g = cl.clustered_generic(s)
         preset, tokenizer, clusters, generic_split = g.preset, g.tokenizer, g.clusters, g.generic
         basis = s.basis or DEFAULT_BASIS
-        settings = (self.name, basis) if self.name == "pn" else (self.name, basis, f"support{clusters.k}")  # soup: all
+        support = s.soup_support or clusters.k  # soup: all clusters by default (resolve checked it is no more)
+        settings = (self.name, basis) if self.name == "pn" else (self.name, basis, f"support{support}")
         folder = s.cache_dir / "projected" / cl.cache_key(clusters.folder.name, preset.__dict__, s.pretrain_tokens,
                                                           s.seed, *settings)
         with cache_entry(folder, f"the {self.name} network '{preset.name}' on {s.generic} (k={clusters.k})") as entry:
@@ -135,11 +136,13 @@ class Projected(Method):
                 valid, valid_labels = cl.clustered_valid(clusters, tokenizer, s.cache_dir)
                 summary = pretrain_projected(clusters, generic_split, valid, valid_labels, tokenizer, preset,
                                              entry.build, s.pretrain_tokens, self.name, basis=basis, seed=s.seed,
+                                             support=None if support == clusters.k else support,
                                              checkpoint_every=50)
                 entry.publish()
                 cached = False
         pre_phase = {key: summary[key] for key in ("tokens", "seconds", "flops")}
-        pre_phase.update(cached=cached, model=str(folder), arch=self.name, k=s.k, basis=basis)
+        pre_phase.update(cached=cached, model=str(folder), arch=self.name, k=s.k, basis=basis,
+                         **({"support": support} if self.name == "soup" else {}))
         t0 = time.perf_counter()
         dense_dir = folder / "instances" / cl.cache_key(load_corpus(s.domain).fingerprint(), s.domain_tokens, s.select)
         with cache_entry(dense_dir, f"the {self.name} SLM of {s.domain}") as entry:

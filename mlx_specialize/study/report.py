@@ -151,23 +151,50 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
                            + f" | {sum(values) / len(values):.3f} |")
     if floors:
         shown = [f"{floors[t]:.2f}" if t in floors else "-" for t in targets]
-        out.append("| xz -9 floor | | " + " | ".join(shown) + " | |")
-    out += ["", *equal_cost_table(table, sizes)]
+        out.append("| xz floor (the spec's) | | " + " | ".join(shown) + " | |")
+    out += ["", *cost_table(table), "", *equal_cost_table(table, sizes)]
     return headline(table) + "\n\n" + "\n".join(out)
 
 
+def cost_table(table: dict) -> list[str]:
+    """Every measured method, budget and domain set's costs (seed means): where each is
+    paid (shared once, per domain), C(1) and C(3), and what serving it costs."""
+    out = ["Costs, seed means: FLOPs (seconds on the machine that ran it), validation passes included; C(N) = "
+           "shared + N x per domain; serving: FLOPs per token at the full context and measured generation speed", "",
+           "| method | budget | size | shared | per domain | C(1) | C(3) | inference FLOPs/token | gen tok/s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rank = {m: i for i, m in enumerate(_methods(table))}
+    for m, budget, size in sorted(table, key=lambda k: (rank[k[0]], k[1], math.inf if k[2] is None else k[2])):
+        s = table[(m, budget, size)]
+        shared, per_domain = s["shared"][0], s["per_domain"][0]
+        shown = "-" if m.startswith("nopt") else size_label(budget)  # no generic pre-training
+        out.append(f"| {label(m)} | {shown} | {size_label(size)} | {shared:.2e} ({s['shared_s'][0]:.0f} s) "
+                   f"| {per_domain:.2e} ({s['per_domain_s'][0]:.0f} s) | {shared + per_domain:.2e} | "
+                   f"{shared + 3 * per_domain:.2e} | {s['inference'][0]:.2e} | {s['gen_tok_s'][0]:.0f} |")
+    return out
+
+
 def headline(table: dict) -> str:
-    """The README's table: every method at the largest budget measured with the smallest
-    domain set: macro perplexity and bits per byte, and its costs in FLOPs (seconds on
-    the machine that ran it): shared, per domain, C(1) and C(3), inference per token."""
+    """The README's table: every method at the largest budget every method has reached
+    with the smallest domain set (a study under way compares methods at equal budget;
+    those already further are named below it): macro perplexity and bits per byte, and
+    its costs in FLOPs (seconds on the machine that ran it): shared, per domain, C(1) and
+    C(3), inference per token."""
     size = _sizes(table)[0]
-    top = max(k[1] for k in table if k[2] == size and not k[0].startswith("nopt"))
-    out = [f"At the largest budget, {size_label(top)} generic tokens ({_flops_of(table, top):.2e} FLOPs), domain set "
+    reached = defaultdict(set)  # each method's budgets, its variants (`lr=...`) and SLM-nopt aside
+    for m, budget, s in table:
+        if s == size and " " not in m and not m.startswith("nopt"):
+            reached[m].add(budget)
+    common = set.intersection(*reached.values()) if reached else set()
+    top = max(common) if common else max(k[1] for k in table if k[2] == size and not k[0].startswith("nopt"))
+    ahead = {m: max(bs) for m, bs in reached.items() if max(bs) > top}
+    where = "the largest budget every method has reached" if ahead else "the largest budget"
+    out = [f"At {where}, {size_label(top)} generic tokens ({_flops_of(table, top):.2e} FLOPs), domain set "
            f"{size_label(size)}: macro test perplexity before / after fine-tuning and bits per byte (mean ± std over "
            "seeds where more than one); costs in FLOPs (seconds on the machine that ran it), validation passes "
            "included, C(N) = shared + N x per domain", "",
            "| method | params | ppl before | ppl after | bits/byte | shared | per domain | C(1) | C(3) | "
-           "inference FLOPs/token | seeds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "inference FLOPs/token | gen tok/s | seeds |", "|---|" + "---:|" * 11]
     smallest = min(k[1] for k in table)
     for m in _methods(table):
         s = table.get((m, smallest if m.startswith("nopt") else top, size))
@@ -178,7 +205,11 @@ def headline(table: dict) -> str:
             out.append(f"| {label(m)} | {s['params'][0] / 1e6:.2f}M | {_cell(s, 'ppl_before')} | {_cell(s)} | "
                        f"{_cell(s, 'bpb', 3)} | {s['shared'][0]:.2e} ({s['shared_s'][0]:.0f} s) | "
                        f"{s['per_domain'][0]:.2e} ({s['per_domain_s'][0]:.0f} s) | {c1['flops']:.2e} | "
-                       f"{c3['flops']:.2e} | {s['inference'][0]:.2e} | {s['seeds']} |")
+                       f"{c3['flops']:.2e} | {s['inference'][0]:.2e} | {s['gen_tok_s'][0]:.0f} | {s['seeds']} |")
+    if ahead:
+        order = sorted((m for m in _methods(table) if m in ahead), key=lambda m: -ahead[m])  # stable: methods' order
+        further = ", ".join(f"{label(m)} ({size_label(ahead[m])})" for m in order)
+        out += ["", f"Measured on every target at larger budgets so far: {further}; see the per-budget table."]
     return "\n".join(out)
 
 

@@ -29,6 +29,7 @@ from ..methods.llm import equal_flops_tokens, llm_twin
 from ..models.dense import flops_per_token
 from ..models.presets import get_preset
 from ..runtime.cache import default_cache_dir, locked
+from ..runtime.provenance import code_version
 from .spec import Cell, Study
 
 LLM_METHODS = ("llm", "llm-lora")  # pre-train the preset's large twin: fewer tokens for the same FLOPs
@@ -142,6 +143,7 @@ def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_r
     cache_dir = Path(cache_dir or study.cache or default_cache_dir())
     runs = cache_dir / "study-runs" / study.name
     ran, t0 = 0, time.monotonic()
+    code_version()  # the code this process loaded, before anyone edits the checkout
     for cell, key, whole_key in plan_study(study, cache_dir):
         if max_cells is not None and ran >= max_cells:
             break
@@ -186,7 +188,8 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
                                                    "test_tokens", "params", "costs", "phases", "wall_seconds")},
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 # what the seconds were measured on: the CPU model and its vector extensions decide them
-                "machine": {"cpu": cpu_description(), "system": platform.system()}}
+                "machine": {"cpu": cpu_description(), "system": platform.system()},
+                "code": code_version()}  # cell keys do not hash the code: each line says which measured it
         append_result(study.results, line)
         if not keep_runs:  # the figures are in the line; the shared models stay in the cache
             shutil.rmtree(out, ignore_errors=True)

@@ -128,7 +128,9 @@ class Study:
         """The grid(s), in the order they run; within one: budgets from the smallest,
         then seeds, methods (each method's generic pre-training is made once, then serves
         all its cells), domain-set sizes and targets. SLM-nopt, which pre-trains nothing,
-        only at the study's smallest budget. A cell two grids name appears once."""
+        is one cell whatever the budget: recorded at the study's smallest, it takes the
+        domain sets and seeds of every grid that names it. A cell two grids name appears
+        once."""
         cells, smallest = [], min(self.budgets)
         for grid in self.grids or [{}]:
             methods = grid.get("methods", self.methods)
@@ -136,13 +138,12 @@ class Study:
             for budget in sorted(grid.get("pretrain_tokens", self.budgets)):
                 for seed in grid.get("seeds", self.seeds_at.get(budget, self.seeds)):
                     for method in methods:
-                        if method == "nopt" and budget != smallest:
-                            continue
+                        at = smallest if method == "nopt" else budget
                         options = tuple(sorted({**self.options, **self.method_options.get(method, {}),
                                                 **grid.get("options", {})}.items()))
                         for size in sizes:
                             for target in self.targets:
-                                cell = Cell(method, budget, size, target, seed, options)
+                                cell = Cell(method, at, size, target, seed, options)
                                 if cell not in cells:
                                     cells.append(cell)
         return cells
