@@ -312,3 +312,14 @@ def test_a_line_names_the_commit_of_the_checkout_that_measured_it(tmp_path, monk
     provenance.code_version.cache_clear()
     assert "commit" not in provenance.code_version()
     provenance.code_version.cache_clear()
+
+
+def test_a_spec_may_set_every_option_of_specialize_that_the_grid_does_not():
+    import inspect
+
+    from mlx_specialize import specialize
+    from mlx_specialize.study.spec import CELL_OPTIONS
+
+    grid_or_run = {"domain", "generic", "method", "base", "preset", "out_dir", "domain_tokens", "pretrain_tokens",
+                   "seed", "cache_dir", "overwrite"}  # the grid's axes, the study's own, and what no cell sets
+    assert CELL_OPTIONS == set(inspect.signature(specialize).parameters) - grid_or_run

@@ -82,7 +82,7 @@ TYPES = [("name", str, "a string"), ("version", int, "an integer"), ("data", str
 AXES = ("methods", "pretrain_tokens", "domain_tokens", "seeds", "options")  # what a [[grid]] may set
 # what `specialize` takes from a spec's [options] and [method.NAME] (the rest is the grid's)
 CELL_OPTIONS = {"vocab_size", "lr", "k", "embedder", "window", "sampler", "metric", "select", "expert_init", "basis",
-                "distill_temperature", "distill_alpha", "finetune_tokens"}
+                "distill_temperature", "distill_alpha", "finetune_tokens", "soup_support"}
 
 
 @dataclass(frozen=True)
