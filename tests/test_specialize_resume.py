@@ -193,3 +193,16 @@ def test_a_run_folder_of_other_files_or_another_run_is_refused(tmp_path):
         run_folder_state(finetuned, command)
     assert run_folder_state(finetuned, command, overwrite=True) == "new"
     assert run_folder_state(tmp_path / "absent", command) == "new"
+
+
+def test_an_option_added_later_leaves_earlier_run_folders_continuing(tmp_path):
+    """A run folder written before --soup-support existed holds a command without it: the
+    same call now (its default) continues that run; a call that sets it is another command."""
+    from mlx_specialize.specialize import run_folder_state
+
+    command = _command(method="soup")
+    assert "soup_support" not in command
+    (tmp_path / "specialize.json").write_text(json.dumps({"command": command, "phases": {}}))
+    assert run_folder_state(tmp_path, _command(method="soup")) == "resume"
+    with pytest.raises(SpecializeError, match=r"another command \(--soup-support \(default\) -> 3\)"):
+        run_folder_state(tmp_path, _command(method="soup", soup_support=3))
