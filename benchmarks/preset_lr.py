@@ -43,7 +43,12 @@ def main() -> None:
     study = load_study(args.spec)
     slm = study.preset
     tokens = args.budget if args.preset == slm else equal_flops_tokens(args.budget, slm, args.preset)
-    done = [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.is_file() else []
+    done = []
+    for text in RESULTS.read_text().splitlines() if RESULTS.is_file() else []:
+        try:
+            done.append(json.loads(text))
+        except ValueError:  # a line cut short by a kill: that run is run again
+            pass
     for lr in (float(x) for x in args.lrs.split(",")):
         key = {"preset": args.preset, "budget": args.budget, "tokens": tokens, "lr": lr, "seed": args.seed}
         if any({k: line[k] for k in key} == key for line in done):
@@ -66,8 +71,8 @@ def main() -> None:
                                                                                       args.seed)),
                        key=lambda d: d["lr"]):
         mark = " (preset)" if line["lr"] == rule else ""
-        print(f"| {line['lr']:g}{mark} | {line['best_valid_loss']:.3f} | {line['final_train_loss']:.3f} | "
-              f"{line['steps']} |")
+        loss = "-" if line["best_valid_loss"] is None else f"{line['best_valid_loss']:.3f}"
+        print(f"| {line['lr']:g}{mark} | {loss} | {line['final_train_loss']:.3f} | {line['steps']} |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 - targets: fortunes, licenses, perl-docs: fine-tuned on the first N tokens of their train
   split, early-stopped on their valid split, scored on their test split;
 - headline: macro-averaged test perplexity exp(mean over targets of per-token NLL), with
-  bits per byte of text beside it; xz -9 floor from the protocol for reference.
+  bits per byte of text beside it; the protocol's xz floor (xz -9e) for reference.
 
 Prints one row per target and the macro row; `--json` adds a JSON object at the end.
 """
@@ -90,7 +90,7 @@ def main() -> None:
     print(f"method {args.method}, preset {args.preset}, pre-training {pre['tokens']:,} tokens ({pre['flops']:.3g} FLOPs) in {pre['seconds']:.0f} s "
           f"({'cached' if cached else 'trained now'}{', last target' if args.method != 'finetune' else ''}), "
           f"{args.domain_tokens:,} domain tokens per target")
-    print(f"{'target':10s} {'ppl before':>10s} {'ppl after':>10s} {'bpb before':>10s} {'bpb after':>10s} {'xz -9 bpb':>10s}")
+    print(f"{'target':10s} {'ppl before':>10s} {'ppl after':>10s} {'bpb before':>10s} {'bpb after':>10s} {'xz bpb':>10s}")
     for r in rows:
         print(f"{r['target']:10s} {r['ppl_before']:10.2f} {r['ppl_after']:10.2f} {r['bpb_before']:10.3f} "
               f"{r['bpb_after']:10.3f} {XZ_FLOOR_BPB[r['target']]:10.2f}"

@@ -7,6 +7,7 @@ markup, no emoji codes.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
@@ -41,13 +42,16 @@ def emit(result: dict, *shown) -> None:
 
 
 def _fits(table: Table, width: int) -> bool:
-    """Whether the table fits `width` columns without folding a word of any cell: a
-    header wraps at its spaces; a value split mid-word ("4.11e+1" / "3") could be misread."""
+    """Whether rich lays the table out in `width` columns with every word of every cell
+    and header whole (a header may wrap at its spaces): a value split mid-word ("4.11e+1" /
+    "0") could be misread. Rendered to find out: rich shares out the width its own way."""
     if not table.show_header or len(table.columns) <= 2:  # key / value: only long paths fold
         return True
-    longest = [max((len(word) for cell in (column.header, *column.cells) for word in str(cell).split()), default=1)
-               for column in table.columns]
-    return sum(longest) + 3 * len(table.columns) + 1 <= width
+    trial = Console(file=io.StringIO(), width=width, markup=False, emoji=False)
+    trial.print(table, highlight=False)
+    rendered = trial.file.getvalue()
+    words = {word for column in table.columns for cell in (column.header, *column.cells) for word in str(cell).split()}
+    return all(word in rendered for word in words)
 
 
 def _records(table: Table) -> str:

@@ -260,7 +260,7 @@ def test_a_table_too_wide_for_the_terminal_is_printed_as_records(monkeypatch):
 
     table = plan_view(make_plan("12.5M tokens", "5e13", "small", domains=3))[0]
     values = [str(cell) for column in table.columns for cell in column.cells]
-    for width, records in ((80, True), (200, False)):
+    for width, records in ((80, True), (100, True), (120, True), (200, False)):
         monkeypatch.setattr(output, "out", Console(file=StringIO(), width=width, markup=False, emoji=False))
         output.emit({}, table)
         text = output.out.file.getvalue()

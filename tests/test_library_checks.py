@@ -55,6 +55,9 @@ SPECIALIZE = dict(domain="python-docs", generic=None, method="finetune", base=No
     ({"method": "mix", "select": "best", "embedder": "bert", "domain_tokens": 50}, "--select: "),
     ({"embedder": "bert", "sampler": "topk"}, "--embedder: "),
     ({"sampler": "topk", "domain": "klingon-poetry"}, "--sampler: "),
+    ({"method": "soup", "soup_support": 0}, "--soup-support must be at least 1, not 0"),
+    ({"method": "soup", "soup_support": 17}, r"--soup-support 17: more than the 16 clusters"),
+    ({"soup_support": 3}, "--soup-support goes with --method soup, not finetune"),
 ])
 def test_specialize_is_checked_once_in_the_library(tmp_path, changes, expected):
     refused(lambda: resolve_run(**{**SPECIALIZE, **changes}), expected)

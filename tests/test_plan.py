@@ -167,6 +167,39 @@ def test_a_budget_measured_on_one_target_only_waits_for_the_others():
     assert model["pending_cells"] == 0 and "u" in model["methods"]["is"]["terms"]
 
 
+def test_without_a_method_target_component_the_cells_are_pooled_as_independent():
+    """When the (method, target) clusters' means scatter less than their cells do, the
+    between-cluster component is 0 and the variance is every residual's, over n - p."""
+    from mlx_specialize.plan.fit import _variance
+
+    residual = np.array([0.3, -0.3, -0.2, 0.2, 0.1, -0.1, 0.25, -0.25])  # every cluster's mean is 0
+    X = np.column_stack([np.ones(8), np.arange(8.0)])
+    s2, cov, dof, parts = _variance(X, residual, ["a", "a", "b", "b", "c", "c", "d", "d"], level_columns=1)
+    assert parts["method_target"] == 0.0 and dof == 8 - 2
+    assert s2 == pytest.approx(float((residual ** 2).sum()) / 6)
+    np.testing.assert_allclose(cov, s2 * np.linalg.inv(X.T @ X))
+
+
+def test_the_study_headline_compares_methods_at_a_budget_all_reached_and_costs_every_cell():
+    from mlx_specialize.study.report import cost_table, headline, macro
+
+    rows = [r for r in _study(seeds=(0,)) if r["domain_tokens"] == SIZES[0]
+            and not (r["method"] == "mix" and r["budget"] == BUDGETS[-1])]
+    table = macro(rows)
+    text = headline(table)
+    assert text.startswith("At the largest budget every method has reached, 2.5M generic tokens")
+    assert "| SLM-mix | 1.85M |" in text and "at larger budgets so far: SLM (12.5M), SLM-is (12.5M);" in text
+    costs = cost_table(table)
+    # one row per method, budget and size measured (SLM-nopt once, without a budget); C(3) = shared + 3 per domain
+    assert len(costs) - 4 == 2 * 3 + 2 + 1
+    row = next(line for line in costs if line.startswith("| SLM | 2.5M | 100k |"))
+    shared, per_domain = 1.1 * 2_500_000 * FLOPS_PER_TOKEN, 40.0 * FLOPS_PER_TOKEN * SIZES[0] ** 0.8
+    assert f"| {shared + 3 * per_domain:.2e} |" in row and row.endswith("| 4.00e+06 | 500 |")
+    assert next(line for line in costs if line.startswith("| SLM-nopt | - | 100k |"))
+    whole = headline(macro([r for r in rows if r["method"] != "mix"]))  # every method at every budget
+    assert whole.startswith("At the largest budget, 12.5M generic tokens") and "so far" not in whole
+
+
 def test_a_budget_in_tokens_affords_the_cell_of_that_many_tokens():
     """"12.5M tokens" is what SLM's pre-training on 12.5M tokens costs as a shared cost,
     validation included, so it affords SLM's 12.5M-token cell and no more."""
@@ -331,6 +364,8 @@ def test_auto_runs_what_the_plan_recommends(tmp_path):
     # SLM-is pre-trains per domain, out of the per-domain budget: still no more than given
     for tokens in (600_000, 3_000_000):
         assert auto_method("python-docs", "small", tokens, 20_000)["pretrain_tokens"] <= tokens
+    capped = auto_method("python-docs", "small", 100_000, 20_000)  # its clustering fits the budget; 100k tokens not
+    assert "SLM-is by the --pretrain-tokens budget" in capped["reason"], capped["reason"]
     # a budget too small for any pre-training the study measured: the domain data alone, and why
     small = auto_method("python-docs", "small", 1000, 20_000)
     assert small["method"] == "nopt" and "the only method" in small["reason"]

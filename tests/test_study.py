@@ -116,10 +116,11 @@ def test_a_study_killed_twice_before_its_first_cell_resumes(tmp_path):
     assert read_results(path) == {}
     append_result(path, {"cell": "b", "x": 2})
     assert sorted(read_results(path)) == ["b"]
-    other = tmp_path / "other.jsonl"
-    other.write_text('{"name": "a"}\n{"name": "b"}\n')
-    with pytest.raises(SpecializeError, match="not a results file"):
-        read_results(other)
+    for text in ('{"name": "a"}\n{"name": "b"}\n', '{"cell": ["a"]}\n'):  # JSON lines, not results
+        other = tmp_path / "other.jsonl"
+        other.write_text(text)
+        with pytest.raises(SpecializeError, match="not a results file"):
+            read_results(other)
 
 
 def test_the_report_regenerates_tables_and_figures_from_the_results(ran, tmp_path):
@@ -298,14 +299,19 @@ def test_a_line_names_the_commit_of_the_checkout_that_measured_it(tmp_path, monk
         return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
 
     git("init", "-q")
+    (tmp_path / "mlx_specialize").mkdir()
     (tmp_path / "a.py").write_text("x = 1\n")
-    git("add", "a.py")
+    (tmp_path / "mlx_specialize" / "a.py").write_text("x = 1\n")
+    git("add", "a.py", "mlx_specialize/a.py")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
     commit = git("rev-parse", "HEAD").strip()
     monkeypatch.setattr(provenance, "ROOT", tmp_path)
     provenance.code_version.cache_clear()
     assert provenance.code_version()["commit"] == commit
-    (tmp_path / "a.py").write_text("x = 2\n")  # an edit not committed
+    (tmp_path / "a.py").write_text("x = 2\n")  # a tracked file that is not code (results appended to)
+    provenance.code_version.cache_clear()
+    assert provenance.code_version()["commit"] == commit
+    (tmp_path / "mlx_specialize" / "new.py").write_text("y = 1\n")  # a module not yet committed
     provenance.code_version.cache_clear()
     assert provenance.code_version()["commit"] == commit + "+dirty"
     monkeypatch.setattr(provenance, "ROOT", tmp_path / "elsewhere")  # an installed package: versions only

@@ -123,6 +123,8 @@ class Method:
             raise SpecializeError(f"--distill-temperature must be positive, not {settings.distill_temperature}")
         if not 0.0 <= settings.distill_alpha <= 1.0:
             raise SpecializeError(f"--distill-alpha must be between 0 and 1, not {settings.distill_alpha}")
+        if settings.soup_support is not None and settings.soup_support < 1:
+            raise SpecializeError(f"--soup-support must be at least 1, not {settings.soup_support}")
         if settings.soup_support is not None and self.name != "soup":
             raise SpecializeError(f"--soup-support goes with --method soup, not {self.name}")
         if settings.base is not None and self.name != "finetune":

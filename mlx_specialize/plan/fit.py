@@ -64,7 +64,12 @@ def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
         covered = defaultdict(set)
         for r in rows:
             covered[_group(r)].add(r["target"])
-        rows = [r for r in rows if covered[_group(r)] == targets]
+        complete = [r for r in rows if covered[_group(r)] == targets]
+        if rows and not complete:
+            raise SpecializeError(f"no method, budget and domain set is measured on every target yet "
+                                  f"({', '.join(sorted(targets))}; results files refitted together must share "
+                                  "their targets)")
+        rows = complete
     out, seen = [], set()
     for r in rows:
         # a cell asking for more domain tokens than the split holds is the whole split's

@@ -29,6 +29,7 @@ from .fit import NO_PRETRAINING, REFERENCE, save_fitted
 from .predict import EXTRAPOLATE, costs, difference, predict
 
 GRID = 121  # budgets tried per method, evenly in log FLOPs over its reachable range
+CAP = "--pretrain-tokens"  # what rules out a budget above `Budgets.max_budget` (`specialize --method auto`)
 
 
 @dataclass
@@ -86,8 +87,8 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
     fits, binding = [], None
     for B in candidates:
         exceeded = _exceeded(costs(model, method, B, budgets.domain_tokens), budgets)
-        if budgets.max_budget is not None and method not in NO_PRETRAINING and B > budgets.max_budget * (1 + 1e-9):
-            exceeded.add("pretrain")
+        if _beyond_cap(method, B, budgets) and "pretrain" not in exceeded:  # the cap: what binds per domain
+            exceeded.add(CAP)
         binding = exceeded if binding is None else binding & exceeded  # exceeded at every budget tried
         if not exceeded:
             fits.append(B)
@@ -97,8 +98,13 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
     return [], " and ".join(sorted(binding)) if binding else "pretrain and specialize"
 
 
+def _beyond_cap(method: str, B: float, budgets: Budgets) -> bool:
+    return budgets.max_budget is not None and method not in NO_PRETRAINING and B > budgets.max_budget * (1 + 1e-9)
+
+
 def _affords_more(model: dict, method: str, B: float, budgets: Budgets) -> bool:
-    return not _exceeded(costs(model, method, 2 * B, budgets.domain_tokens), budgets)
+    return not (_exceeded(costs(model, method, 2 * B, budgets.domain_tokens), budgets)
+                or _beyond_cap(method, 2 * B, budgets))
 
 
 def _cheapest_needed(model: dict, method: str, budgets: Budgets) -> dict:

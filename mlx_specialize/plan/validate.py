@@ -30,7 +30,7 @@ from collections import defaultdict
 from ..errors import SpecializeError
 from .budgets import DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE, compute_budget
 from .fit import NO_PRETRAINING, REFERENCE, cell_rows, fit_results, target_features
-from .predict import difference, predict
+from .predict import costs, difference, predict
 
 SCOPES = ("preset size", "default budgets", "any size")
 
@@ -88,15 +88,18 @@ def _decisions(model: dict, own: list[dict], target: str, floor: float, entropy:
     pretrain, specialize = (compute_budget(DEFAULT_PRETRAIN, "", per_token)[0],
                             compute_budget(DEFAULT_SPECIALIZE, "", per_token)[0])
 
-    def in_scope(scope: str, cells: list[dict]) -> bool:
+    def in_scope(scope: str, method: str, cells: list[dict]) -> bool:
+        """Its size, and (the plan's default budgets) its costs as the plan predicts them,
+        so that the scope is what `plan` would have afforded."""
         small = all(r["params"] <= smallest for r in cells)
-        affordable = all(r["shared"] <= pretrain and r["per_domain"] <= specialize for r in cells)
+        c = costs(model, method, cells[0]["B"], cells[0]["D"])
+        affordable = c["shared"] <= pretrain * (1 + 1e-9) and c["per_domain"] <= specialize * (1 + 1e-9)
         return scope == "any size" or small and (scope == "preset size" or affordable)
 
     out = []
     for (budget, D), by_method in sorted(groups.items()):
         for scope in SCOPES:
-            methods = [m for m in by_method if in_scope(scope, by_method[m])]
+            methods = [m for m in by_method if in_scope(scope, m, by_method[m])]
             if len(methods) < 2:
                 continue
             measured = {m: sum(r["bpb"] for r in by_method[m]) / len(by_method[m]) for m in methods}

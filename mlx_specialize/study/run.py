@@ -55,7 +55,7 @@ def read_results(path: Path) -> dict[str, dict]:
             bad.append(number)
             foreign = foreign or not text.lstrip().startswith("{")
             continue
-        if isinstance(line, dict) and "cell" in line:
+        if isinstance(line, dict) and isinstance(line.get("cell"), str):
             lines[line["cell"]] = line
         else:  # whole JSON, but not a result: another kind of file if nothing else is a result
             bad.append(number)
