@@ -185,13 +185,15 @@ def test_the_study_headline_compares_methods_at_a_budget_all_reached_and_costs_e
 
     rows = [r for r in _study(seeds=(0,)) if r["domain_tokens"] == SIZES[0]
             and not (r["method"] == "mix" and r["budget"] == BUDGETS[-1])]
-    table = macro(rows)
+    tried = [{**r, "method": "finetune lr=0.1"} for r in rows if r["method"] == "finetune"]  # a setting tried
+    table = macro(rows + tried)
     text = headline(table)
     assert text.startswith("At the largest budget every method has reached, 2.5M generic tokens")
+    assert "| SLM (lr=0.1) |" not in text and "Settings tried on the valid splits (SLM (lr=0.1))" in text
     assert "| SLM-mix | 1.85M |" in text and "at larger budgets so far: SLM (12.5M), SLM-is (12.5M);" in text
     costs = cost_table(table)
     # one row per method, budget and size measured (SLM-nopt once, without a budget); C(3) = shared + 3 per domain
-    assert len(costs) - 4 == 2 * 3 + 2 + 1
+    assert len(costs) - 4 == 2 * 3 + 2 + 1 + 3  # the setting tried too
     row = next(line for line in costs if line.startswith("| SLM | 2.5M | 100k |"))
     shared, per_domain = 1.1 * 2_500_000 * FLOPS_PER_TOKEN, 40.0 * FLOPS_PER_TOKEN * SIZES[0] ** 0.8
     assert f"| {shared + 3 * per_domain:.2e} |" in row and row.endswith("| 4.00e+06 | 500 |")

@@ -177,7 +177,8 @@ def cost_table(table: dict) -> list[str]:
 def headline(table: dict) -> str:
     """The README's table: every method at the largest budget every method has reached
     with the smallest domain set (a study under way compares methods at equal budget;
-    those already further are named below it): macro perplexity and bits per byte, and
+    those already further are named below it; variants, settings tried on the valid
+    splits, are only named): macro perplexity and bits per byte, and
     its costs in FLOPs (seconds on the machine that ran it): shared, per domain, C(1) and
     C(3), inference per token."""
     size = _sizes(table)[0]
@@ -196,7 +197,9 @@ def headline(table: dict) -> str:
            "| method | params | ppl before | ppl after | bits/byte | shared | per domain | C(1) | C(3) | "
            "inference FLOPs/token | gen tok/s | seeds |", "|---|" + "---:|" * 11]
     smallest = min(k[1] for k in table)
-    for m in _methods(table):
+    methods = [m for m in _methods(table) if " " not in m] or _methods(table)
+    variants = [m for m in _methods(table) if m not in methods]  # a setting tried on the valid splits
+    for m in methods:
         s = table.get((m, smallest if m.startswith("nopt") else top, size))
         if s:
             costs = {"shared": {"flops": s["shared"][0], "seconds": s["shared_s"][0]},
@@ -210,6 +213,9 @@ def headline(table: dict) -> str:
         order = sorted((m for m in _methods(table) if m in ahead), key=lambda m: -ahead[m])  # stable: methods' order
         further = ", ".join(f"{label(m)} ({size_label(ahead[m])})" for m in order)
         out += ["", f"Measured on every target at larger budgets so far: {further}; see the per-budget table."]
+    if variants:
+        out += ["", f"Settings tried on the valid splits ({', '.join(label(m) for m in variants)}) are in the "
+                "per-budget table."]
     return "\n".join(out)
 
 
