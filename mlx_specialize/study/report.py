@@ -166,12 +166,19 @@ def cost_table(table: dict) -> list[str]:
     rank = {m: i for i, m in enumerate(_methods(table))}
     for m, budget, size in sorted(table, key=lambda k: (rank[k[0]], k[1], math.inf if k[2] is None else k[2])):
         s = table[(m, budget, size)]
-        shared, per_domain = s["shared"][0], s["per_domain"][0]
+        c1, c3 = _totals(s)
         shown = "-" if m.startswith("nopt") else size_label(budget)  # no generic pre-training
-        out.append(f"| {label(m)} | {shown} | {size_label(size)} | {shared:.2e} ({s['shared_s'][0]:.0f} s) "
-                   f"| {per_domain:.2e} ({s['per_domain_s'][0]:.0f} s) | {shared + per_domain:.2e} | "
-                   f"{shared + 3 * per_domain:.2e} | {s['inference'][0]:.2e} | {s['gen_tok_s'][0]:.0f} |")
+        out.append(f"| {label(m)} | {shown} | {size_label(size)} | {s['shared'][0]:.2e} ({s['shared_s'][0]:.0f} s) "
+                   f"| {s['per_domain'][0]:.2e} ({s['per_domain_s'][0]:.0f} s) | {c1['flops']:.2e} | "
+                   f"{c3['flops']:.2e} | {s['inference'][0]:.2e} | {s['gen_tok_s'][0]:.0f} |")
     return out
+
+
+def _totals(stat: dict) -> tuple[dict, dict]:
+    """C(1) and C(3) of a `macro` entry's seed-mean costs (`costs.total_cost`)."""
+    costs = {"shared": {"flops": stat["shared"][0], "seconds": stat["shared_s"][0]},
+             "per_domain": {"flops": stat["per_domain"][0], "seconds": stat["per_domain_s"][0]}}
+    return total_cost(costs, 1), total_cost(costs, 3)
 
 
 def headline(table: dict) -> str:
@@ -202,9 +209,7 @@ def headline(table: dict) -> str:
     for m in methods:
         s = table.get((m, smallest if m.startswith("nopt") else top, size))
         if s:
-            costs = {"shared": {"flops": s["shared"][0], "seconds": s["shared_s"][0]},
-                     "per_domain": {"flops": s["per_domain"][0], "seconds": s["per_domain_s"][0]}}
-            c1, c3 = total_cost(costs, 1), total_cost(costs, 3)
+            c1, c3 = _totals(s)
             out.append(f"| {label(m)} | {s['params'][0] / 1e6:.2f}M | {_cell(s, 'ppl_before')} | {_cell(s)} | "
                        f"{_cell(s, 'bpb', 3)} | {s['shared'][0]:.2e} ({s['shared_s'][0]:.0f} s) | "
                        f"{s['per_domain'][0]:.2e} ({s['per_domain_s'][0]:.0f} s) | {c1['flops']:.2e} | "
