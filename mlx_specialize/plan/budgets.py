@@ -21,6 +21,9 @@ DEFAULT_PRETRAIN = "12.5M tokens"
 DEFAULT_SPECIALIZE = "5e13"
 DEFAULT_INFERENCE = "small"
 DEFAULT_DOMAIN_TOKENS = 100_000
+# a cost that equals its budget fits it: a budget is often written as the cost itself
+# (a measured cell's FLOPs, printed to a few digits), which floating point must not exceed
+TOLERANCE = 1e-9
 XZ_CONTEXT_BYTES = 2_000_000  # the protocol's floor: xz -9e given the last 2 MB of the train split
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12, "p": 1e15, "e": 1e18}
@@ -53,6 +56,11 @@ def _amount(text: str, option: str, times: bool = True) -> tuple[float, str]:
 
 _SECONDS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0, "mins": 60.0, "minute": 60.0,
             "minutes": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0}
+
+
+def within(cost: float, budget: float) -> bool:
+    """Whether `cost` fits `budget` (same unit), up to TOLERANCE of it."""
+    return cost <= budget * (1 + TOLERANCE)
 
 
 def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[float, str]:

@@ -25,6 +25,7 @@ import numpy as np
 from .. import ui
 from ..errors import SpecializeError
 from ..study.report import LABEL, ORDER
+from .budgets import within
 from .fit import NO_PRETRAINING, REFERENCE, save_fitted
 from .predict import EXTRAPOLATE, costs, difference, predict
 
@@ -65,7 +66,7 @@ def _exceeded(c: dict, budgets: Budgets) -> set[str]:
             spent = math.inf if c[part + "_seconds"] is None else c[part + "_seconds"] / budgets.speed
         else:
             spent = c[part]
-        if spent > getattr(budgets, name) * (1 + 1e-9):  # a budget written as a cost is met, not exceeded
+        if not within(spent, getattr(budgets, name)):
             out.add(name)
     return out
 
@@ -99,7 +100,7 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
 
 
 def _beyond_cap(method: str, B: float, budgets: Budgets) -> bool:
-    return budgets.max_budget is not None and method not in NO_PRETRAINING and B > budgets.max_budget * (1 + 1e-9)
+    return budgets.max_budget is not None and method not in NO_PRETRAINING and not within(B, budgets.max_budget)
 
 
 def _affords_more(model: dict, method: str, B: float, budgets: Budgets) -> bool:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..errors import SpecializeError
-from .budgets import DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE, compute_budget
+from .budgets import DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE, compute_budget, within
 from .fit import NO_PRETRAINING, REFERENCE, cell_rows, fit_results, target_features
 from .predict import costs, difference, predict
 
@@ -93,7 +93,7 @@ def _decisions(model: dict, own: list[dict], target: str, floor: float, entropy:
         so that the scope is what `plan` would have afforded."""
         small = all(r["params"] <= smallest for r in cells)
         c = costs(model, method, cells[0]["B"], cells[0]["D"])
-        affordable = c["shared"] <= pretrain * (1 + 1e-9) and c["per_domain"] <= specialize * (1 + 1e-9)
+        affordable = within(c["shared"], pretrain) and within(c["per_domain"], specialize)
         return scope == "any size" or small and (scope == "preset size" or affordable)
 
     out = []
