@@ -14,7 +14,9 @@ token (as `plan --domain --tokenizer` does). Prints:
   same or within the stated interval of the difference), among the SLM-size methods,
   those the plan's default budgets afford and all; against always running SLM, and with
   the coverage of the plan's intervals on each difference between the pick and another;
-- every held-out cell: measured, predicted and its interval.
+- every held-out cell: measured, predicted and its interval;
+- the clustered methods' entropy slopes fitted on all targets, with their standard errors
+  (the planner fits none from fewer than fit.ENTROPY_TARGETS targets).
 With --figure, predicted against measured perplexity, one panel per held-out target.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mlx_specialize.plan.fit import ENTROPY_TARGETS, fit_results  # noqa: E402
 from mlx_specialize.plan.validate import leave_one_target_out  # noqa: E402
 from mlx_specialize.study import spec_floors  # noqa: E402
 from mlx_specialize.study.report import label, load_lines, size_label  # noqa: E402
@@ -68,8 +71,25 @@ def main() -> None:
         print(f"| {c['target']} | {label(c['method'])} | {size_label(c['budget'])} | {size_label(c['D'])} | "
               f"{c['seed']} | {c['ppl']:.1f} | {c['ppl_predicted']:.1f} [{lo:.1f}, {hi:.1f}] | {c['bpb']:.3f} | "
               f"{c['predicted']:.3f} [{blo:.3f}, {bhi:.3f}] |")
+    entropy_slopes(load_lines(args.results), spec_floors(args.spec))
     if args.figure:
         print(f"\nfigure: {figure(report, args.figure)}")
+
+
+def entropy_slopes(lines: list[dict], floors: dict) -> None:
+    """The clustered methods' slopes in the targets' cluster histogram entropy, fitted on
+    all targets even where they are fewer than the planner asks for (fit.ENTROPY_TARGETS):
+    how far from resolved such slopes are on this study."""
+    model = fit_results(lines, floors, entropy_targets=2)
+    if not model["entropy_terms"]:
+        print("\nno entropy slopes: the targets' SLM-is cells measured no cluster histograms")
+        return
+    entropies = {t: model["features"][t]["entropy"] for t in model["targets"]}
+    print(f"\nentropy slopes on all {len(entropies)} targets (the planner fits them from {ENTROPY_TARGETS}; "
+          "entropies " + ", ".join(f"{t} {h:.2f}" for t, h in entropies.items()) + " nats), bits per byte per nat "
+          "+- standard error: " + ", ".join(
+              f"{label(name)} {value:+.3f} +- {model['cov'][i][i] ** 0.5:.3f}"
+              for i, ((kind, name), value) in enumerate(zip(model["columns"], model["theta"])) if kind == "h"))
 
 
 def figure(report: dict, path: Path) -> Path:

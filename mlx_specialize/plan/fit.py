@@ -123,11 +123,12 @@ def _terms(rows: list[dict], method: str) -> list[str]:
     return terms
 
 
-def _columns(rows: list[dict], methods: list[str], targets: list[str], entropy: bool) -> list[tuple]:
+def _columns(rows: list[dict], methods: list[str], targets: list[str], entropy: bool,
+             entropy_targets: int) -> list[tuple]:
     cols = [("a", t) for t in targets] + [("b", m) for m in methods if m != REFERENCE]
     for m in methods:
         cols += [(term, m) for term in _terms(rows, m)]
-        if entropy and m in CLUSTERED and len({r["target"] for r in rows if r["method"] == m}) >= ENTROPY_TARGETS:
+        if entropy and m in CLUSTERED and len({r["target"] for r in rows if r["method"] == m}) >= entropy_targets:
             cols.append(("h", m))
     return cols
 
@@ -208,9 +209,12 @@ def _cost_fit(rows: list[dict], part: str) -> dict:
     return {**fit, "c0": float(coef[0]), **{f"c{t}": float(c) for t, c in zip(terms, coef[1:])}}
 
 
-def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") -> dict:
+def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
+                entropy_targets: int = ENTROPY_TARGETS) -> dict:
     """The planner's model, fitted on a study's result lines (`load_lines`); `floors`:
-    the targets' xz bits per byte (the spec's [floors]) to anchor a new domain's level."""
+    the targets' xz bits per byte (the spec's [floors]) to anchor a new domain's level;
+    the clustered methods get entropy slopes from `entropy_targets` targets on (fewer, to
+    see what such slopes would measure: benchmarks/plan_loto.py)."""
     lines, rows = rows, [dict(r) for r in cell_rows(rows)]
     pending = len(cell_rows(lines, complete_only=False)) - len(rows)
     B0 = math.exp(sum(math.log(r["B"]) for r in rows) / len(rows))
@@ -223,11 +227,11 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "") 
         raise SpecializeError(f"the results hold no cell of SLM (`{REFERENCE}`), the planner's reference method")
     targets = sorted({r["target"] for r in rows})
     features = target_features(lines)
-    entropy = len(targets) >= ENTROPY_TARGETS and all(t in features for t in targets)
+    entropy = len(targets) >= entropy_targets and all(t in features for t in targets)
     H0 = sum(features[t]["entropy"] for t in targets) / len(targets) if entropy else 0.0
     for r in rows:
         r["h"] = features[r["target"]]["entropy"] - H0 if entropy else 0.0
-    cols = _columns(rows, methods, targets, entropy)
+    cols = _columns(rows, methods, targets, entropy, entropy_targets)
     X = _design(rows, cols)
     kept = _independent(X)
     cols, X, y = [cols[j] for j in kept], X[:, kept], np.array([r["bpb"] for r in rows])
