@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -47,12 +48,16 @@ def warn(message: str) -> None:
         console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def progress(*extra_fields: str) -> Progress:
-    """A progress bar with step counts, ETA and the named task fields (e.g. loss).
+def progress(*extra_fields: str) -> Progress | LineProgress:
+    """A progress bar with step counts, ETA and the named task fields (e.g. loss); where
+    stderr is a file or a pipe (`mlxspec study ... 2> log`), plain progress lines instead
+    (`LineProgress`).
 
     Descriptions and fields are plain text, never markup: they hold corpus specs and
     paths, whose brackets and `:name:` must print as written. In a narrow terminal the
     description wraps and the bar shrinks; the numbers are never cut ("301531…")."""
+    if not QUIET and not console.is_terminal and not console.is_jupyter:
+        return LineProgress(extra_fields)
     whole = Column(no_wrap=True)
     columns = [
         TextColumn("{task.description}", style="bold", markup=False, table_column=Column(overflow="fold")),
@@ -64,6 +69,59 @@ def progress(*extra_fields: str) -> Progress:
         TimeRemainingColumn(table_column=whole),
     ]
     return Progress(*columns, console=console, disable=QUIET, transient=False)
+
+
+LINE_EVERY = 60.0  # seconds between two progress lines of a task in a log
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
+class LineProgress:
+    """The progress bar's API (`add_task`, `update`, a context) for a log: rich draws only
+    a bar's last frame where stderr is not a terminal, so a pre-training of half an hour
+    wrote nothing to a study's log until it ended. One plain line per task every
+    LINE_EVERY seconds and one when it ends: count (of total, with the share), the named
+    fields, time elapsed and, with a total, the time left at the rate so far."""
+
+    def __init__(self, fields: tuple[str, ...] = ()):
+        self.fields, self.tasks = fields, []
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for task in self.tasks:
+            self._print(task)
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
+        now = time.monotonic()
+        self.tasks.append({"description": description, "total": total, "completed": completed, "start": now,
+                           "from": completed, "printed": now, "fields": fields})
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, advance: float | None = None, completed: float | None = None, **fields) -> None:
+        task = self.tasks[task_id]
+        if completed is not None:
+            task["completed"] = completed
+        if advance:
+            task["completed"] += advance
+        task["fields"].update(fields)
+        if time.monotonic() - task["printed"] >= LINE_EVERY:
+            self._print(task)
+
+    def _print(self, task: dict) -> None:
+        now = time.monotonic()
+        task["printed"] = now
+        done, total, elapsed = task["completed"], task["total"], now - task["start"]
+        parts = [task["description"], f"{done:,.0f}" + (f"/{total:,.0f} ({done / total:.0%})" if total else "")]
+        parts += [str(task["fields"][name]) for name in self.fields if str(task["fields"].get(name, "")).strip()]
+        parts.append(f"elapsed {_clock(elapsed)}")
+        if total and task["from"] < done < total:
+            parts.append(f"eta {_clock(elapsed * (total - done) / (done - task['from']))}")
+        console.print(escape("  ".join(parts)), highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

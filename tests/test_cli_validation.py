@@ -273,13 +273,38 @@ def test_a_table_too_wide_for_the_terminal_is_printed_as_records(monkeypatch):
 def test_a_progress_bar_wraps_its_description_and_never_cuts_its_count(monkeypatch):
     from mlx_specialize import ui
 
-    monkeypatch.setattr(ui, "console", Console(file=StringIO(), width=80, emoji=False))
+    monkeypatch.setattr(ui, "console", Console(file=StringIO(), width=80, emoji=False, force_terminal=True))
     monkeypatch.setattr(ui, "QUIET", False)
     with ui.task("tokenizing go-code,postgres-docs,python-code:train", None) as advance:
         advance(301_531)
-    text = ui.console.file.getvalue()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", ui.console.file.getvalue())  # a terminal's codes
     assert "301531/?" in text and "…" not in text, text
     assert "python-code:train" in "".join(text.split()), text
+
+
+def test_progress_written_to_a_log_is_plain_lines_as_it_goes(monkeypatch):
+    """Where stderr is a file (`mlxspec study ... 2> log`) a bar would show only its last
+    frame, at the end: a log gets a plain line every LINE_EVERY seconds and one at the
+    end, with the count, the fields and the time left, never a bar or a cut word."""
+    from mlx_specialize import ui
+
+    monkeypatch.setattr(ui, "console", Console(file=StringIO(), width=80, emoji=False))
+    monkeypatch.setattr(ui, "QUIET", False)
+    monkeypatch.setattr(ui, "LINE_EVERY", 0.05)
+    with ui.progress("loss", "toks") as bar:
+        task = bar.add_task("training", total=40, completed=10, loss="loss -", toks="")
+        for step in range(11, 41):
+            time.sleep(0.01)
+            bar.update(task, completed=step, loss=f"loss {10 / step:.3f}", toks="9,876 tok/s")
+    with ui.task("tokenizing a/x:train:y.jsonl:train", None) as advance:
+        advance(301_531)
+    lines = ui.console.file.getvalue().splitlines()
+    assert 3 <= len(lines) <= 8 and not any("━" in line for line in lines), lines  # one every 0.05 s of 0.3 s
+    during, end, tokenizing = lines[1], lines[-2], lines[-1]
+    step = int(during.split()[1].split("/")[0])
+    assert during.startswith(f"training  {step}/40 ({step / 40:.0%})  loss {10 / step:.3f}  9,876 tok/s  elapsed 0:00:00  eta 0:00:0"), during
+    assert end == "training  40/40 (100%)  loss 0.250  9,876 tok/s  elapsed 0:00:00", end  # done: no eta
+    assert tokenizing == "tokenizing a/x:train:y.jsonl:train  301,531  elapsed 0:00:00", tokenizing
 
 
 def interrupt(proc, marker: str | None, then: float, timeout=120) -> str:
