@@ -8,8 +8,9 @@ domain: the targets' mean). Across seeds: mean and sample standard deviation.
 Tables (markdown): macro perplexity per method and budget for each domain-set size; bits
 per byte per target at the largest budget beside the spec's floors; the cost split; each
 budget of SLM-is against the others at equal total cost C(N) for N = 1 and 3 domains.
-Figures (PNG): perplexity vs generic pre-training FLOPs (the paper's main figure), vs
-domain-set size, and the cheapest C(N) reaching a target perplexity vs N.
+Figures (PNG), each method's default recipe (variants tried on the valid splits are in the
+tables): perplexity vs generic pre-training FLOPs (the paper's main figure), vs domain-set
+size, and the cheapest C(N) reaching a target perplexity vs N.
 """
 
 from __future__ import annotations
@@ -284,17 +285,32 @@ def _sizes(table: dict) -> list:
     return sorted({k[2] for k in table}, key=lambda s: math.inf if s is None else s)
 
 
+MARKERS = "os^DvPX*h"  # with the colour, one per method of ORDER: lines that coincide stay visible
+
+
+def _style(method: str) -> dict:
+    """The same colour and marker for a method in every figure."""
+    i = ORDER.index(method) if method in ORDER else len(ORDER)
+    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "label": label(method)}
+
+
+def _plotted(table: dict) -> list[str]:
+    """The methods a figure draws: each one's default recipe. A variant (`llm-lora
+    lr=0.002`) is a choice made on the valid splits, in the tables, not a method."""
+    return [m for m in _methods(table) if " " not in m]
+
+
 def _save(fig, axes, path: Path, ppl_axis: bool = True) -> Path:
-    """Log ticks on every panel (see `plain_log_ticks`), the legend on the last (if
-    anything was drawn), the figure written."""
+    """Log ticks on every panel (see `plain_log_ticks`), the legend beside the last (if
+    anything was drawn: inside, it hid the lines), the figure written."""
     import matplotlib.pyplot as plt
 
     for ax in axes:
         plain_log_ticks(ax, ppl_axis)
     if axes[-1].get_legend_handles_labels()[0]:
-        axes[-1].legend(fontsize=7)
+        axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -302,8 +318,8 @@ def _save(fig, axes, path: Path, ppl_axis: bool = True) -> Path:
 def _errorbars(ax, points: list[tuple[float, float, float]], name: str) -> None:
     """(x, mean, std) points, sorted by x, as one method's line."""
     points = sorted(points)
-    ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3,
-                label=label(name))
+    ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], capsize=3,
+                **_style(name))
 
 
 def _vs_pretraining(table: dict, path: Path) -> Path:
@@ -314,9 +330,9 @@ def _vs_pretraining(table: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     sizes, smallest = _sizes(table), min(k[1] for k in table)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes) + 1.6, 3.8), squeeze=False, sharey=True)
     for ax, size in zip(axes[0], sizes):
-        for m in _methods(table):
+        for m in _plotted(table):
             if m == "nopt":
                 if (m, smallest, size) in table:
                     ax.axhline(table[(m, smallest, size)]["ppl"][0], color="grey", ls=":", label="SLM-nopt")
@@ -335,8 +351,8 @@ def _vs_domain_size(table: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     budgets = sorted({k[1] for k in table})
-    fig, ax = plt.subplots(figsize=(5, 3.8))
-    for m in _methods(table):
+    fig, ax = plt.subplots(figsize=(6.6, 3.8))
+    for m in _plotted(table):
         budget = budgets[0] if m == "nopt" else budgets[-1]
         points = [(st["domain_tokens_used"][0], *st["ppl"]) for (mm, b, _), st in table.items()
                   if mm == m and b == budget]
@@ -354,12 +370,12 @@ def _cost_vs_domains(table: dict, path: Path, target_ppl: float | None) -> Path:
 
     size = _sizes(table)[0]
     target = target_ppl or default_target_ppl(table, size)
-    fig, ax = plt.subplots(figsize=(5, 3.8))
+    fig, ax = plt.subplots(figsize=(6.6, 3.8))
     ns = [1, 2, 3, 5, 10, 20, 50, 100]
-    for m in _methods(table):
+    for m in _plotted(table):
         best = [min((c for c, p, _ in cost_curve(table, m, size, n) if p <= target), default=None) for n in ns]
         if any(b is not None for b in best):
-            ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], marker="o", label=label(m))
+            ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], **_style(m))
     if not ax.get_legend_handles_labels()[0]:
         ax.text(0.5, 0.5, f"no method measured reaches\nmacro ppl <= {target:.1f}", ha="center", va="center",
                 transform=ax.transAxes)
