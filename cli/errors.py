@@ -1,7 +1,8 @@
 """How `mlxspec` fails: one plain-text `error:` line on stderr, never a traceback.
 
 Exit codes: 2 for bad input (a `SpecializeError`, a missing file, a usage error of
-Click's), 1 for a system failure (a full disk) or a bug, 130 for Ctrl-C. A value echoed
+Click's), 1 for a system failure (a full disk) or a bug, 130 for Ctrl-C, 141 (quietly)
+when the reader of stdout has gone. A value echoed
 in the line shows its line breaks and terminal escapes as `\\n`, `\\x1b`: one line, always.
 """
 
@@ -66,6 +67,9 @@ def handle_errors(fn):
             fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
         except KeyboardInterrupt:
             fail("interrupted", code=130)
+        except BrokenPipeError:  # the reader left (`mlxspec plan | head -1`): stop quietly, as `yes | head` does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, what a shell reports for a Unix tool
         except OSError as err:  # a full disk, a lost mount: the system's words and the file, exit 1
             if os.environ.get("MLXSPEC_DEBUG"):
                 raise

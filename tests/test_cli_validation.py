@@ -282,6 +282,16 @@ def test_a_progress_bar_wraps_its_description_and_never_cuts_its_count(monkeypat
     assert "python-code:train" in "".join(text.split()), text
 
 
+def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path):
+    """`mlxspec plan --json | true`: the pipe's reader is gone before the plan is written;
+    the command stops as a Unix tool does (141, nothing on stderr), not with an
+    `error: Broken pipe` line and exit 1."""
+    proc = start_cli(["plan", "--json"], tmp_path)
+    proc.stdout.close()  # the reader leaves at once
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and stderr.strip() == "", stderr
+
+
 def test_progress_written_to_a_log_is_plain_lines_as_it_goes(monkeypatch):
     """Where stderr is a file (`mlxspec study ... 2> log`) a bar would show only its last
     frame, at the end: a log gets a plain line every LINE_EVERY seconds and one at the
