@@ -293,6 +293,26 @@ def test_resuming_a_finished_run_returns_it_and_an_early_stop_stays_stopped(tiny
     assert all(json.loads(line)["step"] <= first["steps"] for line in lines)
 
 
+def test_a_fine_tuned_model_records_the_rate_it_was_fine_tuned_at(tiny_model_dir, cache_dir, tmp_path):
+    """Its config says the fine-tuning rate it ran at ("lr": it used to repeat the base's
+    pre-training rate) and the lineage's pre-training rate ("pretrain_lr"), which the rule
+    scales again when it is fine-tuned in turn (not lr / 3 of lr / 3)."""
+    from mlx_specialize.models.io import read_config
+    from mlx_specialize.train.jobs import finetune_lr
+
+    base_lr = read_config(tiny_model_dir)["mlxspec"]["lr"]
+    options = dict(max_tokens=2 * 8 * 128, domain_tokens=50_000, cache_dir=cache_dir, batch_size=8, eval_every=1,
+                   eval_tokens=1024)  # a small domain set: lr / 3
+    first = ms.finetune(tiny_model_dir, DOMAIN, tmp_path / "ft", **options)
+    meta = read_config(first.model_dir)["mlxspec"]
+    n = first.summary["domain_tokens"]
+    assert meta["lr"] == first.summary["lr"] == pytest.approx(finetune_lr(base_lr, n)) != base_lr
+    assert meta["pretrain_lr"] == base_lr
+    second = ms.finetune(first.model_dir, DOMAIN, tmp_path / "ft2", **options)
+    assert second.summary["lr"] == pytest.approx(finetune_lr(base_lr, n))
+    assert read_config(second.model_dir)["mlxspec"]["pretrain_lr"] == base_lr
+
+
 def test_fine_tuning_rules_follow_the_domain_sets_size():
     """lr / 3 for small domain sets (the paper's smallest), the base lr above; validation
     8 times per pass over the domain data, but no closer than 10 steps apart."""

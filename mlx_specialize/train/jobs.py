@@ -211,7 +211,10 @@ def finetune(
     valid = tokenize(corpus, "valid", tokenizer, cache_dir)
     context = model_context(config)
     base_meta = config.get("mlxspec", {})
-    base_lr = finetune_lr(base_meta["lr"], train.n_tokens) if "lr" in base_meta else FOREIGN_LR
+    # the rule scales the rate the lineage was pre-trained at ("lr" of a pre-trained model,
+    # "pretrain_lr" of a fine-tuned one, whose "lr" is its own fine-tuning rate)
+    pretrain_lr = base_meta.get("pretrain_lr", base_meta.get("lr"))
+    base_lr = finetune_lr(pretrain_lr, train.n_tokens) if pretrain_lr is not None else FOREIGN_LR
     batch_size = train_options.get("batch_size", base_meta.get("batch_size", 8))
     options = {"patience": 3, "warmup": 10, "eval_every": finetune_eval_every(train.n_tokens, batch_size * context),
                "lr": base_lr, "batch_size": batch_size, "context": context, **train_options}
@@ -222,7 +225,8 @@ def finetune(
         f"x {cfg.tokens_per_step:,} tokens, early stopping on valid (patience {cfg.patience})"
     )
     meta = {"job": "finetune", "base": str(base), "corpus": domain, "preset": base_meta.get("preset"),
-            "lr": base_meta.get("lr", cfg.lr), "batch_size": cfg.batch_size}
+            "lr": cfg.lr, "pretrain_lr": pretrain_lr if pretrain_lr is not None else cfg.lr,
+            "batch_size": cfg.batch_size}
     run_dir, flops = Path(out_dir), None
     if lora_rank is not None:
         add_adapters(model, lora_rank)
