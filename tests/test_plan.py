@@ -150,6 +150,32 @@ def test_the_plan_rules_methods_out_by_the_budget_that_binds_and_picks_the_best_
     assert none["recommended"] is None and all(r["budget"] == "inference" for r in none["ruled_out"])
 
 
+def test_many_domains_name_a_cheaper_method_the_fit_cannot_tell_from_the_pick(monkeypatch):
+    """The pick stays the best predicted quality; the number of domains N says what it
+    costs: SLM-mix as good as SLM-is within the fit's error, SLM-is paying its
+    pre-training per domain, so for 1,000 domains SLM-mix is named as the cheaper
+    alternative, with the cost ratio of the two C(N); for one domain SLM-is is also the
+    cheaper, and a method clearly worse (SLM-mix 0.06 behind) is never named."""
+    big = dict(pretrain=1e15, specialize=1e15, inference=2e6)
+    monkeypatch.setitem(METHOD, "mix", (-0.11, -0.09, -0.04))  # SLM-is's -0.12, within the scatter
+    model = fit_results(_study(noise=0.03, seeds=(0,)), FLOOR)
+    many = plan(model, Budgets(**big, domains=1000))
+    assert many["recommended"] == "is"
+    alt = many["cheaper_alternative"]
+    assert alt["method"] == "mix" and alt["bpb_difference_interval"][0] <= 0 <= alt["bpb_difference_interval"][1]
+    entries = {e["method"]: e for e in many["methods"]}
+    assert alt["total_flops"] == entries["mix"]["total_flops"] < entries["is"]["total_flops"]
+    for e in entries.values():  # C(N) = shared + N x per domain
+        assert e["total_flops"] == pytest.approx(e["shared_flops"] + 1000 * e["per_domain_flops"])
+    assert alt["cost_ratio"] == pytest.approx(entries["is"]["total_flops"] / entries["mix"]["total_flops"])
+    assert "Within the fit's error of it, SLM-mix costs" in many["reason"] and "for 1,000 domains" in many["reason"]
+    one = plan(model, Budgets(**big, domains=1))
+    assert one["recommended"] == "is" and one["cheaper_alternative"] is None
+    monkeypatch.setitem(METHOD, "mix", (0.05, -0.09, -0.04))
+    apart = plan(fit_results(_study(seeds=(0,)), FLOOR), Budgets(**big, domains=1000))
+    assert apart["recommended"] == "is" and apart["cheaper_alternative"] is None, apart["reason"]
+
+
 def test_a_budget_measured_on_one_target_only_waits_for_the_others():
     """A study under way: SLM-is's largest budget measured on t1 alone would fit its budget
     slope from one target's cell (t1's own gain taken as the method's, with no scatter to

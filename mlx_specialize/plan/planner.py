@@ -150,9 +150,10 @@ def plan(model: dict, budgets: Budgets) -> dict:
                       "preset": model["methods"][REFERENCE]["preset"]}}
     if fitting:
         result["recommended"] = fitting[0]["method"]
-        result["reason"] = _reason(model, fitting, ruled_out, budgets)
+        result["cheaper_alternative"] = _cheaper_alternative(model, fitting, budgets)
+        result["reason"] = _reason(model, fitting, ruled_out, budgets, result["cheaper_alternative"])
     else:
-        result["recommended"] = None
+        result["recommended"], result["cheaper_alternative"] = None, None
         result["reason"] = "no method fits these budgets: " + "; ".join(
             f"{r['label']} is ruled out by {the_budget(r['budget'])}" for r in ruled_out)
     return result
@@ -190,22 +191,55 @@ def the_budget(name: str) -> str:
     return f"the {name} budget" + ("s" if " and " in name else "")
 
 
-def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Budgets) -> str:
+def _difference(model: dict, first: dict, second: dict, budgets: Budgets) -> dict:
+    """bpb(first) - bpb(second), two plan entries at their budgets, with its 90% interval:
+    on the user's domain, or over the study's targets where none was given."""
+    return difference(model, first["method"], second["method"], first["pretrain_flops"] or model["B0"],
+                      second["pretrain_flops"] or model["B0"], budgets.domain_tokens, budgets.entropy,
+                      macro=budgets.floor is None)
+
+
+def _cheaper_alternative(model: dict, fitting: list[dict], budgets: Budgets) -> dict | None:
+    """Of the methods the fit cannot tell from the recommended one (their difference's
+    90% interval holds 0), the one that costs least for the N domains, where it costs
+    less than the recommended: the decision stays the best predicted quality, and the
+    number of domains says what that quality costs against the same quality, as far as
+    the fit can tell, for less (SLM-is's per-domain pre-training, multiplied by N)."""
+    best, tied = fitting[0], []
+    for entry in fitting[1:]:
+        if entry["total_flops"] < best["total_flops"]:
+            d = _difference(model, entry, best, budgets)
+            if d["interval"][0] <= 0.0:
+                tied.append((entry["total_flops"], entry, d))
+    if not tied:
+        return None
+    total, entry, d = min(tied, key=lambda t: t[0])
+    return {"method": entry["method"], "label": entry["label"], "bpb_difference": d["mean"],
+            "bpb_difference_interval": d["interval"], "total_flops": total,
+            "cost_ratio": best["total_flops"] / total}
+
+
+def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Budgets,
+            alternative: dict | None = None) -> str:
     best = fitting[0]
     if len(fitting) == 1:
         why = "; ".join(f"{r['label']} by {the_budget(r['budget'])}" for r in ruled_out)
         return f"{best['label']} is the only method these budgets afford" + (f" (ruled out: {why})." if why else ".")
     second = fitting[1]
-    d = difference(model, best["method"], second["method"], best["pretrain_flops"] or model["B0"],
-                   second["pretrain_flops"] or model["B0"], budgets.domain_tokens, budgets.entropy,
-                   macro=budgets.floor is None)
+    d = _difference(model, best, second, budgets)
     lo, hi = d["interval"]
     n = budgets.domains
     sure = "clearly better" if hi < -0.0005 else "though within the fit's error"
-    return (f"{best['label']} has the lowest predicted bits per byte of the {len(fitting)} methods these budgets "
-            f"afford: {d['mean']:+.3f} against {second['label']} ({sure}: 90% interval [{lo:+.3f}, {hi:+.3f}]); "
-            f"for {n} domain{'s' if n != 1 else ''} it costs C({n}) = {best['total_flops']:.2e} FLOPs against "
-            f"{second['total_flops']:.2e}.")
+    reason = (f"{best['label']} has the lowest predicted bits per byte of the {len(fitting)} methods these budgets "
+              f"afford: {d['mean']:+.3f} against {second['label']} ({sure}: 90% interval [{lo:+.3f}, {hi:+.3f}]); "
+              f"for {n:,} domain{'s' if n != 1 else ''} it costs C({n:,}) = {best['total_flops']:.2e} FLOPs against "
+              f"{second['total_flops']:.2e}.")
+    if alternative:
+        a_lo, a_hi = alternative["bpb_difference_interval"]
+        reason += (f" Within the fit's error of it, {alternative['label']} costs {alternative['cost_ratio']:.3g}x less "
+                   f"for {n:,} domain{'s' if n != 1 else ''} (C({n:,}) = {alternative['total_flops']:.2e} FLOPs; "
+                   f"{alternative['bpb_difference']:+.3f} bits per byte, 90% interval [{a_lo:+.3f}, {a_hi:+.3f}]).")
+    return reason
 
 
 def shared_flops_per_token(model: dict) -> float:
