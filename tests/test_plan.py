@@ -130,6 +130,32 @@ def test_costs_scale_pre_training_with_the_budget_and_fine_tuning_with_the_domai
     assert slm["shared_seconds"] == pytest.approx(slm["shared"] / 1e11, rel=1e-6)
 
 
+def test_seconds_follow_each_phase_s_own_speed_not_one_flop_rate_per_method():
+    """SLM-is's shared cost is a clustering: few FLOPs (4e10), long (35 s: embedding and
+    k-means are not matrix products). Its seconds are measured ones, not its FLOPs at the
+    FLOP/s of its training (which made it 0.4 s, so that a 5 s time budget afforded it);
+    pre-training takes seconds at its own FLOP/s, scaling with the budget."""
+    rows = _study(seeds=(0,))
+    for r in rows:
+        pretrain = r["phases"]["pretrain"]
+        pretrain["seconds"] = pretrain["flops"] / 2e11  # pre-training at 2e11 FLOP/s, the rest at 1e11
+        for part in ("shared", "per_domain"):
+            cost = r["costs"][part]
+            if "pretrain" in cost["phases"]:
+                cost["seconds"] = pretrain["seconds"] + (cost["flops"] - pretrain["flops"]) / 1e11
+        if r["method"] == "is":
+            r["costs"]["shared"] = {"flops": 4e10, "seconds": 35.0, "phases": ["clusters"]}
+    model = fit_results(rows, FLOOR)
+    B, D = BUDGETS[1] * FLOPS_PER_TOKEN, 1e6
+    sis, slm, slm2 = costs(model, "is", B, D), costs(model, "finetune", B, D), costs(model, "finetune", 2 * B, D)
+    assert sis["shared"] == pytest.approx(4e10) and sis["shared_seconds"] == pytest.approx(35.0)
+    finetune = 40.0 * FLOPS_PER_TOKEN * D ** 0.8
+    assert sis["per_domain_seconds"] == pytest.approx(1.1 * B / 2e11 + finetune / 1e11, rel=1e-6)
+    assert slm["shared_seconds"] == pytest.approx(1.1 * B / 2e11, rel=1e-6)
+    assert slm2["shared_seconds"] == pytest.approx(2 * slm["shared_seconds"], rel=1e-6)
+    assert slm["per_domain_seconds"] == pytest.approx(finetune / 1e11, rel=1e-6)
+
+
 def test_the_plan_rules_methods_out_by_the_budget_that_binds_and_picks_the_best_affordable():
     model = fit_results(_study(), FLOOR)
     big = Budgets(pretrain=1e15, specialize=1e15, inference=2e6)

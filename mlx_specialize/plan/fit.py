@@ -22,9 +22,10 @@ so domains compare), one least-squares fit over every cell of every method:
 
 Perplexity follows from bits per byte and the domain's bytes per token (the study
 targets' mean, with their spread: a domain's tokenization is not known before it is
-tokenized). Costs: per method, ln FLOPs of its shared and its per-domain part, linear in
-u and v in the same way (SLM-is pays its pre-training per domain, so its per-domain cost
-grows with B); seconds from the FLOPs at the method's measured FLOP/s.
+tokenized). Costs: per method, its pre-training at a measured ratio to B, and ln of the
+rest of its shared and its per-domain part linear in u and v in the same way (SLM-is pays
+its pre-training per domain, so its per-domain cost grows with B); in FLOPs and, fitted
+apart on the measured seconds, in time (`_cost_fit`).
 
 Everything here is plain numpy on the results' numbers; the fitted model is a JSON-able
 dict (`fit_results`), saved with the package so `mlxspec plan` answers offline.
@@ -79,13 +80,17 @@ def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
             continue
         seen.add(key)
         bytes_per_token = math.log2(r["ppl_after"]) / r["bpb_after"]
-        pretraining = {part: float(r["phases"]["pretrain"]["flops"]) if "pretrain" in r["costs"][part]["phases"]
-                       else 0.0 for part in ("shared", "per_domain")}
+        paid = {part: "pretrain" in r["costs"][part]["phases"] for part in ("shared", "per_domain")}
+        pretraining = {part: float(r["phases"]["pretrain"]["flops"]) if paid[part] else 0.0 for part in paid}
+        pretraining_s = {part: float(r["phases"]["pretrain"].get("seconds") or 0.0) if paid[part] else 0.0
+                         for part in paid}
         out.append({"method": r["method"], "target": r["target"], "seed": r["seed"], "B": float(r["budget_flops"]),
                     "budget": r["budget"], "D": float(r["domain_tokens_used"]), "bpb": float(r["bpb_after"]),
                     "bytes_per_token": bytes_per_token, "shared": float(r["costs"]["shared"]["flops"]),
                     "per_domain": float(r["costs"]["per_domain"]["flops"]),
                     "shared_pretraining": pretraining["shared"], "per_domain_pretraining": pretraining["per_domain"],
+                    "shared_pretraining_s": pretraining_s["shared"],
+                    "per_domain_pretraining_s": pretraining_s["per_domain"],
                     "shared_s": float(r["costs"]["shared"]["seconds"]),
                     "per_domain_s": float(r["costs"]["per_domain"]["seconds"]),
                     "params": int(r["costs"]["inference"]["params"]),
@@ -192,21 +197,33 @@ def _design(rows: list[dict], cols: list[tuple]) -> np.ndarray:
 
 
 def _cost_fit(rows: list[dict], part: str) -> dict:
-    """One method's shared or per-domain FLOPs as a function of the budgets: its
-    pre-training is the budget's FLOPs times a measured ratio (validation passes, a
-    teacher's pre-training); the rest (fine-tuning until early stopping, a clustering,
-    a selection) as ln(rest) = c0 + cu u + cv v, each slope only where the method's cells
-    vary along it, held at the measured value where they do not."""
+    """One method's shared or per-domain FLOPs and seconds as functions of the budgets:
+    its pre-training is the budget's FLOPs times a measured ratio (validation passes, a
+    teacher's pre-training), taking seconds at its measured FLOP/s; the rest (fine-tuning
+    until early stopping, a clustering, a selection) as ln(rest) = c0 + cu u + cv v in
+    FLOPs and s0 + su u + sv v in seconds, each slope only where the method's cells vary
+    along it, held at the measured value where they do not. Seconds are fitted apart from
+    FLOPs: a clustering's few FLOPs take far longer than training's at its FLOP/s."""
     ratio = float(np.mean([r[part + "_pretraining"] / r["B"] for r in rows]))
     fit = {"pretraining_ratio": ratio}
-    rows = [r for r in rows if r[part] - r[part + "_pretraining"] > 0]  # a part with nothing besides pre-training
-    if not rows:
-        return fit
-    rest = np.array([r[part] - r[part + "_pretraining"] for r in rows])
-    terms = [t for t in ("u", "v") if len({r[t] for r in rows}) > 1]
-    X = np.column_stack([np.ones(len(rows))] + [[r[t] for r in rows] for t in terms])
-    coef = np.linalg.lstsq(X, np.log(rest), rcond=None)[0]
-    return {**fit, "c0": float(coef[0]), **{f"c{t}": float(c) for t, c in zip(terms, coef[1:])}}
+    flops, seconds = (sum(r[part + "_pretraining" + unit] for r in rows) for unit in ("", "_s"))
+    if flops > 0 and seconds > 0:
+        fit["pretraining_flops_per_second"] = flops / seconds
+    fit.update(_log_linear(rows, [r[part] - r[part + "_pretraining"] for r in rows], "c"))
+    fit.update(_log_linear(rows, [r[part + "_s"] - r[part + "_pretraining_s"] for r in rows], "s"))
+    return fit
+
+
+def _log_linear(rows: list[dict], values: list[float], name: str) -> dict:
+    """ln(value) = {name}0 + {name}u u + {name}v v over the rows whose value is positive
+    (a part with nothing besides pre-training has none: {})."""
+    kept = [(r, v) for r, v in zip(rows, values) if v > 0]
+    if not kept:
+        return {}
+    terms = [t for t in ("u", "v") if len({r[t] for r, _ in kept}) > 1]
+    X = np.column_stack([np.ones(len(kept))] + [[r[t] for r, _ in kept] for t in terms])
+    coef = np.linalg.lstsq(X, np.log([v for _, v in kept]), rcond=None)[0]
+    return {f"{name}0": float(coef[0]), **{f"{name}{t}": float(c) for t, c in zip(terms, coef[1:])}}
 
 
 def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",

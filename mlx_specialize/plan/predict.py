@@ -245,16 +245,27 @@ def difference(model: dict, first: str, second: str, B1: float, B2: float, D: fl
 
 def costs(model: dict, method: str, B: float, D: float) -> dict:
     """The method's shared and per-domain FLOPs at budget B (FLOPs) and D domain tokens,
-    and seconds at the FLOP/s its cells were measured at. Pre-training scales with B
-    exactly; the rest follows its fit, held where it was never varied."""
+    and seconds on the study's machine. Pre-training scales with B exactly, in seconds at
+    its measured FLOP/s; the rest follows its fits (FLOPs and seconds apart), held where
+    it was never varied. (A fit saved before seconds were fitted apart: all FLOPs at the
+    method's one measured FLOP/s.)"""
     spec = model["methods"][method]
     u, v = math.log(B / model["B0"]), math.log(D / model["D0"])
+
+    def rest(fit: dict, name: str) -> float:
+        if f"{name}0" not in fit:
+            return 0.0
+        return math.exp(fit[f"{name}0"] + fit.get(f"{name}u", 0.0) * u + fit.get(f"{name}v", 0.0) * v)
+
     out = {}
     for part in ("shared", "per_domain"):
         fit = spec[part]
-        rest = math.exp(fit["c0"] + fit.get("cu", 0.0) * u + fit.get("cv", 0.0) * v) if "c0" in fit else 0.0
-        out[part] = fit["pretraining_ratio"] * B + rest
-    rate = spec["flops_per_second"]
-    out["shared_seconds"] = out["shared"] / rate if rate else None
-    out["per_domain_seconds"] = out["per_domain"] / rate if rate else None
+        pretraining = fit["pretraining_ratio"] * B
+        out[part] = pretraining + rest(fit, "c")
+        if "pretraining_flops_per_second" in fit or "s0" in fit:
+            rate = fit.get("pretraining_flops_per_second")
+            out[part + "_seconds"] = (pretraining / rate if rate else 0.0) + rest(fit, "s")
+        else:
+            rate = spec["flops_per_second"]
+            out[part + "_seconds"] = out[part] / rate if rate else None
     return out
