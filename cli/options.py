@@ -278,8 +278,9 @@ class Plan:
                           "the predicted level, its train split sets the size.")
     tokenizer = typer.Option(None, "--tokenizer", help="With --domain: the study's tokenizer (a model folder of the "
                              "study, or its tokenizer.model), to count the domain's tokens and predict its perplexity "
-                             "as tightly as its bits per byte.")
-    clusters = typer.Option(None, "--clusters", help="With --domain and --tokenizer: the study's clustering of its "
+                             "as tightly as its bits per byte [default: the package's fit's own, packaged beside it; "
+                             "another is refused there].")
+    clusters = typer.Option(None, "--clusters", help="With --domain: the study's clustering of its "
                             "generic corpus (SLM-is's), to measure the domain's cluster histogram (its entropy moves "
                             "the clustered methods' prediction where the fit has enough targets to measure that).")
     results = typer.Option(None, "--results", metavar="FILE", help="Refit on these `mlxspec study` results files "

@@ -353,6 +353,29 @@ def test_plan_reads_a_domain_and_draws_its_figure(tmp_path):
     assert 0.5 < result["domain"]["floor"] < 4.0 and result["budgets"]["floor"] == result["domain"]["floor"]
     assert result["budgets"]["domain_tokens"] > 1000 and result["budgets"]["domains"] == 3
     assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
+    # counted with the study's tokenizer, packaged with its fit: its size in tokens, and its
+    # perplexities from its own bytes per token, not the study targets' mean
+    from mlx_specialize.data.tokenizer import Tokenizer
+    from mlx_specialize.plan.fit import TOKENIZER
+
+    tokenizer, docs = Tokenizer.load(TOKENIZER), list(load_corpus("python-docs").documents("test"))
+    bpt = sum(len(d.encode()) for d in docs) / sum(map(len, tokenizer.encode_batch(docs)))
+    assert result["domain"]["bytes_per_token"] == pytest.approx(bpt) != pytest.approx(load_fitted()["bytes_per_token"])
+    assert result["budgets"]["domain_tokens"] == result["domain"]["train_tokens"]
+    for e in result["methods"]:
+        assert e["ppl"] == pytest.approx(2 ** (e["bpb"] * bpt))
+
+
+def test_another_tokenizer_than_the_package_fit_s_is_refused(tmp_path):
+    """Bytes per token under another tokenizer would turn the fit's bits per byte into
+    wrong perplexities: one line, before the domain is read."""
+    from mlx_specialize.methods.clusters import generic_tokenizer
+
+    (tmp_path / "other.model").write_bytes(generic_tokenizer("go-code", 512, tmp_path / "cache").model_bytes)
+    out = _plan("--domain", "python-docs", "--tokenizer", tmp_path / "other.model", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: --tokenizer {tmp_path / 'other.model'} is not the "
+                                                         "tokenizer the package's fit was measured with"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_time_budgets_are_calibrated_on_this_machine(tmp_path):
@@ -365,8 +388,9 @@ def test_time_budgets_are_calibrated_on_this_machine(tmp_path):
     for e in result["methods"]:  # every method that fits, fits in this machine's time
         assert e["seconds_on"] == "this machine"
         assert e["shared_seconds"] <= 1800 and e["per_domain_seconds"] <= 600
-        assert e["shared_seconds"] == pytest.approx(e["shared_flops"] / (
-            load_fitted()["methods"][e["method"]]["flops_per_second"] * c["ratio"]), rel=1e-6)
+        study = costs(load_fitted(), e["method"], e["pretrain_flops"] or 1.0, result["budgets"]["domain_tokens"])
+        assert e["shared_seconds"] == pytest.approx(study["shared_seconds"] / c["ratio"], rel=1e-6)
+        assert e["per_domain_seconds"] == pytest.approx(study["per_domain_seconds"] / c["ratio"], rel=1e-6)
     from cli.plan import plan_view
 
     assert plan_view(result)[0].title.plain.startswith("mlxspec plan: pre-training 30 min, 10 min per domain")

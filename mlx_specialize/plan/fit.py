@@ -311,6 +311,7 @@ def results_digest(paths) -> str:
 
 
 FITTED = Path(__file__).with_name("fitted.json")  # the package's: fitted on the standard-protocol study
+TOKENIZER = Path(__file__).with_name("tokenizer.model")  # that study's tokenizer: a domain's tokens as it counted
 
 
 def refit(results, spec=None) -> dict:

@@ -274,6 +274,8 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     if fit is not None and results:
         raise SpecializeError("--fit and --results: one or the other (a saved fit, or results to fit now)")
     model = refit(results, spec) if results else load_fitted(fit) if fit else load_fitted()
+    if domain and not results and not fit:  # the package's fit: its study's tokenizer is in the package
+        tokenizer = _study_tokenizer(tokenizer)
     per_token = shared_flops_per_token(model)
     sizes = {name: describe(p)["params"] for name, p in PRESETS.items()}
     (pre, pre_unit), (spec_, spec_unit) = (compute_budget(pretrain, "--pretrain", per_token),
@@ -316,6 +318,22 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
 
         result["plot"] = str(plan_figure(model, result, Path(plot)))
     return result
+
+
+def _study_tokenizer(given: str | None) -> str:
+    """The tokenizer the package's fit was measured with (packaged beside it), or the
+    `--tokenizer` given, refused if it is another: a domain's bytes per token under
+    another tokenizer would turn right bits per byte into wrong perplexities."""
+    from ..data.tokenizer import Tokenizer
+    from .fit import TOKENIZER
+
+    if given is None:
+        return str(TOKENIZER)
+    if Tokenizer.load(given).fingerprint != Tokenizer.load(TOKENIZER).fingerprint:
+        raise SpecializeError(f"--tokenizer {given} is not the tokenizer the package's fit was measured with; "
+                              "leave it out (the package has that one), or give the fit of your own study "
+                              "(--results or --fit) to plan with yours")
+    return given
 
 
 def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: int | None = None) -> dict:
