@@ -36,7 +36,7 @@ from .accel import warn_slow_paths
 from .data.corpus import bundled_names, default_generic, load_corpus
 from .errors import Interrupted, SpecializeError, check_choice
 from .costs import split_costs
-from .methods import Method, Settings, get_method
+from .methods import METHODS, Method, Settings, get_method
 from .models.dense import count_params, flops_per_token
 from .models.generate import measure_generation
 from .models.io import load_model, model_context
@@ -269,6 +269,7 @@ def specialize(
     `domain_tokens`) come before the plan, which reads the domain (seconds); the chosen
     method's own options are checked once it is named, still before any training."""
     decision = None
+    check_choice("--method", method, (*METHODS, "auto"))
     if method == "auto":  # the checks that need no method first, then the plan (it reads the domain)
         if base is not None:
             raise SpecializeError("--method auto plans a pre-training; with --base there is none to plan")

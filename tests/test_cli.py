@@ -113,7 +113,8 @@ def _bad_inputs(tmp_path, model_dir, other_tokenizer):
         "empty corpus": ([*base, "--domain", tmp_path / "empty.jsonl"], "no documents"),
         "binary corpus": ([*base, "--domain", tmp_path / "binary.jsonl"], "binary"),
         "unknown preset": (["specialize", "--preset", "gigantic"], "--preset: 'gigantic' is not one of"),
-        "unknown method": (["specialize", "--method", "magic"], "--method: 'magic' is not one of"),
+        "unknown method": (["specialize", "--method", "magic"], "--method: 'magic' is not one of finetune, nopt, llm, "
+                                                               "llm-lora, distill, is, mix, pn, soup, auto"),
         "another tokenizer": ([*base[:2], foreign, *base[3:]], "another tokenizer"),
         "truncated weights": (["eval", truncated, "--cache-dir", tmp_path / "cache"], "corrupt or truncated"),
         "missing model": (["eval", tmp_path / "no-model"], "no model"),

@@ -414,6 +414,8 @@ def test_a_saved_fit_plans_as_the_fit_it_was(tmp_path):
     (("--save-fit", "."), "--save-fit . is a folder; name the file to write"),
     (("--results", "README.txt"), "README.txt is not a results file of `mlxspec study`"),
     (("--fit", "README.txt"), "cannot read the planner's fitted model README.txt"),
+    (("--fit", "none.json"), "no fitted planner model at none.json"),
+    (("--pretrain", "-1e13"), "--pretrain: '-1e13' is negative: a budget must be positive"),
     (("--inference", "huge"), "--inference: 'huge' is neither a preset"),
     (("--spec", "spec.toml"), "--spec goes with --results"),
     (("--plot", "plan.jpg"), "--plot plan.jpg: name a .png file"),

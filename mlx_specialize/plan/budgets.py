@@ -37,6 +37,8 @@ def _amount(text: str, option: str, times: bool = True) -> tuple[float, str]:
     (k, M, G or B, T, P, E) only where the letters are not a unit themselves. Where
     `times` may be written, a bare "m" (minutes? millions?) is refused."""
     match = _AMOUNT.match(text.replace("_", "").replace(",", ""))
+    if not match and _AMOUNT.match(text.replace("_", "").replace(",", "").strip().lstrip("-")):
+        raise SpecializeError(f"{option}: '{text}' is negative: a budget must be positive")
     if not match:
         raise SpecializeError(f"{option}: '{text}' is not an amount (write 2e14, 2e14 FLOPs, 12.5M tokens or 30min)")
     number, word, unit = match.groups()

@@ -340,6 +340,8 @@ def save_fitted(model: dict, path) -> None:
 
 def load_fitted(path=FITTED) -> dict:
     """A saved fitted model; the package's by default."""
+    if not Path(path).is_file():
+        raise SpecializeError(f"no fitted planner model at {path}" + (" (a folder)" if Path(path).is_dir() else ""))
     try:
         model = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
