@@ -49,7 +49,8 @@ def specialize_view(report: dict) -> list:
 
 
 def specialize_table(report: dict) -> Table:
-    """`specialize`'s summary: one row per phase (selection, pre-training, fine-tuning)."""
+    """`specialize`'s summary: one row per phase (clustering, selection, pre-training,
+    fine-tuning)."""
     table = make_table(f"{report['method']} on {report['domain']}: {report['params'] / 1e6:.2f}M params -> "
                        f"{report['model']}", "phase", "tokens", "seconds", "FLOPs", "test ppl", "test bits/byte",
                        right=("tokens", "seconds", "FLOPs", "test ppl", "test bits/byte"))
@@ -62,6 +63,11 @@ def specialize_table(report: dict) -> Table:
     pretrain_row = (f"{kind} pre-train{cached}", f"{pre['tokens']:,}", f"{pre['seconds']:.0f}", f"{pre['flops']:.2e}")
     # In the order the phases ran; the test figures before fine-tuning on the row of the
     # model they measure (SLM-mix's chosen expert, pn's instantiated SLM).
+    clusters = report["phases"].get("clusters")
+    if clusters:  # SLM-is, -mix, -pn, the soup: the generic corpus clustered first (shared)
+        add_row(table, f"cluster generic (k={clusters['k']}, {clusters['embedder']})"
+                + (" (cached)" if clusters.get("cached") else ""), f"{clusters['windows']:,} win",
+                f"{clusters['seconds']:.0f}", f"{clusters['flops']:.2e}", "", "")
     if "kl_selected" in sel:  # SLM-is: select, then pre-train on the selection
         add_row(table, f"select (k={sel['k']}, KL {sel['kl_generic']:.3f} -> {sel['kl_selected']:.3f})",
                 f"{sel['windows']:,} win", f"{sel['seconds']:.0f}", "", "", "")

@@ -251,6 +251,23 @@ def test_a_results_table_wraps_to_80_columns_and_never_cuts_a_number():
     assert long_path in "".join(text.split()).replace("│", "")  # folded onto two lines, all of it
 
 
+def test_the_phase_table_has_a_row_for_every_phase_that_cost_time():
+    """SLM-pn's clustering of the generic corpus is a phase of its shared cost: a row of
+    its own (it was left out, so the rows did not add up to the cost line's seconds)."""
+    report = {"method": "pn", "domain": "licenses", "params": 1.85e6, "model": "runs/licenses-pn",
+              "phases": {"clusters": {"k": 4, "embedder": "hashed", "windows": 47_930, "seconds": 3.4,
+                                      "flops": 1.64e9, "cached": False},
+                         "pretrain": {"tokens": 600_000, "seconds": 17.2, "flops": 7.1e12, "cached": False},
+                         "select": {"k": 4, "cluster": 2, "instance": "cache/instances/x", "seconds": 0.1},
+                         "finetune": {"tokens": 120_000, "seconds": 9.0, "flops": 2.4e12}},
+              "ppl_before": 300.0, "ppl_after": 120.0, "bpb_before": 3.1, "bpb_after": 2.5}
+    text = render(specialize_table(report), width=160)
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    assert [r.split("│")[1].strip() for r in rows] == ["cluster generic (k=4, hashed)", "projected network pre-train",
+                                                       "instantiate for cluster 2 of 4", "domain fine-tune"], text
+    assert "47,930 win" in rows[0] and "1.64e+09" in rows[0] and " 3 " in rows[0], rows[0]
+
+
 def test_a_table_too_wide_for_the_terminal_is_printed_as_records(monkeypatch):
     """`mlxspec plan`'s eight columns cannot fit 80 without splitting "4.11e+10" across
     lines (read as "4.11e+1"): each method is printed as a block of header: value lines."""
