@@ -58,8 +58,12 @@ def _budget(value: float, unit: str) -> str:
 
 
 def _time(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else \
-        f"{seconds:.0f} s"
+    """Three digits at most in the largest unit that keeps them (90 s is "1.5 min", a
+    million domains' hours are days)."""
+    for unit, size, below in (("s", 1, 90), ("min", 60, 5400), ("h", 3600, 172_800), ("days", 86_400, 8_640_000)):
+        if seconds < below:
+            return f"{seconds / size:.0f} {unit}" if unit == "s" else f"{seconds / size:.3g} {unit}"
+    return f"{seconds / 86_400:,.0f} days"
 
 
 def plan_view(result: dict) -> list:

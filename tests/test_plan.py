@@ -396,6 +396,13 @@ def test_time_budgets_are_calibrated_on_this_machine(tmp_path):
     assert plan_view(result)[0].title.plain.startswith("mlxspec plan: pre-training 30 min, 10 min per domain")
 
 
+def test_times_print_in_the_unit_that_keeps_three_digits():
+    from cli.plan import _time
+
+    assert [_time(s) for s in (45, 90, 1800, 5400, 86_400, 172_800, 3.6e9)] == [
+        "45 s", "1.5 min", "30 min", "1.5 h", "24 h", "2 days", "41,667 days"]  # 90 s was "2 min"
+
+
 def test_a_saved_fit_plans_as_the_fit_it_was(tmp_path):
     study = REPO / "studies" / "minipile"
     saved = tmp_path / "fit.json"
