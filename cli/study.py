@@ -32,8 +32,8 @@ def study(
                                           "markdown file, between its lines <!-- study headline: mlxspec study "
                                           "report --readme --> and <!-- /study headline -->."),
     status: bool = typer.Option(False, "--status", help="run: list what of the grid is done and what is left; "
-                                "trains no model (it may train the study's tokenizer and tokenize the targets, seconds, to tell a whole "
-                                "train split)."),
+                                "trains no model (it may train the study's tokenizer and tokenize the targets, "
+                                "seconds, to tell a whole train split)."),
     max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="run: at most this many cells, then "
                                             "stop (the next call continues)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.0, help="run: start no cell after "
