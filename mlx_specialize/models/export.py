@@ -90,5 +90,13 @@ def export_model(
         "bytes": weight_bytes(model),
         "bits_per_weight": bits_per_weight(model),
         "quantization": quantization,
-        "dtype": dtype,
+        "dtype": dtype or _float_dtype(model),  # what was written: the source's where not cast
     }
+
+
+def _float_dtype(model) -> str:
+    """The float type(s) of the model's parameters, e.g. "float32" (a quantized model's
+    scales and norms, "float16")."""
+    found = {str(v.dtype).removeprefix("mlx.core.") for _, v in tree_flatten(model.parameters())
+             if mx.issubdtype(v.dtype, mx.floating)}
+    return ", ".join(sorted(found))
