@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..study.report import plain_log_ticks
+from ..study.report import _style, plain_log_ticks
 from .fit import NO_PRETRAINING
 from .planner import GRID, Budgets, _affordable
 from .predict import predict
@@ -44,16 +44,17 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
             lo, hi = p["ppl_interval"] or (p["ppl"], p["ppl"])
             points += 1  # methods measured at one budget share it: each drawn a little apart, to be seen
             line = left.errorbar([options[0] * 1.04 ** points], [p["ppl"]], yerr=[[p["ppl"] - lo], [hi - p["ppl"]]],
-                                 marker="o", capsize=3, label=entry["label"]).lines[0]
+                                 marker="o", capsize=3, label=entry["label"], color=_style(method)["color"]).lines[0]
         else:
             Bs = np.geomspace(min(options), max(options), GRID // 4)
             ps = [at(B) for B in Bs]
-            (line,) = left.plot(Bs, [p["ppl"] for p in ps], label=entry["label"])
+            (line,) = left.plot(Bs, [p["ppl"] for p in ps], label=entry["label"], color=_style(method)["color"])
             if all(p["ppl_interval"] for p in ps):
                 left.fill_between(Bs, [p["ppl_interval"][0] for p in ps], [p["ppl_interval"][1] for p in ps],
                                   color=line.get_color(), alpha=0.12)
         right.plot(ns, entry["shared_flops"] + ns * entry["per_domain_flops"], color=line.get_color(),
-                   label=entry["label"], lw=2.5 if method == result["recommended"] else 1.2)
+                   ls=":" if method in NO_PRETRAINING else "-", label=entry["label"],
+                   lw=2.5 if method == result["recommended"] else 1.2)
         if method == result["recommended"]:
             x = (entry["pretrain_flops"] or model["methods"][method]["B"][0]) * (1.04 ** points if len(options) < 2
                                                                                   else 1.0)
@@ -69,11 +70,12 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
               title="C(N) = shared + N x per domain")
     plain_log_ticks(left)
     plain_log_ticks(right, ppl_axis=False)
-    for ax in (left, right):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    # one legend for both panels (a method has one colour in both), below them: inside, it
+    # hid the curves and their bands
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
