@@ -396,6 +396,17 @@ def test_time_budgets_are_calibrated_on_this_machine(tmp_path):
     assert plan_view(result)[0].title.plain.startswith("mlxspec plan: pre-training 30 min, 10 min per domain")
 
 
+def test_a_bare_number_too_small_to_be_flops_is_warned_about(tmp_path):
+    """`--pretrain 2500000` is 2.5e6 FLOPs (a bare number is FLOPs), less than one step:
+    most likely meant as tokens. Planned as written, with a warning naming the fix;
+    a budget of real size is not warned about."""
+    out = _plan("--pretrain", "2500000", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("warning: --pretrain 2500000: 2.5e+06 FLOPs pay for fewer than 1,000 tokens of "
+                                 "small; a budget in tokens is written '2500000 tokens'"), out.stderr
+    assert "warning" not in _plan("--pretrain", "2e14", cwd=tmp_path).stderr
+
+
 def test_times_print_in_the_unit_that_keeps_three_digits():
     from cli.plan import _time
 

@@ -280,6 +280,11 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     sizes = {name: describe(p)["params"] for name, p in PRESETS.items()}
     (pre, pre_unit), (spec_, spec_unit) = (compute_budget(pretrain, "--pretrain", per_token),
                                            compute_budget(specialize, "--specialize", per_token))
+    for option, text, value, unit in (("--pretrain", pretrain, pre, pre_unit), ("--specialize", specialize, spec_,
+                                                                                   spec_unit)):
+        if unit == "flops" and value < 1000 * per_token:  # "2500000" meant as tokens, most likely
+            ui.warn(f"{option} {text}: {value:.3g} FLOPs pay for fewer than 1,000 tokens of "
+                    f"{model['methods'][REFERENCE]['preset']}; a budget in tokens is written '{text} tokens'")
     budgets = Budgets(pretrain=pre, specialize=spec_, inference=inference_budget(inference, "--inference", sizes),
                       domains=domains, pretrain_unit=pre_unit, specialize_unit=spec_unit)
     if (tokenizer or clusters) and not domain:
