@@ -346,7 +346,7 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
     tokens of `preset` (the preset the package's fit was measured with; no method
     pre-trains on more, SLM-is's per-domain pre-training included), the plan's
     default per-domain budget, serving one model of the preset's size, on `domain` (its
-    xz floor and size); returns the recommended method, the pre-training tokens it runs at,
+    xz floor, its size in the study's tokens); returns the recommended method, the pre-training tokens it runs at,
     the plan's reason and its notes."""
     from .budgets import DEFAULT_SPECIALIZE, compute_budget, domain_features
     from .fit import load_fitted
@@ -357,12 +357,12 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
         raise SpecializeError(f"--method auto: the planner's predictions were measured with the '{measured}' preset, "
                               f"not '{preset}'; pass --preset {measured}, or name a --method")
     per_token = shared_flops_per_token(model)
-    features = domain_features(domain)
+    features = domain_features(domain, _study_tokenizer(None))  # its size in the study's tokens
     budgets = Budgets(pretrain=pretrain_tokens * per_token, inference=model["methods"][REFERENCE]["params"],
                       max_budget=pretrain_tokens / model["methods"][REFERENCE]["tokens_per_budget_flop"],
                       specialize=compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0],
-                      floor=features["floor"],
-                      domain_tokens=domain_tokens or round(features["train_bytes"] / model["bytes_per_token"]))
+                      floor=features["floor"], bytes_per_token=features["bytes_per_token"],
+                      domain_tokens=domain_tokens or features["train_tokens"])
     result = plan(model, budgets)
     if result["recommended"] is None:
         raise SpecializeError(f"--method auto: {result['reason']}")
