@@ -17,8 +17,16 @@ from rich.text import Text
 
 from mlx_specialize import ui
 
+class _Console(Console):
+    """Rich's console, but a reader that leaves (`| head`) is a BrokenPipeError, which the
+    command's handler (errors.py) ends quietly with 141: rich's own exits 1."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 # Logs (not a terminal) keep whole tables.
-out = Console(width=None if sys.stdout.isatty() else 160, markup=False, emoji=False)
+out = _Console(width=None if sys.stdout.isatty() else 160, markup=False, emoji=False)
 JSON = False  # this command's --json (options.output_options sets it)
 
 
@@ -33,7 +41,7 @@ def emit(result: dict, *shown) -> None:
     if ui.SECONDARY:
         return
     if JSON:
-        print(json.dumps(result, default=float))
+        print(json.dumps(result, default=float), flush=True)  # a closed pipe fails here, not at exit
         return
     for item in shown:
         if isinstance(item, Table) and not _fits(item, out.width):

@@ -299,11 +299,16 @@ def test_a_progress_bar_wraps_its_description_and_never_cuts_its_count(monkeypat
     assert "python-code:train" in "".join(text.split()), text
 
 
-def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path):
+@pytest.mark.parametrize("json_out", [True, False])
+def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path, json_out):
     """`mlxspec plan --json | true`: the pipe's reader is gone before the plan is written;
     the command stops as a Unix tool does (141, nothing on stderr), not with an
-    `error: Broken pipe` line and exit 1."""
-    proc = start_cli(["plan", "--json"], tmp_path)
+    `error: Broken pipe` line and exit 1, nor Python's exit 120 when a buffered stdout
+    fails at exit; a table (rich) as the JSON line (print)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as usual
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "plan", *(["--json"] if json_out else [])], cwd=tmp_path,
+                            env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     proc.stdout.close()  # the reader leaves at once
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and stderr.strip() == "", stderr
