@@ -65,9 +65,10 @@ def specialize_table(report: dict) -> Table:
     # model they measure (SLM-mix's chosen expert, pn's instantiated SLM).
     clusters = report["phases"].get("clusters")
     if clusters:  # SLM-is, -mix, -pn, the soup: the generic corpus clustered first (shared)
+        seconds, flops = clusters.get("seconds"), clusters.get("flops")  # None: cached before costs were kept
         add_row(table, f"cluster generic (k={clusters['k']}, {clusters['embedder']})"
                 + (" (cached)" if clusters.get("cached") else ""), f"{clusters['windows']:,} win",
-                f"{clusters['seconds']:.0f}", f"{clusters['flops']:.2e}", "", "")
+                "-" if seconds is None else f"{seconds:.0f}", "-" if flops is None else f"{flops:.2e}", "", "")
     if "kl_selected" in sel:  # SLM-is: select, then pre-train on the selection
         add_row(table, f"select (k={sel['k']}, KL {sel['kl_generic']:.3f} -> {sel['kl_selected']:.3f})",
                 f"{sel['windows']:,} win", f"{sel['seconds']:.0f}", "", "", "")

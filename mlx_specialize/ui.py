@@ -84,7 +84,8 @@ class LineProgress:
     a bar's last frame where stderr is not a terminal, so a pre-training of half an hour
     wrote nothing to a study's log until it ended. One plain line per task every
     LINE_EVERY seconds and one when it ends: count (of total, with the share), the named
-    fields, time elapsed and, with a total, the time left at the rate so far."""
+    fields, time elapsed and, with a total and until the end, the time left at the rate so
+    far."""
 
     def __init__(self, fields: tuple[str, ...] = ()):
         self.fields, self.tasks = fields, []
@@ -94,7 +95,7 @@ class LineProgress:
 
     def __exit__(self, *exc) -> None:
         for task in self.tasks:
-            self._print(task)
+            self._print(task, final=True)
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
         now = time.monotonic()
@@ -112,14 +113,14 @@ class LineProgress:
         if time.monotonic() - task["printed"] >= LINE_EVERY:
             self._print(task)
 
-    def _print(self, task: dict) -> None:
+    def _print(self, task: dict, final: bool = False) -> None:
         now = time.monotonic()
         task["printed"] = now
         done, total, elapsed = task["completed"], task["total"], now - task["start"]
         parts = [task["description"], f"{done:,.0f}" + (f"/{total:,.0f} ({done / total:.0%})" if total else "")]
         parts += [str(task["fields"][name]) for name in self.fields if str(task["fields"].get(name, "")).strip()]
         parts.append(f"elapsed {_clock(elapsed)}")
-        if total and task["from"] < done < total:
+        if total and task["from"] < done < total and not final:  # an early stop ends before its total
             parts.append(f"eta {_clock(elapsed * (total - done) / (done - task['from']))}")
         console.print(escape("  ".join(parts)), highlight=False, soft_wrap=True)
 

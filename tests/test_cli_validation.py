@@ -266,6 +266,11 @@ def test_the_phase_table_has_a_row_for_every_phase_that_cost_time():
     assert [r.split("│")[1].strip() for r in rows] == ["cluster generic (k=4, hashed)", "projected network pre-train",
                                                        "instantiate for cluster 2 of 4", "domain fine-tune"], text
     assert "47,930 win" in rows[0] and "1.64e+09" in rows[0] and " 3 " in rows[0], rows[0]
+    # a clustering cached before its costs were kept has none: shown as such, not a crash
+    report["phases"]["clusters"].update(seconds=None, flops=None, cached=True)
+    row = next(line for line in render(specialize_table(report), width=160).splitlines() if "cluster generic" in line)
+    assert [cell.strip() for cell in row.split("│")[1:5]] == ["cluster generic (k=4, hashed) (cached)", "47,930 win",
+                                                              "-", "-"], row
 
 
 def test_a_table_too_wide_for_the_terminal_is_printed_as_records(monkeypatch):
@@ -320,23 +325,30 @@ def test_progress_written_to_a_log_is_plain_lines_as_it_goes(monkeypatch):
     end, with the count, the fields and the time left, never a bar or a cut word."""
     from mlx_specialize import ui
 
+    clock = [1000.0]  # seconds, advanced by hand: one step takes 7 s
+    monkeypatch.setattr(ui.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(ui, "console", Console(file=StringIO(), width=80, emoji=False))
     monkeypatch.setattr(ui, "QUIET", False)
-    monkeypatch.setattr(ui, "LINE_EVERY", 0.05)
     with ui.progress("loss", "toks") as bar:
-        task = bar.add_task("training", total=40, completed=10, loss="loss -", toks="")
+        task = bar.add_task("training", total=40, completed=10, loss="loss -", toks="")  # resumed at step 10
         for step in range(11, 41):
-            time.sleep(0.01)
+            clock[0] += 7
             bar.update(task, completed=step, loss=f"loss {10 / step:.3f}", toks="9,876 tok/s")
+    with ui.progress() as bar:  # an early stop: ends before its total, no time left to show
+        task = bar.add_task("training", total=100)
+        clock[0] += 30
+        bar.update(task, completed=20)
     with ui.task("tokenizing a/x:train:y.jsonl:train", None) as advance:
         advance(301_531)
     lines = ui.console.file.getvalue().splitlines()
-    assert 3 <= len(lines) <= 8 and not any("━" in line for line in lines), lines  # one every 0.05 s of 0.3 s
-    during, end, tokenizing = lines[1], lines[-2], lines[-1]
-    step = int(during.split()[1].split("/")[0])
-    assert during.startswith(f"training  {step}/40 ({step / 40:.0%})  loss {10 / step:.3f}  9,876 tok/s  elapsed 0:00:00  eta 0:00:0"), during
-    assert end == "training  40/40 (100%)  loss 0.250  9,876 tok/s  elapsed 0:00:00", end  # done: no eta
-    assert tokenizing == "tokenizing a/x:train:y.jsonl:train  301,531  elapsed 0:00:00", tokenizing
+    assert not any("━" in line for line in lines), lines
+    # a line each 60 s: at steps 19, 28, 37 (63 s, 126 s, 189 s), then the end, 210 s
+    assert lines[:4] == [f"training  {s}/40 ({s / 40:.0%})  loss {10 / s:.3f}  9,876 tok/s  elapsed 0:0{m}  "
+                         f"eta 0:0{eta}" for s, m, eta in ((19, "1:03", "2:27"), (28, "2:06", "1:24"),
+                                                            (37, "3:09", "0:21"))] + [
+        "training  40/40 (100%)  loss 0.250  9,876 tok/s  elapsed 0:03:30"], lines  # done: no eta
+    assert lines[4:] == ["training  20/100 (20%)  elapsed 0:00:30",
+                         "tokenizing a/x:train:y.jsonl:train  301,531  elapsed 0:00:00"], lines
 
 
 def interrupt(proc, marker: str | None, then: float, timeout=120) -> str:
