@@ -280,7 +280,8 @@ class Plan:
                              "study, or its tokenizer.model), to count the domain's tokens and predict its perplexity "
                              "as tightly as its bits per byte [default: the package's fit's own, packaged beside it; "
                              "another is refused there].")
-    clusters = typer.Option(None, "--clusters", help="With --domain: the study's clustering of its "
+    clusters = typer.Option(None, "--clusters", help="With --domain (and, with --results or --fit, --tokenizer): the "
+                            "study's clustering of its "
                             "generic corpus (SLM-is's), to measure the domain's cluster histogram (its entropy moves "
                             "the clustered methods' prediction where the fit has enough targets to measure that).")
     results = typer.Option(None, "--results", metavar="FILE", help="Refit on these `mlxspec study` results files "

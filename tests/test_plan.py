@@ -197,6 +197,12 @@ def test_many_domains_name_a_cheaper_method_the_fit_cannot_tell_from_the_pick(mo
     assert "Within the fit's error of it, SLM-mix costs" in many["reason"] and "for 1,000 domains" in many["reason"]
     one = plan(model, Budgets(**big, domains=1))
     assert one["recommended"] == "is" and one["cheaper_alternative"] is None
+    # budgets in time: compared in the time they take (a clustering's few FLOPs are many seconds)
+    timed = plan(model, Budgets(pretrain=1e9, specialize=1e9, inference=2e6, domains=1000, pretrain_unit="seconds",
+                                specialize_unit="seconds", speed=1.0))
+    alt, entries = timed["cheaper_alternative"], {e["method"]: e for e in timed["methods"]}
+    assert alt["method"] == "mix" and alt["compared"] == "seconds"
+    assert alt["cost_ratio"] == pytest.approx(entries["is"]["total_seconds"] / entries["mix"]["total_seconds"])
     monkeypatch.setitem(METHOD, "mix", (0.05, -0.09, -0.04))
     apart = plan(fit_results(_study(seeds=(0,)), FLOOR), Budgets(**big, domains=1000))
     assert apart["recommended"] == "is" and apart["cheaper_alternative"] is None, apart["reason"]
@@ -405,6 +411,7 @@ def test_a_bare_number_too_small_to_be_flops_is_warned_about(tmp_path):
     assert out.stderr.startswith("warning: --pretrain 2500000: 2.5e+06 FLOPs pay for fewer than 1,000 tokens of "
                                  "small; a budget in tokens is written '2500000 tokens'"), out.stderr
     assert "warning" not in _plan("--pretrain", "2e14", cwd=tmp_path).stderr
+    assert "warning" not in _plan("--pretrain", "2e6 FLOPs", cwd=tmp_path).stderr  # FLOPs, as written
 
 
 def test_times_print_in_the_unit_that_keeps_three_digits():

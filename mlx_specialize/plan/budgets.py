@@ -60,6 +60,12 @@ _SECONDS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0, "m
             "minutes": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0}
 
 
+def unit_free(text: str) -> bool:
+    """Whether an amount was written as a bare number ("2500000", "2.5e6"): FLOPs, read so."""
+    match = _AMOUNT.match(text.replace("_", "").replace(",", ""))
+    return bool(match) and not (match.group(2) or match.group(3))
+
+
 def within(cost: float, budget: float) -> bool:
     """Whether `cost` fits `budget` (same unit), up to TOLERANCE of it."""
     return cost <= budget * (1 + TOLERANCE)

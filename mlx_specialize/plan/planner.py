@@ -205,18 +205,22 @@ def _cheaper_alternative(model: dict, fitting: list[dict], budgets: Budgets) -> 
     less than the recommended: the decision stays the best predicted quality, and the
     number of domains says what that quality costs against the same quality, as far as
     the fit can tell, for less (SLM-is's per-domain pre-training, multiplied by N)."""
+    # the cost in the budgets' own terms: time where one is in time (a clustering's few
+    # FLOPs are many seconds), else FLOPs
+    key = "total_seconds" if "seconds" in (budgets.pretrain_unit, budgets.specialize_unit) else "total_flops"
     best, tied = fitting[0], []
     for entry in fitting[1:]:
-        if entry["total_flops"] < best["total_flops"]:
+        if entry.get(key) is not None and best.get(key) is not None and entry[key] < best[key]:
             d = _difference(model, entry, best, budgets)
             if d["interval"][0] <= 0.0:
-                tied.append((entry["total_flops"], entry, d))
+                tied.append((entry[key], entry, d))
     if not tied:
         return None
     total, entry, d = min(tied, key=lambda t: t[0])
     return {"method": entry["method"], "label": entry["label"], "bpb_difference": d["mean"],
-            "bpb_difference_interval": d["interval"], "total_flops": total,
-            "cost_ratio": best["total_flops"] / total}
+            "bpb_difference_interval": d["interval"], "total_flops": entry["total_flops"],
+            "total_seconds": entry.get("total_seconds"), "cost_ratio": best[key] / total,
+            "compared": "seconds" if key == "total_seconds" else "FLOPs"}
 
 
 def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Budgets,
@@ -236,8 +240,10 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
               f"{second['total_flops']:.2e}.")
     if alternative:
         a_lo, a_hi = alternative["bpb_difference_interval"]
+        cost = (f"{alternative['total_flops']:.2e} FLOPs" if alternative["compared"] == "FLOPs"
+                else f"{alternative['total_seconds'] / 3600:.3g} h")
         reason += (f" Within the fit's error of it, {alternative['label']} costs {alternative['cost_ratio']:.3g}x less "
-                   f"for {n:,} domain{'s' if n != 1 else ''} (C({n:,}) = {alternative['total_flops']:.2e} FLOPs; "
+                   f"for {n:,} domain{'s' if n != 1 else ''} (C({n:,}) = {cost}; "
                    f"{alternative['bpb_difference']:+.3f} bits per byte, 90% interval [{a_lo:+.3f}, {a_hi:+.3f}]).")
     return reason
 
@@ -260,7 +266,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     `clusters` (the study's) also measures its cluster histogram. Every input is checked
     before the domain is read."""
     from ..models.presets import PRESETS, describe
-    from .budgets import compute_budget, domain_features, inference_budget
+    from .budgets import compute_budget, domain_features, inference_budget, unit_free
     from .fit import load_fitted, refit
 
     if domains < 1:
@@ -282,7 +288,8 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
                                            compute_budget(specialize, "--specialize", per_token))
     for option, text, value, unit in (("--pretrain", pretrain, pre, pre_unit), ("--specialize", specialize, spec_,
                                                                                    spec_unit)):
-        if unit == "flops" and value < 1000 * per_token:  # "2500000" meant as tokens, most likely
+        if unit == "flops" and unit_free(text) and value < 1000 * per_token:
+            # a bare number too small to be FLOPs: "2500000" meant as tokens, most likely
             ui.warn(f"{option} {text}: {value:.3g} FLOPs pay for fewer than 1,000 tokens of "
                     f"{model['methods'][REFERENCE]['preset']}; a budget in tokens is written '{text} tokens'")
     budgets = Budgets(pretrain=pre, specialize=spec_, inference=inference_budget(inference, "--inference", sizes),

@@ -335,7 +335,8 @@ def _vs_pretraining(table: dict, path: Path) -> Path:
         for m in _plotted(table):
             if m == "nopt":
                 if (m, smallest, size) in table:
-                    ax.axhline(table[(m, smallest, size)]["ppl"][0], color="grey", ls=":", label="SLM-nopt")
+                    ax.axhline(table[(m, smallest, size)]["ppl"][0], color=_style(m)["color"], ls=":",
+                               label="SLM-nopt")
                 continue
             points = [(st["budget_flops"][0], *st["ppl"]) for (mm, _, s), st in table.items() if mm == m and s == size]
             if points:

@@ -225,8 +225,7 @@ def finetune(
         f"x {cfg.tokens_per_step:,} tokens, early stopping on valid (patience {cfg.patience})"
     )
     meta = {"job": "finetune", "base": str(base), "corpus": domain, "preset": base_meta.get("preset"),
-            "lr": cfg.lr, "pretrain_lr": pretrain_lr if pretrain_lr is not None else cfg.lr,
-            "batch_size": cfg.batch_size}
+            "lr": cfg.lr, "pretrain_lr": pretrain_lr, "batch_size": cfg.batch_size}  # None: a base from elsewhere
     run_dir, flops = Path(out_dir), None
     if lora_rank is not None:
         add_adapters(model, lora_rank)
