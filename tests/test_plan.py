@@ -374,14 +374,15 @@ def test_plan_reads_a_domain_and_draws_its_figure(tmp_path):
 
 def test_another_tokenizer_than_the_package_fit_s_is_refused(tmp_path):
     """Bytes per token under another tokenizer would turn the fit's bits per byte into
-    wrong perplexities: one line, before the domain is read."""
+    wrong perplexities: refused before the domain is read."""
     from mlx_specialize.methods.clusters import generic_tokenizer
+    from mlx_specialize.plan import make_plan
 
     (tmp_path / "other.model").write_bytes(generic_tokenizer("go-code", 512, tmp_path / "cache").model_bytes)
-    out = _plan("--domain", "python-docs", "--tokenizer", tmp_path / "other.model", cwd=tmp_path)
-    assert out.returncode == 2 and out.stderr.startswith(f"error: --tokenizer {tmp_path / 'other.model'} is not the "
-                                                         "tokenizer the package's fit was measured with"), out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+    with pytest.raises(SpecializeError, match=f"^--tokenizer {tmp_path / 'other.model'} is not the tokenizer the "
+                                              "package's fit was measured with"):
+        make_plan("12.5M tokens", "5e13", "small", domain=str(tmp_path / "no-such-domain"),
+                  tokenizer=str(tmp_path / "other.model"))
 
 
 def test_time_budgets_are_calibrated_on_this_machine(tmp_path):
@@ -402,16 +403,25 @@ def test_time_budgets_are_calibrated_on_this_machine(tmp_path):
     assert plan_view(result)[0].title.plain.startswith("mlxspec plan: pre-training 30 min, 10 min per domain")
 
 
-def test_a_bare_number_too_small_to_be_flops_is_warned_about(tmp_path):
+def test_a_bare_number_too_small_to_be_flops_is_warned_about(monkeypatch):
     """`--pretrain 2500000` is 2.5e6 FLOPs (a bare number is FLOPs), less than one step:
     most likely meant as tokens. Planned as written, with a warning naming the fix;
-    a budget of real size is not warned about."""
-    out = _plan("--pretrain", "2500000", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.startswith("warning: --pretrain 2500000: 2.5e+06 FLOPs pay for fewer than 1,000 tokens of "
-                                 "small; a budget in tokens is written '2500000 tokens'"), out.stderr
-    assert "warning" not in _plan("--pretrain", "2e14", cwd=tmp_path).stderr
-    assert "warning" not in _plan("--pretrain", "2e6 FLOPs", cwd=tmp_path).stderr  # FLOPs, as written
+    a budget of real size, or one written as FLOPs, is not warned about."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from mlx_specialize import ui
+    from mlx_specialize.plan import make_plan
+
+    def warnings(pretrain: str) -> str:
+        monkeypatch.setattr(ui, "console", Console(file=StringIO(), width=300, emoji=False))
+        make_plan(pretrain, "5e13", "small")
+        return ui.console.file.getvalue()
+
+    assert warnings("2500000").startswith("warning: --pretrain 2500000: 2.5e+06 FLOPs pay for fewer than 1,000 "
+                                          "tokens of small; a budget in tokens is written '2500000 tokens'")
+    assert warnings("2e14") == warnings("2e6 FLOPs") == ""
 
 
 def test_times_print_in_the_unit_that_keeps_three_digits():
