@@ -53,8 +53,19 @@ def _cost(flops: float, seconds: float | None) -> str:
     return f"{flops:.2e}" if seconds is None else f"{flops:.2e} ({_time(seconds)})"
 
 
-def _budget(value: float, unit: str) -> str:
-    return _time(value) if unit == "seconds" else f"{value:.2e} FLOPs"
+def _budget(value: float, unit: str, tokens: float | None, of_preset: str) -> str:
+    """A budget in its unit; one in FLOPs also in tokens of the preset's pre-training."""
+    if unit == "seconds":
+        return _time(value)
+    return f"{value:.2e} FLOPs" + (f" ({_count(tokens)} tokens{of_preset})" if tokens else "")
+
+
+def _count(n: float) -> str:
+    """12,500,000 as "12.5M"; three digits at most."""
+    for size, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return f"{n:.3g}"
 
 
 def _time(seconds: float) -> str:
@@ -70,9 +81,10 @@ def plan_view(result: dict) -> list:
     b = result["budgets"]
     n = b["domains"]
     preset = result["fit"].get("preset", "the preset")
-    table = make_table(f"mlxspec plan: pre-training {_budget(b['pretrain'], b['pretrain_unit'])}, "
-                       f"{_budget(b['specialize'], b['specialize_unit'])} per domain, serving <= "
-                       f"{b['inference']:,.0f} params, {b['domain_tokens']:,.0f} domain tokens, N = {n}",
+    pretrain = _budget(b["pretrain"], b["pretrain_unit"], b["pretrain_tokens"], f" of {preset}")
+    specialize = _budget(b["specialize"], b["specialize_unit"], b["specialize_tokens"], "")
+    table = make_table(f"mlxspec plan: pre-training {pretrain}, {specialize} per domain, serving <= "
+                       f"{_count(b['inference'])} params, {_count(b['domain_tokens'])} domain tokens, N = {n:,}",
                        "method", f"budget (tokens of {preset})", "bits/byte (90%)", "perplexity (90%)",
                        "shared FLOPs (time)",
                        "per domain", f"C({n})", "params",

@@ -24,6 +24,7 @@ from mlx_specialize.errors import SpecializeError
 from mlx_specialize.plan import Budgets, costs, difference, fit_results, plan, predict
 from mlx_specialize.plan.budgets import compute_budget, inference_budget, xz_bits_per_byte
 from mlx_specialize.plan.fit import FITTED, load_fitted, refit
+from mlx_specialize.plan.planner import shared_flops_per_token
 from mlx_specialize.plan.predict import t_quantile
 from mlx_specialize.plan.validate import leave_one_target_out
 
@@ -263,8 +264,6 @@ def test_the_study_headline_compares_methods_at_a_budget_all_reached_and_costs_e
 def test_a_budget_in_tokens_affords_the_cell_of_that_many_tokens():
     """"12.5M tokens" is what SLM's pre-training on 12.5M tokens costs as a shared cost,
     validation included, so it affords SLM's 12.5M-token cell and no more."""
-    from mlx_specialize.plan.planner import shared_flops_per_token
-
     model = fit_results(_study(), FLOOR)
     assert shared_flops_per_token(model) == pytest.approx(1.1 * FLOPS_PER_TOKEN)  # the cells' 1.1 B
     for budget in BUDGETS:
@@ -290,11 +289,12 @@ def test_leave_one_target_out_covers_and_recommends_on_a_known_model():
 
 
 def test_budgets_read_as_written():
-    assert compute_budget("2e14", "--pretrain", FLOPS_PER_TOKEN) == (2e14, "flops")
-    assert compute_budget("200T FLOPs", "--pretrain", FLOPS_PER_TOKEN) == (pytest.approx(2e14), "flops")
-    assert compute_budget("12.5M tokens", "--pretrain", 10.0) == (pytest.approx(1.25e8), "flops")
-    assert compute_budget("1.5h", "--pretrain", 10.0) == (5400.0, "seconds")
-    assert compute_budget("30 min", "--pretrain", 10.0) == (1800.0, "seconds")
+    # (amount, unit it is planned in, unit it was written in: "" for a bare number)
+    assert compute_budget("2e14", "--pretrain", FLOPS_PER_TOKEN) == (2e14, "flops", "")
+    assert compute_budget("200T FLOPs", "--pretrain", FLOPS_PER_TOKEN) == (pytest.approx(2e14), "flops", "flops")
+    assert compute_budget("12.5M tokens", "--pretrain", 10.0) == (pytest.approx(1.25e8), "flops", "tokens")
+    assert compute_budget("1.5h", "--pretrain", 10.0) == (5400.0, "seconds", "seconds")
+    assert compute_budget("30 min", "--pretrain", 10.0) == (1800.0, "seconds", "seconds")
     assert inference_budget("small", "--inference", {"small": 1852544}) == 1852544
     assert inference_budget("2M params", "--inference", {"small": 1852544}) == 2e6
     for text, message in [("12 apples", "unknown unit 'apples'"), ("lots", "is not an amount"), ("0", "positive")]:
@@ -422,6 +422,26 @@ def test_a_bare_number_too_small_to_be_flops_is_warned_about(monkeypatch):
     assert warnings("2500000").startswith("warning: --pretrain 2500000: 2.5e+06 FLOPs pay for fewer than 1,000 "
                                           "tokens of small; a budget in tokens is written '2500000 tokens'")
     assert warnings("2e14") == warnings("2e6 FLOPs") == ""
+
+
+def test_a_budget_in_flops_is_shown_in_tokens_too():
+    """The header and the JSON give a FLOPs budget as tokens of the preset as well, so a
+    budget written "12.5M tokens" reads back as such, at the rate the study's 12.5M-token
+    SLM cell paid."""
+    from cli.plan import plan_view
+    from mlx_specialize.plan import make_plan
+
+    per_token = shared_flops_per_token(load_fitted())
+    result = make_plan("12.5M tokens", f"{2.5e6 * per_token}", "small")
+    assert result["budgets"]["pretrain_tokens"] == pytest.approx(12.5e6)
+    assert result["budgets"]["specialize_tokens"] == pytest.approx(2.5e6)
+    assert plan_view(result)[0].title.plain.startswith(
+        f"mlxspec plan: pre-training {12.5e6 * per_token:.2e} FLOPs (12.5M tokens of small), "
+        f"{2.5e6 * per_token:.2e} FLOPs (2.5M tokens) per domain")
+    rows = [json.loads(line) for line in (REPO / "studies" / "minipile" / "results.jsonl").open()]
+    slm = next(r for r in rows if r["method"] == "finetune" and r["pretrain_tokens"] == 12_500_000)
+    # the rate is fitted over every budget's cells (their validation shares differ a little)
+    assert slm["costs"]["shared"]["flops"] == pytest.approx(12.5e6 * per_token, rel=0.01)
 
 
 def test_times_print_in_the_unit_that_keeps_three_digits():

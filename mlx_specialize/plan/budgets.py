@@ -60,33 +60,28 @@ _SECONDS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0, "m
             "minutes": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0}
 
 
-def unit_free(text: str) -> bool:
-    """Whether an amount was written as a bare number ("2500000", "2.5e6"): FLOPs, read so."""
-    match = _AMOUNT.match(text.replace("_", "").replace(",", ""))
-    return bool(match) and not (match.group(2) or match.group(3))
-
-
 def within(cost: float, budget: float) -> bool:
     """Whether `cost` fits `budget` (same unit), up to TOLERANCE of it."""
     return cost <= budget * (1 + TOLERANCE)
 
 
-def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[float, str]:
-    """(amount, "flops") from "2e14", "2e14 FLOPs", "200T FLOPs" or "12.5M tokens" (tokens
-    of the study's preset, at what SLM's pre-training of one token costs, validation
-    included); (seconds, "seconds") from
-    "90s", "30 min" or "2h" (time on this machine, which `plan` calibrates)."""
+def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[float, str, str]:
+    """(amount, "flops", written) from "2e14", "2e14 FLOPs", "200T FLOPs" or "12.5M tokens"
+    (tokens of the study's preset, at what SLM's pre-training of one token costs,
+    validation included); (seconds, "seconds", "seconds") from "90s", "30 min" or "2h"
+    (time on this machine, which `plan` calibrates). `written` is the unit the user wrote:
+    "flops", "tokens", "seconds", or "" for a bare number (read as FLOPs)."""
     value, unit = _amount(text, option)
     if value <= 0:
         raise SpecializeError(f"{option}: the budget must be positive, not '{text}'")
     if not math.isfinite(value * flops_per_token):
         raise SpecializeError(f"{option}: '{text}' is too large")
     if unit in ("", "flop", "flops"):
-        return value, "flops"
+        return value, "flops", "flops" if unit else ""
     if unit in ("tok", "toks", "token", "tokens"):
-        return value * flops_per_token, "flops"
+        return value * flops_per_token, "flops", "tokens"
     if unit in _SECONDS:
-        return value * _SECONDS[unit], "seconds"
+        return value * _SECONDS[unit], "seconds", "seconds"
     raise SpecializeError(f"{option}: unknown unit '{unit}' in '{text}' (FLOPs, tokens, or s, min, h)")
 
 

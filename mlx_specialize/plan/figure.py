@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..study.report import _style, plain_log_ticks
+from ..study.report import method_style, plain_log_ticks
 from .fit import NO_PRETRAINING
 from .planner import GRID, Budgets, _affordable
 from .predict import predict
@@ -44,11 +44,12 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
             lo, hi = p["ppl_interval"] or (p["ppl"], p["ppl"])
             points += 1  # methods measured at one budget share it: each drawn a little apart, to be seen
             line = left.errorbar([options[0] * 1.04 ** points], [p["ppl"]], yerr=[[p["ppl"] - lo], [hi - p["ppl"]]],
-                                 marker="o", capsize=3, label=entry["label"], color=_style(method)["color"]).lines[0]
+                                 marker="o", capsize=3, label=entry["label"],
+                                 color=method_style(method)["color"]).lines[0]
         else:
             Bs = np.geomspace(min(options), max(options), GRID // 4)
             ps = [at(B) for B in Bs]
-            (line,) = left.plot(Bs, [p["ppl"] for p in ps], label=entry["label"], color=_style(method)["color"])
+            (line,) = left.plot(Bs, [p["ppl"] for p in ps], label=entry["label"], color=method_style(method)["color"])
             if all(p["ppl_interval"] for p in ps):
                 left.fill_between(Bs, [p["ppl_interval"][0] for p in ps], [p["ppl_interval"][1] for p in ps],
                                   color=line.get_color(), alpha=0.12)

@@ -55,6 +55,9 @@ class Budgets:
     specialize_unit: str = "flops"
     speed: float | None = None
     max_budget: float | None = None  # no generic budget B above this, shared or per domain (FLOPs)
+    # a FLOPs budget as tokens of the reference preset's generic pre-training (shown beside it)
+    pretrain_tokens: float | None = None
+    specialize_tokens: float | None = None
 
 
 def _exceeded(c: dict, budgets: Budgets) -> set[str]:
@@ -266,7 +269,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     `clusters` (the study's) also measures its cluster histogram. Every input is checked
     before the domain is read."""
     from ..models.presets import PRESETS, describe
-    from .budgets import compute_budget, domain_features, inference_budget, unit_free
+    from .budgets import compute_budget, domain_features, inference_budget
     from .fit import load_fitted, refit
 
     if domains < 1:
@@ -284,16 +287,18 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         tokenizer = _study_tokenizer(tokenizer)
     per_token = shared_flops_per_token(model)
     sizes = {name: describe(p)["params"] for name, p in PRESETS.items()}
-    (pre, pre_unit), (spec_, spec_unit) = (compute_budget(pretrain, "--pretrain", per_token),
-                                           compute_budget(specialize, "--specialize", per_token))
-    for option, text, value, unit in (("--pretrain", pretrain, pre, pre_unit), ("--specialize", specialize, spec_,
-                                                                                   spec_unit)):
-        if unit == "flops" and unit_free(text) and value < 1000 * per_token:
+    (pre, pre_unit, pre_written), (spec_, spec_unit, spec_written) = (
+        compute_budget(pretrain, "--pretrain", per_token), compute_budget(specialize, "--specialize", per_token))
+    for option, text, value, written in (("--pretrain", pretrain, pre, pre_written),
+                                         ("--specialize", specialize, spec_, spec_written)):
+        if not written and value < 1000 * per_token:
             # a bare number too small to be FLOPs: "2500000" meant as tokens, most likely
             ui.warn(f"{option} {text}: {value:.3g} FLOPs pay for fewer than 1,000 tokens of "
                     f"{model['methods'][REFERENCE]['preset']}; a budget in tokens is written '{text} tokens'")
     budgets = Budgets(pretrain=pre, specialize=spec_, inference=inference_budget(inference, "--inference", sizes),
-                      domains=domains, pretrain_unit=pre_unit, specialize_unit=spec_unit)
+                      domains=domains, pretrain_unit=pre_unit, specialize_unit=spec_unit,
+                      pretrain_tokens=pre / per_token if pre_unit == "flops" else None,
+                      specialize_tokens=spec_ / per_token if spec_unit == "flops" else None)
     if (tokenizer or clusters) and not domain:
         raise SpecializeError(f"{'--tokenizer' if tokenizer else '--clusters'} goes with --domain (it reads the "
                               "domain)")
@@ -365,7 +370,8 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
                               f"not '{preset}'; pass --preset {measured}, or name a --method")
     per_token = shared_flops_per_token(model)
     features = domain_features(domain, _study_tokenizer(None))  # its size in the study's tokens
-    budgets = Budgets(pretrain=pretrain_tokens * per_token, inference=model["methods"][REFERENCE]["params"],
+    budgets = Budgets(pretrain=pretrain_tokens * per_token, pretrain_tokens=pretrain_tokens,
+                      inference=model["methods"][REFERENCE]["params"],
                       max_budget=pretrain_tokens / model["methods"][REFERENCE]["tokens_per_budget_flop"],
                       specialize=compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0],
                       floor=features["floor"], bytes_per_token=features["bytes_per_token"],

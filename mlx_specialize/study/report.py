@@ -288,7 +288,7 @@ def _sizes(table: dict) -> list:
 MARKERS = "os^DvPX*h"  # with the colour, one per method of ORDER: lines that coincide stay visible
 
 
-def _style(method: str) -> dict:
+def method_style(method: str) -> dict:
     """The same colour and marker for a method in every figure."""
     i = ORDER.index(method) if method in ORDER else len(ORDER)
     return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "label": label(method)}
@@ -319,7 +319,7 @@ def _errorbars(ax, points: list[tuple[float, float, float]], name: str) -> None:
     """(x, mean, std) points, sorted by x, as one method's line."""
     points = sorted(points)
     ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], capsize=3,
-                **_style(name))
+                **method_style(name))
 
 
 def _vs_pretraining(table: dict, path: Path) -> Path:
@@ -335,7 +335,7 @@ def _vs_pretraining(table: dict, path: Path) -> Path:
         for m in _plotted(table):
             if m == "nopt":
                 if (m, smallest, size) in table:
-                    ax.axhline(table[(m, smallest, size)]["ppl"][0], color=_style(m)["color"], ls=":",
+                    ax.axhline(table[(m, smallest, size)]["ppl"][0], color=method_style(m)["color"], ls=":",
                                label="SLM-nopt")
                 continue
             points = [(st["budget_flops"][0], *st["ppl"]) for (mm, _, s), st in table.items() if mm == m and s == size]
@@ -376,7 +376,7 @@ def _cost_vs_domains(table: dict, path: Path, target_ppl: float | None) -> Path:
     for m in _plotted(table):
         best = [min((c for c, p, _ in cost_curve(table, m, size, n) if p <= target), default=None) for n in ns]
         if any(b is not None for b in best):
-            ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], **_style(m))
+            ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], **method_style(m))
     if not ax.get_legend_handles_labels()[0]:
         ax.text(0.5, 0.5, f"no method measured reaches\nmacro ppl <= {target:.1f}", ha="center", va="center",
                 transform=ax.transAxes)
