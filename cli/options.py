@@ -143,7 +143,8 @@ class Generate:
 
     prompt = typer.Option("", help="Text to continue.")
     max_tokens = typer.Option(100, min=1, help="Tokens to generate at most.")
-    temperature = typer.Option(0.8, min=0.0, help="Sampling temperature (0: greedy).")
+    temperature = typer.Option(0.8, "--temperature", "--temp", min=0.0,
+                               help="Sampling temperature (0: greedy); --temp as in mlx-lm.")
     top_k = typer.Option(0, min=0, help="Sample from the k most likely tokens (0: all).")
 
 

@@ -56,6 +56,8 @@ def test_specialize_end_to_end_then_reuses_the_pretrained_model(tmp_path):
 
     gen = run_cli("generate", tmp_path / "run1", "--prompt", "The ", "--max-tokens", 10, "--temperature", 0)
     assert gen.returncode == 0 and gen.stdout.startswith("The ")
+    greedy = run_cli("generate", tmp_path / "run1", "--prompt", "The ", "--max-tokens", 10, "--temp", 0)
+    assert greedy.returncode == 0 and greedy.stdout == gen.stdout  # mlx-lm's spelling, the same greedy text
 
 
 def test_help_lists_every_command():
