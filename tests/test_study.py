@@ -75,6 +75,7 @@ def test_a_study_runs_each_cell_once_and_resumes(ran):
         # which code measured it (and, run from a git checkout, its commit)
         assert {k: line["code"][k] for k in ("mlx_specialize", "mlx")} == {
             "mlx_specialize": version("mlx-specialize"), "mlx": mx.__version__}
+        assert 0 < line["cpu_use"] <= 1  # a share of the machine's cores
     used = {(line["target"], line["domain_tokens"]): line["domain_tokens_used"] for line in full}
     for target in ("python-docs", "python-code"):  # the bundled splits hold ~1M tokens at this vocabulary
         assert used[(target, 20000)] == 20000 and 200_000 < used[(target, None)] < 100_000_000

@@ -177,6 +177,7 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
             return 0
         ui.info(f"study {study.name}: {cell.label}")
         options, tokens = dict(cell.options), pretrain_tokens(study, cell)
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         report = specialize(domain=study.targets[cell.target], generic=study.generic, method=cell.method,
                             preset=study.preset, out_dir=out, domain_tokens=cell.domain_tokens,
                             pretrain_tokens=tokens, seed=cell.seed, cache_dir=cache_dir, **options)
@@ -189,6 +190,10 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 # what the seconds were measured on: the CPU model and its vector extensions decide them
                 "machine": {"cpu": cpu_description(), "system": platform.system()},
+                # the share of the machine's cores this process used while it ran the cell: one
+                # well below its method's other cells says the machine was shared, its seconds slow
+                "cpu_use": round((time.process_time() - cpu0) / ((time.perf_counter() - wall0) * (os.cpu_count() or 1)),
+                                 3),
                 "code": code_version()}  # cell keys do not hash the code: each line says which measured it
         append_result(study.results, line)
         if not keep_runs:  # the figures are in the line; the shared models stay in the cache
