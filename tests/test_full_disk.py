@@ -220,7 +220,7 @@ def _in_process(out, tokenizer, cache_dir, resume=False):
     (it improves each time), every 2 steps."""
     return ms.pretrain(GENERIC, ms.get_preset("tiny"), out, tokens=6 * 8 * 128, tokenizer=tokenizer,
                        cache_dir=cache_dir, eval_every=2, eval_tokens=2048, checkpoint_every=2, keep_checkpoints=10,
-                       lr=3e-3, warmup=2, resume=resume)
+                       keep_final_checkpoints=10, lr=3e-3, warmup=2, resume=resume)
 
 
 def _hashes(folder: Path) -> dict[str, str]:

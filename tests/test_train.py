@@ -75,6 +75,8 @@ def test_kill_and_resume_ends_with_the_same_weights(tokenizer, cache_dir, tmp_pa
 
     final_a, final_b = checkpoint_dirs(tmp_path / "a")[-1], checkpoint_dirs(tmp_path / "b")[-1]
     assert final_a.name == final_b.name == "step_00000040"
+    # a finished run keeps its last checkpoint only (two are kept while it trains)
+    assert [p.name for p in checkpoint_dirs(tmp_path / "a")] == ["step_00000040"]
     for name in ("model.safetensors", "optimizer.safetensors"):
         wa, wb = mx.load(str(final_a / name)), mx.load(str(final_b / name))
         assert wa.keys() == wb.keys()
@@ -85,7 +87,27 @@ def test_kill_and_resume_ends_with_the_same_weights(tokenizer, cache_dir, tmp_pa
     assert sa["tokens"] == sb["tokens"] and sa["best_valid_loss"] == sb["best_valid_loss"]
     steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # nothing logged twice after the resume
-    assert len(checkpoint_dirs(tmp_path / "b")) == 2  # only the last K are kept
+    assert [p.name for p in checkpoint_dirs(tmp_path / "b")] == ["step_00000040"]
+
+
+def test_the_newest_checkpoints_are_kept_while_training_and_the_last_at_the_end(tokenizer, cache_dir, tmp_path):
+    """8 steps of `tiny`, a checkpoint every 2: two kept while it trains (the finished run
+    left as it was at step 6 still holds 4 and 6), the last only once it ends, unless
+    asked for more. The final retention is not part of what the run is: a run saved
+    before it was an option resumes as the same run."""
+    def run(out, **keep):
+        return ms.pretrain(GENERIC, ms.get_preset("tiny"), out, tokens=8 * 8 * 128, tokenizer=tokenizer,
+                           cache_dir=cache_dir, checkpoint_every=2, lr=3e-3, warmup=2, **keep)
+
+    run(tmp_path / "kept", keep_final_checkpoints=2)
+    assert [p.name for p in checkpoint_dirs(tmp_path / "kept")] == ["step_00000006", "step_00000008"]
+    run(tmp_path / "default")
+    assert [p.name for p in checkpoint_dirs(tmp_path / "default")] == ["step_00000008"]
+    from mlx_specialize.train.config import TrainConfig
+
+    assert "keep_final_checkpoints" not in TrainConfig(steps=8).to_dict()
+    state = json.loads((checkpoint_dirs(tmp_path / "default")[-1] / "state.json").read_text())
+    assert "keep_final_checkpoints" not in state["config"]
 
 
 def test_early_stopping_and_refusing_to_overwrite(tiny_model_dir, cache_dir, tmp_path):

@@ -43,14 +43,20 @@ class TrainConfig:
     streams: int = 0  # parallel CPU streams per step (0: auto, see train/parallel.py)
     precision: str = "float32"  # or "bf16": the linear layers' products in bfloat16 (accel/bf16.py)
     checkpoint_every: int = 0
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest K kept while training
+    # ... and when it ends: its last state is all a longer run continues from; older ones (a
+    # model and two optimizer moments each) would stay on disk for nothing
+    keep_final_checkpoints: int = 1
 
     @property
     def tokens_per_step(self) -> int:
         return self.grad_accum * self.batch_size * self.context
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What the run is, as its checkpoints and run.json record it (and a resume
+        compares): the final retention is not part of it, so runs saved before it was
+        an option are still the same runs."""
+        return {k: v for k, v in asdict(self).items() if k != "keep_final_checkpoints"}
 
 
 def lr_schedule(cfg: TrainConfig):

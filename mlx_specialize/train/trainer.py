@@ -246,8 +246,11 @@ class Trainer:
             self._restore(state)
         return state
 
-    def checkpoint(self) -> Path | None:
-        return self.folder.checkpoint(self.step, self.model, self.optimizer, self._state(), self.cfg.keep_checkpoints)
+    def checkpoint(self, keep: int | None = None) -> Path | None:
+        """Save the full state at this step, keeping the newest `keep` checkpoints (the
+        configuration's by default)."""
+        return self.folder.checkpoint(self.step, self.model, self.optimizer, self._state(),
+                                      keep or self.cfg.keep_checkpoints)
 
     # ---- validation --------------------------------------------------------------
     def validate(self) -> float:
@@ -371,7 +374,7 @@ class Trainer:
                               step=self.step, run_dir=self.run_dir) from None
         if not validating:
             self._save_best()
-        self.checkpoint()
+        self.checkpoint(keep=cfg.keep_final_checkpoints)
         b = self.budget
         summary = {
             "steps": self.step,
