@@ -82,7 +82,7 @@ def tokenizer_train(
                   defaults={"lr": "the preset's", "batch_size": "the preset's", "context": "the preset's"})
 def pretrain_cmd(
     out_dir: Path = Pretrain.out_dir,
-    generic: str = Pretrain.generic,
+    generic: Optional[str] = Pretrain.generic,
     preset: str = Pretrain.preset,
     tokens: int = Pretrain.tokens,
     tokenizer: Optional[Path] = Pretrain.tokenizer,

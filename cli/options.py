@@ -102,7 +102,8 @@ class Pretrain:
     """`mlxspec pretrain`'s own options."""
 
     out_dir = typer.Argument(..., help="Run folder (model, checkpoints, metrics).")
-    generic = typer.Option(BUNDLED, help="Generic corpus spec.")
+    generic = typer.Option(None, help="Generic corpus spec [default: the bundled corpora; with --selection or "
+                           "--arch mix / pn / soup, the one the selection or clustering was built on].")
     preset = typer.Option("small", help="Model preset (see `mlxspec presets`).")
     tokens = typer.Option(DEFAULT_PRETRAIN_TOKENS, min=1, help="Pre-training budget in tokens.")
     tokenizer = typer.Option(None, help="Use this tokenizer instead of training one.")

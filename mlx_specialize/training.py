@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from .accel import warn_slow_paths
-from .data.corpus import bundled_names, load_corpus
+from .data.corpus import load_corpus
 from .errors import check_choice
 from .methods import PretrainJob, get_arch
 from .models.presets import PRESETS
@@ -36,7 +36,7 @@ def pretrain_run(out_dir: str | os.PathLike, arch: str = "dense", generic: str |
     method = get_arch(arch)
     check_choice("--preset", preset, PRESETS)
     check_train_options(train_options)
-    job = PretrainJob(Path(out_dir), generic or ",".join(bundled_names()), preset, tokens, seed=seed, resume=resume,
+    job = PretrainJob(Path(out_dir), generic, preset, tokens, seed=seed, resume=resume,
                       overwrite=overwrite, cache_dir=cache_dir, train_options=train_options, vocab_size=vocab_size,
                       tokenizer=_path(tokenizer), selection=_path(selection), clusters=_path(clusters),
                       init=_path(init), basis=basis, expert_dim=expert_dim, soup_support=soup_support)

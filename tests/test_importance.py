@@ -207,7 +207,14 @@ def test_cli_pipeline_embed_cluster_select_pretrain(tmp_path):
                            "no documents in its train split"),
                           (["data", "select", "--clusters", str(tmp_path / "cl"), "--domain", str(tmp_path / "one.jsonl"),
                             "--tokens", "1000", "--out", str(tmp_path / "s2"), "--cache-dir", str(tmp_path / "cache")],
-                           "fewer than one 128-token window")):
+                           "fewer than one 128-token window"),
+                          # a --generic other than the one a selection or clustering was built on (and
+                          # trains on) would be ignored: refused
+                          (["pretrain", str(tmp_path / "p2"), "--selection", str(tmp_path / "sel"), "--generic",
+                            "python-docs"], f"--generic python-docs: the selection {tmp_path / 'sel'} was built on "
+                                            f"{GENERIC}, which the pre-training trains on; leave --generic out"),
+                          (["pretrain", str(tmp_path / "p3"), "--arch", "pn", "--clusters", str(tmp_path / "cl"),
+                            "--generic", "python-docs"], f"--generic python-docs: the clustering {tmp_path / 'cl'}")):
         (tmp_path / "one.jsonl").write_text(json.dumps({"text": "one short document", "split": "train"}) + "\n")
         result = runner.invoke(app, args)
         lines = [line for line in result.output.splitlines() if line.strip()]

@@ -8,7 +8,6 @@ checks, then its pre-training.
 
 import pytest
 
-import mlx_specialize as ms
 from mlx_specialize import methods, training
 from mlx_specialize.bench import BenchConfig, export_and_compare, run_bench
 from mlx_specialize.errors import SpecializeError
@@ -90,7 +89,7 @@ def test_pretrain_run_checks_then_warns_then_pretrains_with_the_architectures_me
     (check, name, job), warned, trained = said
     assert (check, name, warned, trained) == ("check", "pn", "warn", ("train", "pn"))
     assert (job.clusters.name, job.basis, job.train_options, job.tokens) == ("cl", 4, {"lr": 1e-3}, 4096)
-    assert job.generic == ",".join(ms.bundled_names())  # the default generic corpus
+    assert job.generic is None  # the default: the bundled corpora (dense), the clustering's (here)
 
 
 @pytest.mark.parametrize("kwargs, expected", [

@@ -77,7 +77,7 @@ class PretrainJob:
     `expert_dim`, `soup_support`. `train_options` go to the trainer (TrainConfig's names)."""
 
     out_dir: Path
-    generic: str
+    generic: str | None  # None: the bundled corpora, or what the selection / clustering was built on
     preset: str
     tokens: int
     seed: int = 0
@@ -93,6 +93,16 @@ class PretrainJob:
     basis: int | None = None
     expert_dim: int = 16
     soup_support: int | None = None
+
+
+def check_generic_is(job: PretrainJob, built_on: str, what: str) -> None:
+    """Refuse a `--generic` that is not `built_on`, the corpus `what` (a selection, a
+    clustering) was built on and the job trains on: it would be ignored."""
+    from ..data.corpus import load_corpus
+
+    if job.generic is not None and load_corpus(job.generic).fingerprint() != load_corpus(built_on).fingerprint():
+        raise SpecializeError(f"--generic {job.generic}: {what} was built on {built_on}, which the pre-training "
+                              "trains on; leave --generic out")
 
 
 class Method:

@@ -37,6 +37,7 @@ from ..data.tokens import TokenizedSplit
 from ..errors import SpecializeError, check_choice
 from ..runtime.files import atomic_write_bytes
 from ..models.io import save_arrays
+from .base import check_generic_is
 
 IDF_SAMPLE_WINDOWS = 20_000
 CLUSTERS_COST = "cost.json"  # in a clusters cache entry: seconds and FLOPs of making it
@@ -395,7 +396,9 @@ def check_clustered_job(job, arch: str) -> None:
     and valid splits it trains and validates on)."""
     if job.clusters is None:
         raise SpecializeError(f"--arch {arch} needs --clusters (a folder from `mlxspec data cluster`)")
-    load_corpus(load_clusters(job.clusters).meta["generic"]).check(("train", "valid"))
+    generic = load_clusters(job.clusters).meta["generic"]
+    load_corpus(generic).check(("train", "valid"))
+    check_generic_is(job, generic, f"the clustering {job.clusters}")
 
 
 def clustered_job(job) -> tuple[Clusters, Tokenizer, TokenizedSplit, Path]:

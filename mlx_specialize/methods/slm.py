@@ -19,11 +19,11 @@ from pathlib import Path
 
 from .. import ui
 from ..runtime.cache import cache_entry
-from ..data.corpus import load_corpus
+from ..data.corpus import bundled_names, load_corpus
 from ..data.tokenizer import Tokenizer
 from ..models.presets import get_preset, with_overrides
 from ..train.jobs import pretrain
-from .base import Method, Prepared, PretrainJob, Settings
+from .base import Method, Prepared, PretrainJob, Settings, check_generic_is
 from .clusters import generic_tokenizer
 from .importance import load_selected, selected_from
 
@@ -70,8 +70,9 @@ class SLM(Method):
         super().check_pretrain(job)
         if job.selection is not None:
             load_corpus(selected_from(job.selection)).check(("valid",))
+            check_generic_is(job, selected_from(job.selection), f"the selection {job.selection}")
         else:
-            load_corpus(job.generic).check(("train", "valid"))
+            load_corpus(job.generic or ",".join(bundled_names())).check(("train", "valid"))
 
     def pretrain(self, job: PretrainJob) -> dict:
         """A dense model on the generic corpus, or on a selection's windows (with the
@@ -81,7 +82,7 @@ class SLM(Method):
         tokenizer = Tokenizer.load(job.tokenizer) if job.tokenizer else None
         if tokenizer is None and job.resume and (job.out_dir / "tokenizer.model").exists():
             tokenizer = Tokenizer.load(job.out_dir)
-        generic, train_split = job.generic, None
+        generic, train_split = job.generic or ",".join(bundled_names()), None
         if job.selection is not None:
             train_split, tokenizer = load_selected(job.selection), Tokenizer.load(job.selection)
             generic = selected_from(job.selection)
