@@ -160,6 +160,9 @@ def test_macro_figures_and_equal_cost_interpolation_by_hand():
     # log-log interpolation between (100, 20) and (10000, 5): at cost 1000, ppl 10
     assert at_cost([(100.0, 20.0), (10000.0, 5.0)], 1000.0) == pytest.approx(10.0)
     assert at_cost([(100.0, 20.0), (10000.0, 5.0)], 20000.0) is None
+    # within 1% beyond either end: that end's own (equal cost); further out: none
+    assert at_cost([(100.0, 20.0), (10000.0, 5.0)], 10090.0) == 5.0 and at_cost([(100.0, 20.0)], 99.5) == 20.0
+    assert at_cost([(100.0, 20.0), (10000.0, 5.0)], 10200.0) is None and at_cost([(100.0, 20.0)], 98.0) is None
     # SLM-is against SLM at equal C(N): is at budget 1 costs 50 + N x 400; SLM's budgets 1 and 2
     # cost 100 + N x 20 and 200 + N x 10 (by hand: C(1) 120 and 210, C(3) 160 and 230)
     rows += [_line("is", 1, t, 0, 8.0, 50.0, 400.0) for t in "ab"] + [_line("finetune", 2, "b", 0, 5.0, 200.0, 10.0)]

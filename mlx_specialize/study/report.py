@@ -238,15 +238,28 @@ def cost_curve(table: dict, method: str, size, n: float) -> list[tuple[float, fl
     return sorted(points)
 
 
+# Costs this close count as equal: SLM-is's and SLM's C(1) at the same budget differ by
+# the clustering and the fine-tuning's length, a fraction of a percent, and neither is
+# then "outside" the other's measured range.
+EQUAL_COST = 0.01
+
+
 def at_cost(points: list[tuple], cost: float) -> float | None:
     """A method's macro perplexity at total cost `cost`, from its (cost, ppl, ...) points:
     interpolated in log cost and log perplexity between its two measured budgets around
-    it; None outside them."""
+    it; a measured point's own within EQUAL_COST of it beyond the cheapest or dearest;
+    None further out."""
+    if not points:
+        return None
+    if cost < points[0][0]:
+        return points[0][1] if cost >= points[0][0] * (1 - EQUAL_COST) else None
+    if cost > points[-1][0]:
+        return points[-1][1] if cost <= points[-1][0] * (1 + EQUAL_COST) else None
     for (c0, p0, *_), (c1, p1, *_) in zip(points, points[1:]):
         if c0 <= cost <= c1:
             t = 0.0 if c1 == c0 else (math.log(cost) - math.log(c0)) / (math.log(c1) - math.log(c0))
             return math.exp(math.log(p0) + t * (math.log(p1) - math.log(p0)))
-    return None
+    return points[0][1]  # a single point, at exactly its cost
 
 
 def equal_cost_table(table: dict, sizes: list) -> list[str]:
@@ -256,7 +269,7 @@ def equal_cost_table(table: dict, sizes: list) -> list[str]:
     out = []
     for n in (1, 3) if selected else ():
         out += [f"SLM-is at equal total cost C({n}) (FLOPs; others interpolated between their measured budgets, "
-                "- outside them)", "",
+                f"or at one within {EQUAL_COST:.0%} of its cost; - further out)", "",
                 "| size | SLM-is | budget | C(N) | its ppl | " + " | ".join(label(m) for m in others) + " |",
                 "|---|---|---:|---:|---:|" + "---:|" * len(others)]
         for size in sizes:
