@@ -19,6 +19,10 @@ from .output import emit
 SHOWN_PENDING = 10  # --status: the next cells listed (--json lists all)
 
 
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
 def study(
     args: List[str] = typer.Argument(..., metavar="SPEC.toml | report RESULTS... | example",
                                      help="A study spec to run; `report` and the results files to report; or "
@@ -80,6 +84,13 @@ def study(
     pending = result["pending"]
     shown = [f"{loaded.name}: {result['done']} of {result['cells']} cells done"
              + (f", {result['ran']} run now" if "ran" in result else "") + f"; results in {result['results']}"]
+    left = result.get("time_left")
+    if left and (left["cells"] or left["unknown"]):
+        shown.append(f"time left: about {_hours(left['seconds'])} for {left['cells']} of the {len(pending)} cells left "
+                     "(their peers' measured seconds)" + (f"; {left['unknown']} have no measured peer yet (the same "
+                                                          "method, budget, domain-set size and options)"
+                                                          if left["unknown"] else "")
+                     + (f"; {left['same']} stand for another size's whole-split cell" if left["same"] else ""))
     if pending:
         shown.append("left, in running order:\n  " + "\n  ".join(pending[:SHOWN_PENDING])
                      + (f"\n  ... and {len(pending) - SHOWN_PENDING} more (--json lists all)"

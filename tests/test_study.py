@@ -178,6 +178,31 @@ def test_macro_figures_and_equal_cost_interpolation_by_hand():
     assert at_cost(cost_curve(table, "finetune", 100, 3), 200.0) == pytest.approx(expected)
 
 
+def test_the_time_left_is_read_from_the_finished_cells_by_hand():
+    """SLM at budget 1, seed 0, done on target a: its pre-training built (100 s), its
+    fine-tuning 20 s. Seed 0 on b: 20 s (the pre-training is built); seed 1 on a and b: the
+    pre-training once more, then 20 s each. SLM-d on a reused SLM's pre-training (its
+    shared phase, cached) and took 50 s: on b, 50 s, nothing to build. A 1M cell has no
+    peer: unknown. A size that is the whole split stands for that cell: counted once."""
+    from mlx_specialize.study.run import time_left
+    from mlx_specialize.study.spec import Cell
+
+    def line(method, target, seed, wall, pretrain, cached):
+        return {"method": method, "budget": 1, "domain_tokens": 100, "target": target, "seed": seed, "options": {},
+                "wall_seconds": wall, "costs": {"shared": {"phases": ["pretrain"]}},
+                "phases": {"pretrain": {"seconds": pretrain, "cached": cached}, "finetune": {"seconds": wall}}}
+
+    done = {"k1": line("finetune", "a", 0, 120.0, 100.0, False), "k2": line("distill", "a", 0, 50.0, 300.0, True)}
+    cell = lambda m, t, s, d=100: Cell(m, 1, d, t, s)  # noqa: E731
+    plan = [(cell("finetune", "a", 0), "k1", None), (cell("finetune", "b", 0), "k3", None),
+            (cell("finetune", "a", 1), "k4", None), (cell("finetune", "b", 1), "k5", None),
+            (cell("distill", "a", 0), "k2", None), (cell("distill", "b", 0), "k6", None),
+            (cell("finetune", "a", 0, 10**6), "k7", None),
+            (cell("finetune", "b", 0, 10**6), "k8", "k9"), (cell("finetune", "b", 0, None), "k9", None)]
+    assert time_left(plan, done) == {"seconds": pytest.approx(20 + (100 + 20) + 20 + 50), "cells": 4,
+                                     "unknown": 2, "same": 1}
+
+
 @pytest.mark.parametrize("change, message", [
     ("methods = [\"finetune\", \"nope\"]", "unknown method 'nope'"),
     ("domain_tokens = [0]", "`domain_tokens` holds 0"),

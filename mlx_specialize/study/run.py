@@ -126,13 +126,60 @@ def plan_study(study: Study, cache_dir: Path) -> list[tuple[Cell, str, str | Non
 
 
 def study_status(study: Study, cache_dir=None) -> dict:
-    """The grid and what of it is done, without running anything."""
+    """The grid and what of it is done, and the time left as far as the finished cells
+    tell it (`time_left`), without running anything."""
     cache_dir = Path(cache_dir or study.cache or default_cache_dir())
     done = read_results(study.results)
     plan = plan_study(study, cache_dir)
     pending = [cell.label for cell, key, _ in plan if key not in done]
     return {"study": study.name, "results": str(study.results), "cells": len(plan), "done": len(plan) - len(pending),
-            "pending": pending}
+            "pending": pending, "time_left": time_left(plan, done)}
+
+
+def time_left(plan: list[tuple[Cell, str, str | None]], done: dict[str, dict]) -> dict:
+    """The seconds the pending cells of `plan` would take, from what the finished cells
+    took (their `wall_seconds`: what ran, not what a cache entry gave them). A cell's own
+    time is the mean over its peers (the same method, budget, domain-set size and options,
+    any target or seed) of their wall time less the shared phases they built; the first
+    cell of a method, budget and seed adds the mean time those shared phases took to build
+    where they were built (a teacher or a pre-training another method's cell built for
+    the seed costs the cells that reuse it nothing, as in the finished ones). Cells without
+    a measured peer are counted apart, not guessed: how long a larger domain set
+    fine-tunes until early stopping is not a multiple of a smaller one's. Seconds are those
+    of the machines that measured them. Returns {"seconds", "cells" (estimated), "unknown"
+    (cells with no peer), "same" (cells that are another size's whole-split cell)}."""
+    own, built, paid = {}, {}, set()
+    for line in done.values():
+        if "costs" not in line:  # a `same_as` line
+            continue
+        options = json.dumps(line["options"], sort_keys=True)
+        fresh = sum(line["phases"][name].get("seconds") or 0.0 for name in line["costs"]["shared"]["phases"]
+                    if name in line["phases"] and not line["phases"][name].get("cached"))
+        own.setdefault((line["method"], line["budget"], line["domain_tokens"], options),
+                       []).append(line["wall_seconds"] - fresh)
+        built.setdefault((line["method"], line["budget"], options), []).append(fresh)
+        paid.add((line["method"], line["budget"], line["seed"], options))
+    seconds, estimated, unknown, same, counted = 0.0, 0, 0, 0, set()
+    for cell, key, whole_key in plan:
+        runs = whole_key or key  # a whole-split cell runs once for the sizes that stand for it
+        if key in done:
+            continue
+        if runs in done or runs in counted:
+            same += 1
+            continue
+        counted.add(runs)
+        options = json.dumps(dict(cell.options), sort_keys=True)
+        peers = own.get((cell.method, cell.budget, None if whole_key else cell.domain_tokens, options))
+        if not peers:
+            unknown += 1
+            continue
+        seconds += sum(peers) / len(peers)
+        if (cell.method, cell.budget, cell.seed, options) not in paid:  # the first of its seed builds them
+            fresh = [t for t in built[(cell.method, cell.budget, options)] if t > 0]
+            seconds += sum(fresh) / len(fresh) if fresh else 0.0
+            paid.add((cell.method, cell.budget, cell.seed, options))
+        estimated += 1
+    return {"seconds": seconds, "cells": estimated, "unknown": unknown, "same": same}
 
 
 def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_runs: bool = False,
