@@ -462,6 +462,20 @@ def test_a_saved_fit_plans_as_the_fit_it_was(tmp_path):
     assert a["methods"] == b["methods"] and a["recommended"] == b["recommended"]
 
 
+def test_a_fit_of_another_format_is_refused_naming_the_fix(tmp_path):
+    """A fit saved by a version that fitted seconds as one FLOP/s per method (format 1)
+    would give other times: refused, saying how to fit it again; a JSON file that is no
+    fit at all is named as such."""
+    old = {**load_fitted(), "format": 1}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(SpecializeError, match=r"old.json is a fitted planner model of format 1; this version reads "
+                                              r"format 2: fit it again from its results \(--results FILE"):
+        load_fitted(tmp_path / "old.json")
+    (tmp_path / "other.json").write_text('{"name": "x"}')
+    with pytest.raises(SpecializeError, match="other.json is not a fitted planner model$"):
+        load_fitted(tmp_path / "other.json")
+
+
 @pytest.mark.parametrize("args, message", [
     (("--pretrain", "12 apples"), "--pretrain: unknown unit 'apples' in '12 apples' (FLOPs, tokens, or s, min, h)"),
     (("--pretrain", "45m"), "--pretrain: '45m' is ambiguous: write 45min for minutes, or 45M FLOPs or 45M tokens"),

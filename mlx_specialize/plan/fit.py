@@ -49,7 +49,7 @@ NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the gener
 # whose cluster histogram has high entropy: with enough targets, each gets a slope in it
 CLUSTERED = ("is", "mix", "pn", "soup")
 ENTROPY_TARGETS = 4  # fewer targets cannot tell a method's entropy slope from its noise
-FORMAT = 1  # the fitted model's layout; `plan` refuses another
+FORMAT = 2  # the fitted model's layout; `plan` refuses another (2: seconds fitted apart from FLOPs)
 
 
 def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
@@ -287,14 +287,11 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
              "methods": {}}
     for m in methods:
         own = [r for r in rows if r["method"] == m]
-        flops = sum(r["shared"] + r["per_domain"] for r in own)
-        seconds = sum(r["shared_s"] + r["per_domain_s"] for r in own)
         model["methods"][m] = {
             "cells": len(own), "terms": [kind for kind, name in cols if name == m and kind in ("u", "v", "uv")],
             "budgets": sorted({r["budget"] for r in own}), "B": [min(r["B"] for r in own), max(r["B"] for r in own)],
             "D": [min(r["D"] for r in own), max(r["D"] for r in own)],
             "shared": _cost_fit(own, "shared"), "per_domain": _cost_fit(own, "per_domain"),
-            "flops_per_second": flops / seconds if seconds > 0 else None,
             "params": own[0]["params"], "inference_flops": own[0]["inference_flops"],
             "gen_tok_s": float(np.mean([r["gen_tok_s"] for r in own])), "preset": own[0]["preset"],
             "tokens_per_budget_flop": own[0]["budget"] / own[0]["B"]}
@@ -346,6 +343,10 @@ def load_fitted(path=FITTED) -> dict:
         model = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise SpecializeError(f"cannot read the planner's fitted model {path}: {e}") from None
-    if not isinstance(model, dict) or model.get("format") != FORMAT:
-        raise SpecializeError(f"{path} is not a fitted planner model of format {FORMAT}")
+    if not isinstance(model, dict) or "format" not in model:
+        raise SpecializeError(f"{path} is not a fitted planner model")
+    if model["format"] != FORMAT:
+        raise SpecializeError(f"{path} is a fitted planner model of format {model['format']}; this version reads "
+                              f"format {FORMAT}: fit it again from its results (--results FILE... --spec SPEC "
+                              "--save-fit)")
     return model

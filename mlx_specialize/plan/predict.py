@@ -247,8 +247,7 @@ def costs(model: dict, method: str, B: float, D: float) -> dict:
     """The method's shared and per-domain FLOPs at budget B (FLOPs) and D domain tokens,
     and seconds on the study's machine. Pre-training scales with B exactly, in seconds at
     its measured FLOP/s; the rest follows its fits (FLOPs and seconds apart), held where
-    it was never varied. (A fit saved before seconds were fitted apart: all FLOPs at the
-    method's one measured FLOP/s.)"""
+    it was never varied."""
     spec = model["methods"][method]
     u, v = math.log(B / model["B0"]), math.log(D / model["D0"])
 
@@ -262,10 +261,6 @@ def costs(model: dict, method: str, B: float, D: float) -> dict:
         fit = spec[part]
         pretraining = fit["pretraining_ratio"] * B
         out[part] = pretraining + rest(fit, "c")
-        if "pretraining_flops_per_second" in fit or "s0" in fit:
-            rate = fit.get("pretraining_flops_per_second")
-            out[part + "_seconds"] = (pretraining / rate if rate else 0.0) + rest(fit, "s")
-        else:
-            rate = spec["flops_per_second"]
-            out[part + "_seconds"] = out[part] / rate if rate else None
+        rate = fit.get("pretraining_flops_per_second")
+        out[part + "_seconds"] = (pretraining / rate if rate else 0.0) + rest(fit, "s")
     return out
