@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from mlx_specialize.plan import make_plan
 from mlx_specialize.plan.planner import the_budget
+from mlx_specialize.study.report import size_label
 
 from .options import Plan
 from .output import add_row, emit, make_table
@@ -57,15 +58,7 @@ def _budget(value: float, unit: str, tokens: float | None, of_preset: str) -> st
     """A budget in its unit; one in FLOPs also in tokens of the preset's pre-training."""
     if unit == "seconds":
         return _time(value)
-    return f"{value:.2e} FLOPs" + (f" ({_count(tokens)} tokens{of_preset})" if tokens else "")
-
-
-def _count(n: float) -> str:
-    """12,500,000 as "12.5M"; three digits at most."""
-    for size, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= size:
-            return f"{n / size:.3g}{suffix}"
-    return f"{n:.3g}"
+    return f"{value:.2e} FLOPs" + (f" ({size_label(tokens)} tokens{of_preset})" if tokens else "")
 
 
 def _time(seconds: float) -> str:
@@ -84,7 +77,7 @@ def plan_view(result: dict) -> list:
     pretrain = _budget(b["pretrain"], b["pretrain_unit"], b["pretrain_tokens"], f" of {preset}")
     specialize = _budget(b["specialize"], b["specialize_unit"], b["specialize_tokens"], "")
     table = make_table(f"mlxspec plan: pre-training {pretrain}, {specialize} per domain, serving <= "
-                       f"{_count(b['inference'])} params, {_count(b['domain_tokens'])} domain tokens, N = {n:,}",
+                       f"{size_label(b['inference'])} params, {size_label(b['domain_tokens'])} domain tokens, N = {n:,}",
                        "method", f"budget (tokens of {preset})", "bits/byte (90%)", "perplexity (90%)",
                        "shared FLOPs (time)",
                        "per domain", f"C({n})", "params",
