@@ -77,7 +77,8 @@ def plan_view(result: dict) -> list:
     pretrain = _budget(b["pretrain"], b["pretrain_unit"], b["pretrain_tokens"], f" of {preset}")
     specialize = _budget(b["specialize"], b["specialize_unit"], b["specialize_tokens"], "")
     table = make_table(f"mlxspec plan: pre-training {pretrain}, {specialize} per domain, serving <= "
-                       f"{size_label(b['inference'])} params, {size_label(b['domain_tokens'])} domain tokens, N = {n:,}",
+                       f"{size_label(b['inference'])} params, {size_label(b['domain_tokens'])} domain tokens, "
+                       f"N = {n:,}",
                        "method", f"budget (tokens of {preset})", "bits/byte (90%)", "perplexity (90%)",
                        "shared FLOPs (time)",
                        "per domain", f"C({n})", "params",

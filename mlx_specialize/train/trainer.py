@@ -250,7 +250,7 @@ class Trainer:
         """Save the full state at this step, keeping the newest `keep` checkpoints (the
         configuration's by default)."""
         return self.folder.checkpoint(self.step, self.model, self.optimizer, self._state(),
-                                      keep or self.cfg.keep_checkpoints)
+                                      self.cfg.keep_checkpoints if keep is None else keep)
 
     # ---- validation --------------------------------------------------------------
     def validate(self) -> float:
