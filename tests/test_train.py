@@ -91,10 +91,10 @@ def test_kill_and_resume_ends_with_the_same_weights(tokenizer, cache_dir, tmp_pa
 
 
 def test_the_newest_checkpoints_are_kept_while_training_and_the_last_at_the_end(tokenizer, cache_dir, tmp_path):
-    """8 steps of `tiny`, a checkpoint every 2: two kept while it trains (the finished run
-    left as it was at step 6 still holds 4 and 6), the last only once it ends, unless
-    asked for more. The final retention is not part of what the run is: a run saved
-    before it was an option resumes as the same run."""
+    """8 steps of `tiny`, a checkpoint every 2: the last only once it ends, or the two
+    newest when asked (as while it trains). The final retention is not part of what the
+    run is (its recorded configuration), so a run saved before it was an option is still
+    the same run to a resume."""
     def run(out, **keep):
         return ms.pretrain(GENERIC, ms.get_preset("tiny"), out, tokens=8 * 8 * 128, tokenizer=tokenizer,
                            cache_dir=cache_dir, checkpoint_every=2, lr=3e-3, warmup=2, **keep)
