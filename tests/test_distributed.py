@@ -124,11 +124,13 @@ def test_two_processes_train_like_one_with_twice_the_rows(runs):
 
 
 def test_a_checkpoint_of_one_process_resumes_on_two(runs, cache_dir, tmp_path):
-    """(Two to one: the lost-peer test below.)"""
+    """One process dies at global batch 6 (a finished run keeps only its last checkpoint,
+    so the run is cut, not trimmed); two resume its step-4 checkpoint. (Two to one: the
+    lost-peer test below.)"""
     run = tmp_path / "resumed-0"
-    shutil.copytree(runs / "one", run)
-    shutil.rmtree(run / "checkpoints" / f"step_{STEPS:08d}")
-    (run / "summary.json").unlink()
+    died = _run(tmp_path, 1, _args(str(run.name), runs / "tok", cache_dir), worker=["die", "0", "6"])
+    assert died.returncode != 0 and checkpoint_dirs(run)[-1].name == f"step_{CHECKPOINT_EVERY:08d}", died.stderr
+    assert not (run / "summary.json").exists()
     result = _run(tmp_path, 2, _args("resumed", runs / "tok", cache_dir, "--resume"), direct=True)
     assert (run / "summary.json").exists(), result.stdout + result.stderr
     assert json.loads((run / "summary.json").read_text())["steps_this_session"] == CHECKPOINT_EVERY
