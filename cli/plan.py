@@ -11,7 +11,7 @@ from mlx_specialize.plan.planner import the_budget
 from mlx_specialize.study.report import size_label
 
 from .options import Plan
-from .output import add_row, emit, make_table
+from .output import add_row, duration, emit, make_table
 
 
 def plan(
@@ -51,23 +51,14 @@ def _interval(value: float, interval, digits: int) -> str:
 
 
 def _cost(flops: float, seconds: float | None) -> str:
-    return f"{flops:.2e}" if seconds is None else f"{flops:.2e} ({_time(seconds)})"
+    return f"{flops:.2e}" if seconds is None else f"{flops:.2e} ({duration(seconds)})"
 
 
 def _budget(value: float, unit: str, tokens: float | None, of_preset: str) -> str:
     """A budget in its unit; one in FLOPs also in tokens of the preset's pre-training."""
     if unit == "seconds":
-        return _time(value)
+        return duration(value)
     return f"{value:.2e} FLOPs" + (f" ({size_label(tokens)} tokens{of_preset})" if tokens else "")
-
-
-def _time(seconds: float) -> str:
-    """Three digits at most in the largest unit that keeps them (90 s is "1.5 min", a
-    million domains' hours are days)."""
-    for unit, size, below in (("s", 1, 90), ("min", 60, 5400), ("h", 3600, 172_800), ("days", 86_400, 8_640_000)):
-        if seconds < below:
-            return f"{seconds / size:.0f} {unit}" if unit == "s" else f"{seconds / size:.3g} {unit}"
-    return f"{seconds / 86_400:,.0f} days"
 
 
 def plan_view(result: dict) -> list:

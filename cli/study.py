@@ -14,13 +14,9 @@ from mlx_specialize.study import check_runnable, load_study, report_study, run_s
 from mlx_specialize.study.spec import EXAMPLE
 
 from .options import CACHE_OPT
-from .output import emit
+from .output import duration, emit
 
 SHOWN_PENDING = 10  # --status: the next cells listed (--json lists all)
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
 def study(
@@ -86,7 +82,7 @@ def study(
              + (f", {result['ran']} run now" if "ran" in result else "") + f"; results in {result['results']}"]
     left = result.get("time_left")
     if left and (left["cells"] or left["unknown"]):
-        shown.append(f"time left: about {_hours(left['seconds'])} for {left['cells']} of the {len(pending)} cells left "
+        shown.append(f"time left: about {duration(left['seconds'])} for {left['cells']} of the {len(pending)} cells left "
                      "(their peers' measured seconds)" + (f"; {left['unknown']} have no measured peer yet (the same "
                                                           "method, budget, domain-set size and options)"
                                                           if left["unknown"] else "")

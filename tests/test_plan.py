@@ -445,9 +445,9 @@ def test_a_budget_in_flops_is_shown_in_tokens_too():
 
 
 def test_times_print_in_the_unit_that_keeps_three_digits():
-    from cli.plan import _time
+    from cli.output import duration
 
-    assert [_time(s) for s in (45, 90, 1800, 5400, 86_400, 172_800, 3.6e9)] == [
+    assert [duration(s) for s in (45, 90, 1800, 5400, 86_400, 172_800, 3.6e9)] == [
         "45 s", "1.5 min", "30 min", "1.5 h", "24 h", "2 days", "41,667 days"]  # 90 s was "2 min"
 
 

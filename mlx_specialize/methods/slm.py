@@ -28,6 +28,11 @@ from .clusters import generic_tokenizer
 from .importance import load_selected, selected_from
 
 
+def _generic(job: PretrainJob) -> str:
+    """A dense job's generic corpus: the one given, else every bundled corpus."""
+    return job.generic or ",".join(bundled_names())
+
+
 def pretrain_key(fingerprint: str, preset, tokens: int, vocab: int | None, seed: int) -> str:
     src = json.dumps([fingerprint, preset.__dict__, tokens, vocab, seed], sort_keys=True, default=str)
     return hashlib.sha256(src.encode()).hexdigest()[:16]
@@ -72,7 +77,7 @@ class SLM(Method):
             load_corpus(selected_from(job.selection)).check(("valid",))
             check_generic_is(job, selected_from(job.selection), f"the selection {job.selection}")
         else:
-            load_corpus(job.generic or ",".join(bundled_names())).check(("train", "valid"))
+            load_corpus(_generic(job)).check(("train", "valid"))
 
     def pretrain(self, job: PretrainJob) -> dict:
         """A dense model on the generic corpus, or on a selection's windows (with the
@@ -82,7 +87,7 @@ class SLM(Method):
         tokenizer = Tokenizer.load(job.tokenizer) if job.tokenizer else None
         if tokenizer is None and job.resume and (job.out_dir / "tokenizer.model").exists():
             tokenizer = Tokenizer.load(job.out_dir)
-        generic, train_split = job.generic or ",".join(bundled_names()), None
+        generic, train_split = _generic(job), None
         if job.selection is not None:
             train_split, tokenizer = load_selected(job.selection), Tokenizer.load(job.selection)
             generic = selected_from(job.selection)
