@@ -11,8 +11,14 @@ case "$(cd / && python3 -c 'import mlx_specialize, os; print(os.path.realpath(ml
     "$(pwd -P)"/*) ;;
     *) echo "regenerate_study.sh: needs mlx_specialize installed from this checkout: pip install -e ." >&2; exit 2 ;;
 esac
-results=studies/minipile/results.jsonl
 spec=studies/minipile/spec.toml
+# one snapshot of the results for every step: a study running beside this script appends
+# lines, and the table and the fit must come from the same ones (the fit names the file by
+# its name and a digest of its bytes, so the copy keeps the name)
+snapshot=$(mktemp -d)
+trap 'rm -rf "$snapshot"' EXIT
+cp studies/minipile/results.jsonl "$snapshot/results.jsonl"
+results=$snapshot/results.jsonl
 mlxspec study report "$results" --spec "$spec" --out docs/study --readme README.md > /dev/null
 mlxspec plan --results "$results" --spec "$spec" --save-fit mlx_specialize/plan/fitted.json > /dev/null
 # the study's tokenizer beside its fit (`plan --domain` counts a domain's tokens with it):
