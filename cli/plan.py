@@ -61,6 +61,24 @@ def _budget(value: float, unit: str, tokens: float | None, of_preset: str) -> st
     return f"{value:.2e} FLOPs" + (f" ({size_label(tokens)} tokens{of_preset})" if tokens else "")
 
 
+def _needs(ruled_out: dict, preset: str) -> str:
+    """What a ruled-out method needs, at the smallest budget its fit reaches."""
+    needs = ruled_out["needs"]
+    if ruled_out["budget"] == "inference":
+        return f" (needs {needs['params']:,} params)"
+    def amount(part: str) -> str:
+        seconds = needs.get(part + "_seconds")
+        return f"{needs[part]:.2e} FLOPs" + ("" if seconds is None else f" ({duration(seconds)})")
+
+    if needs["budget_tokens"] is None:  # no pre-training: its per-domain cost is all it needs
+        return f" (needs {amount('specialize')} per domain)"
+    need = (f"at the smallest budget its fit reaches, {size_label(needs['budget_tokens'])} tokens of {preset}, it "
+            f"needs {amount('pretrain')} shared and {amount('specialize')} per domain")
+    if " and " in ruled_out["budget"]:  # neither alone: the budgets where one fits, the other does not
+        return f" together: no budget it may run at fits both ({need})"
+    return f" ({need})"
+
+
 def plan_view(result: dict) -> list:
     b = result["budgets"]
     n = b["domains"]
@@ -89,31 +107,32 @@ def plan_view(result: dict) -> list:
                      f"study's machine ({c['study'] / 1e9:.1f}): times are this machine's")
     elif machine:
         lines.append(f"times (in brackets) are those of {machine}")
+    noted: dict[str, list[str]] = {}  # a note the methods share, once, with all their names
     for e in result["methods"]:
         for note in e["notes"]:
-            lines.append(f"{e['label']}: {note}")
+            noted.setdefault(note, []).append(e["label"])
+    lines += [f"{', '.join(labels)}: {note}" for note, labels in noted.items()]
     for r in result["ruled_out"]:
-        needs = r["needs"]
-        need = (f"{needs['params']:,} params" if r["budget"] == "inference" else
-                f"at the smallest budget its fit reaches, {needs['pretrain']:.2e} FLOPs shared and "
-                f"{needs['specialize']:.2e} per domain")
-        lines.append(f"ruled out: {r['label']}, by {the_budget(r['budget'])} (needs {need})")
+        lines.append(f"ruled out: {r['label']}, by {the_budget(r['budget'])}{_needs(r, preset)}")
     if result.get("not_measured"):
         lines.append(f"not in the fit (no cell of theirs measured yet): {', '.join(result['not_measured'])}")
     if "domain" in result:
         d = result["domain"]
-        lines.append(f"domain {d['corpus']}: xz -9e {d['floor']:.3f} bits per byte on its {d['held_out']} split"
+        lines.append(f"domain {d['corpus']}: xz -9e {d['floor']:.3f} bits per byte on its {d['held_out']} split "
+                     f"({d['held_out_bytes'] / 1e3:,.1f} KB, after {d['context_bytes'] / 1e3:,.0f} KB of its train split)"
                      + (f"; cluster histogram entropy {d['entropy']:.2f} nats, KL to the generic mix "
                         f"{d['kl_generic']:.2f} over {d['k']} clusters" if "entropy" in d else ""))
         if "entropy" in d and not result["fit"]["entropy_terms"]:
             lines.append(f"(the fit does not use the entropy: its {len(result['fit']['targets'])} targets are too "
                          "few to tell a method's entropy slope from noise)")
-    lines.append(f"recommended: {result['reason']}" if result["recommended"] else result["reason"])
+    # no method fits: the lines above say what rules each out, and what it needs
+    lines.append(f"recommended (*): {result['reason']}" if result["recommended"] else
+                 "no method fits these budgets (the ruled-out lines say what each needs)")
     fit = result["fit"]
     pending = fit.get("pending_cells", 0)
     lines.append(f"fitted on {fit['cells']} cells of {fit['source']}, targets {', '.join(fit['targets'])}"
-                 + (f" ({pending} more left out until their budget and domain set are measured on every target)"
-                    if pending else ""))
+                 + (f" ({pending} more cell{'s' if pending != 1 else ''} left out until their budget and domain set "
+                    "are measured on every target)" if pending else ""))
     if "plot" in result:
         lines.append(f"figure: {result['plot']}")
     return lines

@@ -81,12 +81,17 @@ def study(
     shown = [f"{loaded.name}: {result['done']} of {result['cells']} cells done"
              + (f", {result['ran']} run now" if "ran" in result else "") + f"; results in {result['results']}"]
     left = result.get("time_left")
-    if left and (left["cells"] or left["unknown"]):
+    if left and pending and not left["cells"]:
+        shown.append("time left: unknown until a cell of the same method, budget, domain-set size and options is "
+                     "measured")
+    elif left and (left["cells"] or left["unknown"]):
         shown.append(f"time left: about {duration(left['seconds'])} for {left['cells']} of the {len(pending)} cells left "
                      "(their peers' measured seconds)" + (f"; {left['unknown']} have no measured peer yet (the same "
                                                           "method, budget, domain-set size and options)"
                                                           if left["unknown"] else "")
                      + (f"; {left['same']} stand for another size's whole-split cell" if left["same"] else ""))
+    if result.get("stopped"):
+        shown.append(f"stopped at the {result['stopped']} limit: run the same command again to continue")
     if pending:
         shown.append("left, in running order:\n  " + "\n  ".join(pending[:SHOWN_PENDING])
                      + (f"\n  ... and {len(pending) - SHOWN_PENDING} more (--json lists all)"

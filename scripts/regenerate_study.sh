@@ -17,7 +17,8 @@ spec=studies/minipile/spec.toml
 # its name and a digest of its bytes, so the copy keeps the name)
 snapshot=$(mktemp -d)
 trap 'rm -rf "$snapshot"' EXIT
-cp studies/minipile/results.jsonl "$snapshot/results.jsonl"
+# (an argument names another copy of it: the committed one, say, while new lines wait)
+cp "${1:-studies/minipile/results.jsonl}" "$snapshot/results.jsonl"
 results=$snapshot/results.jsonl
 mlxspec study report "$results" --spec "$spec" --out docs/study --readme README.md > /dev/null
 mlxspec plan --results "$results" --spec "$spec" --save-fit mlx_specialize/plan/fitted.json > /dev/null

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from mlx_specialize import load_corpus
+from mlx_specialize.data.corpus import DEMO_DIR
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.plan import Budgets, costs, difference, fit_results, plan, predict
 from mlx_specialize.plan.budgets import compute_budget, inference_budget, xz_bits_per_byte
@@ -116,6 +117,9 @@ def test_a_budget_or_size_never_measured_is_held_and_said():
     assert far["B"] == pytest.approx(BUDGETS[-1] * FLOPS_PER_TOKEN * 2)  # its fit followed 2x beyond, no further
     assert far["D"] == 100_000 and any("domain set held at" in n and "only one measured" in n for n in far["notes"])
     assert far["bpb"] == pytest.approx(near["bpb"])
+    # followed beyond the measured budgets, not held: said too; within them, nothing to say
+    assert [n for n in near["notes"] if "beyond the measured" in n and "fitted slope followed" in n]
+    assert predict(model, "mix", BUDGETS[1] * FLOPS_PER_TOKEN, 100_000)["notes"] == []
 
 
 def test_costs_scale_pre_training_with_the_budget_and_fine_tuning_with_the_domain():
@@ -173,6 +177,9 @@ def test_the_plan_rules_methods_out_by_the_budget_that_binds_and_picks_the_best_
     result = plan(model, tight)  # SLM-is pre-trains per domain, SLM-nopt not at all
     assert result["recommended"] == "is" and {e["method"] for e in result["methods"]} == {"is", "nopt"}
     assert {r["method"]: r["budget"] for r in result["ruled_out"]} == {"finetune": "pretrain", "mix": "pretrain"}
+    # what it needs: the smallest budget its fit reaches, half the smallest measured, in tokens too
+    needs = next(r["needs"] for r in result["ruled_out"] if r["method"] == "finetune")
+    assert needs["budget_tokens"] == BUDGETS[0] // 2 and needs["pretrain"] > 1.0
     none = plan(model, Budgets(pretrain=1e15, specialize=1e15, inference=1e6))
     assert none["recommended"] is None and all(r["budget"] == "inference" for r in none["ruled_out"])
 
@@ -339,6 +346,34 @@ def _plan(*args, cwd):
                           env={**os.environ, "COLUMNS": "200"})
 
 
+def test_plan_says_what_a_ruled_out_method_needs_in_the_budget_s_terms(tmp_path):
+    """A method ruled out by a budget in tokens: the smallest budget it could run at, in
+    tokens of the preset (the package's fit: SLM measured from 500k tokens, its fit
+    followed 2x beyond), and the FLOPs it needs there."""
+    out = _plan("--pretrain", "100ktokens", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert ("ruled out: SLM, by the pretrain budget (at the smallest budget its fit reaches, 250k tokens of small, "
+            "it needs ") in " ".join(out.stdout.split())
+
+
+def test_plan_warns_where_a_domain_s_floor_is_measured_on_little_text(tmp_path):
+    """A folder of a few notes: its test split is a few KB, so the xz floor its prediction
+    is anchored on is rough, and the plan says so (the study's targets had 50 KB and more)."""
+    import gzip
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    with gzip.open(DEMO_DIR / "python-docs.jsonl.gz", "rt") as f:
+        for i, line in zip(range(40), f):
+            (notes / f"{i}.txt").write_text(json.loads(line)["text"])
+    out = _plan("--domain", notes, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    warning = " ".join(out.stderr.split())
+    assert f"warning: --domain {notes}: its xz floor is measured on " in warning
+    assert "predictions anchored on it are less sure than their intervals say" in warning
+    assert " KB, after " in out.stdout  # the domain line gives what the floor was measured on
+
+
 def test_plan_answers_alone_from_the_installed_package(tmp_path):
     out = _plan("--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -484,12 +519,15 @@ def test_a_fit_of_another_format_is_refused_naming_the_fix(tmp_path):
     (("--results", "README.txt"), "README.txt is not a results file of `mlxspec study`"),
     (("--fit", "README.txt"), "cannot read the planner's fitted model README.txt"),
     (("--fit", "none.json"), "no fitted planner model at none.json"),
-    (("--pretrain", "-1e13"), "--pretrain: '-1e13' is negative: a budget must be positive"),
+    (("--pretrain", "-1e13"), "--pretrain: a budget must be positive, not '-1e13'"),
     (("--inference", "huge"), "--inference: 'huge' is neither a preset"),
     (("--spec", "spec.toml"), "--spec goes with --results"),
     (("--plot", "plan.jpg"), "--plot plan.jpg: name a .png file"),
     (("--results", "none.jsonl"), "no results file at none.jsonl"),
     (("--tokenizer", "tok"), "--tokenizer goes with --domain"),
+    (("--pretrain", "1.5e"), "--pretrain: '1.5e' has an exponent without its digits (write 1.5e14, say)"),
+    (("--plot", "figures/plan.png"), "--plot figures/plan.png: no folder figures"),
+    (("--save-fit", "fits/fit.json"), "--save-fit fits/fit.json: no folder fits"),
 ])
 def test_plan_refuses_bad_input_in_one_line(tmp_path, args, message):
     (tmp_path / "README.txt").write_text("not results\n" * 1000)

@@ -49,7 +49,8 @@ def study_dir(tmp_path_factory):
 def ran(study_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("study-cache")
     study = load_study(study_dir / "tiny.toml")
-    assert run_study(study, cache, max_minutes=0)["ran"] == 0  # no cell starts after 0 minutes
+    none = run_study(study, cache, max_minutes=0)  # no cell starts after 0 minutes
+    assert none["ran"] == 0 and none["stopped"] == "--max-minutes"
     first = run_study(study, cache, max_cells=1)
     rest = run_study(study, cache)
     return study, cache, first, rest
@@ -59,8 +60,8 @@ def test_a_study_runs_each_cell_once_and_resumes(ran):
     study, cache, first, rest = ran
     # 2 targets x 3 sizes; 100M tokens is more than either train split holds: it is the
     # "all" cell, run once and recorded as the same
-    assert first["ran"] == 1 and first["done"] == 1 and first["cells"] == 6
-    assert rest["ran"] == 3 and rest["done"] == 6 and rest["pending"] == []
+    assert first["ran"] == 1 and first["done"] == 1 and first["cells"] == 6 and first["stopped"] == "--max-cells"
+    assert rest["ran"] == 3 and rest["done"] == 6 and rest["pending"] == [] and rest["stopped"] is None
     lines = read_results(study.results)
     same = [line for line in lines.values() if "same_as" in line]
     assert len(same) == 2 and all(lines[s["same_as"]]["domain_tokens"] is None for s in same)
@@ -215,6 +216,8 @@ def test_the_time_left_is_read_from_the_finished_cells_by_hand():
     ("results = 5", "`results` must be a file's path"),
     ("seeds_at = [1]", "`seeds_at` must be a table"),
     ("method = [\"finetune\"]", "`method` must be a table of tables"),
+    # `methods` misspelt: its type is named before `methods` is missed
+    ("methods_as_method", "the methods to run are `methods = "),
     ("targets = [\"python-docs\", \"perl-docs\"]", "no perl-docs.jsonl.gz in the data folder"),
 ])
 def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
@@ -223,6 +226,8 @@ def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
         (tmp_path / "corpora" / f"{name}.jsonl.gz").touch()
     key = change.split(" ")[0]
     top = [line for line in SPEC.split("[options]")[0].splitlines() if not line.startswith(key + " ")]
+    if change == "methods_as_method":
+        top, change = [line.replace("methods = ", "method = ") for line in top], ""
     (tmp_path / "bad.toml").write_text("\n".join(top) + "\n" + change + "\n")
     with pytest.raises(SpecializeError, match=message.replace("[", r"\[")):
         load_study(tmp_path / "bad.toml")
@@ -231,6 +236,18 @@ def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "cli.main", "study", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO)
+
+
+def test_the_command_line_says_when_the_time_left_is_unknown_and_why_a_run_stopped(study_dir, tmp_path):
+    """A study with no cell measured has no time left to estimate (not "0 s"); a run cut
+    by its limit says so, and how to go on."""
+    shutil.copytree(study_dir / "corpora", tmp_path / "corpora")
+    (tmp_path / "tiny.toml").write_text(SPEC)
+    status = _cli(tmp_path / "tiny.toml", "--status", "--cache-dir", tmp_path / "cache")
+    assert status.returncode == 0, status.stderr
+    assert "time left: unknown until a cell of the same method" in status.stdout and " 0 s" not in status.stdout
+    cut = _cli(tmp_path / "tiny.toml", "--max-minutes", "0", "--cache-dir", tmp_path / "cache")
+    assert cut.returncode == 0 and "stopped at the --max-minutes limit: run the same command again" in cut.stdout
 
 
 def test_the_command_line_refuses_bad_calls_in_one_line(tmp_path):

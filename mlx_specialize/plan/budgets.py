@@ -25,8 +25,13 @@ DEFAULT_DOMAIN_TOKENS = 100_000
 # (a measured cell's FLOPs, printed to a few digits), which floating point must not exceed
 TOLERANCE = 1e-9
 XZ_CONTEXT_BYTES = 2_000_000  # the protocol's floor: xz -9e given the last 2 MB of the train split
+# below these, a domain's floor is measured on far less than the study's targets' was (52-241 KB
+# held out, 1.3-2 MB of context): the level a prediction is anchored on is less sure than stated
+SMALL_HELD_OUT_BYTES = 20_000
+SMALL_CONTEXT_BYTES = 500_000
 
-_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12, "p": 1e15, "e": 1e18}
+# no "E" (exa): "1.5e" is far likelier an exponent left unfinished than 1.5e18
+_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12, "p": 1e15}
 _AMOUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*([a-z]*)\s*$", re.IGNORECASE)
 _UNITS = {"", "flop", "flops", "tok", "toks", "token", "tokens", "param", "params", "parameters", "s", "sec",
           "second", "seconds", "min", "mins", "minute", "minutes", "h", "hr", "hour", "hours"}
@@ -34,11 +39,12 @@ _UNITS = {"", "flop", "flops", "tok", "toks", "token", "tokens", "param", "param
 
 def _amount(text: str, option: str, times: bool = True) -> tuple[float, str]:
     """(number, unit) of "2e14", "200T FLOPs", "12.5M tokens", "30min": an SI prefix
-    (k, M, G or B, T, P, E) only where the letters are not a unit themselves. Where
+    (k, M, G or B, T, P) only where the letters are not a unit themselves. Where
     `times` may be written, a bare "m" (minutes? millions?) is refused."""
-    match = _AMOUNT.match(text.replace("_", "").replace(",", ""))
-    if not match and _AMOUNT.match(text.replace("_", "").replace(",", "").strip().lstrip("-")):
-        raise SpecializeError(f"{option}: '{text}' is negative: a budget must be positive")
+    cleaned = text.replace("_", "").replace(",", "").strip()
+    match = _AMOUNT.match(cleaned)
+    if not match and _AMOUNT.match(cleaned.lstrip("-")):
+        raise SpecializeError(f"{option}: a budget must be positive, not '{text}'")
     if not match:
         raise SpecializeError(f"{option}: '{text}' is not an amount (write 2e14, 2e14 FLOPs, 12.5M tokens or 30min)")
     number, word, unit = match.groups()
@@ -52,6 +58,8 @@ def _amount(text: str, option: str, times: bool = True) -> tuple[float, str]:
         return float(number), word
     if word[:1] in _SUFFIX and not (unit and word[1:]) and (unit or word[1:]) in _UNITS:
         return float(number) * _SUFFIX[word[0]], unit or word[1:]
+    if word[:1] == "e" and cleaned[len(number):][:1].lower() == "e":
+        raise SpecializeError(f"{option}: '{text}' has an exponent without its digits (write {number}e14, say)")
     raise SpecializeError(f"{option}: unknown unit '{(word + ' ' + unit).strip()}' in '{text}' "
                           "(FLOPs, tokens, or s, min, h)")
 
@@ -73,7 +81,7 @@ def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[floa
     "flops", "tokens", "seconds", or "" for a bare number (read as FLOPs)."""
     value, unit = _amount(text, option)
     if value <= 0:
-        raise SpecializeError(f"{option}: the budget must be positive, not '{text}'")
+        raise SpecializeError(f"{option}: a budget must be positive, not '{text}'")
     if not math.isfinite(value * flops_per_token):
         raise SpecializeError(f"{option}: '{text}' is too large")
     if unit in ("", "flop", "flops"):
@@ -141,7 +149,8 @@ def domain_features(spec: str, tokenizer: str | None = None, clusters: str | Non
     train_docs, held_docs = list(corpus.documents("train")), list(corpus.documents(held_split))
     train, held = "\n\n".join(train_docs).encode(), "\n\n".join(held_docs).encode()
     features = {"floor": xz_bits_per_byte(train[-XZ_CONTEXT_BYTES:], held), "train_bytes": len(train),
-                "held_out": held_split}
+                "held_out": held_split, "held_out_bytes": len(held),
+                "context_bytes": min(len(train), XZ_CONTEXT_BYTES)}
     if encoder is not None:
         features["train_tokens"] = sum(map(len, encoder.encode_batch(train_docs)))
         held_tokens = sum(map(len, encoder.encode_batch(held_docs)))

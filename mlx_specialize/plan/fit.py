@@ -328,10 +328,9 @@ def refit(results, spec=None) -> dict:
 
 def save_fitted(model: dict, path) -> None:
     """The fitted model as JSON (sorted keys, so a refit of the same results is the same
-    file); its folder is made if missing."""
+    file), written whole."""
     from ..runtime.files import atomic_write_bytes
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(path), (json.dumps(model, indent=1, sort_keys=True) + "\n").encode())
 
 

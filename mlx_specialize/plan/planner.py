@@ -112,8 +112,16 @@ def _affords_more(model: dict, method: str, B: float, budgets: Budgets) -> bool:
 
 
 def _cheapest_needed(model: dict, method: str, budgets: Budgets) -> dict:
-    B = model["methods"][method]["B"][0] / (EXTRAPOLATE if "u" in model["methods"][method]["terms"] else 1.0)
-    return costs(model, method, B, budgets.domain_tokens)
+    """What the method needs at the smallest budget its fit reaches: FLOPs (and seconds, as
+    plan entries count them) shared and per domain, and that budget in tokens of its
+    preset (None: it has no pre-training)."""
+    spec = model["methods"][method]
+    B = spec["B"][0] / (EXTRAPOLATE if "u" in spec["terms"] else 1.0)
+    c = costs(model, method, B, budgets.domain_tokens)
+    seconds = _seconds(c, budgets)
+    return {"pretrain": c["shared"], "specialize": c["per_domain"],
+            "pretrain_seconds": seconds.get("shared_seconds"), "specialize_seconds": seconds.get("per_domain_seconds"),
+            "budget_tokens": None if method in NO_PRETRAINING else round(B * spec["tokens_per_budget_flop"])}
 
 
 def plan(model: dict, budgets: Budgets) -> dict:
@@ -130,9 +138,8 @@ def plan(model: dict, budgets: Budgets) -> dict:
             continue
         options, rule = _affordable(model, method, budgets)
         if not options:
-            need = _cheapest_needed(model, method, budgets)
             ruled_out.append({"method": method, "label": LABEL.get(method, method), "budget": rule,
-                              "needs": {"pretrain": need["shared"], "specialize": need["per_domain"]}})
+                              "needs": _cheapest_needed(model, method, budgets)})
             continue
         # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
         scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor,
@@ -237,10 +244,13 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
     lo, hi = d["interval"]
     n = budgets.domains
     sure = "clearly better" if hi < -0.0005 else "though within the fit's error"
+    in_time = ("seconds" in (budgets.pretrain_unit, budgets.specialize_unit)  # the user's unit
+               and best.get("total_seconds") is not None and second.get("total_seconds") is not None)
+    cost = ((f"{best['total_seconds'] / 3600:.3g} h against {second['total_seconds'] / 3600:.3g} h") if in_time else
+            f"{best['total_flops']:.2e} FLOPs against {second['total_flops']:.2e}")
     reason = (f"{best['label']} has the lowest predicted bits per byte of the {len(fitting)} methods these budgets "
               f"afford: {d['mean']:+.3f} against {second['label']} ({sure}: 90% interval [{lo:+.3f}, {hi:+.3f}]); "
-              f"for {n:,} domain{'s' if n != 1 else ''} it costs C({n:,}) = {best['total_flops']:.2e} FLOPs against "
-              f"{second['total_flops']:.2e}.")
+              f"for {n:,} domain{'s' if n != 1 else ''} it costs C({n:,}) = {cost}.")
     if alternative:
         a_lo, a_hi = alternative["bpb_difference_interval"]
         cost = (f"{alternative['total_flops']:.2e} FLOPs" if alternative["compared"] == "FLOPs"
@@ -278,6 +288,9 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         raise SpecializeError(f"--plot {plot}: name a .png file")
     if save_fit is not None and Path(save_fit).is_dir():
         raise SpecializeError(f"--save-fit {save_fit} is a folder; name the file to write")
+    for option, path in (("--plot", plot), ("--save-fit", save_fit)):
+        if path is not None and not Path(path).absolute().parent.is_dir():  # a mistyped path, not a folder to make
+            raise SpecializeError(f"{option} {path}: no folder {Path(path).parent}")
     if spec is not None and not results:
         raise SpecializeError("--spec goes with --results (the package's fit has its floors)")
     if fit is not None and results:
@@ -304,6 +317,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
                               "domain)")
     features = domain_features(domain, tokenizer, clusters, cache_dir) if domain else None
     if features:
+        _warn_small_floor(domain, features)
         budgets.floor = features["floor"]
         budgets.bytes_per_token = features.get("bytes_per_token")
         budgets.entropy = features.get("entropy")
@@ -335,6 +349,18 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
 
         result["plot"] = str(plan_figure(model, result, Path(plot)))
     return result
+
+
+def _warn_small_floor(domain: str, features: dict) -> None:
+    """A warning where the domain's xz floor, which anchors its predicted level, is
+    measured on far less text than the study's targets' were."""
+    from .budgets import SMALL_CONTEXT_BYTES, SMALL_HELD_OUT_BYTES
+
+    held, context = features["held_out_bytes"], features["context_bytes"]
+    if held < SMALL_HELD_OUT_BYTES or context < SMALL_CONTEXT_BYTES:
+        ui.warn(f"--domain {domain}: its xz floor is measured on {held / 1e3:,.1f} KB of its {features['held_out']} "
+                f"split after {context / 1e3:,.0f} KB of context: a floor measured on so little text is a rough "
+                "anchor, and the predictions anchored on it are less sure than their intervals say")
 
 
 def _study_tokenizer(given: str | None) -> str:
@@ -370,6 +396,7 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
                               f"not '{preset}'; pass --preset {measured}, or name a --method")
     per_token = shared_flops_per_token(model)
     features = domain_features(domain, _study_tokenizer(None))  # its size in the study's tokens
+    _warn_small_floor(domain, features)
     budgets = Budgets(pretrain=pretrain_tokens * per_token, pretrain_tokens=pretrain_tokens,
                       inference=model["methods"][REFERENCE]["params"],
                       max_budget=pretrain_tokens / model["methods"][REFERENCE]["tokens_per_budget_flop"],

@@ -77,10 +77,14 @@ def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, li
         lo, hi = spec[key]
         reach = EXTRAPOLATE if term in spec["terms"] else 1.0
         inside = min(max(value, lo / reach), hi * reach)
+        show = (lambda x: f"{x:.3g}") if key == "B" else (lambda x: f"{x:,.0f}")  # FLOPs; tokens
+        measured = show(lo) + (f"-{show(hi)}" if hi != lo else "")
         if not math.isclose(inside, value, rel_tol=1e-9) and not (method in NO_PRETRAINING and key == "B"):
-            measured = f"{lo:.3g}" + (f"-{hi:.3g}" if hi != lo else "")
-            notes.append(f"{name} held at {inside:.3g} {unit}: " + (f"{reach:g}x beyond the measured {measured}"
+            notes.append(f"{name} held at {show(inside)} {unit}: " + (f"{reach:g}x beyond the measured {measured}"
                          if reach > 1 else "the only one measured"))
+        elif not lo * (1 - 1e-9) <= inside <= hi * (1 + 1e-9):
+            notes.append(f"{name} of {show(inside)} {unit} beyond the measured {measured}: its fitted slope followed "
+                         "there, the interval widened with the distance")
         if key == "B":
             B = inside
         else:

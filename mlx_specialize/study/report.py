@@ -65,10 +65,17 @@ def label(method: str) -> str:
 
 
 def size_label(size) -> str:
-    """Tokens as a short label: 100k, 1M, 12.5M; None (a whole train split) is "all"."""
+    """Tokens as a short label: 100k, 1M, 12.5M, 1.2B, 3T (beyond, 1.2e+16); None (a whole
+    train split) is "all"."""
     if size is None:
         return "all"
-    return f"{size / 1e6:.3g}M" if size >= 1e6 else f"{size / 1e3:.3g}k" if size >= 1e3 else f"{size:g}"
+    size = float(f"{size:.3g}")  # rounded first: 999,999 is 1M, not 1e+03k
+    if size >= 1e15:
+        return f"{size:.3g}"
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if size >= scale:
+            return f"{size / scale:g}{suffix}"
+    return f"{size:g}"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -186,18 +186,21 @@ def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_r
               max_minutes: float | None = None) -> dict:
     """Run the cells not yet in the results file: at most `max_cells` of them, and none
     started after `max_minutes` (for a session of bounded length; a cell under way
-    finishes); returns the study's status after."""
+    finishes); returns the study's status after, with the cells run now and the limit
+    that stopped it with cells left (None: it ran out of cells)."""
     cache_dir = Path(cache_dir or study.cache or default_cache_dir())
     runs = cache_dir / "study-runs" / study.name
-    ran, t0 = 0, time.monotonic()
+    ran, t0, stopped = 0, time.monotonic(), None
     code_version()  # the code this process loaded, before anyone edits the checkout
     for cell, key, whole_key in plan_study(study, cache_dir):
-        if max_cells is not None and ran >= max_cells:
-            break
-        if max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes:
-            break
         if key in read_results(study.results):
             continue
+        if max_cells is not None and ran >= max_cells:
+            stopped = "--max-cells"
+            break
+        if max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes:
+            stopped = "--max-minutes"
+            break
         if whole_key is not None:  # the whole split's cell, run (if not yet) and pointed at
             whole = replace(cell, domain_tokens=None)
             if whole_key not in read_results(study.results):
@@ -205,7 +208,7 @@ def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_r
             append_result(study.results, {"cell": key, "same_as": whole_key, **_axes(study, cell)})
             continue
         ran += _run_cell(study, cell, key, runs, cache_dir, keep_runs)
-    return {**study_status(study, cache_dir), "ran": ran}
+    return {**study_status(study, cache_dir), "ran": ran, "stopped": stopped}
 
 
 def _axes(study: Study, cell: Cell) -> dict:

@@ -77,7 +77,8 @@ KEYS = {"name", "version", "data", "preset", "generic", "targets", "methods", "p
 TYPES = [("name", str, "a string"), ("version", int, "an integer"), ("data", str, "a folder's path"),
          ("preset", str, "a preset's name"), ("results", str, "a file's path"), ("cache", str, "a folder's path"),
          ("generic", (str, list), "a corpus or a list of them"), ("seeds_at", dict, "a table ([seeds_at])"),
-         ("options", dict, "a table ([options])"), ("method", dict, "a table of tables ([method.NAME])"),
+         ("options", dict, "a table ([options])"),
+         ("method", dict, "a table of tables ([method.NAME]; the methods to run are `methods = [...]`)"),
          ("floors", dict, "a table ([floors])")]
 AXES = ("methods", "pretrain_tokens", "domain_tokens", "seeds", "options")  # what a [[grid]] may set
 # what `specialize` takes from a spec's [options] and [method.NAME] (the rest is the grid's)
@@ -210,12 +211,13 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
     if unknown:
         _fail(path, f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                     f"(known: {', '.join(sorted(KEYS))})")
-    for key in ("name", "generic", "targets", "methods", "pretrain_tokens", "domain_tokens"):
-        if key not in spec:
-            _fail(path, f"`{key}` is missing")
+    # types first: `method = "pn"`, meant as `methods`, is told apart from a missing `methods`
     for key, kind, what in TYPES:
         if key in spec and (not isinstance(spec[key], kind) or isinstance(spec[key], bool)):
             _fail(path, f"`{key}` must be {what}, not {spec[key]!r}")
+    for key in ("name", "generic", "targets", "methods", "pretrain_tokens", "domain_tokens"):
+        if key not in spec:
+            _fail(path, f"`{key}` is missing")
     here = path.resolve().parent
     folder = Path(data).resolve() if data is not None else ((here / spec["data"]).resolve() if "data" in spec else None)
     if folder is not None and not folder.is_dir():
