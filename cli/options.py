@@ -14,7 +14,9 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Callable, Optional
 
 import typer
@@ -40,6 +42,26 @@ def positive(value: float | None) -> float | None:
     if value is not None and not (math.isfinite(value) and value > 0):
         raise typer.BadParameter(f"{value} is not in the range x>0")
     return value
+
+
+_TOKEN_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+
+
+def token_count(value) -> int:
+    """Option parser: a count of tokens as a budget is written, 100000, 100_000, 100k, 1.5M
+    or 2B (a whole number, at least 1; M is millions, as tokens have no minutes)."""
+    if isinstance(value, int):  # a default
+        return value
+    match = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+)\s*([a-z]?)", str(value).strip().replace("_", "").replace(",", ""),
+                         re.IGNORECASE)
+    if not match or match[2].lower() not in _TOKEN_SCALE:
+        raise typer.BadParameter(f"'{value}' is not a count of tokens (write 100000, 100k or 1.5M)")
+    count = Decimal(match[1]) * _TOKEN_SCALE[match[2].lower()]  # exact: 1.1M is 1,100,000
+    if count != int(count):
+        raise typer.BadParameter(f"'{value}' is not a whole number of tokens")
+    if count < 1:
+        raise typer.BadParameter(f"{value} is not in the range x>=1")
+    return int(count)
 
 
 def numbers(value: str | None) -> list[float] | None:
@@ -82,11 +104,11 @@ QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or messa
 CACHE_OPT = typer.Option(None, "--cache-dir", help="Token and model cache [default: $MLXSPEC_CACHE or ~/.cache/mlx-specialize].")
 RESUME_OPT = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint.")
 MODEL_ARG = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name.")
-DOMAIN_TOKENS_OPT = typer.Option(None, min=1, help="Use only the first N tokens of the domain's train split "
+DOMAIN_TOKENS_OPT = typer.Option(None, parser=token_count, metavar="TOKENS", help="Use only the first N tokens of the domain's train split "
                                  "(limited domain data).")
 DTYPE_OPT = typer.Option(None, help="Cast float weights first: float32, float16 or bfloat16 [default: as stored].")
 GROUP_SIZE_OPT = typer.Option(64, min=1, help="Weights per quantization group (32, 64, 128).")
-EVAL_TOKENS_OPT = typer.Option(20_000, min=1, help="Test tokens for --eval.")
+EVAL_TOKENS_OPT = typer.Option(20_000, parser=token_count, metavar="TOKENS", help="Test tokens for --eval.")
 
 # ---- each command's own --------------------------------------------------------------
 class TokenizerTrain:
@@ -105,7 +127,7 @@ class Pretrain:
     generic = typer.Option(None, help="Generic corpus spec [default: the bundled corpora; with --selection or "
                            "--arch mix / pn / soup, the one the selection or clustering was built on].")
     preset = typer.Option("small", help="Model preset (see `mlxspec presets`).")
-    tokens = typer.Option(DEFAULT_PRETRAIN_TOKENS, min=1, help="Pre-training budget in tokens.")
+    tokens = typer.Option(DEFAULT_PRETRAIN_TOKENS, parser=token_count, metavar="TOKENS", help="Pre-training budget in tokens.")
     tokenizer = typer.Option(None, help="Use this tokenizer instead of training one.")
     selection = typer.Option(None, help="Train on this `mlxspec data select` folder (its tokenizer; validation on "
                              "its generic corpus).")
@@ -127,7 +149,7 @@ class Finetune:
     model = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name to start from.")
     out_dir = typer.Argument(..., help="Run folder for the fine-tuned model.")
     domain = typer.Option("python-docs", help="Domain corpus spec.")
-    tokens = typer.Option(None, min=1, help="The most tokens fine-tuning trains on (early stopping usually ends it "
+    tokens = typer.Option(None, parser=token_count, metavar="TOKENS", help="The most tokens fine-tuning trains on (early stopping usually ends it "
                           "sooner) [default: 2000 steps' worth, a safety bound].")
 
 
@@ -136,7 +158,7 @@ class Eval:
 
     corpus = typer.Option("python-docs", help="Corpus spec.")
     split = typer.Option("test", help="train, valid or test.")
-    max_tokens = typer.Option(None, min=1, help="Evaluate only the first N tokens.")
+    max_tokens = typer.Option(None, parser=token_count, metavar="TOKENS", help="Evaluate only the first N tokens.")
 
 
 class Generate:
@@ -168,7 +190,7 @@ class Instantiate:
                           "the network's clustering).")
     select = typer.Option("frequent", help="With --domain: its most frequent cluster (frequent) or its whole "
                           "histogram (histogram).")
-    domain_tokens = typer.Option(None, min=1, help="With --domain: only its first N train tokens.")
+    domain_tokens = typer.Option(None, parser=token_count, metavar="TOKENS", help="With --domain: only its first N train tokens.")
     cluster = typer.Option(None, min=0, help="Instantiate one cluster's expert.")
     weights = typer.Option(None, callback=numbers, help="Instantiate for these cluster weights (k comma-separated "
                            "non-negative numbers, normalized).")
@@ -212,7 +234,7 @@ class DataSelect:
 
     clusters = typer.Option(..., help="Clusters folder (`mlxspec data cluster`).")
     domain = typer.Option(..., help="Target domain corpus spec (its train split).")
-    tokens = typer.Option(..., min=1, help="Tokens to select from the generic corpus.")
+    tokens = typer.Option(..., parser=token_count, metavar="TOKENS", help="Tokens to select from the generic corpus.")
     out_dir = typer.Option(..., "--out", help="Selection folder to write.")
     sampler = typer.Option("cluster", help="cluster (CRISP, with replacement) or gumbel (DSIR, without).")
 
@@ -233,9 +255,9 @@ class Specialize:
                         "hub name, with its own tokenizer) instead of pre-training one.")
     preset = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`).")
     out_dir = typer.Option(None, "--out", help="Run folder [default: runs/DOMAIN-METHOD[-N]].")
-    pretrain_tokens = typer.Option(DEFAULT_PRETRAIN_TOKENS, min=1, help="Generic pre-training budget in tokens "
+    pretrain_tokens = typer.Option(DEFAULT_PRETRAIN_TOKENS, parser=token_count, metavar="TOKENS", help="Generic pre-training budget in tokens "
                                    "(cached, shared by domains).")
-    finetune_tokens = typer.Option(DEFAULT_FINETUNE_TOKENS, min=1, help="The most tokens fine-tuning trains on; it "
+    finetune_tokens = typer.Option(DEFAULT_FINETUNE_TOKENS, parser=token_count, metavar="TOKENS", help="The most tokens fine-tuning trains on; it "
                                    "runs until early stopping on the domain's valid split [default: 2000 steps' "
                                    "worth, a safety bound].")
     vocab_size = vocab_option(None, "Tokenizer vocabulary when pre-training [default: the preset's].")
@@ -272,7 +294,7 @@ class Plan:
                               "(fine-tuning; SLM-is's pre-training): FLOPs, tokens or time, as --pretrain.")
     inference = typer.Option(DEFAULT_INFERENCE, "--inference", help="The largest model you can serve: a preset "
                              "(small, small-llm, ...) or a parameter count (2M).")
-    domain_tokens = typer.Option(None, "--domain-tokens", min=1, help="The domain's training tokens [default: "
+    domain_tokens = typer.Option(None, "--domain-tokens", parser=token_count, metavar="TOKENS", help="The domain's training tokens [default: "
                                  "--domain's train split, else 100,000].")
     domains = typer.Option(1, "--domains", "-n", min=1, help="How many domains will be specialized (N in C(N) = "
                            "shared + N x per domain).")

@@ -346,6 +346,24 @@ def _plan(*args, cwd):
                           env={**os.environ, "COLUMNS": "200"})
 
 
+@pytest.mark.parametrize("written, tokens", [("1.5M", 1_500_000), ("20k", 20_000), ("100_000", 100_000),
+                                             ("1.1M", 1_100_000), ("2500", 2500)])
+def test_a_count_of_tokens_is_written_as_a_budget_is(tmp_path, written, tokens):
+    """--domain-tokens (as every option counting tokens) takes the suffixes the budgets take."""
+    out = _plan("--domain-tokens", written, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["budgets"]["domain_tokens"] == tokens
+
+
+@pytest.mark.parametrize("written, message", [("1.5", "'1.5' is not a whole number of tokens"),
+                                              ("12 apples", "'12 apples' is not a count of tokens"),
+                                              ("45min", "'45min' is not a count of tokens")])
+def test_a_count_of_tokens_that_is_not_one_is_refused(tmp_path, written, message):
+    out = _plan("--domain-tokens", written, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == f"error: --domain-tokens: {message}" + (
+        " (write 100000, 100k or 1.5M)" if "count" in message else ""), out.stderr
+
+
 def test_plan_says_what_a_ruled_out_method_needs_in_the_budget_s_terms(tmp_path):
     """A method ruled out by a budget in tokens: the smallest budget it could run at, in
     tokens of the preset (the package's fit: SLM measured from 500k tokens, its fit
