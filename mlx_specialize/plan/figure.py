@@ -1,8 +1,11 @@
 """`mlxspec plan --plot`: the plan as a figure (PNG).
 
 Left: each affordable method's predicted perplexity against its generic pre-training
-budget (FLOPs) at the domain's size, with the 90% band, over the budgets it may run at;
-the recommendation starred at the budget the plan chose. Right: each method's total cost
+budget (FLOPs) at the domain's size, over the budgets it may run at; the recommendation
+starred at the budget the plan chose, with its 90% band. Only its band: a new domain's
+interval is mostly its level's uncertainty, which every method shares and which cancels
+between two of them, so bands that overlap would not say the methods are alike (the
+plan's text gives the interval of each difference that decides). Right: each method's total cost
 C(N) = shared + N x per domain against the number of domains N, at its chosen budget.
 """
 
@@ -41,7 +44,7 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
             line = left.axhline(p["ppl"], ls=":", color="grey", label=f"{entry['label']} (no generic budget)")
         elif len(options) < 2:  # one budget measured and affordable: a point
             p = at(options[0])
-            lo, hi = p["ppl_interval"] or (p["ppl"], p["ppl"])
+            lo, hi = p["ppl_interval"] if p["ppl_interval"] and method == result["recommended"] else (p["ppl"],) * 2
             points += 1  # methods measured at one budget share it: each drawn a little apart, to be seen
             line = left.errorbar([options[0] * 1.04 ** points], [p["ppl"]], yerr=[[p["ppl"] - lo], [hi - p["ppl"]]],
                                  marker="o", capsize=3, label=entry["label"],
@@ -50,7 +53,7 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
             Bs = np.geomspace(min(options), max(options), GRID // 4)
             ps = [at(B) for B in Bs]
             (line,) = left.plot(Bs, [p["ppl"] for p in ps], label=entry["label"], color=method_style(method)["color"])
-            if all(p["ppl_interval"] for p in ps):
+            if method == result["recommended"] and all(p["ppl_interval"] for p in ps):
                 left.fill_between(Bs, [p["ppl_interval"][0] for p in ps], [p["ppl_interval"][1] for p in ps],
                                   color=line.get_color(), alpha=0.12)
         right.plot(ns, entry["shared_flops"] + ns * entry["per_domain_flops"], color=line.get_color(),
@@ -64,7 +67,7 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
     if budgets.pretrain_unit == "flops":  # the budget the user gave, where the methods stand against it
         left.axvline(budgets.pretrain, color="grey", ls="--", lw=0.8, label="your pre-training budget")
     left.set(xscale="log", yscale="log", xlabel="generic pre-training budget (FLOPs)",
-             ylabel="predicted test perplexity (90% interval)",
+             ylabel="predicted test perplexity (band: the pick's 90%)",
              title=f"domain of {budgets.domain_tokens:,.0f} tokens")
     right.axvline(budgets.domains, color="grey", ls="--", lw=0.8)
     right.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="total cost C(N), FLOPs",
