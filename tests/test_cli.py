@@ -16,9 +16,9 @@ MLXSPEC = [shutil.which("mlxspec")] if shutil.which("mlxspec") else [sys.executa
 runner = CliRunner()
 
 
-def run_cli(*args, env=None):
+def run_cli(*args, env=None, cwd=None):
     return subprocess.run([*MLXSPEC, *map(str, args)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def test_specialize_end_to_end_then_reuses_the_pretrained_model(tmp_path):
@@ -169,6 +169,10 @@ def test_a_hub_name_that_cannot_be_fetched_is_one_error_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: no model folder at no-such-org/no-such-model")
     assert len(result.stderr.strip().splitlines()) == 1
+    # a mistyped run folder under a folder that is here: local, never asked of the hub
+    (tmp_path / "runs").mkdir()
+    typo = run_cli("bench", "runs/typo", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert typo.returncode == 2 and typo.stderr.strip() == "error: no model folder at runs/typo (runs/ has no typo)"
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path, tiny_model_dir):

@@ -126,6 +126,8 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
     text = str(name)
     if text.count("/") != 1 or text.startswith((".", "/")) or os.sep != "/" and os.sep in text:
         raise SpecializeError(f"no model at {name}")
+    if path.parent.is_dir():  # `runs/typo`: a folder here holds it, so it names a local model, not a hub one
+        raise SpecializeError(f"no model folder at {name} ({path.parent}/ has no {path.name})")
     try:
         from huggingface_hub import snapshot_download
 
