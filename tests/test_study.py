@@ -375,3 +375,24 @@ def test_a_spec_may_set_every_option_of_specialize_that_the_grid_does_not():
     grid_or_run = {"domain", "generic", "method", "base", "preset", "out_dir", "domain_tokens", "pretrain_tokens",
                    "seed", "cache_dir", "overwrite"}  # the grid's axes, the study's own, and what no cell sets
     assert CELL_OPTIONS == set(inspect.signature(specialize).parameters) - grid_or_run
+
+
+@pytest.mark.parametrize("low, high, shown", [(28, 160, ["30", "50", "100"]), (29, 40, ["30", "40"])])
+def test_perplexity_axes_label_enough_ticks_and_not_crowded_ones(low, high, shown):
+    """A wide perplexity range is labelled at 1-2-3-5 steps (every integer step crowded
+    60, 70, 80, 90, 100 together); a narrow one at every integer step, so it has labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mlx_specialize.study.report import plain_log_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([1e12, 1e14], [low, high])
+    ax.set(xscale="log", yscale="log", ylim=(low, high))
+    plain_log_ticks(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text() and low <= t.get_position()[1] <= high]
+    plt.close(fig)
+    assert labels == shown

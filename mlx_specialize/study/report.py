@@ -407,7 +407,10 @@ def _cost_vs_domains(table: dict, path: Path, target_ppl: float | None) -> Path:
 
 def plain_log_ticks(ax, ppl_axis: bool = True) -> None:
     """Log axes: FLOPs and token counts in scientific notation at every 1-2-5 step (a
-    range narrower than a decade still shows numbers), perplexities as plain numbers."""
+    range narrower than a decade still shows numbers), perplexities as plain numbers: at
+    every integer step where the drawn range is under 3x (29 to 40 still has ticks), at
+    1-2-3-5 steps where it is wider (every integer step crowded 60-100 together). Called
+    once the data are drawn: it reads the range."""
     from matplotlib.ticker import FormatStrFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
     axes = [ax.xaxis] + ([] if ppl_axis else [ax.yaxis])
@@ -416,8 +419,11 @@ def plain_log_ticks(ax, ppl_axis: bool = True) -> None:
         axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
         axis.set_minor_formatter(NullFormatter())
     if ppl_axis:
+        lo, hi = ax.get_ylim()
+        narrow = lo > 0 and hi / lo < 3
+        ax.yaxis.set_major_locator(LogLocator(subs=tuple(range(1, 10)) if narrow else (1.0, 2.0, 3.0, 5.0)))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def default_target_ppl(table: dict, size) -> float:
