@@ -574,6 +574,8 @@ def test_auto_runs_what_the_plan_recommends(tmp_path):
     # a budget too small for any pre-training the study measured: the domain data alone, and why
     small = auto_method("python-docs", "small", 1000, 20_000)
     assert small["method"] == "nopt" and "the only method" in small["reason"]
+    # and where the generic budget would have to start (the study's smallest, 500k, its fit followed 2x below)
+    assert "SLM by the pretrain budget (its fit starts at 250k tokens)" in small["reason"], small["reason"]
     assert "SLM by the pretrain budget" in small["reason"]
     report = specialize("python-docs", method="auto", preset="small", pretrain_tokens=1000, domain_tokens=20_000,
                         finetune_tokens=8192, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache")

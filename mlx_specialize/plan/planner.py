@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import ui
 from ..errors import SpecializeError
-from ..study.report import LABEL, ORDER
+from ..study.report import LABEL, ORDER, size_label
 from .budgets import within
 from .fit import NO_PRETRAINING, REFERENCE, save_fitted
 from .predict import EXTRAPOLATE, costs, difference, predict
@@ -165,7 +165,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
     else:
         result["recommended"], result["cheaper_alternative"] = None, None
         result["reason"] = "no method fits these budgets: " + "; ".join(
-            f"{r['label']} is ruled out by {the_budget(r['budget'])}" for r in ruled_out)
+            f"{r['label']} is ruled out by {the_budget(r['budget'])}{_from(r)}" for r in ruled_out)
     return result
 
 
@@ -194,6 +194,15 @@ def _seconds(c: dict, budgets: Budgets) -> dict:
     return {"shared_seconds": shared, "per_domain_seconds": per_domain,
             "total_seconds": shared + budgets.domains * per_domain,
             "seconds_on": "this machine" if budgets.speed else "the study's machine"}
+
+
+def _from(ruled_out: dict) -> str:
+    """Where a generic budget rules a method out: the smallest its fit reaches, in tokens."""
+    tokens = ruled_out["needs"].get("budget_tokens")
+    binding = ruled_out["budget"].split(" and ")
+    if tokens is None or not ("pretrain" in binding or CAP in binding):
+        return ""
+    return f" (its fit starts at {size_label(tokens)} tokens)"
 
 
 def the_budget(name: str) -> str:
@@ -237,7 +246,7 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
             alternative: dict | None = None) -> str:
     best = fitting[0]
     if len(fitting) == 1:
-        why = "; ".join(f"{r['label']} by {the_budget(r['budget'])}" for r in ruled_out)
+        why = "; ".join(f"{r['label']} by {the_budget(r['budget'])}{_from(r)}" for r in ruled_out)
         return f"{best['label']} is the only method these budgets afford" + (f" (ruled out: {why})." if why else ".")
     second = fitting[1]
     d = _difference(model, best, second, budgets)
