@@ -44,16 +44,18 @@ def positive(value: float | None) -> float | None:
     return value
 
 
-_TOKEN_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+_TOKEN_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
 
 def token_count(value) -> int:
-    """Option parser: a count of tokens as a budget is written, 100000, 100_000, 100k, 1.5M
-    or 2B (a whole number, at least 1; M is millions, as tokens have no minutes)."""
+    """Option parser: a count of tokens as a budget in tokens is written, 100000, 100_000,
+    1e5, 100k, 1.5M, 2B or "100k tokens" (a whole number, at least 1; M is millions, as
+    tokens have no minutes)."""
     if isinstance(value, int):  # a default
         return value
-    match = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+)\s*([a-z]?)", str(value).strip().replace("_", "").replace(",", ""),
-                         re.IGNORECASE)
+    written = re.sub(r"\s*(tokens?|toks?)$", "", str(value).strip().replace("_", "").replace(",", ""),
+                     flags=re.IGNORECASE)  # "100k tokens", as a budget in tokens is written
+    match = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]?)", written, re.IGNORECASE)
     if not match or match[2].lower() not in _TOKEN_SCALE:
         raise typer.BadParameter(f"'{value}' is not a count of tokens (write 100000, 100k or 1.5M)")
     count = Decimal(match[1]) * _TOKEN_SCALE[match[2].lower()]  # exact: 1.1M is 1,100,000

@@ -97,14 +97,5 @@ def summary_table(title: str, summary: dict) -> Table:
     return table
 
 
-def duration(seconds: float) -> str:
-    """Three digits at most in the largest unit that keeps them (90 s is "1.5 min", a
-    million domains' hours are days)."""
-    for unit, size, below in (("s", 1, 90), ("min", 60, 5400), ("h", 3600, 172_800), ("days", 86_400, 8_640_000)):
-        if seconds < below:
-            return f"{seconds / size:.0f} {unit}" if unit == "s" else f"{seconds / size:.3g} {unit}"
-    return f"{seconds / 86_400:,.0f} days"
-
-
 def _number(x: float) -> str:
     return f"{x:,.2f}" if x < 1e4 else f"{x:,.0f}"

@@ -9,9 +9,10 @@ from typing import List, Optional
 from mlx_specialize.plan import make_plan
 from mlx_specialize.plan.planner import the_budget
 from mlx_specialize.study.report import size_label
+from mlx_specialize.ui import duration
 
 from .options import Plan
-from .output import add_row, duration, emit, make_table
+from .output import add_row, emit, make_table
 
 
 def plan(
@@ -74,7 +75,7 @@ def _needs(ruled_out: dict, preset: str) -> str:
         return f" (needs {amount('specialize')} per domain)"
     need = (f"at the smallest budget its fit reaches, {size_label(needs['budget_tokens'])} tokens of {preset}, it "
             f"needs {amount('pretrain')} shared and {amount('specialize')} per domain")
-    if " and " in ruled_out["budget"]:  # neither alone: the budgets where one fits, the other does not
+    if ruled_out.get("jointly"):  # neither alone: each budget it may run at fits one, not the other
         return f" together: no budget it may run at fits both ({need})"
     return f" ({need})"
 
@@ -131,8 +132,9 @@ def plan_view(result: dict) -> list:
     fit = result["fit"]
     pending = fit.get("pending_cells", 0)
     lines.append(f"fitted on {fit['cells']} cells of {fit['source']}, targets {', '.join(fit['targets'])}"
-                 + (f" ({pending} more cell{'s' if pending != 1 else ''} left out until their budget and domain set "
-                    "are measured on every target)" if pending else ""))
+                 + (f" ({pending} more cell{'s' if pending != 1 else ''} left out until "
+                    f"{'its' if pending == 1 else 'their'} budget and domain set are measured on every target)"
+                    if pending else ""))
     if "plot" in result:
         lines.append(f"figure: {result['plot']}")
     return lines

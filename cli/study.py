@@ -12,9 +12,10 @@ import typer
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.study import check_runnable, load_study, report_study, run_study, spec_floors, study_status
 from mlx_specialize.study.spec import EXAMPLE
+from mlx_specialize.ui import duration
 
 from .options import CACHE_OPT
-from .output import duration, emit
+from .output import emit
 
 SHOWN_PENDING = 10  # --status: the next cells listed (--json lists all)
 
@@ -81,7 +82,7 @@ def study(
     shown = [f"{loaded.name}: {result['done']} of {result['cells']} cells done"
              + (f", {result['ran']} run now" if "ran" in result else "") + f"; results in {result['results']}"]
     left = result.get("time_left")
-    if left and pending and not left["cells"]:
+    if left and not left["cells"] and left["unknown"]:  # (cells standing for a done whole split take no time)
         shown.append("time left: unknown until a cell of the same method, budget, domain-set size and options is "
                      "measured")
     elif left and (left["cells"] or left["unknown"]):

@@ -74,6 +74,15 @@ def progress(*extra_fields: str) -> Progress | LineProgress:
 LINE_EVERY = 60.0  # seconds between two progress lines of a task in a log
 
 
+def duration(seconds: float) -> str:
+    """Three digits at most in the largest unit that keeps them (90 s is "1.5 min", a
+    million domains' hours are days)."""
+    for unit, size, below in (("s", 1, 90), ("min", 60, 5400), ("h", 3600, 172_800), ("days", 86_400, 8_640_000)):
+        if seconds < below:
+            return f"{seconds / size:.0f} {unit}" if unit == "s" else f"{seconds / size:.3g} {unit}"
+    return f"{seconds / 86_400:,.0f} days"
+
+
 def _clock(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"

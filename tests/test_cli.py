@@ -172,7 +172,9 @@ def test_a_hub_name_that_cannot_be_fetched_is_one_error_line(tmp_path):
     # a mistyped run folder under a folder that is here: local, never asked of the hub
     (tmp_path / "runs").mkdir()
     typo = run_cli("bench", "runs/typo", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
-    assert typo.returncode == 2 and typo.stderr.strip() == "error: no model folder at runs/typo (runs/ has no typo)"
+    assert typo.returncode == 2 and typo.stderr.strip() == ("error: no model folder at runs/typo (runs/ has no "
+                                                            "typo; a hub name is fetched from a folder without a "
+                                                            "runs/ in it)")
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path, tiny_model_dir):

@@ -184,6 +184,28 @@ def test_the_plan_rules_methods_out_by_the_budget_that_binds_and_picks_the_best_
     assert none["recommended"] is None and all(r["budget"] == "inference" for r in none["ruled_out"])
 
 
+def test_two_budgets_that_rule_a_method_out_only_together_are_told_from_each_alone():
+    """Fine-tuning that costs less after more pre-training: within the pre-training budget
+    its per-domain cost exceeds the per-domain budget, and where it fits that, its
+    pre-training exceeds the other. Neither budget alone rules it out ("jointly", and no
+    smallest budget to start from is offered); budgets each too small are each named."""
+    from mlx_specialize.plan.planner import _from
+
+    model = fit_results(_study(), FLOOR)
+    model["methods"]["finetune"]["per_domain"]["cu"] = -2.0  # per-domain FLOPs fall fast with the budget
+    lo, hi = model["methods"]["finetune"]["B"]
+    mid = math.sqrt(lo * hi)
+    at_mid = costs(model, "finetune", mid, 1e5)
+    result = plan(model, Budgets(pretrain=at_mid["shared"], specialize=0.5 * at_mid["per_domain"], inference=2e6,
+                                 domain_tokens=1e5))
+    slm = next(r for r in result["ruled_out"] if r["method"] == "finetune")
+    assert slm["budget"] == "pretrain and specialize" and slm["jointly"] and _from(slm) == ""
+    starved = plan(model, Budgets(pretrain=1.0, specialize=1.0, inference=2e6, domain_tokens=1e5))
+    slm = next(r for r in starved["ruled_out"] if r["method"] == "finetune")
+    assert slm["budget"] == "pretrain and specialize" and not slm["jointly"]
+    assert _from(slm) == f" (its fit starts at {BUDGETS[0] // 2 // 1000}k tokens)"
+
+
 def test_many_domains_name_a_cheaper_method_the_fit_cannot_tell_from_the_pick(monkeypatch):
     """The pick stays the best predicted quality; the number of domains N says what it
     costs: SLM-mix as good as SLM-is within the fit's error, SLM-is paying its
@@ -347,7 +369,8 @@ def _plan(*args, cwd):
 
 
 @pytest.mark.parametrize("written, tokens", [("1.5M", 1_500_000), ("20k", 20_000), ("100_000", 100_000),
-                                             ("1.1M", 1_100_000), ("2500", 2500)])
+                                             ("1.1M", 1_100_000), ("2500", 2500), ("1e5", 100_000),
+                                             ("100k tokens", 100_000)])
 def test_a_count_of_tokens_is_written_as_a_budget_is(tmp_path, written, tokens):
     """--domain-tokens (as every option counting tokens) takes the suffixes the budgets take."""
     out = _plan("--domain-tokens", written, "--json", cwd=tmp_path)
@@ -498,7 +521,7 @@ def test_a_budget_in_flops_is_shown_in_tokens_too():
 
 
 def test_times_print_in_the_unit_that_keeps_three_digits():
-    from cli.output import duration
+    from mlx_specialize.ui import duration
 
     assert [duration(s) for s in (45, 90, 1800, 5400, 86_400, 172_800, 3.6e9)] == [
         "45 s", "1.5 min", "30 min", "1.5 h", "24 h", "2 days", "41,667 days"]  # 90 s was "2 min"

@@ -126,12 +126,16 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
     text = str(name)
     if text.count("/") != 1 or text.startswith((".", "/")) or os.sep != "/" and os.sep in text:
         raise SpecializeError(f"no model at {name}")
-    if path.parent.is_dir():  # `runs/typo`: a folder here holds it, so it names a local model, not a hub one
-        raise SpecializeError(f"no model folder at {name} ({path.parent}/ has no {path.name})")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        patterns = ["*.json", "model*.safetensors", "*.model", "*.txt", "*.jinja"]
+    patterns = ["*.json", "model*.safetensors", "*.model", "*.txt", "*.jinja"]
+    if path.parent.is_dir():  # `runs/typo`: a folder here holds it, so it names a local model, not a hub one...
+        try:  # ... unless the hub cache has it already (an `org/` folder here by chance)
+            return Path(snapshot_download(text, allow_patterns=patterns, local_files_only=True))
+        except Exception:
+            raise SpecializeError(f"no model folder at {name} ({path.parent}/ has no {path.name}; a hub name is "
+                                  f"fetched from a folder without a {path.parent}/ in it)") from None
+    try:
         return Path(snapshot_download(text, allow_patterns=patterns))
     except Exception as err:  # offline, unknown repo, gated: all one message
         raise SpecializeError(f"no model folder at {name}, and the hub download failed: {str(err).splitlines()[0]}") from None

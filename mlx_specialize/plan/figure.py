@@ -33,7 +33,7 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
     points = 0
     for entry in result["methods"]:
         method = entry["method"]
-        options, _ = _affordable(model, method, budgets)
+        options = _affordable(model, method, budgets)[0]
 
         def at(B):
             return predict(model, method, B, budgets.domain_tokens, budgets.floor,

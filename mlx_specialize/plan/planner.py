@@ -74,9 +74,11 @@ def _exceeded(c: dict, budgets: Budgets) -> set[str]:
     return out
 
 
-def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float], str | None]:
+def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float], str | None, bool]:
     """The budgets B (FLOPs) the method may run at within both budgets, and, where there
-    is none, the budget that rules it out."""
+    is none, the budget that rules it out and whether only jointly ("pretrain and
+    specialize": each B it may run at exceeds one of them, but neither is exceeded at
+    every B)."""
     spec = model["methods"][method]
     lo, hi = spec["B"]
     reach = EXTRAPOLATE if "u" in spec["terms"] else 1.0
@@ -97,9 +99,9 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
         if not exceeded:
             fits.append(B)
     if fits:
-        return fits, None
+        return fits, None, False
     # the budget exceeded at every budget it may run at; if none is, the two only jointly
-    return [], " and ".join(sorted(binding)) if binding else "pretrain and specialize"
+    return [], " and ".join(sorted(binding)) if binding else "pretrain and specialize", not binding
 
 
 def _beyond_cap(method: str, B: float, budgets: Budgets) -> bool:
@@ -136,10 +138,10 @@ def plan(model: dict, budgets: Budgets) -> dict:
             ruled_out.append({"method": method, "label": LABEL.get(method, method), "budget": "inference",
                               "needs": {"params": spec["params"]}})
             continue
-        options, rule = _affordable(model, method, budgets)
+        options, rule, jointly = _affordable(model, method, budgets)
         if not options:
             ruled_out.append({"method": method, "label": LABEL.get(method, method), "budget": rule,
-                              "needs": _cheapest_needed(model, method, budgets)})
+                              "jointly": jointly, "needs": _cheapest_needed(model, method, budgets)})
             continue
         # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
         scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor,
@@ -197,10 +199,11 @@ def _seconds(c: dict, budgets: Budgets) -> dict:
 
 
 def _from(ruled_out: dict) -> str:
-    """Where a generic budget rules a method out: the smallest its fit reaches, in tokens."""
+    """Where a generic budget rules a method out (at every budget it may run at): the
+    smallest its fit reaches, in tokens."""
     tokens = ruled_out["needs"].get("budget_tokens")
     binding = ruled_out["budget"].split(" and ")
-    if tokens is None or not ("pretrain" in binding or CAP in binding):
+    if tokens is None or ruled_out.get("jointly") or not ("pretrain" in binding or CAP in binding):
         return ""
     return f" (its fit starts at {size_label(tokens)} tokens)"
 
@@ -255,7 +258,7 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
     sure = "clearly better" if hi < -0.0005 else "though within the fit's error"
     in_time = ("seconds" in (budgets.pretrain_unit, budgets.specialize_unit)  # the user's unit
                and best.get("total_seconds") is not None and second.get("total_seconds") is not None)
-    cost = ((f"{best['total_seconds'] / 3600:.3g} h against {second['total_seconds'] / 3600:.3g} h") if in_time else
+    cost = ((f"{ui.duration(best['total_seconds'])} against {ui.duration(second['total_seconds'])}") if in_time else
             f"{best['total_flops']:.2e} FLOPs against {second['total_flops']:.2e}")
     reason = (f"{best['label']} has the lowest predicted bits per byte of the {len(fitting)} methods these budgets "
               f"afford: {d['mean']:+.3f} against {second['label']} ({sure}: 90% interval [{lo:+.3f}, {hi:+.3f}]); "
@@ -263,7 +266,7 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
     if alternative:
         a_lo, a_hi = alternative["bpb_difference_interval"]
         cost = (f"{alternative['total_flops']:.2e} FLOPs" if alternative["compared"] == "FLOPs"
-                else f"{alternative['total_seconds'] / 3600:.3g} h")
+                else ui.duration(alternative["total_seconds"]))
         reason += (f" Within the fit's error of it, {alternative['label']} costs {alternative['cost_ratio']:.3g}x less "
                    f"for {n:,} domain{'s' if n != 1 else ''} (C({n:,}) = {cost}; "
                    f"{alternative['bpb_difference']:+.3f} bits per byte, 90% interval [{a_lo:+.3f}, {a_hi:+.3f}]).")
