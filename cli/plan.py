@@ -86,10 +86,9 @@ def plan_view(result: dict) -> list:
     preset = result["fit"].get("preset", "the preset")
     pretrain = _budget(b["pretrain"], b["pretrain_unit"], b["pretrain_tokens"], f" of {preset}")
     specialize = _budget(b["specialize"], b["specialize_unit"], b["specialize_tokens"], "")
-    table = make_table(f"mlxspec plan: pre-training {pretrain}, {specialize} per domain, serving <= "
-                       f"{size_label(b['inference'])} params, {size_label(b['domain_tokens'])} domain tokens, "
-                       f"N = {n:,}",
-                       "method", f"budget (tokens of {preset})", "bits/byte (90%)", "perplexity (90%)",
+    title = (f"mlxspec plan: pre-training {pretrain}, {specialize} per domain, serving <= "
+             f"{size_label(b['inference'])} params, {size_label(b['domain_tokens'])} domain tokens, N = {n:,}")
+    table = make_table(title, "method", f"budget (tokens of {preset})", "bits/byte (90%)", "perplexity (90%)",
                        "shared FLOPs (time)",
                        "per domain", f"C({n})", "params",
                        right=(f"budget (tokens of {preset})", "shared FLOPs (time)", "per domain", f"C({n})", "params"))
@@ -100,7 +99,7 @@ def plan_view(result: dict) -> list:
                 _cost(e["shared_flops"], e.get("shared_seconds")),
                 _cost(e["per_domain_flops"], e.get("per_domain_seconds")),
                 _cost(e["total_flops"], e.get("total_seconds")), f"{e['params'] / 1e6:.2f}M")
-    lines = [table]
+    lines = [table if result["methods"] else title]  # no method fits: no empty table
     machine = next((e["seconds_on"] for e in result["methods"] if "seconds_on" in e), None)
     if "calibration" in result:
         c = result["calibration"]

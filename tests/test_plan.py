@@ -397,6 +397,14 @@ def test_plan_says_what_a_ruled_out_method_needs_in_the_budget_s_terms(tmp_path)
             "it needs ") in " ".join(out.stdout.split())
 
 
+def test_a_plan_that_no_method_fits_says_so_without_an_empty_table(tmp_path):
+    out = _plan("--pretrain", "1e10", "--specialize", "5e12", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "no method fits these budgets (the ruled-out lines say what each needs)" in out.stdout
+    assert out.stdout.startswith("mlxspec plan: pre-training 1.00e+10 FLOPs") and "┃" not in out.stdout
+    assert "ruled out: SLM, by the pretrain budget" in " ".join(out.stdout.split())
+
+
 def test_plan_warns_where_a_domain_s_floor_is_measured_on_little_text(tmp_path):
     """A folder of a few notes: its test split is a few KB, so the xz floor its prediction
     is anchored on is rough, and the plan says so (the study's targets had 50 KB and more)."""
