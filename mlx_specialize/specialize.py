@@ -428,4 +428,6 @@ def _finetune_phase(cost: dict, summary: dict) -> dict:
             "domain_tokens": summary["domain_tokens"], "stopped_early": summary["stopped_early"],
             "max_steps": summary.get("max_steps"), "lr": summary.get("lr"),
             "best_valid_loss": summary.get("best_valid_loss"),  # what choices are made on (never the test split)
+            # whether the loss still fell where training stopped (a step cap, early stopping)
+            "valid_curve": summary.get("valid_curve"),
             **({"lora_rank": summary["lora_rank"]} if "lora_rank" in summary else {})}

@@ -149,6 +149,21 @@ def _line(method, budget, target, seed, ppl, shared, per_domain):
                                                  "inference": {"flops_per_token": 20.0, "gen_tok_s": 5.0}}}
 
 
+def test_a_cell_whose_training_ran_to_its_step_cap_is_marked():
+    """Early stopping is the protocol; where a cell's fine-tuning (or a teacher's) ran to
+    its step cap instead, the per-target table says so, and only there."""
+    from mlx_specialize.study.report import tables
+
+    rows = [_line("finetune", 1, t, 0, 10.0, 100.0, 10.0) for t in "ab"]
+    rows[0]["phases"] = {"finetune": {"steps": 120, "max_steps": 2000, "stopped_early": True}}
+    rows[1]["phases"] = {"finetune": {"steps": 90, "max_steps": 2000, "stopped_early": True},
+                         "teacher": {"steps": 2000, "max_steps": 2000, "stopped_early": False}}
+    text = tables(rows)
+    assert "| SLM | 100 | 1.000 | 1.000 † | 1.000 |" in text and "† a training of the cell" in text
+    rows[1]["phases"]["teacher"]["stopped_early"] = True  # it stopped early at the cap's step: not capped
+    assert "†" not in tables(rows)
+
+
 def test_macro_figures_and_equal_cost_interpolation_by_hand():
     rows = [_line("finetune", 1, "a", 0, 10.0, 100.0, 10.0), _line("finetune", 1, "b", 0, 40.0, 100.0, 30.0),
             _line("finetune", 1, "a", 1, 20.0, 100.0, 10.0), _line("finetune", 1, "b", 1, 20.0, 100.0, 30.0),

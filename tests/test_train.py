@@ -116,6 +116,12 @@ def test_early_stopping_and_refusing_to_overwrite(tiny_model_dir, cache_dir, tmp
     result = ms.finetune(tiny_model_dir, DOMAIN, out, max_tokens=200 * 8 * 128, cache_dir=cache_dir,
                          batch_size=8, eval_every=2, eval_tokens=2048, lr=0.5, warmup=0, patience=2)
     assert result.summary["stopped_early"] and result.summary["steps"] < 200
+    # the validations it stopped on, as the summary keeps them: every 2 steps, the best
+    # first (patience 2: the two after it were worse), ending where training did
+    curve = result.summary["valid_curve"]
+    assert [step for step, _ in curve] == list(range(2, result.summary["steps"] + 1, 2))
+    assert min(loss for _, loss in curve) == pytest.approx(result.summary["best_valid_loss"], abs=1e-4)
+    assert all(loss > curve[-3][1] for _, loss in curve[-2:])
     before = (out / "model.safetensors").read_bytes()
     with pytest.raises(SpecializeError, match="already holds a run"):
         ms.finetune(tiny_model_dir, DOMAIN, out, max_tokens=8 * 128, cache_dir=cache_dir, batch_size=8)
@@ -344,3 +350,20 @@ def test_fine_tuning_rules_follow_the_domain_sets_size():
     step = 8 * 256  # the small preset's batch
     assert finetune_eval_every(100_000, step) == 10  # 49 steps a pass: 6 between validations, raised to 10
     assert finetune_eval_every(1_000_000, step) == 61  # 488 steps a pass / 8
+
+
+def test_the_valid_curve_kept_is_thinned_evenly_and_ends_where_training_did(tmp_path):
+    from mlx_specialize.runtime.distributed import SOLO
+    from mlx_specialize.train.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path, SOLO)
+    for step in range(10, 2001, 10):  # 200 validations, and training lines between them
+        folder.log({"event": "train", "step": step, "loss": 1.0})
+        folder.log({"event": "valid", "step": step, "valid_loss": 3.0 - step / 1000})
+    with open(folder.metrics, "a") as f:
+        f.write('{"event": "valid", "step": 20')  # a line cut by a crash
+    curve = folder.valid_curve()
+    steps = [step for step, _ in curve]
+    assert len(curve) == 64 and steps[0] == 10 and steps[-1] == 2000 and steps == sorted(set(steps))
+    assert all(loss == pytest.approx(3.0 - step / 1000) for step, loss in curve)
+    assert RunFolder(tmp_path / "none", SOLO).valid_curve() == []

@@ -149,19 +149,33 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
     floors = floors or {}
     out += [f"Bits per byte at the largest budget ({size_label(top)} tokens), seed mean, per target", "",
             "| method | size | " + " | ".join(targets) + " | macro |", "|---|---|" + "---:|" * (len(targets) + 1)]
+    marked = False
     for m in methods:
         for size in sizes:
-            cells = [[r["bpb_after"] for r in rows if (r["method"], r["budget"], r["domain_tokens"], r["target"])
+            cells = [[r for r in rows if (r["method"], r["budget"], r["domain_tokens"], r["target"])
                       == (m, top, size, t)] for t in targets]
             if all(cells):
-                values = [sum(c) / len(c) for c in cells]
-                out.append(f"| {label(m)} | {size_label(size)} | " + " | ".join(f"{v:.3f}" for v in values)
+                values = [sum(r["bpb_after"] for r in c) / len(c) for c in cells]
+                capped = [any(map(capped_training, c)) for c in cells]
+                marked |= any(capped)
+                out.append(f"| {label(m)} | {size_label(size)} | "
+                           + " | ".join(f"{v:.3f}" + (" †" if cap else "") for v, cap in zip(values, capped))
                            + f" | {sum(values) / len(values):.3f} |")
     if floors:
         shown = [f"{floors[t]:.2f}" if t in floors else "-" for t in targets]
         out.append("| xz floor (the spec's) | | " + " | ".join(shown) + " | |")
+    if marked:
+        out += ["", "† a training of the cell (a seed's, or a teacher's) ended at its step cap, not by early "
+                "stopping on the valid split: the cap, a safety bound elsewhere, bound there"]
     out += ["", *cost_table(table), "", *equal_cost_table(table, sizes)]
     return headline(table) + "\n\n" + "\n".join(out)
+
+
+def capped_training(line: dict) -> bool:
+    """Whether a training of the cell (fine-tuning, a teacher's, SLM-nopt's) that was to
+    stop early on the valid split ran to its step cap instead."""
+    return any(isinstance(p, dict) and p.get("stopped_early") is False and p.get("max_steps")
+               and p.get("steps", 0) >= p["max_steps"] for p in line.get("phases", {}).values())
 
 
 def cost_table(table: dict) -> list[str]:

@@ -42,6 +42,24 @@ class RunFolder:
             with open(self.metrics, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def valid_curve(self, points: int = 64) -> list[list[float]]:
+        """[step, valid loss] of the run's validations (metrics.jsonl, every session of a
+        resumed run), at most `points` of them evenly spread, the last always among them:
+        enough to read whether the loss was still falling where training stopped."""
+        if not self.metrics.is_file():
+            return []
+        curve = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a crash
+                continue
+            if record.get("event") == "valid":
+                curve.append([record["step"], round(record["valid_loss"], 4)])
+        if len(curve) > points:
+            curve = [curve[round(i * (len(curve) - 1) / (points - 1))] for i in range(points)]
+        return curve
+
     def write_json(self, name: str, record: dict) -> None:
         """RUN/name, written whole (run.json, summary.json)."""
         if self.world.is_main:

@@ -394,6 +394,7 @@ class Trainer:
             "peak_memory_bytes": peak_memory_bytes(),
             "stopped_early": stopped_early,
             "best_valid_loss": None if math.isinf(self.best_valid) else self.best_valid,
+            "valid_curve": self.folder.valid_curve(),
             "best_valid_ppl": None if math.isinf(self.best_valid) else math.exp(self.best_valid),
             "final_train_loss": next((h["loss"] for h in reversed(self.history) if h["event"] == "train"), None),
             **({"processes": self.world.size} if self.world.size > 1 else {}),
