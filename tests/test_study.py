@@ -314,6 +314,13 @@ seeds = [0, 1]
                    ("nopt", 8192, 100000000, 0), ("nopt", 8192, None, 0),
                    ("finetune", 16384, 20000, 1), ("finetune", 16384, 100000000, 1), ("finetune", 16384, None, 1),
                    ("nopt", 8192, 20000, 1), ("nopt", 8192, 100000000, 1), ("nopt", 8192, None, 1)]
+    # a grid's own options name its cells in the list of what is left, beside the common ones
+    variant = spec + "[[grid]]\ndomain_tokens = [20000]\noptions = {vocab_size = 512, finetune_tokens = 8192}\n"
+    (study_dir / "variant.toml").write_text(variant)
+    study = load_study(study_dir / "variant.toml")
+    labels = {c.label_beside(study.options) for c in study.cells() if c.target == "python-docs"}
+    assert "finetune budget 8,192 domain 20,000 python-docs seed 0 (finetune_tokens=8192)" in labels
+    assert "finetune budget 8,192 domain 20,000 python-docs seed 0" in labels  # the top level's, as it was
     (study_dir / "bad-grid.toml").write_text(spec + "[[grid]]\npretrain_tokens = [5]\n")
     with pytest.raises(SpecializeError, match=r"\[\[grid\]\] 3: budget 5 is not one of the top-level"):
         load_study(study_dir / "bad-grid.toml")

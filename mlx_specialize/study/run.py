@@ -131,7 +131,7 @@ def study_status(study: Study, cache_dir=None) -> dict:
     cache_dir = Path(cache_dir or study.cache or default_cache_dir())
     done = read_results(study.results)
     plan = plan_study(study, cache_dir)
-    pending = [cell.label for cell, key, _ in plan if key not in done]
+    pending = [cell.label_beside(study.options) for cell, key, _ in plan if key not in done]
     return {"study": study.name, "results": str(study.results), "cells": len(plan), "done": len(plan) - len(pending),
             "pending": pending, "time_left": time_left(plan, done)}
 
@@ -225,7 +225,7 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
     with locked(out, f"the study cell {cell.label}"):
         if key in read_results(study.results):
             return 0
-        ui.info(f"study {study.name}: {cell.label}")
+        ui.info(f"study {study.name}: {cell.label_beside(study.options)}")
         options, tokens = dict(cell.options), pretrain_tokens(study, cell)
         wall0, cpu0 = time.perf_counter(), time.process_time()
         report = specialize(domain=study.targets[cell.target], generic=study.generic, method=cell.method,

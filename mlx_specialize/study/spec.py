@@ -102,6 +102,12 @@ class Cell:
         size = "all" if self.domain_tokens is None else f"{self.domain_tokens:,}"
         return f"{self.method} budget {self.budget:,} domain {size} {self.target} seed {self.seed}"
 
+    def label_beside(self, common: dict) -> str:
+        """The label, with the options that tell it from the study's `common` ones (a
+        variant's `finetune_tokens=...`), as the report names its variants."""
+        extra = [f"{name}={value}" for name, value in self.options if common.get(name, object()) != value]
+        return self.label + (f" ({', '.join(extra)})" if extra else "")
+
 
 @dataclass
 class Study:
