@@ -277,7 +277,7 @@ def test_the_study_headline_compares_methods_at_a_budget_all_reached_and_costs_e
     table = macro(rows + tried)
     text = headline(table)
     assert text.startswith("At the largest budget every method has reached, 2.5M generic tokens")
-    assert "| SLM (lr=0.1) |" not in text and "Settings tried on the valid splits (SLM (lr=0.1))" in text
+    assert "| SLM (lr=0.1) |" not in text and "a bound's cost: SLM (lr=0.1))" in text
     assert "| SLM-mix | 1.85M |" in text and "at larger budgets so far: SLM (12.5M), SLM-is (12.5M);" in text
     costs = cost_table(table)
     # one row per method, budget and size measured (SLM-nopt once, without a budget); C(3) = shared + 3 per domain

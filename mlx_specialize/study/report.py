@@ -241,8 +241,8 @@ def headline(table: dict) -> str:
         further = ", ".join(f"{label(m)} ({size_label(ahead[m])})" for m in order)
         out += ["", f"Measured on every target at larger budgets so far: {further}; see the per-budget table."]
     if variants:
-        out += ["", f"Settings tried on the valid splits ({', '.join(label(m) for m in variants)}) are in the "
-                "per-budget table."]
+        out += ["", f"Other settings of a method, run beside its default (settings tried on the valid splits, a "
+                f"bound's cost: {', '.join(label(m) for m in variants)}), are in the per-budget tables."]
     return "\n".join(out)
 
 
