@@ -66,6 +66,11 @@ def token_count(value) -> int:
     return int(count)
 
 
+def tokens_option(default, *names: str, help: str):
+    """An option that counts tokens (`token_count`: 100k, 1.5M, ...)."""
+    return typer.Option(default, *names, parser=token_count, metavar="TOKENS", help=help)
+
+
 def numbers(value: str | None) -> list[float] | None:
     """Option callback: comma-separated numbers (`0.2,0.8`) as a list."""
     if value is None:
@@ -106,11 +111,11 @@ QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or messa
 CACHE_OPT = typer.Option(None, "--cache-dir", help="Token and model cache [default: $MLXSPEC_CACHE or ~/.cache/mlx-specialize].")
 RESUME_OPT = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint.")
 MODEL_ARG = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name.")
-DOMAIN_TOKENS_OPT = typer.Option(None, parser=token_count, metavar="TOKENS", help="Use only the first N tokens of the domain's train split "
-                                 "(limited domain data).")
+DOMAIN_TOKENS_OPT = tokens_option(None, help="Use only the first N tokens of the domain's train split "
+                                  "(limited domain data).")
 DTYPE_OPT = typer.Option(None, help="Cast float weights first: float32, float16 or bfloat16 [default: as stored].")
 GROUP_SIZE_OPT = typer.Option(64, min=1, help="Weights per quantization group (32, 64, 128).")
-EVAL_TOKENS_OPT = typer.Option(20_000, parser=token_count, metavar="TOKENS", help="Test tokens for --eval.")
+EVAL_TOKENS_OPT = tokens_option(20_000, help="Test tokens for --eval.")
 
 # ---- each command's own --------------------------------------------------------------
 class TokenizerTrain:
@@ -129,7 +134,7 @@ class Pretrain:
     generic = typer.Option(None, help="Generic corpus spec [default: the bundled corpora; with --selection or "
                            "--arch mix / pn / soup, the one the selection or clustering was built on].")
     preset = typer.Option("small", help="Model preset (see `mlxspec presets`).")
-    tokens = typer.Option(DEFAULT_PRETRAIN_TOKENS, parser=token_count, metavar="TOKENS", help="Pre-training budget in tokens.")
+    tokens = tokens_option(DEFAULT_PRETRAIN_TOKENS, help="Pre-training budget in tokens.")
     tokenizer = typer.Option(None, help="Use this tokenizer instead of training one.")
     selection = typer.Option(None, help="Train on this `mlxspec data select` folder (its tokenizer; validation on "
                              "its generic corpus).")
@@ -151,8 +156,8 @@ class Finetune:
     model = typer.Argument(..., help="Model folder (ours or any mlx-lm llama model) or hub name to start from.")
     out_dir = typer.Argument(..., help="Run folder for the fine-tuned model.")
     domain = typer.Option("python-docs", help="Domain corpus spec.")
-    tokens = typer.Option(None, parser=token_count, metavar="TOKENS", help="The most tokens fine-tuning trains on (early stopping usually ends it "
-                          "sooner) [default: 2000 steps' worth, a safety bound].")
+    tokens = tokens_option(None, help="The most tokens fine-tuning trains on (early stopping usually ends it "
+                           "sooner) [default: 2000 steps' worth, a safety bound].")
 
 
 class Eval:
@@ -160,7 +165,7 @@ class Eval:
 
     corpus = typer.Option("python-docs", help="Corpus spec.")
     split = typer.Option("test", help="train, valid or test.")
-    max_tokens = typer.Option(None, parser=token_count, metavar="TOKENS", help="Evaluate only the first N tokens.")
+    max_tokens = tokens_option(None, help="Evaluate only the first N tokens.")
 
 
 class Generate:
@@ -192,7 +197,7 @@ class Instantiate:
                           "the network's clustering).")
     select = typer.Option("frequent", help="With --domain: its most frequent cluster (frequent) or its whole "
                           "histogram (histogram).")
-    domain_tokens = typer.Option(None, parser=token_count, metavar="TOKENS", help="With --domain: only its first N train tokens.")
+    domain_tokens = tokens_option(None, help="With --domain: only its first N train tokens.")
     cluster = typer.Option(None, min=0, help="Instantiate one cluster's expert.")
     weights = typer.Option(None, callback=numbers, help="Instantiate for these cluster weights (k comma-separated "
                            "non-negative numbers, normalized).")
@@ -236,7 +241,7 @@ class DataSelect:
 
     clusters = typer.Option(..., help="Clusters folder (`mlxspec data cluster`).")
     domain = typer.Option(..., help="Target domain corpus spec (its train split).")
-    tokens = typer.Option(..., parser=token_count, metavar="TOKENS", help="Tokens to select from the generic corpus.")
+    tokens = tokens_option(..., help="Tokens to select from the generic corpus.")
     out_dir = typer.Option(..., "--out", help="Selection folder to write.")
     sampler = typer.Option("cluster", help="cluster (CRISP, with replacement) or gumbel (DSIR, without).")
 
@@ -257,11 +262,11 @@ class Specialize:
                         "hub name, with its own tokenizer) instead of pre-training one.")
     preset = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`).")
     out_dir = typer.Option(None, "--out", help="Run folder [default: runs/DOMAIN-METHOD[-N]].")
-    pretrain_tokens = typer.Option(DEFAULT_PRETRAIN_TOKENS, parser=token_count, metavar="TOKENS", help="Generic pre-training budget in tokens "
-                                   "(cached, shared by domains).")
-    finetune_tokens = typer.Option(DEFAULT_FINETUNE_TOKENS, parser=token_count, metavar="TOKENS", help="The most tokens fine-tuning trains on; it "
-                                   "runs until early stopping on the domain's valid split [default: 2000 steps' "
-                                   "worth, a safety bound].")
+    pretrain_tokens = tokens_option(DEFAULT_PRETRAIN_TOKENS, help="Generic pre-training budget in tokens "
+                                    "(cached, shared by domains).")
+    finetune_tokens = tokens_option(DEFAULT_FINETUNE_TOKENS, help="The most tokens fine-tuning trains on; it "
+                                    "runs until early stopping on the domain's valid split [default: 2000 steps' "
+                                    "worth, a safety bound].")
     vocab_size = vocab_option(None, "Tokenizer vocabulary when pre-training [default: the preset's].")
     # The methods' options (methods.Settings)
     k = typer.Option(None, min=2, help="Clusters of the generic corpus [is: 64, mix: 4 experts, pn / soup: 16].")
@@ -296,8 +301,8 @@ class Plan:
                               "(fine-tuning; SLM-is's pre-training): FLOPs, tokens or time, as --pretrain.")
     inference = typer.Option(DEFAULT_INFERENCE, "--inference", help="The largest model you can serve: a preset "
                              "(small, small-llm, ...) or a parameter count (2M).")
-    domain_tokens = typer.Option(None, "--domain-tokens", parser=token_count, metavar="TOKENS", help="The domain's training tokens [default: "
-                                 "--domain's train split, else 100,000].")
+    domain_tokens = tokens_option(None, "--domain-tokens", help="The domain's training tokens [default: "
+                                  "--domain's train split, else 100,000].")
     domains = typer.Option(1, "--domains", "-n", min=1, help="How many domains will be specialized (N in C(N) = "
                            "shared + N x per domain).")
     domain = typer.Option(None, "--domain", help="A domain corpus (file or folder): its xz -9e bits per byte anchors "
