@@ -25,7 +25,7 @@ import numpy as np
 from .. import ui
 from ..errors import SpecializeError
 from ..study.report import LABEL, ORDER, size_label
-from .budgets import within
+from .budgets import SMALL_CONTEXT_BYTES, SMALL_HELD_OUT_BYTES, within
 from .fit import NO_PRETRAINING, REFERENCE, save_fitted
 from .predict import EXTRAPOLATE, costs, difference, predict
 
@@ -366,8 +366,6 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
 def _warn_small_floor(domain: str, features: dict) -> None:
     """A warning where the domain's xz floor, which anchors its predicted level, is
     measured on far less text than the study's targets' were."""
-    from .budgets import SMALL_CONTEXT_BYTES, SMALL_HELD_OUT_BYTES
-
     held, context = features["held_out_bytes"], features["context_bytes"]
     if held < SMALL_HELD_OUT_BYTES or context < SMALL_CONTEXT_BYTES:
         ui.warn(f"--domain {domain}: its xz floor is measured on {held / 1e3:,.1f} KB of its {features['held_out']} "
