@@ -14,9 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import re
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Callable, Optional
 
 import typer
@@ -25,7 +23,8 @@ from mlx_specialize import ui
 from mlx_specialize.data.corpus import bundled_names
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.methods.projected import DEFAULT_BASIS
-from mlx_specialize.plan.budgets import DEFAULT_INFERENCE, DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE
+from mlx_specialize.plan.budgets import (DEFAULT_INFERENCE, DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE, TOKEN_UNITS,
+                                         AmountError, amount)
 from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
 
 from . import output
@@ -44,21 +43,18 @@ def positive(value: float | None) -> float | None:
     return value
 
 
-_TOKEN_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
-
-
 def token_count(value) -> int:
-    """Option parser: a count of tokens as a budget in tokens is written, 100000, 100_000,
-    1e5, 100k, 1.5M, 2B or "100k tokens" (a whole number, at least 1; M is millions, as
-    tokens have no minutes)."""
+    """Option parser: a count of tokens as a budget in tokens is written (the budgets' own
+    parser, `plan.budgets.amount`): 100000, 100_000, 1e5, 100k, 1.5M, 2B or "100k tokens"
+    (a whole number, at least 1; M is millions, as tokens have no minutes)."""
     if isinstance(value, int):  # a default
         return value
-    written = re.sub(r"\s*(tokens?|toks?)$", "", str(value).strip().replace("_", "").replace(",", ""),
-                     flags=re.IGNORECASE)  # "100k tokens", as a budget in tokens is written
-    match = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]?)", written, re.IGNORECASE)
-    if not match or match[2].lower() not in _TOKEN_SCALE:
+    try:
+        count, unit = amount(str(value), times=False)
+    except AmountError:
+        unit = None
+    if unit not in TOKEN_UNITS:
         raise typer.BadParameter(f"'{value}' is not a count of tokens (write 100000, 100k or 1.5M)")
-    count = Decimal(match[1]) * _TOKEN_SCALE[match[2].lower()]  # exact: 1.1M is 1,100,000
     if count != int(count):
         raise typer.BadParameter(f"'{value}' is not a whole number of tokens")
     if count < 1:

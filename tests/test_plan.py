@@ -378,6 +378,22 @@ def test_a_count_of_tokens_is_written_as_a_budget_is(tmp_path, written, tokens):
     assert json.loads(out.stdout.strip().splitlines()[-1])["budgets"]["domain_tokens"] == tokens
 
 
+def test_one_parser_reads_every_amount_exactly():
+    """Budgets and counts of tokens share `amount`: exact decimals (1.001k is 1001, where
+    floats give 1000.999...), the unit lower-cased, its SI prefix only where the rest is a unit."""
+    from decimal import Decimal
+
+    from mlx_specialize.plan.budgets import AmountError, amount
+    assert amount("1.1M tokens") == (Decimal(1_100_000), "tokens")
+    assert amount("1.001k") == (Decimal(1001), "")  # 1.001 * 1000 is 1000.9999999999999 in floats
+    assert amount("200T FLOPs") == (Decimal(200 * 10**12), "flops")
+    assert amount("2min") == (Decimal(2), "min")  # min is minutes, not milli- or mega-in
+    assert amount("3M", times=False) == (Decimal(3_000_000), "")
+    for text in ("3M", "1.5e", "12 apples", "lots"):
+        with pytest.raises(AmountError):
+            amount(text)
+
+
 @pytest.mark.parametrize("written, message", [("1.5", "'1.5' is not a whole number of tokens"),
                                               ("12 apples", "'12 apples' is not a count of tokens"),
                                               ("45min", "'45min' is not a count of tokens")])

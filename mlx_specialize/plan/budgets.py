@@ -14,6 +14,7 @@ from __future__ import annotations
 import lzma
 import math
 import re
+from decimal import Decimal
 
 from ..errors import SpecializeError
 
@@ -31,37 +32,53 @@ SMALL_HELD_OUT_BYTES = 20_000
 SMALL_CONTEXT_BYTES = 500_000
 
 # no "E" (exa): "1.5e" is far likelier an exponent left unfinished than 1.5e18
-_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12, "p": 1e15}
-_AMOUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*([a-z]*)\s*$", re.IGNORECASE)
-_UNITS = {"", "flop", "flops", "tok", "toks", "token", "tokens", "param", "params", "parameters", "s", "sec",
-          "second", "seconds", "min", "mins", "minute", "minutes", "h", "hr", "hour", "hours"}
+_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12, "p": 10**15}
+_AMOUNT = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*([a-z]*)\s*$", re.IGNORECASE)
+TOKEN_UNITS = {"", "tok", "toks", "token", "tokens"}
+_UNITS = TOKEN_UNITS | {"flop", "flops", "param", "params", "parameters", "s", "sec", "second", "seconds",
+                        "min", "mins", "minute", "minutes", "h", "hr", "hour", "hours"}
+
+
+class AmountError(ValueError):
+    """An amount that cannot be read; its message names the text, not the option."""
+
+
+def amount(text: str, times: bool = True) -> tuple[Decimal, str]:
+    """(number, unit) of "2e14", "200T FLOPs", "12.5M tokens", "1_000", "30min": exact
+    (1.1M is 1,100,000), the unit lower-cased ("" when none). An SI prefix (k, M, G or
+    B, T, P) only where the letters are not a unit themselves. Where `times` may be
+    written, a bare "m" (minutes? millions?) is refused. The one parser of every amount
+    a user writes: the planner's budgets and the CLI's counts of tokens."""
+    cleaned = text.replace("_", "").replace(",", "").strip()
+    match = _AMOUNT.match(cleaned)
+    if not match:
+        raise AmountError(f"'{text}' is not an amount (write 2e14, 2e14 FLOPs, 12.5M tokens or 30min)")
+    number, word, unit = match.groups()
+    value = Decimal(number)
+    if value.adjusted() > 300:  # beyond any float's range once multiplied
+        raise AmountError(f"'{text}' is too large")
+    word, unit = word.lower(), unit.lower()
+    if times and word == "m" and not unit:  # 45m: minutes or millions? refused rather than guessed
+        raise AmountError(f"'{text}' is ambiguous: write {number}min for minutes, or {number}M FLOPs "
+                          f"or {number}M tokens")
+    if not unit and word in _UNITS:
+        return value, word
+    if word[:1] in _SUFFIX and not (unit and word[1:]) and (unit or word[1:]) in _UNITS:
+        return value * _SUFFIX[word[0]], unit or word[1:]
+    if word[:1] == "e" and cleaned[len(number):][:1].lower() == "e":
+        raise AmountError(f"'{text}' has an exponent without its digits (write {number}e14, say)")
+    raise AmountError(f"unknown unit '{(word + ' ' + unit).strip()}' in '{text}' (FLOPs, tokens, or s, min, h)")
 
 
 def _amount(text: str, option: str, times: bool = True) -> tuple[float, str]:
-    """(number, unit) of "2e14", "200T FLOPs", "12.5M tokens", "30min": an SI prefix
-    (k, M, G or B, T, P) only where the letters are not a unit themselves. Where
-    `times` may be written, a bare "m" (minutes? millions?) is refused."""
-    cleaned = text.replace("_", "").replace(",", "").strip()
-    match = _AMOUNT.match(cleaned)
-    if not match and _AMOUNT.match(cleaned.lstrip("-")):
+    """`amount` for a budget: a positive number as a float, errors naming `option`."""
+    try:
+        value, unit = amount(text, times)
+    except AmountError as error:
+        raise SpecializeError(f"{option}: {error}") from None
+    if float(value) <= 0:
         raise SpecializeError(f"{option}: a budget must be positive, not '{text}'")
-    if not match:
-        raise SpecializeError(f"{option}: '{text}' is not an amount (write 2e14, 2e14 FLOPs, 12.5M tokens or 30min)")
-    number, word, unit = match.groups()
-    if not math.isfinite(float(number)):
-        raise SpecializeError(f"{option}: '{text}' is too large")
-    word, unit = word.lower(), unit.lower()
-    if times and word == "m" and not unit:  # 45m: minutes or millions? refused rather than guessed
-        raise SpecializeError(f"{option}: '{text}' is ambiguous: write {number}min for minutes, or {number}M FLOPs "
-                              f"or {number}M tokens")
-    if not unit and word in _UNITS:
-        return float(number), word
-    if word[:1] in _SUFFIX and not (unit and word[1:]) and (unit or word[1:]) in _UNITS:
-        return float(number) * _SUFFIX[word[0]], unit or word[1:]
-    if word[:1] == "e" and cleaned[len(number):][:1].lower() == "e":
-        raise SpecializeError(f"{option}: '{text}' has an exponent without its digits (write {number}e14, say)")
-    raise SpecializeError(f"{option}: unknown unit '{(word + ' ' + unit).strip()}' in '{text}' "
-                          "(FLOPs, tokens, or s, min, h)")
+    return float(value), unit
 
 
 _SECONDS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0, "mins": 60.0, "minute": 60.0,
@@ -80,8 +97,6 @@ def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[floa
     (time on this machine, which `plan` calibrates). `written` is the unit the user wrote:
     "flops", "tokens", "seconds", or "" for a bare number (read as FLOPs)."""
     value, unit = _amount(text, option)
-    if value <= 0:
-        raise SpecializeError(f"{option}: a budget must be positive, not '{text}'")
     if not math.isfinite(value * flops_per_token):
         raise SpecializeError(f"{option}: '{text}' is too large")
     if unit in ("", "flop", "flops"):
