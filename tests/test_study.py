@@ -194,6 +194,34 @@ def test_macro_figures_and_equal_cost_interpolation_by_hand():
     assert at_cost(cost_curve(table, "finetune", 100, 3), 200.0) == pytest.approx(expected)
 
 
+def test_differences_to_slm_carry_the_seeds_standard_error_by_hand():
+    """SLM's macro bits per byte over three seeds 1.0, 1.2, 1.1 (mean 1.1, sd 0.1); SLM-mix's
+    1.3, 1.5, 1.4 (mean 1.4, sd 0.1): a difference of +0.300 with standard error
+    sqrt(0.01 / 3 + 0.01 / 3) = 0.082, resolved (*). SLM-pn's 1.0, 1.4 (mean 1.2, sd 0.283):
+    +0.100 ± sqrt(0.08 / 2 + 0.01 / 3) = 0.208, not resolved. SLM-is has one seed: no row.
+    SLM-nopt (budget 1, no pre-training) is set against SLM at budget 5."""
+    from mlx_specialize.study.report import seed_differences
+
+    def cells(method, budget, values):
+        rows = []
+        for seed, bpb in enumerate(values):
+            for t in "ab":  # both targets alike: the macro mean is the value
+                rows.append(_line(method, budget, t, seed, 2.0 ** (3 * bpb), 100.0, 10.0))
+                rows[-1]["bpb_after"] = bpb
+        return rows
+
+    rows = (cells("finetune", 5, [1.0, 1.2, 1.1]) + cells("mix", 5, [1.3, 1.5, 1.4]) + cells("pn", 5, [1.0, 1.4])
+            + cells("is", 5, [0.9]) + cells("nopt", 1, [2.0, 2.2, 2.1]))
+    text = "\n".join(seed_differences(macro(rows)))
+    assert "| 5 | 100 | SLM-mix | 3 / 3 | +0.300 ± 0.082 * | " in text
+    assert "| 5 | 100 | SLM-pn | 2 / 3 | +0.100 ± 0.208 | " in text
+    assert "| 5 | 100 | SLM-nopt | 3 / 3 | +1.000 ± 0.082 * | " in text
+    assert "SLM-is" not in text
+    # the perplexity ratio: 2^(3 x 1.4) / 2^(3 x 1.1) per seed mean of logs
+    assert f"| {2 ** (3 * 0.3):.3f} |" in text
+    assert seed_differences(macro(cells("finetune", 5, [1.0]) + cells("mix", 5, [1.3, 1.5]))) == []
+
+
 def test_the_time_left_is_read_from_the_finished_cells_by_hand():
     """SLM at budget 1, seed 0, done on target a: its pre-training built (100 s), its
     fine-tuning 20 s. Seed 0 on b: 20 s (the pre-training is built); seed 1 on a and b: the

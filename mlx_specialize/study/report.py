@@ -23,6 +23,7 @@ from pathlib import Path
 from ..costs import total_cost
 from ..errors import SpecializeError
 
+REFERENCE_METHOD = "finetune"  # SLM: what the other methods are set against
 ORDER = ["nopt", "finetune", "llm", "llm-lora", "distill", "is", "mix", "pn", "soup"]
 LABEL = {"finetune": "SLM", "nopt": "SLM-nopt", "llm": "LLM", "llm-lora": "LLM + LoRA", "distill": "SLM-d",
          "is": "SLM-is", "mix": "SLM-mix", "pn": "SLM-pn", "soup": "Soup-of-Experts"}
@@ -167,8 +168,45 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
     if marked:
         out += ["", "† a training of the cell (a seed's, or a teacher's) ended at its step cap, not by early "
                 "stopping on the valid split: the cap, a safety bound elsewhere, bound there"]
-    out += ["", *cost_table(table), "", *equal_cost_table(table, sizes)]
+    out += ["", *seed_differences(table), *cost_table(table), "", *equal_cost_table(table, sizes)]
     return headline(table) + "\n\n" + "\n".join(out)
+
+
+def seed_differences(table: dict) -> list[str]:
+    """Each method against SLM where both were run with several seeds: the difference in
+    macro bits per byte (method - SLM; seeds' means) with its standard error (each mean's
+    seeds' standard deviation over the square root of their number, the two added in
+    quadrature: seeds of different methods share no randomness worth pairing), and the
+    perplexity ratio. SLM-nopt, trained at no budget, is set against SLM at each budget.
+    A difference beyond twice its standard error is one the seeds resolve. Empty (no
+    table) until some budget has two seeds of SLM and of another method."""
+    def stat(key):
+        s = table.get(key)
+        return s if s and s["seeds"] > 1 else None
+
+    rows = []
+    for (m, budget, size), s in table.items():
+        if m == REFERENCE_METHOD or not stat((m, budget, size)):
+            continue
+        budgets = [budget] if not m.startswith("nopt") else sorted({k[1] for k in table if k[0] == REFERENCE_METHOD
+                                                                    and k[2] == size and stat(k)})
+        for b in budgets:
+            ref = stat((REFERENCE_METHOD, b, size))
+            if ref:
+                rows.append((b, size, m, s, ref))
+    if not rows:
+        return []
+    out = ["Differences to SLM where seeds were repeated: macro bits per byte, method - SLM (mean over seeds ± its "
+           "standard error; * where beyond twice it), and macro perplexity as a ratio to SLM's", "",
+           "| budget | size | method | seeds | bits/byte - SLM's | perplexity / SLM's |", "|---:|---:|---|---:|---:|---:|"]
+    rank = {m: i for i, m in enumerate(_methods(table))}
+    for b, size, m, s, ref in sorted(rows, key=lambda r: (r[0], math.inf if r[1] is None else r[1], rank[r[2]])):
+        diff = s["bpb"][0] - ref["bpb"][0]
+        error = math.sqrt(s["bpb"][1] ** 2 / s["seeds"] + ref["bpb"][1] ** 2 / ref["seeds"])
+        mark = " *" if abs(diff) > 2 * error else ""
+        out.append(f"| {size_label(b)} | {size_label(size)} | {label(m)} | {s['seeds']} / {ref['seeds']} | "
+                   f"{diff:+.3f} ± {error:.3f}{mark} | {s['ppl'][0] / ref['ppl'][0]:.3f} |")
+    return out + [""]
 
 
 def capped_training(line: dict) -> bool:
