@@ -7,7 +7,7 @@
     models   models/
     train    train/
     methods  methods/
-    jobs     specialize.py, costs.py, study/, plan/, training.py, bench.py, the package's __init__.py
+    jobs     specialize.py, costs.py, stats.py, study/, plan/, training.py, bench.py, the package's __init__.py
     cli      cli/
 
 A lower layer that imports a higher one ties, say, the corpus readers to the trainer: it

@@ -26,7 +26,7 @@ from mlx_specialize.plan import Budgets, costs, difference, fit_results, plan, p
 from mlx_specialize.plan.budgets import compute_budget, inference_budget, xz_bits_per_byte
 from mlx_specialize.plan.fit import FITTED, load_fitted, refit
 from mlx_specialize.plan.planner import shared_flops_per_token
-from mlx_specialize.plan.predict import t_quantile
+from mlx_specialize.stats import t_quantile
 from mlx_specialize.plan.validate import leave_one_target_out
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,10 +77,11 @@ def _study(noise=0.02, seeds=(0, 1), rng=None):
 
 def test_t_quantiles_are_the_tables():
     # Student's t, one-sided 0.95: dof 1, 4 and 12 (12 is between the rows kept), and the normal's
-    assert t_quantile(1) == pytest.approx(6.314, abs=1e-3)
-    assert t_quantile(4) == pytest.approx(2.132, abs=1e-3)
-    assert t_quantile(12) == pytest.approx(1.782, abs=5e-3)
-    assert t_quantile(1e9) == pytest.approx(1.645, abs=1e-3)
+    assert t_quantile(1, 0.90) == pytest.approx(6.314, abs=1e-3)
+    assert t_quantile(4, 0.90) == pytest.approx(2.132, abs=1e-3)
+    assert t_quantile(12, 0.90) == pytest.approx(1.782, abs=5e-3)
+    assert t_quantile(1e9, 0.90) == pytest.approx(1.645, abs=1e-3)
+    assert t_quantile(4, 0.95) == pytest.approx(2.776, abs=1e-3)
 
 
 def test_the_fit_recovers_a_known_model_and_its_intervals_cover_fresh_cells():

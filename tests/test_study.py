@@ -195,11 +195,15 @@ def test_macro_figures_and_equal_cost_interpolation_by_hand():
 
 
 def test_differences_to_slm_carry_the_seeds_standard_error_by_hand():
-    """SLM's macro bits per byte over three seeds 1.0, 1.2, 1.1 (mean 1.1, sd 0.1); SLM-mix's
-    1.3, 1.5, 1.4 (mean 1.4, sd 0.1): a difference of +0.300 with standard error
-    sqrt(0.01 / 3 + 0.01 / 3) = 0.082, resolved (*). SLM-pn's 1.0, 1.4 (mean 1.2, sd 0.283):
-    +0.100 ± sqrt(0.08 / 2 + 0.01 / 3) = 0.208, not resolved. SLM-is has one seed: no row.
-    SLM-nopt (budget 1, no pre-training) is set against SLM at budget 5."""
+    """SLM's macro bits per byte over three seeds 1.0, 1.2, 1.1 (mean 1.1, sd 0.1). SLM-mix's
+    1.3, 1.5, 1.4: +0.300, standard error sqrt(0.01 / 3 + 0.01 / 3) = 0.082 at 4 degrees of
+    freedom (Welch-Satterthwaite), whose 95% t is 2.776: 0.227 < 0.300, marked. SLM-d's
+    1.2, 1.4, 1.3: +0.200, beyond twice the error (0.163) but not 2.776 times it: not
+    marked. SLM-pn's 1.0, 1.4 (sd 0.283): +0.100 ± sqrt(0.08 / 2 + 0.01 / 3) = 0.208. The
+    soup's 1.1, 1.1, 1.7: +0.200; its perplexity ratio is that of geometric means, 2^(3 x
+    0.2) = 1.516 with 3 bits per byte-token here (arithmetic means would give 1.80).
+    SLM-is has one seed: no row. SLM-nopt (budget 1, no pre-training) is set against SLM
+    at budget 5."""
     from mlx_specialize.study.report import seed_differences
 
     def cells(method, budget, values):
@@ -211,14 +215,16 @@ def test_differences_to_slm_carry_the_seeds_standard_error_by_hand():
         return rows
 
     rows = (cells("finetune", 5, [1.0, 1.2, 1.1]) + cells("mix", 5, [1.3, 1.5, 1.4]) + cells("pn", 5, [1.0, 1.4])
-            + cells("is", 5, [0.9]) + cells("nopt", 1, [2.0, 2.2, 2.1]))
-    text = "\n".join(seed_differences(macro(rows)))
-    assert "| 5 | 100 | SLM-mix | 3 / 3 | +0.300 ± 0.082 * | " in text
-    assert "| 5 | 100 | SLM-pn | 2 / 3 | +0.100 ± 0.208 | " in text
-    assert "| 5 | 100 | SLM-nopt | 3 / 3 | +1.000 ± 0.082 * | " in text
-    assert "SLM-is" not in text
-    # the perplexity ratio: 2^(3 x 1.4) / 2^(3 x 1.1) per seed mean of logs
-    assert f"| {2 ** (3 * 0.3):.3f} |" in text
+            + cells("distill", 5, [1.2, 1.4, 1.3]) + cells("soup", 5, [1.1, 1.1, 1.7]) + cells("is", 5, [0.9])
+            + cells("nopt", 1, [2.0, 2.2, 2.1]))
+    lines = seed_differences(macro(rows))
+    row = {line.split(" | ")[2]: line for line in lines if line.startswith("| 5 | 100 |")}
+    assert row["SLM-mix"] == f"| 5 | 100 | SLM-mix | 3 / 3 | +0.300 ± 0.082 * | {2 ** 0.9:.3f} |"
+    assert row["SLM-d"] == f"| 5 | 100 | SLM-d | 3 / 3 | +0.200 ± 0.082 | {2 ** 0.6:.3f} |"
+    assert row["SLM-pn"] == f"| 5 | 100 | SLM-pn | 2 / 3 | +0.100 ± 0.208 | {2 ** 0.3:.3f} |"
+    assert row["Soup-of-Experts"].endswith(f"| {2 ** 0.6:.3f} |") and "1.516" in row["Soup-of-Experts"]
+    assert row["SLM-nopt"] == f"| 5 | 100 | SLM-nopt | 3 / 3 | +1.000 ± 0.082 * | {2 ** 3.0:.3f} |"
+    assert "SLM-is" not in row
     assert seed_differences(macro(cells("finetune", 5, [1.0]) + cells("mix", 5, [1.3, 1.5]))) == []
 
 

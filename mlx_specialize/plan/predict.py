@@ -14,58 +14,11 @@ import math
 
 import numpy as np
 
+from ..stats import satterthwaite, t_quantile
 from .fit import NO_PRETRAINING
 
 LEVEL = 0.90  # two-sided prediction intervals
 EXTRAPOLATE = 2.0  # how far beyond its measured budgets and sizes a method's fit is followed
-
-def _incomplete_beta(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b), by its continued fraction
-    (Numerical Recipes' betacf, Lentz's method)."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side only
-        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    f = d
-    for m in range(1, 300):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            f *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return front * f
-
-
-def t_quantile(dof: float, level: float = LEVEL) -> float:
-    """The two-sided `level` quantile of Student's t with `dof` (>= 1, possibly fractional:
-    Welch-Satterthwaite's) degrees of freedom: t with P(|T| <= t) = level; the normal's
-    as dof grows without bound."""
-    dof = max(float(dof), 1.0)
-    if not math.isfinite(dof) or dof > 1e7:
-        dof = 1e7
-    tail = 1.0 - level  # P(|T| > t) = I_{dof / (dof + t^2)}(dof / 2, 1 / 2)
-    lo, hi = 0.0, 1e6
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if _incomplete_beta(dof / 2, 0.5, dof / (dof + mid * mid)) > tail:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def _satterthwaite(parts: list[tuple[float, float]]) -> float:
-    """Effective degrees of freedom of a sum of variance estimates (variance, dof)."""
-    total = sum(v for v, _ in parts)
-    denom = sum(v * v / d for v, d in parts if v > 0)
-    return total * total / denom if denom > 0 else math.inf
 
 
 def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, list[str]]:
@@ -149,7 +102,7 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
         if entropy is None:  # an unmeasured histogram: the clustered method's entropy slope adds its spread
             parts += _entropy_parts(model, _slope(model, method))
     var = sum(v for v, _ in parts)
-    half = None if math.isnan(var) else t_quantile(_satterthwaite(parts)) * math.sqrt(var)
+    half = None if math.isnan(var) else t_quantile(satterthwaite(parts), LEVEL) * math.sqrt(var)
     out = {"method": method, "B": B, "D": D, "notes": notes, "bpb": bpb,
            "bpb_interval": None if half is None else _nonnegative(bpb, half)}
     if target is not None:  # a study target's tokenization is known
@@ -165,7 +118,7 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
         ppl_parts = [((ln2 * bpt) ** 2 * v, d) for v, d in parts]
         if not known:
             ppl_parts.append(((ln2 * bpb) ** 2 * model["bytes_per_token_var"] * (1 + 1 / T), T - 1))
-        ln_half = t_quantile(_satterthwaite(ppl_parts)) * math.sqrt(sum(v for v, _ in ppl_parts))
+        ln_half = t_quantile(satterthwaite(ppl_parts), LEVEL) * math.sqrt(sum(v for v, _ in ppl_parts))
         out["ppl_interval"] = [math.exp(ln2 * bpb * bpt - ln_half), math.exp(ln2 * bpb * bpt + ln_half)]
     return out
 
@@ -209,7 +162,7 @@ def _macro(model: dict, method: str, B: float, D: float) -> dict:
     study's targets, each at its own level and tokenization; the intervals from the fit
     and the scatter of one new cell per target."""
     theta, cov, s2, targets = np.array(model["theta"]), np.array(model["cov"]), model["s2"], model["targets"]
-    T, t = len(targets), t_quantile(model["dof"])
+    T, t = len(targets), t_quantile(model["dof"], LEVEL)
     rows = [_row(model, method, B, D, target) for target in targets]
     out = {}
     for name, weights in (("bpb", [1 / T] * T),
@@ -243,7 +196,7 @@ def difference(model: dict, first: str, second: str, B1: float, B2: float, D: fl
     parts = [(float(x @ cov @ x) + 2 * model["s2"] / (len(model["targets"]) if macro else 1), model["dof"])]
     if entropy is None and not macro:
         parts += _entropy_parts(model, _slope(model, first) - _slope(model, second))
-    half = t_quantile(_satterthwaite(parts)) * math.sqrt(sum(v for v, _ in parts))
+    half = t_quantile(satterthwaite(parts), LEVEL) * math.sqrt(sum(v for v, _ in parts))
     return {"mean": mean, "interval": [mean - half, mean + half]}
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..costs import total_cost
 from ..errors import SpecializeError
+from ..stats import satterthwaite, t_quantile
 
 REFERENCE_METHOD = "finetune"  # SLM: what the other methods are set against
 ORDER = ["nopt", "finetune", "llm", "llm-lora", "distill", "is", "mix", "pn", "soup"]
@@ -99,6 +100,7 @@ def macro(rows: list[dict]) -> dict:
         cs = list(cells.values())
         per_seed[(method, budget, size)].append({
             "ppl": math.exp(sum(math.log(c["ppl_after"]) for c in cs) / len(cs)),
+            "ln_ppl": sum(math.log(c["ppl_after"]) for c in cs) / len(cs),
             "ppl_before": math.exp(sum(math.log(c["ppl_before"]) for c in cs) / len(cs)),
             "bpb": sum(c["bpb_after"] for c in cs) / len(cs),
             "shared": max(c["costs"]["shared"]["flops"] for c in cs),
@@ -174,38 +176,43 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
 
 def seed_differences(table: dict) -> list[str]:
     """Each method against SLM where both were run with several seeds: the difference in
-    macro bits per byte (method - SLM; seeds' means) with its standard error (each mean's
-    seeds' standard deviation over the square root of their number, the two added in
-    quadrature: seeds of different methods share no randomness worth pairing), and the
-    perplexity ratio. SLM-nopt, trained at no budget, is set against SLM at each budget.
-    A difference beyond twice its standard error is one the seeds resolve. Empty (no
-    table) until some budget has two seeds of SLM and of another method."""
-    def stat(key):
+    macro bits per byte (method - SLM, of the seeds' means) with its standard error (each
+    mean's: its seeds' standard deviation over the square root of their number, the two
+    added in quadrature; seeds of two methods share no randomness worth pairing), marked
+    where its 95% interval (Welch's t, at the Welch-Satterthwaite degrees of freedom:
+    few seeds, few degrees) leaves out 0; and the ratio of macro perplexities (of the
+    seeds' geometric means, as bits per byte are a mean of logs). The seeds train on the
+    same domain tokens (the first D of the split): the spread is the training's
+    randomness, not the draw of the domain data. SLM-nopt, trained at no budget, is set
+    against SLM at each budget. Empty until some budget has two seeds of SLM and of
+    another method."""
+    def repeated(key):
         s = table.get(key)
         return s if s and s["seeds"] > 1 else None
 
     rows = []
     for (m, budget, size), s in table.items():
-        if m == REFERENCE_METHOD or not stat((m, budget, size)):
+        if m == REFERENCE_METHOD or not repeated((m, budget, size)):
             continue
-        budgets = [budget] if not m.startswith("nopt") else sorted({k[1] for k in table if k[0] == REFERENCE_METHOD
-                                                                    and k[2] == size and stat(k)})
-        for b in budgets:
-            ref = stat((REFERENCE_METHOD, b, size))
-            if ref:
-                rows.append((b, size, m, s, ref))
+        budgets = [budget] if not m.startswith("nopt") else sorted(
+            {k[1] for k in table if k[0] == REFERENCE_METHOD and k[2] == size and repeated(k)})
+        rows += [(b, size, m, s, table[(REFERENCE_METHOD, b, size)]) for b in budgets
+                 if repeated((REFERENCE_METHOD, b, size))]
     if not rows:
         return []
-    out = ["Differences to SLM where seeds were repeated: macro bits per byte, method - SLM (mean over seeds ± its "
-           "standard error; * where beyond twice it), and macro perplexity as a ratio to SLM's", "",
-           "| budget | size | method | seeds | bits/byte - SLM's | perplexity / SLM's |", "|---:|---:|---|---:|---:|---:|"]
+    out = ["Differences to SLM where seeds were repeated: macro bits per byte, method - SLM (difference of the seeds' "
+           "means ± its standard error; * where its 95% interval leaves out 0), and the ratio of macro perplexities; "
+           "the spread is the training's randomness on the same domain tokens", "",
+           "| budget | size | method | seeds | bits/byte - SLM's | perplexity / SLM's |",
+           "|---:|---:|---|---:|---:|---:|"]
     rank = {m: i for i, m in enumerate(_methods(table))}
     for b, size, m, s, ref in sorted(rows, key=lambda r: (r[0], math.inf if r[1] is None else r[1], rank[r[2]])):
         diff = s["bpb"][0] - ref["bpb"][0]
-        error = math.sqrt(s["bpb"][1] ** 2 / s["seeds"] + ref["bpb"][1] ** 2 / ref["seeds"])
-        mark = " *" if abs(diff) > 2 * error else ""
+        parts = [(s["bpb"][1] ** 2 / s["seeds"], s["seeds"] - 1), (ref["bpb"][1] ** 2 / ref["seeds"], ref["seeds"] - 1)]
+        error = math.sqrt(sum(v for v, _ in parts))
+        mark = " *" if error > 0 and abs(diff) > t_quantile(satterthwaite(parts), 0.95) * error else ""
         out.append(f"| {size_label(b)} | {size_label(size)} | {label(m)} | {s['seeds']} / {ref['seeds']} | "
-                   f"{diff:+.3f} ± {error:.3f}{mark} | {s['ppl'][0] / ref['ppl'][0]:.3f} |")
+                   f"{diff:+.3f} ± {error:.3f}{mark} | {math.exp(s['ln_ppl'][0] - ref['ln_ppl'][0]):.3f} |")
     return out + [""]
 
 
