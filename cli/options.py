@@ -24,7 +24,7 @@ from mlx_specialize.data.corpus import bundled_names
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.methods.projected import DEFAULT_BASIS
 from mlx_specialize.plan.budgets import (DEFAULT_INFERENCE, DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE, TOKEN_UNITS,
-                                         AmountError, amount)
+                                         AmountError, UnreadableAmount, amount)
 from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
 
 from . import output
@@ -51,8 +51,10 @@ def token_count(value) -> int:
         return value
     try:
         count, unit = amount(str(value), times=False)
-    except AmountError:
+    except UnreadableAmount:
         unit = None
+    except AmountError as error:  # an amount, but one that cannot be used: too large, say
+        raise typer.BadParameter(str(error)) from None
     if unit not in TOKEN_UNITS:
         raise typer.BadParameter(f"'{value}' is not a count of tokens (write 100000, 100k or 1.5M)")
     if count != int(count):

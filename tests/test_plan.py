@@ -390,14 +390,20 @@ def test_one_parser_reads_every_amount_exactly():
     assert amount("200T FLOPs") == (Decimal(200 * 10**12), "flops")
     assert amount("2min") == (Decimal(2), "min")  # min is minutes, not milli- or mega-in
     assert amount("3M", times=False) == (Decimal(3_000_000), "")
-    for text in ("3M", "1.5e", "12 apples", "lots"):
-        with pytest.raises(AmountError):
+    assert amount("1,500,000 tokens") == (Decimal(1_500_000), "tokens")  # thousands separated
+    for text, message in [("3M", "ambiguous"), ("1.5e", "exponent without its digits"), ("12 apples", "unknown unit"),
+                          ("lots", "not an amount"), ("1,5M", "commas may only separate thousands"),
+                          ("9e300P", "too large"), ("1e400", "too large")]:
+        with pytest.raises(AmountError, match=message):
             amount(text)
 
 
 @pytest.mark.parametrize("written, message", [("1.5", "'1.5' is not a whole number of tokens"),
                                               ("12 apples", "'12 apples' is not a count of tokens"),
-                                              ("45min", "'45min' is not a count of tokens")])
+                                              ("45min", "'45min' is not a count of tokens"),
+                                              ("1e400", "'1e400' is too large"),
+                                              ("1,5M", "'1,5M': commas may only separate thousands (1,500,000); "
+                                                       "write 1.5M for one and a half million")])
 def test_a_count_of_tokens_that_is_not_one_is_refused(tmp_path, written, message):
     out = _plan("--domain-tokens", written, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == f"error: --domain-tokens: {message}" + (

@@ -43,31 +43,44 @@ class AmountError(ValueError):
     """An amount that cannot be read; its message names the text, not the option."""
 
 
+class UnreadableAmount(AmountError):
+    """Text that is no amount at all, or an amount in a unit not known here."""
+
+
+# thousands separated by commas, as in 1,000,000 (a decimal comma, 1,5M, is refused, not read as 15M)
+_GROUPED = re.compile(r"^\s*[-+]?[0-9]{1,3}(,[0-9]{3})+(\.[0-9]*)?([^0-9,.].*)?$")
+
+
 def amount(text: str, times: bool = True) -> tuple[Decimal, str]:
-    """(number, unit) of "2e14", "200T FLOPs", "12.5M tokens", "1_000", "30min": exact
-    (1.1M is 1,100,000), the unit lower-cased ("" when none). An SI prefix (k, M, G or
-    B, T, P) only where the letters are not a unit themselves. Where `times` may be
+    """(number, unit) of "2e14", "200T FLOPs", "12.5M tokens", "1_000", "1,000", "30min":
+    exact (1.1M is 1,100,000), the unit lower-cased ("" when none). An SI prefix (k, M, G
+    or B, T, P) only where the letters are not a unit themselves. Where `times` may be
     written, a bare "m" (minutes? millions?) is refused. The one parser of every amount
     a user writes: the planner's budgets and the CLI's counts of tokens."""
+    if "," in text and not _GROUPED.match(text):
+        raise AmountError(f"'{text}': commas may only separate thousands (1,500,000); write 1.5M for one and a half "
+                          "million")
     cleaned = text.replace("_", "").replace(",", "").strip()
     match = _AMOUNT.match(cleaned)
     if not match:
-        raise AmountError(f"'{text}' is not an amount (write 2e14, 2e14 FLOPs, 12.5M tokens or 30min)")
+        raise UnreadableAmount(f"'{text}' is not an amount (write 2e14, 2e14 FLOPs, 12.5M tokens or 30min)")
     number, word, unit = match.groups()
-    value = Decimal(number)
-    if value.adjusted() > 300:  # beyond any float's range once multiplied
-        raise AmountError(f"'{text}' is too large")
     word, unit = word.lower(), unit.lower()
     if times and word == "m" and not unit:  # 45m: minutes or millions? refused rather than guessed
         raise AmountError(f"'{text}' is ambiguous: write {number}min for minutes, or {number}M FLOPs "
                           f"or {number}M tokens")
     if not unit and word in _UNITS:
-        return value, word
-    if word[:1] in _SUFFIX and not (unit and word[1:]) and (unit or word[1:]) in _UNITS:
-        return value * _SUFFIX[word[0]], unit or word[1:]
-    if word[:1] == "e" and cleaned[len(number):][:1].lower() == "e":
+        value = Decimal(number)
+    elif word[:1] in _SUFFIX and not (unit and word[1:]) and (unit or word[1:]) in _UNITS:
+        value, word = Decimal(number) * _SUFFIX[word[0]], unit or word[1:]
+    elif word[:1] == "e" and cleaned[len(number):][:1].lower() == "e":
         raise AmountError(f"'{text}' has an exponent without its digits (write {number}e14, say)")
-    raise AmountError(f"unknown unit '{(word + ' ' + unit).strip()}' in '{text}' (FLOPs, tokens, or s, min, h)")
+    else:
+        raise UnreadableAmount(f"unknown unit '{(word + ' ' + unit).strip()}' in '{text}' "
+                               "(FLOPs, tokens, or s, min, h)")
+    if value > 0 and not math.isfinite(float(value)):  # a negative one is refused as such by the callers
+        raise AmountError(f"'{text}' is too large")
+    return value, word
 
 
 def _amount(text: str, option: str, times: bool = True) -> tuple[float, str]:
