@@ -117,6 +117,11 @@ def test_a_budget_or_size_never_measured_is_held_and_said():
     near = predict(model, "mix", BUDGETS[-1] * FLOPS_PER_TOKEN * 2, 100_000)
     assert far["B"] == pytest.approx(BUDGETS[-1] * FLOPS_PER_TOKEN * 2)  # its fit followed 2x beyond, no further
     assert far["D"] == 100_000 and any("domain set held at" in n and "only one measured" in n for n in far["notes"])
+    # which way a hold errs: with 10x the data it was measured with, the method would most
+    # likely do better; with a tenth, worse
+    assert any("less than the 1,000,000 given: likely pessimistic" in n for n in far["notes"])
+    assert any("more than the 10,000 given: likely optimistic" in n
+               for n in predict(model, "mix", BUDGETS[1] * FLOPS_PER_TOKEN, 10_000)["notes"])
     assert far["bpb"] == pytest.approx(near["bpb"])
     # followed beyond the measured budgets, not held: said too; within them, nothing to say
     assert [n for n in near["notes"] if "beyond the measured" in n and "fitted slope followed" in n]

@@ -33,8 +33,12 @@ def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, li
         show = (lambda x: f"{x:.3g}") if key == "B" else (lambda x: f"{x:,.0f}")  # FLOPs; tokens
         measured = show(lo) + (f"-{show(hi)}" if hi != lo else "")
         if not math.isclose(inside, value, rel_tol=1e-9) and not (method in NO_PRETRAINING and key == "B"):
+            # which way the hold errs: a method given more than it was measured with would
+            # most likely do better than predicted, one given less worse
+            way = (f"predicted as with less than the {show(value)} given: likely pessimistic" if inside < value else
+                   f"predicted as with more than the {show(value)} given: likely optimistic")
             notes.append(f"{name} held at {show(inside)} {unit}: " + (f"{reach:g}x beyond the measured {measured}"
-                         if reach > 1 else "the only one measured"))
+                         if reach > 1 else "the only one measured") + f"; {way}")
         elif not lo * (1 - 1e-9) <= inside <= hi * (1 + 1e-9):
             notes.append(f"{name} of {show(inside)} {unit} beyond the measured {measured}: its fitted slope followed "
                          "there, the interval widened with the distance")
