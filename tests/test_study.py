@@ -195,35 +195,40 @@ def test_macro_figures_and_equal_cost_interpolation_by_hand():
 
 
 def test_differences_to_slm_carry_the_seeds_standard_error_by_hand():
-    """SLM's macro bits per byte over three seeds 1.0, 1.2, 1.1 (mean 1.1, sd 0.1). SLM-mix's
-    1.3, 1.5, 1.4: +0.300, standard error sqrt(0.01 / 3 + 0.01 / 3) = 0.082 at 4 degrees of
-    freedom (Welch-Satterthwaite), whose 95% t is 2.776: 0.227 < 0.300, marked. SLM-d's
-    1.2, 1.4, 1.3: +0.200, beyond twice the error (0.163) but not 2.776 times it: not
-    marked. SLM-pn's 1.0, 1.4 (sd 0.283): +0.100 ± sqrt(0.08 / 2 + 0.01 / 3) = 0.208. The
-    soup's 1.1, 1.1, 1.7: +0.200; its perplexity ratio is that of geometric means, 2^(3 x
-    0.2) = 1.516 with 3 bits per byte-token here (arithmetic means would give 1.80).
-    SLM-is has one seed: no row. SLM-nopt (budget 1, no pre-training) is set against SLM
-    at budget 5."""
+    """SLM's macro bits per byte over seeds 0-2: 1.0, 1.2, 1.1 (mean 1.1, sd 0.1).
+    - Other seeds (3-5), so of the two means (Welch): SLM-mix's 1.3, 1.5, 1.4, +0.300 with
+      standard error sqrt(0.01 / 3 + 0.01 / 3) = 0.082 at 4 degrees of freedom, whose 95% t
+      is 2.776: 0.227 < 0.300, marked. The soup's 1.2, 1.4, 1.3: +0.200, beyond twice the
+      error (0.163) but not 2.776 times it: not marked.
+    - SLM-pn's seeds 0-1 (not SLM's set): 1.0, 1.4 (sd 0.283), +0.100 ± sqrt(0.08 / 2 +
+      0.01 / 3) = 0.208; its perplexity ratio is that of geometric means, 2^(3 x 0.1) =
+      1.231 with 3 bits per byte-token here (arithmetic means would give 1.32).
+    - SLM-d, which fine-tunes SLM's own model of each seed, seed by seed (paired): 1.05,
+      1.24, 1.16 differ by 0.05, 0.04, 0.06: +0.050 ± 0.01 / sqrt(3) = 0.006 at 2 degrees
+      of freedom (t 4.303), marked, where of the means (± 0.080) it would not be.
+    - SLM-nopt (budget 1, no pre-training, set against SLM at budget 5), the same seeds
+      but its own model, so of the means: 2.0, 2.25, 2.1, +1.017 ± 0.093.
+    - SLM-is has one seed: no row."""
     from mlx_specialize.study.report import seed_differences
 
-    def cells(method, budget, values):
+    def cells(method, budget, values, first_seed=0):
         rows = []
-        for seed, bpb in enumerate(values):
+        for seed, bpb in enumerate(values, first_seed):
             for t in "ab":  # both targets alike: the macro mean is the value
                 rows.append(_line(method, budget, t, seed, 2.0 ** (3 * bpb), 100.0, 10.0))
                 rows[-1]["bpb_after"] = bpb
         return rows
 
-    rows = (cells("finetune", 5, [1.0, 1.2, 1.1]) + cells("mix", 5, [1.3, 1.5, 1.4]) + cells("pn", 5, [1.0, 1.4])
-            + cells("distill", 5, [1.2, 1.4, 1.3]) + cells("soup", 5, [1.1, 1.1, 1.7]) + cells("is", 5, [0.9])
-            + cells("nopt", 1, [2.0, 2.2, 2.1]))
+    rows = (cells("finetune", 5, [1.0, 1.2, 1.1]) + cells("mix", 5, [1.3, 1.5, 1.4], 3)
+            + cells("soup", 5, [1.2, 1.4, 1.3], 3) + cells("pn", 5, [1.0, 1.4])
+            + cells("distill", 5, [1.05, 1.24, 1.16]) + cells("is", 5, [0.9]) + cells("nopt", 1, [2.0, 2.25, 2.1]))
     lines = seed_differences(macro(rows))
     row = {line.split(" | ")[2]: line for line in lines if line.startswith("| 5 | 100 |")}
     assert row["SLM-mix"] == f"| 5 | 100 | SLM-mix | 3 / 3 | +0.300 ± 0.082 * | {2 ** 0.9:.3f} |"
-    assert row["SLM-d"] == f"| 5 | 100 | SLM-d | 3 / 3 | +0.200 ± 0.082 | {2 ** 0.6:.3f} |"
-    assert row["SLM-pn"] == f"| 5 | 100 | SLM-pn | 2 / 3 | +0.100 ± 0.208 | {2 ** 0.3:.3f} |"
-    assert row["Soup-of-Experts"].endswith(f"| {2 ** 0.6:.3f} |") and "1.516" in row["Soup-of-Experts"]
-    assert row["SLM-nopt"] == f"| 5 | 100 | SLM-nopt | 3 / 3 | +1.000 ± 0.082 * | {2 ** 3.0:.3f} |"
+    assert row["Soup-of-Experts"] == f"| 5 | 100 | Soup-of-Experts | 3 / 3 | +0.200 ± 0.082 | {2 ** 0.6:.3f} |"
+    assert row["SLM-pn"] == "| 5 | 100 | SLM-pn | 2 / 3 | +0.100 ± 0.208 | 1.231 |"
+    assert row["SLM-d"] == f"| 5 | 100 | SLM-d | 3 paired | +0.050 ± 0.006 * | {2 ** 0.15:.3f} |"
+    assert row["SLM-nopt"] == f"| 5 | 100 | SLM-nopt | 3 / 3 | +1.017 ± 0.093 * | {2 ** 3.05:.3f} |"
     assert "SLM-is" not in row
     assert seed_differences(macro(cells("finetune", 5, [1.0]) + cells("mix", 5, [1.3, 1.5]))) == []
 

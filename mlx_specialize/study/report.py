@@ -25,6 +25,10 @@ from ..errors import SpecializeError
 from ..stats import satterthwaite, t_quantile
 
 REFERENCE_METHOD = "finetune"  # SLM: what the other methods are set against
+# methods that specialize SLM's own pre-trained model of the same seed (SLM-d's student):
+# their seeds' noise is SLM's, so they are compared with it seed by seed; the others
+# pre-train their own, and pairing would only spend degrees of freedom
+SHARES_SLM_BASE = ("distill",)
 ORDER = ["nopt", "finetune", "llm", "llm-lora", "distill", "is", "mix", "pn", "soup"]
 LABEL = {"finetune": "SLM", "nopt": "SLM-nopt", "llm": "LLM", "llm-lora": "LLM + LoRA", "distill": "SLM-d",
          "is": "SLM-is", "mix": "SLM-mix", "pn": "SLM-pn", "soup": "Soup-of-Experts"}
@@ -93,11 +97,12 @@ def macro(rows: list[dict]) -> dict:
     by_seed = defaultdict(dict)
     for r in rows:
         by_seed[(r["method"], r["budget"], r["domain_tokens"], r["seed"])][r["target"]] = r
-    per_seed = defaultdict(list)
+    per_seed, seed_of = defaultdict(list), defaultdict(list)
     for (method, budget, size, seed), cells in by_seed.items():
         if sorted(cells) != targets:
             continue
         cs = list(cells.values())
+        seed_of[(method, budget, size)].append(seed)
         per_seed[(method, budget, size)].append({
             "ppl": math.exp(sum(math.log(c["ppl_after"]) for c in cs) / len(cs)),
             "ln_ppl": sum(math.log(c["ppl_after"]) for c in cs) / len(cs),
@@ -115,6 +120,8 @@ def macro(rows: list[dict]) -> dict:
     for key, seeds in per_seed.items():
         out[key] = {name: _mean_std([s[name] for s in seeds]) for name in seeds[0]}
         out[key]["seeds"] = len(seeds)
+        # each seed's own macro figures, for comparisons seed by seed (`seed_differences`)
+        out[key]["by_seed"] = {seed: {"bpb": s["bpb"], "ln_ppl": s["ln_ppl"]} for seed, s in zip(seed_of[key], seeds)}
     return out
 
 
@@ -176,13 +183,14 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
 
 def seed_differences(table: dict) -> list[str]:
     """Each method against SLM where both were run with several seeds: the difference in
-    macro bits per byte (method - SLM, of the seeds' means) with its standard error (each
-    mean's: its seeds' standard deviation over the square root of their number, the two
-    added in quadrature; seeds of two methods share no randomness worth pairing), marked
-    where its 95% interval (Welch's t, at the Welch-Satterthwaite degrees of freedom:
-    few seeds, few degrees) leaves out 0; and the ratio of macro perplexities (of the
-    seeds' geometric means, as bits per byte are a mean of logs). The seeds train on the
-    same domain tokens (the first D of the split): the spread is the training's
+    macro bits per byte (method - SLM) with its standard error, marked where its 95%
+    interval (Student's t: few seeds, few degrees of freedom) leaves out 0, and the ratio
+    of macro perplexities (of the seeds' geometric means, as bits per byte are a mean of
+    logs). A method that starts from SLM's own pre-trained model (SHARES_SLM_BASE) is
+    compared seed by seed where both ran the same seeds (paired, n - 1 degrees of
+    freedom); any other of the two means, their standard errors added in quadrature
+    (Welch-Satterthwaite's degrees of freedom). The seeds train
+    on the same domain tokens (the first D of the split): the spread is the training's
     randomness, not the draw of the domain data. SLM-nopt, trained at no budget, is set
     against SLM at each budget. Empty until some budget has two seeds of SLM and of
     another method."""
@@ -200,19 +208,27 @@ def seed_differences(table: dict) -> list[str]:
                  if repeated((REFERENCE_METHOD, b, size))]
     if not rows:
         return []
-    out = ["Differences to SLM where seeds were repeated: macro bits per byte, method - SLM (difference of the seeds' "
-           "means ± its standard error; * where its 95% interval leaves out 0), and the ratio of macro perplexities; "
-           "the spread is the training's randomness on the same domain tokens", "",
+    out = ["Differences to SLM where seeds were repeated: macro bits per byte, method - SLM (± its standard error, "
+           "seed by seed for SLM-d, which fine-tunes SLM's own model, else of the two means; * where its 95% interval "
+           "leaves out 0), and the ratio of macro perplexities; the spread is the training's randomness on the same "
+           "domain tokens", "",
            "| budget | size | method | seeds | bits/byte - SLM's | perplexity / SLM's |",
            "|---:|---:|---|---:|---:|---:|"]
     rank = {m: i for i, m in enumerate(_methods(table))}
     for b, size, m, s, ref in sorted(rows, key=lambda r: (r[0], math.inf if r[1] is None else r[1], rank[r[2]])):
-        diff = s["bpb"][0] - ref["bpb"][0]
-        parts = [(s["bpb"][1] ** 2 / s["seeds"], s["seeds"] - 1), (ref["bpb"][1] ** 2 / ref["seeds"], ref["seeds"] - 1)]
-        error = math.sqrt(sum(v for v, _ in parts))
-        mark = " *" if error > 0 and abs(diff) > t_quantile(satterthwaite(parts), 0.95) * error else ""
-        out.append(f"| {size_label(b)} | {size_label(size)} | {label(m)} | {s['seeds']} / {ref['seeds']} | "
-                   f"{diff:+.3f} ± {error:.3f}{mark} | {math.exp(s['ln_ppl'][0] - ref['ln_ppl'][0]):.3f} |")
+        mine, theirs = s["by_seed"], ref["by_seed"]
+        if m.partition(" ")[0] in SHARES_SLM_BASE and set(mine) == set(theirs):  # paired
+            d = [mine[k]["bpb"] - theirs[k]["bpb"] for k in mine]
+            diff, spread = _mean_std(d)
+            error, dof, seeds = spread / math.sqrt(len(d)), len(d) - 1, f"{len(d)} paired"
+        else:
+            parts = [(s["bpb"][1] ** 2 / s["seeds"], s["seeds"] - 1),
+                     (ref["bpb"][1] ** 2 / ref["seeds"], ref["seeds"] - 1)]
+            diff, error = s["bpb"][0] - ref["bpb"][0], math.sqrt(sum(v for v, _ in parts))
+            dof, seeds = satterthwaite(parts), f"{s['seeds']} / {ref['seeds']}"
+        mark = " *" if error > 0 and abs(diff) > t_quantile(dof, 0.95) * error else ""
+        out.append(f"| {size_label(b)} | {size_label(size)} | {label(m)} | {seeds} | {diff:+.3f} ± {error:.3f}{mark} "
+                   f"| {math.exp(s['ln_ppl'][0] - ref['ln_ppl'][0]):.3f} |")
     return out + [""]
 
 
