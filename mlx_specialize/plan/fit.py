@@ -42,8 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpecializeError
+# SLM: the method the others' offsets are measured from, as the study's tables set the others against it
+from ..study.report import REFERENCE_METHOD as REFERENCE
 
-REFERENCE = "finetune"  # SLM: the method the others' offsets are measured from
 NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the generic budget
 # the methods built on the generic clusters, whose gain the paper finds vanishing on domains
 # whose cluster histogram has high entropy: with enough targets, each gets a slope in it

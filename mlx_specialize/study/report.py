@@ -97,15 +97,14 @@ def macro(rows: list[dict]) -> dict:
     by_seed = defaultdict(dict)
     for r in rows:
         by_seed[(r["method"], r["budget"], r["domain_tokens"], r["seed"])][r["target"]] = r
-    per_seed, seed_of = defaultdict(list), defaultdict(list)
+    per_seed = defaultdict(dict)  # (method, budget, size) -> {seed: its macro figures}
     for (method, budget, size, seed), cells in by_seed.items():
         if sorted(cells) != targets:
             continue
         cs = list(cells.values())
-        seed_of[(method, budget, size)].append(seed)
-        per_seed[(method, budget, size)].append({
-            "ppl": math.exp(sum(math.log(c["ppl_after"]) for c in cs) / len(cs)),
-            "ln_ppl": sum(math.log(c["ppl_after"]) for c in cs) / len(cs),
+        ln_ppl = sum(math.log(c["ppl_after"]) for c in cs) / len(cs)
+        per_seed[(method, budget, size)][seed] = {
+            "ppl": math.exp(ln_ppl), "ln_ppl": ln_ppl,
             "ppl_before": math.exp(sum(math.log(c["ppl_before"]) for c in cs) / len(cs)),
             "bpb": sum(c["bpb_after"] for c in cs) / len(cs),
             "shared": max(c["costs"]["shared"]["flops"] for c in cs),
@@ -115,13 +114,14 @@ def macro(rows: list[dict]) -> dict:
             "inference": cs[0]["costs"]["inference"]["flops_per_token"],
             "gen_tok_s": sum(c["costs"]["inference"]["gen_tok_s"] for c in cs) / len(cs),
             "params": cs[0]["params"], "budget_flops": cs[0]["budget_flops"],
-            "domain_tokens_used": sum(c["domain_tokens_used"] for c in cs) / len(cs)})
+            "domain_tokens_used": sum(c["domain_tokens_used"] for c in cs) / len(cs)}
     out = {}
-    for key, seeds in per_seed.items():
+    for key, figures in per_seed.items():
+        seeds = list(figures.values())
         out[key] = {name: _mean_std([s[name] for s in seeds]) for name in seeds[0]}
         out[key]["seeds"] = len(seeds)
-        # each seed's own macro figures, for comparisons seed by seed (`seed_differences`)
-        out[key]["by_seed"] = {seed: {"bpb": s["bpb"], "ln_ppl": s["ln_ppl"]} for seed, s in zip(seed_of[key], seeds)}
+        # each seed's own macro bits per byte, for comparisons seed by seed (`seed_differences`)
+        out[key]["bpb_by_seed"] = {seed: s["bpb"] for seed, s in figures.items()}
     return out
 
 
@@ -216,9 +216,9 @@ def seed_differences(table: dict) -> list[str]:
            "|---:|---:|---|---:|---:|---:|"]
     rank = {m: i for i, m in enumerate(_methods(table))}
     for b, size, m, s, ref in sorted(rows, key=lambda r: (r[0], math.inf if r[1] is None else r[1], rank[r[2]])):
-        mine, theirs = s["by_seed"], ref["by_seed"]
+        mine, theirs = s["bpb_by_seed"], ref["bpb_by_seed"]
         if m.partition(" ")[0] in SHARES_SLM_BASE and set(mine) == set(theirs):  # paired
-            d = [mine[k]["bpb"] - theirs[k]["bpb"] for k in mine]
+            d = [mine[k] - theirs[k] for k in mine]
             diff, spread = _mean_std(d)
             error, dof, seeds = spread / math.sqrt(len(d)), len(d) - 1, f"{len(d)} paired"
         else:
