@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from mlx_specialize.errors import SpecializeError
-from mlx_specialize.study import check_runnable, load_study, report_study, run_study, spec_floors, study_status
+from mlx_specialize.study import check_runnable, load_study, report_study, run_study, study_status
 from mlx_specialize.study.spec import EXAMPLE
 from mlx_specialize.ui import duration
 
@@ -26,7 +26,8 @@ def study(
                                      "`example` for a commented spec to start from."),
     out: Optional[Path] = typer.Option(None, "--out", help="report: the folder for the figures and tables.md."),
     spec: Optional[Path] = typer.Option(None, "--spec", help="report: the study spec, for its floors (bits per byte "
-                                        "of a classical coder per target)."),
+                                        "of a classical coder per target) and the cells not yet measured (its "
+                                        "corpora are not needed)."),
     target_ppl: Optional[float] = typer.Option(None, "--target-ppl", min=1.0, help="report: the macro perplexity the "
                                                "cost figure reaches [default: SLM's at its largest budget]."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="report: write the headline table into this "
@@ -66,8 +67,7 @@ def study(
     if action == "report":
         if len(args) < 2:
             raise SpecializeError("study report: name the results file(s): mlxspec study report RESULTS --out DIR")
-        floors = spec_floors(spec) if spec else {}
-        result = report_study([Path(a) for a in args[1:]], out, floors, target_ppl, readme)
+        result = report_study([Path(a) for a in args[1:]], out, None, target_ppl, readme, spec)
         emit(result, result["tables"], *([f"figures: {', '.join(result['figures'])}"] if out else []))
         return
     if len(args) != 1:

@@ -130,7 +130,7 @@ def test_the_report_regenerates_tables_and_figures_from_the_results(ran, tmp_pat
     lines = [line for line in read_results(study.results).values() if "same_as" not in line]
     small = {line["target"]: line for line in lines if line["domain_tokens"] == 20000}
     expected = math.exp((math.log(small["python-docs"]["ppl_after"]) + math.log(small["python-code"]["ppl_after"])) / 2)
-    result = report_study([study.results], tmp_path / "figs", study.floors)
+    result = report_study([study.results], tmp_path / "figs", spec=study.path)
     assert f"| SLM | {expected:.1f} |" in result["tables"]
     assert "| xz floor (the spec's) | | - | 2.00 | |" in result["tables"]  # python-code has no floor in the spec
     for name in ("ppl_vs_pretraining.png", "ppl_vs_domain_size.png", "cost_vs_domains.png", "tables.md"):
@@ -378,12 +378,36 @@ def test_cells_of_one_method_with_other_options_are_reported_as_variants(tmp_pat
 def test_the_readme_and_docs_study_are_drawn_from_the_committed_results():
     """The README's results table and docs/study/tables.md are the study's results file
     reported (regenerate with the command the README gives after adding cells)."""
-    from mlx_specialize.study import spec_floors
-
     study = REPO / "studies" / "minipile"
-    report = report_study([study / "results.jsonl"], floors=spec_floors(study / "spec.toml"))
+    report = report_study([study / "results.jsonl"], spec=study / "spec.toml")
     assert f"-->\n{report['headline']}\n<!--" in (REPO / "README.md").read_text()
     assert (REPO / "docs" / "study" / "tables.md").read_text() == report["tables"] + "\n"
+
+
+def test_the_report_lists_the_cells_of_the_spec_no_line_stands_for(ran, tmp_path):
+    """Matched by the axes each line records, so the spec's corpora are not needed: here a
+    copy of the spec asks for a second seed, one line of the first is gone, and the data
+    folder is nowhere."""
+    study = ran[0]
+    lines = list(read_results(study.results).values())
+    gone = next(line for line in lines if (line["target"], line["domain_tokens"]) == ("python-code", 20000))
+    results = tmp_path / "results.jsonl"
+    for line in lines:
+        if line is not gone:
+            append_result(results, line)
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC.replace('data = "corpora"', 'data = "nowhere"\nseeds = [0, 1]\nresults = "results.jsonl"'))
+    text = report_study([results], spec=spec)["tables"]
+    assert text.endswith("\n".join([
+        "Not yet measured: 7 of the spec's 12 cells, in running order (`mlxspec study SPEC --status` estimates "
+        "their time)", "",
+        "- SLM, 8.19k generic tokens, domain set 20k, seed 0: python-code",
+        "- SLM, 8.19k generic tokens, domain set 20k, seed 1: python-docs, python-code",
+        "- SLM, 8.19k generic tokens, domain set 100M, seed 1: python-docs, python-code",
+        "- SLM, 8.19k generic tokens, domain set all, seed 1: python-docs, python-code"]))
+    assert "| xz floor (the spec's) | | - | 2.00 | |" in text  # the spec's floors come with it
+    assert report_study([study.results], spec=study.path)["tables"].endswith(
+        "Every one of the spec's 6 cells is measured.")
 
 
 def test_the_headline_goes_between_the_markers_and_nowhere_else(ran, tmp_path):

@@ -535,16 +535,55 @@ def write_headline(readme: Path, text: str, begin: str = HEADLINE_BEGIN, end: st
     atomic_write_bytes(readme, (head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]).encode())
 
 
+def unmeasured(study, paths) -> list[str]:
+    """Markdown lines: how many of `study`'s cells (a spec loaded without its corpora) no
+    line of the results files `paths` stands for yet, and which, in running order, those
+    that differ only in their target on one line. A line stands for the cell whose axes
+    it records (`cell_axes`): a report reads no corpus, so it cannot hash a cell's key."""
+    from .run import cell_axes, read_results
+
+    cells = study.cells()
+    names = list(cell_axes(study, cells[0]))
+
+    def axes(line: dict) -> str:
+        return json.dumps({k: line.get(k) for k in names}, sort_keys=True)
+
+    seen = {axes(line) for path in paths for line in read_results(Path(path)).values()}
+    left = [cell for cell in cells if axes(cell_axes(study, cell)) not in seen]
+    if not left:
+        return [f"Every one of the spec's {len(cells)} cells is measured."]
+    groups: list[tuple[str, list[str]]] = []
+    for cell in left:
+        extra = [f"{name}={value}" for name, value in cell.options if study.options.get(name, object()) != value]
+        name = (f"{label(cell.method)}{' (' + ', '.join(extra) + ')' if extra else ''}, "
+                + ("no generic pre-training" if cell.method == "nopt" else f"{size_label(cell.budget)} generic tokens")
+                + f", domain set {size_label(cell.domain_tokens)}, seed {cell.seed}")
+        if groups and groups[-1][0] == name:
+            groups[-1][1].append(cell.target)
+        else:
+            groups.append((name, [cell.target]))
+    return [f"Not yet measured: {len(left)} of the spec's {len(cells)} cells, in running order (`mlxspec study "
+            "SPEC --status` estimates their time)", "",
+            *(f"- {name}: {', '.join(targets)}" for name, targets in groups)]
+
+
 def report_study(paths, out_dir: str | Path | None = None, floors: dict | None = None,
-                 target_ppl: float | None = None, readme: str | Path | None = None) -> dict:
+                 target_ppl: float | None = None, readme: str | Path | None = None,
+                 spec: str | Path | None = None) -> dict:
     """The tables (markdown) and, with `out_dir`, the figures and tables.md written there;
-    with `readme`, the headline table written between its markers (`write_headline`)."""
+    with `readme`, the headline table written between its markers (`write_headline`);
+    with `spec`, its floors (unless `floors` are given) and the cells not yet measured."""
+    from .spec import load_study
+
+    study = None if spec is None else load_study(spec, corpora=False)
     if readme is not None:  # before any work: a file without the markers is refused
         _marked(Path(readme))
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise SpecializeError(f"--out {out_dir} is a file; name a folder for the figures")
     rows = load_lines(paths)
-    text = tables(rows, floors)
+    text = tables(rows, study.floors if floors is None and study else floors)
+    if study is not None:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(unmeasured(study, paths))
     result = {"cells": len(rows), "tables": text, "headline": headline(macro(rows))}
     if out_dir is not None:
         out_dir = Path(out_dir)

@@ -205,13 +205,14 @@ def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_r
             whole = replace(cell, domain_tokens=None)
             if whole_key not in read_results(study.results):
                 ran += _run_cell(study, whole, whole_key, runs, cache_dir, keep_runs)
-            append_result(study.results, {"cell": key, "same_as": whole_key, **_axes(study, cell)})
+            append_result(study.results, {"cell": key, "same_as": whole_key, **cell_axes(study, cell)})
             continue
         ran += _run_cell(study, cell, key, runs, cache_dir, keep_runs)
     return {**study_status(study, cache_dir), "ran": ran, "stopped": stopped}
 
 
-def _axes(study: Study, cell: Cell) -> dict:
+def cell_axes(study: Study, cell: Cell) -> dict:
+    """What a results line says of its cell (a report matches the spec's cells by it)."""
     return {"study": study.name, "version": study.version, "method": cell.method, "target": cell.target,
             "budget": cell.budget, "domain_tokens": cell.domain_tokens, "seed": cell.seed,
             "options": dict(cell.options), "preset": study.preset}
@@ -232,7 +233,7 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
                             preset=study.preset, out_dir=out, domain_tokens=cell.domain_tokens,
                             pretrain_tokens=tokens, seed=cell.seed, cache_dir=cache_dir, **options)
         fin = report["phases"]["finetune"]
-        line = {"cell": key, **_axes(study, cell), "paper": get_method(cell.method).paper,
+        line = {"cell": key, **cell_axes(study, cell), "paper": get_method(cell.method).paper,
                 "budget_flops": budget_flops(study, cell.budget, options.get("vocab_size")),
                 "pretrain_tokens": tokens, "domain_tokens_used": fin["domain_tokens"],
                 **{name: report[name] for name in ("ppl_before", "ppl_after", "bpb_before", "bpb_after",

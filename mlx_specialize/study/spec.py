@@ -208,9 +208,10 @@ def spec_floors(path: str | Path) -> dict:
     return floors
 
 
-def load_study(path: str | Path, data: str | Path | None = None) -> Study:
+def load_study(path: str | Path, data: str | Path | None = None, corpora: bool = True) -> Study:
     """Read and check a study spec; every problem is one error naming the file and the
-    key, before any work. `data` replaces the spec's `data` folder."""
+    key, before any work. `data` replaces the spec's `data` folder; `corpora` False looks
+    for no corpus (a report, which names targets and reads results only: no cell's key)."""
     path = Path(path)
     spec = _read(path)
     unknown = sorted(set(spec) - KEYS)
@@ -226,6 +227,7 @@ def load_study(path: str | Path, data: str | Path | None = None) -> Study:
             _fail(path, f"`{key}` is missing")
     here = path.resolve().parent
     folder = Path(data).resolve() if data is not None else ((here / spec["data"]).resolve() if "data" in spec else None)
+    folder = folder if corpora else None
     if folder is not None and not folder.is_dir():
         _fail(path, f"the data folder {folder} does not exist" + ("" if data else " (pass --data)"))
 
