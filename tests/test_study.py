@@ -471,7 +471,7 @@ def test_perplexity_axes_label_enough_ticks_and_not_crowded_ones(low, high, show
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlx_specialize.study.report import plain_log_ticks
+    from mlx_specialize.study.figures import plain_log_ticks
 
     fig, ax = plt.subplots()
     ax.plot([1e12, 1e14], [low, high])

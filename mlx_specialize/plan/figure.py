@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..study.report import method_style, plain_log_ticks
+from ..study.figures import method_style, plain_log_ticks
 from .fit import NO_PRETRAINING
 from .planner import GRID, Budgets, _affordable
 from .predict import predict

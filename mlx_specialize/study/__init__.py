@@ -3,7 +3,8 @@
     spec.py    the TOML spec and its grid of cells (method x budget x domain-set size x
                target x seed), each with a key that names no path
     run.py     run the cells not yet in the results file, one JSON line each
-    report.py  tables and figures from results files alone
+    report.py  tables from results files alone
+    figures.py their figures (matplotlib PNGs)
 """
 
 from .report import report_study

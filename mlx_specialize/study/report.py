@@ -1,4 +1,5 @@
-"""A study's tables and figures, from its results file(s) alone: nothing is run.
+"""A study's tables, from its results file(s) alone: nothing is run (figures.py draws
+its figures from the same macro table).
 
 Per (method, budget, domain-set size, seed), the macro figures over the targets (only
 where every target's cell is finished): test perplexity exp(mean over targets of the
@@ -7,10 +8,8 @@ domain: the targets' mean). Across seeds: mean and sample standard deviation.
 
 Tables (markdown): macro perplexity per method and budget for each domain-set size; bits
 per byte per target at the largest budget beside the spec's floors; the cost split; each
-budget of SLM-is against the others at equal total cost C(N) for N = 1 and 3 domains.
-Figures (PNG), each method's default recipe (variants tried on the valid splits are in the
-tables): perplexity vs generic pre-training FLOPs (the paper's main figure), vs domain-set
-size, and the cheapest C(N) reaching a target perplexity vs N.
+budget of SLM-is against the others at equal total cost C(N) for N = 1 and 3 domains;
+with the spec, the cells it names that no line stands for yet.
 """
 
 from __future__ import annotations
@@ -125,7 +124,8 @@ def macro(rows: list[dict]) -> dict:
     return out
 
 
-def _methods(table: dict) -> list[str]:
+def methods_in(table: dict) -> list[str]:
+    """The methods of a `macro` table in the paper's order, each variant after its method."""
     present = {key[0] for key in table}
     rank = {m: i for i, m in enumerate(ORDER)}
     return sorted(present, key=lambda m: (rank.get(m.partition(" ")[0], len(ORDER)), m))
@@ -141,8 +141,8 @@ def _cell(stat: dict | None, name: str = "ppl", digits: int = 1) -> str:
 def tables(rows: list[dict], floors: dict | None = None) -> str:
     """The study's tables, as markdown."""
     table = macro(rows)
-    methods, budgets = _methods(table), sorted({k[1] for k in table})
-    sizes = _sizes(table)
+    methods, budgets = methods_in(table), sorted({k[1] for k in table})
+    sizes = sizes_in(table)
     out = []
     for size in sizes:
         out += [f"Macro test perplexity, domain set {size_label(size)} (mean ± std over seeds where more than one), "
@@ -214,7 +214,7 @@ def seed_differences(table: dict) -> list[str]:
            "domain tokens", "",
            "| budget | size | method | seeds | bits/byte - SLM's | perplexity / SLM's |",
            "|---:|---:|---|---:|---:|---:|"]
-    rank = {m: i for i, m in enumerate(_methods(table))}
+    rank = {m: i for i, m in enumerate(methods_in(table))}
     for b, size, m, s, ref in sorted(rows, key=lambda r: (r[0], math.inf if r[1] is None else r[1], rank[r[2]])):
         mine, theirs = s["bpb_by_seed"], ref["bpb_by_seed"]
         if m.partition(" ")[0] in SHARES_SLM_BASE and set(mine) == set(theirs):  # paired
@@ -246,7 +246,7 @@ def cost_table(table: dict) -> list[str]:
            "shared + N x per domain; serving: FLOPs per token at the full context and measured generation speed", "",
            "| method | budget | size | shared | per domain | C(1) | C(3) | inference FLOPs/token | gen tok/s |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    rank = {m: i for i, m in enumerate(_methods(table))}
+    rank = {m: i for i, m in enumerate(methods_in(table))}
     for m, budget, size in sorted(table, key=lambda k: (rank[k[0]], k[1], math.inf if k[2] is None else k[2])):
         s = table[(m, budget, size)]
         c1, c3 = _totals(s)
@@ -271,7 +271,7 @@ def headline(table: dict) -> str:
     splits, are only named): macro perplexity and bits per byte, and
     its costs in FLOPs (seconds on the machine that ran it): shared, per domain, C(1) and
     C(3), inference per token."""
-    size = _sizes(table)[0]
+    size = sizes_in(table)[0]
     reached = defaultdict(set)  # each method's budgets, its variants (`lr=...`) and SLM-nopt aside
     for m, budget, s in table:
         if s == size and " " not in m and not m.startswith("nopt"):
@@ -287,8 +287,8 @@ def headline(table: dict) -> str:
            "| method | params | ppl before | ppl after | bits/byte | shared | per domain | C(1) | C(3) | "
            "inference FLOPs/token | gen tok/s | seeds |", "|---|" + "---:|" * 11]
     smallest = min(k[1] for k in table)
-    methods = [m for m in _methods(table) if " " not in m] or _methods(table)
-    variants = [m for m in _methods(table) if m not in methods]  # a setting tried on the valid splits
+    methods = [m for m in methods_in(table) if " " not in m] or methods_in(table)
+    variants = [m for m in methods_in(table) if m not in methods]  # a setting tried on the valid splits
     for m in methods:
         s = table.get((m, smallest if m.startswith("nopt") else top, size))
         if s:
@@ -298,7 +298,7 @@ def headline(table: dict) -> str:
                        f"{s['per_domain'][0]:.2e} ({s['per_domain_s'][0]:.0f} s) | {c1['flops']:.2e} | "
                        f"{c3['flops']:.2e} | {s['inference'][0]:.2e} | {s['gen_tok_s'][0]:.0f} | {s['seeds']} |")
     if ahead:
-        order = sorted((m for m in _methods(table) if m in ahead), key=lambda m: -ahead[m])  # stable: methods' order
+        order = sorted((m for m in methods_in(table) if m in ahead), key=lambda m: -ahead[m])  # stable: methods' order
         further = ", ".join(f"{label(m)} ({size_label(ahead[m])})" for m in order)
         out += ["", f"Measured on every target at larger budgets so far: {further}; see the per-budget table."]
     if variants:
@@ -346,8 +346,8 @@ def at_cost(points: list[tuple], cost: float) -> float | None:
 
 def equal_cost_table(table: dict, sizes: list) -> list[str]:
     """Each budget of SLM-is against the other methods at the same total cost C(N)."""
-    selected = [m for m in _methods(table) if m.partition(" ")[0] == "is"]  # SLM-is and its variants
-    others = [m for m in _methods(table) if m not in selected]
+    selected = [m for m in methods_in(table) if m.partition(" ")[0] == "is"]  # SLM-is and its variants
+    others = [m for m in methods_in(table) if m not in selected]
     out = []
     for n in (1, 3) if selected else ():
         out += [f"SLM-is at equal total cost C({n}) (FLOPs; others interpolated between their measured budgets, "
@@ -364,151 +364,9 @@ def equal_cost_table(table: dict, sizes: list) -> list[str]:
     return out
 
 
-def figures(rows: list[dict], out_dir: Path, target_ppl: float | None = None) -> list[Path]:
-    """The three figures (PNG) in `out_dir`; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    table = macro(rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [_vs_pretraining(table, out_dir / "ppl_vs_pretraining.png"),
-            _vs_domain_size(table, out_dir / "ppl_vs_domain_size.png"),
-            _cost_vs_domains(table, out_dir / "cost_vs_domains.png", target_ppl)]
-
-
-def _sizes(table: dict) -> list:
+def sizes_in(table: dict) -> list:
+    """The domain-set sizes of a `macro` table, smallest first, the whole split (None) last."""
     return sorted({k[2] for k in table}, key=lambda s: math.inf if s is None else s)
-
-
-MARKERS = "os^DvPX*h"  # with the colour, one per method of ORDER: lines that coincide stay visible
-
-
-def method_style(method: str) -> dict:
-    """The same colour and marker for a method in every figure."""
-    i = ORDER.index(method) if method in ORDER else len(ORDER)
-    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "label": label(method)}
-
-
-def _plotted(table: dict) -> list[str]:
-    """The methods a figure draws: each one's default recipe. A variant (`llm-lora
-    lr=0.002`) is a choice made on the valid splits, in the tables, not a method."""
-    return [m for m in _methods(table) if " " not in m]
-
-
-def _save(fig, axes, path: Path, ppl_axis: bool = True) -> Path:
-    """Log ticks on every panel (see `plain_log_ticks`), the legend beside the last (if
-    anything was drawn: inside, it hid the lines), the figure written."""
-    import matplotlib.pyplot as plt
-
-    for ax in axes:
-        plain_log_ticks(ax, ppl_axis)
-    if axes[-1].get_legend_handles_labels()[0]:
-        axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _errorbars(ax, points: list[tuple[float, float, float]], name: str) -> None:
-    """(x, mean, std) points, sorted by x, as one method's line."""
-    points = sorted(points)
-    ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], capsize=3,
-                **method_style(name))
-
-
-def _vs_pretraining(table: dict, path: Path) -> Path:
-    """The paper's main figure: macro perplexity vs the generic pre-training budget (each
-    method at the same FLOPs: SLM-is spends its budget per domain, SLM-d twice, once per
-    model; the tables give what each paid), one panel per domain set; SLM-nopt (no
-    pre-training) as a dotted line."""
-    import matplotlib.pyplot as plt
-
-    sizes, smallest = _sizes(table), min(k[1] for k in table)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes) + 1.6, 3.8), squeeze=False, sharey=True)
-    for ax, size in zip(axes[0], sizes):
-        for m in _plotted(table):
-            if m == "nopt":
-                if (m, smallest, size) in table:
-                    ax.axhline(table[(m, smallest, size)]["ppl"][0], color=method_style(m)["color"], ls=":",
-                               label="SLM-nopt")
-                continue
-            points = [(st["budget_flops"][0], *st["ppl"]) for (mm, _, s), st in table.items() if mm == m and s == size]
-            if points:
-                _errorbars(ax, points, m)
-        ax.set(xscale="log", yscale="log", title=f"domain set {size_label(size)}",
-               xlabel="generic pre-training budget (FLOPs)")
-    axes[0][0].set_ylabel("macro test perplexity")
-    return _save(fig, list(axes[0]), path)
-
-
-def _vs_domain_size(table: dict, path: Path) -> Path:
-    """Macro perplexity vs the domain train tokens, at the largest budget."""
-    import matplotlib.pyplot as plt
-
-    budgets = sorted({k[1] for k in table})
-    fig, ax = plt.subplots(figsize=(6.6, 3.8))
-    for m in _plotted(table):
-        budget = budgets[0] if m == "nopt" else budgets[-1]
-        points = [(st["domain_tokens_used"][0], *st["ppl"]) for (mm, b, _), st in table.items()
-                  if mm == m and b == budget]
-        if points:
-            _errorbars(ax, points, m)
-    ax.set(xscale="log", yscale="log", xlabel="domain train tokens (targets' mean)", ylabel="macro test perplexity",
-           title=f"at the largest budget ({size_label(budgets[-1])} tokens)")
-    return _save(fig, [ax], path)
-
-
-def _cost_vs_domains(table: dict, path: Path, target_ppl: float | None) -> Path:
-    """For each method, the cheapest measured budget reaching the target perplexity:
-    its total cost C(N) for N domains (smallest domain set)."""
-    import matplotlib.pyplot as plt
-
-    size = _sizes(table)[0]
-    target = target_ppl or default_target_ppl(table, size)
-    fig, ax = plt.subplots(figsize=(6.6, 3.8))
-    ns = [1, 2, 3, 5, 10, 20, 50, 100]
-    for m in _plotted(table):
-        best = [min((c for c, p, _ in cost_curve(table, m, size, n) if p <= target), default=None) for n in ns]
-        if any(b is not None for b in best):
-            ax.plot([n for n, b in zip(ns, best) if b], [b for b in best if b], **method_style(m))
-    if not ax.get_legend_handles_labels()[0]:
-        ax.text(0.5, 0.5, f"no method measured reaches\nmacro ppl <= {target:.1f}", ha="center", va="center",
-                transform=ax.transAxes)
-    ax.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="cheapest total cost C(N), FLOPs",
-           title=f"reaching macro ppl <= {target:.1f} (domain set {size_label(size)})")
-    return _save(fig, [ax], path, ppl_axis=False)
-
-
-def plain_log_ticks(ax, ppl_axis: bool = True) -> None:
-    """Log axes: FLOPs and token counts in scientific notation at every 1-2-5 step (a
-    range narrower than a decade still shows numbers), perplexities as plain numbers: at
-    every integer step where the drawn range is under 3x (29 to 40 still has ticks), at
-    1-2-3-5 steps where it is wider (every integer step crowded 60-100 together). Called
-    once the data are drawn: it reads the range."""
-    from matplotlib.ticker import FormatStrFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
-
-    axes = [ax.xaxis] + ([] if ppl_axis else [ax.yaxis])
-    for axis in axes:
-        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
-        axis.set_minor_formatter(NullFormatter())
-    if ppl_axis:
-        lo, hi = ax.get_ylim()
-        narrow = lo > 0 and hi / lo < 3
-        ax.yaxis.set_major_locator(LogLocator(subs=tuple(range(1, 10)) if narrow else (1.0, 2.0, 3.0, 5.0)))
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-
-
-def default_target_ppl(table: dict, size) -> float:
-    """The target perplexity of the cost figure: SLM's at its largest budget (what each
-    method pays to match the plain recipe's best), else the median of all."""
-    slm = sorted((b, st["ppl"][0]) for (m, b, s), st in table.items() if m == "finetune" and s == size)
-    if slm:
-        return slm[-1][1]
-    values = sorted(st["ppl"][0] for (m, b, s), st in table.items() if s == size)
-    return values[len(values) // 2]
 
 
 HEADLINE_BEGIN, HEADLINE_END = "<!-- study headline: mlxspec study report --readme -->", "<!-- /study headline -->"
@@ -587,6 +445,8 @@ def report_study(paths, out_dir: str | Path | None = None, floors: dict | None =
     result = {"cells": len(rows), "tables": text, "headline": headline(macro(rows))}
     if out_dir is not None:
         out_dir = Path(out_dir)
+        from .figures import figures  # matplotlib, only for a report that draws
+
         result["figures"] = [str(p) for p in figures(rows, out_dir, target_ppl)]
         (out_dir / "tables.md").write_text(text + "\n")
         result["tables_file"] = str(out_dir / "tables.md")
