@@ -30,6 +30,11 @@ out = _Console(width=None if sys.stdout.isatty() else 160, markup=False, emoji=F
 JSON = False  # this command's --json (options.output_options sets it)
 
 
+class Verbatim(str):
+    """Text `emit` prints as it is, never wrapped to the terminal: markdown, whose table
+    rows a wrap would break."""
+
+
 def set_json(on: bool) -> None:
     global JSON
     JSON = on
@@ -46,7 +51,7 @@ def emit(result: dict, *shown) -> None:
     for item in shown:
         if isinstance(item, Table) and not _fits(item, out.width):
             item = _records(item)
-        out.print(Text(item) if isinstance(item, str) else item, highlight=False)
+        out.print(Text(item) if isinstance(item, str) else item, highlight=False, soft_wrap=isinstance(item, Verbatim))
 
 
 def _fits(table: Table, width: int) -> bool:

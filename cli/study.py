@@ -15,7 +15,7 @@ from mlx_specialize.study.spec import EXAMPLE
 from mlx_specialize.ui import duration
 
 from .options import CACHE_OPT
-from .output import emit
+from .output import Verbatim, emit
 
 SHOWN_PENDING = 10  # --status: the next cells listed (--json lists all)
 
@@ -68,7 +68,7 @@ def study(
         if len(args) < 2:
             raise SpecializeError("study report: name the results file(s): mlxspec study report RESULTS --out DIR")
         result = report_study([Path(a) for a in args[1:]], out, None, target_ppl, readme, spec)
-        emit(result, result["tables"], *([f"figures: {', '.join(result['figures'])}"] if out else []))
+        emit(result, Verbatim(result["tables"]), *([f"figures: {', '.join(result['figures'])}"] if out else []))
         return
     if len(args) != 1:
         raise SpecializeError(f"study: one spec file, not {len(args)} arguments (or `report RESULTS...`)")

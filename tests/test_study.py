@@ -139,6 +139,10 @@ def test_the_report_regenerates_tables_and_figures_from_the_results(ran, tmp_pat
     out = _cli("report", study.results, "--spec", study.path, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["tables"] == result["tables"]
+    # and, redirected to a file, as markdown whose table rows no terminal width breaks
+    out = _cli("report", study.results, "--spec", study.path)
+    assert out.returncode == 0 and max(map(len, result["tables"].splitlines())) > 160
+    assert out.stdout == result["tables"] + "\n"
 
 
 def _line(method, budget, target, seed, ppl, shared, per_domain):
@@ -408,6 +412,27 @@ def test_the_report_lists_the_cells_of_the_spec_no_line_stands_for(ran, tmp_path
     assert "| xz floor (the spec's) | | - | 2.00 | |" in text  # the spec's floors come with it
     assert report_study([study.results], spec=study.path)["tables"].endswith(
         "Every one of the spec's 6 cells is measured.")
+
+
+def test_one_legend_names_the_methods_of_every_panel():
+    """The main figure's last panel (the whole splits) holds two methods; the legend
+    beside it names all that any panel drew, each once."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mlx_specialize.study.figures import legend
+
+    fig, axes = plt.subplots(1, 2)
+    for name in ("SLM", "SLM-d", "SLM-is"):
+        axes[0].plot([1, 2], [3, 4], label=name)
+    axes[1].plot([1, 2], [3, 4], label="SLM")
+    assert [t.get_text() for t in legend(list(axes)).get_texts()] == ["SLM", "SLM-d", "SLM-is"]
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    assert legend([ax]) is None
+    plt.close(fig)
 
 
 def test_the_headline_goes_between_the_markers_and_nowhere_else(ran, tmp_path):

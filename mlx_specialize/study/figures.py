@@ -39,15 +39,28 @@ def _plotted(table: dict) -> list[str]:
     return [m for m in methods_in(table) if " " not in m]
 
 
+def legend(axes):
+    """One legend beside the last panel for the lines of every panel (the last alone may
+    hold a few of the methods; inside a panel it hid the lines), or None where nothing
+    was drawn."""
+    shown = {}  # label -> handle, in the order first drawn
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            shown.setdefault(name, handle)
+    if not shown:
+        return None
+    return axes[-1].legend(list(shown.values()), list(shown), fontsize=7, loc="upper left",
+                           bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def _save(fig, axes, path: Path, ppl_axis: bool = True) -> Path:
-    """Log ticks on every panel (see `plain_log_ticks`), the legend beside the last (if
-    anything was drawn: inside, it hid the lines), the figure written."""
+    """Log ticks on every panel (see `plain_log_ticks`), the legend (`legend`), the
+    figure written."""
     import matplotlib.pyplot as plt
 
     for ax in axes:
         plain_log_ticks(ax, ppl_axis)
-    if axes[-1].get_legend_handles_labels()[0]:
-        axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    legend(axes)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
