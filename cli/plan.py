@@ -63,7 +63,7 @@ def _budget(value: float, unit: str, tokens: float | None, of_preset: str) -> st
 
 
 def _needs(ruled_out: dict, preset: str) -> str:
-    """What a ruled-out method needs, at the smallest budget its fit reaches."""
+    """What a ruled-out method needs, at the budget where it comes closest to fitting."""
     needs = ruled_out["needs"]
     if ruled_out["budget"] == "inference":
         return f" (needs {needs['params']:,} params)"
@@ -73,7 +73,7 @@ def _needs(ruled_out: dict, preset: str) -> str:
 
     if needs["budget_tokens"] is None:  # no pre-training: its per-domain cost is all it needs
         return f" (needs {amount('specialize')} per domain)"
-    need = (f"at the smallest budget its fit reaches, {size_label(needs['budget_tokens'])} tokens of {preset}, it "
+    need = (f"at {size_label(needs['budget_tokens'])} tokens of {preset}, where it comes closest, it "
             f"needs {amount('pretrain')} shared and {amount('specialize')} per domain")
     if ruled_out.get("jointly"):  # neither alone: each budget it may run at fits one, not the other
         return f" together: no budget it may run at fits both ({need})"
@@ -100,6 +100,9 @@ def plan_view(result: dict) -> list:
                 _cost(e["per_domain_flops"], e.get("per_domain_seconds")),
                 _cost(e["total_flops"], e.get("total_seconds")), f"{e['params'] / 1e6:.2f}M")
     lines = [table if result["methods"] else title]  # no method fits: no empty table
+    if result["methods"]:  # what the study's tables call a budget's FLOPs is its training alone
+        lines.append("FLOPs count every pass a method makes, validation included (the study's tables give a "
+                     "budget's training FLOPs alone)")
     machine = next((e["seconds_on"] for e in result["methods"] if "seconds_on" in e), None)
     if "calibration" in result:
         c = result["calibration"]

@@ -141,6 +141,74 @@ def test_costs_scale_pre_training_with_the_budget_and_fine_tuning_with_the_domai
     assert slm["shared_seconds"] == pytest.approx(slm["shared"] / 1e11, rel=1e-6)
 
 
+def test_per_domain_costs_stop_growing_past_the_largest_domain_set_and_held_methods_grow_as_slm():
+    """Fine-tuning is bound by its steps: past the largest set measured its cost is held
+    there, not followed along a power law to steps that never run. A method measured at
+    one size only is predicted at it, but pays for the data it is given: its cost grows
+    as SLM's does (40 x FLOPs per token x size^0.8 in every synthetic cell)."""
+    rows = [r for r in _study() if r["method"] != "mix" or r["domain_tokens"] == 100_000]
+    model = fit_results(rows, FLOOR)
+    B = BUDGETS[1] * FLOPS_PER_TOKEN
+
+    def finetune(size):
+        return 40.0 * FLOPS_PER_TOKEN * size ** 0.8
+
+    assert costs(model, "finetune", B, 1e6)["per_domain"] == pytest.approx(finetune(1e6), rel=1e-6)
+    for far in (6e6, 3e10):  # beyond the largest measured, 3M, even where quality is still followed (2x)
+        assert costs(model, "finetune", B, far)["per_domain"] == pytest.approx(finetune(3e6), rel=1e-6)
+        assert costs(model, "mix", B, far)["per_domain"] == pytest.approx(finetune(3e6), rel=1e-6)
+    assert costs(model, "mix", B, 1e5)["per_domain"] == pytest.approx(finetune(1e5), rel=1e-6)
+    assert costs(model, "mix", B, 1e6)["per_domain"] == pytest.approx(finetune(1e6), rel=1e-6)
+    assert costs(model, "mix", B, 1e6)["per_domain_seconds"] == pytest.approx(finetune(1e6) / 1e11, rel=1e-6)
+    # the quality stays the 100k prediction, said so
+    assert predict(model, "mix", B, 1e6)["bpb"] == pytest.approx(predict(model, "mix", B, 1e5)["bpb"])
+
+
+def test_the_default_per_domain_budget_affords_slm_at_every_domain_set_size():
+    """The default per-domain budget affords SLM's fine-tuning at every size the study
+    measured it at (so more domain data never rules out the method measured along it,
+    leaving the pick to a method held at a smaller set), and beyond them."""
+    from mlx_specialize.plan.budgets import DEFAULT_SPECIALIZE
+    from mlx_specialize.plan.planner import make_plan
+
+    budget = float(DEFAULT_SPECIALIZE)
+    lines = [json.loads(line) for line in (REPO / "studies" / "minipile" / "results.jsonl").read_text().splitlines()]
+    slm = [line for line in lines if line["method"] == "finetune" and "costs" in line and not line["options"].get(
+        "finetune_tokens")]
+    assert len({line["domain_tokens"] for line in slm}) == 3  # 100k, 1M and the whole splits
+    assert max(line["costs"]["per_domain"]["flops"] for line in slm) <= budget
+    for size in (1_000_000, 1_500_000, 4_000_000, 10**9):
+        result = make_plan("12.5M tokens", DEFAULT_SPECIALIZE, "small", domain_tokens=size)
+        assert "finetune" in [e["method"] for e in result["methods"]], (size, result["ruled_out"])
+
+
+def test_a_pre_training_budget_beyond_what_the_fit_follows_is_said_to_be_held():
+    """45.5M tokens of budget: SLM's fit (measured up to 12.5M) is followed to 25M, no
+    further, and the plan says the budget affords more than that; at the default 12.5M it
+    has nothing to say."""
+    from mlx_specialize.plan.planner import make_plan
+
+    slm = next(e for e in make_plan("6e14", "1e14", "small")["methods"] if e["method"] == "finetune")
+    assert slm["budget_tokens"] == 25_000_000
+    assert any(n.startswith("the generic budget held at 25,000,000 tokens of small") for n in slm["notes"])
+    slm = next(e for e in make_plan("12.5M tokens", "1e14", "small")["methods"] if e["method"] == "finetune")
+    assert not any("generic budget held" in n for n in slm["notes"])
+
+
+def test_a_method_dearer_per_token_than_slm_runs_at_all_the_budget_affords():
+    """A budget in tokens is SLM's cost of them; SLM-mix, SLM-pn and the soup validate a
+    little more per token, so they run at a little fewer tokens: all the budget affords,
+    not the grid's step below it."""
+    from mlx_specialize.plan.planner import make_plan
+
+    result = make_plan("12.5M tokens", "1e14", "small")
+    budget = result["budgets"]["pretrain"]
+    for entry in result["methods"]:
+        if entry["method"] in ("mix", "pn", "soup"):
+            assert budget * 0.999 <= entry["shared_flops"] <= budget * (1 + 1e-9), entry
+            assert entry["budget_tokens"] < 12_500_000
+
+
 def test_seconds_follow_each_phase_s_own_speed_not_one_flop_rate_per_method():
     """SLM-is's shared cost is a clustering: few FLOPs (4e10), long (35 s: embedding and
     k-means are not matrix products). Its seconds are measured ones, not its FLOPs at the
@@ -242,6 +310,18 @@ def test_many_domains_name_a_cheaper_method_the_fit_cannot_tell_from_the_pick(mo
     monkeypatch.setitem(METHOD, "mix", (0.05, -0.09, -0.04))
     apart = plan(fit_results(_study(seeds=(0,)), FLOOR), Budgets(**big, domains=1000))
     assert apart["recommended"] == "is" and apart["cheaper_alternative"] is None, apart["reason"]
+
+
+def test_a_saving_too_small_to_matter_is_not_named(monkeypatch):
+    """The README's plan: SLM-pn, within the fit's error of SLM, costs under 1% less for 3
+    domains; "1x less" says nothing, so only a saving of 10% or more is named."""
+    from mlx_specialize.plan import planner
+
+    default = planner.make_plan("12.5M tokens", "1e14", "small", domains=3)["cheaper_alternative"]
+    monkeypatch.setattr(planner, "CHEAPER", 1.0)
+    any_saving = planner.make_plan("12.5M tokens", "1e14", "small", domains=3)["cheaper_alternative"]
+    assert any_saving is not None and any_saving["cost_ratio"] > 1.0
+    assert (default is None) == (any_saving["cost_ratio"] < 1.1)
 
 
 def test_a_budget_measured_on_one_target_only_waits_for_the_others():
@@ -421,7 +501,7 @@ def test_plan_says_what_a_ruled_out_method_needs_in_the_budget_s_terms(tmp_path)
     followed 2x beyond), and the FLOPs it needs there."""
     out = _plan("--pretrain", "100ktokens", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert ("ruled out: SLM, by the pretrain budget (at the smallest budget its fit reaches, 250k tokens of small, "
+    assert ("ruled out: SLM, by the pretrain budget (at 250k tokens of small, where it comes closest, "
             "it needs ") in " ".join(out.stdout.split())
 
 

@@ -19,7 +19,7 @@ from decimal import Decimal
 from ..errors import SpecializeError
 
 DEFAULT_PRETRAIN = "12.5M tokens"
-DEFAULT_SPECIALIZE = "5e13"
+DEFAULT_SPECIALIZE = "1e14"
 DEFAULT_INFERENCE = "small"
 DEFAULT_DOMAIN_TOKENS = 100_000
 # a cost that equals its budget fits it: a budget is often written as the cost itself

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..study.figures import method_style, plain_log_ticks
-from .fit import NO_PRETRAINING
+from .fit import NO_PRETRAINING, REFERENCE
 from .planner import GRID, Budgets, _affordable
 from .predict import predict
 
@@ -28,6 +28,9 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     budgets = Budgets(**result["budgets"])
+    # x: the generic budget in tokens of the preset, as the table gives it (a budget in FLOPs
+    # counts validation passes besides the training FLOPs of B, so B in FLOPs sits left of it)
+    tokens = model["methods"][REFERENCE]["tokens_per_budget_flop"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     ns = np.unique(np.geomspace(1, max(100, 10 * budgets.domains), 40).round())
     points = 0
@@ -46,30 +49,32 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
             p = at(options[0])
             lo, hi = p["ppl_interval"] if p["ppl_interval"] and method == result["recommended"] else (p["ppl"],) * 2
             points += 1  # methods measured at one budget share it: each drawn a little apart, to be seen
-            line = left.errorbar([options[0] * 1.04 ** points], [p["ppl"]], yerr=[[p["ppl"] - lo], [hi - p["ppl"]]],
+            line = left.errorbar([options[0] * tokens * 1.04 ** points], [p["ppl"]],
+                                 yerr=[[p["ppl"] - lo], [hi - p["ppl"]]],
                                  marker="o", capsize=3, label=entry["label"],
                                  color=method_style(method)["color"]).lines[0]
         else:
             Bs = np.geomspace(min(options), max(options), GRID // 4)
             ps = [at(B) for B in Bs]
-            (line,) = left.plot(Bs, [p["ppl"] for p in ps], label=entry["label"], color=method_style(method)["color"])
+            (line,) = left.plot(Bs * tokens, [p["ppl"] for p in ps], label=entry["label"],
+                                color=method_style(method)["color"])
             if method == result["recommended"] and all(p["ppl_interval"] for p in ps):
-                left.fill_between(Bs, [p["ppl_interval"][0] for p in ps], [p["ppl_interval"][1] for p in ps],
+                left.fill_between(Bs * tokens, [p["ppl_interval"][0] for p in ps], [p["ppl_interval"][1] for p in ps],
                                   color=line.get_color(), alpha=0.12)
         right.plot(ns, entry["shared_flops"] + ns * entry["per_domain_flops"], color=line.get_color(),
                    ls=":" if method in NO_PRETRAINING else "-", label=entry["label"],
                    lw=2.5 if method == result["recommended"] else 1.2)
         if method == result["recommended"]:
-            x = (entry["pretrain_flops"] or model["methods"][method]["B"][0]) * (1.04 ** points if len(options) < 2
-                                                                                  else 1.0)
+            x = (entry["pretrain_flops"] or model["methods"][method]["B"][0]) * tokens * (
+                1.04 ** points if len(options) < 2 else 1.0)
             left.plot([x], [entry["ppl"]], marker="*", ms=16, color=line.get_color(), ls="none",
                       label=f"recommended: {entry['label']}")
-    if budgets.pretrain_unit == "flops":  # the budget the user gave, where the methods stand against it
-        left.axvline(budgets.pretrain, color="grey", ls="--", lw=0.8, label="your pre-training budget")
-    left.set(xscale="log", yscale="log", xlabel="generic pre-training budget (FLOPs)",
+    if budgets.pretrain_tokens:  # the budget the user gave, where the methods stand against it
+        left.axvline(budgets.pretrain_tokens, color="grey", ls="--", lw=0.8, label="your pre-training budget")
+    left.set(xscale="log", yscale="log", xlabel=f"generic pre-training budget (tokens of {result['fit']['preset']})",
              ylabel="predicted test perplexity (band: the pick's 90%)",
              title=f"domain of {budgets.domain_tokens:,.0f} tokens")
-    right.axvline(budgets.domains, color="grey", ls="--", lw=0.8)
+    right.axvline(budgets.domains, color="grey", ls="-.", lw=0.8, label=f"your N = {budgets.domains:,}")
     right.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="total cost C(N), FLOPs",
               title="C(N) = shared + N x per domain")
     plain_log_ticks(left)
@@ -77,6 +82,8 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
     # one legend for both panels (a method has one colour in both), below them: inside, it
     # hid the curves and their bands
     handles, labels = left.get_legend_handles_labels()
+    more, names = right.get_legend_handles_labels()  # the methods again, then your N (drawn last)
+    handles, labels = handles + more[-1:], labels + names[-1:]
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")

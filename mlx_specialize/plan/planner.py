@@ -60,18 +60,21 @@ class Budgets:
     specialize_tokens: float | None = None
 
 
-def _exceeded(c: dict, budgets: Budgets) -> set[str]:
-    """The budgets a method's costs `c` (predict.costs) go beyond."""
-    out = set()
+def _spent(c: dict, budgets: Budgets) -> dict[str, float]:
+    """What a method's costs `c` (predict.costs) spend of each budget, in its unit."""
+    out = {}
     for name, part in (("pretrain", "shared"), ("specialize", "per_domain")):
         if getattr(budgets, name + "_unit") == "seconds":
             # a method whose cells recorded no time cannot be said to fit a time budget
-            spent = math.inf if c[part + "_seconds"] is None else c[part + "_seconds"] / budgets.speed
+            out[name] = math.inf if c[part + "_seconds"] is None else c[part + "_seconds"] / budgets.speed
         else:
-            spent = c[part]
-        if not within(spent, getattr(budgets, name)):
-            out.add(name)
+            out[name] = c[part]
     return out
+
+
+def _exceeded(c: dict, budgets: Budgets) -> set[str]:
+    """The budgets a method's costs `c` (predict.costs) go beyond."""
+    return {name for name, spent in _spent(c, budgets).items() if not within(spent, getattr(budgets, name))}
 
 
 def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float], str | None, bool]:
@@ -90,15 +93,29 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
         measured = [b / spec["tokens_per_budget_flop"] for b in spec["budgets"]]
         cap = [budgets.max_budget] if budgets.max_budget and lo / reach <= budgets.max_budget <= hi * reach else []
         candidates = sorted({*np.geomspace(lo / reach, hi * reach, GRID).tolist(), *measured, *cap})
-    fits, binding = [], None
-    for B in candidates:
+    def exceeded_at(B: float) -> set[str]:
         exceeded = _exceeded(costs(model, method, B, budgets.domain_tokens), budgets)
         if _beyond_cap(method, B, budgets) and "pretrain" not in exceeded:  # the cap: what binds per domain
             exceeded.add(CAP)
+        return exceeded
+
+    fits, binding = [], None
+    for B in candidates:
+        exceeded = exceeded_at(B)
         binding = exceeded if binding is None else binding & exceeded  # exceeded at every budget tried
         if not exceeded:
             fits.append(B)
     if fits:
+        # the edge between the largest budget that fits and the next one tried: a method that
+        # costs a little more per token than SLM (whose cost a budget in tokens is) runs at
+        # all the budget affords, not at the grid's step below it
+        above = [B for B in candidates if B > max(fits)]
+        if above:
+            low, high = max(fits), above[0]
+            for _ in range(40):
+                mid = math.sqrt(low * high)
+                low, high = (mid, high) if not exceeded_at(mid) else (low, mid)
+            fits.append(low)
         return fits, None, False
     # the budget exceeded at every budget it may run at; if none is, the two only jointly
     return [], " and ".join(sorted(binding)) if binding else "pretrain and specialize", not binding
@@ -108,22 +125,45 @@ def _beyond_cap(method: str, B: float, budgets: Budgets) -> bool:
     return budgets.max_budget is not None and method not in NO_PRETRAINING and not within(B, budgets.max_budget)
 
 
+MORE = 1.1  # a budget affording this much more than a method is held at is said to
+CHEAPER = 1.1  # a method costing this many times less, within the fit's error of the pick, is named
+
+
 def _affords_more(model: dict, method: str, B: float, budgets: Budgets) -> bool:
-    return not (_exceeded(costs(model, method, 2 * B, budgets.domain_tokens), budgets)
-                or _beyond_cap(method, 2 * B, budgets))
+    return not (_exceeded(costs(model, method, MORE * B, budgets.domain_tokens), budgets)
+                or _beyond_cap(method, MORE * B, budgets))
 
 
-def _cheapest_needed(model: dict, method: str, budgets: Budgets) -> dict:
-    """What the method needs at the smallest budget its fit reaches: FLOPs (and seconds, as
-    plan entries count them) shared and per domain, and that budget in tokens of its
-    preset (None: it has no pre-training)."""
-    spec = model["methods"][method]
-    B = spec["B"][0] / (EXTRAPOLATE if "u" in spec["terms"] else 1.0)
+def _closest_needed(model: dict, method: str, budgets: Budgets, rule: str) -> dict:
+    """What the method needs at the budget B its fit reaches where it comes closest to the
+    budgets `rule` names (the least overrun of them, among the B the others afford: the
+    smallest B where the generic budget binds; where fine-tuning's cost, which falls as
+    the base improves, binds, the largest the generic budget affords): FLOPs (and seconds,
+    as plan entries count them) shared and per domain, that budget and the smallest its
+    fit reaches in tokens of its preset (None: it has no pre-training)."""
+    spec, binding = model["methods"][method], rule.split(" and ")
+    reach = EXTRAPOLATE if "u" in spec["terms"] else 1.0
+    candidates = [spec["B"][0]] if method in NO_PRETRAINING else np.geomspace(spec["B"][0] / reach,
+                                                                              spec["B"][1] * reach, GRID).tolist()
+
+    def spent(B: float) -> dict[str, float]:
+        return _spent(costs(model, method, B, budgets.domain_tokens), budgets)
+
+    def overrun(B: float) -> float:
+        over = [v / max(getattr(budgets, name), 1e-300) for name, v in spent(B).items() if name in binding]
+        return max(over + ([B / budgets.max_budget] if CAP in binding else []))
+
+    afforded = [B for B in candidates if not ({name for name, v in spent(B).items()
+                                               if not within(v, getattr(budgets, name))} - set(binding))
+                and (CAP in binding or not _beyond_cap(method, B, budgets))]
+    B = min(afforded or candidates, key=overrun)
     c = costs(model, method, B, budgets.domain_tokens)
     seconds = _seconds(c, budgets)
     return {"pretrain": c["shared"], "specialize": c["per_domain"],
             "pretrain_seconds": seconds.get("shared_seconds"), "specialize_seconds": seconds.get("per_domain_seconds"),
-            "budget_tokens": None if method in NO_PRETRAINING else round(B * spec["tokens_per_budget_flop"])}
+            "budget_tokens": None if method in NO_PRETRAINING else round(B * spec["tokens_per_budget_flop"]),
+            "fit_starts_tokens": None if method in NO_PRETRAINING else round(candidates[0]
+                                                                              * spec["tokens_per_budget_flop"])}
 
 
 def plan(model: dict, budgets: Budgets) -> dict:
@@ -141,7 +181,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
         options, rule, jointly = _affordable(model, method, budgets)
         if not options:
             ruled_out.append({"method": method, "label": LABEL.get(method, method), "budget": rule,
-                              "jointly": jointly, "needs": _cheapest_needed(model, method, budgets)})
+                              "jointly": jointly, "needs": _closest_needed(model, method, budgets, rule)})
             continue
         # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
         scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor,
@@ -201,7 +241,7 @@ def _seconds(c: dict, budgets: Budgets) -> dict:
 def _from(ruled_out: dict) -> str:
     """Where a generic budget rules a method out (at every budget it may run at): the
     smallest its fit reaches, in tokens."""
-    tokens = ruled_out["needs"].get("budget_tokens")
+    tokens = ruled_out["needs"].get("fit_starts_tokens")
     binding = ruled_out["budget"].split(" and ")
     if tokens is None or ruled_out.get("jointly") or not ("pretrain" in binding or CAP in binding):
         return ""
@@ -226,13 +266,14 @@ def _cheaper_alternative(model: dict, fitting: list[dict], budgets: Budgets) -> 
     90% interval holds 0), the one that costs least for the N domains, where it costs
     less than the recommended: the decision stays the best predicted quality, and the
     number of domains says what that quality costs against the same quality, as far as
-    the fit can tell, for less (SLM-is's per-domain pre-training, multiplied by N)."""
+    the fit can tell, for less (SLM-is's per-domain pre-training, multiplied by N). A
+    saving under CHEAPER (1.03x: two methods at one budget) is not worth naming."""
     # the cost in the budgets' own terms: time where one is in time (a clustering's few
     # FLOPs are many seconds), else FLOPs
     key = "total_seconds" if "seconds" in (budgets.pretrain_unit, budgets.specialize_unit) else "total_flops"
     best, tied = fitting[0], []
     for entry in fitting[1:]:
-        if entry.get(key) is not None and best.get(key) is not None and entry[key] < best[key]:
+        if entry.get(key) is not None and best.get(key) is not None and entry[key] * CHEAPER < best[key]:
             d = _difference(model, entry, best, budgets)
             if d["interval"][0] <= 0.0:
                 tied.append((entry[key], entry, d))
@@ -261,7 +302,7 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
     cost = ((f"{ui.duration(best['total_seconds'])} against {ui.duration(second['total_seconds'])}") if in_time else
             f"{best['total_flops']:.2e} FLOPs against {second['total_flops']:.2e}")
     reason = (f"{best['label']} has the lowest predicted bits per byte of the {len(fitting)} methods these budgets "
-              f"afford: {d['mean']:+.3f} against {second['label']} ({sure}: 90% interval [{lo:+.3f}, {hi:+.3f}]); "
+              f"afford: {d['mean']:+.3f} against {second['label']} ({sure}, 90% interval [{lo:+.3f}, {hi:+.3f}]); "
               f"for {n:,} domain{'s' if n != 1 else ''} it costs C({n:,}) = {cost}.")
     if alternative:
         a_lo, a_hi = alternative["bpb_difference_interval"]

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ..stats import satterthwaite, t_quantile
-from .fit import NO_PRETRAINING
+from .fit import NO_PRETRAINING, REFERENCE
 
 LEVEL = 0.90  # two-sided prediction intervals
 EXTRAPOLATE = 2.0  # how far beyond its measured budgets and sizes a method's fit is followed
@@ -207,21 +207,34 @@ def difference(model: dict, first: str, second: str, B1: float, B2: float, D: fl
 def costs(model: dict, method: str, B: float, D: float) -> dict:
     """The method's shared and per-domain FLOPs at budget B (FLOPs) and D domain tokens,
     and seconds on the study's machine. Pre-training scales with B exactly, in seconds at
-    its measured FLOP/s; the rest follows its fits (FLOPs and seconds apart), held where
-    it was never varied."""
-    spec = model["methods"][method]
-    u, v = math.log(B / model["B0"]), math.log(D / model["D0"])
+    its measured FLOP/s; the rest (fine-tuning until early stopping, a clustering, a
+    selection) follows its fits (FLOPs and seconds apart), held along a budget never varied.
+    Along the domain-set size the rest follows the method's own slope up to the largest
+    set it was measured at, and is held there beyond: fine-tuning is bound by its steps
+    (train.jobs.FINETUNE_MAX_STEPS), which bind at the study's largest sets, so a power law
+    followed further would charge steps that never run. A method never measured along the
+    size grows as SLM does from its own measured size (the same fine-tuning until early
+    stopping), up to SLM's largest: quality held at a smaller set must not come with that
+    set's cost, which would make more domain data look cheaper to use than it is."""
+    spec, ref = model["methods"][method], model["methods"][REFERENCE]
+    u = math.log(B / model["B0"])
 
-    def rest(fit: dict, name: str) -> float:
+    def rest(part: str, name: str) -> float:
+        fit = spec[part]
         if f"{name}0" not in fit:
             return 0.0
-        return math.exp(fit[f"{name}0"] + fit.get(f"{name}u", 0.0) * u + fit.get(f"{name}v", 0.0) * v)
+        value = fit[f"{name}0"] + fit.get(f"{name}u", 0.0) * u
+        if f"{name}v" in fit:  # its own slope, from its own sizes
+            return math.exp(value + fit[f"{name}v"] * math.log(min(D, spec["D"][1]) / model["D0"]))
+        # held at the one size it was measured at: SLM's slope from there
+        slope = ref[part].get(f"{name}v", 0.0)
+        return math.exp(value + slope * math.log(min(D, max(ref["D"][1], spec["D"][0])) / spec["D"][0]))
 
     out = {}
     for part in ("shared", "per_domain"):
         fit = spec[part]
         pretraining = fit["pretraining_ratio"] * B
-        out[part] = pretraining + rest(fit, "c")
+        out[part] = pretraining + rest(part, "c")
         rate = fit.get("pretraining_flops_per_second")
-        out[part + "_seconds"] = (pretraining / rate if rate else 0.0) + rest(fit, "s")
+        out[part + "_seconds"] = (pretraining / rate if rate else 0.0) + rest(part, "s")
     return out
