@@ -168,6 +168,16 @@ def test_a_cell_whose_training_ran_to_its_step_cap_is_marked():
     assert "†" not in tables(rows)
 
 
+def test_slm_nopt_reads_the_same_at_every_budget_not_as_one_measured_at_the_smallest():
+    """SLM-nopt spends no generic budget: its cells, recorded at the smallest, are its row's
+    value under every budget, and the row says why."""
+    from mlx_specialize.study.report import tables
+
+    rows = ([_line("finetune", b, t, 0, 10.0, 100.0, 10.0) for b in (1, 5) for t in "ab"]
+            + [_line("nopt", 1, t, 0, 30.0, 0.0, 10.0) for t in "ab"])
+    assert "| SLM-nopt (no generic pre-training: the same cells at every budget) | 30.0 | 30.0 |" in tables(rows)
+
+
 def test_macro_figures_and_equal_cost_interpolation_by_hand():
     rows = [_line("finetune", 1, "a", 0, 10.0, 100.0, 10.0), _line("finetune", 1, "b", 0, 40.0, 100.0, 30.0),
             _line("finetune", 1, "a", 1, 20.0, 100.0, 10.0), _line("finetune", 1, "b", 1, 20.0, 100.0, 30.0),
