@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..study.figures import method_style, plain_log_ticks
-from .fit import NO_PRETRAINING, REFERENCE
-from .planner import GRID, Budgets, _affordable
+from .fit import NO_PRETRAINING
+from .planner import GRID, Budgets, _affordable, shared_flops_per_token
 from .predict import predict
 
 
@@ -30,12 +30,14 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
     budgets = Budgets(**result["budgets"])
     # x: the generic budget in tokens of the preset, as the table gives it (a budget in FLOPs
     # counts validation passes besides the training FLOPs of B, so B in FLOPs sits left of it)
-    tokens = model["methods"][REFERENCE]["tokens_per_budget_flop"]
+    mine = budgets.pretrain_tokens or (budgets.pretrain / shared_flops_per_token(model)
+                                        if budgets.pretrain_unit == "flops" else None)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     ns = np.unique(np.geomspace(1, max(100, 10 * budgets.domains), 40).round())
     points = 0
     for entry in result["methods"]:
         method = entry["method"]
+        tokens = model["methods"][method]["tokens_per_budget_flop"]
         options = _affordable(model, method, budgets)[0]
 
         def at(B):
@@ -69,8 +71,8 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
                 1.04 ** points if len(options) < 2 else 1.0)
             left.plot([x], [entry["ppl"]], marker="*", ms=16, color=line.get_color(), ls="none",
                       label=f"recommended: {entry['label']}")
-    if budgets.pretrain_tokens:  # the budget the user gave, where the methods stand against it
-        left.axvline(budgets.pretrain_tokens, color="grey", ls="--", lw=0.8, label="your pre-training budget")
+    if mine:  # the budget the user gave, where the methods stand against it
+        left.axvline(mine, color="grey", ls="--", lw=0.8, label="your pre-training budget")
     left.set(xscale="log", yscale="log", xlabel=f"generic pre-training budget (tokens of {result['fit']['preset']})",
              ylabel="predicted test perplexity (band: the pick's 90%)",
              title=f"domain of {budgets.domain_tokens:,.0f} tokens")

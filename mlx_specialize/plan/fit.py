@@ -44,6 +44,7 @@ import numpy as np
 from ..errors import SpecializeError
 # SLM: the method the others' offsets are measured from, as the study's tables set the others against it
 from ..study.report import REFERENCE_METHOD as REFERENCE
+from ..study.report import capped_training
 
 NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the generic budget
 # the methods built on the generic clusters, whose gain the paper finds vanishing on domains
@@ -96,7 +97,8 @@ def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
                     "per_domain_s": float(r["costs"]["per_domain"]["seconds"]),
                     "params": int(r["costs"]["inference"]["params"]),
                     "inference_flops": float(r["costs"]["inference"]["flops_per_token"]),
-                    "gen_tok_s": float(r["costs"]["inference"]["gen_tok_s"]), "preset": r["preset"]})
+                    "gen_tok_s": float(r["costs"]["inference"]["gen_tok_s"]), "preset": r["preset"],
+                    "capped": capped_training(r)})
     if not out:
         raise SpecializeError("the results hold no cell of a method's default recipe to fit the planner on")
     return out
@@ -204,14 +206,21 @@ def _cost_fit(rows: list[dict], part: str) -> dict:
     until early stopping, a clustering, a selection) as ln(rest) = c0 + cu u + cv v in
     FLOPs and s0 + su u + sv v in seconds, each slope only where the method's cells vary
     along it, held at the measured value where they do not. Seconds are fitted apart from
-    FLOPs: a clustering's few FLOPs take far longer than training's at its FLOP/s."""
+    FLOPs: a clustering's few FLOPs take far longer than training's at its FLOP/s. Where a
+    cell's training ran to its step bound, the largest such rest is kept ({name}_cap):
+    fine-tuning from a weaker base or on more data runs no more steps than that."""
     ratio = float(np.mean([r[part + "_pretraining"] / r["B"] for r in rows]))
     fit = {"pretraining_ratio": ratio}
     flops, seconds = (sum(r[part + "_pretraining" + unit] for r in rows) for unit in ("", "_s"))
     if flops > 0 and seconds > 0:
         fit["pretraining_flops_per_second"] = flops / seconds
-    fit.update(_log_linear(rows, [r[part] - r[part + "_pretraining"] for r in rows], "c"))
-    fit.update(_log_linear(rows, [r[part + "_s"] - r[part + "_pretraining_s"] for r in rows], "s"))
+    for name, unit in (("c", ""), ("s", "_s")):
+        rest = [r[part + unit] - r[part + "_pretraining" + unit] for r in rows]
+        fit.update(_log_linear(rows, rest, name))
+        # what a training run to its step bound cost, where one did: the rest can cost no more
+        capped = [value for r, value in zip(rows, rest) if r["capped"] and value > 0]
+        if capped:
+            fit[f"{name}_cap"] = max(capped)
     return fit
 
 

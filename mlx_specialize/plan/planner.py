@@ -114,7 +114,10 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
             low, high = max(fits), above[0]
             for _ in range(40):
                 mid = math.sqrt(low * high)
-                low, high = (mid, high) if not exceeded_at(mid) else (low, mid)
+                # strictly within: the tolerance is for a budget written as a cost, not an edge to run to
+                strict = not exceeded_at(mid) and all(v <= getattr(budgets, name) for name, v in _spent(
+                    costs(model, method, mid, budgets.domain_tokens), budgets).items())
+                low, high = (mid, high) if strict else (low, mid)
             fits.append(low)
         return fits, None, False
     # the budget exceeded at every budget it may run at; if none is, the two only jointly
@@ -126,7 +129,7 @@ def _beyond_cap(method: str, B: float, budgets: Budgets) -> bool:
 
 
 MORE = 1.1  # a budget affording this much more than a method is held at is said to
-CHEAPER = 1.1  # a method costing this many times less, within the fit's error of the pick, is named
+SAVING = 0.10  # a method within the fit's error of the pick is named where it saves this share of the cost
 
 
 def _affords_more(model: dict, method: str, B: float, budgets: Budgets) -> bool:
@@ -136,11 +139,12 @@ def _affords_more(model: dict, method: str, B: float, budgets: Budgets) -> bool:
 
 def _closest_needed(model: dict, method: str, budgets: Budgets, rule: str) -> dict:
     """What the method needs at the budget B its fit reaches where it comes closest to the
-    budgets `rule` names (the least overrun of them, among the B the others afford: the
-    smallest B where the generic budget binds; where fine-tuning's cost, which falls as
-    the base improves, binds, the largest the generic budget affords): FLOPs (and seconds,
-    as plan entries count them) shared and per domain, that budget and the smallest its
-    fit reaches in tokens of its preset (None: it has no pre-training)."""
+    budgets `rule` names: the least overrun of them, among the B the others afford (the
+    smallest B where the generic budget binds; where the per-domain one binds, wherever
+    the per-domain cost is least: the largest B for fine-tuning, which costs less from a
+    better base, anywhere for SLM-is, which pays its pre-training per domain): FLOPs (and
+    seconds, as plan entries count them) shared and per domain, that budget and the
+    smallest its fit reaches in tokens of its preset (None: it has no pre-training)."""
     spec, binding = model["methods"][method], rule.split(" and ")
     reach = EXTRAPOLATE if "u" in spec["terms"] else 1.0
     candidates = [spec["B"][0]] if method in NO_PRETRAINING else np.geomspace(spec["B"][0] / reach,
@@ -267,13 +271,14 @@ def _cheaper_alternative(model: dict, fitting: list[dict], budgets: Budgets) -> 
     less than the recommended: the decision stays the best predicted quality, and the
     number of domains says what that quality costs against the same quality, as far as
     the fit can tell, for less (SLM-is's per-domain pre-training, multiplied by N). A
-    saving under CHEAPER (1.03x: two methods at one budget) is not worth naming."""
+    saving under SAVING of the pick's cost (two methods at one budget differ by 1%) is not
+    worth naming."""
     # the cost in the budgets' own terms: time where one is in time (a clustering's few
     # FLOPs are many seconds), else FLOPs
     key = "total_seconds" if "seconds" in (budgets.pretrain_unit, budgets.specialize_unit) else "total_flops"
     best, tied = fitting[0], []
     for entry in fitting[1:]:
-        if entry.get(key) is not None and best.get(key) is not None and entry[key] * CHEAPER < best[key]:
+        if entry.get(key) is not None and best.get(key) is not None and entry[key] <= (1.0 - SAVING) * best[key]:
             d = _difference(model, entry, best, budgets)
             if d["interval"][0] <= 0.0:
                 tied.append((entry[key], entry, d))

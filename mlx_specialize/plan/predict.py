@@ -209,26 +209,34 @@ def costs(model: dict, method: str, B: float, D: float) -> dict:
     and seconds on the study's machine. Pre-training scales with B exactly, in seconds at
     its measured FLOP/s; the rest (fine-tuning until early stopping, a clustering, a
     selection) follows its fits (FLOPs and seconds apart), held along a budget never varied.
-    Along the domain-set size the rest follows the method's own slope up to the largest
-    set it was measured at, and is held there beyond: fine-tuning is bound by its steps
-    (train.jobs.FINETUNE_MAX_STEPS), which bind at the study's largest sets, so a power law
-    followed further would charge steps that never run. A method never measured along the
-    size grows as SLM does from its own measured size (the same fine-tuning until early
-    stopping), up to SLM's largest: quality held at a smaller set must not come with that
-    set's cost, which would make more domain data look cheaper to use than it is."""
+    Fine-tuning is bound by its steps (train.jobs.FINETUNE_MAX_STEPS), so the rest costs
+    no more than the method's cells that ran to that bound did (from a weaker base or on
+    more data it runs no more steps), and along the domain-set size it is held at the
+    largest set measured rather than followed along a power law to steps that never run.
+    A method measured at one size only grows as SLM does from its own size (the same
+    fine-tuning until early stopping, to the same bound): quality held at a smaller set
+    must not come with that set's cost, which would make more domain data look cheaper to
+    use than it is."""
     spec, ref = model["methods"][method], model["methods"][REFERENCE]
     u = math.log(B / model["B0"])
+
+    def grown(of: dict, part: str, name: str, size: float) -> float:
+        """`of`'s rest at `size` tokens along its own slope, within its bound."""
+        fit = of[part]
+        value = fit[f"{name}0"] + fit.get(f"{name}u", 0.0) * u + fit[f"{name}v"] * math.log(
+            min(size, of["D"][1]) / model["D0"])
+        return min(math.exp(value), fit.get(f"{name}_cap", math.inf))
 
     def rest(part: str, name: str) -> float:
         fit = spec[part]
         if f"{name}0" not in fit:
             return 0.0
-        value = fit[f"{name}0"] + fit.get(f"{name}u", 0.0) * u
-        if f"{name}v" in fit:  # its own slope, from its own sizes
-            return math.exp(value + fit[f"{name}v"] * math.log(min(D, spec["D"][1]) / model["D0"]))
-        # held at the one size it was measured at: SLM's slope from there
-        slope = ref[part].get(f"{name}v", 0.0)
-        return math.exp(value + slope * math.log(min(D, max(ref["D"][1], spec["D"][0])) / spec["D"][0]))
+        if f"{name}v" in fit:
+            return grown(spec, part, name, D)
+        own = min(math.exp(fit[f"{name}0"] + fit.get(f"{name}u", 0.0) * u), fit.get(f"{name}_cap", math.inf))
+        if f"{name}v" not in ref[part] or f"{name}0" not in ref[part]:
+            return own
+        return own * grown(ref, part, name, D) / grown(ref, part, name, spec["D"][0])
 
     out = {}
     for part in ("shared", "per_domain"):
