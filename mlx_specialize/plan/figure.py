@@ -75,7 +75,10 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
         left.axvline(mine, color="grey", ls="--", lw=0.8, label="your pre-training budget")
     left.set(xscale="log", yscale="log", xlabel=f"generic pre-training budget (tokens of {result['fit']['preset']})",
              ylabel="predicted test perplexity (band: the pick's 90%)",
-             title=f"domain of {budgets.domain_tokens:,.0f} tokens")
+             title=f"domain of {budgets.domain_tokens:,.0f} tokens" + (
+                 "\n(some held at a smaller set: see the notes)"
+                 if any(n.startswith("domain set held at") for e in result["methods"] for n in e["notes"]) else ""))
+    left.title.set_fontsize(10)
     right.axvline(budgets.domains, color="grey", ls="-.", lw=0.8, label=f"your N = {budgets.domains:,}")
     right.set(xscale="log", yscale="log", xlabel="number of domains N", ylabel="total cost C(N), FLOPs",
               title="C(N) = shared + N x per domain")
