@@ -93,6 +93,7 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
         measured = [b / spec["tokens_per_budget_flop"] for b in spec["budgets"]]
         cap = [budgets.max_budget] if budgets.max_budget and lo / reach <= budgets.max_budget <= hi * reach else []
         candidates = sorted({*np.geomspace(lo / reach, hi * reach, GRID).tolist(), *measured, *cap})
+
     def exceeded_at(B: float) -> set[str]:
         exceeded = _exceeded(costs(model, method, B, budgets.domain_tokens), budgets)
         if _beyond_cap(method, B, budgets) and "pretrain" not in exceeded:  # the cap: what binds per domain
@@ -115,8 +116,8 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
             for _ in range(40):
                 mid = math.sqrt(low * high)
                 # strictly within: the tolerance is for a budget written as a cost, not an edge to run to
-                strict = not exceeded_at(mid) and all(v <= getattr(budgets, name) for name, v in _spent(
-                    costs(model, method, mid, budgets.domain_tokens), budgets).items())
+                spent = _spent(costs(model, method, mid, budgets.domain_tokens), budgets)
+                strict = all(v <= getattr(budgets, name) for name, v in spent.items()) and CAP not in exceeded_at(mid)
                 low, high = (mid, high) if strict else (low, mid)
             fits.append(low)
         return fits, None, False
@@ -128,7 +129,7 @@ def _beyond_cap(method: str, B: float, budgets: Budgets) -> bool:
     return budgets.max_budget is not None and method not in NO_PRETRAINING and not within(B, budgets.max_budget)
 
 
-MORE = 1.1  # a budget affording this much more than a method is held at is said to
+MORE = 1.1  # where the budgets afford this many times the budget a method is held at, the plan says so
 SAVING = 0.10  # a method within the fit's error of the pick is named where it saves this share of the cost
 
 
@@ -157,10 +158,11 @@ def _closest_needed(model: dict, method: str, budgets: Budgets, rule: str) -> di
         over = [v / max(getattr(budgets, name), 1e-300) for name, v in spent(B).items() if name in binding]
         return max(over + ([B / budgets.max_budget] if CAP in binding else []))
 
-    afforded = [B for B in candidates if not ({name for name, v in spent(B).items()
-                                               if not within(v, getattr(budgets, name))} - set(binding))
-                and (CAP in binding or not _beyond_cap(method, B, budgets))]
-    B = min(afforded or candidates, key=overrun)
+    def others_fit(B: float) -> bool:  # the budgets that do not bind are kept to
+        over = {name for name, v in spent(B).items() if not within(v, getattr(budgets, name))}
+        return not over - set(binding) and (CAP in binding or not _beyond_cap(method, B, budgets))
+
+    B = min([B for B in candidates if others_fit(B)] or candidates, key=overrun)
     c = costs(model, method, B, budgets.domain_tokens)
     seconds = _seconds(c, budgets)
     return {"pretrain": c["shared"], "specialize": c["per_domain"],
