@@ -43,8 +43,7 @@ import numpy as np
 
 from ..errors import SpecializeError
 # SLM: the method the others' offsets are measured from, as the study's tables set the others against it
-from ..study.report import REFERENCE_METHOD as REFERENCE
-from ..study.report import capped_training
+from ..study.report import REFERENCE_METHOD as REFERENCE, capped_training
 
 NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the generic budget
 # the methods built on the generic clusters, whose gain the paper finds vanishing on domains

@@ -153,7 +153,8 @@ def tables(rows: list[dict], floors: dict | None = None) -> str:
             stats = [table.get((m, b, size)) for b in budgets]
             name = label(m)
             if m.partition(" ")[0] == "nopt":  # recorded at the smallest budget, it spends none: the same at each
-                stats, name = [stats[0]] * len(budgets), name + " (no generic pre-training: the same cells at every budget)"
+                stats = [stats[0]] * len(budgets)
+                name += " (no generic pre-training: the same cells at every budget)"
             if any(stats):
                 out.append(f"| {name} | " + " | ".join(_cell(s) for s in stats) + " |")
         out.append("")
