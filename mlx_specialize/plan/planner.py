@@ -77,22 +77,28 @@ def _exceeded(c: dict, budgets: Budgets) -> set[str]:
     return {name for name, spent in _spent(c, budgets).items() if not within(spent, getattr(budgets, name))}
 
 
+def _reach(spec: dict) -> tuple[float, float]:
+    """The budgets (FLOPs) a method's fit is followed over: its measured ones, and
+    EXTRAPOLATE times beyond either end where it has a budget slope."""
+    reach = EXTRAPOLATE if "u" in spec["terms"] else 1.0
+    return spec["B"][0] / reach, spec["B"][1] * reach
+
+
 def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float], str | None, bool]:
     """The budgets B (FLOPs) the method may run at within both budgets, and, where there
     is none, the budget that rules it out and whether only jointly ("pretrain and
     specialize": each B it may run at exceeds one of them, but neither is exceeded at
     every B)."""
     spec = model["methods"][method]
-    lo, hi = spec["B"]
-    reach = EXTRAPOLATE if "u" in spec["terms"] else 1.0
-    if method in NO_PRETRAINING or lo * (1 - 1e-9) >= hi * reach:  # one budget to run at
-        candidates = [lo]
+    lo, hi = _reach(spec)
+    if method in NO_PRETRAINING or lo * (1 - 1e-9) >= hi:  # one budget to run at
+        candidates = [spec["B"][0]]
     else:
         # the grid, the measured budgets themselves (a budget written as a measured cell's
         # tokens affords that cell exactly) and a cap on the budget (run at it exactly)
         measured = [b / spec["tokens_per_budget_flop"] for b in spec["budgets"]]
-        cap = [budgets.max_budget] if budgets.max_budget and lo / reach <= budgets.max_budget <= hi * reach else []
-        candidates = sorted({*np.geomspace(lo / reach, hi * reach, GRID).tolist(), *measured, *cap})
+        cap = [budgets.max_budget] if budgets.max_budget and lo <= budgets.max_budget <= hi else []
+        candidates = sorted({*np.geomspace(lo, hi, GRID).tolist(), *measured, *cap})
 
     def exceeded_at(B: float) -> set[str]:
         exceeded = _exceeded(costs(model, method, B, budgets.domain_tokens), budgets)
@@ -117,7 +123,8 @@ def _affordable(model: dict, method: str, budgets: Budgets) -> tuple[list[float]
                 mid = math.sqrt(low * high)
                 # strictly within: the tolerance is for a budget written as a cost, not an edge to run to
                 spent = _spent(costs(model, method, mid, budgets.domain_tokens), budgets)
-                strict = all(v <= getattr(budgets, name) for name, v in spent.items()) and CAP not in exceeded_at(mid)
+                strict = (all(v <= getattr(budgets, name) for name, v in spent.items())
+                          and not _beyond_cap(method, mid, budgets))
                 low, high = (mid, high) if strict else (low, mid)
             fits.append(low)
         return fits, None, False
@@ -147,23 +154,19 @@ def _closest_needed(model: dict, method: str, budgets: Budgets, rule: str) -> di
     seconds, as plan entries count them) shared and per domain, that budget and the
     smallest its fit reaches in tokens of its preset (None: it has no pre-training)."""
     spec, binding = model["methods"][method], rule.split(" and ")
-    reach = EXTRAPOLATE if "u" in spec["terms"] else 1.0
-    candidates = [spec["B"][0]] if method in NO_PRETRAINING else np.geomspace(spec["B"][0] / reach,
-                                                                              spec["B"][1] * reach, GRID).tolist()
+    candidates = [spec["B"][0]] if method in NO_PRETRAINING else np.geomspace(*_reach(spec), GRID).tolist()
+    tried = [(B, costs(model, method, B, budgets.domain_tokens)) for B in candidates]
 
-    def spent(B: float) -> dict[str, float]:
-        return _spent(costs(model, method, B, budgets.domain_tokens), budgets)
-
-    def overrun(B: float) -> float:
-        over = [v / max(getattr(budgets, name), 1e-300) for name, v in spent(B).items() if name in binding]
+    def overrun(tried_at: tuple[float, dict]) -> float:
+        B, c = tried_at
+        over = [v / max(getattr(budgets, name), 1e-300) for name, v in _spent(c, budgets).items() if name in binding]
         return max(over + ([B / budgets.max_budget] if CAP in binding else []))
 
-    def others_fit(B: float) -> bool:  # the budgets that do not bind are kept to
-        over = {name for name, v in spent(B).items() if not within(v, getattr(budgets, name))}
-        return not over - set(binding) and (CAP in binding or not _beyond_cap(method, B, budgets))
+    def others_fit(tried_at: tuple[float, dict]) -> bool:  # the budgets that do not bind are kept to
+        B, c = tried_at
+        return not _exceeded(c, budgets) - set(binding) and (CAP in binding or not _beyond_cap(method, B, budgets))
 
-    B = min([B for B in candidates if others_fit(B)] or candidates, key=overrun)
-    c = costs(model, method, B, budgets.domain_tokens)
+    B, c = min([t for t in tried if others_fit(t)] or tried, key=overrun)
     seconds = _seconds(c, budgets)
     return {"pretrain": c["shared"], "specialize": c["per_domain"],
             "pretrain_seconds": seconds.get("shared_seconds"), "specialize_seconds": seconds.get("per_domain_seconds"),
@@ -194,7 +197,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
                                  entropy=budgets.entropy)["bpb"], 4), B) for B in options]
         B = min(scored)[1]
         fitting.append(_entry(model, method, B, budgets))
-        top = spec["B"][1] * (EXTRAPOLATE if "u" in spec["terms"] else 1.0)
+        top = _reach(spec)[1]
         if method not in NO_PRETRAINING and B >= top * 0.999 and _affords_more(model, method, top, budgets):
             fitting[-1]["notes"].append(f"the generic budget held at {fitting[-1]['budget_tokens']:,} tokens of "
                                         f"{spec['preset']}, as far as its measured budgets carry its fit; the "

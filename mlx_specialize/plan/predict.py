@@ -221,22 +221,19 @@ def costs(model: dict, method: str, B: float, D: float) -> dict:
     u = math.log(B / model["B0"])
 
     def grown(of: dict, part: str, name: str, size: float) -> float:
-        """`of`'s rest at `size` tokens along its own slope, within its bound."""
+        """`of`'s rest at `size` tokens along its own slope (none: held), within its bound."""
         fit = of[part]
-        value = fit[f"{name}0"] + fit.get(f"{name}u", 0.0) * u + fit[f"{name}v"] * math.log(
+        value = fit[f"{name}0"] + fit.get(f"{name}u", 0.0) * u + fit.get(f"{name}v", 0.0) * math.log(
             min(size, of["D"][1]) / model["D0"])
         return min(math.exp(value), fit.get(f"{name}_cap", math.inf))
 
     def rest(part: str, name: str) -> float:
-        fit = spec[part]
-        if f"{name}0" not in fit:
+        if f"{name}0" not in spec[part]:
             return 0.0
-        if f"{name}v" in fit:
-            return grown(spec, part, name, D)
-        own = min(math.exp(fit[f"{name}0"] + fit.get(f"{name}u", 0.0) * u), fit.get(f"{name}_cap", math.inf))
-        if f"{name}v" not in ref[part] or f"{name}0" not in ref[part]:
+        own = grown(spec, part, name, D)
+        if f"{name}v" in spec[part] or f"{name}v" not in ref[part]:
             return own
-        return own * grown(ref, part, name, D) / grown(ref, part, name, spec["D"][0])
+        return own * grown(ref, part, name, D) / grown(ref, part, name, spec["D"][0])  # SLM's growth from its size
 
     out = {}
     for part in ("shared", "per_domain"):

@@ -416,8 +416,8 @@ def unmeasured(study, paths) -> list[str]:
         return [f"Every one of the spec's {len(cells)} cells is measured."]
     groups: list[tuple[str, list[str]]] = []
     for cell in left:
-        extra = [f"{name}={value}" for name, value in cell.options if study.options.get(name, object()) != value]
-        name = (f"{label(cell.method)}{' (' + ', '.join(extra) + ')' if extra else ''}, "
+        extra = cell.variant(study.options)
+        name = (f"{label(cell.method)}{f' ({extra})' if extra else ''}, "
                 + ("no generic pre-training" if cell.method == "nopt" else f"{size_label(cell.budget)} generic tokens")
                 + f", domain set {size_label(cell.domain_tokens)}, seed {cell.seed}")
         if groups and groups[-1][0] == name:

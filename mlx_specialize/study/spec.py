@@ -102,11 +102,15 @@ class Cell:
         size = "all" if self.domain_tokens is None else f"{self.domain_tokens:,}"
         return f"{self.method} budget {self.budget:,} domain {size} {self.target} seed {self.seed}"
 
+    def variant(self, common: dict) -> str:
+        """The options that tell the cell from the study's `common` ones, as the report names
+        its variants ("finetune_tokens=12288000"), or ""."""
+        return ", ".join(f"{name}={value}" for name, value in self.options if common.get(name, object()) != value)
+
     def label_beside(self, common: dict) -> str:
-        """The label, with the options that tell it from the study's `common` ones (a
-        variant's `finetune_tokens=...`), as the report names its variants."""
-        extra = [f"{name}={value}" for name, value in self.options if common.get(name, object()) != value]
-        return self.label + (f" ({', '.join(extra)})" if extra else "")
+        """The label, with its variant (`variant`) beside it."""
+        extra = self.variant(common)
+        return self.label + (f" ({extra})" if extra else "")
 
 
 @dataclass
