@@ -259,6 +259,20 @@ def test_seconds_follow_each_phase_s_own_speed_not_one_flop_rate_per_method():
     assert slm["per_domain_seconds"] == pytest.approx(finetune / 1e11, rel=1e-6)
 
 
+def test_seconds_noise_is_not_fitted_as_a_trend_along_the_budget():
+    """The same clustering (4e10 FLOPs at every budget) timed 18, 30 and 45 s on a busy
+    machine: its predicted seconds are one value at every budget, their geometric mean, not
+    a slope through the noise; seconds along the budget follow the FLOPs' own slope."""
+    rows = _study(seeds=(0,))
+    measured = dict(zip(BUDGETS, (45.0, 30.0, 18.0)))  # falling with the budget, by chance
+    for r in rows:
+        if r["method"] == "is":
+            r["costs"]["shared"] = {"flops": 4e10, "seconds": measured[r["budget"]], "phases": ["clusters"]}
+    model = fit_results(rows, FLOOR)
+    seconds = [costs(model, "is", b * FLOPS_PER_TOKEN, 1e5)["shared_seconds"] for b in (BUDGETS[0], BUDGETS[-1])]
+    assert seconds == pytest.approx([(45.0 * 30.0 * 18.0) ** (1 / 3)] * 2, rel=1e-9)
+
+
 def test_the_plan_rules_methods_out_by_the_budget_that_binds_and_picks_the_best_affordable():
     model = fit_results(_study(), FLOOR)
     big = Budgets(pretrain=1e15, specialize=1e15, inference=2e6)

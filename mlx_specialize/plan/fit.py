@@ -24,8 +24,8 @@ Perplexity follows from bits per byte and the domain's bytes per token (the stud
 targets' mean, with their spread: a domain's tokenization is not known before it is
 tokenized). Costs: per method, its pre-training at a measured ratio to B, and ln of the
 rest of its shared and its per-domain part linear in u and v in the same way (SLM-is pays
-its pre-training per domain, so its per-domain cost grows with B); in FLOPs and, fitted
-apart on the measured seconds, in time (`_cost_fit`).
+its pre-training per domain, so its per-domain cost grows with B); in FLOPs and, at each
+part's measured FLOP/s, in time (`_cost_fit`).
 
 Everything here is plain numpy on the results' numbers; the fitted model is a JSON-able
 dict (`fit_results`), saved with the package so `mlxspec plan` answers offline.
@@ -203,21 +203,31 @@ def _cost_fit(rows: list[dict], part: str) -> dict:
     its pre-training is the budget's FLOPs times a measured ratio (validation passes, a
     teacher's pre-training), taking seconds at its measured FLOP/s; the rest (fine-tuning
     until early stopping, a clustering, a selection) as ln(rest) = c0 + cu u + cv v in
-    FLOPs and s0 + su u + sv v in seconds, each slope only where the method's cells vary
-    along it, held at the measured value where they do not. Seconds are fitted apart from
-    FLOPs: a clustering's few FLOPs take far longer than training's at its FLOP/s. Where a
-    cell's training ran to its step bound, the largest such rest is kept ({name}_cap):
-    fine-tuning from a weaker base or on more data runs no more steps than that."""
+    FLOPs, each slope only where the method's cells vary along it, held at the measured
+    value where they do not; in seconds, the same line shifted by the part's own measured
+    FLOP/s (s0 = c0 - ln rate, su = cu, sv = cv): a clustering's few FLOPs take far longer
+    than training's at its FLOP/s, but a slope fitted to seconds alone would fit the
+    machine's noise as a trend (the same clustering 18 s at one budget, 45 s at another).
+    Where a cell's training ran to its step bound, the largest such rest is kept
+    ({name}_cap): fine-tuning from a weaker base or on more data runs no more steps."""
     ratio = float(np.mean([r[part + "_pretraining"] / r["B"] for r in rows]))
     fit = {"pretraining_ratio": ratio}
     flops, seconds = (sum(r[part + "_pretraining" + unit] for r in rows) for unit in ("", "_s"))
     if flops > 0 and seconds > 0:
         fit["pretraining_flops_per_second"] = flops / seconds
-    for name, unit in (("c", ""), ("s", "_s")):
-        rest = [r[part + unit] - r[part + "_pretraining" + unit] for r in rows]
-        fit.update(_log_linear(rows, rest, name))
+    rest = {name: [r[part + unit] - r[part + "_pretraining" + unit] for r in rows]
+            for name, unit in (("c", ""), ("s", "_s"))}
+    fit.update(_log_linear(rows, rest["c"], "c"))
+    timed = [(c, s) for c, s in zip(rest["c"], rest["s"]) if c > 0 and s > 0]
+    if timed:
+        log_rate = float(np.mean([math.log(c / s) for c, s in timed]))  # the rest's FLOP/s, geometric mean
+        fit.update({"s" + key[1:]: value - (log_rate if key == "c0" else 0.0)
+                    for key, value in list(fit.items()) if key[0] == "c" and key[1:] in ("0", "u", "v")})
+    else:  # seconds with no FLOPs beside them (a line that timed a phase it did not count): on their own
+        fit.update(_log_linear(rows, rest["s"], "s"))
+    for name in ("c", "s"):
         # what a training run to its step bound cost, where one did: the rest can cost no more
-        capped = [value for r, value in zip(rows, rest) if r["capped"] and value > 0]
+        capped = [value for r, value in zip(rows, rest[name]) if r["capped"] and value > 0]
         if capped:
             fit[f"{name}_cap"] = max(capped)
     return fit
