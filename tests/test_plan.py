@@ -603,6 +603,25 @@ def test_plan_reads_a_domain_and_draws_its_figure(tmp_path):
         assert e["ppl"] == pytest.approx(2 ** (e["bpb"] * bpt))
 
 
+def test_the_figure_stars_a_method_without_pre_training_at_the_user_s_budget(tmp_path, monkeypatch):
+    """SLM-nopt has no generic budget: picked (a tiny pre-training budget, 2M domain tokens),
+    its star sits on its line at the budget the user gave (1e12 FLOPs: 1e12 / the preset's
+    shared FLOPs per token, the grey dashed line), not at a budget it never used."""
+    import matplotlib.pyplot as plt
+
+    from mlx_specialize.plan.planner import make_plan
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)  # keep the figure to read it
+    result = make_plan("1e12", "1e14", "small", domain_tokens=2_000_000, plot=str(tmp_path / "plan.png"))
+    assert result["recommended"] == "nopt"
+    left = drawn[0].axes[0]
+    (star,) = [line for line in left.get_lines() if line.get_marker() == "*"]
+    nopt = next(e for e in result["methods"] if e["method"] == "nopt")
+    assert star.get_xdata()[0] == pytest.approx(1e12 / shared_flops_per_token(load_fitted()))
+    assert star.get_ydata()[0] == pytest.approx(nopt["ppl"])
+
+
 def test_another_tokenizer_than_the_package_fit_s_is_refused(tmp_path):
     """Bytes per token under another tokenizer would turn the fit's bits per byte into
     wrong perplexities: refused before the domain is read."""

@@ -2,7 +2,8 @@
 
 Left: each affordable method's predicted perplexity against its generic pre-training
 budget (FLOPs) at the domain's size, over the budgets it may run at; the recommendation
-starred at the budget the plan chose, with its 90% band. Only its band: a new domain's
+starred at the budget the plan chose (SLM-nopt, which has none, at the user's),
+with its 90% band. Only its band: a new domain's
 interval is mostly its level's uncertainty, which every method shares and which cancels
 between two of them, so bands that overlap would not say the methods are alike (the
 plan's text gives the interval of each difference that decides). Right: each method's total cost
@@ -67,8 +68,11 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
                    ls=":" if method in NO_PRETRAINING else "-", label=entry["label"],
                    lw=2.5 if method == result["recommended"] else 1.2)
         if method == result["recommended"]:
-            x = (entry["pretrain_flops"] or model["methods"][method]["B"][0]) * tokens * (
-                1.04 ** points if len(options) < 2 else 1.0)
+            if method in NO_PRETRAINING:  # no generic budget of its own: starred at the user's, on its line
+                x = mine or model["methods"][method]["B"][0] * tokens
+            else:
+                x = (entry["pretrain_flops"] or model["methods"][method]["B"][0]) * tokens * (
+                    1.04 ** points if len(options) < 2 else 1.0)
             left.plot([x], [entry["ppl"]], marker="*", ms=16, color=line.get_color(), ls="none",
                       label=f"recommended: {entry['label']}")
     if mine:  # the budget the user gave, where the methods stand against it
