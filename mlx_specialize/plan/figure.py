@@ -1,12 +1,12 @@
 """`mlxspec plan --plot`: the plan as a figure (PNG).
 
 Left: each affordable method's predicted perplexity against its generic pre-training
-budget (FLOPs) at the domain's size, over the budgets it may run at; the recommendation
-starred at the budget the plan chose (SLM-nopt, which has none, at the user's),
-with its 90% band. Only its band: a new domain's
-interval is mostly its level's uncertainty, which every method shares and which cancels
-between two of them, so bands that overlap would not say the methods are alike (the
-plan's text gives the interval of each difference that decides). Right: each method's total cost
+budget (in tokens of the preset, as the table gives it) at the domain's size, over the
+budgets it may run at; the recommendation starred at the budget the plan chose (SLM-nopt,
+which has none, at the user's), with its 90% band. Only its band: a new domain's interval
+is mostly its level's uncertainty, which every method shares and which cancels between
+two of them, so bands that overlap would not say the methods are alike (the plan's text
+gives the interval of each difference that decides). Right: each method's total cost
 C(N) = shared + N x per domain against the number of domains N, at its chosen budget.
 """
 
