@@ -261,7 +261,8 @@ class Specialize:
     preset = typer.Option("small", help="Model preset when pre-training (see `mlxspec presets`).")
     out_dir = typer.Option(None, "--out", help="Run folder [default: runs/DOMAIN-METHOD[-N]].")
     pretrain_tokens = tokens_option(DEFAULT_PRETRAIN_TOKENS, help="Generic pre-training budget in tokens "
-                                    "(cached, shared by domains).")
+                                    "of --preset (cached, shared by domains; llm and llm-lora train its large twin "
+                                    "on the fewer tokens of the same FLOPs).")
     finetune_tokens = tokens_option(DEFAULT_FINETUNE_TOKENS, help="The most tokens fine-tuning trains on; it "
                                     "runs until early stopping on the domain's valid split [default: 2000 steps' "
                                     "worth, a safety bound].")

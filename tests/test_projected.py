@@ -161,6 +161,11 @@ def test_specialize_with_a_projected_network_and_a_soup(tmp_path):
     condition = ms.load_model(chosen["instance"])[2]["mlxspec"]["condition"]  # what the SLM was made for
     assert condition == np.eye(3)[int(np.argmax(expected))].tolist()
     assert pn["ppl_after"] < pn["ppl_before"] and pn["phases"]["pretrain"]["arch"] == "pn"
+    # its instance reused by the same command elsewhere: the seconds reported are what making
+    # it took, as its FLOPs are, not this lookup's
+    again = ms.specialize(method="pn", out_dir=tmp_path / "pn-again", **options)
+    assert again["phases"]["select"]["instance"] == chosen["instance"]
+    assert again["phases"]["select"]["seconds"] == chosen["seconds"] > 0
     soup = ms.specialize(method="soup", out_dir=tmp_path / "soup", **options)
     assert soup["phases"]["select"]["rule"] == "histogram" and "cluster" not in soup["phases"]["select"]
     condition = ms.load_model(soup["phases"]["select"]["instance"])[2]["mlxspec"]["condition"]

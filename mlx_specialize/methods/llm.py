@@ -2,7 +2,9 @@
 
 `small` -> `small-llm` and so on (`LLM_TWIN`; an `*-llm` preset is taken as it is): the
 generic pre-training (shared by every domain, cached as SLM's is) and the fine-tuning are
-SLM's. Its inference costs the large model's FLOPs per token, which the report's
+SLM's. The budget, `pretrain_tokens`, is stated in tokens of the preset, as for every
+method: the twin trains on the fewer tokens of the same FLOPs (`equal_flops_tokens`), as
+the paper compares the two at equal pre-training cost and as SLM-d's teacher is trained. Its inference costs the large model's FLOPs per token, which the report's
 `params`, `inference_flops_per_token` and measured generation speed show.
 """
 
@@ -74,6 +76,10 @@ class LLM(SLM):
                 entry.publish()
 
     def resolve(self, settings: Settings) -> Settings:
+        """The twin preset, and the budget in its tokens (the same FLOPs)."""
         settings = super().resolve(settings)
-        settings.preset = llm_twin(settings.preset)
+        twin = llm_twin(settings.preset)
+        settings.pretrain_tokens = equal_flops_tokens(settings.pretrain_tokens, settings.preset, twin,
+                                                      settings.vocab_size)
+        settings.preset = twin
         return settings

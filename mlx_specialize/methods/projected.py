@@ -151,9 +151,13 @@ class Projected(Method):
             else:
                 select_phase = instantiate_for_domain(folder, entry.build, s.domain, s.select, s.domain_tokens,
                                                       s.cache_dir)
+                # what making it took, kept with it: a reuse reports the cost, as its FLOPs are
+                select_phase["seconds"] = time.perf_counter() - t0
                 atomic_write_bytes(entry.build / "instance.json", json.dumps(select_phase).encode())
                 entry.publish()
-        # per domain: its windows embedded (the instantiation itself is a few small products)
-        select_phase.update(k=s.k, seconds=time.perf_counter() - t0, instance=str(dense_dir),
+        # per domain: its windows embedded (the instantiation itself is a few small products);
+        # an instance made before its seconds were kept: this call's
+        select_phase.setdefault("seconds", time.perf_counter() - t0)
+        select_phase.update(k=s.k, instance=str(dense_dir),
                             flops=cl.embedding_flops(clusters.meta["embedder"]["embedder"], select_phase["windows"]))
         return Prepared(dense_dir, {"clusters": g.phase, "select": select_phase, "pretrain": pre_phase})

@@ -85,7 +85,8 @@ def append_result(path: Path, line: dict) -> None:
 
 
 def pretrain_tokens(study: Study, cell: Cell) -> int:
-    """The tokens the cell's method pre-trains on for its budget (see spec.py)."""
+    """The tokens the cell's method pre-trains on for its budget (see spec.py); the
+    LLM methods convert the budget themselves (`LLM.resolve`): this is what they do."""
     if cell.method in LLM_METHODS:
         return equal_flops_tokens(cell.budget, study.preset, llm_twin(study.preset),
                                   dict(cell.options).get("vocab_size"))
@@ -227,11 +228,11 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
         if key in read_results(study.results):
             return 0
         ui.info(f"study {study.name}: {cell.label_beside(study.options)}")
-        options, tokens = dict(cell.options), pretrain_tokens(study, cell)
+        options, tokens = dict(cell.options), pretrain_tokens(study, cell)  # the budget, in the method's own tokens
         wall0, cpu0 = time.perf_counter(), time.process_time()
         report = specialize(domain=study.targets[cell.target], generic=study.generic, method=cell.method,
                             preset=study.preset, out_dir=out, domain_tokens=cell.domain_tokens,
-                            pretrain_tokens=tokens, seed=cell.seed, cache_dir=cache_dir, **options)
+                            pretrain_tokens=cell.budget, seed=cell.seed, cache_dir=cache_dir, **options)
         fin = report["phases"]["finetune"]
         line = {"cell": key, **cell_axes(study, cell), "paper": get_method(cell.method).paper,
                 "budget_flops": budget_flops(study, cell.budget, options.get("vocab_size")),

@@ -47,8 +47,9 @@ class DistillationLoss:
         teacher.freeze()
         accel.prepare(teacher)  # the platform's layers inside the step's scope, as the student's
         self.teacher, self.temperature, self.alpha = teacher, float(temperature), float(alpha)
-        # the teacher's forward pass per training token (the trainer adds it to its budget)
-        self.extra_flops_per_token = teacher.flops_per_token(context, training=False)
+        # the teacher's forward pass per training token (the trainer adds it to its budget);
+        # with alpha = 0 the teacher never runs, and costs nothing
+        self.extra_flops_per_token = teacher.flops_per_token(context, training=False) if self.alpha > 0 else 0
 
     def __call__(self, model, x: mx.array, y: mx.array, streams: list, bos_id: int | None = BOS_ID,
                  count: mx.array | None = None) -> mx.array:

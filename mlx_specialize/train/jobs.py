@@ -228,6 +228,7 @@ def finetune(
             "lr": cfg.lr, "pretrain_lr": pretrain_lr, "batch_size": cfg.batch_size}  # None: a base from elsewhere
     run_dir, flops = Path(out_dir), None
     if lora_rank is not None:
+        mx.random.seed(cfg.seed)  # the adapters' random start (lora_a) is the run's: its seed reproduces it
         add_adapters(model, lora_rank)
         run_dir, flops = run_dir / ADAPTERS, lora_flops_per_token(model.args, context, lora_rank)
         meta["lora_rank"] = lora_rank
