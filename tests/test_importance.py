@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,6 +238,11 @@ def test_specialize_with_importance_sampling_lowers_domain_perplexity(tmp_path):
     assert select_phase["kl_selected"] < select_phase["kl_generic"]
     assert report["ppl_after"] < report["ppl_before"]
     assert (tmp_path / "run" / "selection-histograms.png").is_file()
+    # trained on resampled windows the generic valid split does not sample: it keeps its
+    # final model, as the paper trains to the budget (train.config.TrainConfig.keep)
+    pretrained = Path(report["phases"]["pretrain"]["model"])
+    run = json.loads((pretrained / "run.json").read_text())["train"]
+    assert run["keep"] == "final" and ms.load_model(pretrained)[2]["mlxspec"]["step"] == run["steps"]
 
 
 def test_kmeans_fitted_on_a_sample_assigns_every_vector():

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -77,6 +78,12 @@ def test_specialize_with_a_mixture_of_experts(tmp_path):
     assert report["phases"]["pretrain"]["experts"] == 3 and report["ppl_after"] < report["ppl_before"]
     meta = load_mixture(report["phases"]["pretrain"]["model"])
     assert meta["arch"] == "mix" and len(meta["experts"]) == 3
+    # each expert trained on its cluster alone, which the generic valid split does not
+    # sample: it keeps its final model (train.config.TrainConfig.keep)
+    for expert in meta["experts"]:
+        folder = Path(report["phases"]["pretrain"]["model"]) / expert
+        run = json.loads((folder / "run.json").read_text())["train"]
+        assert run["keep"] == "final" and ms.load_model(folder)[2]["mlxspec"]["step"] == run["steps"]
     assert ms.load_model(tmp_path / "run")[0].args.hidden_size == ms.get_preset("tiny").hidden  # one plain dense SLM
     # --select all: every expert fine-tuned (k times the cost), the lowest valid loss kept.
     every = ms.specialize("python-docs", method="mix", k=3, select="all", preset="tiny", vocab_size=512,

@@ -419,6 +419,11 @@ def test_the_study_headline_compares_methods_at_a_budget_all_reached_and_costs_e
     assert next(line for line in costs if line.startswith("| SLM-nopt | - | 100k |"))
     whole = headline(macro([r for r in rows if r["method"] != "mix"]))  # every method at every budget
     assert whole.startswith("At the largest budget, 12.5M generic tokens") and "so far" not in whole
+    assert "Not measured" not in whole
+    # a method of the study with no cell yet (measured again, say) is named, not silently absent
+    named = headline(macro([r for r in rows if r["method"] != "mix"]), expected=["finetune", "mix", "is", "nopt"])
+    assert named.endswith("Not measured here yet on every target: SLM-mix (the study's cells left: `mlxspec study "
+                          "SPEC --status`).")
 
 
 def test_a_budget_in_tokens_affords_the_cell_of_that_many_tokens():
@@ -726,13 +731,13 @@ def test_a_saved_fit_plans_as_the_fit_it_was(tmp_path):
 
 
 def test_a_fit_of_another_format_is_refused_naming_the_fix(tmp_path):
-    """A fit saved by a version that fitted seconds as one FLOP/s per method (format 1)
-    would give other times: refused, saying how to fit it again; a JSON file that is no
-    fit at all is named as such."""
-    old = {**load_fitted(), "format": 1}
+    """A fit saved by a version without the targets' own slopes (format 2) would give
+    other intervals: refused, saying how to fit it again; a JSON file that is no fit at
+    all is named as such."""
+    old = {**load_fitted(), "format": 2}
     (tmp_path / "old.json").write_text(json.dumps(old))
-    with pytest.raises(SpecializeError, match=r"old.json is a fitted planner model of format 1; this version reads "
-                                              r"format 2: fit it again from its results \(--results FILE"):
+    with pytest.raises(SpecializeError, match=r"old.json is a fitted planner model of format 2; this version reads "
+                                              r"format 3: fit it again from its results \(--results FILE"):
         load_fitted(tmp_path / "old.json")
     (tmp_path / "other.json").write_text('{"name": "x"}')
     with pytest.raises(SpecializeError, match="other.json is not a fitted planner model$"):
@@ -779,8 +784,9 @@ def test_auto_runs_what_the_plan_recommends(tmp_path):
     # SLM-is pre-trains per domain, out of the per-domain budget: still no more than given
     for tokens in (600_000, 3_000_000):
         assert auto_method("python-docs", "small", tokens, 20_000)["pretrain_tokens"] <= tokens
-    capped = auto_method("python-docs", "small", 100_000, 20_000)  # its clustering fits the budget; 100k tokens not
-    assert "SLM-is by the --pretrain-tokens budget" in capped["reason"], capped["reason"]
+    if "is" in shipped["methods"]:  # (not while its cells are measured again: a fit without it)
+        capped = auto_method("python-docs", "small", 100_000, 20_000)  # its clustering fits the budget; 100k not
+        assert "SLM-is by the --pretrain-tokens budget" in capped["reason"], capped["reason"]
     # a budget too small for any pre-training the study measured: the domain data alone, and why
     small = auto_method("python-docs", "small", 1000, 20_000)
     assert small["method"] == "nopt" and "the only method" in small["reason"]
@@ -918,3 +924,45 @@ def test_new_domains_intervals_cover_when_levels_and_gains_vary_by_target():
         inside_diff += d["interval"][0] <= diff <= d["interval"][1]
         total += 1
     assert inside_level / total >= 0.75 and inside_diff / total >= 0.75
+
+
+def test_targets_own_slopes_are_fitted_and_widen_a_new_domain_away_from_the_centre():
+    """Targets that gain more or less than others from budget and from domain data, for
+    every method alike (e_t u + f_t v, sd 0.03 and 0.06), levels well anchored by their
+    floors, seeds scattering 0.01: the fit recovers each target's slopes; a new target
+    drawn alike is covered by the 90% interval at the grid's far corner about 90% of the
+    time; and two methods compared there on it are told apart as finely as the seeds
+    allow, the shared slopes cancelling."""
+    rng = np.random.default_rng(11)
+    inside = inside_diff = total = 0
+    widths = []
+    for draw in range(30):
+        names = [f"d{i}" for i in range(6)]
+        floor = {t: float(rng.uniform(0.5, 2.5)) for t in names}
+        level = {t: floor[t] + 0.5 + float(rng.normal(0, 0.01)) for t in names}
+        e, f = ({t: float(rng.normal(0, sd)) for t in names} for sd in (0.03, 0.06))
+
+        def truth(m, t, b, d):
+            u, v = math.log(b * FLOPS_PER_TOKEN / B0), math.log(d / D0)
+            return _truth(m, t, b, d, level) + e[t] * u + f[t] * v
+
+        rows = [_line(m, t, b, d, s, truth(m, t, b, d) + float(rng.normal(0, 0.01)), {t: 3.0 for t in names})
+                for m in ("finetune", "mix") for t in names for b in BUDGETS for d in SIZES for s in (0, 1)]
+        held = names[-1]
+        model = fit_results([r for r in rows if r["target"] != held], floor)
+        if draw == 0:  # the training targets' own slopes, recovered (summing to 0: around their mean)
+            for kind, own in (("tu", e), ("tv", f)):
+                mean = sum(own[t] for t in names[:-1]) / 5
+                for t in names[:-1]:
+                    assert model["target_slopes"][kind][t] == pytest.approx(own[t] - mean, abs=0.005)
+        b, d = BUDGETS[-1], SIZES[-1]
+        p = predict(model, "mix", b * FLOPS_PER_TOKEN, d, floor=floor[held])
+        inside += p["bpb_interval"][0] <= truth("mix", held, b, d) <= p["bpb_interval"][1]
+        diff = difference(model, "mix", "finetune", b * FLOPS_PER_TOKEN, b * FLOPS_PER_TOKEN, d)
+        measured = truth("mix", held, b, d) - truth("finetune", held, b, d)
+        inside_diff += diff["interval"][0] <= measured <= diff["interval"][1]
+        widths.append(diff["interval"][1] - diff["interval"][0])
+        total += 1
+    assert inside / total >= 0.75 and inside_diff / total >= 0.75
+    # two new cells' seed scatter, 0.01 each: a 90% interval of about 2 x 1.65 x 0.014 = 0.047
+    assert float(np.median(widths)) < 0.08

@@ -2,6 +2,7 @@
 expert isolation, the commands and their refusals."""
 
 import json
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -170,6 +171,11 @@ def test_specialize_with_a_projected_network_and_a_soup(tmp_path):
     assert soup["phases"]["select"]["rule"] == "histogram" and "cluster" not in soup["phases"]["select"]
     condition = ms.load_model(soup["phases"]["select"]["instance"])[2]["mlxspec"]["condition"]
     np.testing.assert_allclose(condition, expected, atol=0.01)  # the whole histogram
+    # the soup trains on mixtures of clusters that one-cluster validation does not sample:
+    # it keeps its final model; the pn, validated on the clusters it trains on, its best
+    runs = {name: json.loads((Path(r["phases"]["pretrain"]["model"]) / "run.json").read_text())["train"]
+            for name, r in (("pn", pn), ("soup", soup))}
+    assert runs["soup"]["keep"] == "final" and "keep" not in runs["pn"]
     assert soup["ppl_after"] < soup["ppl_before"]
     # trained on 2-cluster conditions: another network, cached apart, its support reported
     narrow = ms.specialize(method="soup", soup_support=2, out_dir=tmp_path / "soup2", **options)

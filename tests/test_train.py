@@ -367,3 +367,28 @@ def test_the_valid_curve_kept_is_thinned_evenly_and_ends_where_training_did(tmp_
     assert len(curve) == 64 and steps[0] == 10 and steps[-1] == 2000 and steps == sorted(set(steps))
     assert all(loss == pytest.approx(3.0 - step / 1000) for step, loss in curve)
     assert RunFolder(tmp_path / "none", SOLO).valid_curve() == []
+
+
+@pytest.mark.parametrize("keep,step", [("best", 4), ("final", 8)])
+def test_a_run_leaves_its_best_validated_model_or_its_final_one(tokenizer, tmp_path, keep, step):
+    """`keep`: the model of the best validation (early stopping's), or the last step's (a
+    pre-training validated on text its data does not sample: SLM-is, the experts, the
+    soup): validations scripted to be best at step 4 of 8."""
+    from mlx_specialize.train.evaluate import EvalResult
+
+    losses = iter([3.0, 2.0, 2.5, 2.7])  # at steps 2, 4, 6 and 8
+    mx.random.seed(0)
+    model = ms.Model(ms.get_preset("tiny").model_args(tokenizer.vocab_size))
+    cfg = ms.TrainConfig(steps=8, batch_size=8, context=32, eval_every=2, keep=keep, log_every=1)
+    rows = _uneven_rows(tokenizer)
+    every_step = _Rows(np.concatenate([rows] * cfg.steps), 8)  # the same 8 rows at each step
+    trainer = ms.Trainer(model, tokenizer, None, None, cfg, tmp_path, batches=every_step,
+                         evaluator=lambda m: EvalResult(next(losses) * 100, 100, 400.0))
+    summary = trainer.run()
+    saved, _, config = ms.load_model(tmp_path)
+    assert config["mlxspec"]["step"] == step and summary["best_valid_loss"] == pytest.approx(2.0)
+    final = dict(tree_flatten(model.parameters()))  # the trainer's model is the last step's
+    same = all(mx.array_equal(v, final[k]).item() for k, v in tree_flatten(saved.parameters()))
+    assert same == (keep == "final")
+    with pytest.raises(SpecializeError, match="unknown keep 'last' \\(best or final\\)"):
+        ms.TrainConfig(steps=1, keep="last")

@@ -117,6 +117,15 @@ class Method:
     # paid per domain. SLM-is's pre-training is per domain: its `shared_phases` lack it.
     shared_phases: tuple[str, ...] = ("clusters", "pretrain")
     arch: str | None = None  # the architecture `mlxspec pretrain --arch` pre-trains with this method
+    # The version of what the method measures: raised when a change alters its models (a
+    # study then measures its cells again, `study.spec`; its caches are keyed by it). 2:
+    # SLM-is, SLM-mix's experts and the soup keep their final pre-trained model, not the
+    # one best on a valid split their training data does not sample.
+    recipe: int = 1
+
+    def recipe_key(self) -> tuple:
+        """What a cache key of the method's models adds for its recipe (nothing for the first)."""
+        return () if self.recipe == 1 else (f"recipe{self.recipe}",)
 
     def resolve(self, settings: Settings) -> Settings:
         """Check the options of a `specialize` call, each refused naming its option (the

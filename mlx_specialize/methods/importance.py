@@ -166,6 +166,7 @@ class ImportanceSampled(Method):
     name = "is"
     paper = "SLM-is"
     default_k = 64
+    recipe = 2
     shared_phases = ("clusters",)  # the generic clustering; the selection and pre-training are per domain
 
     def prepare(self, s: Settings) -> Prepared:
@@ -174,7 +175,7 @@ class ImportanceSampled(Method):
         g = cl.clustered_generic(s)
         preset, tokenizer, clusters, generic_split = g.preset, g.tokenizer, g.clusters, g.generic
         key = cl.cache_key(clusters.folder.name, load_corpus(s.domain).fingerprint(), s.domain_tokens,
-                           s.pretrain_tokens, s.sampler, s.seed, preset.__dict__)
+                           s.pretrain_tokens, s.sampler, s.seed, preset.__dict__, *self.recipe_key())
         folder = s.cache_dir / "pretrained-is" / key
         with cache_entry(folder, f"the importance-sampled '{preset.name}' model for {s.domain}") as entry:
             if entry.ready:  # its selection too: report.json says what it was

@@ -148,6 +148,7 @@ def choose_expert(mixture_dir: str | os.PathLike, rule: str, domain_labels: np.n
 
 class Mixture(Method):
     name = "mix"
+    recipe = 2  # its experts keep their final model (train.jobs.pretrain on one cluster's windows)
     paper = "SLM-mix"
     default_k = 4
     select_rules = SELECT_RULES
@@ -180,7 +181,8 @@ class Mixture(Method):
             init_from, init_cost, _ = cached_pretrain(s.generic, s.preset, s.pretrain_tokens, s.vocab_size, s.seed,
                                                       s.cache_dir)
         folder = s.cache_dir / "mixtures" / cl.cache_key(clusters.folder.name, preset.__dict__,
-                                                         s.pretrain_tokens // s.k, s.seed, str(init_from))
+                                                         s.pretrain_tokens // s.k, s.seed, str(init_from),
+                                                         *self.recipe_key())
         with cache_entry(folder, f"the {s.k} '{preset.name}' experts on {s.generic}") as entry:
             if entry.ready:
                 ui.info(f"using the cached mixture of experts {folder}")

@@ -100,6 +100,7 @@ class Projected(Method):
         self.name = self.arch = arch
         self.paper = {"pn": "SLM-pn", "soup": "Soup-of-Experts"}[arch]
         self.select_rules = INSTANCE_RULES if arch == "pn" else INSTANCE_RULES[::-1]
+        self.recipe = 1 if arch == "pn" else 2  # the soup keeps its final model (train.projected)
 
     def check_pretrain(self, job: PretrainJob) -> None:
         """The run folder, the clustering and its generic corpus."""
@@ -125,7 +126,8 @@ class Projected(Method):
         preset, tokenizer, clusters, generic_split = g.preset, g.tokenizer, g.clusters, g.generic
         basis = s.basis or DEFAULT_BASIS
         support = s.soup_support or clusters.k  # soup: all clusters by default (resolve checked it is no more)
-        settings = (self.name, basis) if self.name == "pn" else (self.name, basis, f"support{support}")
+        settings = (self.name, basis) if self.name == "pn" else (self.name, basis, f"support{support}",
+                                                                 *self.recipe_key())
         folder = s.cache_dir / "projected" / cl.cache_key(clusters.folder.name, preset.__dict__, s.pretrain_tokens,
                                                           s.seed, *settings)
         with cache_entry(folder, f"the {self.name} network '{preset.name}' on {s.generic} (k={clusters.k})") as entry:

@@ -5,13 +5,21 @@ Quality, in bits per byte of the domain's test text after specialization (tokeni
 so domains compare), one least-squares fit over every cell of every method:
 
     bpb(method m, target t, budget B, domain tokens D)
-        = a_t + b_m + g_m u + d_m v + z_m u v + noise,   u = ln(B / B0), v = ln(D / D0)
+        = a_t + e_t u + f_t v + b_m + g_m u + d_m v + z_m u v + noise,
+    u = ln(B / B0), v = ln(D / D0)
 
 - a_t: the target's level; for a domain the study never saw it is predicted from the
   domain's xz -9e bits per byte (the protocol's floor): a = floor + the study targets' mean
   of (a_t - floor_t), with their spread as its uncertainty; without a floor, the targets'
   mean level and spread. The level is shared by the methods, so it widens every method's
   interval but not the comparison between two methods.
+- e_t, f_t: how much more than the study targets' mean a target gains from budget and
+  domain data, whatever the method (a repetitive domain gains from more of its own data
+  sooner); they sum to 0 over the targets (effect coding), so g_m and d_m are the mean
+  slopes. A new domain's are unknown: its prediction takes the mean slopes, and the
+  targets' spread of e_t and f_t (`target_slope_var`) widens its interval with the
+  distance from B0 and D0. Shared by the methods, they cancel from a comparison of two
+  methods at the same budget and size, which without them would carry them as noise.
 - b_m, g_m, d_m, z_m: the method's offset and its slopes in log budget and log domain
   size (the scaling-law literature's power laws, in the log-loss regime the study
   measured), each fitted only where the method's cells vary along it; the reference
@@ -50,7 +58,9 @@ NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the gener
 # whose cluster histogram has high entropy: with enough targets, each gets a slope in it
 CLUSTERED = ("is", "mix", "pn", "soup")
 ENTROPY_TARGETS = 4  # fewer targets cannot tell a method's entropy slope from its noise
-FORMAT = 2  # the fitted model's layout; `plan` refuses another (2: seconds fitted apart from FLOPs)
+TARGET_SLOPES = {"tu": "u", "tv": "v"}  # the targets' own slopes in the budget and the domain-set size
+# the fitted model's layout; `plan` refuses another (2: seconds fitted apart from FLOPs; 3: the targets' slopes)
+FORMAT = 3
 
 
 def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
@@ -133,6 +143,8 @@ def _terms(rows: list[dict], method: str) -> list[str]:
 def _columns(rows: list[dict], methods: list[str], targets: list[str], entropy: bool,
              entropy_targets: int) -> list[tuple]:
     cols = [("a", t) for t in targets] + [("b", m) for m in methods if m != REFERENCE]
+    # the targets' own slopes, effect-coded: one column per target but the last (`_design`)
+    cols += [(kind, t) for kind in TARGET_SLOPES for t in targets[:-1]]
     for m in methods:
         cols += [(term, m) for term in _terms(rows, m)]
         if entropy and m in CLUSTERED and len({r["target"] for r in rows if r["method"] == m}) >= entropy_targets:
@@ -186,16 +198,35 @@ def _variance(X: np.ndarray, residual: np.ndarray, clusters: list, level_columns
     return sw2 + sb2, cov, int(dof), {"within": sw2, "method_target": sb2}
 
 
-def _design(rows: list[dict], cols: list[tuple]) -> np.ndarray:
+def _design(rows: list[dict], cols: list[tuple], last_target: str | None = None) -> np.ndarray:
+    """The cells' rows of the design; the targets' slopes effect-coded: a target's own
+    column holds its u (v), `last_target`'s row minus u (v) in every target's column."""
     X = np.zeros((len(rows), len(cols)))
     index = {c: i for i, c in enumerate(cols)}
+    coded = {kind: [i for i, (k, _) in enumerate(cols) if k == kind] for kind in TARGET_SLOPES}
     for i, r in enumerate(rows):
         if ("a", r["target"]) in index:
             X[i, index[("a", r["target"])]] = 1.0
+        for kind, term in TARGET_SLOPES.items():
+            if (kind, r["target"]) in index:
+                X[i, index[(kind, r["target"])]] = r[term]
+            elif r["target"] == last_target:
+                X[i, coded[kind]] = -r[term]
         for key, value in (("b", 1.0), ("u", r["u"]), ("v", r["v"]), ("uv", r["u"] * r["v"]), ("h", r["h"])):
             if (key, r["method"]) in index:
                 X[i, index[(key, r["method"])]] = value
     return X
+
+
+def _target_slopes(cols: list[tuple], theta: np.ndarray, targets: list[str]) -> dict:
+    """Each target's e_t (tu) and f_t (tv) where the fit has them all (the last target's:
+    minus the others' sum), by kind."""
+    out = {}
+    for kind in TARGET_SLOPES:
+        own = {t: float(theta[cols.index((kind, t))]) for t in targets[:-1] if (kind, t) in cols}
+        if len(targets) > 1 and len(own) == len(targets) - 1:
+            out[kind] = {**own, targets[-1]: -sum(own.values())}
+    return out
 
 
 def _cost_fit(rows: list[dict], part: str) -> dict:
@@ -268,7 +299,7 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
     for r in rows:
         r["h"] = features[r["target"]]["entropy"] - H0 if entropy else 0.0
     cols = _columns(rows, methods, targets, entropy, entropy_targets)
-    X = _design(rows, cols)
+    X = _design(rows, cols, targets[-1])
     kept = _independent(X)
     cols, X, y = [cols[j] for j in kept], X[:, kept], np.array([r["bpb"] for r in rows])
     if len(rows) - len(cols) < 1:
@@ -282,6 +313,7 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
     floors = {t: float(floors[t]) for t in targets if floors and t in floors}
     anchored = len(floors) == len(targets)
     levels = {t: float(theta[cols.index(("a", t))]) for t in targets}
+    slopes = _target_slopes(cols, theta, targets)
     offsets = [levels[t] - (floors[t] if anchored else 0.0) for t in targets]
     bpt = defaultdict(list)
     for r in rows:
@@ -298,7 +330,9 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
              "features": features, "entropy_terms": entropy, "H0": H0,
              "columns": [list(c) for c in cols], "theta": theta.tolist(), "cov": cov.tolist(), "s2": s2,
              "dof": dof, "variance_components": components,
-             "levels": levels,
+             "levels": levels, "target_slopes": slopes,
+             # a new domain's slopes scatter around the targets' mean as the targets' did
+             "target_slope_var": {kind: float(np.var(list(e.values()), ddof=1)) for kind, e in slopes.items()},
              "offset_var": float(np.var(offsets, ddof=1)) if len(offsets) > 1 else None,
              "bytes_per_token": float(np.mean(per_target_bpt)),
              "bytes_per_token_by_target": {t: sum(v) / len(v) for t, v in bpt.items()},

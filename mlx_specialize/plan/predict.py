@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ..stats import satterthwaite, t_quantile
-from .fit import NO_PRETRAINING, REFERENCE
+from .fit import NO_PRETRAINING, REFERENCE, TARGET_SLOPES
 
 LEVEL = 0.90  # two-sided prediction intervals
 EXTRAPOLATE = 2.0  # how far beyond its measured budgets and sizes a method's fit is followed
@@ -49,13 +49,27 @@ def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, li
     return B, D, notes
 
 
+def _uv(model: dict, method: str, B: float, D: float) -> tuple[float, float]:
+    """The fit's coordinates of a budget and a domain-set size (SLM-nopt has no budget)."""
+    return 0.0 if method in NO_PRETRAINING else math.log(B / model["B0"]), math.log(D / model["D0"])
+
+
+def _target_slope_parts(model: dict, du: float, dv: float) -> list[tuple[float, float]]:
+    """The variance (and its dof) a new domain's own slopes add along (du, dv) from the
+    fit's centre, or between two predictions: the study targets' spread of e_t and f_t,
+    a new domain's as wide, around their mean (itself known from T targets)."""
+    spread = model.get("target_slope_var") or {}
+    T = len(model["targets"])
+    var = sum(d * d * spread.get(kind, 0.0) for kind, d in (("tu", du), ("tv", dv))) * (1 + 1 / T)
+    return [(var, T - 1)] if var > 0 else []
+
+
 def _row(model: dict, method: str, B: float, D: float, target: str | None = None,
          entropy: float | None = None) -> np.ndarray:
     """The design row of a cell of `method` at (B, D) on `target`, or on a new domain
     (the targets' mean level) of cluster histogram entropy `entropy` (None: the targets'
     mean)."""
-    u = 0.0 if method in NO_PRETRAINING else math.log(B / model["B0"])
-    v = math.log(D / model["D0"])
+    u, v = _uv(model, method, B, D)
     if target is not None and model.get("entropy_terms"):
         h = model["features"][target]["entropy"] - model["H0"]
     else:
@@ -66,6 +80,9 @@ def _row(model: dict, method: str, B: float, D: float, target: str | None = None
     for i, (kind, name) in enumerate(model["columns"]):
         if kind == "a":
             x[i] = (1.0 if name == target else 0.0) if target else 1.0 / len(targets)
+        elif kind in TARGET_SLOPES:  # effect-coded (fit._design); a new domain: the mean slope, 0 here
+            term = values[TARGET_SLOPES[kind]]
+            x[i] = term if name == target else -term if target is not None and target == targets[-1] else 0.0
         elif name == method:
             x[i] = values[kind]
     return x
@@ -103,6 +120,7 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
         # its level lies as far from the targets' mean (itself known from T of them) as theirs did
         spread = model["offset_var"] if model["anchored"] else _level_var(model)
         parts.append((spread * (1 + 1 / T), T - 1) if spread is not None else (math.nan, 1))
+        parts += _target_slope_parts(model, *_uv(model, method, B, D))
         if entropy is None:  # an unmeasured histogram: the clustered method's entropy slope adds its spread
             parts += _entropy_parts(model, _slope(model, method))
     var = sum(v for v, _ in parts)
@@ -123,7 +141,8 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
         if not known:
             ppl_parts.append(((ln2 * bpb) ** 2 * model["bytes_per_token_var"] * (1 + 1 / T), T - 1))
         ln_half = t_quantile(satterthwaite(ppl_parts), LEVEL) * math.sqrt(sum(v for v, _ in ppl_parts))
-        out["ppl_interval"] = [math.exp(ln2 * bpb * bpt - ln_half), math.exp(ln2 * bpb * bpt + ln_half)]
+        # cut at 1, as bits per byte at 0: no model predicts a token likelier than certain
+        out["ppl_interval"] = [max(math.exp(ln2 * bpb * bpt - ln_half), 1.0), math.exp(ln2 * bpb * bpt + ln_half)]
     return out
 
 
@@ -177,7 +196,7 @@ def _macro(model: dict, method: str, B: float, D: float) -> dict:
         out[name] = (mean, _nonnegative(mean, half) if name == "bpb" else [mean - half, mean + half])
     (bpb, bpb_interval), (ln_ppl, ln_interval) = out["bpb"], out["ln_ppl"]
     return {"bpb": bpb, "bpb_interval": bpb_interval, "ppl": math.exp(ln_ppl),
-            "ppl_interval": [math.exp(v) for v in ln_interval], "macro": targets}
+            "ppl_interval": [max(math.exp(v), 1.0) for v in ln_interval], "macro": targets}
 
 
 def _level_var(model: dict) -> float | None:
@@ -193,11 +212,14 @@ def difference(model: dict, first: str, second: str, B1: float, B2: float, D: fl
     cells)."""
     notes: list[str] = []
     entropy = None if macro else _held_entropy(model, entropy, notes)
-    x = (_row(model, first, *held(model, first, B1, D)[:2], entropy=entropy)
-         - _row(model, second, *held(model, second, B2, D)[:2], entropy=entropy))
+    at = [held(model, first, B1, D)[:2], held(model, second, B2, D)[:2]]
+    x = _row(model, first, *at[0], entropy=entropy) - _row(model, second, *at[1], entropy=entropy)
     theta, cov = np.array(model["theta"]), np.array(model["cov"])
     mean = float(x @ theta)
     parts = [(float(x @ cov @ x) + 2 * model["s2"] / (len(model["targets"]) if macro else 1), model["dof"])]
+    if not macro:  # a new domain's own slopes: they cancel only where the two are at the same (u, v)
+        (u1, v1), (u2, v2) = _uv(model, first, *at[0]), _uv(model, second, *at[1])
+        parts += _target_slope_parts(model, u1 - u2, v1 - v2)
     if entropy is None and not macro:
         parts += _entropy_parts(model, _slope(model, first) - _slope(model, second))
     half = t_quantile(satterthwaite(parts), LEVEL) * math.sqrt(sum(v for v, _ in parts))

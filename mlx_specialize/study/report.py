@@ -268,13 +268,14 @@ def _totals(stat: dict) -> tuple[dict, dict]:
     return total_cost(costs, 1), total_cost(costs, 3)
 
 
-def headline(table: dict) -> str:
+def headline(table: dict, expected: list[str] | None = None) -> str:
     """The README's table: every method at the largest budget every method has reached
     with the smallest domain set (a study under way compares methods at equal budget;
     those already further are named below it; variants, settings tried on the valid
     splits, are only named): macro perplexity and bits per byte, and
     its costs in FLOPs (seconds on the machine that ran it): shared, per domain, C(1) and
-    C(3), inference per token."""
+    C(3), inference per token. `expected`: the study's methods; those with no row are
+    named below it, so a table of a study under way does not read as complete."""
     size = sizes_in(table)[0]
     reached = defaultdict(set)  # each method's budgets, its variants (`lr=...`) and SLM-nopt aside
     for m, budget, s in table:
@@ -308,6 +309,11 @@ def headline(table: dict) -> str:
     if variants:
         out += ["", f"Other settings of a method, run beside its default (settings tried on the valid splits, a "
                 f"bound's cost: {', '.join(label(m) for m in variants)}), are in the per-budget tables."]
+    shown = {m for m in methods if table.get((m, smallest if m.startswith("nopt") else top, size))}
+    missing = [m for m in expected or [] if m not in shown]
+    if missing:
+        out += ["", f"Not measured here yet on every target: {', '.join(label(m) for m in missing)} (the study's "
+                "cells left: `mlxspec study SPEC --status`)."]
     return "\n".join(out)
 
 
@@ -446,7 +452,8 @@ def report_study(paths, out_dir: str | Path | None = None, floors: dict | None =
     text = tables(rows, study.floors if floors is None and study else floors)
     if study is not None:
         text = text.rstrip("\n") + "\n\n" + "\n".join(unmeasured(study, paths))
-    result = {"cells": len(rows), "tables": text, "headline": headline(macro(rows))}
+    result = {"cells": len(rows), "tables": text,
+              "headline": headline(macro(rows), study.methods if study is not None else None)}
     if out_dir is not None:
         out_dir = Path(out_dir)
         from .figures import figures  # matplotlib, only for a report that draws

@@ -234,7 +234,8 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
                             preset=study.preset, out_dir=out, domain_tokens=cell.domain_tokens,
                             pretrain_tokens=cell.budget, seed=cell.seed, cache_dir=cache_dir, **options)
         fin = report["phases"]["finetune"]
-        line = {"cell": key, **cell_axes(study, cell), "paper": get_method(cell.method).paper,
+        method = get_method(cell.method)
+        line = {"cell": key, **cell_axes(study, cell), "paper": method.paper, "recipe": method.recipe,
                 "budget_flops": budget_flops(study, cell.budget, options.get("vocab_size")),
                 "pretrain_tokens": tokens, "domain_tokens_used": fin["domain_tokens"],
                 **{name: report[name] for name in ("ppl_before", "ppl_after", "bpb_before", "bpb_after",

@@ -14,9 +14,9 @@ those tokens; the LLM (and SLM-d's teacher) on fewer, at the same FLOPs
 worth of its cells is run, not one per budget.
 
 A cell is one `specialize` call: method x budget x domain-set size x target x seed. Its
-key hashes what decides its result (the study's version, the method and its options, the
-preset, the budget, the domain-set size, the seed and the bytes of the target and the
-generic corpora), never a path, so a results file written on one machine is read on
+key hashes what decides its result (the study's version, the method, its recipe's version
+(`Method.recipe`) and its options, the preset, the budget, the domain-set size, the seed
+and the bytes of the target and the generic corpora), never a path, so a results file written on one machine is read on
 another and no finished cell is run again.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..data.corpus import load_corpus
 from ..errors import SpecializeError
-from ..methods import METHODS
+from ..methods import METHODS, REGISTRY
 from ..models.presets import PRESETS
 
 if sys.version_info >= (3, 11):
@@ -167,11 +167,13 @@ class Study:
 
     def key(self, cell: Cell) -> str:
         """What decides a cell's result, hashed (see the module docstring)."""
-        prints = self.fingerprints
+        prints, recipe = self.fingerprints, REGISTRY[cell.method].recipe
         parts = {"version": self.version, "method": cell.method, "preset": self.preset, "options": list(cell.options),
                  "budget": 0 if cell.method == "nopt" else cell.budget, "domain_tokens": cell.domain_tokens,
                  "seed": cell.seed, "target": prints[cell.target],
-                 "generic": prints["generic"]}
+                 "generic": prints["generic"],
+                 # a method's later recipe is measured again (its first's keys stay as they were)
+                 **({"recipe": recipe} if recipe > 1 else {})}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 

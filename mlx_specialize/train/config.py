@@ -10,6 +10,8 @@ import mlx.optimizers as optim
 
 from ..errors import SpecializeError
 
+KEEP = ("best", "final")  # TrainConfig.keep
+
 
 @dataclass
 class TrainConfig:
@@ -47,6 +49,15 @@ class TrainConfig:
     # ... and when it ends: its last state is all a longer run continues from; older ones (a
     # model and two optimizer moments each) would stay on disk for nothing
     keep_final_checkpoints: int = 1
+    # the model the run leaves: "best", the one of the best validation loss (early
+    # stopping's; the last step's where nothing is validated), or "final", the last step's,
+    # validation only reported (a pre-training on data its valid split does not sample:
+    # the generic split judges an importance-sampled model by the wrong text)
+    keep: str = "best"
+
+    def __post_init__(self):
+        if self.keep not in KEEP:
+            raise SpecializeError(f"unknown keep '{self.keep}' ({' or '.join(KEEP)})")
 
     @property
     def tokens_per_step(self) -> int:
@@ -54,9 +65,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """What the run is, as its checkpoints and run.json record it (and a resume
-        compares): the final retention is not part of it, so runs saved before it was
-        an option are still the same runs."""
-        return {k: v for k, v in asdict(self).items() if k != "keep_final_checkpoints"}
+        compares): the final retention is not part of it, nor `keep` where it is the
+        default, so runs saved before they were options are still the same runs."""
+        return {k: v for k, v in asdict(self).items()
+                if k != "keep_final_checkpoints" and not (k == "keep" and v == "best")}
 
 
 def lr_schedule(cfg: TrainConfig):

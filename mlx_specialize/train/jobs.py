@@ -153,9 +153,11 @@ def pretrain(
     """Pre-train a `preset` model from scratch on `tokens` tokens of the generic corpus.
 
     A tokenizer is trained on the generic corpus unless one is given. `train_split`
-    (e.g. importance-sampled windows, tokenized with `tokenizer`) replaces the corpus'
-    train split; validation stays on the corpus' valid split. `init_from` (a model
-    folder of the same shape and tokenizer) replaces the random initialisation."""
+    (e.g. importance-sampled windows, or one cluster's, tokenized with `tokenizer`)
+    replaces the corpus' train split; validation stays on the corpus' valid split, which
+    then samples other text than the training's: it is only reported, and the run keeps
+    its final model (`keep`), as the paper trains every model to its budget. `init_from`
+    (a model folder of the same shape and tokenizer) replaces the random initialisation."""
     corpus = load_corpus(generic)
     # Several processes: all take rank 0's (given or trained) tokenizer.
     tokenizer = rank0_tokenizer(tokenizer, lambda: fit_tokenizer(corpus, vocab_size or preset.vocab))
@@ -169,7 +171,7 @@ def pretrain(
             raise SpecializeError(f"{init_from} is not a '{preset.name}' model: cannot start from it")
         model.update(base.parameters())
     options = {"batch_size": preset.batch_size, "context": preset.context, "lr": preset.lr,
-               "warmup": preset.warmup, **train_options}
+               "warmup": preset.warmup, "keep": "best" if train_split is None else "final", **train_options}
     cfg = TrainConfig(steps=1, **options)
     cfg.steps = steps_for(tokens, cfg)
     ui.info(

@@ -161,7 +161,10 @@ def pretrain_projected(clusters, generic: TokenizedSplit, valid: TokenizedSplit,
     """Pre-train a `preset`-sized pn or soup on `tokens` tokens of the clustered
     generic windows, validating on the generic valid split's windows `valid`, each with
     its cluster in `valid_labels` (`methods.clusters.clustered_valid`); returns the run
-    summary (+ parameter counts)."""
+    summary (+ parameter counts). The pn trains on one cluster's windows at a time, as it
+    is validated, and keeps its best model; the soup trains on mixtures of clusters that
+    one-cluster validation does not sample: it is only reported, and the soup keeps its
+    final model (`TrainConfig.keep`), as the paper trains every model to its budget."""
     from .jobs import steps_for
     from .trainer import TrainConfig, Trainer
 
@@ -172,7 +175,7 @@ def pretrain_projected(clusters, generic: TokenizedSplit, valid: TokenizedSplit,
     mx.random.seed(seed)
     model = ProjectedModel(preset.model_args(tokenizer.vocab_size), proj)
     options = {"batch_size": preset.batch_size, "context": preset.context, "lr": preset.lr,
-               "warmup": preset.warmup, "seed": seed, **train_options}
+               "warmup": preset.warmup, "seed": seed, "keep": "final" if arch == "soup" else "best", **train_options}
     cfg = TrainConfig(steps=1, **options)
     cfg.steps = steps_for(tokens, cfg)
     source = SoupBatches if arch == "soup" else ClusterBatches

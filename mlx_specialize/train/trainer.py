@@ -269,7 +269,8 @@ class Trainer:
                    "valid_loss": result.loss, "valid_ppl": result.ppl, "valid_bpb": result.bits_per_byte})
         if result.loss < self.best_valid:
             self.best_valid, self.bad_evals = result.loss, 0
-            self._save_best()
+            if self.cfg.keep == "best":
+                self._save_best()
         else:
             self.bad_evals += 1
         return result.loss
@@ -372,7 +373,7 @@ class Trainer:
             raise Interrupted(f"interrupted at step {self.step}, without a checkpoint; "
                               + (f"--resume continues from {last.name}" if last else "no checkpoint yet"),
                               step=self.step, run_dir=self.run_dir) from None
-        if not validating:
+        if not validating or cfg.keep == "final":
             self._save_best()
         self.checkpoint(keep=cfg.keep_final_checkpoints)
         b = self.budget
