@@ -270,7 +270,7 @@ def test_the_loop_takes_its_loss_and_tells_its_callbacks_what_it_logs(tokenizer,
     assert heard.train == [r for r in logged if r["event"] == "train"] and heard.valid == [] and len(heard.train) == 1
 
 
-def test_a_model_reports_its_own_flops_and_the_trainer_counts_them(tokenizer, tmp_path):
+def test_a_model_reports_its_own_flops_and_the_trainer_counts_them(tokenizer, tmp_path, monkeypatch):
     """A projected network costs its dense SLM's FLOPs plus making its MLP weights once
     per micro-batch: h multiply-adds for each of the 3 L D F MLP weights, forward and
     backward (x3), spread over the micro-batch's tokens. The trainer's budget counts that."""
@@ -296,6 +296,12 @@ def test_a_model_reports_its_own_flops_and_the_trainer_counts_them(tokenizer, tm
     cfg = ms.TrainConfig(steps=2, batch_size=B, context=T, streams=1, log_every=1)
     summary = ms.Trainer(pn, tokenizer, None, None, cfg, tmp_path, batches=Conditioned(_uneven_rows(tokenizer))).run()
     assert summary["flops"] == pytest.approx(2 * B * T * ms.flops_per_token(args, T) + 2 * made)
+    # over 2 data-parallel processes each makes the weights for its own B / 2 rows: twice per micro-batch
+    from mlx_specialize.runtime import distributed as dist
+
+    monkeypatch.setattr(dist, "world", lambda: dist.World(None, 0, 2, 2))
+    shared = ms.Trainer(pn, tokenizer, None, None, cfg, tmp_path / "dp", batches=Conditioned(_uneven_rows(tokenizer)))
+    assert shared.flops_per_token == pytest.approx(ms.flops_per_token(args, T) + 2 * made / (B * T))
 
 
 def test_resuming_a_finished_run_returns_it_and_an_early_stop_stays_stopped(tiny_model_dir, cache_dir, tmp_path):

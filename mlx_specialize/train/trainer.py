@@ -104,14 +104,6 @@ class Trainer:
         self.conditioned = hasattr(self.windows, "condition")
         self.evaluator = evaluator
         self.loss, self.callbacks = loss or training_loss, tuple(callbacks)
-        # the model's own count: a projected network adds making its MLP weights, once per micro-batch;
-        # a loss that runs another model (distillation's teacher) declares what it adds
-        own = (flops_per_token if flops_per_token is not None else
-               model.flops_per_token(config.context, batch_tokens=config.batch_size * config.context))
-        self.flops_per_token = own + getattr(self.loss, "extra_flops_per_token", 0.0)
-        # validation: the model's forward pass alone (a distillation's teacher is not run there)
-        self.valid_flops_per_token = model.flops_per_token(config.context, training=False,
-                                                           batch_tokens=config.eval_batch_size * config.context)
         self.optimizer = optim.AdamW(
             learning_rate=lr_schedule(config),
             betas=list(config.betas),
@@ -127,6 +119,15 @@ class Trainer:
         self.rows = self.world.rows(config.batch_size)
         self.folder = RunFolder(run_dir, self.world)
         local_rows = self.rows.stop - self.rows.start
+        # the model's own count: a projected network adds making its MLP weights, once per
+        # micro-batch on every process (each makes them for its own rows); a loss that runs
+        # another model (distillation's teacher) declares what it adds
+        own = (flops_per_token if flops_per_token is not None else
+               model.flops_per_token(config.context, batch_tokens=local_rows * config.context))
+        self.flops_per_token = own + getattr(self.loss, "extra_flops_per_token", 0.0)
+        # validation: the model's forward pass alone (a distillation's teacher is not run there)
+        self.valid_flops_per_token = model.flops_per_token(config.context, training=False,
+                                                           batch_tokens=config.eval_batch_size * config.context)
         self.streams = make_streams(config.streams or auto_streams(local_rows, self.world.local))
         accel.keep_freed_buffers()  # CPU: reuse the step's large buffers
         self.step = 0
