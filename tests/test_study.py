@@ -422,6 +422,12 @@ def test_the_report_lists_the_cells_of_the_spec_no_line_stands_for(ran, tmp_path
     assert "| xz floor (the spec's) | | - | 2.00 | |" in text  # the spec's floors come with it
     assert report_study([study.results], spec=study.path)["tables"].endswith(
         "Every one of the spec's 6 cells is measured.")
+    # a line of another recipe of its method (`Method.recipe`) stands for none of the spec's
+    # cells; a line recording none was measured with the first
+    other = tmp_path / "other.jsonl"
+    for line in lines:
+        append_result(other, {**line, "recipe": 2} if line is gone else {k: v for k, v in line.items() if k != "recipe"})
+    assert "Not yet measured: 1 of the spec's 6 cells" in report_study([other], spec=study.path)["tables"]
 
 
 def test_one_legend_names_the_methods_of_every_panel():

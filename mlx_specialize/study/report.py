@@ -414,7 +414,7 @@ def unmeasured(study, paths) -> list[str]:
     names = list(cell_axes(study, cells[0]))
 
     def axes(line: dict) -> str:
-        return json.dumps({k: line.get(k) for k in names}, sort_keys=True)
+        return json.dumps({k: line.get(k, 1 if k == "recipe" else None) for k in names}, sort_keys=True)
 
     seen = {axes(line) for path in paths for line in read_results(Path(path)).values()}
     left = [cell for cell in cells if axes(cell_axes(study, cell)) not in seen]

@@ -213,10 +213,11 @@ def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_r
 
 
 def cell_axes(study: Study, cell: Cell) -> dict:
-    """What a results line says of its cell (a report matches the spec's cells by it)."""
+    """What a results line says of its cell (a report matches the spec's cells by it),
+    with its method's recipe (a line without one was measured with the first)."""
     return {"study": study.name, "version": study.version, "method": cell.method, "target": cell.target,
             "budget": cell.budget, "domain_tokens": cell.domain_tokens, "seed": cell.seed,
-            "options": dict(cell.options), "preset": study.preset}
+            "options": dict(cell.options), "preset": study.preset, "recipe": get_method(cell.method).recipe}
 
 
 def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, keep_runs: bool) -> int:
@@ -234,8 +235,7 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
                             preset=study.preset, out_dir=out, domain_tokens=cell.domain_tokens,
                             pretrain_tokens=cell.budget, seed=cell.seed, cache_dir=cache_dir, **options)
         fin = report["phases"]["finetune"]
-        method = get_method(cell.method)
-        line = {"cell": key, **cell_axes(study, cell), "paper": method.paper, "recipe": method.recipe,
+        line = {"cell": key, **cell_axes(study, cell), "paper": get_method(cell.method).paper,
                 "budget_flops": budget_flops(study, cell.budget, options.get("vocab_size")),
                 "pretrain_tokens": tokens, "domain_tokens_used": fin["domain_tokens"],
                 **{name: report[name] for name in ("ppl_before", "ppl_after", "bpb_before", "bpb_after",
