@@ -26,6 +26,7 @@ from mlx_specialize.methods.projected import DEFAULT_BASIS
 from mlx_specialize.plan.budgets import (DEFAULT_INFERENCE, DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE, TOKEN_UNITS,
                                          AmountError, UnreadableAmount, amount)
 from mlx_specialize.specialize import DEFAULT_FINETUNE_TOKENS, DEFAULT_PRETRAIN_TOKENS
+from mlx_specialize.train.config import MAX_TOKENS
 
 from . import output
 
@@ -61,6 +62,8 @@ def token_count(value) -> int:
         raise typer.BadParameter(f"'{value}' is not a whole number of tokens")
     if count < 1:
         raise typer.BadParameter(f"{value} is not in the range x>=1")
+    if count > MAX_TOKENS:  # refused here, before anything is trained, not by a step counter mid-run
+        raise typer.BadParameter(f"{value} is more than {MAX_TOKENS:.0e} tokens, the most any budget here can train")
     return int(count)
 
 
@@ -104,7 +107,8 @@ def overwrite_option(what: str):
 
 
 # ---- shared ------------------------------------------------------------------------
-JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout (last).")
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout (last), and no progress (as "
+                        "--quiet).")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or messages.")
 CACHE_OPT = typer.Option(None, "--cache-dir", help="Token and model cache [default: $MLXSPEC_CACHE or ~/.cache/mlx-specialize].")
 RESUME_OPT = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint.")

@@ -55,16 +55,19 @@ def emit(result: dict, *shown) -> None:
 
 
 def _fits(table: Table, width: int) -> bool:
-    """Whether rich lays the table out in `width` columns with every word of every cell
-    and header whole (a header may wrap at its spaces): a value split mid-word ("4.11e+1" /
-    "0") could be misread. Rendered to find out: rich shares out the width its own way."""
+    """Whether rich lays the table out in `width` columns with every cell whole on one
+    line and every word of a header whole (a header may wrap at its spaces): a value split
+    mid-word ("4.11e+1" / "0") could be misread, and an interval split at its comma
+    ("1.829 [1.779," / "1.878]") reads as two values. Rendered to find out: rich shares out
+    the width its own way."""
     if not table.show_header or len(table.columns) <= 2:  # key / value: only long paths fold
         return True
     trial = Console(file=io.StringIO(), width=width, markup=False, emoji=False)
     trial.print(table, highlight=False)
     rendered = trial.file.getvalue()
-    words = {word for column in table.columns for cell in (column.header, *column.cells) for word in str(cell).split()}
-    return all(word in rendered for word in words)
+    words = {word for column in table.columns for word in str(column.header).split()}
+    cells = {str(cell) for column in table.columns for cell in column.cells}
+    return all(word in rendered for word in words) and all(cell in rendered for cell in cells)
 
 
 def _records(table: Table) -> str:

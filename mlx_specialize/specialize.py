@@ -43,6 +43,7 @@ from .models.io import load_model, model_context
 from .models.presets import PRESETS, get_preset
 from .runtime.cache import building_for, default_cache_dir, locked
 from .runtime.files import atomic_write_bytes, copy_run_files
+from .train.config import MAX_TOKENS
 from .train.jobs import evaluate_model, finetune
 
 DEFAULT_DOMAIN = "python-docs"
@@ -173,7 +174,16 @@ class RunPlan:
     plan: dict | None = None  # `--method auto`'s decision (plan.auto_method), kept in the report
 
 
+def _check_token_counts(**counts) -> None:
+    """Each count of tokens named (an option without its dashes) at most MAX_TOKENS."""
+    for name, count in counts.items():
+        if count is not None and count > MAX_TOKENS:
+            raise SpecializeError(f"--{name.replace('_', '-')}: {count:.3g} tokens is more than {MAX_TOKENS:.0e}, "
+                                  "the most any budget here can train")
+
+
 def _check_domain_tokens(domain_tokens: int | None, preset: str) -> None:
+    _check_token_counts(domain_tokens=domain_tokens)
     window_tokens = get_preset(preset).context + 1
     if domain_tokens is not None and domain_tokens < window_tokens:
         raise SpecializeError(f"--domain-tokens: {domain_tokens} tokens are fewer than one training window of the "
@@ -195,6 +205,7 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
     refused). Returns the resolved run."""
     chosen = get_method(method)
     check_choice("--preset", preset, PRESETS)
+    _check_token_counts(pretrain_tokens=pretrain_tokens, finetune_tokens=finetune_tokens)
     settings = chosen.resolve(Settings(
         domain=domain, generic=generic or "", method=method, preset=preset, pretrain_tokens=pretrain_tokens,
         finetune_tokens=finetune_tokens, domain_tokens=domain_tokens, vocab_size=vocab_size, seed=seed,
@@ -221,6 +232,9 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
     if base is None:  # pre-training reads the generic corpus' train and valid splits
         generic_corpus.check(("train", "valid"))
     settings.generic = generic_corpus.spec
+    if settings.domain in settings.generic.split(","):  # allowed (a check of the setup, say), but said
+        ui.warn(f"--generic {settings.generic} holds the domain {settings.domain} itself: the generic pre-training "
+                "trains on the domain's train split (the paper's generic corpus holds no target domain)")
     if base is not None:  # it loads: weights, configuration and tokenizer agree
         load_model(base)
     command = run_command(settings)

@@ -58,6 +58,9 @@ def test_llm_is_the_presets_large_twin_pretrained_and_finetuned(tmp_path, cache)
     small, large = (ms.flops_per_token(ms.get_preset(p).model_args(512), 128) for p in ("tiny", "tiny-llm"))
     trained, step = report["phases"]["pretrain"]["tokens"], twin.batch_size * 128
     assert trained - step < RUN["pretrain_tokens"] * small / large <= trained < RUN["pretrain_tokens"] / 3
+    # its FLOPs: those tokens trained, and its validations, reported apart
+    pre = report["phases"]["pretrain"]
+    assert pre["flops"] == pytest.approx(trained * large + pre["valid_flops"]) and pre["valid_flops"] > 0
     assert report["ppl_after"] < report["ppl_before"]
 
 

@@ -702,6 +702,7 @@ class Opt:
 ARG_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00") | st.sampled_from("\udcff\udc80")
 MAX_SEED = 2**32 - 1  # the documented bound of every --seed (docs/usage.md: option ranges)
 MAX_VOCAB = 2**20  # of every --vocab-size
+MAX_TOKENS = 10**15  # of every count of tokens (cli.options.token_count)
 arg_text = st.text(alphabet=ARG_CHARS, max_size=12)
 ODD_NUMBERS = ["", " ", "nan", "NaN", "inf", "-inf", "+inf", "1e3", "1e400", "-1e400", "1.5", "1.0", "-0", "0.0",
                "0x10", "1_000", "+5", " 7 ", "٣", "５", "5 5", "--", "-", "None", "true", "0b1", "½", "1e-320"]
@@ -725,8 +726,8 @@ def values(opt: Opt):
 
 
 PRESETS = tuple(ms.PRESETS)
-SPECIALIZE = (Opt("--domain-tokens", "int", 1), Opt("--pretrain-tokens", "int", 1),
-              Opt("--finetune-tokens", "int", 1), Opt("--vocab-size", "int", 300, MAX_VOCAB), Opt("--lr", "positive"),
+SPECIALIZE = (Opt("--domain-tokens", "int", 1, MAX_TOKENS), Opt("--pretrain-tokens", "int", 1, MAX_TOKENS),
+              Opt("--finetune-tokens", "int", 1, MAX_TOKENS), Opt("--vocab-size", "int", 300, MAX_VOCAB), Opt("--lr", "positive"),
               Opt("--seed", "int", 0, MAX_SEED), Opt("--k", "int", 2), Opt("--basis", "int", 1), Opt("--window", "int", 8),
               Opt("--soup-support", "int", 1),
               Opt("--method", "choice", choices=("finetune", "nopt", "llm", "llm-lora", "distill", "is", "mix", "pn", "soup")),
@@ -740,12 +741,12 @@ TRAINING = (Opt("--lr", "positive"), Opt("--batch-size", "int", 1), Opt("--grad-
             Opt("--checkpoint-every", "int", 0), Opt("--seed", "int", 0, MAX_SEED),
             # bf16 is valid but builds the C++ bf16 extension (seconds, into the real cache)
             Opt("--precision", "choice", choices=("float32", "bf16"), pick=("float32",)))
-PRETRAIN = TRAINING + (Opt("--tokens", "int", 1), Opt("--vocab-size", "int", 300, MAX_VOCAB), Opt("--context", "int", 1),
+PRETRAIN = TRAINING + (Opt("--tokens", "int", 1, MAX_TOKENS), Opt("--vocab-size", "int", 300, MAX_VOCAB), Opt("--context", "int", 1),
                        Opt("--basis", "int", 1), Opt("--expert-dim", "int", 1), Opt("--soup-support", "int", 1),
                        Opt("--arch", "choice", choices=("dense", "mix", "pn", "soup")),
                        Opt("--preset", "choice", choices=PRESETS))
-FINETUNE = TRAINING + (Opt("--domain-tokens", "int", 1), Opt("--tokens", "int", 1))
-EVAL = (Opt("--max-tokens", "int", 1), Opt("--split", "choice", choices=SPLITS))
+FINETUNE = TRAINING + (Opt("--domain-tokens", "int", 1, MAX_TOKENS), Opt("--tokens", "int", 1, MAX_TOKENS))
+EVAL = (Opt("--max-tokens", "int", 1, MAX_TOKENS), Opt("--split", "choice", choices=SPLITS))
 GENERATE = (Opt("--max-tokens", "int", 1, cap=8),  # each token is a forward pass
             Opt("--temperature", "ge0"),
             Opt("--top-k", "int", 0),  # above the vocabulary: every token
@@ -754,11 +755,11 @@ TOKENIZER = (Opt("--vocab-size", "int", 300, MAX_VOCAB, cap=1024),  # larger: se
              Opt("--sample-chars", "int", 1))
 EMBED = (Opt("--vocab-size", "int", 300, MAX_VOCAB), Opt("--window", "int", 8), Opt("--max-windows", "int", 1),
          Opt("--embedder", "choice", choices=("hashed", "minilm"), pick=("hashed",)))  # minilm: a 90 MB model
-EXPORT = (Opt("--quantize", "int", 2, 8), Opt("--group-size", "int", 1), Opt("--eval-tokens", "int", 1),
+EXPORT = (Opt("--quantize", "int", 2, 8), Opt("--group-size", "int", 1), Opt("--eval-tokens", "int", 1, MAX_TOKENS),
           Opt("--dtype", "choice", choices=("float32", "float16", "bfloat16")))
 BENCH = (Opt("--prompt-tokens", "int", 1), Opt("--generation-tokens", "int", 1), Opt("--batch-size", "int", 1),
          Opt("--num-trials", "int", 1), Opt("--quantize", "int", 2, 8), Opt("--group-size", "int", 1),
-         Opt("--eval-tokens", "int", 1), Opt("--seed", "int", 0, MAX_SEED),
+         Opt("--eval-tokens", "int", 1, MAX_TOKENS), Opt("--seed", "int", 0, MAX_SEED),
          Opt("--dtype", "choice", choices=("float32", "float16", "bfloat16")))
 COMMANDS = {"specialize": SPECIALIZE, "pretrain": PRETRAIN, "finetune": FINETUNE, "eval": EVAL, "generate": GENERATE,
             "tokenizer train": TOKENIZER, "data embed": EMBED, "export": EXPORT, "bench": BENCH}

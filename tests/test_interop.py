@@ -205,3 +205,27 @@ def test_mlx_lm_server_serves_a_quantized_export(tiny_model_dir, tmp_path):
     ours, tokenizer, _ = ms.load_model(out)
     expected = ms.generate_text(ours, tokenizer, "import os\n", max_tokens=10, temperature=0)
     assert reply["choices"][0]["text"] == expected and len(expected) > 0
+
+
+def test_a_quantized_export_names_the_layers_its_group_size_leaves_in_float(tiny_model_dir, tmp_path, monkeypatch):
+    """`small`'s MLP down projection reads 352 features, not a multiple of 64: quantized
+    in groups of 64 it stays in float (mlx-lm's rule), which the export says, with the
+    group size that quantizes every layer; in groups of 32 every layer is quantized."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from mlx_specialize import ui
+
+    tokenizer = ms.load_model(tiny_model_dir)[1]
+    mx.random.seed(0)
+    ms.save_model(ms.Model(ms.get_preset("small").model_args(tokenizer.vocab_size)), tmp_path / "small", tokenizer)
+    for group, said in ((64, True), (32, False)):
+        monkeypatch.setattr(ui, "console", Console(file=StringIO(), width=300))
+        export_model(tmp_path / "small", tmp_path / f"q{group}", bits=4, group_size=group)
+        quantized = mx.load(str(tmp_path / f"q{group}" / "model.safetensors"))
+        has_scales = any(k.endswith("mlp.down_proj.scales") for k in quantized)
+        assert has_scales != said  # left in float at 64, quantized at 32
+        warned = ui.console.file.getvalue()
+        assert ("warning: --group-size 64: down_proj (input width 352) kept in float, not a multiple of 64; "
+                "--group-size 32 quantizes every layer" in warned) == said, warned

@@ -57,6 +57,9 @@ SPECIALIZE = dict(domain="python-docs", generic=None, method="finetune", base=No
     ({"method": "soup", "soup_support": 0}, "--soup-support must be at least 1, not 0"),
     ({"method": "soup", "soup_support": 17}, r"--soup-support 17: more than the 16 clusters"),
     ({"soup_support": 3}, "--soup-support goes with --method soup, not finetune"),
+    ({"pretrain_tokens": 10**16}, "--pretrain-tokens: 1e+16 tokens is more than 1e+15"),
+    ({"finetune_tokens": 10**23}, "--finetune-tokens: 1e+23 tokens is more than 1e+15"),
+    ({"domain_tokens": 2 * 10**15}, "--domain-tokens: 2e+15 tokens is more than 1e+15"),
 ])
 def test_specialize_is_checked_once_in_the_library(tmp_path, changes, expected):
     refused(lambda: resolve_run(**{**SPECIALIZE, **changes}), expected)
@@ -137,3 +140,19 @@ def test_the_other_commands_refuse_by_option_before_loading_anything(tmp_path):
     (tmp_path / "sel" / "tokens.json").write_text("{}")
     refused(lambda: select_for_domain("no-clusters", "python-docs", 100, tmp_path / "sel"), "already holds a selection")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sel"]
+
+
+def test_a_generic_corpus_holding_the_domain_is_said(tmp_path, monkeypatch):
+    """Allowed (a check of a setup), but said before any work: its pre-training would
+    train on the domain's own train split."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from mlx_specialize import ui
+
+    for generic, said in (("python-docs,go-code", True), ("go-code,postgres-docs", False)):
+        monkeypatch.setattr(ui, "console", Console(file=StringIO(), width=300))
+        resolve_run(**{**SPECIALIZE, "generic": generic})
+        assert ("warning: --generic python-docs,go-code holds the domain python-docs itself"
+                in ui.console.file.getvalue()) == said

@@ -124,7 +124,12 @@ def test_a_budget_or_size_never_measured_is_held_and_said():
                for n in predict(model, "mix", BUDGETS[1] * FLOPS_PER_TOKEN, 10_000)["notes"])
     assert far["bpb"] == pytest.approx(near["bpb"])
     # followed beyond the measured budgets, not held: said too; within them, nothing to say
-    assert [n for n in near["notes"] if "beyond the measured" in n and "fitted slope followed" in n]
+    assert [n for n in near["notes"] if "above the measured" in n and "fitted slope followed" in n]
+    # and which side of the measured range it lies on: a smaller set is below it, not beyond
+    low = predict(model, "mix", BUDGETS[1] * FLOPS_PER_TOKEN, 10_000)["notes"]
+    assert any(n.startswith("domain set held at 100,000 tokens: the only one measured") for n in low), low
+    below = predict(fit_results(_study(), FLOOR), "mix", BUDGETS[1] * FLOPS_PER_TOKEN, 60_000)["notes"]
+    assert below and all("below the measured 100,000-3,000,000" in n for n in below), below
     assert predict(model, "mix", BUDGETS[1] * FLOPS_PER_TOKEN, 100_000)["notes"] == []
 
 
@@ -773,7 +778,14 @@ def test_auto_runs_what_the_plan_recommends(tmp_path):
     """`specialize --method auto`: the planner's choice for the budget and the domain is run,
     and the run's report keeps the decision."""
     from mlx_specialize import specialize
-    from mlx_specialize.plan.planner import auto_method
+    from mlx_specialize.plan.planner import auto_method, run_tokens
+
+    # planned a little under the budget given (SLM-pn validates more per token) yet in the same
+    # steps: run at the tokens given, the same model and cache entry as `--method pn` there
+    assert run_tokens(598_638, 600_000, "small", "pn") == 600_000  # 293 steps of 2,048 tokens both
+    assert run_tokens(590_000, 600_000, "small", "pn") == 590_000  # 289 steps: its own
+    assert run_tokens(598_638, 600_000, "small", "mix") == 600_000  # each of 4 experts 74 steps
+    assert run_tokens(None, 600_000, "small", "nopt") == 600_000
 
     shipped = load_fitted()
     per_token = 1.0 / shipped["methods"]["finetune"]["tokens_per_budget_flop"]

@@ -66,8 +66,11 @@ class SLM(Method):
             return Prepared(Path(s.base), {"pretrain": {"tokens": 0, "seconds": 0.0, "flops": 0.0, "given": str(s.base)}})
         folder, summary, reused = cached_pretrain(s.generic, s.preset, s.pretrain_tokens, s.vocab_size, s.seed,
                                                   s.cache_dir)
+        # its validations apart too: the LLM trains at SLM's FLOPs, but validates the same
+        # tokens through the larger model
         return Prepared(folder, {"pretrain": {"tokens": summary["tokens"], "seconds": summary["seconds"],
-                                              "flops": summary["flops"], "cached": reused, "model": str(folder)}})
+                                              "flops": summary["flops"], "valid_flops": summary.get("valid_flops"),
+                                              "cached": reused, "model": str(folder)}})
 
     def check_pretrain(self, job: PretrainJob) -> None:
         """The run folder, then the corpus read through: the generic train and valid

@@ -23,6 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .. import ui
 from ..errors import SpecializeError
 from .dense import Model, count_params
 from .io import load_model, quantize_layers, save_model
@@ -38,8 +39,20 @@ def quantize(model: Model, bits: int, group_size: int = DEFAULT_GROUP_SIZE) -> d
         raise SpecializeError(f"cannot quantize to {bits} bits (choose from {', '.join(map(str, QUANT_BITS))})")
     if group_size not in GROUP_SIZES:
         raise SpecializeError(f"group size {group_size} is not one of {', '.join(map(str, GROUP_SIZES))}")
+    # layers whose input width does not split into groups stay in float (mlx-lm's rule):
+    # said, with the group sizes that would quantize them, rather than found in the size
+    left = {}
+    for path, module in model.named_modules():
+        if hasattr(module, "to_quantized") and module.weight.shape[-1] % group_size:
+            left.setdefault(path.split(".")[-1], module.weight.shape[-1])
     quantize_layers(model, group_size, bits)
     mx.eval(model.parameters())
+    if left:
+        widths = set(left.values())
+        fits = [g for g in GROUP_SIZES if all(w % g == 0 for w in widths)]
+        ui.warn(f"--group-size {group_size}: {', '.join(f'{name} (input width {w})' for name, w in left.items())} "
+                f"kept in float, not a multiple of {group_size}"
+                + (f"; --group-size {fits[0]} quantizes every layer" if fits else ""))
     return {"group_size": group_size, "bits": bits, "mode": "affine"}
 
 

@@ -440,6 +440,23 @@ def _study_tokenizer(given: str | None) -> str:
     return given
 
 
+def run_tokens(chosen: int | None, given: int, preset: str, method: str) -> int:
+    """The pre-training tokens `--method auto` runs `method` at: the plan's `chosen`
+    budget, or the `given` one where both train the same steps (a method that validates
+    more per token is planned a little under the budget given, yet pre-trains the same
+    model: at the given tokens it is the cache entry `--method X --pretrain-tokens N`
+    made, not a second, identical one)."""
+    if chosen is None:
+        return given
+    from ..methods import REGISTRY
+    from ..models.presets import get_preset
+
+    spec, k = get_preset(preset), REGISTRY[method].default_k if method == "mix" else 1  # experts share the budget
+    per_step = spec.batch_size * spec.context
+    steps = [max(1, math.ceil((tokens // k) / per_step)) for tokens in (chosen, given)]
+    return given if steps[0] == steps[1] else chosen
+
+
 def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: int | None = None) -> dict:
     """`specialize --method auto`: the plan for a pre-training budget of `pretrain_tokens`
     tokens of `preset` (the preset the package's fit was measured with; no method
@@ -468,7 +485,8 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
     if result["recommended"] is None:
         raise SpecializeError(f"--method auto: {result['reason']}")
     best = result["methods"][0]
-    return {"method": best["method"], "pretrain_tokens": best["budget_tokens"] or pretrain_tokens,
+    tokens = run_tokens(best["budget_tokens"], pretrain_tokens, preset, best["method"])
+    return {"method": best["method"], "pretrain_tokens": tokens,
             "budget_flops": best["pretrain_flops"], "reason": result["reason"], "notes": best["notes"],
             "predicted_bpb": best["bpb"], "predicted_bpb_interval": best["bpb_interval"],
             "floor": features["floor"], "fit": result["fit"]}

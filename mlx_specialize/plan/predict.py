@@ -37,10 +37,12 @@ def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, li
             # most likely do better than predicted, one given less worse
             way = (f"predicted as with less than the {show(value)} given: likely pessimistic" if inside < value else
                    f"predicted as with more than the {show(value)} given: likely optimistic")
-            notes.append(f"{name} held at {show(inside)} {unit}: " + (f"{reach:g}x beyond the measured {measured}"
+            side = "below" if inside < lo * (1 - 1e-9) else "above"
+            notes.append(f"{name} held at {show(inside)} {unit}: " + (f"{reach:g}x {side} the measured {measured}"
                          if reach > 1 else "the only one measured") + f"; {way}")
         elif not lo * (1 - 1e-9) <= inside <= hi * (1 + 1e-9):
-            notes.append(f"{name} of {show(inside)} {unit} beyond the measured {measured}: its fitted slope followed "
+            side = "below" if inside < lo else "above"
+            notes.append(f"{name} of {show(inside)} {unit} {side} the measured {measured}: its fitted slope followed "
                          "there, the interval widened with the distance")
         if key == "B":
             B = inside

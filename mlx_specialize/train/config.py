@@ -11,6 +11,9 @@ import mlx.optimizers as optim
 from ..errors import SpecializeError
 
 KEEP = ("best", "final")  # TrainConfig.keep
+# the most tokens a budget may name: far past any run this tool makes, and far inside the
+# step counters (a budget of 1e23 tokens overflowed them mid-run)
+MAX_TOKENS = 10**15
 
 
 @dataclass
