@@ -193,3 +193,17 @@ def test_mlx_computes_with_the_loaded_blas_not_the_reference_one():
     assert name is not None and equals_loaded is True and equals_reference is False
     name, equals_reference, equals_loaded = run({backend.ENV_VAR: "off"})
     assert name is None and equals_reference is True
+
+
+@linux_x86
+def test_mlx_is_found_from_a_folder_holding_another_mlx(tmp_path):
+    """`mlx` is a namespace package: a folder named `mlx` in the working directory (MLX's
+    own kernel cache is /tmp/mlx, a checkout of MLX's sources is mlx/) is one of its
+    locations, and the first. The wheel's libraries are still found from there."""
+    (tmp_path / "mlx" / "0.32.4" / "cpu").mkdir(parents=True)
+    found = subprocess.run([sys.executable, "-c", "import json\nfrom mlx_specialize.accel import backend\n"
+                            "print(json.dumps([backend.reference_blas_path(), backend._mlx_library()]))"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    reference, library = json.loads(found)
+    assert reference and os.path.isfile(reference) and "mlx_cpu.libs" in reference
+    assert library and os.path.isfile(library) and library.endswith("libmlx.so")

@@ -60,8 +60,14 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _package_dir(name: str) -> str | None:
-    """The folder of an installed package, found without importing it."""
+MLX_HOLDS = "core*.so"  # what tells the installed `mlx` from another folder of that name
+
+
+def _package_dir(name: str, holding: str = "*") -> str | None:
+    """The folder of an installed package, found without importing it: the first of its
+    locations holding `holding` (a glob). `mlx` is a namespace package, so any folder named
+    `mlx` on the path is one of its locations: MLX's own kernel cache, /tmp/mlx, is the
+    first for a command run in /tmp."""
     import importlib.util
 
     try:
@@ -70,7 +76,8 @@ def _package_dir(name: str) -> str | None:
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    return list(spec.submodule_search_locations)[0]
+    return next((folder for folder in spec.submodule_search_locations
+                 if glob.glob(os.path.join(folder, holding))), None)
 
 
 def _candidates() -> list[tuple[str, str]]:
@@ -101,7 +108,7 @@ def _candidates() -> list[tuple[str, str]]:
 
 def _mlx_library() -> str | None:
     """MLX's shared library (whose undefined BLAS symbols a forwarder must provide)."""
-    package = _package_dir("mlx")
+    package = _package_dir("mlx", MLX_HOLDS)
     path = os.path.join(package, "lib", "libmlx.so") if package else None
     return path if path and os.path.exists(path) else None
 
@@ -298,7 +305,7 @@ def device_name() -> str:
 def reference_blas_path() -> str | None:
     """The reference BLAS inside the `mlx-cpu` wheel (what MLX uses without an optimized
     one), or None (another platform or build)."""
-    package = _package_dir("mlx")
+    package = _package_dir("mlx", MLX_HOLDS)
     if package is None:
         return None
     libs = sorted(glob.glob(os.path.join(os.path.dirname(package), "mlx_cpu.libs", "libblas*.so*")))
