@@ -42,10 +42,8 @@ def quantize(model: Model, bits: int, group_size: int = DEFAULT_GROUP_SIZE) -> d
     # layers whose input width does not split into groups stay in float (mlx-lm's rule):
     # said, with the group sizes that would quantize them, rather than found in the size
     left = {}
-    for path, module in model.named_modules():
-        if hasattr(module, "to_quantized") and module.weight.shape[-1] % group_size:
-            left.setdefault(path.split(".")[-1], module.weight.shape[-1])
-    quantize_layers(model, group_size, bits)
+    for path, width in quantize_layers(model, group_size, bits).items():
+        left.setdefault(path.split(".")[-1], width)
     mx.eval(model.parameters())
     if left:
         widths = set(left.values())

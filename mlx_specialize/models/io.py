@@ -177,16 +177,22 @@ def _read_weights(folder: Path) -> dict[str, mx.array]:
     return weights
 
 
-def quantize_layers(model: Model, group_size: int, bits: int, mode: str = "affine", predicate=None) -> None:
+def quantize_layers(model: Model, group_size: int, bits: int, mode: str = "affine", predicate=None) -> dict:
     """Quantize in place every Linear / Embedding whose input width splits into groups
-    (mlx-lm's `convert` rule); `predicate(path, module)` narrows the choice further."""
+    (mlx-lm's `convert` rule); `predicate(path, module)` narrows the choice further.
+    Returns the layers left in float for their width: {path: input width}."""
+    left = {}
 
     def wanted(path, module):
-        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group_size:
+        if not hasattr(module, "to_quantized"):
+            return False
+        if module.weight.shape[-1] % group_size:
+            left[path] = module.weight.shape[-1]
             return False
         return predicate is None or predicate(path, module)
 
     nn.quantize(model, group_size=group_size, bits=bits, mode=mode, class_predicate=wanted)
+    return left
 
 
 def load_model(folder: str | os.PathLike, tokenizer=None, dtype: str | None = None,

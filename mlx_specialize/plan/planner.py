@@ -450,10 +450,12 @@ def run_tokens(chosen: int | None, given: int, preset: str, method: str) -> int:
         return given
     from ..methods import REGISTRY
     from ..models.presets import get_preset
+    from ..train.config import TrainConfig
+    from ..train.jobs import steps_for
 
     spec, k = get_preset(preset), REGISTRY[method].default_k if method == "mix" else 1  # experts share the budget
-    per_step = spec.batch_size * spec.context
-    steps = [max(1, math.ceil((tokens // k) / per_step)) for tokens in (chosen, given)]
+    cfg = TrainConfig(steps=1, batch_size=spec.batch_size, context=spec.context)
+    steps = [steps_for(tokens // k, cfg) for tokens in (chosen, given)]
     return given if steps[0] == steps[1] else chosen
 
 
