@@ -110,6 +110,26 @@ def test_the_fit_recovers_a_known_model_and_its_intervals_cover_fresh_cells():
     assert new["bpb_interval"][0] < new["bpb"] < new["bpb_interval"][1]
 
 
+def test_a_prediction_the_fit_runs_below_zero_bits_is_cut_said_and_still_ordered():
+    # held out at its whole split, licenses was predicted at -0.02 bits per byte: gains
+    # measured on other domains, taken whole by a domain whose level sits lower. A floor
+    # below the targets' pushes this fit there at its largest budget and domain set.
+    model = fit_results(_study(), FLOOR)
+    B, D, floor = BUDGETS[-1] * FLOPS_PER_TOKEN, SIZES[-1], -0.5
+    p = predict(model, "is", B, D, floor)
+    assert p["fit_bpb"] < 0 and p["bpb"] == 0.0 and p["ppl"] == 1.0
+    assert any("runs below 0 bits per byte" in n for n in p["notes"])
+    assert p["bpb_interval"][0] <= p["bpb"] <= p["bpb_interval"][1]
+    assert p["ppl_interval"][0] <= p["ppl"] <= p["ppl_interval"][1]
+    # two methods cut at 0 are not tied: the plan orders them by the fit's own values
+    result = plan(model, Budgets(pretrain=1e15, specialize=1e15, inference=2e6, domain_tokens=D, floor=floor))
+    cut = [e["method"] for e in result["methods"] if e["bpb"] == 0.0]
+    assert len(cut) >= 2 and result["recommended"] == "is"
+    fitted = {m: predict(model, m, e["pretrain_flops"] or B, D, floor)["fit_bpb"]
+              for m, e in ((e["method"], e) for e in result["methods"])}
+    assert [e["method"] for e in result["methods"]] == sorted(fitted, key=fitted.get)
+
+
 def test_a_budget_or_size_never_measured_is_held_and_said():
     rows = [r for r in _study() if r["domain_tokens"] == 100_000]
     model = fit_results(rows, FLOOR)

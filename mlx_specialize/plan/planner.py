@@ -181,7 +181,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
     if "seconds" in (budgets.pretrain_unit, budgets.specialize_unit) and not budgets.speed:
         raise SpecializeError("a budget in time needs this machine's speed against the study's "
                               "(Budgets.speed: calibrate.speed_ratio)")
-    fitting, ruled_out = [], []
+    fitting, ruled_out, order = [], [], {}  # order: each fitting method's uncut predicted bits per byte
     for method, spec in model["methods"].items():
         if spec["params"] > budgets.inference:
             ruled_out.append({"method": method, "label": LABEL.get(method, method), "budget": "inference",
@@ -194,15 +194,15 @@ def plan(model: dict, budgets: Budgets) -> dict:
             continue
         # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
         scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor,
-                                 entropy=budgets.entropy)["bpb"], 4), B) for B in options]
-        B = min(scored)[1]
+                                 entropy=budgets.entropy)["fit_bpb"], 4), B) for B in options]
+        order[method], B = min(scored)
         fitting.append(_entry(model, method, B, budgets))
         top = _reach(spec)[1]
         if method not in NO_PRETRAINING and B >= top * 0.999 and _affords_more(model, method, top, budgets):
             fitting[-1]["notes"].append(f"the generic budget held at {fitting[-1]['budget_tokens']:,} tokens of "
                                         f"{spec['preset']}, as far as its measured budgets carry its fit; the "
                                         "budgets afford more, whose gain is not predicted")
-    fitting.sort(key=lambda e: e["bpb"])
+    fitting.sort(key=lambda e: order[e["method"]])
     unmeasured = [LABEL[m] for m in ORDER if m not in model["methods"]]
     result = {"budgets": asdict(budgets), "methods": fitting, "ruled_out": ruled_out, "not_measured": unmeasured,
               "fit": {**{k: model[k] for k in ("source", "cells", "targets", "anchored")},

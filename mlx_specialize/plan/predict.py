@@ -127,13 +127,16 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
             parts += _entropy_parts(model, _slope(model, method))
     var = sum(v for v, _ in parts)
     half = None if math.isnan(var) else t_quantile(satterthwaite(parts), LEVEL) * math.sqrt(var)
-    out = {"method": method, "B": B, "D": D, "notes": notes, "bpb": bpb,
+    if bpb < 0:  # the study's gains, taken whole by a domain whose level sits lower
+        notes.append(f"the fit runs below 0 bits per byte here ({bpb:+.3f}): cut at 0")
+    # `fit_bpb`, uncut, orders methods (two cut at 0 are not tied) and centres the intervals
+    out = {"method": method, "B": B, "D": D, "notes": notes, "bpb": max(bpb, 0.0), "fit_bpb": bpb,
            "bpb_interval": None if half is None else _nonnegative(bpb, half)}
     if target is not None:  # a study target's tokenization is known
         bytes_per_token = model["bytes_per_token_by_target"][target]
     known = bytes_per_token is not None
     bpt = bytes_per_token if known else model["bytes_per_token"]
-    out["ppl"] = 2.0 ** (bpb * bpt)
+    out["ppl"] = 2.0 ** (out["bpb"] * bpt)
     out["ppl_interval"] = None
     if half is not None and (known or model["bytes_per_token_var"] is not None):
         # ln ppl = ln 2 x bpb x bytes per token: its variance to first order (delta method),
@@ -144,7 +147,7 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
             ppl_parts.append(((ln2 * bpb) ** 2 * model["bytes_per_token_var"] * (1 + 1 / T), T - 1))
         ln_half = t_quantile(satterthwaite(ppl_parts), LEVEL) * math.sqrt(sum(v for v, _ in ppl_parts))
         # cut at 1, as bits per byte at 0: no model predicts a token likelier than certain
-        out["ppl_interval"] = [max(math.exp(ln2 * bpb * bpt - ln_half), 1.0), math.exp(ln2 * bpb * bpt + ln_half)]
+        out["ppl_interval"] = [max(math.exp(ln2 * bpb * bpt + sign * ln_half), 1.0) for sign in (-1, 1)]
     return out
 
 
@@ -197,7 +200,7 @@ def _macro(model: dict, method: str, B: float, D: float) -> dict:
         half = t * math.sqrt(float(x @ cov @ x) + s2 * sum(w * w for w in weights))
         out[name] = (mean, _nonnegative(mean, half) if name == "bpb" else [mean - half, mean + half])
     (bpb, bpb_interval), (ln_ppl, ln_interval) = out["bpb"], out["ln_ppl"]
-    return {"bpb": bpb, "bpb_interval": bpb_interval, "ppl": math.exp(ln_ppl),
+    return {"bpb": max(bpb, 0.0), "fit_bpb": bpb, "bpb_interval": bpb_interval, "ppl": max(math.exp(ln_ppl), 1.0),
             "ppl_interval": [max(math.exp(v), 1.0) for v in ln_interval], "macro": targets}
 
 

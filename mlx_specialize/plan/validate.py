@@ -104,7 +104,7 @@ def _decisions(model: dict, own: list[dict], target: str, floor: float, entropy:
                 continue
             measured = {m: sum(r["bpb"] for r in by_method[m]) / len(by_method[m]) for m in methods}
             B = {m: by_method[m][0]["B"] for m in methods}
-            predicted = {m: predict(model, m, B[m], D, floor, entropy=entropy)["bpb"] for m in methods}
+            predicted = {m: predict(model, m, B[m], D, floor, entropy=entropy)["fit_bpb"] for m in methods}
             pick, best = min(methods, key=predicted.get), min(methods, key=measured.get)
             gap = measured[pick] - measured[best]
             covered = 0  # the plan's interval on pick - m holds the measured difference, for each other m
