@@ -220,3 +220,32 @@ def test_the_clustered_methods_embed_with_the_embedder_auto_chose(tmp_path, pret
     assert g.embedding["embedder"] == expected and g.embedding["embedder_reason"].startswith("auto: MiniLM on the ")
     assert g.clusters.meta["embedder"]["embedder"] == expected
     assert len(g.clusters.labels) == len(g.generic.tokens) // 128
+
+
+@needs_checkpoint
+def test_a_projected_network_counts_embedding_its_valid_windows(tmp_path):
+    """SLM-pn validates on the generic valid split's windows by cluster, so it embeds them
+    with the clustering's embedder: with MiniLM those FLOPs are paid once, with its
+    pre-training (shared); with the hashed embedder they are none."""
+    from mlx_specialize.data import minilm
+    from mlx_specialize.methods.clusters import corpus_split
+
+    docs = list(ms.load_corpus("python-docs").documents("test"))[:10]
+    generic = tmp_path / "generic.jsonl"
+    generic.write_text("".join(json.dumps({"text": d, "split": "valid" if i % 4 == 3 else "train"}) + "\n"
+                               for i, d in enumerate(docs)))
+    options = dict(method="pn", domain="go-code", generic=str(generic), preset="tiny", vocab_size=512, k=2,
+                   window=128, pretrain_tokens=8 * 1024, finetune_tokens=4 * 1024, domain_tokens=4096,
+                   cache_dir=tmp_path / "cache")
+    out = ms.specialize(embedder="minilm", out_dir=tmp_path / "pn", **options)
+    pre = out["phases"]["pretrain"]
+    tokenizer = ms.load_model(out["phases"]["select"]["instance"])[1]
+    windows = len(corpus_split(str(generic), "valid", tokenizer, tmp_path / "cache").tokens) // 128
+    folder = minilm.local_checkpoint()
+    config = json.loads((folder / "config.json").read_text())
+    per_window = minilm.forward_flops(config, minilm.default_max_tokens(folder, config))
+    assert windows > 0 and pre["label_flops"] == windows * per_window
+    trained = json.loads((Path(pre["model"]) / "summary.json").read_text())["flops"]
+    assert pre["flops"] == trained + pre["label_flops"] and out["costs"]["shared"]["flops"] >= pre["flops"]
+    hashed = ms.specialize(embedder="hashed", out_dir=tmp_path / "pn-hashed", **options)["phases"]["pretrain"]
+    assert hashed["label_flops"] == 0.0

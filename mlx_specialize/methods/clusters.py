@@ -232,6 +232,16 @@ def clustered_valid(clusters: Clusters, tokenizer: Tokenizer, cache_dir) -> tupl
     return valid, domain_histogram_labels(clusters, valid, tokenizer, cache_dir)
 
 
+def valid_labelling_flops(clusters: Clusters, tokenizer: Tokenizer, cache_dir) -> float:
+    """FLOPs of embedding the generic valid split's windows to label them (`clustered_valid`):
+    paid once with the clustered network's pre-training; 0 with the hashed embedder."""
+    embedder = clusters.meta["embedder"]["embedder"]
+    if embedding_flops(embedder, 1) == 0.0:
+        return 0.0  # nothing to tokenize to count
+    valid = corpus_split(clusters.meta["generic"], "valid", tokenizer, cache_dir)
+    return embedding_flops(embedder, n_windows(valid.tokens, clusters.meta["window"]))
+
+
 def cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -118,8 +118,10 @@ class Projected(Method):
                                      job.out_dir, job.tokens, self.arch, expert_dim=job.expert_dim,
                                      basis=job.basis or DEFAULT_BASIS, support=job.soup_support, seed=job.seed,
                                      resume=job.resume, overwrite=job.overwrite, **job.train_options)
+        label_flops = cl.valid_labelling_flops(clusters, tokenizer, cache_dir)  # as `prepare` counts them
         return {"model": str(job.out_dir), "arch": self.arch, **summary, "params": summary["params"]["total"],
-                "active_params": summary["params"]["active"]}
+                "active_params": summary["params"]["active"], "flops": summary["flops"] + label_flops,
+                "label_flops": label_flops}
 
     def prepare(self, s: Settings) -> Prepared:
         g = cl.clustered_generic(s)
@@ -143,6 +145,9 @@ class Projected(Method):
                 entry.publish()
                 cached = False
         pre_phase = {key: summary[key] for key in ("tokens", "seconds", "flops")}
+        # its validation windows were embedded to label them: counted with it (shared)
+        pre_phase["label_flops"] = cl.valid_labelling_flops(clusters, tokenizer, s.cache_dir)
+        pre_phase["flops"] += pre_phase["label_flops"]
         pre_phase.update(cached=cached, model=str(folder), arch=self.name, k=s.k, basis=basis,
                          **({"support": support} if self.name == "soup" else {}))
         t0 = time.perf_counter()
