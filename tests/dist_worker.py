@@ -10,9 +10,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.getcwd())
-
-from mlx_specialize.data import tokens  # noqa: E402
+from mlx_specialize.data import tokens  # the installed package, as the test process's
 
 fault, rank, at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 read_batch = tokens.PackedWindows.batch
@@ -29,6 +27,6 @@ def faulty_batch(self, i):
 tokens.PackedWindows.batch = faulty_batch
 sys.argv = ["mlxspec", *sys.argv[sys.argv.index("--") + 1:]]
 
-from cli.main import main  # noqa: E402
+from cli.main import main  # noqa: E402 (after the patch above)
 
 main()

@@ -68,9 +68,9 @@ def _run(cwd: Path, n: int, args: list[str], worker: list[str] | None = None, en
          direct: bool = False):
     """`mlxspec ARGS` in 1 plain process, or N with run-RANK folders: under `mlx.launch -n N`
     or (`direct`) started by `_ring`."""
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})}
+    env = {**os.environ, **(env or {})}
     if worker:
-        prog = [sys.executable, str(Path(os.getcwd()) / "tests" / "dist_worker.py"), *worker, "--"]
+        prog = [sys.executable, str(Path(__file__).with_name("dist_worker.py")), *worker, "--"]
     else:
         prog = [sys.executable, "-m", "cli.main"]
     if n == 1:
@@ -160,7 +160,7 @@ def test_a_dead_peer_stops_the_job_and_one_process_resumes_it(runs, cache_dir, t
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.getcwd()},
+    return subprocess.run([sys.executable, "-c", code], env=os.environ,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -245,7 +245,7 @@ def test_slm_mix_pipeline_shared_by_two_processes(runs, cache_dir, tmp_path):
     writes mixture.json saying where each expert was trained."""
     script = tmp_path / "pipeline.py"
     script.write_text(PIPELINE_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = dict(os.environ)
     both = _ring(2, lambda r: [sys.executable, str(script), str(runs / "tok"), str(cache_dir), str(tmp_path)], env)
     if not (tmp_path / "mix" / "mixture.json").exists():
         pytest.fail(both.stdout + both.stderr)

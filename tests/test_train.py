@@ -59,7 +59,7 @@ def _pretrain_cmd(out, tok_dir, cache_dir, *extra):
 def test_kill_and_resume_ends_with_the_same_weights(tokenizer, cache_dir, tmp_path):
     tok_dir = tmp_path / "tok"
     tokenizer.save(tok_dir)
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = dict(os.environ)
     subprocess.run(_pretrain_cmd(tmp_path / "a", tok_dir, cache_dir), check=True, env=env)
 
     proc = subprocess.Popen(_pretrain_cmd(tmp_path / "b", tok_dir, cache_dir), env=env)
