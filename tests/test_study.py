@@ -389,6 +389,21 @@ def test_cells_of_one_method_with_other_options_are_reported_as_variants(tmp_pat
     assert "| LLM + LoRA (lr=0.002) | 20.0 |" in text and "| LLM + LoRA (lr=None) | 10.0 |" in text
 
 
+def test_lines_of_a_method_s_earlier_recipe_are_left_out_and_said(tmp_path, capsys):
+    """SLM-is now keeps its final pre-trained model (recipe 2): lines it measured with its
+    first recipe (recorded with none) are not averaged with the current ones."""
+    path = tmp_path / "r.jsonl"
+    for i, t in enumerate("ab"):
+        # another seed, not measured again: it would be averaged with the current recipe's
+        append_result(path, {**_line("is", 1, t, 1, 20.0, 100.0, 10.0), "cell": f"old{i}", "bpb_before": 2.0})
+        append_result(path, {**_line("is", 1, t, 0, 10.0, 100.0, 10.0), "cell": f"new{i}", "bpb_before": 2.0,
+                             "recipe": 2})
+        append_result(path, {**_line("finetune", 1, t, 0, 15.0, 100.0, 10.0), "cell": f"slm{i}", "bpb_before": 2.0})
+    text = report_study([path])["tables"]
+    assert "| SLM | 15.0 |\n| SLM-is | 10.0 |\n" in text  # the per-budget table: not 20's mean with 10
+    assert "2 lines of SLM-is (recipe 1, now 2)" in " ".join(capsys.readouterr().err.split())
+
+
 def test_the_readme_and_docs_study_are_drawn_from_the_committed_results():
     """The README's results table and docs/study/tables.md are the study's results file
     reported (regenerate with the command the README gives after adding cells)."""

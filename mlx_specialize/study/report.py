@@ -19,6 +19,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from .. import ui
 from ..costs import total_cost
 from ..errors import SpecializeError
 from ..stats import satterthwaite, t_quantile
@@ -43,7 +44,7 @@ def load_lines(paths) -> list[dict]:
         if not Path(path).is_file():
             raise SpecializeError(f"no results file at {path}")
         lines.update(read_results(Path(path)))
-    rows = []
+    rows, superseded = [], defaultdict(int)
     for line in lines.values():
         if "same_as" in line:
             if line["same_as"] in lines:
@@ -52,6 +53,19 @@ def load_lines(paths) -> list[dict]:
             rows.append(line)
     if not rows:
         raise SpecializeError("the results hold no finished cell")
+    # a line of a method's earlier recipe (none recorded: its first) is not what the method
+    # runs now: averaged with the current recipe's, it would report neither
+    current = [row for row in rows if row.get("recipe", 1) == _recipe(row["method"])]
+    for row in rows:
+        if row.get("recipe", 1) != _recipe(row["method"]):
+            superseded[(row["method"], row.get("recipe", 1))] += 1
+    if superseded:
+        ui.warn("left out, measured with a method's earlier recipe (run the study again to measure them with "
+                "its current one): " + "; ".join(f"{n} line{'s' * (n > 1)} of {label(m)} (recipe {r}, now "
+                                                 f"{_recipe(m)})" for (m, r), n in sorted(superseded.items())))
+    rows = current
+    if not rows:
+        raise SpecializeError("the results hold no finished cell of a method's current recipe")
     # a cell's options that not every cell of the study shares (an lr tried, a method's own k)
     # name its variant of the method, so cells with other options are never averaged together
     pairs = [{(n, json.dumps(v)) for n, v in row.get("options", {}).items()} for row in rows]
@@ -61,6 +75,13 @@ def load_lines(paths) -> list[dict]:
         if extra:
             row["method"] += " " + ",".join(f"{n}={json.loads(v)}" for n, v in extra)
     return rows
+
+
+def _recipe(method: str) -> int:
+    """The recipe its method runs now (`Method.recipe`); 1 for a method this version lacks."""
+    from ..methods import REGISTRY
+
+    return getattr(REGISTRY.get(method), "recipe", 1)
 
 
 def label(method: str) -> str:
