@@ -80,8 +80,8 @@ def entropy_slopes(lines: list[dict], floors: dict) -> None:
     """The clustered methods' slopes in the targets' cluster histogram entropy, fitted on
     all targets even where they are fewer than the planner asks for (fit.ENTROPY_TARGETS):
     how far from resolved such slopes are on this study."""
-    model = fit_results(lines, floors, entropy_targets=2)
-    if not model["entropy_terms"]:
+    model = fit_results(lines, floors, feature_targets={"entropy": 2})
+    if "entropy" not in model["domain_features"]:
         print("\nno entropy slopes: the targets' SLM-is cells measured no cluster histograms")
         return
     entropies = {t: model["features"][t]["entropy"] for t in model["targets"]}

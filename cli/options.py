@@ -316,8 +316,9 @@ class Plan:
                              "another is refused there].")
     clusters = typer.Option(None, "--clusters", help="With --domain (and, with --results or --fit, --tokenizer): the "
                             "study's clustering of its "
-                            "generic corpus (SLM-is's), to measure the domain's cluster histogram (its entropy moves "
-                            "the clustered methods' prediction where the fit has enough targets to measure that).")
+                            "generic corpus (SLM-is's), to measure the domain's cluster histogram (its entropy "
+                            "and KL to the generic mix move the clustered methods' prediction where the fit has enough targets "
+                            "to measure that).")
     results = typer.Option(None, "--results", metavar="FILE", help="Refit on these `mlxspec study` results files "
                            "instead of the package's fit (repeat for several).")
     fit = typer.Option(None, "--fit", help="Plan with a fit saved by --save-fit instead of the package's.")

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from mlx_specialize.plan import make_plan
+from mlx_specialize.plan.fit import DOMAIN_FEATURES
 from mlx_specialize.plan.planner import the_budget
+from mlx_specialize.plan.predict import FEATURE_NAMES
 from mlx_specialize.study.report import size_label
 from mlx_specialize.ui import duration
 
@@ -125,9 +127,12 @@ def plan_view(result: dict) -> list:
                      f"({d['held_out_bytes'] / 1e3:,.1f} KB, after {d['context_bytes'] / 1e3:,.0f} KB of its train split)"
                      + (f"; cluster histogram entropy {d['entropy']:.2f} nats, KL to the generic mix "
                         f"{d['kl_generic']:.2f} over {d['k']} clusters" if "entropy" in d else ""))
-        if "entropy" in d and not result["fit"]["entropy_terms"]:
-            lines.append(f"(the fit does not use the entropy: its {len(result['fit']['targets'])} targets are too "
-                         "few to tell a method's entropy slope from noise)")
+        unused = [name for name in DOMAIN_FEATURES if name not in result["fit"]["domain_features"]]
+        if "entropy" in d and unused:
+            needs = " and ".join(f"the {FEATURE_NAMES[n]} from {DOMAIN_FEATURES[n][1]}" for n in unused)
+            lines.append(f"(the fit does not use the {' nor the '.join(FEATURE_NAMES[n] for n in unused)}: its "
+                         f"{len(result['fit']['targets'])} targets are too few to tell a method's slope in "
+                         f"{'them' if len(unused) > 1 else 'it'} from noise; it fits {needs} targets on)")
     # no method fits: the lines above say what rules each out, and what it needs
     lines.append(f"recommended (*): {result['reason']}" if result["recommended"] else
                  "no method fits these budgets (the ruled-out lines say what each needs)")

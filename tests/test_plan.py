@@ -756,13 +756,13 @@ def test_a_saved_fit_plans_as_the_fit_it_was(tmp_path):
 
 
 def test_a_fit_of_another_format_is_refused_naming_the_fix(tmp_path):
-    """A fit saved by a version without the targets' own slopes (format 2) would give
-    other intervals: refused, saying how to fit it again; a JSON file that is no fit at
-    all is named as such."""
-    old = {**load_fitted(), "format": 2}
+    """A fit saved by a version without the KL slopes (format 3) would read its entropy
+    terms where they are not: refused, saying how to fit it again; a JSON file that is no
+    fit at all is named as such."""
+    old = {**load_fitted(), "format": 3}
     (tmp_path / "old.json").write_text(json.dumps(old))
-    with pytest.raises(SpecializeError, match=r"old.json is a fitted planner model of format 2; this version reads "
-                                              r"format 3: fit it again from its results \(--results FILE"):
+    with pytest.raises(SpecializeError, match=r"old.json is a fitted planner model of format 3; this version reads "
+                                              r"format 4: fit it again from its results \(--results FILE"):
         load_fitted(tmp_path / "old.json")
     (tmp_path / "other.json").write_text('{"name": "x"}')
     with pytest.raises(SpecializeError, match="other.json is not a fitted planner model$"):
@@ -874,15 +874,75 @@ def test_with_four_targets_the_clustered_methods_get_an_entropy_slope():
                 rows.append(line)
     model = fit_results(rows, floor)
     cols = {tuple(c): v for c, v in zip(model["columns"], model["theta"])}
-    assert model["entropy_terms"] and cols[("h", "mix")] == pytest.approx(0.3, abs=0.03)
+    assert list(model["domain_features"]) == ["entropy"] and cols[("h", "mix")] == pytest.approx(0.3, abs=0.03)
     assert cols[("h", "is")] == pytest.approx(0.0, abs=0.03) and ("h", "finetune") not in cols
     B = BUDGETS[1] * FLOPS_PER_TOKEN
-    low, high = (predict(model, "mix", B, 1e5, floor=1.0, entropy=h) for h in (3.0, 4.5))
+    low, high = (predict(model, "mix", B, 1e5, floor=1.0, features={"entropy": h}) for h in (3.0, 4.5))
     assert high["bpb"] - low["bpb"] == pytest.approx(0.45, abs=0.05)
-    slm = [predict(model, "finetune", B, 1e5, floor=1.0, entropy=h)["bpb"] for h in (3.0, 4.5)]
+    slm = [predict(model, "finetune", B, 1e5, floor=1.0, features={"entropy": h})["bpb"] for h in (3.0, 4.5)]
     assert slm[0] == pytest.approx(slm[1])
     three = fit_results([r for r in rows if r["target"] != "t4"], floor)
-    assert not three["entropy_terms"] and not any(c[0] == "h" for c in three["columns"])
+    assert not three["domain_features"] and not any(c[0] == "h" for c in three["columns"])
+
+
+def test_with_five_targets_the_distance_to_the_generic_mix_enters_too():
+    """A domain far from the generic mix (KL of its cluster histogram to the generic one)
+    gains more from pre-training on data selected like it: cells drawn with SLM-is's gain
+    growing with the KL, on five targets whose entropies vary apart from their KLs. The fit
+    measures the KL slope beside the entropy's; a new domain's KL moves SLM-is, not SLM;
+    with four targets the fit has the entropy only."""
+    features = {"t1": (3.0, 0.2), "t2": (3.5, 0.9), "t3": (4.0, 0.4), "t4": (4.5, 1.1), "t5": (3.2, 1.4)}
+    level = {**LEVEL, "t4": 2.0, "t5": 1.6}
+    floor, bpt = {**FLOOR, "t4": 1.5, "t5": 1.1}, {**BPT, "t4": 2.8, "t5": 3.0}
+    rng, rows = random.Random(6), []
+    for t, (h, kl) in features.items():
+        for m in ("finetune", "mix", "is"):
+            for b in BUDGETS:
+                gain = -0.25 * (kl - 0.8) if m == "is" else 0.0
+                line = _line(m, t, b, 100_000, 0, _truth(m, t, b, 100_000, level) + gain + rng.gauss(0, 0.01), bpt)
+                if m == "is":
+                    line["phases"]["select"] = {"entropy_domain": h, "kl_generic": kl, "k": 64}
+                rows.append(line)
+    model = fit_results(rows, floor)
+    cols = {tuple(c): v for c, v in zip(model["columns"], model["theta"])}
+    assert list(model["domain_features"]) == ["entropy", "kl_generic"]
+    assert cols[("k", "is")] == pytest.approx(-0.25, abs=0.04) and cols[("h", "is")] == pytest.approx(0, abs=0.04)
+    assert cols[("k", "mix")] == pytest.approx(0, abs=0.04) and ("k", "finetune") not in cols
+    B = BUDGETS[1] * FLOPS_PER_TOKEN
+    near, far = (predict(model, "is", B, 1e5, floor=1.0, features={"entropy": 3.5, "kl_generic": kl})
+                 for kl in (0.2, 1.4))
+    assert far["bpb"] - near["bpb"] == pytest.approx(-0.3, abs=0.06)
+    slm = [predict(model, "finetune", B, 1e5, floor=1.0, features={"kl_generic": kl})["bpb"] for kl in (0.2, 1.4)]
+    assert slm[0] == pytest.approx(slm[1])
+    # a KL not measured: SLM-is's interval carries the targets' spread of it through its slope
+    unmeasured = predict(model, "is", B, 1e5, floor=1.0, features={"entropy": 3.5})
+    width = [p["bpb_interval"][1] - p["bpb_interval"][0] for p in (unmeasured, far)]
+    assert width[0] > width[1]
+    # beyond the targets' KLs the slope is not followed: held, and said
+    beyond = predict(model, "is", B, 1e5, floor=1.0, features={"entropy": 3.5, "kl_generic": 5.0})
+    assert beyond["bpb"] == pytest.approx(far["bpb"]) and any("KL to the generic mix held at 1.40" in n
+                                                                for n in beyond["notes"])
+    four = fit_results([r for r in rows if r["target"] != "t5"], floor)
+    assert list(four["domain_features"]) == ["entropy"] and not any(c[0] == "k" for c in four["columns"])
+
+
+@pytest.mark.parametrize("fitted, said", [
+    ([], "does not use the entropy nor the KL to the generic mix: its 3 targets are too few to tell a method's "
+         "slope in them from noise; it fits the entropy from 4 and the KL to the generic mix from 5 targets on)"),
+    (["entropy"], "does not use the KL to the generic mix: its 3 targets are too few to tell a method's slope in it "
+                  "from noise; it fits the KL to the generic mix from 5 targets on)")])
+def test_the_plan_says_which_of_a_domain_s_features_its_fit_leaves_out(fitted, said):
+    from cli.plan import plan_view
+    from mlx_specialize.plan.planner import make_plan
+
+    result = make_plan("12.5M tokens", "5e13", "small")
+    result["fit"]["domain_features"] = fitted  # as a fit on three targets, or one with the entropy only, says
+    result["domain"] = {"corpus": "notes", "floor": 2.0, "held_out": "test", "held_out_bytes": 1e5,
+                        "context_bytes": 2e6, "entropy": 3.1, "kl_generic": 0.4, "k": 64}
+    lines = [line for line in plan_view(result) if isinstance(line, str)]
+    assert any(line == f"(the fit {said}" for line in lines), lines
+    result["fit"]["domain_features"] = ["entropy", "kl_generic"]
+    assert not any("does not use" in line for line in plan_view(result) if isinstance(line, str))
 
 
 def test_a_domain_s_cluster_histogram_against_the_generic_mix(tmp_path):

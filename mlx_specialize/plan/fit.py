@@ -57,10 +57,18 @@ NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the gener
 # the methods built on the generic clusters, whose gain the paper finds vanishing on domains
 # whose cluster histogram has high entropy: with enough targets, each gets a slope in it
 CLUSTERED = ("is", "mix", "pn", "soup")
-ENTROPY_TARGETS = 4  # fewer targets cannot tell a method's entropy slope from its noise
+# a domain's features (`target_features`) the clustered methods get slopes in: the design's
+# column kind, and the targets needed. A method's offsets on T targets leave T - 1 degrees
+# of freedom beyond its mean offset; each slope takes one, and two must be left to tell it
+# from the method x target scatter: the entropy from 4 targets, the KL to the generic mix too from 5
+DOMAIN_FEATURES = {"entropy": ("h", 4), "kl_generic": ("k", 5)}
+ENTROPY_TARGETS = DOMAIN_FEATURES["entropy"][1]
+# the columns constant over a method's cells on one target: fitted on the (method, target) clusters
+LEVEL_KINDS = ("a", "b", *(kind for kind, _ in DOMAIN_FEATURES.values()))
 TARGET_SLOPES = {"tu": "u", "tv": "v"}  # the targets' own slopes in the budget and the domain-set size
-# the fitted model's layout; `plan` refuses another (2: seconds fitted apart from FLOPs; 3: the targets' slopes)
-FORMAT = 3
+# the fitted model's layout; `plan` refuses another (2: seconds fitted apart from FLOPs; 3: the targets'
+# slopes; 4: slopes in the KL to the generic mix beside the entropy)
+FORMAT = 4
 
 
 def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
@@ -140,15 +148,15 @@ def _terms(rows: list[dict], method: str) -> list[str]:
     return terms
 
 
-def _columns(rows: list[dict], methods: list[str], targets: list[str], entropy: bool,
-             entropy_targets: int) -> list[tuple]:
+def _columns(rows: list[dict], methods: list[str], targets: list[str], needed: dict) -> list[tuple]:
+    """The design's columns; `needed`: the targets each fitted domain feature needs."""
     cols = [("a", t) for t in targets] + [("b", m) for m in methods if m != REFERENCE]
     # the targets' own slopes, effect-coded: one column per target but the last (`_design`)
     cols += [(kind, t) for kind in TARGET_SLOPES for t in targets[:-1]]
     for m in methods:
         cols += [(term, m) for term in _terms(rows, m)]
-        if entropy and m in CLUSTERED and len({r["target"] for r in rows if r["method"] == m}) >= entropy_targets:
-            cols.append(("h", m))
+        measured_on = len({r["target"] for r in rows if r["method"] == m})
+        cols += [(DOMAIN_FEATURES[name][0], m) for name, n in needed.items() if m in CLUSTERED and measured_on >= n]
     return cols
 
 
@@ -212,7 +220,9 @@ def _design(rows: list[dict], cols: list[tuple], last_target: str | None = None)
                 X[i, index[(kind, r["target"])]] = r[term]
             elif r["target"] == last_target:
                 X[i, coded[kind]] = -r[term]
-        for key, value in (("b", 1.0), ("u", r["u"]), ("v", r["v"]), ("uv", r["u"] * r["v"]), ("h", r["h"])):
+        values = {"b": 1.0, "u": r["u"], "v": r["v"], "uv": r["u"] * r["v"],
+                  **{kind: r.get(kind, 0.0) for kind, _ in DOMAIN_FEATURES.values()}}
+        for key, value in values.items():
             if (key, r["method"]) in index:
                 X[i, index[(key, r["method"])]] = value
     return X
@@ -277,11 +287,12 @@ def _log_linear(rows: list[dict], values: list[float], name: str) -> dict:
 
 
 def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
-                entropy_targets: int = ENTROPY_TARGETS) -> dict:
+                feature_targets: dict | None = None) -> dict:
     """The planner's model, fitted on a study's result lines (`load_lines`); `floors`:
     the targets' xz bits per byte (the spec's [floors]) to anchor a new domain's level;
-    the clustered methods get entropy slopes from `entropy_targets` targets on (fewer, to
-    see what such slopes would measure: benchmarks/plan_loto.py)."""
+    the clustered methods get slopes in each domain feature from as many targets on as
+    DOMAIN_FEATURES says, or `feature_targets` (by name; fewer, to see what such slopes
+    would measure: benchmarks/plan_loto.py)."""
     lines, rows = rows, [dict(r) for r in cell_rows(rows)]
     pending = len(cell_rows(lines, complete_only=False)) - len(rows)
     B0 = math.exp(sum(math.log(r["B"]) for r in rows) / len(rows))
@@ -294,11 +305,14 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
         raise SpecializeError(f"the results hold no cell of SLM (`{REFERENCE}`), the planner's reference method")
     targets = sorted({r["target"] for r in rows})
     features = target_features(lines)
-    entropy = len(targets) >= entropy_targets and all(t in features for t in targets)
-    H0 = sum(features[t]["entropy"] for t in targets) / len(targets) if entropy else 0.0
+    needed = {name: n for name, (_, n) in DOMAIN_FEATURES.items()} | (feature_targets or {})
+    needed = {name: n for name, n in needed.items() if len(targets) >= n and all(t in features for t in targets)}
+    # each fitted feature centred on the targets' mean, as u and v are on B0 and D0
+    centres = {name: sum(features[t][name] for t in targets) / len(targets) for name in needed}
     for r in rows:
-        r["h"] = features[r["target"]]["entropy"] - H0 if entropy else 0.0
-    cols = _columns(rows, methods, targets, entropy, entropy_targets)
+        for name, centre in centres.items():
+            r[DOMAIN_FEATURES[name][0]] = features[r["target"]][name] - centre
+    cols = _columns(rows, methods, targets, needed)
     X = _design(rows, cols, targets[-1])
     kept = _independent(X)
     cols, X, y = [cols[j] for j in kept], X[:, kept], np.array([r["bpb"] for r in rows])
@@ -308,7 +322,7 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
     theta = np.linalg.lstsq(X, y, rcond=None)[0]
     residual = y - X @ theta
     s2, cov, dof, components = _variance(X, residual, [(r["method"], r["target"]) for r in rows],
-                                         sum(kind in ("a", "b", "h") for kind, _ in cols))
+                                         sum(kind in LEVEL_KINDS for kind, _ in cols))
 
     floors = {t: float(floors[t]) for t in targets if floors and t in floors}
     anchored = len(floors) == len(targets)
@@ -327,7 +341,8 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
     model = {"format": FORMAT, "source": source, "cells": len(rows), "pending_cells": pending,
              "reference_flops_per_second": reference_rate,
              "targets": targets, "floors": floors, "anchored": anchored, "B0": B0, "D0": D0,
-             "features": features, "entropy_terms": entropy, "H0": H0,
+             # the fitted domain features (name: the targets' mean); a new domain's move the clustered methods
+             "features": features, "domain_features": centres,
              "columns": [list(c) for c in cols], "theta": theta.tolist(), "cov": cov.tolist(), "s2": s2,
              "dof": dof, "variance_components": components,
              "levels": levels, "target_slopes": slopes,

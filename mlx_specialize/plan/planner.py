@@ -40,7 +40,8 @@ class Budgets:
     (calibrate.py); inference: parameters of the served model; domain_tokens: the
     domain's training tokens; domains: N; floor: the domain's xz -9e bits per byte, or
     None; bytes_per_token: its measured bytes per token in the study's tokenization, or
-    None; max_budget: a cap on any method's generic pre-training budget B, whether it
+    None; entropy, kl_generic: its cluster histogram's entropy and KL divergence to the
+    generic mix's (nats), or None; max_budget: a cap on any method's generic pre-training budget B, whether it
     pre-trains once or per domain (`specialize --method auto`'s --pretrain-tokens)."""
 
     pretrain: float
@@ -51,6 +52,7 @@ class Budgets:
     floor: float | None = None
     bytes_per_token: float | None = None
     entropy: float | None = None
+    kl_generic: float | None = None
     pretrain_unit: str = "flops"
     specialize_unit: str = "flops"
     speed: float | None = None
@@ -58,6 +60,12 @@ class Budgets:
     # a FLOPs budget as tokens of the reference preset's generic pre-training (shown beside it)
     pretrain_tokens: float | None = None
     specialize_tokens: float | None = None
+
+    @property
+    def features(self) -> dict:
+        """The domain features measured (fit.DOMAIN_FEATURES by name)."""
+        return {name: value for name, value in (("entropy", self.entropy), ("kl_generic", self.kl_generic))
+                if value is not None}
 
 
 def _spent(c: dict, budgets: Budgets) -> dict[str, float]:
@@ -194,7 +202,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
             continue
         # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
         scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor,
-                                 entropy=budgets.entropy)["fit_bpb"], 4), B) for B in options]
+                                 features=budgets.features)["fit_bpb"], 4), B) for B in options]
         order[method], B = min(scored)
         fitting.append(_entry(model, method, B, budgets))
         top = _reach(spec)[1]
@@ -207,7 +215,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
     result = {"budgets": asdict(budgets), "methods": fitting, "ruled_out": ruled_out, "not_measured": unmeasured,
               "fit": {**{k: model[k] for k in ("source", "cells", "targets", "anchored")},
                       "pending_cells": model.get("pending_cells", 0),
-                      "entropy_terms": model.get("entropy_terms", False),
+                      "domain_features": list(model["domain_features"]),
                       "preset": model["methods"][REFERENCE]["preset"]}}
     if fitting:
         result["recommended"] = fitting[0]["method"]
@@ -223,7 +231,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
 def _entry(model: dict, method: str, B: float, budgets: Budgets) -> dict:
     spec = model["methods"][method]
     p = predict(model, method, B, budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token,
-                entropy=budgets.entropy)
+                features=budgets.features)
     c = costs(model, method, B, budgets.domain_tokens)
     n = budgets.domains
     return {"method": method, "label": LABEL.get(method, method),
@@ -266,7 +274,7 @@ def _difference(model: dict, first: dict, second: dict, budgets: Budgets) -> dic
     """bpb(first) - bpb(second), two plan entries at their budgets, with its 90% interval:
     on the user's domain, or over the study's targets where none was given."""
     return difference(model, first["method"], second["method"], first["pretrain_flops"] or model["B0"],
-                      second["pretrain_flops"] or model["B0"], budgets.domain_tokens, budgets.entropy,
+                      second["pretrain_flops"] or model["B0"], budgets.domain_tokens, budgets.features,
                       macro=budgets.floor is None)
 
 
@@ -383,7 +391,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         _warn_small_floor(domain, features)
         budgets.floor = features["floor"]
         budgets.bytes_per_token = features.get("bytes_per_token")
-        budgets.entropy = features.get("entropy")
+        budgets.entropy, budgets.kl_generic = features.get("entropy"), features.get("kl_generic")
     if domain_tokens is not None:
         budgets.domain_tokens = domain_tokens
         held = features and (features.get("train_tokens") or features["train_bytes"] / model["bytes_per_token"])

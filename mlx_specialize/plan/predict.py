@@ -15,10 +15,11 @@ import math
 import numpy as np
 
 from ..stats import satterthwaite, t_quantile
-from .fit import NO_PRETRAINING, REFERENCE, TARGET_SLOPES
+from .fit import DOMAIN_FEATURES, NO_PRETRAINING, REFERENCE, TARGET_SLOPES
 
 LEVEL = 0.90  # two-sided prediction intervals
 EXTRAPOLATE = 2.0  # how far beyond its measured budgets and sizes a method's fit is followed
+FEATURE_NAMES = {"entropy": "entropy", "kl_generic": "KL to the generic mix"}  # fit.DOMAIN_FEATURES, as said
 
 
 def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, list[str]]:
@@ -67,16 +68,15 @@ def _target_slope_parts(model: dict, du: float, dv: float) -> list[tuple[float, 
 
 
 def _row(model: dict, method: str, B: float, D: float, target: str | None = None,
-         entropy: float | None = None) -> np.ndarray:
+         features: dict | None = None) -> np.ndarray:
     """The design row of a cell of `method` at (B, D) on `target`, or on a new domain
-    (the targets' mean level) of cluster histogram entropy `entropy` (None: the targets'
-    mean)."""
+    (the targets' mean level) of the domain `features` given (fit.DOMAIN_FEATURES by
+    name; one not given: the targets' mean)."""
     u, v = _uv(model, method, B, D)
-    if target is not None and model.get("entropy_terms"):
-        h = model["features"][target]["entropy"] - model["H0"]
-    else:
-        h = 0.0 if entropy is None or not model.get("entropy_terms") else entropy - model["H0"]
-    values = {"b": 1.0, "u": u, "v": v, "uv": u * v, "h": h}
+    values = {"b": 1.0, "u": u, "v": v, "uv": u * v}
+    for name, centre in model["domain_features"].items():
+        value = model["features"][target][name] if target is not None else (features or {}).get(name)
+        values[DOMAIN_FEATURES[name][0]] = 0.0 if value is None else value - centre
     targets = model["targets"]
     x = np.zeros(len(model["columns"]))
     for i, (kind, name) in enumerate(model["columns"]):
@@ -91,7 +91,7 @@ def _row(model: dict, method: str, B: float, D: float, target: str | None = None
 
 
 def predict(model: dict, method: str, B: float, D: float, floor: float | None = None, target: str | None = None,
-            bytes_per_token: float | None = None, entropy: float | None = None) -> dict:
+            bytes_per_token: float | None = None, features: dict | None = None) -> dict:
     """The method's bits per byte and perplexity after specialization at the generic
     budget B (FLOPs) with D domain tokens, each with its 90% prediction interval (None
     where the fit cannot measure a spread).
@@ -101,8 +101,8 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
     - `floor`: a new domain, at the level its xz -9e bits per byte implies (the study
       targets' mean of level - floor, scattering as theirs did), its perplexity at
       `bytes_per_token` where it was tokenized, else at the targets' mean and spread; its
-      cluster histogram `entropy` moves the clustered methods where the fit has the
-      terms (fit.CLUSTERED);
+      cluster histogram `features` (entropy, KL to the generic mix) move the clustered
+      methods (fit.CLUSTERED) where the fit has their terms;
     - neither: the study's targets on average (their macro perplexity, as the study
       reports it), the level and scatter averaged over them."""
     B, D, notes = held(model, method, B, D)
@@ -110,8 +110,8 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
     if floor is None and target is None:
         return {"method": method, "B": B, "D": D, "notes": notes, **_macro(model, method, B, D)}
     T = len(targets)
-    entropy = _held_entropy(model, entropy, notes) if target is None else None
-    x = _row(model, method, B, D, target, entropy)
+    features = _held_features(model, features, notes) if target is None else None
+    x = _row(model, method, B, D, target, features)
     bpb = float(x @ theta)
     parts = [(float(x @ cov @ x) + s2, model["dof"])]
     if target is None:  # a new domain
@@ -123,8 +123,8 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
         spread = model["offset_var"] if model["anchored"] else _level_var(model)
         parts.append((spread * (1 + 1 / T), T - 1) if spread is not None else (math.nan, 1))
         parts += _target_slope_parts(model, *_uv(model, method, B, D))
-        if entropy is None:  # an unmeasured histogram: the clustered method's entropy slope adds its spread
-            parts += _entropy_parts(model, _slope(model, method))
+        # a feature not measured: the clustered method's slope in it adds the targets' spread of it
+        parts += _feature_parts(model, _slopes(model, method), features)
     var = sum(v for v, _ in parts)
     half = None if math.isnan(var) else t_quantile(satterthwaite(parts), LEVEL) * math.sqrt(var)
     if bpb < 0:  # the study's gains, taken whole by a domain whose level sits lower
@@ -157,32 +157,38 @@ def _nonnegative(mean: float, half: float) -> list[float]:
     return [lo, max(mean + half, lo)]
 
 
-def _slope(model: dict, method: str) -> float:
-    """The method's fitted slope in the domain's cluster histogram entropy (0: none)."""
-    return next((v for (kind, name), v in zip(model["columns"], model["theta"]) if kind == "h" and name == method),
-                0.0)
+def _slopes(model: dict, method: str) -> dict:
+    """The method's fitted slopes in the domain features, by name (none: 0)."""
+    theta = dict(zip(map(tuple, model["columns"]), model["theta"]))
+    return {name: theta.get((DOMAIN_FEATURES[name][0], method), 0.0) for name in model["domain_features"]}
 
 
-def _entropy_parts(model: dict, slope: float) -> list[tuple[float, float]]:
-    """The variance (and its dof) an unmeasured entropy adds through a slope: the targets'
-    entropies' spread, a new domain's as wide."""
-    if not slope or not model.get("entropy_terms"):
-        return []
-    values = [model["features"][t]["entropy"] for t in model["targets"]]
-    T = len(values)
-    return [(slope * slope * float(np.var(values, ddof=1)) * (1 + 1 / T), T - 1)]
+def _feature_parts(model: dict, slopes: dict, features: dict | None) -> list[tuple[float, float]]:
+    """The variance (and its dof) each domain feature not given adds through its slope:
+    the targets' spread of it, a new domain's as wide."""
+    parts, T = [], len(model["targets"])
+    for name, slope in slopes.items():
+        if slope and (features or {}).get(name) is None:
+            values = [model["features"][t][name] for t in model["targets"]]
+            parts.append((slope * slope * float(np.var(values, ddof=1)) * (1 + 1 / T), T - 1))
+    return parts
 
 
-def _held_entropy(model: dict, entropy: float | None, notes: list[str]) -> float | None:
-    """A domain's entropy within the targets' measured range (the slope is not followed
-    beyond it), and the note where it was held."""
-    if entropy is None or not model.get("entropy_terms"):
-        return entropy
-    values = [model["features"][t]["entropy"] for t in model["targets"]]
-    inside = min(max(entropy, min(values)), max(values))
-    if inside != entropy:
-        notes.append(f"entropy held at {inside:.2f} nats: the targets' measured range")
-    return inside
+def _held_features(model: dict, features: dict | None, notes: list[str]) -> dict | None:
+    """A domain's features, each fitted one within the targets' measured range (its slope
+    is not followed beyond it), and the notes where one was held."""
+    if not features:
+        return features
+    out = dict(features)
+    for name in model["domain_features"]:
+        if out.get(name) is None:
+            continue
+        values = [model["features"][t][name] for t in model["targets"]]
+        inside = min(max(out[name], min(values)), max(values))
+        if inside != out[name]:
+            notes.append(f"{FEATURE_NAMES[name]} held at {inside:.2f} nats: the targets' measured range")
+        out[name] = inside
+    return out
 
 
 def _macro(model: dict, method: str, B: float, D: float) -> dict:
@@ -210,23 +216,24 @@ def _level_var(model: dict) -> float | None:
 
 
 def difference(model: dict, first: str, second: str, B1: float, B2: float, D: float,
-               entropy: float | None = None, macro: bool = False) -> dict:
+               features: dict | None = None, macro: bool = False) -> dict:
     """bpb(first at B1) - bpb(second at B2) on the same domain (of cluster histogram
-    `entropy`, or unmeasured), with its 90% interval: the domain's level cancels; two
+    `features`, or unmeasured), with its 90% interval: the domain's level cancels; two
     cells' scatter does not (`macro`: two means over the study's targets, each of T
     cells)."""
     notes: list[str] = []
-    entropy = None if macro else _held_entropy(model, entropy, notes)
+    features = None if macro else _held_features(model, features, notes)
     at = [held(model, first, B1, D)[:2], held(model, second, B2, D)[:2]]
-    x = _row(model, first, *at[0], entropy=entropy) - _row(model, second, *at[1], entropy=entropy)
+    x = _row(model, first, *at[0], features=features) - _row(model, second, *at[1], features=features)
     theta, cov = np.array(model["theta"]), np.array(model["cov"])
     mean = float(x @ theta)
     parts = [(float(x @ cov @ x) + 2 * model["s2"] / (len(model["targets"]) if macro else 1), model["dof"])]
     if not macro:  # a new domain's own slopes: they cancel only where the two are at the same (u, v)
         (u1, v1), (u2, v2) = _uv(model, first, *at[0]), _uv(model, second, *at[1])
         parts += _target_slope_parts(model, u1 - u2, v1 - v2)
-    if entropy is None and not macro:
-        parts += _entropy_parts(model, _slope(model, first) - _slope(model, second))
+    if not macro:
+        own, other = _slopes(model, first), _slopes(model, second)
+        parts += _feature_parts(model, {name: own[name] - other[name] for name in own}, features)
     half = t_quantile(satterthwaite(parts), LEVEL) * math.sqrt(sum(v for v, _ in parts))
     return {"mean": mean, "interval": [mean - half, mean + half]}
 

@@ -2,8 +2,8 @@
 
 For each target of a study, the planner's model is fitted on the other targets' cells
 alone and asked about the held-out target, anchored on its floor (the xz bits per byte
-a user's `--domain` gives) and with its cluster histogram's entropy (`--clusters`) as a
-new domain would be:
+a user's `--domain` gives) and with its cluster histogram's entropy and KL to the generic
+mix (`--clusters`) as a new domain would be:
 - coverage: the share of the held-out cells whose measured bits per byte and perplexity
   fall inside the predicted 90% intervals;
 - recommendations: for each budget and domain-set size the held-out target was measured
@@ -29,7 +29,7 @@ from collections import defaultdict
 
 from ..errors import SpecializeError
 from .budgets import DEFAULT_PRETRAIN, DEFAULT_SPECIALIZE, compute_budget, within
-from .fit import NO_PRETRAINING, REFERENCE, cell_rows, fit_results, target_features
+from .fit import DOMAIN_FEATURES, NO_PRETRAINING, REFERENCE, cell_rows, fit_results, target_features
 from .predict import costs, difference, predict
 
 SCOPES = ("preset size", "default budgets", "any size")
@@ -43,7 +43,7 @@ def leave_one_target_out(rows: list[dict], floors: dict) -> dict:
     if len(targets) < 3:
         raise SpecializeError(f"leave-one-target-out needs three targets or more (fitting on two measures the spread "
                               f"of their levels); the results have {len(targets)}")
-    entropy = {t: f["entropy"] for t, f in target_features(rows).items()}
+    features = {t: {name: f[name] for name in DOMAIN_FEATURES} for t, f in target_features(rows).items()}
     missing = [t for t in targets if t not in floors]
     if missing:
         raise SpecializeError(f"leave-one-target-out needs every target's floor; none for {', '.join(missing)}")
@@ -54,12 +54,12 @@ def leave_one_target_out(rows: list[dict], floors: dict) -> dict:
         for r in own:
             # as `plan --domain --tokenizer` would: its floor and its bytes per token measured
             p = predict(model, r["method"], r["B"], r["D"], floors[target], bytes_per_token=r["bytes_per_token"],
-                        entropy=entropy.get(target))
+                        features=features.get(target))
             held_cells.append({"target": target, "method": r["method"], "budget": r["budget"], "D": r["D"],
                                "seed": r["seed"], "bpb": r["bpb"], "predicted": p["bpb"],
                                "interval": p["bpb_interval"], "ppl": 2 ** (r["bpb"] * r["bytes_per_token"]),
                                "ppl_predicted": p["ppl"], "ppl_interval": p["ppl_interval"]})
-        decisions += _decisions(model, own, target, floors[target], entropy.get(target))
+        decisions += _decisions(model, own, target, floors[target], features.get(target))
     return {"targets": targets, "cells": held_cells, "decisions": decisions,
             "bpb_coverage": _share(held_cells, "bpb", "interval"),
             "ppl_coverage": _share(held_cells, "ppl", "ppl_interval"),
@@ -69,7 +69,7 @@ def leave_one_target_out(rows: list[dict], floors: dict) -> dict:
             "hit_rate": {scope: _rate([d for d in decisions if d["scope"] == scope]) for scope in SCOPES}}
 
 
-def _decisions(model: dict, own: list[dict], target: str, floor: float, entropy: float | None) -> list[dict]:
+def _decisions(model: dict, own: list[dict], target: str, floor: float, features: dict | None) -> list[dict]:
     """One decision per (budget, domain-set size) of the held-out target and inference
     scope, over the methods measured there (seed means)."""
     groups = defaultdict(lambda: defaultdict(list))
@@ -104,15 +104,15 @@ def _decisions(model: dict, own: list[dict], target: str, floor: float, entropy:
                 continue
             measured = {m: sum(r["bpb"] for r in by_method[m]) / len(by_method[m]) for m in methods}
             B = {m: by_method[m][0]["B"] for m in methods}
-            predicted = {m: predict(model, m, B[m], D, floor, entropy=entropy)["fit_bpb"] for m in methods}
+            predicted = {m: predict(model, m, B[m], D, floor, features=features)["fit_bpb"] for m in methods}
             pick, best = min(methods, key=predicted.get), min(methods, key=measured.get)
             gap = measured[pick] - measured[best]
             covered = 0  # the plan's interval on pick - m holds the measured difference, for each other m
             for m in methods:
                 if m != pick:
-                    lo, hi = difference(model, pick, m, B[pick], B[m], D, entropy)["interval"]
+                    lo, hi = difference(model, pick, m, B[pick], B[m], D, features)["interval"]
                     covered += lo <= measured[pick] - measured[m] <= hi
-            hit = pick == best or _inside(model, pick, best, B, D, entropy, gap)
+            hit = pick == best or _inside(model, pick, best, B, D, features, gap)
             out.append({"target": target, "budget": budget, "D": D, "scope": scope, "methods": len(methods),
                         "recommended": pick, "measured_best": best, "gap_bpb": gap, "hit": hit,
                         "slm_gap_bpb": measured[REFERENCE] - measured[best] if REFERENCE in measured else None,
@@ -120,8 +120,8 @@ def _decisions(model: dict, own: list[dict], target: str, floor: float, entropy:
     return out
 
 
-def _inside(model, pick, best, B, D, entropy, gap) -> bool:
-    lo, hi = difference(model, pick, best, B[pick], B[best], D, entropy)["interval"]
+def _inside(model, pick, best, B, D, features, gap) -> bool:
+    lo, hi = difference(model, pick, best, B[pick], B[best], D, features)["interval"]
     return lo <= gap <= hi
 
 
