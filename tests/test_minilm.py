@@ -245,7 +245,12 @@ def test_a_projected_network_counts_embedding_its_valid_windows(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     per_window = minilm.forward_flops(config, minilm.default_max_tokens(folder, config))
     assert windows > 0 and pre["label_flops"] == windows * per_window
-    trained = json.loads((Path(pre["model"]) / "summary.json").read_text())["flops"]
-    assert pre["flops"] == trained + pre["label_flops"] and out["costs"]["shared"]["flops"] >= pre["flops"]
+    trained = json.loads((Path(pre["model"]) / "summary.json").read_text())
+    assert pre["flops"] == trained["flops"] + pre["label_flops"] and out["costs"]["shared"]["flops"] >= pre["flops"]
+    # and their seconds, kept with the network: its reuse reports what making it took
+    assert pre["seconds"] == trained["seconds"] + pre["label_seconds"] and pre["label_seconds"] > 0
+    again = ms.specialize(embedder="minilm", out_dir=tmp_path / "pn-again", **options)["phases"]["pretrain"]
+    assert again["cached"] and (again["label_flops"], again["label_seconds"]) == (pre["label_flops"],
+                                                                                pre["label_seconds"])
     hashed = ms.specialize(embedder="hashed", out_dir=tmp_path / "pn-hashed", **options)["phases"]["pretrain"]
     assert hashed["label_flops"] == 0.0

@@ -130,6 +130,22 @@ def test_a_prediction_the_fit_runs_below_zero_bits_is_cut_said_and_still_ordered
     assert [e["method"] for e in result["methods"]] == sorted(fitted, key=fitted.get)
 
 
+def test_a_projected_network_s_labelling_is_not_fitted_as_pre_training():
+    """SLM-pn's shared cost holds one embedding pass over the generic valid windows,
+    whatever the budget (`label_flops`): the fit takes it with the rest, not as a ratio to
+    the budget, which would inflate the pre-training at small budgets."""
+    from mlx_specialize.plan.fit import cell_rows
+
+    rows = _study(seeds=(0,))
+    for r in rows:
+        if r["method"] == "mix":
+            r["phases"]["pretrain"].update(flops=r["phases"]["pretrain"]["flops"] + 5e12, label_flops=5e12,
+                                           seconds=10.0, label_seconds=4.0)
+    fitted = {(r["method"], r["B"]): r for r in cell_rows(rows)}
+    assert all(r["shared_pretraining"] == pytest.approx(1.1 * r["B"]) for (m, _), r in fitted.items() if m == "mix")
+    assert all(r["shared_pretraining_s"] == 6.0 for (m, _), r in fitted.items() if m == "mix")
+
+
 def test_a_budget_or_size_never_measured_is_held_and_said():
     rows = [r for r in _study() if r["domain_tokens"] == 100_000]
     model = fit_results(rows, FLOOR)
@@ -918,6 +934,17 @@ def test_with_five_targets_the_distance_to_the_generic_mix_enters_too():
     unmeasured = predict(model, "is", B, 1e5, floor=1.0, features={"entropy": 3.5})
     width = [p["bpb_interval"][1] - p["bpb_interval"][0] for p in (unmeasured, far)]
     assert width[0] > width[1]
+    # the two features move together (KL = cross-entropy - entropy): where the targets' KLs
+    # offset their entropies through SLM-is's slopes, not knowing them adds no spread
+    # (adding each one's spread apart would)
+    sh, sk = cols[("h", "is")], cols[("k", "is")]
+    tied = {**model, "features": {t: {**f, "kl_generic": 2.0 - sh / sk * f["entropy"]}
+                                  for t, f in model["features"].items()}}
+    given = {name: float(np.mean([f[name] for f in tied["features"].values()])) for name in ("entropy", "kl_generic")}
+    tied["domain_features"] = given  # their centres: given there, a domain sits where an unmeasured one is put
+    widths = [p["bpb_interval"][1] - p["bpb_interval"][0]
+              for p in (predict(tied, "is", B, 1e5, floor=1.0), predict(tied, "is", B, 1e5, floor=1.0, features=given))]
+    assert widths[0] == pytest.approx(widths[1], rel=1e-6)
     # beyond the targets' KLs the slope is not followed: held, and said
     beyond = predict(model, "is", B, 1e5, floor=1.0, features={"entropy": 3.5, "kl_generic": 5.0})
     assert beyond["bpb"] == pytest.approx(far["bpb"]) and any("KL to the generic mix held at 1.40" in n

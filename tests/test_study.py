@@ -401,7 +401,14 @@ def test_lines_of_a_method_s_earlier_recipe_are_left_out_and_said(tmp_path, caps
         append_result(path, {**_line("finetune", 1, t, 0, 15.0, 100.0, 10.0), "cell": f"slm{i}", "bpb_before": 2.0})
     text = report_study([path])["tables"]
     assert "| SLM | 15.0 |\n| SLM-is | 10.0 |\n" in text  # the per-budget table: not 20's mean with 10
-    assert "2 lines of SLM-is (recipe 1, now 2)" in " ".join(capsys.readouterr().err.split())
+    said = " ".join(capsys.readouterr().err.split())
+    assert "earlier recipe" in said and "2 lines of SLM-is (recipe 1, this version's 2)" in said
+    # a newer version's recipe is not this version's either: left out, and said so
+    append_result(path, {**_line("is", 1, "a", 2, 30.0, 100.0, 10.0), "cell": "newer", "bpb_before": 2.0,
+                         "recipe": 3})
+    assert "| SLM | 15.0 |\n| SLM-is | 10.0 |\n" in report_study([path])["tables"]
+    said = " ".join(capsys.readouterr().err.split())
+    assert "later recipe than this version runs" in said and "1 line of SLM-is (recipe 3, this version's 2)" in said
 
 
 def test_the_readme_and_docs_study_are_drawn_from_the_committed_results():

@@ -100,9 +100,13 @@ def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
         seen.add(key)
         bytes_per_token = math.log2(r["ppl_after"]) / r["bpb_after"]
         paid = {part: "pretrain" in r["costs"][part]["phases"] for part in ("shared", "per_domain")}
-        pretraining = {part: float(r["phases"]["pretrain"]["flops"]) if paid[part] else 0.0 for part in paid}
-        pretraining_s = {part: float(r["phases"]["pretrain"].get("seconds") or 0.0) if paid[part] else 0.0
-                         for part in paid}
+        phase = r["phases"].get("pretrain", {})
+        # what the budget buys: a projected network's labelling of its valid windows (one
+        # embedding pass, whatever the budget) is fitted with the rest, not as B x a ratio
+        pretraining = {part: float(phase["flops"]) - float(phase.get("label_flops", 0.0)) if paid[part] else 0.0
+                       for part in paid}
+        pretraining_s = {part: float(phase.get("seconds") or 0.0) - float(phase.get("label_seconds", 0.0))
+                         if paid[part] else 0.0 for part in paid}
         out.append({"method": r["method"], "target": r["target"], "seed": r["seed"], "B": float(r["budget_flops"]),
                     "budget": r["budget"], "D": float(r["domain_tokens_used"]), "bpb": float(r["bpb_after"]),
                     "bytes_per_token": bytes_per_token, "shared": float(r["costs"]["shared"]["flops"]),

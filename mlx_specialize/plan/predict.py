@@ -108,7 +108,10 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
     B, D, notes = held(model, method, B, D)
     theta, cov, s2, targets = np.array(model["theta"]), np.array(model["cov"]), model["s2"], model["targets"]
     if floor is None and target is None:
-        return {"method": method, "B": B, "D": D, "notes": notes, **_macro(model, method, B, D)}
+        out = {"method": method, "B": B, "D": D, "notes": notes, **_macro(model, method, B, D)}
+        if out["fit_bpb"] < 0:
+            notes.append(f"the fit runs below 0 bits per byte here ({out['fit_bpb']:+.3f}): cut at 0")
+        return out
     T = len(targets)
     features = _held_features(model, features, notes) if target is None else None
     x = _row(model, method, B, D, target, features)
@@ -164,14 +167,16 @@ def _slopes(model: dict, method: str) -> dict:
 
 
 def _feature_parts(model: dict, slopes: dict, features: dict | None) -> list[tuple[float, float]]:
-    """The variance (and its dof) each domain feature not given adds through its slope:
-    the targets' spread of it, a new domain's as wide."""
-    parts, T = [], len(model["targets"])
-    for name, slope in slopes.items():
-        if slope and (features or {}).get(name) is None:
-            values = [model["features"][t][name] for t in model["targets"]]
-            parts.append((slope * slope * float(np.var(values, ddof=1)) * (1 + 1 / T), T - 1))
-    return parts
+    """The variance (and its dof) the domain features not given add through their slopes:
+    the targets' spread of what those features moved them by, together (the entropy and
+    the KL to the generic mix move together, KL = cross-entropy - entropy), a new domain's
+    as wide."""
+    unmeasured = {name: s for name, s in slopes.items() if s and (features or {}).get(name) is None}
+    if not unmeasured:
+        return []
+    T = len(model["targets"])
+    moved = [sum(s * model["features"][t][name] for name, s in unmeasured.items()) for t in model["targets"]]
+    return [(float(np.var(moved, ddof=1)) * (1 + 1 / T), T - 1)]
 
 
 def _held_features(model: dict, features: dict | None, notes: list[str]) -> dict | None:

@@ -44,7 +44,7 @@ def load_lines(paths) -> list[dict]:
         if not Path(path).is_file():
             raise SpecializeError(f"no results file at {path}")
         lines.update(read_results(Path(path)))
-    rows, superseded = [], defaultdict(int)
+    rows = []
     for line in lines.values():
         if "same_as" in line:
             if line["same_as"] in lines:
@@ -54,15 +54,21 @@ def load_lines(paths) -> list[dict]:
     if not rows:
         raise SpecializeError("the results hold no finished cell")
     # a line of a method's earlier recipe (none recorded: its first) is not what the method
-    # runs now: averaged with the current recipe's, it would report neither
+    # runs now, nor one of a later recipe (a newer version's): averaged with the current
+    # recipe's, either would report neither
     current = [row for row in rows if row.get("recipe", 1) == _recipe(row["method"])]
+    other = defaultdict(int)
     for row in rows:
         if row.get("recipe", 1) != _recipe(row["method"]):
-            superseded[(row["method"], row.get("recipe", 1))] += 1
-    if superseded:
-        ui.warn("left out, measured with a method's earlier recipe (run the study again to measure them with "
-                "its current one): " + "; ".join(f"{n} line{'s' * (n > 1)} of {label(m)} (recipe {r}, now "
-                                                 f"{_recipe(m)})" for (m, r), n in sorted(superseded.items())))
+            other[(row["method"], row.get("recipe", 1))] += 1
+    for later, why in ((False, "measured with a method's earlier recipe (run the study again to measure them "
+                                "with its current one)"),
+                       (True, "measured with a later recipe than this version runs (a newer mlx-specialize "
+                              "reports them)")):
+        left = {(m, r): n for (m, r), n in sorted(other.items()) if (r > _recipe(m)) == later}
+        if left:
+            ui.warn(f"left out, {why}: " + "; ".join(f"{n} line{'s' * (n > 1)} of {label(m)} (recipe {r}, this "
+                                                     f"version's {_recipe(m)})" for (m, r), n in left.items()))
     rows = current
     if not rows:
         raise SpecializeError("the results hold no finished cell of a method's current recipe")
