@@ -36,7 +36,8 @@ def make_vectors(path: Path, window: int, max_vectors: int, cache_dir: Path) -> 
     from mlx_specialize.methods import clusters as imp
 
     generic = ",".join(str(MINIPILE / f"{d}.jsonl.gz") for d in GENERIC)
-    tokenizer = imp.generic_tokenizer(generic, 8192, cache_dir)
+    # the standard study's tokenizer (its mix's first characters), as BENCHMARKS.md's figures used
+    tokenizer = imp.generic_tokenizer(generic, 8192, cache_dir, "leading")
     t0 = time.perf_counter()
     embedded = imp.embed_generic(generic, tokenizer, "hashed", window, cache_dir, max_windows=max_vectors)
     vectors = np.asarray(embedded.vectors, dtype=np.float32)

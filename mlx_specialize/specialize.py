@@ -34,6 +34,7 @@ from pathlib import Path
 from . import ui
 from .accel import warn_slow_paths
 from .data.corpus import bundled_names, default_generic, load_corpus
+from .data.tokenizer import TOKENIZER_SAMPLES
 from .errors import Interrupted, SpecializeError, check_choice
 from .costs import split_costs
 from .methods import METHODS, Method, Settings, get_method
@@ -55,16 +56,17 @@ RUN_FILES = (RUN_STATE, "report.json", "summary.json", "metrics.jsonl", "run.jso
              "selection-report.json", "selection-histograms.png", "adapters")
 
 
-# Options added after run folders existed: left out of the command at their default, so
-# that an unfinished run of an earlier version (a study's cell, say) still continues.
-LATER_OPTIONS = ("soup_support",)
+# Options added after run folders existed: left out of the command at the value that does
+# what earlier versions did, so that an unfinished run of one (a study's cell, say) still
+# continues.
+LATER_OPTIONS = {"soup_support": None, "tokenizer_sample": "leading"}
 
 
 def run_command(settings: Settings) -> dict:
     """What decides a run's result: its settings and the bytes of its corpora. A run
     folder continues only the same command (see `run_folder_state`)."""
     command = {key: value for key, value in asdict(settings).items()
-               if key != "cache_dir" and not (key in LATER_OPTIONS and value is None)}
+               if key != "cache_dir" and not (key in LATER_OPTIONS and value == LATER_OPTIONS[key])}
     command["data"] = {"domain": load_corpus(settings.domain).fingerprint(),
                        "generic": load_corpus(settings.generic).fingerprint()}
     return command
@@ -195,7 +197,7 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
                 embedder: str,
                 window, sampler: str, metric: str, select, expert_init: str, basis, cache_dir=None,
                 distill_temperature: float = 1.0, distill_alpha: float = 0.5,
-                soup_support: int | None = None) -> RunPlan:
+                soup_support: int | None = None, tokenizer_sample: str = "uniform") -> RunPlan:
     """Check everything a `specialize` call can check before a pre-training that may take
     hours, each refused in one line naming its option; this is the only check (the
     command line makes none of its own). In order: the method and the preset, the
@@ -205,13 +207,15 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
     refused). Returns the resolved run."""
     chosen = get_method(method)
     check_choice("--preset", preset, PRESETS)
+    check_choice("tokenizer_sample", tokenizer_sample, TOKENIZER_SAMPLES)
     _check_token_counts(pretrain_tokens=pretrain_tokens, finetune_tokens=finetune_tokens)
     settings = chosen.resolve(Settings(
         domain=domain, generic=generic or "", method=method, preset=preset, pretrain_tokens=pretrain_tokens,
         finetune_tokens=finetune_tokens, domain_tokens=domain_tokens, vocab_size=vocab_size, seed=seed,
         cache_dir=Path(cache_dir or default_cache_dir()), base=base, lr=lr, k=k, embedder=embedder, window=window,
         sampler=sampler, metric=metric, select=select, expert_init=expert_init, basis=basis,
-        distill_temperature=distill_temperature, distill_alpha=distill_alpha, soup_support=soup_support))
+        distill_temperature=distill_temperature, distill_alpha=distill_alpha, soup_support=soup_support,
+        tokenizer_sample=tokenizer_sample))
     if base is None:
         _check_domain_tokens(domain_tokens, preset)
     from .runtime.distributed import world
@@ -268,6 +272,7 @@ def specialize(
     distill_temperature: float = 1.0,
     distill_alpha: float = 0.5,
     soup_support: int | None = None,
+    tokenizer_sample: str = "uniform",
 ) -> dict:
     """Specialize a small model to `domain`; returns the report (also RUN/report.json).
 
@@ -281,7 +286,10 @@ def specialize(
     and size) and runs the method it recommends, at the budget it chose; the report
     carries the decision as `plan`. The checks that need no method (the preset,
     `domain_tokens`) come before the plan, which reads the domain (seconds); the chosen
-    method's own options are checked once it is named, still before any training."""
+    method's own options are checked once it is named, still before any training.
+
+    `tokenizer_sample` says how the generic tokenizer's training text is drawn
+    (data.tokenizer.TOKENIZER_SAMPLES): `leading` reproduces the standard study's."""
     decision = None
     check_choice("--method", method, (*METHODS, "auto"))
     if method == "auto":  # the checks that need no method first, then the plan (it reads the domain)
@@ -298,7 +306,7 @@ def specialize(
             note[0].upper() + note[1:] + "." for note in decision["notes"]))
     run = resolve_run(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens, finetune_tokens,
                       vocab_size, lr, seed, overwrite, k, embedder, window, sampler, metric, select, expert_init,
-                      basis, cache_dir, distill_temperature, distill_alpha, soup_support)
+                      basis, cache_dir, distill_temperature, distill_alpha, soup_support, tokenizer_sample)
     run.plan = decision
     return run_plan(run, overwrite)
 

@@ -31,7 +31,8 @@ from mlx_specialize.models.presets import get_preset
 from mlx_specialize.runtime.cache import default_cache_dir
 from mlx_specialize.study import load_study
 study = load_study("studies/minipile/spec.toml")
-tokenizer = generic_tokenizer(study.generic, get_preset(study.preset).vocab, default_cache_dir())
+tokenizer = generic_tokenizer(study.generic, get_preset(study.preset).vocab, default_cache_dir(),
+                              study.tokenizer_sample)
 Path("mlx_specialize/plan/tokenizer.model").write_bytes(tokenizer.model_bytes)'
 
 # captured first: a failing plan stops the script here rather than blanking the example

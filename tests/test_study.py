@@ -272,6 +272,22 @@ def test_the_time_left_is_read_from_the_finished_cells_by_hand():
                                      "unknown": 2, "same": 1}
 
 
+def test_a_tokenizer_drawn_otherwise_makes_other_cells(study_dir, tmp_path):
+    """The standard study's tokenizer was trained on its mix's first characters
+    (`tokenizer_sample = "leading"`); its cells keep their keys under that spec, and a
+    spec drawing the tokenizer from the whole mix (the default) has cells of its own, run
+    with it."""
+    from mlx_specialize.study.run import cell_axes
+
+    (study_dir / "leading.toml").write_text(SPEC.replace('name = "tiny-check"', 'name = "tiny-check"\n'
+                                                         'tokenizer_sample = "leading"'))
+    default, leading = load_study(study_dir / "tiny.toml"), load_study(study_dir / "leading.toml")
+    cell = default.cells()[0]
+    assert (default.tokenizer_sample, leading.tokenizer_sample) == ("uniform", "leading")
+    assert default.key(cell) != leading.key(cell)
+    assert cell_axes(leading, cell)["tokenizer_sample"] == "leading"
+
+
 @pytest.mark.parametrize("change, message", [
     ("methods = [\"finetune\", \"nope\"]", "unknown method 'nope'"),
     ("domain_tokens = [0]", "`domain_tokens` holds 0"),
@@ -287,6 +303,7 @@ def test_the_time_left_is_read_from_the_finished_cells_by_hand():
     # `methods` misspelt: its type is named before `methods` is missed
     ("methods_as_method", "the methods to run are `methods = "),
     ("targets = [\"python-docs\", \"perl-docs\"]", "no perl-docs.jsonl.gz in the data folder"),
+    ("tokenizer_sample = \"first\"", "`tokenizer_sample` is 'first': choose uniform or leading"),
 ])
 def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
     (tmp_path / "corpora").mkdir()
@@ -521,7 +538,8 @@ def test_a_spec_may_set_every_option_of_specialize_that_the_grid_does_not():
     from mlx_specialize.study.spec import CELL_OPTIONS
 
     grid_or_run = {"domain", "generic", "method", "base", "preset", "out_dir", "domain_tokens", "pretrain_tokens",
-                   "seed", "cache_dir", "overwrite"}  # the grid's axes, the study's own, and what no cell sets
+                   "seed", "cache_dir", "overwrite", "tokenizer_sample"}  # the grid's axes, the study's own, and
+    # what no cell sets
     assert CELL_OPTIONS == set(inspect.signature(specialize).parameters) - grid_or_run
 
 

@@ -56,3 +56,32 @@ def test_a_file_that_is_no_tokenizer_is_one_clear_error(tmp_path):
     bad.write_bytes(b"not a sentencepiece model")
     with pytest.raises(SpecializeError, match="not a valid SentencePiece model"):
         ms.Tokenizer.load(tmp_path)
+
+
+def test_a_mix_s_tokenizer_is_trained_on_all_of_it_not_its_first_corpus(tmp_path):
+    """A generic mix is read corpus by corpus: its first characters are its first corpus.
+    Drawn uniformly (the default), the tokenizer's text spans the whole mix, so the second
+    corpus is coded about as compactly as by a tokenizer of its own; drawn from the start
+    (`leading`, the standard study's), it is coded as text the tokenizer never saw. The
+    draw is the same every time, and the generic tokenizer's cache keeps the two apart."""
+    from mlx_specialize.methods.clusters import generic_tokenizer
+    from mlx_specialize.train.jobs import fit_tokenizer
+
+    mix = ms.load_corpus("go-code,postgres-docs")
+    go_chars = sum(map(len, ms.load_corpus("go-code").documents("train")))
+    sample = go_chars // 2  # the first half of the first corpus, when drawn from the start
+    leading = fit_tokenizer(mix, 512, sample, "leading")
+    uniform = fit_tokenizer(mix, 512, sample, "uniform")
+    assert fit_tokenizer(mix, 512, sample, "uniform").fingerprint == uniform.fingerprint
+    text = "\n".join(ms.load_corpus("postgres-docs").documents("test"))
+    own = ms.train_tokenizer(ms.load_corpus("postgres-docs").documents("train"), 512, sample)
+    tokens = {name: len(t.encode(text)) for name, t in (("leading", leading), ("uniform", uniform), ("own", own))}
+    # the uniform draw recovers most of what a tokenizer of the corpus' own gains over the leading one
+    assert tokens["own"] < tokens["uniform"] < tokens["leading"], tokens
+    assert tokens["uniform"] - tokens["own"] < 0.5 * (tokens["leading"] - tokens["own"]), tokens
+    cache = tmp_path / "cache"
+    for how in ("uniform", "leading"):  # the same tokenizer here (the mix is under 4M characters), cached apart
+        generic_tokenizer("go-code,postgres-docs", 512, cache, how)
+    assert len(list((cache / "tokenizers").glob("*.model"))) == 2
+    with pytest.raises(SpecializeError, match="tokenizer sample"):
+        fit_tokenizer(mix, 512, sample, "first")

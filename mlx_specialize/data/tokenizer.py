@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -35,6 +36,10 @@ HF_CONFIG = {
     "clean_up_tokenization_spaces": False,
 }
 SENTENCE_CHARS = 4000  # training "sentences": documents cut at line breaks
+# how a tokenizer's training text is drawn from a corpus' train split: `uniform`, pieces
+# spread over all of it; `leading`, its first characters in corpus order, which gives a mix
+# of corpora's tokenizer its first corpus alone (the standard study's cells all used it)
+TOKENIZER_SAMPLES = ("uniform", "leading")
 
 
 class Tokenizer:
@@ -99,8 +104,10 @@ class Tokenizer:
             (folder / name).write_bytes(data)
 
 
-def _training_sentences(docs: Iterable[str], max_chars: int) -> Iterator[str]:
-    """Cut documents at line breaks into pieces SentencePiece accepts, up to max_chars."""
+def _training_sentences(docs: Iterable[str], max_chars: int, keep: float = 1.0) -> Iterator[str]:
+    """Cut documents at line breaks into pieces SentencePiece accepts: the first up to
+    max_chars (`keep` 1), or each piece whose hash falls below `keep`, a share of them spread
+    over the whole text, the same every time."""
     used = 0
     for doc in docs:
         start = 0
@@ -111,19 +118,28 @@ def _training_sentences(docs: Iterable[str], max_chars: int) -> Iterator[str]:
                 end = cut + 1 if cut > start else end
             piece = doc[start:end]
             start = end
-            if piece.strip():
-                yield piece
-                used += len(piece)
-                if used >= max_chars:
-                    return
+            if not piece.strip():
+                continue
+            if keep < 1.0:
+                if zlib.crc32(piece.encode("utf-8", "surrogatepass")) < keep * 2**32:
+                    yield piece
+                continue
+            yield piece
+            used += len(piece)
+            if used >= max_chars:
+                return
 
 
 def train_tokenizer(
     docs: Iterable[str],
     vocab_size: int = 8192,
     sample_chars: int = 4_000_000,
+    total_chars: int | None = None,
 ) -> Tokenizer:
-    """Train a BPE SentencePiece model on up to `sample_chars` characters of `docs`.
+    """Train a BPE SentencePiece model on about `sample_chars` characters of `docs`: where
+    `total_chars` (what `docs` hold) says there are more, a hashed sample of pieces spread
+    over all of them; else the first `sample_chars` (a mix read in order would give the
+    tokenizer its first corpus only).
 
     The vocabulary is a soft limit on tiny samples (the trainer stops where the text
     runs out of merges) so small test corpora still train. BPE training is
@@ -132,7 +148,8 @@ def train_tokenizer(
 
     if vocab_size < 300:
         raise SpecializeError(f"vocab size {vocab_size} is too small: byte fallback alone needs 259 ids")
-    sentences = list(_training_sentences(docs, sample_chars))
+    keep = 1.0 if not total_chars or total_chars <= sample_chars else sample_chars / total_chars
+    sentences = list(_training_sentences(docs, sample_chars, keep))
     if not sentences:
         raise SpecializeError("cannot train a tokenizer: the corpus has no text")
     # Trained into memory: no temporary path ends up inside the model, so the same

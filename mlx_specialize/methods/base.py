@@ -56,6 +56,7 @@ class Settings:
     distill_temperature: float = 1.0  # SLM-d: softmax temperature of the KL term
     distill_alpha: float = 0.5  # SLM-d: weight of the KL term (1 - alpha: the data's NLL)
     soup_support: int | None = None  # soup: clusters in each training condition (None: all)
+    tokenizer_sample: str = "uniform"  # how the generic tokenizer's text is drawn (data.tokenizer)
 
 
 @dataclass

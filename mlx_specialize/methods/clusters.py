@@ -213,7 +213,7 @@ def clustered_generic(settings) -> ClusteredGeneric:
     s = settings
     preset = get_preset(s.preset)
     vocab_size = s.vocab_size or preset.vocab
-    tokenizer = generic_tokenizer(s.generic, vocab_size, s.cache_dir)
+    tokenizer = generic_tokenizer(s.generic, vocab_size, s.cache_dir, s.tokenizer_sample)
     generic = corpus_split(s.generic, "train", tokenizer, s.cache_dir)
     window = s.window or preset.context
     pretrain_flops = flops_per_token(preset.model_args(vocab_size), preset.context) * s.pretrain_tokens
@@ -242,6 +242,12 @@ def valid_labelling_flops(clusters: Clusters, tokenizer: Tokenizer, cache_dir) -
     return embedding_flops(embedder, n_windows(valid.tokens, clusters.meta["window"]))
 
 
+def sample_key(sample: str) -> tuple:
+    """A tokenizer sample's part of a cache key: none for `leading`, which every key made
+    before there was a choice was made with, so those entries stay found."""
+    return () if sample == "leading" else (f"tokenizer-{sample}",)
+
+
 def cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -252,13 +258,14 @@ def corpus_split(spec: str, split: str, tokenizer, cache_dir, max_tokens: int | 
     return tokenize(load_corpus(spec), split, tokenizer, cache_dir, max_tokens)
 
 
-def generic_tokenizer(generic: str, vocab_size: int, cache_dir) -> Tokenizer:
-    """The tokenizer `pretrain` would train on `generic` (deterministic), cached by content:
-    KEY.model, then KEY.json (its size and sha256, checked on use) last."""
+def generic_tokenizer(generic: str, vocab_size: int, cache_dir, sample: str = "uniform") -> Tokenizer:
+    """The tokenizer `pretrain` would train on `generic` (deterministic), its text drawn as
+    `sample` says (data.tokenizer.TOKENIZER_SAMPLES), cached by content: KEY.model, then
+    KEY.json (its size and sha256, checked on use) last."""
     from ..train.jobs import fit_tokenizer
 
     corpus = load_corpus(generic)
-    path = Path(cache_dir) / "tokenizers" / f"{cache_key(corpus.fingerprint(), vocab_size)}.model"
+    path = Path(cache_dir) / "tokenizers" / f"{cache_key(corpus.fingerprint(), vocab_size, *sample_key(sample))}.model"
     record = path.with_suffix(".json")
     with locked(path.with_suffix(""), f"the {vocab_size}-token tokenizer of {generic}"):
         if record.is_file():
@@ -271,7 +278,7 @@ def generic_tokenizer(generic: str, vocab_size: int, cache_dir) -> Tokenizer:
             for bad in (path, record):
                 if bad.exists():
                     move_aside(bad, problem)
-        tokenizer = fit_tokenizer(corpus, vocab_size)
+        tokenizer = fit_tokenizer(corpus, vocab_size, sample=sample)
         atomic_write_bytes(path, tokenizer.model_bytes)
         atomic_write_bytes(record, json.dumps(file_record(path)).encode())
     return tokenizer

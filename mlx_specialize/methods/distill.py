@@ -39,7 +39,8 @@ def fine_tuned_teacher(s: Settings) -> tuple[Path, dict, dict, bool]:
     pre-training summary, its fine-tuning summary, fine-tuning reused)."""
     twin = llm_twin(s.preset)
     tokens = equal_flops_tokens(s.pretrain_tokens, s.preset, twin, s.vocab_size)
-    llm, llm_summary, _ = cached_pretrain(s.generic, twin, tokens, s.vocab_size, s.seed, s.cache_dir)
+    llm, llm_summary, _ = cached_pretrain(s.generic, twin, tokens, s.vocab_size, s.seed, s.cache_dir,
+                                          tokenizer_sample=s.tokenizer_sample)
     folder = teacher_folder(s, llm)
     with cache_entry(folder, f"the '{twin}' teacher fine-tuned on {s.domain}") as entry:
         if entry.ready:
@@ -57,7 +58,8 @@ class Distillation(Method):
 
     def prepare(self, s: Settings) -> Prepared:
         student, student_summary, student_reused = cached_pretrain(s.generic, s.preset, s.pretrain_tokens,
-                                                                   s.vocab_size, s.seed, s.cache_dir)
+                                                                   s.vocab_size, s.seed, s.cache_dir,
+                                                                   tokenizer_sample=s.tokenizer_sample)
         teacher, teacher_pre, teacher_tuned, teacher_reused = fine_tuned_teacher(s)
         if Tokenizer.load(student).fingerprint != Tokenizer.load(teacher).fingerprint:
             raise SpecializeError(f"the teacher {teacher} and the student {student} use different tokenizers")

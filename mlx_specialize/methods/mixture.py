@@ -179,7 +179,7 @@ class Mixture(Method):
         init_from, init_cost = None, {"tokens": 0, "seconds": 0.0, "flops": 0.0}
         if s.expert_init == "generic":
             init_from, init_cost, _ = cached_pretrain(s.generic, s.preset, s.pretrain_tokens, s.vocab_size, s.seed,
-                                                      s.cache_dir)
+                                                      s.cache_dir, tokenizer_sample=s.tokenizer_sample)
         folder = s.cache_dir / "mixtures" / cl.cache_key(clusters.folder.name, preset.__dict__,
                                                          s.pretrain_tokens // s.k, s.seed, str(init_from),
                                                          *self.recipe_key())

@@ -31,7 +31,7 @@ class NoPretraining(Method):
         """The seeded random initialisation of the preset with the generic tokenizer
         (cached: every domain of one seed starts from the same weights)."""
         preset = get_preset(s.preset)
-        tokenizer = generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir)
+        tokenizer = generic_tokenizer(s.generic, s.vocab_size or preset.vocab, s.cache_dir, s.tokenizer_sample)
         folder = s.cache_dir / "initialized" / cache_key(tokenizer.fingerprint, preset.__dict__, s.seed)
         with cache_entry(folder, f"a random '{preset.name}' model (seed {s.seed})") as entry:
             if entry.ready:

@@ -24,7 +24,7 @@ from ..data.tokenizer import Tokenizer
 from ..models.presets import get_preset, with_overrides
 from ..train.jobs import pretrain
 from .base import Method, Prepared, PretrainJob, Settings, check_generic_is
-from .clusters import generic_tokenizer
+from .clusters import generic_tokenizer, sample_key
 from .importance import load_selected, selected_from
 
 
@@ -33,23 +33,28 @@ def _generic(job: PretrainJob) -> str:
     return job.generic or ",".join(bundled_names())
 
 
-def pretrain_key(fingerprint: str, preset, tokens: int, vocab: int | None, seed: int) -> str:
-    src = json.dumps([fingerprint, preset.__dict__, tokens, vocab, seed], sort_keys=True, default=str)
+def pretrain_key(fingerprint: str, preset, tokens: int, vocab: int | None, seed: int,
+                 tokenizer_sample: str = "uniform") -> str:
+    src = json.dumps([fingerprint, preset.__dict__, tokens, vocab, seed, *sample_key(tokenizer_sample)],
+                     sort_keys=True, default=str)
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
 def cached_pretrain(generic: str, preset_name: str, tokens: int, vocab_size: int | None, seed: int,
-                    cache_dir: Path, context: int | None = None) -> tuple[Path, dict, bool]:
-    """Pre-train (or reuse) the generic base model. Returns (folder, summary, reused)."""
+                    cache_dir: Path, context: int | None = None,
+                    tokenizer_sample: str = "uniform") -> tuple[Path, dict, bool]:
+    """Pre-train (or reuse) the generic base model, with the generic tokenizer drawn as
+    `tokenizer_sample` says. Returns (folder, summary, reused)."""
     preset = with_overrides(get_preset(preset_name), context=context)
     corpus = load_corpus(generic)
-    folder = Path(cache_dir) / "pretrained" / pretrain_key(corpus.fingerprint(), preset, tokens, vocab_size, seed)
+    folder = Path(cache_dir) / "pretrained" / pretrain_key(corpus.fingerprint(), preset, tokens, vocab_size, seed,
+                                                           tokenizer_sample)
     with cache_entry(folder, f"the generic model '{preset.name}' on {generic} ({tokens:,} tokens)") as entry:
         if entry.ready:
             ui.info(f"using the cached generic model {folder}")
             return folder, json.loads((folder / "summary.json").read_text()), entry.reused
         # the generic tokenizer, made once per corpus and vocabulary (not once per budget)
-        tokenizer = generic_tokenizer(generic, vocab_size or preset.vocab, cache_dir)
+        tokenizer = generic_tokenizer(generic, vocab_size or preset.vocab, cache_dir, tokenizer_sample)
         result = pretrain(generic, preset, entry.build, tokens, tokenizer=tokenizer, cache_dir=cache_dir,
                           resume=True, seed=seed, checkpoint_every=50)
         entry.publish()
@@ -65,7 +70,7 @@ class SLM(Method):
         if s.base is not None:
             return Prepared(Path(s.base), {"pretrain": {"tokens": 0, "seconds": 0.0, "flops": 0.0, "given": str(s.base)}})
         folder, summary, reused = cached_pretrain(s.generic, s.preset, s.pretrain_tokens, s.vocab_size, s.seed,
-                                                  s.cache_dir)
+                                                  s.cache_dir, tokenizer_sample=s.tokenizer_sample)
         # its validations apart too: the LLM trains at SLM's FLOPs, but validates the same
         # tokens through the larger model
         return Prepared(folder, {"pretrain": {"tokens": summary["tokens"], "seconds": summary["seconds"],

@@ -24,6 +24,9 @@ from ..costs import total_cost
 from ..errors import SpecializeError
 from ..stats import satterthwaite, t_quantile
 
+# what a results line written before a field existed was measured with
+LINE_DEFAULTS = {"recipe": 1, "tokenizer_sample": "leading"}
+
 REFERENCE_METHOD = "finetune"  # SLM: what the other methods are set against
 # methods that specialize SLM's own pre-trained model of the same seed (SLM-d's student):
 # their seeds' noise is SLM's, so they are compared with it seed by seed; the others
@@ -441,7 +444,7 @@ def unmeasured(study, paths) -> list[str]:
     names = list(cell_axes(study, cells[0]))
 
     def axes(line: dict) -> str:
-        return json.dumps({k: line.get(k, 1 if k == "recipe" else None) for k in names}, sort_keys=True)
+        return json.dumps({k: line.get(k, LINE_DEFAULTS.get(k)) for k in names}, sort_keys=True)
 
     seen = {axes(line) for path in paths for line in read_results(Path(path)).values()}
     left = [cell for cell in cells if axes(cell_axes(study, cell)) not in seen]

@@ -111,7 +111,7 @@ class Sizes:
             return False
         if cell.target not in self.tokens:
             vocab = dict(cell.options).get("vocab_size") or get_preset(self.study.preset).vocab
-            tokenizer = generic_tokenizer(self.study.generic, vocab, self.cache_dir)
+            tokenizer = generic_tokenizer(self.study.generic, vocab, self.cache_dir, self.study.tokenizer_sample)
             split = corpus_split(self.study.targets[cell.target], "train", tokenizer, self.cache_dir)
             self.tokens[cell.target] = split.n_tokens
         return cell.domain_tokens >= self.tokens[cell.target]
@@ -214,10 +214,12 @@ def run_study(study: Study, cache_dir=None, max_cells: int | None = None, keep_r
 
 def cell_axes(study: Study, cell: Cell) -> dict:
     """What a results line says of its cell (a report matches the spec's cells by it),
-    with its method's recipe (a line without one was measured with the first)."""
+    with its method's recipe (a line without one was measured with the first) and its
+    tokenizer's sample (without one: `leading`, the only one there was)."""
     return {"study": study.name, "version": study.version, "method": cell.method, "target": cell.target,
             "budget": cell.budget, "domain_tokens": cell.domain_tokens, "seed": cell.seed,
-            "options": dict(cell.options), "preset": study.preset, "recipe": get_method(cell.method).recipe}
+            "options": dict(cell.options), "preset": study.preset, "recipe": get_method(cell.method).recipe,
+            "tokenizer_sample": study.tokenizer_sample}
 
 
 def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, keep_runs: bool) -> int:
@@ -233,7 +235,8 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
         wall0, cpu0 = time.perf_counter(), time.process_time()
         report = specialize(domain=study.targets[cell.target], generic=study.generic, method=cell.method,
                             preset=study.preset, out_dir=out, domain_tokens=cell.domain_tokens,
-                            pretrain_tokens=cell.budget, seed=cell.seed, cache_dir=cache_dir, **options)
+                            pretrain_tokens=cell.budget, seed=cell.seed, cache_dir=cache_dir,
+                            tokenizer_sample=study.tokenizer_sample, **options)
         fin = report["phases"]["finetune"]
         line = {"cell": key, **cell_axes(study, cell), "paper": get_method(cell.method).paper,
                 "budget_flops": budget_flops(study, cell.budget, options.get("vocab_size")),

@@ -30,6 +30,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..data.corpus import load_corpus
+from ..data.tokenizer import TOKENIZER_SAMPLES
 from ..errors import SpecializeError
 from ..methods import METHODS, REGISTRY
 from ..models.presets import PRESETS
@@ -52,6 +53,8 @@ domain_tokens = [100_000, 1_000_000, "all"]
 seeds = [0]
 results = "results.jsonl"            # beside the spec unless absolute [SPEC-results.jsonl]
 # cache = "cache"                    # the cache folder [--cache-dir, else mlxspec's]
+# tokenizer_sample = "leading"       # the tokenizer's text: the mix's first characters, as the
+                                     # standard study's [uniform: spread over all of it]
 
 [seeds_at]                           # budgets run with other seeds
 12500000 = [0, 1, 2]
@@ -73,8 +76,9 @@ domain_tokens = [1_000_000, "all"]
 """
 
 KEYS = {"name", "version", "data", "preset", "generic", "targets", "methods", "pretrain_tokens", "domain_tokens",
-        "seeds", "seeds_at", "results", "options", "method", "floors", "cache", "grid"}
+        "seeds", "seeds_at", "results", "options", "method", "floors", "cache", "grid", "tokenizer_sample"}
 TYPES = [("name", str, "a string"), ("version", int, "an integer"), ("data", str, "a folder's path"),
+         ("tokenizer_sample", str, "one of " + ", ".join(TOKENIZER_SAMPLES)),
          ("preset", str, "a preset's name"), ("results", str, "a file's path"), ("cache", str, "a folder's path"),
          ("generic", (str, list), "a corpus or a list of them"), ("seeds_at", dict, "a table ([seeds_at])"),
          ("options", dict, "a table ([options])"),
@@ -133,6 +137,7 @@ class Study:
     method_options: dict = field(default_factory=dict)
     floors: dict = field(default_factory=dict)
     cache: Path | None = None
+    tokenizer_sample: str = "uniform"  # how the generic tokenizer's text is drawn (data.tokenizer)
     grids: list[dict] = field(default_factory=list)  # [[grid]]: sub-grids' axes, in running order
 
     def cells(self) -> list[Cell]:
@@ -172,8 +177,10 @@ class Study:
                  "budget": 0 if cell.method == "nopt" else cell.budget, "domain_tokens": cell.domain_tokens,
                  "seed": cell.seed, "target": prints[cell.target],
                  "generic": prints["generic"],
-                 # a method's later recipe is measured again (its first's keys stay as they were)
-                 **({"recipe": recipe} if recipe > 1 else {})}
+                 # a method's later recipe is measured again (its first's keys stay as they were);
+                 # so is a tokenizer drawn otherwise than the first way (`leading`)
+                 **({"recipe": recipe} if recipe > 1 else {}),
+                 **({"tokenizer_sample": self.tokenizer_sample} if self.tokenizer_sample != "leading" else {})}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -308,9 +315,12 @@ def load_study(path: str | Path, data: str | Path | None = None, corpora: bool =
     # its finished cells are still found where a spec names the old one: keys name no path)
     results = Path(spec.get("results", f"{path.stem}-results.jsonl"))
     cache = spec.get("cache")
+    sample = spec.get("tokenizer_sample", "uniform")
+    if sample not in TOKENIZER_SAMPLES:
+        _fail(path, f"`tokenizer_sample` is {sample!r}: choose {' or '.join(TOKENIZER_SAMPLES)}")
     return Study(path=path, name=str(spec["name"]), version=int(spec.get("version", 1)), preset=preset,
                  generic=",".join(corpus(g) for g in generic), targets=targets, methods=list(methods),
                  budgets=budgets, domain_tokens=sizes, seeds=seeds, seeds_at=seeds_at,
                  results=results if results.is_absolute() else here / results, options=options,
                  method_options=method_options, floors=spec_floors(path),
-                 cache=None if cache is None else (here / cache), grids=grids)
+                 cache=None if cache is None else (here / cache), grids=grids, tokenizer_sample=sample)

@@ -18,7 +18,7 @@ import mlx.core as mx
 
 from .. import accel, ui
 from ..data.corpus import SPLITS, Corpus, load_corpus
-from ..data.tokenizer import Tokenizer, train_tokenizer
+from ..data.tokenizer import TOKENIZER_SAMPLES, Tokenizer, train_tokenizer
 from ..data.tokens import TokenizedSplit, tokenize_split
 from ..errors import SpecializeError, check_choice
 from ..models.dense import Model, count_params
@@ -62,9 +62,15 @@ def tokenize(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir=None, m
         return tokenize_split(corpus, split, tokenizer, cache_dir, max_tokens, on_progress=advance)
 
 
-def fit_tokenizer(corpus: Corpus, vocab_size: int, sample_chars: int = 4_000_000) -> Tokenizer:
+def fit_tokenizer(corpus: Corpus, vocab_size: int, sample_chars: int = 4_000_000,
+                  sample: str = "uniform") -> Tokenizer:
+    """A tokenizer trained on about `sample_chars` characters of the corpus' train split,
+    drawn as `sample` says (data.tokenizer.TOKENIZER_SAMPLES; `uniform` reads the split
+    once more to count it)."""
+    check_choice("tokenizer sample", sample, TOKENIZER_SAMPLES)
     ui.info(f"training a {vocab_size}-token SentencePiece tokenizer on {corpus.name}")
-    return train_tokenizer(corpus.documents("train"), vocab_size, sample_chars)
+    total = sum(map(len, corpus.documents("train"))) if sample == "uniform" else None
+    return train_tokenizer(corpus.documents("train"), vocab_size, sample_chars, total)
 
 
 def train_tokenizer_folder(out_dir: str | os.PathLike, corpus: str, vocab_size: int,
