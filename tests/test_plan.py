@@ -146,6 +146,22 @@ def test_a_projected_network_s_labelling_is_not_fitted_as_pre_training():
     assert all(r["shared_pretraining_s"] == 6.0 for (m, _), r in fitted.items() if m == "mix")
 
 
+def test_a_recommendation_over_a_method_held_at_another_domain_set_says_it_is_not_like_for_like():
+    """A new user's trial: with more domain data than the clustered methods were measured
+    with, SLM was called "clearly better" than one held at 100k tokens, most of the gap
+    being the data it was not given."""
+    rows = [r for r in _study() if r["method"] in ("finetune", "nopt") or r["domain_tokens"] == SIZES[0]]
+    model = fit_results(rows, FLOOR)
+    result = plan(model, Budgets(pretrain=1e15, specialize=1e15, inference=2e6, domain_tokens=SIZES[2]))
+    assert [(e["method"], e["predicted_domain_tokens"]) for e in result["methods"][:2]] == [("finetune", SIZES[2]),
+                                                                                           ("is", SIZES[0])]
+    assert ("not like for like: SLM predicted with 3,000,000 domain tokens, SLM-is predicted with 100,000 domain "
+            "tokens") in result["reason"] and "clearly" not in result["reason"]
+    for size in SIZES[:2]:  # the two best both held at 100k, or at the size they were measured at
+        assert "not like for like" not in plan(model, Budgets(pretrain=1e15, specialize=1e15, inference=2e6,
+                                                              domain_tokens=size))["reason"]
+
+
 def test_a_budget_or_size_never_measured_is_held_and_said():
     rows = [r for r in _study() if r["domain_tokens"] == 100_000]
     model = fit_results(rows, FLOOR)

@@ -238,7 +238,7 @@ def _entry(model: dict, method: str, B: float, budgets: Budgets) -> dict:
             "pretrain_flops": None if method in NO_PRETRAINING else B,
             "budget_tokens": None if method in NO_PRETRAINING else round(B * spec["tokens_per_budget_flop"]),
             "bpb": p["bpb"], "bpb_interval": p["bpb_interval"], "ppl": p["ppl"], "ppl_interval": p["ppl_interval"],
-            "notes": p["notes"], "shared_flops": c["shared"], "per_domain_flops": c["per_domain"],
+            "predicted_domain_tokens": p["D"], "notes": p["notes"], "shared_flops": c["shared"], "per_domain_flops": c["per_domain"],
             "total_flops": c["shared"] + n * c["per_domain"], **_seconds(c, budgets),
             "params": spec["params"], "inference_flops_per_token": spec["inference_flops"],
             "gen_tok_s": spec["gen_tok_s"]}
@@ -315,6 +315,11 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
     lo, hi = d["interval"]
     n = budgets.domains
     sure = "clearly better" if hi < -0.0005 else "though within the fit's error"
+    # a method measured only at other domain-set sizes is predicted as with the nearest one:
+    # two held differently are not compared at one size, whichever way that errs
+    if not math.isclose(best["predicted_domain_tokens"], second["predicted_domain_tokens"], rel_tol=1e-6):
+        sure = "not like for like: " + ", ".join(f"{e['label']} predicted with {e['predicted_domain_tokens']:,.0f} "
+                                                 "domain tokens" for e in (best, second))
     in_time = ("seconds" in (budgets.pretrain_unit, budgets.specialize_unit)  # the user's unit
                and best.get("total_seconds") is not None and second.get("total_seconds") is not None)
     cost = ((f"{ui.duration(best['total_seconds'])} against {ui.duration(second['total_seconds'])}") if in_time else
