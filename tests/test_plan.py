@@ -636,6 +636,14 @@ def test_plan_warns_where_a_domain_s_floor_is_measured_on_little_text(tmp_path):
     assert f"warning: --domain {notes}: its xz floor is measured on " in warning
     assert "predictions anchored on it are less sure than their intervals say" in warning
     assert " KB, after " in out.stdout  # the domain line gives what the floor was measured on
+    # a folder of two notes, none of them in a test split: refused, saying how splits are made
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(2):
+        (few / f"{i}.txt").write_text(f"note {i}: a line of my own text\n")
+    out = _plan("--domain", few, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "no valid or test documents" in out.stderr and "name the splits (train/ and test/" in out.stderr
 
 
 def test_plan_answers_alone_from_the_installed_package(tmp_path):
@@ -796,6 +804,11 @@ def test_a_fit_of_another_format_is_refused_naming_the_fix(tmp_path):
     with pytest.raises(SpecializeError, match=r"old.json is a fitted planner model of format 3; this version reads "
                                               r"format 4: fit it again from its results \(--results FILE"):
         load_fitted(tmp_path / "old.json")
+    # a study's results, given where a fit is asked for: named as such
+    lines = "".join(line + "\n" for line in (REPO / "studies/minipile/results.jsonl").read_text().splitlines()[:2])
+    (tmp_path / "results.jsonl").write_text(lines)
+    with pytest.raises(SpecializeError, match=r"it reads like a study's results file: pass it with --results\)$"):
+        load_fitted(tmp_path / "results.jsonl")
     (tmp_path / "other.json").write_text('{"name": "x"}')
     with pytest.raises(SpecializeError, match="other.json is not a fitted planner model$"):
         load_fitted(tmp_path / "other.json")

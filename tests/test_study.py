@@ -123,6 +123,10 @@ def test_a_study_killed_twice_before_its_first_cell_resumes(tmp_path):
         other.write_text(text)
         with pytest.raises(SpecializeError, match="not a results file"):
             read_results(other)
+    cut = tmp_path / "cut.jsonl"  # nothing but a cut line: no cell to report, and which file says so
+    cut.write_bytes(b'{"cell": "a", "x"\n')
+    with pytest.raises(SpecializeError, match=f"^{cut}: no finished cell$"):
+        report_study([cut])
 
 
 def test_the_report_regenerates_tables_and_figures_from_the_results(ran, tmp_path):
@@ -304,6 +308,7 @@ def test_a_tokenizer_drawn_otherwise_makes_other_cells(study_dir, tmp_path):
     ("methods_as_method", "the methods to run are `methods = "),
     ("targets = [\"python-docs\", \"perl-docs\"]", "no perl-docs.jsonl.gz in the data folder"),
     ("tokenizer_sample = \"first\"", "`tokenizer_sample` is 'first': choose uniform or leading"),
+    ("[floors]\npython-docs = -1.0", "`floors` must be a table of numbers of 0 or more"),
 ])
 def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
     (tmp_path / "corpora").mkdir()

@@ -57,6 +57,12 @@ def bundled_names() -> list[str]:
     return sorted(p.name[: -len(".jsonl.gz")] for p in DEMO_DIR.glob("*.jsonl.gz"))
 
 
+# why a split can be empty, said where one is: a few documents split 90/5/5 may leave none
+SPLIT_HINT = ("documents with no split named go 90/5/5 to train/valid/test by a hash of their text (a .txt file is "
+              f"cut at blank lines into documents of about {MAX_DOC_CHARS:,} characters): give more text, or name "
+              "the splits (train/ and test/ files or folders, or a `split` field)")
+
+
 def hash_split(text: str) -> str:
     """Deterministic document-level split: 90% train, 5% valid, 5% test."""
     bucket = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest(), "big") % 100
@@ -347,7 +353,7 @@ class Corpus:
                     counts[own_split or hash_split(text)] += 1
         for split in splits:
             if counts[split] == 0 and not streamed:
-                raise SpecializeError(f"corpus '{self.name}' has no documents in its {split} split")
+                raise SpecializeError(f"corpus '{self.name}' has no documents in its {split} split; {SPLIT_HINT}")
         return counts
 
     def fingerprint(self) -> str:

@@ -411,9 +411,14 @@ def load_fitted(path=FITTED) -> dict:
     if not Path(path).is_file():
         raise SpecializeError(f"no fitted planner model at {path}" + (" (a folder)" if Path(path).is_dir() else ""))
     try:
-        model = json.loads(Path(path).read_text())
+        text = Path(path).read_text()
+        model = json.loads(text)
     except (OSError, ValueError) as e:
-        raise SpecializeError(f"cannot read the planner's fitted model {path}: {e}") from None
+        # JSON lines, one object each: a study's results, given where a fit was asked for
+        lines = text.splitlines() if isinstance(e, json.JSONDecodeError) else []
+        hint = " (it reads like a study's results file: pass it with --results)" if len(lines) > 1 and all(
+            line.lstrip().startswith("{") for line in lines if line.strip()) else ""
+        raise SpecializeError(f"cannot read the planner's fitted model {path}: {e}{hint}") from None
     if not isinstance(model, dict) or "format" not in model:
         raise SpecializeError(f"{path} is not a fitted planner model")
     if model["format"] != FORMAT:

@@ -42,7 +42,7 @@ def load_lines(paths) -> list[dict]:
     figures under their own domain-set size."""
     from .run import read_results
 
-    lines = {}
+    lines, paths = {}, list(paths)
     for path in paths:
         if not Path(path).is_file():
             raise SpecializeError(f"no results file at {path}")
@@ -55,7 +55,7 @@ def load_lines(paths) -> list[dict]:
         else:
             rows.append(line)
     if not rows:
-        raise SpecializeError("the results hold no finished cell")
+        raise SpecializeError(f"{', '.join(map(str, paths))}: no finished cell")
     # a line of a method's earlier recipe (none recorded: its first) is not what the method
     # runs now, nor one of a later recipe (a newer version's): averaged with the current
     # recipe's, either would report neither
@@ -74,7 +74,7 @@ def load_lines(paths) -> list[dict]:
                                                      f"version's {_recipe(m)})" for (m, r), n in left.items()))
     rows = current
     if not rows:
-        raise SpecializeError("the results hold no finished cell of a method's current recipe")
+        raise SpecializeError(f"{', '.join(map(str, paths))}: no finished cell of a method's current recipe")
     # a cell's options that not every cell of the study shares (an lr tried, a method's own k)
     # name its variant of the method, so cells with other options are never averaged together
     pairs = [{(n, json.dumps(v)) for n, v in row.get("options", {}).items()} for row in rows]

@@ -216,8 +216,9 @@ def _read(path: Path) -> dict:
 def spec_floors(path: str | Path) -> dict:
     """A spec's [floors] alone (for a report), its corpora not looked at."""
     floors = _read(Path(path)).get("floors", {})
-    if not isinstance(floors, dict) or not all(isinstance(v, (int, float)) for v in floors.values()):
-        _fail(Path(path), "`floors` must be a table of numbers (bits per byte per target)")
+    if not isinstance(floors, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                                               for v in floors.values()):
+        _fail(Path(path), "`floors` must be a table of numbers of 0 or more (bits per byte per target)")
     return floors
 
 
