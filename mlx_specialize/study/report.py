@@ -37,16 +37,23 @@ LABEL = {"finetune": "SLM", "nopt": "SLM-nopt", "llm": "LLM", "llm-lora": "LLM +
          "is": "SLM-is", "mix": "SLM-mix", "pn": "SLM-pn", "soup": "Soup-of-Experts"}
 
 
-def load_lines(paths) -> list[dict]:
-    """Every finished cell of the results files, `same_as` lines resolved to their cell's
-    figures under their own domain-set size."""
+def read_lines(paths) -> dict[str, dict]:
+    """The results files' lines by cell key, as written (each file read once)."""
     from .run import read_results
 
-    lines, paths = {}, list(paths)
+    lines = {}
     for path in paths:
         if not Path(path).is_file():
             raise SpecializeError(f"no results file at {path}")
         lines.update(read_results(Path(path)))
+    return lines
+
+
+def load_lines(paths, lines: dict | None = None) -> list[dict]:
+    """Every finished cell of the results files (or of their `lines`, read already),
+    `same_as` lines resolved to their cell's figures under their own domain-set size."""
+    paths = list(paths)
+    lines = read_lines(paths) if lines is None else lines
     rows = []
     for line in lines.values():
         if "same_as" in line:
@@ -433,12 +440,12 @@ def write_headline(readme: Path, text: str, begin: str = HEADLINE_BEGIN, end: st
     atomic_write_bytes(readme, (head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]).encode())
 
 
-def unmeasured(study, paths) -> list[str]:
+def unmeasured(study, lines: list[dict]) -> list[str]:
     """Markdown lines: how many of `study`'s cells (a spec loaded without its corpora) no
-    line of the results files `paths` stands for yet, and which, in running order, those
+    results line (`lines`, as written) stands for yet, and which, in running order, those
     that differ only in their target on one line. A line stands for the cell whose axes
     it records (`cell_axes`): a report reads no corpus, so it cannot hash a cell's key."""
-    from .run import cell_axes, read_results
+    from .run import cell_axes
 
     cells = study.cells()
     names = list(cell_axes(study, cells[0]))
@@ -446,7 +453,7 @@ def unmeasured(study, paths) -> list[str]:
     def axes(line: dict) -> str:
         return json.dumps({k: line.get(k, LINE_DEFAULTS.get(k)) for k in names}, sort_keys=True)
 
-    seen = {axes(line) for path in paths for line in read_results(Path(path)).values()}
+    seen = {axes(line) for line in lines}
     left = [cell for cell in cells if axes(cell_axes(study, cell)) not in seen]
     if not left:
         return [f"Every one of the spec's {len(cells)} cells is measured."]
@@ -478,10 +485,11 @@ def report_study(paths, out_dir: str | Path | None = None, floors: dict | None =
         _marked(Path(readme))
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise SpecializeError(f"--out {out_dir} is a file; name a folder for the figures")
-    rows = load_lines(paths)
+    written = read_lines(paths)
+    rows = load_lines(paths, written)
     text = tables(rows, study.floors if floors is None and study else floors)
     if study is not None:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(unmeasured(study, paths))
+        text = text.rstrip("\n") + "\n\n" + "\n".join(unmeasured(study, list(written.values())))
     result = {"cells": len(rows), "tables": text,
               "headline": headline(macro(rows), study.methods if study is not None else None)}
     if out_dir is not None:
