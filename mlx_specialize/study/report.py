@@ -60,7 +60,7 @@ def load_lines(paths, lines: dict | None = None) -> list[dict]:
             if line["same_as"] in lines:
                 rows.append({**lines[line["same_as"]], **{k: line[k] for k in ("cell", "domain_tokens")}})
         else:
-            rows.append(line)
+            rows.append(dict(line))  # its method renamed below where a variant: not the line read
     if not rows:
         raise SpecializeError(f"{', '.join(map(str, paths))}: no finished cell")
     # a line of a method's earlier recipe (none recorded: its first) is not what the method
