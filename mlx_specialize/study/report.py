@@ -251,7 +251,8 @@ def seed_differences(table: dict) -> list[str]:
         return []
     out = ["Differences to SLM where seeds were repeated: macro bits per byte, method - SLM (± its standard error, "
            "seed by seed for SLM-d, which fine-tunes SLM's own model, else of the two means; * where its 95% interval "
-           "leaves out 0), and the ratio of macro perplexities; the spread is the training's randomness on the same "
+           "leaves out 0: Student's t with as many degrees of freedom as the seeds give, 2 for 3 paired seeds, "
+           "Welch's for two means, so 2 standard errors are not enough), and the ratio of macro perplexities; the spread is the training's randomness on the same "
            "domain tokens", "",
            "| budget | size | method | seeds | bits/byte - SLM's | perplexity / SLM's |",
            "|---:|---:|---|---:|---:|---:|"]
