@@ -90,7 +90,8 @@ def study(
                      "(their peers' measured seconds)" + (f"; {left['unknown']} have no measured peer yet (the same "
                                                           "method, budget, domain-set size and options)"
                                                           if left["unknown"] else "")
-                     + (f"; {left['same']} stand for another size's whole-split cell" if left["same"] else ""))
+                     + (f"; {left['same']} ask for more tokens than their target's train split holds, so they are "
+                        "its whole-split cell, run once" if left["same"] else ""))
     if result.get("stopped"):
         shown.append(f"stopped at the {result['stopped']} limit: run the same command again to continue")
     if pending:
