@@ -150,6 +150,9 @@ def train_tokenizer(
         raise SpecializeError(f"vocab size {vocab_size} is too small: byte fallback alone needs 259 ids")
     keep = 1.0 if not total_chars or total_chars <= sample_chars else sample_chars / total_chars
     sentences = list(_training_sentences(docs, sample_chars, keep))
+    if not sentences and keep < 1.0:  # pieces of thousands of characters, each kept with chance `keep`
+        raise SpecializeError(f"tokenizer training failed: a sample of {sample_chars:,} of the corpus' "
+                              f"{total_chars:,} characters drew none of its text; sample more")
     if not sentences:
         raise SpecializeError("cannot train a tokenizer: the corpus has no text")
     # Trained into memory: no temporary path ends up inside the model, so the same
