@@ -253,6 +253,7 @@ def specialize(
     sampler: str = Specialize.sampler,
     distill_temperature: float = Specialize.distill_temperature,
     distill_alpha: float = Specialize.distill_alpha,
+    tokenizer_sample: str = Specialize.tokenizer_sample,
     cache_dir: Optional[Path] = CACHE_OPT,
 ):
     """Specialize a small model to a domain: pre-train (or reuse) what the method shares, fine-tune, report.
@@ -263,7 +264,7 @@ def specialize(
     report = ms.specialize(domain, generic, method, base, preset, out_dir, domain_tokens, pretrain_tokens,
                            finetune_tokens, vocab_size, training.get("lr"), seed, cache_dir, overwrite, k, embedder,
                            window, sampler, "cosine", select, expert_init, basis, distill_temperature=distill_temperature,
-                           distill_alpha=distill_alpha, soup_support=soup_support)
+                           distill_alpha=distill_alpha, soup_support=soup_support, tokenizer_sample=tokenizer_sample)
     emit(report, *specialize_view(report))
 
 

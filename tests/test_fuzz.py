@@ -739,6 +739,7 @@ SPECIALIZE = (Opt("--domain-tokens", "int", 1, MAX_TOKENS), Opt("--pretrain-toke
               Opt("--expert-init", "choice", choices=("scratch", "generic")),
               Opt("--embedder", "choice", choices=("auto", "hashed", "minilm"), pick=("hashed",)),
               Opt("--sampler", "choice", choices=("cluster", "gumbel")),
+              Opt("--tokenizer-sample", "choice", choices=("uniform", "leading")),
               Opt("--preset", "choice", choices=PRESETS))
 TRAINING = (Opt("--lr", "positive"), Opt("--batch-size", "int", 1), Opt("--grad-accum", "int", 1),
             Opt("--warmup", "int", 0), Opt("--eval-every", "int", 1), Opt("--patience", "int", 0),
@@ -842,6 +843,7 @@ def expect_specialize(given, kind, overwrite, world, root) -> Expect:
     rules = {"mix": ("frequent", "loss", "all"), "pn": ("frequent", "histogram"), "soup": ("frequent", "histogram")}
     found = first(option_refusal(given, SPECIALIZE), choice(given, "--method", ("finetune", "nopt", "llm", "llm-lora", "distill", "is", "mix", "pn", "soup")),
                   choice(given, "--preset", PRESETS),
+                  choice(given, "--tokenizer-sample", ("uniform", "leading")),
                   choice(given, "--select", rules[method]) if method in rules else None,
                   choice(given, "--expert-init", ("scratch", "generic")),
                   choice(given, "--embedder", ("auto", "hashed", "minilm")),

@@ -157,6 +157,16 @@ def test_a_recommendation_over_a_method_held_at_another_domain_set_says_it_is_no
                                                                                            ("is", SIZES[0])]
     assert ("not like for like: SLM predicted with 3,000,000 domain tokens, SLM-is predicted with 100,000 domain "
             "tokens") in result["reason"] and "clearly" not in result["reason"]
+    # so does a cheaper method named as within the fit's error of the pick
+    from mlx_specialize.plan.planner import _reason
+
+    entries = {e["method"]: e for e in result["methods"]}
+    alternative = {"method": "mix", "label": "SLM-mix", "bpb_difference": 0.02,
+                   "bpb_difference_interval": [-0.01, 0.05], "total_flops": 1e14, "cost_ratio": 4.0, "compared": "FLOPs",
+                   "predicted_domain_tokens": entries["mix"]["predicted_domain_tokens"]}
+    budgets = Budgets(pretrain=1e15, specialize=1e15, inference=2e6, domain_tokens=SIZES[2])
+    assert ("0.050]; not like for like: predicted with 100,000 domain tokens, SLM with 3,000,000)." in
+            _reason(model, result["methods"], [], budgets, alternative))
     for size in SIZES[:2]:  # the two best both held at 100k, or at the size they were measured at
         assert "not like for like" not in plan(model, Budgets(pretrain=1e15, specialize=1e15, inference=2e6,
                                                               domain_tokens=size))["reason"]
@@ -643,7 +653,7 @@ def test_plan_warns_where_a_domain_s_floor_is_measured_on_little_text(tmp_path):
         (few / f"{i}.txt").write_text(f"note {i}: a line of my own text\n")
     out = _plan("--domain", few, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "no valid or test documents" in out.stderr and "name the splits (train/ and test/" in out.stderr
+    assert "no valid or test documents" in out.stderr and "name the split: a file or folder called test" in out.stderr
 
 
 def test_plan_answers_alone_from_the_installed_package(tmp_path):

@@ -206,3 +206,11 @@ def test_an_option_added_later_leaves_earlier_run_folders_continuing(tmp_path):
     assert run_folder_state(tmp_path, _command(method="soup")) == "resume"
     with pytest.raises(SpecializeError, match=r"another command \(--soup-support \(default\) -> 3\)"):
         run_folder_state(tmp_path, _command(method="soup", soup_support=3))
+    # written before there was a choice of tokenizer draw: it was the first characters
+    # (`leading`), which continues it; the default now is another command, and says so
+    earlier = {key: value for key, value in _command(method="soup", tokenizer_sample="leading").items()}
+    assert "tokenizer_sample" not in earlier
+    (tmp_path / "specialize.json").write_text(json.dumps({"command": earlier, "phases": {}}))
+    assert run_folder_state(tmp_path, _command(method="soup", tokenizer_sample="leading")) == "resume"
+    with pytest.raises(SpecializeError, match=r"another command \(--tokenizer-sample leading -> uniform\)"):
+        run_folder_state(tmp_path, _command(method="soup", tokenizer_sample="uniform"))

@@ -411,6 +411,18 @@ def test_cells_of_one_method_with_other_options_are_reported_as_variants(tmp_pat
     assert "| LLM + LoRA (lr=0.002) | 20.0 |" in text and "| LLM + LoRA (lr=None) | 10.0 |" in text
 
 
+def test_cells_with_another_tokenizer_draw_are_reported_apart(tmp_path):
+    """A spec that stops pinning its tokenizer draw appends cells of the default one: they
+    are a variant, never averaged with (or taken for) the earlier cells."""
+    path = tmp_path / "r.jsonl"
+    for i, t in enumerate("ab"):
+        append_result(path, {**_line("finetune", 1, t, 0, 20.0, 100.0, 10.0), "cell": f"old{i}", "bpb_before": 2.0})
+        append_result(path, {**_line("finetune", 1, t, 0, 10.0, 100.0, 10.0), "cell": f"new{i}", "bpb_before": 2.0,
+                             "tokenizer_sample": "uniform"})
+    text = report_study([path])["tables"]
+    assert "| SLM (tokenizer_sample=leading) | 20.0 |" in text and "| SLM (tokenizer_sample=uniform) | 10.0 |" in text
+
+
 def test_lines_of_a_method_s_earlier_recipe_are_left_out_and_said(tmp_path, capsys):
     """SLM-is now keeps its final pre-trained model (recipe 2): lines it measured with its
     first recipe (recorded with none) are not averaged with the current ones."""

@@ -83,5 +83,5 @@ def test_a_mix_s_tokenizer_is_trained_on_all_of_it_not_its_first_corpus(tmp_path
     for how in ("uniform", "leading"):  # the same tokenizer here (the mix is under 4M characters), cached apart
         generic_tokenizer("go-code,postgres-docs", 512, cache, how)
     assert len(list((cache / "tokenizers").glob("*.model"))) == 2
-    with pytest.raises(SpecializeError, match="tokenizer sample"):
+    with pytest.raises(SpecializeError, match="--tokenizer-sample: .first. is not one of uniform, leading"):
         fit_tokenizer(mix, 512, sample, "first")

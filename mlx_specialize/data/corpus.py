@@ -57,10 +57,13 @@ def bundled_names() -> list[str]:
     return sorted(p.name[: -len(".jsonl.gz")] for p in DEMO_DIR.glob("*.jsonl.gz"))
 
 
-# why a split can be empty, said where one is: a few documents split 90/5/5 may leave none
-SPLIT_HINT = ("documents with no split named go 90/5/5 to train/valid/test by a hash of their text (a .txt file is "
-              f"cut at blank lines into documents of about {MAX_DOC_CHARS:,} characters): give more text, or name "
-              "the splits (train/ and test/ files or folders, or a `split` field)")
+def split_hint(split: str) -> str:
+    """Why `split` can be empty, said where it is: a few documents split 90/5/5 may leave
+    none there, and a corpus whose files name their splits may name no file for it."""
+    names = {"valid": "valid (or validation, dev)"}.get(split, split)
+    return (f"documents with no split named go 90/5/5 to train/valid/test by a hash of their text (a .txt file is "
+            f"cut at blank lines into documents of about {MAX_DOC_CHARS:,} characters): give more text, or name "
+            f"the split: a file or folder called {names}, or a `split` field")
 
 
 def hash_split(text: str) -> str:
@@ -353,7 +356,8 @@ class Corpus:
                     counts[own_split or hash_split(text)] += 1
         for split in splits:
             if counts[split] == 0 and not streamed:
-                raise SpecializeError(f"corpus '{self.name}' has no documents in its {split} split; {SPLIT_HINT}")
+                raise SpecializeError(f"corpus '{self.name}' has no documents in its {split} split; "
+                                      f"{split_hint(split)}")
         return counts
 
     def fingerprint(self) -> str:

@@ -157,7 +157,7 @@ def domain_features(spec: str, tokenizer: str | None = None, clusters: str | Non
     with `clusters` too (a clustering of the study's generic corpus, made with that
     tokenizer: `cluster_features`), its cluster histogram's entropy and distance to the
     generic mix's."""
-    from ..data.corpus import SPLIT_HINT, load_corpus
+    from ..data.corpus import load_corpus, split_hint
     from ..data.tokenizer import Tokenizer
 
     encoder = Tokenizer.load(tokenizer) if tokenizer else None  # a bad path fails before the corpus is read
@@ -174,7 +174,7 @@ def domain_features(spec: str, tokenizer: str | None = None, clusters: str | Non
     held_split = "test" if counts.get("test") else "valid" if counts.get("valid") else None
     if held_split is None:
         raise SpecializeError(f"--domain {spec}: no valid or test documents to measure its xz bits per byte on; "
-                              f"{SPLIT_HINT}")
+                              f"{split_hint('test')}")
     train_docs, held_docs = list(corpus.documents("train")), list(corpus.documents(held_split))
     train, held = "\n\n".join(train_docs).encode(), "\n\n".join(held_docs).encode()
     features = {"floor": xz_bits_per_byte(train[-XZ_CONTEXT_BYTES:], held), "train_bytes": len(train),

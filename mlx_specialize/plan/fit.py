@@ -420,7 +420,9 @@ def load_fitted(path=FITTED) -> dict:
             line.lstrip().startswith("{") for line in lines if line.strip()) else ""
         raise SpecializeError(f"cannot read the planner's fitted model {path}: {e}{hint}") from None
     if not isinstance(model, dict) or "format" not in model:
-        raise SpecializeError(f"{path} is not a fitted planner model")
+        raise SpecializeError(f"{path} is not a fitted planner model" + (
+            " (it reads like a study's results file: pass it with --results)"
+            if isinstance(model, dict) and "cell" in model else ""))
     if model["format"] != FORMAT:
         raise SpecializeError(f"{path} is a fitted planner model of format {model['format']}; this version reads "
                               f"format {FORMAT}: fit it again from its results (--results FILE... --spec SPEC "

@@ -238,7 +238,8 @@ def _entry(model: dict, method: str, B: float, budgets: Budgets) -> dict:
             "pretrain_flops": None if method in NO_PRETRAINING else B,
             "budget_tokens": None if method in NO_PRETRAINING else round(B * spec["tokens_per_budget_flop"]),
             "bpb": p["bpb"], "bpb_interval": p["bpb_interval"], "ppl": p["ppl"], "ppl_interval": p["ppl_interval"],
-            "predicted_domain_tokens": p["D"], "notes": p["notes"], "shared_flops": c["shared"], "per_domain_flops": c["per_domain"],
+            "predicted_domain_tokens": p["D"], "notes": p["notes"], "shared_flops": c["shared"],
+            "per_domain_flops": c["per_domain"],
             "total_flops": c["shared"] + n * c["per_domain"], **_seconds(c, budgets),
             "params": spec["params"], "inference_flops_per_token": spec["inference_flops"],
             "gen_tok_s": spec["gen_tok_s"]}
@@ -301,7 +302,8 @@ def _cheaper_alternative(model: dict, fitting: list[dict], budgets: Budgets) -> 
     return {"method": entry["method"], "label": entry["label"], "bpb_difference": d["mean"],
             "bpb_difference_interval": d["interval"], "total_flops": entry["total_flops"],
             "total_seconds": entry.get("total_seconds"), "cost_ratio": best[key] / total,
-            "compared": "seconds" if key == "total_seconds" else "FLOPs"}
+            "compared": "seconds" if key == "total_seconds" else "FLOPs",
+            "predicted_domain_tokens": entry["predicted_domain_tokens"]}
 
 
 def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Budgets,
@@ -331,9 +333,14 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
         a_lo, a_hi = alternative["bpb_difference_interval"]
         cost = (f"{alternative['total_flops']:.2e} FLOPs" if alternative["compared"] == "FLOPs"
                 else ui.duration(alternative["total_seconds"]))
+        unlike = ("" if math.isclose(alternative["predicted_domain_tokens"], best["predicted_domain_tokens"],
+                                     rel_tol=1e-6)
+                  else f"; not like for like: predicted with {alternative['predicted_domain_tokens']:,.0f} domain "
+                       f"tokens, {best['label']} with {best['predicted_domain_tokens']:,.0f}")
         reason += (f" Within the fit's error of it, {alternative['label']} costs {alternative['cost_ratio']:.3g}x less "
                    f"for {n:,} domain{'s' if n != 1 else ''} (C({n:,}) = {cost}; "
-                   f"{alternative['bpb_difference']:+.3f} bits per byte, 90% interval [{a_lo:+.3f}, {a_hi:+.3f}]).")
+                   f"{alternative['bpb_difference']:+.3f} bits per byte, 90% interval [{a_lo:+.3f}, {a_hi:+.3f}]"
+                   f"{unlike}).")
     return reason
 
 

@@ -82,9 +82,12 @@ def load_lines(paths, lines: dict | None = None) -> list[dict]:
     rows = current
     if not rows:
         raise SpecializeError(f"{', '.join(map(str, paths))}: no finished cell of a method's current recipe")
-    # a cell's options that not every cell of the study shares (an lr tried, a method's own k)
-    # name its variant of the method, so cells with other options are never averaged together
-    pairs = [{(n, json.dumps(v)) for n, v in row.get("options", {}).items()} for row in rows]
+    # a cell's options that not every cell of the study shares (an lr tried, a method's own k,
+    # a tokenizer drawn otherwise) name its variant of the method, so cells with other
+    # options are never averaged together
+    pairs = [{(n, json.dumps(v)) for n, v in row.get("options", {}).items()}
+             | {("tokenizer_sample", json.dumps(row.get("tokenizer_sample", LINE_DEFAULTS["tokenizer_sample"])))}
+             for row in rows]
     common = set.intersection(*pairs)
     for row, own in zip(rows, pairs):
         extra = sorted(own - common)

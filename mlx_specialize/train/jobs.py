@@ -67,7 +67,7 @@ def fit_tokenizer(corpus: Corpus, vocab_size: int, sample_chars: int = 4_000_000
     """A tokenizer trained on about `sample_chars` characters of the corpus' train split,
     drawn as `sample` says (data.tokenizer.TOKENIZER_SAMPLES; `uniform` reads the split
     once more to count it)."""
-    check_choice("tokenizer sample", sample, TOKENIZER_SAMPLES)
+    check_choice("--tokenizer-sample", sample, TOKENIZER_SAMPLES)
     ui.info(f"training a {vocab_size}-token SentencePiece tokenizer on {corpus.name}")
     total = sum(map(len, corpus.documents("train"))) if sample == "uniform" else None
     return train_tokenizer(corpus.documents("train"), vocab_size, sample_chars, total)
