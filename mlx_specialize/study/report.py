@@ -66,11 +66,12 @@ def load_lines(paths, lines: dict | None = None) -> list[dict]:
     # a line of a method's earlier recipe (none recorded: its first) is not what the method
     # runs now, nor one of a later recipe (a newer version's): averaged with the current
     # recipe's, either would report neither
-    current = [row for row in rows if row.get("recipe", 1) == _recipe(row["method"])]
+    recipe = {id(row): row.get("recipe", LINE_DEFAULTS["recipe"]) for row in rows}
+    current = [row for row in rows if recipe[id(row)] == _recipe(row["method"])]
     other = defaultdict(int)
     for row in rows:
-        if row.get("recipe", 1) != _recipe(row["method"]):
-            other[(row["method"], row.get("recipe", 1))] += 1
+        if recipe[id(row)] != _recipe(row["method"]):
+            other[(row["method"], recipe[id(row)])] += 1
     for later, why in ((False, "measured with a method's earlier recipe (run the study again to measure them "
                                 "with its current one)"),
                        (True, "measured with a later recipe than this version runs (a newer mlx-specialize "
