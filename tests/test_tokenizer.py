@@ -85,3 +85,16 @@ def test_a_mix_s_tokenizer_is_trained_on_all_of_it_not_its_first_corpus(tmp_path
     assert len(list((cache / "tokenizers").glob("*.model"))) == 2
     with pytest.raises(SpecializeError, match="--tokenizer-sample: .first. is not one of uniform, leading"):
         fit_tokenizer(mix, 512, sample, "first")
+
+
+def test_a_uniform_draw_reads_a_corpus_no_further_than_its_scan_bound(monkeypatch):
+    """A streamed hub dataset is not read through to be counted: the draw spreads over the
+    first TOKENIZER_SCAN_CHARS characters. Bound within the first corpus of a mix, the mix's
+    tokenizer is that corpus' own, drawn the same way."""
+    from mlx_specialize.train import jobs
+
+    go_chars = sum(map(len, ms.load_corpus("go-code").documents("train")))
+    monkeypatch.setattr(jobs, "TOKENIZER_SCAN_CHARS", go_chars // 2)
+    mix = jobs.fit_tokenizer(ms.load_corpus("go-code,postgres-docs"), 512, go_chars // 8)
+    first = jobs.fit_tokenizer(ms.load_corpus("go-code"), 512, go_chars // 8)
+    assert mix.fingerprint == first.fingerprint

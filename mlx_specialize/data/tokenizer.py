@@ -40,6 +40,9 @@ SENTENCE_CHARS = 4000  # training "sentences": documents cut at line breaks
 # spread over all of it; `leading`, its first characters in corpus order, which gives a mix
 # of corpora's tokenizer its first corpus alone (the standard study's cells all used it)
 TOKENIZER_SAMPLES = ("uniform", "leading")
+# `uniform` spreads its sample over at most this many leading characters: a local corpus
+# whole, a streamed hub dataset (billions of tokens) not read through to be counted
+TOKENIZER_SCAN_CHARS = 100_000_000
 
 
 class Tokenizer:
@@ -104,11 +107,12 @@ class Tokenizer:
             (folder / name).write_bytes(data)
 
 
-def _training_sentences(docs: Iterable[str], max_chars: int, keep: float = 1.0) -> Iterator[str]:
+def _training_sentences(docs: Iterable[str], max_chars: int, keep: float = 1.0,
+                        scan_chars: int | None = None) -> Iterator[str]:
     """Cut documents at line breaks into pieces SentencePiece accepts: the first up to
     max_chars (`keep` 1), or each piece whose hash falls below `keep`, a share of them spread
-    over the whole text, the same every time."""
-    used = 0
+    over the text (its first `scan_chars` characters, else all), the same every time."""
+    used = scanned = 0
     for doc in docs:
         start = 0
         while start < len(doc):
@@ -118,11 +122,14 @@ def _training_sentences(docs: Iterable[str], max_chars: int, keep: float = 1.0) 
                 end = cut + 1 if cut > start else end
             piece = doc[start:end]
             start = end
-            if not piece.strip():
-                continue
+            scanned += len(piece)
             if keep < 1.0:
-                if zlib.crc32(piece.encode("utf-8", "surrogatepass")) < keep * 2**32:
+                if piece.strip() and zlib.crc32(piece.encode("utf-8", "surrogatepass")) < keep * 2**32:
                     yield piece
+                if scan_chars is not None and scanned >= scan_chars:
+                    return
+                continue
+            if not piece.strip():
                 continue
             yield piece
             used += len(piece)
@@ -137,9 +144,9 @@ def train_tokenizer(
     total_chars: int | None = None,
 ) -> Tokenizer:
     """Train a BPE SentencePiece model on about `sample_chars` characters of `docs`: where
-    `total_chars` (what `docs` hold) says there are more, a hashed sample of pieces spread
-    over all of them; else the first `sample_chars` (a mix read in order would give the
-    tokenizer its first corpus only).
+    `total_chars` (what `docs` hold, or what of them to draw from) says there are more, a
+    hashed sample of pieces spread over those; else the first `sample_chars` (a mix read in
+    order would give the tokenizer its first corpus only).
 
     The vocabulary is a soft limit on tiny samples (the trainer stops where the text
     runs out of merges) so small test corpora still train. BPE training is
@@ -149,7 +156,7 @@ def train_tokenizer(
     if vocab_size < 300:
         raise SpecializeError(f"vocab size {vocab_size} is too small: byte fallback alone needs 259 ids")
     keep = 1.0 if not total_chars or total_chars <= sample_chars else sample_chars / total_chars
-    sentences = list(_training_sentences(docs, sample_chars, keep))
+    sentences = list(_training_sentences(docs, sample_chars, keep, total_chars))
     if not sentences and keep < 1.0:  # pieces of thousands of characters, each kept with chance `keep`
         raise SpecializeError(f"tokenizer training failed: a sample of {sample_chars:,} of the corpus' "
                               f"{total_chars:,} characters drew none of its text; sample more")

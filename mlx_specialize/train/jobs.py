@@ -18,7 +18,7 @@ import mlx.core as mx
 
 from .. import accel, ui
 from ..data.corpus import SPLITS, Corpus, load_corpus
-from ..data.tokenizer import TOKENIZER_SAMPLES, Tokenizer, train_tokenizer
+from ..data.tokenizer import TOKENIZER_SAMPLES, TOKENIZER_SCAN_CHARS, Tokenizer, train_tokenizer
 from ..data.tokens import TokenizedSplit, tokenize_split
 from ..errors import SpecializeError, check_choice
 from ..models.dense import Model, count_params
@@ -65,11 +65,17 @@ def tokenize(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir=None, m
 def fit_tokenizer(corpus: Corpus, vocab_size: int, sample_chars: int = 4_000_000,
                   sample: str = "uniform") -> Tokenizer:
     """A tokenizer trained on about `sample_chars` characters of the corpus' train split,
-    drawn as `sample` says (data.tokenizer.TOKENIZER_SAMPLES; `uniform` reads the split
-    once more to count it)."""
+    drawn as `sample` says (data.tokenizer.TOKENIZER_SAMPLES; `uniform` reads the split once
+    more to count it, up to TOKENIZER_SCAN_CHARS)."""
     check_choice("--tokenizer-sample", sample, TOKENIZER_SAMPLES)
     ui.info(f"training a {vocab_size}-token SentencePiece tokenizer on {corpus.name}")
-    total = sum(map(len, corpus.documents("train"))) if sample == "uniform" else None
+    total = None
+    if sample == "uniform":
+        total = 0
+        for doc in corpus.documents("train"):
+            total += len(doc)
+            if total >= TOKENIZER_SCAN_CHARS:
+                break
     return train_tokenizer(corpus.documents("train"), vocab_size, sample_chars, total)
 
 
