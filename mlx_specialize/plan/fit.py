@@ -406,6 +406,9 @@ def save_fitted(model: dict, path) -> None:
     atomic_write_bytes(Path(path), (json.dumps(model, indent=1, sort_keys=True) + "\n").encode())
 
 
+RESULTS_GIVEN = " (it reads like a study's results file: pass it with --results)"
+
+
 def load_fitted(path=FITTED) -> dict:
     """A saved fitted model; the package's by default."""
     if not Path(path).is_file():
@@ -416,13 +419,12 @@ def load_fitted(path=FITTED) -> dict:
     except (OSError, ValueError) as e:
         # JSON lines, one object each: a study's results, given where a fit was asked for
         lines = text.splitlines() if isinstance(e, json.JSONDecodeError) else []
-        hint = " (it reads like a study's results file: pass it with --results)" if len(lines) > 1 and all(
-            line.lstrip().startswith("{") for line in lines if line.strip()) else ""
-        raise SpecializeError(f"cannot read the planner's fitted model {path}: {e}{hint}") from None
+        results = len(lines) > 1 and all(line.lstrip().startswith("{") for line in lines if line.strip())
+        raise SpecializeError(f"cannot read the planner's fitted model {path}: {e}"
+                              + (RESULTS_GIVEN if results else "")) from None
     if not isinstance(model, dict) or "format" not in model:
-        raise SpecializeError(f"{path} is not a fitted planner model" + (
-            " (it reads like a study's results file: pass it with --results)"
-            if isinstance(model, dict) and "cell" in model else ""))
+        raise SpecializeError(f"{path} is not a fitted planner model"
+                              + (RESULTS_GIVEN if isinstance(model, dict) and "cell" in model else ""))
     if model["format"] != FORMAT:
         raise SpecializeError(f"{path} is a fitted planner model of format {model['format']}; this version reads "
                               f"format {FORMAT}: fit it again from its results (--results FILE... --spec SPEC "

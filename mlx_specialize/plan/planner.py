@@ -26,7 +26,7 @@ from .. import ui
 from ..errors import SpecializeError
 from ..study.report import LABEL, ORDER, size_label
 from .budgets import SMALL_CONTEXT_BYTES, SMALL_HELD_OUT_BYTES, within
-from .fit import NO_PRETRAINING, REFERENCE, save_fitted
+from .fit import DOMAIN_FEATURES, NO_PRETRAINING, REFERENCE, save_fitted
 from .predict import EXTRAPOLATE, costs, difference, predict
 
 GRID = 121  # budgets tried per method, evenly in log FLOPs over its reachable range
@@ -64,8 +64,7 @@ class Budgets:
     @property
     def features(self) -> dict:
         """The domain features measured (fit.DOMAIN_FEATURES by name)."""
-        return {name: value for name, value in (("entropy", self.entropy), ("kl_generic", self.kl_generic))
-                if value is not None}
+        return {name: getattr(self, name) for name in DOMAIN_FEATURES if getattr(self, name) is not None}
 
 
 def _spent(c: dict, budgets: Budgets) -> dict[str, float]:

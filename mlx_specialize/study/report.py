@@ -66,12 +66,13 @@ def load_lines(paths, lines: dict | None = None) -> list[dict]:
     # a line of a method's earlier recipe (none recorded: its first) is not what the method
     # runs now, nor one of a later recipe (a newer version's): averaged with the current
     # recipe's, either would report neither
-    recipe = {id(row): row.get("recipe", LINE_DEFAULTS["recipe"]) for row in rows}
-    current = [row for row in rows if recipe[id(row)] == _recipe(row["method"])]
-    other = defaultdict(int)
+    current, other = [], defaultdict(int)
     for row in rows:
-        if recipe[id(row)] != _recipe(row["method"]):
-            other[(row["method"], recipe[id(row)])] += 1
+        recipe = row.get("recipe", LINE_DEFAULTS["recipe"])
+        if recipe == _recipe(row["method"]):
+            current.append(row)
+        else:
+            other[(row["method"], recipe)] += 1
     for later, why in ((False, "measured with a method's earlier recipe (run the study again to measure them "
                                 "with its current one)"),
                        (True, "measured with a later recipe than this version runs (a newer mlx-specialize "
