@@ -121,6 +121,9 @@ def test_pretrain_pn_instantiate_and_refusals(tmp_path, tiny_model_dir):
     summary = ok(["pretrain", str(tmp_path / "pn"), "--arch", "pn", "--clusters", str(tmp_path / "cl"),
                   "--preset", "tiny", "--tokens", "8192", "--basis", "4"])
     assert summary["params"] > 2 * summary["active_params"] and summary["best_valid_loss"] is not None
+    # labelling its valid windows by cluster is timed with it, as `specialize --method pn` counts it
+    trained = json.loads((tmp_path / "pn" / "summary.json").read_text())
+    assert summary["label_seconds"] > 0 and summary["seconds"] == trained["seconds"] + summary["label_seconds"]
     chosen = ok(["instantiate", str(tmp_path / "pn"), str(tmp_path / "dom"), "--domain", "python-docs"])
     expected = domain_histogram(tmp_path / "cl", "python-docs", tmp_path / "cache")
     np.testing.assert_allclose(chosen["histogram"], expected, atol=0.01)

@@ -113,7 +113,9 @@ class Projected(Method):
         from ..models.presets import get_preset
 
         clusters, tokenizer, split, cache_dir = cl.clustered_job(job)
+        t0 = time.perf_counter()
         valid, valid_labels = cl.clustered_valid(clusters, tokenizer, cache_dir)
+        label_seconds = time.perf_counter() - t0
         summary = pretrain_projected(clusters, split, valid, valid_labels, tokenizer, get_preset(job.preset),
                                      job.out_dir, job.tokens, self.arch, expert_dim=job.expert_dim,
                                      basis=job.basis or DEFAULT_BASIS, support=job.soup_support, seed=job.seed,
@@ -121,7 +123,8 @@ class Projected(Method):
         label_flops = cl.valid_labelling_flops(clusters, tokenizer, cache_dir)  # as `prepare` counts them
         return {"model": str(job.out_dir), "arch": self.arch, **summary, "params": summary["params"]["total"],
                 "active_params": summary["params"]["active"], "flops": summary["flops"] + label_flops,
-                "label_flops": label_flops}
+                "seconds": summary["seconds"] + label_seconds, "label_flops": label_flops,
+                "label_seconds": label_seconds}
 
     def prepare(self, s: Settings) -> Prepared:
         g = cl.clustered_generic(s)
