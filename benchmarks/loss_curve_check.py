@@ -30,7 +30,7 @@ GENERIC = "go-code,postgres-docs,python-code"
 
 
 def run(out: Path, env_extra: dict, args, precision: str = "float32") -> list[dict]:
-    cmd = [sys.executable, "-m", "cli.main", "pretrain", str(out), "--generic", GENERIC, "--preset", args.preset,
+    cmd = [sys.executable, "-m", "mlxspec.main", "pretrain", str(out), "--generic", GENERIC, "--preset", args.preset,
            "--tokens", str(args.tokens), "--eval-every", str(args.eval_every), "--cache-dir", str(args.cache_dir),
            "--precision", precision, "--quiet"]
     subprocess.run(cmd, check=True, env={**os.environ, **env_extra}, cwd=Path(__file__).resolve().parents[1],

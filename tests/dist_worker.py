@@ -27,6 +27,6 @@ def faulty_batch(self, i):
 tokens.PackedWindows.batch = faulty_batch
 sys.argv = ["mlxspec", *sys.argv[sys.argv.index("--") + 1:]]
 
-from cli.main import main  # noqa: E402 (after the patch above)
+from mlxspec.main import main  # noqa: E402 (after the patch above)
 
 main()

@@ -9,16 +9,27 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mlxspec.main import app
 from helpers import GENERIC
 
-MLXSPEC = [shutil.which("mlxspec")] if shutil.which("mlxspec") else [sys.executable, "-m", "cli.main"]
+MLXSPEC = [shutil.which("mlxspec")] if shutil.which("mlxspec") else [sys.executable, "-m", "mlxspec.main"]
 runner = CliRunner()
 
 
 def run_cli(*args, env=None, cwd=None):
     return subprocess.run([*MLXSPEC, *map(str, args)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def test_version_names_the_installed_distribution_and_mlx():
+    from importlib.metadata import version
+
+    import mlx.core as mx
+
+    expected = f"mlxspec {version('mlx-specialize')} (MLX {mx.__version__})"
+    for prog in (MLXSPEC, [sys.executable, "-m", "mlxspec"]):
+        done = subprocess.run([*prog, "--version"], capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout.strip(), done.stderr) == (0, expected, ""), prog
 
 
 def test_specialize_end_to_end_then_reuses_the_pretrained_model(tmp_path):

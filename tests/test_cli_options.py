@@ -1,4 +1,4 @@
-"""The command line's options are declared once (cli/options.py): an option that several
+"""The command line's options are declared once (mlxspec/options.py): an option that several
 commands take is the same option on each, and reaches the library under one name."""
 
 import re
@@ -7,9 +7,9 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-import cli.main
-from cli.main import app
-from cli.options import TRAINING
+import mlxspec.main
+from mlxspec.main import app
+from mlxspec.options import TRAINING
 
 GROUP = typer.main.get_command(app)
 # The commands that train, and the training options each takes.
@@ -66,10 +66,10 @@ def test_every_command_ends_with_its_output_options():
 def test_the_training_options_given_reach_the_library_by_their_trainer_names(monkeypatch, tmp_path):
     """Only those given, as TrainConfig names them, with the command's own arguments."""
     calls = {}
-    monkeypatch.setattr(cli.main, "finetune_run", lambda *args, **kw: calls.setdefault("finetune", (args, kw)) and {})
-    monkeypatch.setattr(cli.main, "pretrain_run", lambda *args, **kw: calls.setdefault("pretrain", (args, kw)) and {})
-    monkeypatch.setattr(cli.main.ms, "specialize", lambda *args, **kw: calls.setdefault("specialize", (args, kw)))
-    monkeypatch.setattr(cli.main, "specialize_view", lambda report: [])
+    monkeypatch.setattr(mlxspec.main, "finetune_run", lambda *args, **kw: calls.setdefault("finetune", (args, kw)) and {})
+    monkeypatch.setattr(mlxspec.main, "pretrain_run", lambda *args, **kw: calls.setdefault("pretrain", (args, kw)) and {})
+    monkeypatch.setattr(mlxspec.main.ms, "specialize", lambda *args, **kw: calls.setdefault("specialize", (args, kw)))
+    monkeypatch.setattr(mlxspec.main, "specialize_view", lambda report: [])
     runner = CliRunner()
     for args in (["finetune", "m", str(tmp_path / "ft"), "--lr", "0.01", "--warmup", "3", "--precision", "bf16"],
                  ["pretrain", str(tmp_path / "pre"), "--arch", "pn", "--context", "64", "--patience", "0"],

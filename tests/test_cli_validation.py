@@ -2,7 +2,7 @@
 from user data is taken for markup; Ctrl-C is exit 130.
 
 The exit code and the shape of stderr are the command line's contract with scripts, so
-most cases run the CLI in a real process: `python -m cli.main` with this checkout first
+most cases run the CLI in a real process: `python -m mlxspec.main` with this checkout first
 on the path (the code `mlxspec` runs, whichever checkout holds this file), in a scratch
 working folder, each with its own empty cache. They are started together (each spends
 ~2 s importing MLX) and every case asserts that no run folder and no cache was written:
@@ -24,9 +24,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from cli.main import app
-from cli.output import summary_table
-from cli.reports import specialize_table
+from mlxspec.main import app
+from mlxspec.output import summary_table
+from mlxspec.reports import specialize_table
 from mlx_specialize.data.corpus import DEMO_DIR, load_corpus
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.accel import slow_paths
@@ -49,7 +49,7 @@ def start_cli(args, cwd, env=None) -> subprocess.Popen:
     # training builds once, ~20 s, into the scratch folder).
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "COLUMNS": "500", **(env or {})}
     env.pop("MLXSPEC_CACHE", None)
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *map(str, args)], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "mlxspec.main", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -276,8 +276,8 @@ def test_the_phase_table_has_a_row_for_every_phase_that_cost_time():
 def test_a_table_too_wide_for_the_terminal_is_printed_as_records(monkeypatch):
     """`mlxspec plan`'s eight columns cannot fit 80 without splitting "4.11e+10" across
     lines (read as "4.11e+1"): each method is printed as a block of header: value lines."""
-    from cli import output
-    from cli.plan import plan_view
+    from mlxspec import output
+    from mlxspec.plan import plan_view
     from mlx_specialize.plan import make_plan
 
     table = plan_view(make_plan("12.5M tokens", "5e13", "small", domains=3))[0]
@@ -311,7 +311,7 @@ def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path, json_out):
     `error: Broken pipe` line and exit 1, nor Python's exit 120 when a buffered stdout
     fails at exit; a table (rich) as the JSON line (print)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as usual
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "plan", *(["--json"] if json_out else [])], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "mlxspec.main", "plan", *(["--json"] if json_out else [])], cwd=tmp_path,
                             env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     proc.stdout.close()  # the reader leaves at once
@@ -368,7 +368,7 @@ def interrupt(proc, marker: str | None, then: float, timeout=120) -> str:
 
 # Only during training: a Ctrl-C 0.5 s after start (while importing) ended the process
 # by the signal itself (exit -2) in about one run of three, after the import guard in
-# cli/main.py had printed its line; why is not understood yet (issue 20's notes).
+# mlxspec/main.py had printed its line; why is not understood yet (issue 20's notes).
 @pytest.mark.parametrize("marker, then", [("pre-training 'tiny'", 1.5)])
 def test_ctrl_c_exits_130_with_one_error_line(tmp_path, marker, then):
     proc = start_cli(["pretrain", tmp_path / "run", "--preset", "tiny", "--generic", "go-code", "--vocab-size", 512,

@@ -72,7 +72,7 @@ def _run(cwd: Path, n: int, args: list[str], worker: list[str] | None = None, en
     if worker:
         prog = [sys.executable, str(Path(__file__).with_name("dist_worker.py")), *worker, "--"]
     else:
-        prog = [sys.executable, "-m", "cli.main"]
+        prog = [sys.executable, "-m", "mlxspec.main"]
     if n == 1:
         cmd = [*prog, *args]
     elif direct:

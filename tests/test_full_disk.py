@@ -37,7 +37,7 @@ from helpers import GENERIC
 
 ROOT = Path(__file__).resolve().parents[1]
 _script = Path(sys.executable).with_name("mlxspec")
-MLXSPEC = [str(_script)] if _script.exists() else [sys.executable, "-m", "cli.main"]
+MLXSPEC = [str(_script)] if _script.exists() else [sys.executable, "-m", "mlxspec.main"]
 STEPS, EVERY = 12, 4  # the command-line runs: checkpoints at 4, 8, 12; validation (and best model) at 8, 12
 
 
@@ -158,7 +158,7 @@ def test_a_file_size_limit_stops_a_checkpoint_and_resume_recovers(reference_runs
         "    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
         "    return path\n"
         "run_folder.save_checkpoint = save_checkpoint\n"
-        "from cli.main import main\n"
+        "from mlxspec.main import main\n"
         "sys.argv = ['mlxspec', *sys.argv[2:]]\n"
         "main()\n"
     )

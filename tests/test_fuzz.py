@@ -1,6 +1,6 @@
 """Property-based fuzz of the command line's contract, on generated corpora and option values.
 
-The contract (cli/main.py): every input gives either exit 0 and a correct result, or
+The contract (mlxspec/main.py): every input gives either exit 0 and a correct result, or
 exactly one `error: ...` line on stderr and exit 2 (1 only for a system failure such as
 a full disk, which no case here produces); never a traceback or an `internal error`;
 and no file changed, or written, outside the run / output folder or the `--cache-dir`
@@ -61,7 +61,7 @@ from pydantic import TypeAdapter, ValidationError
 from typer.testing import CliRunner
 
 import mlx_specialize as ms
-from cli.main import app
+from mlxspec.main import app
 from mlx_specialize.accel import slow_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -706,7 +706,7 @@ class Opt:
 ARG_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00") | st.sampled_from("\udcff\udc80")
 MAX_SEED = 2**32 - 1  # the documented bound of every --seed (docs/usage.md: option ranges)
 MAX_VOCAB = 2**20  # of every --vocab-size
-MAX_TOKENS = 10**15  # of every count of tokens (cli.options.token_count)
+MAX_TOKENS = 10**15  # of every count of tokens (mlxspec.options.token_count)
 arg_text = st.text(alphabet=ARG_CHARS, max_size=12)
 ODD_NUMBERS = ["", " ", "nan", "NaN", "inf", "-inf", "+inf", "1e3", "1e400", "-1e400", "1.5", "1.0", "-0", "0.0",
                "0x10", "1_000", "+5", " 7 ", "٣", "５", "5 5", "--", "-", "None", "true", "0b1", "½", "1e-320"]
@@ -1030,7 +1030,7 @@ def test_any_option_value_is_used_or_refused_by_name(world, command, data):
 # ---- the real console script agrees ------------------------------------------------
 def console_script() -> list[str]:
     script = Path(sys.executable).with_name("mlxspec")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mlxspec.main"]
 
 
 def test_the_console_script_exits_and_says_what_the_in_process_call_does(world, tmp_path):

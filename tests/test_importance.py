@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mlx_specialize as ms
-from cli.main import app
+from mlxspec.main import app
 from mlx_specialize.methods import clusters as imp
 from mlx_specialize.methods.importance import load_selected
 from mlx_specialize.data.clustering import assign, kmeans

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mlx_specialize as ms
-from cli.main import app
+from mlxspec.main import app
 from mlx_specialize.data.hf_tokenizer import HFTokenizer
 from mlx_specialize.models.export import export_model
 

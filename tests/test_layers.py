@@ -8,7 +8,7 @@
     train    train/
     methods  methods/
     jobs     specialize.py, costs.py, stats.py, study/, plan/, training.py, bench.py, the package's __init__.py
-    cli      cli/
+    cli      mlxspec/
 
 A lower layer that imports a higher one ties, say, the corpus readers to the trainer: it
 cannot be tested, reused or read alone (docs/architecture.md). Read from the source with
@@ -25,14 +25,14 @@ import pytest
 import mlx_specialize
 
 PACKAGE = Path(mlx_specialize.__file__).parent
-CLI = PACKAGE.parent / "cli"
+CLI = PACKAGE.parent / "mlxspec"
 LAYERS = ["runtime", "layers", "accel", "data", "models", "train", "methods", "jobs", "cli"]
 
 
 def layer_of(module: str) -> str:
     """The layer of a dotted module name inside the package (`mlx_specialize.data.corpus`)."""
     parts = module.split(".")
-    if parts[0] == "cli":
+    if parts[0] == "mlxspec":
         return "cli"
     head = parts[1] if len(parts) > 1 else "__init__"
     if head in ("errors", "ui", "runtime"):
@@ -68,7 +68,7 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
         else:
             continue
         for target in targets:
-            if target.split(".")[0] in ("mlx_specialize", "cli"):
+            if target.split(".")[0] in ("mlx_specialize", "mlxspec"):
                 found.append((node.lineno, target))
     return found
 

@@ -103,7 +103,7 @@ def test_specialize_with_a_mixture_of_experts(tmp_path):
 def test_commands_refuse_the_other_architecture(two_experts, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from mlxspec.main import app
 
     cases = [
         (["eval", str(two_experts)], "is a mixture of experts, not a dense model"),

@@ -35,7 +35,7 @@ def _shipped(path: Path, rules: dict[str, list[str]]) -> bool:
 
 def test_every_data_file_of_the_packages_is_in_the_wheel():
     rules = _package_data()
-    files = [p for top in ("mlx_specialize", "cli") for p in (ROOT / top).rglob("*")
+    files = [p for top in ("mlx_specialize", "mlxspec") for p in (ROOT / top).rglob("*")
              if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
     assert files, "no data files found: is the checkout complete?"
     missing = [str(p.relative_to(ROOT)) for p in files if not _shipped(p, rules)]
@@ -54,3 +54,15 @@ def test_every_source_the_native_build_reads_exists():
 
     for name in native.SOURCES:
         assert (native.SOURCE_DIR / name).is_file(), name
+
+
+def test_the_wheel_ships_two_top_level_packages_named_after_the_project():
+    """`mlx_specialize` (the library) and `mlxspec` (the command line), nothing with a
+    generic name: a top-level `cli` package once went into site-packages, where it would
+    overwrite (or be overwritten by) any other distribution's `cli`."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    tops = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    shipped = {name for name in tops if any(fnmatch.fnmatch(name, pattern) for pattern in include)}
+    assert shipped == {"mlx_specialize", "mlxspec"}, shipped
+    assert config["project"]["scripts"] == {"mlxspec": "mlxspec.main:main"}

@@ -741,7 +741,7 @@ def test_time_budgets_are_calibrated_on_this_machine(tmp_path):
     # the largest budget of the planner's grid (121 budgets over SLM's reach, 0.5x to 2x its
     # measured 6e12-1.5e14 FLOPs: a step of 100^(1/120), under 4%) that fits the 30 min
     assert 1800 / 1.04 <= slm["shared_seconds"] <= 1800
-    from cli.plan import plan_view
+    from mlxspec.plan import plan_view
 
     assert plan_view(result)[0].title.plain.startswith("mlxspec plan: pre-training 30 min, 10 min per domain")
 
@@ -771,7 +771,7 @@ def test_a_budget_in_flops_is_shown_in_tokens_too():
     """The header and the JSON give a FLOPs budget as tokens of the preset as well, so a
     budget written "12.5M tokens" reads back as such, at the rate the study's 12.5M-token
     SLM cell paid."""
-    from cli.plan import plan_view
+    from mlxspec.plan import plan_view
     from mlx_specialize.plan import make_plan
 
     per_token = shared_flops_per_token(load_fitted())
@@ -998,7 +998,7 @@ def test_with_five_targets_the_distance_to_the_generic_mix_enters_too():
     (["entropy"], "does not use the KL to the generic mix: its 3 targets are too few to tell a method's slope in it "
                   "from noise; it fits the KL to the generic mix from 5 targets on)")])
 def test_the_plan_says_which_of_a_domain_s_features_its_fit_leaves_out(fitted, said):
-    from cli.plan import plan_view
+    from mlxspec.plan import plan_view
     from mlx_specialize.plan.planner import make_plan
 
     result = make_plan("12.5M tokens", "5e13", "small")

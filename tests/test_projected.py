@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mlx_specialize as ms
-from cli.main import app
+from mlxspec.main import app
 from mlx_specialize.methods import clusters as imp
 from mlx_specialize.models.projected import (ProjectedModel, ProjectionArgs, load_projected, one_hot,
                                              read_projected_config)

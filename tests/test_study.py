@@ -324,7 +324,7 @@ def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "cli.main", "study", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mlxspec.main", "study", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO)
 
 

@@ -51,7 +51,7 @@ def test_finetuning_lowers_domain_perplexity(tiny_model_dir, cache_dir, tmp_path
 
 
 def _pretrain_cmd(out, tok_dir, cache_dir, *extra):
-    return [sys.executable, "-m", "cli.main", "pretrain", str(out), "--generic", GENERIC, "--preset", "tiny",
+    return [sys.executable, "-m", "mlxspec.main", "pretrain", str(out), "--generic", GENERIC, "--preset", "tiny",
             "--tokenizer", str(tok_dir), "--tokens", str(40 * 8 * 128), "--checkpoint-every", "4",
             "--eval-every", "8", "--cache-dir", str(cache_dir), "--quiet", *extra]
 

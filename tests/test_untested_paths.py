@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mlx_specialize as ms
-from cli.main import app
+from mlxspec.main import app
 from mlx_specialize.methods import clusters as imp
 from mlx_specialize.models.generate import _sampler, encode_prompt, generate_tokens
 from mlx_specialize.train.checkpoint import checkpoint_dirs
@@ -239,7 +239,7 @@ def kill_after_first_checkpoint(args: list[str], watched: Path, log: Path) -> in
     """Run `mlxspec ARGS` in a subprocess, SIGKILL it once `watched` holds a checkpoint,
     and return the step of the last complete checkpoint it left."""
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "mlxspec.main", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=err, env={**os.environ, "PYTHONPATH": str(REPO)})
         deadline = time.time() + 120
         while not checkpoint_dirs(watched) and proc.poll() is None and time.time() < deadline:

@@ -10,7 +10,7 @@ from pathlib import Path
 def named(err: OSError, path: str | os.PathLike) -> OSError:
     """`err`, or the same error naming `path` when it names no file: a failed write()
     (a full disk, a file-size limit) raises an OSError without a file name, and the
-    command line reports `<reason>: <file>` (cli/errors.py, handle_errors)."""
+    command line reports `<reason>: <file>` (mlxspec/errors.py, handle_errors)."""
     if err.filename is not None or err.errno is None:
         return err
     return OSError(err.errno, err.strerror, str(path))

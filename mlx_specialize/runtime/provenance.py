@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # a git checkout's root, where the package runs from one
-CODE = ("mlx_specialize", "cli", "pyproject.toml")  # what decides a result, in a checkout
+CODE = ("mlx_specialize", "mlxspec", "pyproject.toml")  # what decides a result, in a checkout
 
 
 @functools.lru_cache(maxsize=None)
 def code_version() -> dict:
     """This package's and MLX's versions and, where the package runs from a git checkout,
-    its commit ("+dirty" when the package's code differs from it: `mlx_specialize/`, `cli/`,
+    its commit ("+dirty" when the package's code differs from it: `mlx_specialize/`, `mlxspec/`,
     pyproject.toml, new files there included; a study's own results file, tracked and
     appended to, is not code). Cached: the first call (a study's start) names the code the
     process loaded, not a checkout edited since."""

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 try:  # these take seconds (MLX, the BLAS): Ctrl-C meanwhile is still exit 130, not a traceback
+    import typer
+
     import mlx_specialize as ms
     from mlx_specialize import ui
     from mlx_specialize.bench import BenchConfig, export_and_compare, platform_facts, run_bench
@@ -38,11 +40,25 @@ except KeyboardInterrupt:
     sys.exit(130)
 
 
-app = command_group(help="Small language models specialized to your domain, cheap to run. "
-                    "Start with `mlxspec specialize` (runs on the bundled demo corpus).")
+app = command_group()
 tokenizer_app = command_group(help="Tokenizer commands.")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(data_app, name="data")
+
+
+def show_version(asked: bool) -> None:
+    if asked:
+        import mlx.core as mx
+
+        print(f"mlxspec {ms.__version__} (MLX {mx.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def top(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                     help="Print the version and MLX's, and exit.")) -> None:
+    """Small language models specialized to your domain, cheap to run. Start with
+    `mlxspec specialize` (runs on the bundled demo corpus)."""
 
 
 # ---- doctor / presets ------------------------------------------------------------
