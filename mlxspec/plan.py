@@ -138,7 +138,11 @@ def plan_view(result: dict) -> list:
                  "no method fits these budgets (the ruled-out lines say what each needs)")
     fit = result["fit"]
     pending = fit.get("pending_cells", 0)
-    lines.append(f"fitted on {fit['cells']} cells of {fit['source']}, targets {', '.join(fit['targets'])}"
+    source = (f"the package's fit: {fit['cells']} cells of this project's standard-protocol study, "
+              f"studies/minipile/{fit['source']}, measured with {preset} and its LLM twin on a 2-core CPU "
+              "(--results fits your own study's)" if fit.get("packaged")
+              else f"fitted on {fit['cells']} cells of {fit['source']}")
+    lines.append(f"{source}, targets {', '.join(fit['targets'])}"
                  + (f" ({pending} more cell{'s' if pending != 1 else ''} left out until "
                     f"{'its' if pending == 1 else 'their'} budget and domain set are measured on every target)"
                     if pending else ""))

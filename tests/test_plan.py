@@ -172,6 +172,32 @@ def test_a_recommendation_over_a_method_held_at_another_domain_set_says_it_is_no
                                                               domain_tokens=size))["reason"]
 
 
+def test_not_like_for_like_keeps_saying_within_the_error_and_equal_costs_are_said_once():
+    """A new user's trial: "not like for like" replaced "though within the fit's error"
+    (the interval held 0 and the sentence no longer said so), and two equal costs read
+    "1.71e+14 FLOPs against 1.71e+14"."""
+    import re
+
+    from mlx_specialize.plan.planner import _reason
+
+    rows = [r for r in _study() if r["method"] in ("finetune", "nopt") or r["domain_tokens"] == SIZES[0]]
+    model = fit_results(rows, FLOOR)
+    budgets = Budgets(pretrain=1e15, specialize=1e15, inference=2e6, domain_tokens=SIZES[2])
+    fitting = plan(model, budgets)["methods"]
+    for second in fitting[1:]:
+        pair = [fitting[0], second]
+        reason = _reason(model, pair, [], budgets)
+        hi = float(re.search(r"90% interval \[[-+.\d]+, ([-+.\d]+)\]", reason).group(1))
+        unlike = second["predicted_domain_tokens"] != fitting[0]["predicted_domain_tokens"]
+        assert ("not like for like" in reason) == unlike, reason
+        assert ("though within the fit's error" in reason) == (hi >= 0), reason
+        assert "clearly better" not in reason or not unlike, reason
+    same = [fitting[0], {**fitting[1], "total_flops": fitting[0]["total_flops"]}]
+    reason = _reason(model, same, [], budgets)
+    assert f"C(1) = {fitting[0]['total_flops']:.2e} FLOPs, as does {fitting[1]['label']}." in reason, reason
+    assert " against " not in reason.split("C(1) = ")[1], reason
+
+
 def test_a_budget_or_size_never_measured_is_held_and_said():
     rows = [r for r in _study() if r["domain_tokens"] == 100_000]
     model = fit_results(rows, FLOOR)
@@ -529,9 +555,28 @@ def test_budgets_read_as_written():
     assert compute_budget("30 min", "--pretrain", 10.0) == (1800.0, "seconds", "seconds")
     assert inference_budget("small", "--inference", {"small": 1852544}) == 1852544
     assert inference_budget("2M params", "--inference", {"small": 1852544}) == 2e6
-    for text, message in [("12 apples", "unknown unit 'apples'"), ("lots", "is not an amount"), ("0", "positive")]:
+    for text, message in [("12 apples", "unknown unit 'apples'"), ("lots", "is not an amount"), ("0", "positive"),
+                          # bounded as the token options are (a new user's trial planned 1e300 FLOPs), in time too
+                          ("1e300", "more than 1e\\+15 tokens"), ("1.01e15 tokens", "more than 1e\\+15 tokens"),
+                          ("0.5s", "less than a second"), ("1e9 h", "more than 100,000 hours")]:
         with pytest.raises(SpecializeError, match=message):
-            compute_budget(text, "--pretrain", 1.0)
+            compute_budget(text, "--pretrain", 10.0)
+    assert compute_budget("1e15 tokens", "--pretrain", 10.0)[0] == pytest.approx(1e16)  # the bound itself
+    assert compute_budget("1e16", "--pretrain", 10.0)[0] == 1e16
+
+
+def test_warnings_reach_the_json_and_a_served_size_beyond_the_fit_is_one(tmp_path):
+    """A new user's trial: --json left out what the plan warned about on stderr, and an
+    --inference budget beyond the measured models filtered nothing and said nothing."""
+    out = _plan("--inference", "paper-llm", "--specialize", "5", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(result["warnings"]) == 2 and [f"warning: {w}" for w in result["warnings"]] == out.stderr.splitlines()
+    assert "--inference paper-llm: the fit measured models of at most 11.34M parameters (small-llm)" in \
+        result["warnings"][1]
+    assert result["fit"]["packaged"] is True
+    out = _plan("--inference", "small-llm", "--json", cwd=tmp_path)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["warnings"] == [] and out.stderr == ""
 
 
 def test_xz_bits_per_byte_tell_repeated_text_from_noise():

@@ -17,6 +17,7 @@ import re
 from decimal import Decimal
 
 from ..errors import SpecializeError
+from ..train.config import MAX_TOKENS
 
 DEFAULT_PRETRAIN = "12.5M tokens"
 DEFAULT_SPECIALIZE = "1e14"
@@ -96,6 +97,7 @@ def _amount(text: str, option: str, times: bool = True) -> tuple[float, str]:
 
 _SECONDS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0, "mins": 60.0, "minute": 60.0,
             "minutes": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0}
+MAX_SECONDS = 100_000 * 3600.0  # a budget in time, at most: eleven years of one machine
 
 
 def within(cost: float, budget: float) -> bool:
@@ -112,12 +114,18 @@ def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[floa
     value, unit = _amount(text, option)
     if not math.isfinite(value * flops_per_token):
         raise SpecializeError(f"{option}: '{text}' is too large")
-    if unit in ("", "flop", "flops"):
-        return value, "flops", "flops" if unit else ""
-    if unit in ("tok", "toks", "token", "tokens"):
-        return value * flops_per_token, "flops", "tokens"
+    if unit in ("", "flop", "flops", "tok", "toks", "token", "tokens"):
+        flops = value if unit in ("", "flop", "flops") else value * flops_per_token
+        if flops > MAX_TOKENS * flops_per_token:  # as the token options are bounded
+            raise SpecializeError(f"{option}: '{text}' pays for more than {MAX_TOKENS:.0e} tokens, the most any "
+                                  "budget here can train")
+        return flops, "flops", "tokens" if unit.startswith("tok") else "flops" if unit else ""
     if unit in _SECONDS:
-        return value * _SECONDS[unit], "seconds", "seconds"
+        seconds = value * _SECONDS[unit]
+        if not 1 <= seconds <= MAX_SECONDS:
+            raise SpecializeError(f"{option}: '{text}' is " + ("less than a second" if seconds < 1 else
+                                                               f"more than {MAX_SECONDS / _SECONDS['h']:,.0f} hours"))
+        return seconds, "seconds", "seconds"
     raise SpecializeError(f"{option}: unknown unit '{unit}' in '{text}' (FLOPs, tokens, or s, min, h)")
 
 

@@ -315,16 +315,23 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
     d = _difference(model, best, second, budgets)
     lo, hi = d["interval"]
     n = budgets.domains
-    sure = "clearly better" if hi < -0.0005 else "though within the fit's error"
+    clear = hi < -0.0005
+    sure = "clearly better" if clear else "though within the fit's error"
     # a method measured only at other domain-set sizes is predicted as with the nearest one:
-    # two held differently are not compared at one size, whichever way that errs
+    # two held differently are not compared at one size, whichever way that errs (not
+    # "clearly better", though still within the error where the interval holds 0)
     if not math.isclose(best["predicted_domain_tokens"], second["predicted_domain_tokens"], rel_tol=1e-6):
-        sure = "not like for like: " + ", ".join(f"{e['label']} predicted with {e['predicted_domain_tokens']:,.0f} "
-                                                 "domain tokens" for e in (best, second))
+        held = ", ".join(f"{e['label']} predicted with {e['predicted_domain_tokens']:,.0f} domain tokens"
+                         for e in (best, second))
+        sure = ("" if clear else sure + "; ") + "not like for like: " + held
     in_time = ("seconds" in (budgets.pretrain_unit, budgets.specialize_unit)  # the user's unit
                and best.get("total_seconds") is not None and second.get("total_seconds") is not None)
-    cost = ((f"{ui.duration(best['total_seconds'])} against {ui.duration(second['total_seconds'])}") if in_time else
-            f"{best['total_flops']:.2e} FLOPs against {second['total_flops']:.2e}")
+    if in_time:
+        mine, theirs = ui.duration(best["total_seconds"]), ui.duration(second["total_seconds"])
+    else:
+        mine, theirs = f"{best['total_flops']:.2e} FLOPs", f"{second['total_flops']:.2e}"
+    # the same cost as printed (SLM and the mixture's fine-tuning, say): not "x against x"
+    cost = f"{mine}, as does {second['label']}" if mine.removesuffix(" FLOPs") == theirs else f"{mine} against {theirs}"
     reason = (f"{best['label']} has the lowest predicted bits per byte of the {len(fitting)} methods these budgets "
               f"afford: {d['mean']:+.3f} against {second['label']} ({sure}, 90% interval [{lo:+.3f}, {hi:+.3f}]); "
               f"for {n:,} domain{'s' if n != 1 else ''} it costs C({n:,}) = {cost}.")
@@ -382,13 +389,19 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         tokenizer = _study_tokenizer(tokenizer)
     per_token = shared_flops_per_token(model)
     sizes = {name: describe(p)["params"] for name, p in PRESETS.items()}
+    warnings: list[str] = []  # said on stderr as they come, and kept in the result (--json)
+
+    def warn(message: str) -> None:
+        ui.warn(message)
+        warnings.append(message)
+
     (pre, pre_unit, pre_written), (spec_, spec_unit, spec_written) = (
         compute_budget(pretrain, "--pretrain", per_token), compute_budget(specialize, "--specialize", per_token))
     for option, text, value, written in (("--pretrain", pretrain, pre, pre_written),
                                          ("--specialize", specialize, spec_, spec_written)):
         if not written and value < 1000 * per_token:
             # a bare number too small to be FLOPs: "2500000" meant as tokens, most likely
-            ui.warn(f"{option} {text}: {value:.3g} FLOPs pay for fewer than 1,000 tokens of "
+            warn(f"{option} {text}: {value:.3g} FLOPs pay for fewer than 1,000 tokens of "
                     f"{model['methods'][REFERENCE]['preset']}; a budget in tokens is written '{text} tokens'")
     budgets = Budgets(pretrain=pre, specialize=spec_, inference=inference_budget(inference, "--inference", sizes),
                       domains=domains, pretrain_unit=pre_unit, specialize_unit=spec_unit,
@@ -397,9 +410,14 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     if (tokenizer or clusters) and not domain:
         raise SpecializeError(f"{'--tokenizer' if tokenizer else '--clusters'} goes with --domain (it reads the "
                               "domain)")
+    largest = max(m["params"] for m in model["methods"].values())
+    if budgets.inference > 1.5 * largest:  # a larger preset fits the budget, but was never measured
+        name = next((f" ({n})" for n, params in sizes.items() if params == largest), "")
+        warn(f"--inference {inference}: the fit measured models of at most {largest / 1e6:.2f}M parameters{name}; "
+             "a larger served model's quality is not predicted, so the plan compares those")
     features = domain_features(domain, tokenizer, clusters, cache_dir) if domain else None
     if features:
-        _warn_small_floor(domain, features)
+        _warn_small_floor(domain, features, warn)
         budgets.floor = features["floor"]
         budgets.bytes_per_token = features.get("bytes_per_token")
         budgets.entropy, budgets.kl_generic = features.get("entropy"), features.get("kl_generic")
@@ -407,7 +425,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         budgets.domain_tokens = domain_tokens
         held = features and (features.get("train_tokens") or features["train_bytes"] / model["bytes_per_token"])
         if held and domain_tokens > 1.1 * held:
-            ui.warn(f"--domain-tokens {domain_tokens:,}: {domain}'s train split holds about {held:,.0f} tokens")
+            warn(f"--domain-tokens {domain_tokens:,}: {domain}'s train split holds about {held:,.0f} tokens")
     elif features:  # its train split (at the study targets' bytes per token, untokenized)
         budgets.domain_tokens = (features.get("train_tokens")
                                  or round(features["train_bytes"] / model["bytes_per_token"]))
@@ -419,6 +437,8 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         calibration = speed_ratio(model)
         budgets.speed = calibration["ratio"]
     result = plan(model, budgets)
+    result["warnings"] = warnings
+    result["fit"]["packaged"] = not results and not fit
     if calibration:
         result["calibration"] = calibration
     if features:
@@ -433,14 +453,17 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     return result
 
 
-def _warn_small_floor(domain: str, features: dict) -> None:
+def _warn_small_floor(domain: str, features: dict, warn) -> None:
     """A warning where the domain's xz floor, which anchors its predicted level, is
     measured on far less text than the study's targets' were."""
     held, context = features["held_out_bytes"], features["context_bytes"]
-    if held < SMALL_HELD_OUT_BYTES or context < SMALL_CONTEXT_BYTES:
-        ui.warn(f"--domain {domain}: its xz floor is measured on {held / 1e3:,.1f} KB of its {features['held_out']} "
-                f"split after {context / 1e3:,.0f} KB of context: a floor measured on so little text is a rough "
-                "anchor, and the predictions anchored on it are less sure than their intervals say")
+    few = [part for part, small in ((f"{features['held_out']} text", held < SMALL_HELD_OUT_BYTES),
+                                    ("context", context < SMALL_CONTEXT_BYTES)) if small]
+    if few:
+        warn(f"--domain {domain}: its xz floor is measured on {held / 1e3:,.1f} KB of its {features['held_out']} "
+             f"split after {context / 1e3:,.0f} KB of context from its train split: on so little "
+             f"{' and '.join(few)} (the study's targets had 52-241 KB after 1.3-2 MB) the floor is a rough anchor, "
+             "and the predictions anchored on it are less sure than their intervals say")
 
 
 def _study_tokenizer(given: str | None) -> str:
@@ -495,7 +518,7 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
                               f"not '{preset}'; pass --preset {measured}, or name a --method")
     per_token = shared_flops_per_token(model)
     features = domain_features(domain, _study_tokenizer(None))  # its size in the study's tokens
-    _warn_small_floor(domain, features)
+    _warn_small_floor(domain, features, ui.warn)
     budgets = Budgets(pretrain=pretrain_tokens * per_token, pretrain_tokens=pretrain_tokens,
                       inference=model["methods"][REFERENCE]["params"],
                       max_budget=pretrain_tokens / model["methods"][REFERENCE]["tokens_per_budget_flop"],
