@@ -136,11 +136,14 @@ class LineProgress:
 
 @contextlib.contextmanager
 def task(description: str, total: float | None, **fields):
-    """`with task("tokenizing", total) as advance: advance(n)` — a one-task progress bar."""
+    """`with task("tokenizing", total) as advance: advance(n)` — a one-task progress bar,
+    shown from its first `advance`: a task with nothing to do (a cache hit) says nothing."""
     with progress(*fields) as bar:
-        tid = bar.add_task(description, total=total, **fields)
+        started: list[int] = []
 
         def advance(n: float = 1, **updates):
-            bar.update(tid, advance=n, **updates)
+            if not started:
+                started.append(bar.add_task(description, total=total, **fields))
+            bar.update(started[0], advance=n, **updates)
 
         yield advance

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 
 import typer
@@ -43,12 +44,24 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+# Typer's own range and type messages, in the words of ours (`--top-k: at least 0`)
+TYPER_WORDS = ((re.compile(r"^Input should be greater than or equal to (\S+)$"), r"at least \1"),
+               (re.compile(r"^Input should be less than or equal to (\S+)$"), r"at most \1"),
+               (re.compile(r"^Input should be greater than (\S+)$"), r"more than \1"),
+               (re.compile(r"^Input should be less than (\S+)$"), r"less than \1"),
+               (re.compile(r"^Input should be a valid integer.*$"), "not a whole number"),
+               (re.compile(r"^Input should be a valid number.*$"), "not a number"))
+
+
 def usage_message(err: ClickException) -> str:
-    """Click's message as one line, the option first: `--domain-tokens: 0 is not in the range x>=1`."""
+    """Click's message as one line, the option first: `--domain-tokens: at least 1, not 0`."""
     param = getattr(err, "param", None)
     if isinstance(err, typer.BadParameter) and not isinstance(err, MissingParameter) and param is not None:
         name = param.opts[0] if param.param_type_name == "option" else param.human_readable_name
-        return f"{name}: {' '.join(err.message.split()).rstrip('.')}"
+        message = " ".join(err.message.split()).rstrip(".")
+        for pattern, words in TYPER_WORDS:
+            message = pattern.sub(words, message)
+        return f"{name}: {message}"
     return " ".join(err.format_message().split())
 
 

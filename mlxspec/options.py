@@ -40,7 +40,7 @@ BUNDLED = ",".join(bundled_names())
 def positive(value: float | None) -> float | None:
     """Option callback: a value that must be > 0 (a learning rate), which `min=` cannot say."""
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"{value} is not in the range x>0")
+        raise typer.BadParameter(f"more than 0, not {value}")
     return value
 
 
@@ -48,6 +48,16 @@ def token_count(value) -> int:
     """Option parser: a count of tokens as a budget in tokens is written (the budgets' own
     parser, `plan.budgets.amount`): 100000, 100_000, 1e5, 100k, 1.5M, 2B or "100k tokens"
     (a whole number, at least 1; M is millions, as tokens have no minutes)."""
+    return whole_count(value, TOKEN_UNITS, "tokens", "write 100000, 100k or 1.5M")
+
+
+def domain_count(value) -> int:
+    """Option parser: a number of domains, written as a count of tokens is (1000, 1e6, 1M)."""
+    return whole_count(value, ("", "domain", "domains"), "domains", "write 3, 1000 or 1M")
+
+
+def whole_count(value, units, what: str, how: str) -> int:
+    """A whole number of `what`, at least 1 and at most MAX_TOKENS, in one of `units`."""
     if isinstance(value, int):  # a default
         return value
     try:
@@ -56,14 +66,15 @@ def token_count(value) -> int:
         unit = None
     except AmountError as error:  # an amount, but one that cannot be used: too large, say
         raise typer.BadParameter(str(error)) from None
-    if unit not in TOKEN_UNITS:
-        raise typer.BadParameter(f"'{value}' is not a count of tokens (write 100000, 100k or 1.5M)")
+    if unit not in units:
+        raise typer.BadParameter(f"'{value}' is not a count of {what} ({how})")
     if count != int(count):
-        raise typer.BadParameter(f"'{value}' is not a whole number of tokens")
+        raise typer.BadParameter(f"'{value}' is not a whole number of {what}")
     if count < 1:
-        raise typer.BadParameter(f"{value} is not in the range x>=1")
+        raise typer.BadParameter(f"at least 1, not {value}")
     if count > MAX_TOKENS:  # refused here, before anything is trained, not by a step counter mid-run
-        raise typer.BadParameter(f"{value} is more than {MAX_TOKENS:.0e} tokens, the most any budget here can train")
+        raise typer.BadParameter(f"{value} is more than {MAX_TOKENS:.0e}" + (
+            " tokens, the most any budget here can train" if what == "tokens" else ""))
     return int(count)
 
 
@@ -309,8 +320,8 @@ class Plan:
                              "(small, small-llm, ...) or a parameter count (2M).")
     domain_tokens = tokens_option(None, "--domain-tokens", help="The domain's training tokens [default: "
                                   "--domain's train split, else 100,000].")
-    domains = typer.Option(1, "--domains", "-n", min=1, help="How many domains will be specialized (N in C(N) = "
-                           "shared + N x per domain).")
+    domains = typer.Option(1, "--domains", "-n", parser=domain_count, metavar="N", help="How many domains will be "
+                           "specialized (N in C(N) = shared + N x per domain; 1000, 1e6, 1M).")
     domain = typer.Option(None, "--domain", help="A domain corpus (file or folder): its xz -9e bits per byte anchors "
                           "the predicted level, its train split sets the size.")
     tokenizer = typer.Option(None, "--tokenizer", help="With --domain: the study's tokenizer (a model folder of the "

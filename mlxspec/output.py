@@ -86,7 +86,7 @@ def make_table(title: str, *columns: str, right: tuple[str, ...] = (), show_head
     """A results table that fits the terminal: every column may wrap and folds what is
     too long (a path), so a number is never cut to "600,0…"; one too wide to fit without
     splitting a number is printed as records (`emit`). Fill it with `add_row`."""
-    table = Table(title=Text(title), show_header=show_header)
+    table = Table(title=Text(title), title_justify="left", show_header=show_header)
     for col in columns:
         table.add_column(col, overflow="fold", justify="right" if col in right else "left")
     return table

@@ -13,7 +13,7 @@ from .output import add_row, make_table, summary_table
 
 def presets_table(rows: list[dict]) -> Table:
     """`presets`: each preset's shape, parameters and training FLOPs per token."""
-    numbers = ("L", "d", "mlp", "heads", "vocab", "ctx", "params", "FLOP/tok")
+    numbers = ("L", "d", "mlp", "heads", "vocab", "ctx", "params", "train FLOP/tok")
     table = make_table("presets (parameters at each preset's default vocabulary)", "preset", "role", *numbers,
                        right=numbers)
     for r in rows:

@@ -87,11 +87,13 @@ def study(
                      "measured")
     elif left and (left["cells"] or left["unknown"]):
         shown.append(f"time left: about {duration(left['seconds'])} for {left['cells']} of the {len(pending)} cells left "
-                     "(their peers' measured seconds)" + (f"; {left['unknown']} have no measured peer yet (the same "
-                                                          "method, budget, domain-set size and options)"
-                                                          if left["unknown"] else "")
-                     + (f"; {left['same']} ask for more tokens than their target's train split holds, so they are "
-                        "its whole-split cell, run once" if left["same"] else ""))
+                     "(their peers' measured seconds)"
+                     + (f"; {left['unknown']} {'has' if left['unknown'] == 1 else 'have'} no measured peer yet (the "
+                        "same method, budget, domain-set size and options)" if left["unknown"] else "")
+                     + (f"; {left['same']} " + ("asks for more tokens than its target's train split holds, so it is"
+                                                if left["same"] == 1 else
+                                                "ask for more tokens than their target's train split holds, so they "
+                                                "are") + " its whole-split cell, run once" if left["same"] else ""))
     if result.get("stopped"):
         shown.append(f"stopped at the {result['stopped']} limit: run the same command again to continue")
     if pending:

@@ -171,3 +171,23 @@ def test_bad_input_is_one_clear_error(tmp_path, setup, message):
     with pytest.raises(SpecializeError, match=message):
         corpus = ms.load_corpus(str(target))
         list(corpus.documents("train"))
+
+
+def test_a_folder_of_notes_names_what_it_holds_and_what_to_do(tmp_path, docs):
+    """A new user's `--domain my_notes/` of Markdown files: the error said only what the
+    folder lacks. It names what it holds; a dataset folder's README.md beside its data is
+    still not read as a document."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("# one\n\nsome text\n")
+    (notes / "b.rst").write_text("two\n===\n")
+    load_corpus = ms.load_corpus
+    with pytest.raises(SpecializeError, match=r"notes holds no .*\(it holds \.md, \.rst files: .*rename them to "
+                                              r"\.txt\)$"):
+        load_corpus(str(notes))
+    with pytest.raises(SpecializeError, match=r"empty holds no [^(]*$"):  # nothing there: nothing more to say
+        (tmp_path / "empty").mkdir()
+        load_corpus(str(tmp_path / "empty"))
+    (notes / "data.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs["train"]))
+    read = read_all(str(notes))
+    assert sorted(sum(read.values(), [])) == sorted(docs["train"])  # the notes beside it are not documents

@@ -407,9 +407,15 @@ def _local_files(path: Path) -> list[Path]:
         if not supported(path):
             raise SpecializeError(f"{path}: unsupported file type (use {', '.join(TEXT_EXTENSIONS)}, optionally .gz)")
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and supported(p) and not p.name.startswith("."))
+    every = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    files = sorted(p for p in every if supported(p))
     if not files:
-        raise SpecializeError(f"{path} holds no {', '.join(TEXT_EXTENSIONS)} files")
+        # a folder of notes (.md, .rst): say what it holds, not only what it lacks. Not read
+        # as text by itself: a dataset folder's README.md would join its documents
+        found = sorted({p.suffix for p in every if p.suffix})
+        raise SpecializeError(f"{path} holds no {', '.join(TEXT_EXTENSIONS)} files"
+                              + (f" (it holds {', '.join(found[:6])}{', ...' if len(found) > 6 else ''} files: "
+                                 "text is read from .txt files, so copy or rename them to .txt)" if found else ""))
     return files
 
 
