@@ -41,11 +41,28 @@ def info(message: str) -> None:
         console.print(escape(message))
 
 
+_COLLECTORS: list[list[str]] = []  # open `collected_warnings` lists, innermost last
+
+
 def warn(message: str) -> None:
     """Print a plain-text `warning:` line; shown in quiet and --json mode too (stderr), not
-    by the secondary processes of a distributed job."""
+    by the secondary processes of a distributed job. Also kept by `collected_warnings`."""
+    for collected in _COLLECTORS:
+        collected.append(message)
     if not SECONDARY:
         console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def collected_warnings():
+    """`with collected_warnings() as said:` every `warn` meanwhile, printed as ever and kept
+    in `said`, for a result that carries its warnings (`--json` readers see no stderr)."""
+    said: list[str] = []
+    _COLLECTORS.append(said)
+    try:
+        yield said
+    finally:
+        _COLLECTORS.remove(said)
 
 
 def progress(*extra_fields: str) -> Progress | LineProgress:
@@ -104,22 +121,27 @@ class LineProgress:
 
     def __exit__(self, *exc) -> None:
         for task in self.tasks:
-            self._print(task, final=True)
+            if task["visible"]:
+                self._print(task, final=True)
 
-    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, visible: bool = True,
+                 **fields) -> int:
         now = time.monotonic()
         self.tasks.append({"description": description, "total": total, "completed": completed, "start": now,
-                           "from": completed, "printed": now, "fields": fields})
+                           "from": completed, "printed": now, "fields": fields, "visible": visible})
         return len(self.tasks) - 1
 
-    def update(self, task_id: int, advance: float | None = None, completed: float | None = None, **fields) -> None:
+    def update(self, task_id: int, advance: float | None = None, completed: float | None = None,
+               visible: bool | None = None, **fields) -> None:
         task = self.tasks[task_id]
         if completed is not None:
             task["completed"] = completed
         if advance:
             task["completed"] += advance
+        if visible is not None:
+            task["visible"] = visible
         task["fields"].update(fields)
-        if time.monotonic() - task["printed"] >= LINE_EVERY:
+        if task["visible"] and time.monotonic() - task["printed"] >= LINE_EVERY:
             self._print(task)
 
     def _print(self, task: dict, final: bool = False) -> None:
@@ -137,13 +159,14 @@ class LineProgress:
 @contextlib.contextmanager
 def task(description: str, total: float | None, **fields):
     """`with task("tokenizing", total) as advance: advance(n)` — a one-task progress bar,
-    shown from its first `advance`: a task with nothing to do (a cache hit) says nothing."""
+    shown from its first progress: a task with nothing to do (a cache hit) says nothing."""
     with progress(*fields) as bar:
-        started: list[int] = []
+        # hidden until there is progress, but timed from the start (its first chunk counts)
+        tid = bar.add_task(description, total=total, visible=False, **fields)
 
         def advance(n: float = 1, **updates):
-            if not started:
-                started.append(bar.add_task(description, total=total, **fields))
-            bar.update(started[0], advance=n, **updates)
+            if n or updates:
+                updates["visible"] = True
+            bar.update(tid, advance=n, **updates)
 
         yield advance

@@ -49,7 +49,7 @@ TYPER_WORDS = ((re.compile(r"^Input should be greater than or equal to (\S+)$"),
                (re.compile(r"^Input should be less than or equal to (\S+)$"), r"at most \1"),
                (re.compile(r"^Input should be greater than (\S+)$"), r"more than \1"),
                (re.compile(r"^Input should be less than (\S+)$"), r"less than \1"),
-               (re.compile(r"^Input should be a valid integer.*$"), "not a whole number"),
+               (re.compile(r"^Input should be a valid integer.*$"), "not a whole number in digits (1000, not 1e3)"),
                (re.compile(r"^Input should be a valid number.*$"), "not a number"))
 
 

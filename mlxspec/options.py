@@ -53,7 +53,7 @@ def token_count(value) -> int:
 
 def domain_count(value) -> int:
     """Option parser: a number of domains, written as a count of tokens is (1000, 1e6, 1M)."""
-    return whole_count(value, ("", "domain", "domains"), "domains", "write 3, 1000 or 1M")
+    return whole_count(value, ("",), "domains", "write 3, 1000 or 1M")
 
 
 def whole_count(value, units, what: str, how: str) -> int:

@@ -86,14 +86,18 @@ def study(
         shown.append("time left: unknown until a cell of the same method, budget, domain-set size and options is "
                      "measured")
     elif left and (left["cells"] or left["unknown"]):
-        shown.append(f"time left: about {duration(left['seconds'])} for {left['cells']} of the {len(pending)} cells left "
-                     "(their peers' measured seconds)"
-                     + (f"; {left['unknown']} {'has' if left['unknown'] == 1 else 'have'} no measured peer yet (the "
-                        "same method, budget, domain-set size and options)" if left["unknown"] else "")
-                     + (f"; {left['same']} " + ("asks for more tokens than its target's train split holds, so it is"
-                                                if left["same"] == 1 else
-                                                "ask for more tokens than their target's train split holds, so they "
-                                                "are") + " its whole-split cell, run once" if left["same"] else ""))
+        parts = [f"time left: about {duration(left['seconds'])} for {left['cells']} of the {len(pending)} "
+                 f"cell{'s' if len(pending) != 1 else ''} left (their peers' measured seconds)"]
+        if left["unknown"]:
+            one = left["unknown"] == 1
+            parts.append(f"{left['unknown']} {'has' if one else 'have'} no measured peer yet (the same method, budget, "
+                         "domain-set size and options)")
+        if left["same"]:
+            one = left["same"] == 1
+            parts.append(f"{left['same']} ask{'s' if one else ''} for more tokens than {'its' if one else 'their'} "
+                         f"target's train split holds, so {'it' if one else 'each'} is its target's whole-split cell, "
+                         "run once")
+        shown.append("; ".join(parts))
     if result.get("stopped"):
         shown.append(f"stopped at the {result['stopped']} limit: run the same command again to continue")
     if pending:

@@ -66,8 +66,9 @@ def test_every_command_ends_with_its_output_options():
 def test_the_training_options_given_reach_the_library_by_their_trainer_names(monkeypatch, tmp_path):
     """Only those given, as TrainConfig names them, with the command's own arguments."""
     calls = {}
-    monkeypatch.setattr(mlxspec.main, "finetune_run", lambda *args, **kw: calls.setdefault("finetune", (args, kw)) and {})
-    monkeypatch.setattr(mlxspec.main, "pretrain_run", lambda *args, **kw: calls.setdefault("pretrain", (args, kw)) and {})
+    main = mlxspec.main
+    monkeypatch.setattr(main, "finetune_run", lambda *args, **kw: calls.setdefault("finetune", (args, kw)) and {})
+    monkeypatch.setattr(main, "pretrain_run", lambda *args, **kw: calls.setdefault("pretrain", (args, kw)) and {})
     monkeypatch.setattr(mlxspec.main.ms, "specialize", lambda *args, **kw: calls.setdefault("specialize", (args, kw)))
     monkeypatch.setattr(mlxspec.main, "specialize_view", lambda report: [])
     runner = CliRunner()

@@ -311,9 +311,9 @@ def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path, json_out):
     `error: Broken pipe` line and exit 1, nor Python's exit 120 when a buffered stdout
     fails at exit; a table (rich) as the JSON line (print)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as usual
-    proc = subprocess.Popen([sys.executable, "-m", "mlxspec.main", "plan", *(["--json"] if json_out else [])], cwd=tmp_path,
-                            env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "mlxspec.main", "plan", *(["--json"] if json_out else [])],
+                            cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # the reader leaves at once
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and stderr.strip() == "", stderr
@@ -339,7 +339,12 @@ def test_progress_written_to_a_log_is_plain_lines_as_it_goes(monkeypatch):
         clock[0] += 30
         bar.update(task, completed=20)
     with ui.task("tokenizing a/x:train:y.jsonl:train", None) as advance:
+        clock[0] += 12  # before its first chunk is read: timed from the start
         advance(301_531)
+    with ui.task("tokenizing a cache hit", None):  # nothing to do: nothing said
+        clock[0] += 5
+    with ui.task("embedding a cache hit", 3_906) as advance:
+        advance(0)
     lines = ui.console.file.getvalue().splitlines()
     assert not any("━" in line for line in lines), lines
     # a line each 60 s: at steps 19, 28, 37 (63 s, 126 s, 189 s), then the end, 210 s
@@ -348,7 +353,7 @@ def test_progress_written_to_a_log_is_plain_lines_as_it_goes(monkeypatch):
                                                             (37, "3:09", "0:21"))] + [
         "training  40/40 (100%)  loss 0.250  9,876 tok/s  elapsed 0:03:30"], lines  # done: no eta
     assert lines[4:] == ["training  20/100 (20%)  elapsed 0:00:30",
-                         "tokenizing a/x:train:y.jsonl:train  301,531  elapsed 0:00:00"], lines
+                         "tokenizing a/x:train:y.jsonl:train  301,531  elapsed 0:00:12"], lines
 
 
 def interrupt(proc, marker: str | None, then: float, timeout=120) -> str:

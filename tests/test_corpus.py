@@ -181,6 +181,9 @@ def test_a_folder_of_notes_names_what_it_holds_and_what_to_do(tmp_path, docs):
     notes.mkdir()
     (notes / "a.md").write_text("# one\n\nsome text\n")
     (notes / "b.rst").write_text("two\n===\n")
+    (notes / "scan.pdf").write_bytes(b"%PDF-1.4")  # not text: no advice to rename it
+    (notes / ".obsidian").mkdir()  # an editor's settings: hidden, not the corpus (nor a .git)
+    (notes / ".obsidian" / "app.json").write_text('{"theme": "dark"}')
     load_corpus = ms.load_corpus
     with pytest.raises(SpecializeError, match=r"notes holds no .*\(it holds \.md, \.rst files: .*rename them to "
                                               r"\.txt\)$"):

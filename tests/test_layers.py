@@ -8,7 +8,7 @@
     train    train/
     methods  methods/
     jobs     specialize.py, costs.py, stats.py, study/, plan/, training.py, bench.py, the package's __init__.py
-    cli      mlxspec/
+    mlxspec  mlxspec/ (the command line)
 
 A lower layer that imports a higher one ties, say, the corpus readers to the trainer: it
 cannot be tested, reused or read alone (docs/architecture.md). Read from the source with
@@ -26,14 +26,14 @@ import mlx_specialize
 
 PACKAGE = Path(mlx_specialize.__file__).parent
 CLI = PACKAGE.parent / "mlxspec"
-LAYERS = ["runtime", "layers", "accel", "data", "models", "train", "methods", "jobs", "cli"]
+LAYERS = ["runtime", "layers", "accel", "data", "models", "train", "methods", "jobs", "mlxspec"]
 
 
 def layer_of(module: str) -> str:
     """The layer of a dotted module name inside the package (`mlx_specialize.data.corpus`)."""
     parts = module.split(".")
     if parts[0] == "mlxspec":
-        return "cli"
+        return "mlxspec"
     head = parts[1] if len(parts) > 1 else "__init__"
     if head in ("errors", "ui", "runtime"):
         return "runtime"

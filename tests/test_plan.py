@@ -1169,3 +1169,16 @@ def test_targets_own_slopes_are_fitted_and_widen_a_new_domain_away_from_the_cent
     assert inside / total >= 0.75 and inside_diff / total >= 0.75
     # two new cells' seed scatter, 0.01 each: a 90% interval of about 2 x 1.65 x 0.014 = 0.047
     assert float(np.median(widths)) < 0.08
+
+
+def test_a_floor_measured_on_little_text_says_which_part_is_little():
+    """A new user's trial: 23 KB held out after 274 KB of context was blamed on the held-out
+    text, though the context was what fell short of the study's."""
+    from mlx_specialize import ui
+    from mlx_specialize.plan.planner import _warn_small_floor
+
+    for held, context, named in ((23_400, 274_000, "context"), (5_000, 2_000_000, "test text"),
+                                 (5_000, 100_000, "test text and context"), (60_000, 2_000_000, None)):
+        with ui.collected_warnings() as said:
+            _warn_small_floor("notes", {"held_out_bytes": held, "context_bytes": context, "held_out": "test"})
+        assert said == [] if named is None else f"on so little {named} (the study's" in said[0], (held, context, said)

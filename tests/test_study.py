@@ -324,8 +324,8 @@ def test_a_bad_spec_is_one_error_naming_the_key(tmp_path, change, message):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "mlxspec.main", "study", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "mlxspec.main", "study", *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO)
 
 
 def test_the_command_line_says_when_the_time_left_is_unknown_and_why_a_run_stopped(study_dir, tmp_path):

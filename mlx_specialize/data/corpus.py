@@ -43,6 +43,7 @@ SPLIT_ALIASES = {
     "testing": "test",
 }
 TEXT_EXTENSIONS = (".jsonl", ".json", ".parquet", ".txt")
+NOTE_EXTENSIONS = (".md", ".markdown", ".rst", ".org", ".tex", ".adoc")  # plain text under another name
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 MAX_DOC_CHARS = 12_000  # plain-text files are cut at paragraph breaks into documents
 # Corpus fingerprints already computed in this process, by the identity of the files
@@ -407,15 +408,17 @@ def _local_files(path: Path) -> list[Path]:
         if not supported(path):
             raise SpecializeError(f"{path}: unsupported file type (use {', '.join(TEXT_EXTENSIONS)}, optionally .gz)")
         return [path]
-    every = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    # hidden files and folders (.git, an editor's .obsidian/) are not the corpus
+    every = [p for p in path.rglob("*") if p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(path).parts)]
     files = sorted(p for p in every if supported(p))
     if not files:
-        # a folder of notes (.md, .rst): say what it holds, not only what it lacks. Not read
-        # as text by itself: a dataset folder's README.md would join its documents
-        found = sorted({p.suffix for p in every if p.suffix})
+        # a folder of notes: say what it holds, not only what it lacks. Not read as text by
+        # itself: a dataset folder's README.md would join its documents
+        notes = sorted({p.suffix for p in every if p.suffix.lower() in NOTE_EXTENSIONS})
         raise SpecializeError(f"{path} holds no {', '.join(TEXT_EXTENSIONS)} files"
-                              + (f" (it holds {', '.join(found[:6])}{', ...' if len(found) > 6 else ''} files: "
-                                 "text is read from .txt files, so copy or rename them to .txt)" if found else ""))
+                              + (f" (it holds {', '.join(notes)} files: text is read from .txt files, so copy or "
+                                 "rename them to .txt)" if notes else ""))
     return files
 
 

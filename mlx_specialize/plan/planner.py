@@ -366,7 +366,15 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     one saved in `fit`, or refitted on `results` with `spec`'s floors, saved to
     `save_fit`), the plan; with `plot`, its figure (PNG). `domain` with `tokenizer` and
     `clusters` (the study's) also measures its cluster histogram. Every input is checked
-    before the domain is read."""
+    before the domain is read. The result's `warnings`: all it warned about on stderr."""
+    with ui.collected_warnings() as said:
+        result = _make_plan(pretrain, specialize, inference, domain_tokens, domains, domain, results, spec, save_fit,
+                            plot, tokenizer, fit, clusters, cache_dir)
+    return {**result, "warnings": said}
+
+
+def _make_plan(pretrain, specialize, inference, domain_tokens, domains, domain, results, spec, save_fit, plot,
+               tokenizer, fit, clusters, cache_dir) -> dict:
     from ..models.presets import PRESETS, describe
     from .budgets import compute_budget, domain_features, inference_budget
     from .fit import load_fitted, refit
@@ -389,11 +397,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         tokenizer = _study_tokenizer(tokenizer)
     per_token = shared_flops_per_token(model)
     sizes = {name: describe(p)["params"] for name, p in PRESETS.items()}
-    warnings: list[str] = []  # said on stderr as they come, and kept in the result (--json)
-
-    def warn(message: str) -> None:
-        ui.warn(message)
-        warnings.append(message)
+    early: list[str] = []  # warnings about the budgets, said once the domain has been read without an error
 
     (pre, pre_unit, pre_written), (spec_, spec_unit, spec_written) = (
         compute_budget(pretrain, "--pretrain", per_token), compute_budget(specialize, "--specialize", per_token))
@@ -401,8 +405,8 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
                                          ("--specialize", specialize, spec_, spec_written)):
         if not written and value < 1000 * per_token:
             # a bare number too small to be FLOPs: "2500000" meant as tokens, most likely
-            warn(f"{option} {text}: {value:.3g} FLOPs pay for fewer than 1,000 tokens of "
-                    f"{model['methods'][REFERENCE]['preset']}; a budget in tokens is written '{text} tokens'")
+            early.append(f"{option} {text}: {value:.3g} FLOPs pay for fewer than 1,000 tokens of "
+                         f"{model['methods'][REFERENCE]['preset']}; a budget in tokens is written '{text} tokens'")
     budgets = Budgets(pretrain=pre, specialize=spec_, inference=inference_budget(inference, "--inference", sizes),
                       domains=domains, pretrain_unit=pre_unit, specialize_unit=spec_unit,
                       pretrain_tokens=pre / per_token if pre_unit == "flops" else None,
@@ -413,11 +417,13 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     largest = max(m["params"] for m in model["methods"].values())
     if budgets.inference > 1.5 * largest:  # a larger preset fits the budget, but was never measured
         name = next((f" ({n})" for n, params in sizes.items() if params == largest), "")
-        warn(f"--inference {inference}: the fit measured models of at most {largest / 1e6:.2f}M parameters{name}; "
-             "a larger served model's quality is not predicted, so the plan compares those")
+        early.append(f"--inference {inference}: the fit measured models of at most {largest / 1e6:.2f}M parameters"
+                     f"{name}; no larger model's quality is predicted, so the plan compares only the measured sizes")
     features = domain_features(domain, tokenizer, clusters, cache_dir) if domain else None
+    for message in early:
+        ui.warn(message)
     if features:
-        _warn_small_floor(domain, features, warn)
+        _warn_small_floor(domain, features)
         budgets.floor = features["floor"]
         budgets.bytes_per_token = features.get("bytes_per_token")
         budgets.entropy, budgets.kl_generic = features.get("entropy"), features.get("kl_generic")
@@ -425,7 +431,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         budgets.domain_tokens = domain_tokens
         held = features and (features.get("train_tokens") or features["train_bytes"] / model["bytes_per_token"])
         if held and domain_tokens > 1.1 * held:
-            warn(f"--domain-tokens {domain_tokens:,}: {domain}'s train split holds about {held:,.0f} tokens")
+            ui.warn(f"--domain-tokens {domain_tokens:,}: {domain}'s train split holds about {held:,.0f} tokens")
     elif features:  # its train split (at the study targets' bytes per token, untokenized)
         budgets.domain_tokens = (features.get("train_tokens")
                                  or round(features["train_bytes"] / model["bytes_per_token"]))
@@ -437,7 +443,6 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
         calibration = speed_ratio(model)
         budgets.speed = calibration["ratio"]
     result = plan(model, budgets)
-    result["warnings"] = warnings
     result["fit"]["packaged"] = not results and not fit
     if calibration:
         result["calibration"] = calibration
@@ -453,17 +458,17 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
     return result
 
 
-def _warn_small_floor(domain: str, features: dict, warn) -> None:
+def _warn_small_floor(domain: str, features: dict) -> None:
     """A warning where the domain's xz floor, which anchors its predicted level, is
     measured on far less text than the study's targets' were."""
     held, context = features["held_out_bytes"], features["context_bytes"]
     few = [part for part, small in ((f"{features['held_out']} text", held < SMALL_HELD_OUT_BYTES),
                                     ("context", context < SMALL_CONTEXT_BYTES)) if small]
     if few:
-        warn(f"--domain {domain}: its xz floor is measured on {held / 1e3:,.1f} KB of its {features['held_out']} "
-             f"split after {context / 1e3:,.0f} KB of context from its train split: on so little "
-             f"{' and '.join(few)} (the study's targets had 52-241 KB after 1.3-2 MB) the floor is a rough anchor, "
-             "and the predictions anchored on it are less sure than their intervals say")
+        ui.warn(f"--domain {domain}: its xz floor is measured on {held / 1e3:,.1f} KB of its {features['held_out']} "
+                f"split after {context / 1e3:,.0f} KB of context from its train split: on so little "
+                f"{' and '.join(few)} (the study's targets had 52-241 KB after 1.3-2 MB) the floor is a rough "
+                "anchor, and the predictions anchored on it are less sure than their intervals say")
 
 
 def _study_tokenizer(given: str | None) -> str:
@@ -518,7 +523,7 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
                               f"not '{preset}'; pass --preset {measured}, or name a --method")
     per_token = shared_flops_per_token(model)
     features = domain_features(domain, _study_tokenizer(None))  # its size in the study's tokens
-    _warn_small_floor(domain, features, ui.warn)
+    _warn_small_floor(domain, features)
     budgets = Budgets(pretrain=pretrain_tokens * per_token, pretrain_tokens=pretrain_tokens,
                       inference=model["methods"][REFERENCE]["params"],
                       max_budget=pretrain_tokens / model["methods"][REFERENCE]["tokens_per_budget_flop"],
