@@ -1182,3 +1182,23 @@ def test_a_floor_measured_on_little_text_says_which_part_is_little():
         with ui.collected_warnings() as said:
             _warn_small_floor("notes", {"held_out_bytes": held, "context_bytes": context, "held_out": "test"})
         assert said == [] if named is None else f"on so little {named} (the study's" in said[0], (held, context, said)
+
+
+def test_within_the_fit_s_error_and_a_cheaper_alternative_judge_by_one_rule():
+    """The package's fit put SLM-is -0.057 against the soup with an interval ending at
+    -0.0004: the sentence said "within the fit's error" (printed [-0.113, -0.000]) while
+    the alternative, which then asked the interval to reach 0 exactly, named none."""
+    from mlx_specialize.plan.planner import SAVING
+
+    model = load_fitted(FITTED)
+    per_token = shared_flops_per_token(model)
+    checked = 0
+    for tokens, specialize, n in itertools.product((500_000, 2_500_000, 12_500_000), (5e13, 1e14), (1, 10**6)):
+        result = plan(model, Budgets(pretrain=tokens * per_token, specialize=specialize,
+                                     inference=model["methods"]["finetune"]["params"], domains=n))
+        best, second = result["methods"][:2]
+        if "though within the fit's error" in result["reason"] and second["total_flops"] <= (1 - SAVING) * \
+                best["total_flops"]:
+            checked += 1
+            assert result["cheaper_alternative"] is not None, result["reason"]
+    assert checked >= 1

@@ -145,6 +145,9 @@ def _beyond_cap(method: str, B: float, budgets: Budgets) -> bool:
 
 MORE = 1.1  # where the budgets afford this many times the budget a method is held at, the plan says so
 SAVING = 0.10  # a method within the fit's error of the pick is named where it saves this share of the cost
+# an interval's end this near 0 (bits per byte) holds 0 as printed, to three decimals: "within the
+# fit's error" and the cheaper alternative it allows judge by the same rule
+TIE = 0.0005
 
 
 def _affords_more(model: dict, method: str, B: float, budgets: Budgets) -> bool:
@@ -293,7 +296,7 @@ def _cheaper_alternative(model: dict, fitting: list[dict], budgets: Budgets) -> 
     for entry in fitting[1:]:
         if entry.get(key) is not None and best.get(key) is not None and entry[key] <= (1.0 - SAVING) * best[key]:
             d = _difference(model, entry, best, budgets)
-            if d["interval"][0] <= 0.0:
+            if d["interval"][0] < TIE:
                 tied.append((entry[key], entry, d))
     if not tied:
         return None
@@ -315,7 +318,7 @@ def _reason(model: dict, fitting: list[dict], ruled_out: list[dict], budgets: Bu
     d = _difference(model, best, second, budgets)
     lo, hi = d["interval"]
     n = budgets.domains
-    clear = hi < -0.0005
+    clear = hi <= -TIE
     sure = "clearly better" if clear else "though within the fit's error"
     # a method measured only at other domain-set sizes is predicted as with the nearest one:
     # two held differently are not compared at one size, whichever way that errs (not
