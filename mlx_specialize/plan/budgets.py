@@ -114,12 +114,13 @@ def compute_budget(text: str, option: str, flops_per_token: float) -> tuple[floa
     value, unit = _amount(text, option)
     if not math.isfinite(value * flops_per_token):
         raise SpecializeError(f"{option}: '{text}' is too large")
-    if unit in ("", "flop", "flops", "tok", "toks", "token", "tokens"):
-        flops = value if unit in ("", "flop", "flops") else value * flops_per_token
+    if unit in TOKEN_UNITS or unit in ("flop", "flops"):
+        in_tokens = unit in TOKEN_UNITS - {""}  # a bare number is FLOPs
+        flops = value * flops_per_token if in_tokens else value
         if flops > MAX_TOKENS * flops_per_token:  # as the token options are bounded
             raise SpecializeError(f"{option}: '{text}' pays for more than {MAX_TOKENS:.0e} tokens, the most any "
                                   "budget here can train")
-        return flops, "flops", "tokens" if unit.startswith("tok") else "flops" if unit else ""
+        return flops, "flops", "tokens" if in_tokens else "flops" if unit else ""
     if unit in _SECONDS:
         seconds = value * _SECONDS[unit]
         if not 1 <= seconds <= MAX_SECONDS:
