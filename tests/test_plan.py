@@ -221,6 +221,44 @@ def test_a_budget_or_size_never_measured_is_held_and_said():
     assert predict(model, "mix", BUDGETS[1] * FLOPS_PER_TOKEN, 100_000)["notes"] == []
 
 
+def test_a_domain_set_beyond_every_method_s_reach_ranks_them_where_they_were_measured():
+    """A session's note: `plan --domain-tokens 1000` held the methods with a slope along
+    the domain-set size at half the smallest size measured (as far as their fits reach)
+    and the others at it, so the ranking mixed two sizes, neither the one given."""
+    rows = [r for r in _study() if r["method"] in ("finetune", "nopt") or r["domain_tokens"] == SIZES[0]]
+    model = fit_results(rows, FLOOR)  # SLM and SLM-nopt measured at 3 sizes, the rest at 100k
+
+    def ranked(size):
+        result = plan(model, Budgets(pretrain=1e15, specialize=1e15, inference=2e6, domain_tokens=size))
+        return result, [(e["method"], round(e["bpb"], 6)) for e in result["methods"]]
+
+    (tiny, order), (measured, at_measured) = ranked(1_000), ranked(SIZES[0])
+    assert not tiny["budgets"]["follow_slopes"] and measured["budgets"]["follow_slopes"]
+    # every method predicted at the 100k all were measured at: the ranking there, exactly
+    assert {e["predicted_domain_tokens"] for e in tiny["methods"]} == {SIZES[0]}
+    assert order == at_measured and "not like for like" not in tiny["reason"]
+    slm = next(e for e in tiny["methods"] if e["method"] == "finetune")
+    assert any(n.startswith("domain set held at 100,000 tokens: the nearest of the measured 100,000-3,000,000")
+               and n.endswith("more than the 1,000 given: likely optimistic") for n in slm["notes"]), slm["notes"]
+    # within SLM's reach (its slope followed to half its smallest size), nothing is held for it
+    near = ranked(SIZES[0] // 2 + 1)[0]
+    assert near["budgets"]["follow_slopes"]
+    assert {e["method"]: e["predicted_domain_tokens"] for e in near["methods"]}["finetune"] == SIZES[0] // 2 + 1
+    # beyond the largest measured: SLM held at its 3M, the others at their only 100k
+    far = ranked(10 * SIZES[2])[0]
+    assert not far["budgets"]["follow_slopes"]
+    assert {e["method"]: e["predicted_domain_tokens"] for e in far["methods"]}["finetune"] == SIZES[2]
+
+
+def test_plan_says_a_domain_set_beyond_every_fit_is_predicted_where_measured(tmp_path):
+    out = _plan("--domain-tokens", "1000", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    said = [w for w in result["warnings"] if w.startswith("1,000 domain tokens lie beyond the reach of every")]
+    assert said and "each is predicted at its nearest measured domain-set size" in said[0], result["warnings"]
+    assert {e["predicted_domain_tokens"] for e in result["methods"]} == {100_000}  # the protocol's smallest set
+
+
 def test_costs_scale_pre_training_with_the_budget_and_fine_tuning_with_the_domain():
     model = fit_results(_study(), FLOOR)
     B = BUDGETS[1] * FLOPS_PER_TOKEN
@@ -886,6 +924,9 @@ def test_a_fit_of_another_format_is_refused_naming_the_fix(tmp_path):
     (("--pretrain", "1.5e"), "--pretrain: '1.5e' has an exponent without its digits (write 1.5e14, say)"),
     (("--plot", "figures/plan.png"), "--plot figures/plan.png: no folder figures"),
     (("--save-fit", "fits/fit.json"), "--save-fit fits/fit.json: no folder fits"),
+    # small's context is 256 tokens: a window is 257 (as `specialize` refuses it)
+    (("--domain-tokens", "10"), "--domain-tokens: 10 tokens are fewer than one training window of the 'small' "
+                                "preset (257 tokens)"),
 ])
 def test_plan_refuses_bad_input_in_one_line(tmp_path, args, message):
     (tmp_path / "README.txt").write_text("not results\n" * 1000)

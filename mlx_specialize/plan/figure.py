@@ -43,7 +43,8 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
 
         def at(B):
             return predict(model, method, B, budgets.domain_tokens, budgets.floor,
-                           bytes_per_token=budgets.bytes_per_token, features=budgets.features)
+                           bytes_per_token=budgets.bytes_per_token, features=budgets.features,
+                           follow_slopes=budgets.follow_slopes)
 
         if method in NO_PRETRAINING:
             p = at(options[0])

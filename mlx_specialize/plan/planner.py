@@ -27,7 +27,7 @@ from ..errors import SpecializeError
 from ..study.report import LABEL, ORDER, size_label
 from .budgets import SMALL_CONTEXT_BYTES, SMALL_HELD_OUT_BYTES, within
 from .fit import DOMAIN_FEATURES, NO_PRETRAINING, REFERENCE, save_fitted
-from .predict import EXTRAPOLATE, costs, difference, predict
+from .predict import EXTRAPOLATE, beyond_reach, costs, difference, predict
 
 GRID = 121  # budgets tried per method, evenly in log FLOPs over its reachable range
 CAP = "--pretrain-tokens"  # what rules out a budget above `Budgets.max_budget` (`specialize --method auto`)
@@ -60,6 +60,9 @@ class Budgets:
     # a FLOPs budget as tokens of the reference preset's generic pre-training (shown beside it)
     pretrain_tokens: float | None = None
     specialize_tokens: float | None = None
+    # False where domain_tokens lies beyond the reach of every method's fit: each is then held
+    # at its nearest measured domain-set size, no slope followed (predict.beyond_reach)
+    follow_slopes: bool = True
 
     @property
     def features(self) -> dict:
@@ -192,6 +195,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
         raise SpecializeError("a budget in time needs this machine's speed against the study's "
                               "(Budgets.speed: calibrate.speed_ratio)")
     fitting, ruled_out, order = [], [], {}  # order: each fitting method's uncut predicted bits per byte
+    affordable = {}
     for method, spec in model["methods"].items():
         if spec["params"] > budgets.inference:
             ruled_out.append({"method": method, "label": LABEL.get(method, method), "budget": "inference",
@@ -202,9 +206,17 @@ def plan(model: dict, budgets: Budgets) -> dict:
             ruled_out.append({"method": method, "label": LABEL.get(method, method), "budget": rule,
                               "jointly": jointly, "needs": _closest_needed(model, method, budgets, rule)})
             continue
+        affordable[method] = options
+    if beyond_reach(model, affordable, budgets.domain_tokens):
+        budgets.follow_slopes = False
+        ui.warn(f"{budgets.domain_tokens:,.0f} domain tokens lie beyond the reach of every method's fit: each is "
+                "predicted at its nearest measured domain-set size (its notes say which), no slope followed, so "
+                "methods measured at the same sizes compare like for like")
+    for method, options in affordable.items():
+        spec = model["methods"][method]
         # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
-        scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor,
-                                 features=budgets.features)["fit_bpb"], 4), B) for B in options]
+        scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor, features=budgets.features,
+                                 follow_slopes=budgets.follow_slopes)["fit_bpb"], 4), B) for B in options]
         order[method], B = min(scored)
         fitting.append(_entry(model, method, B, budgets))
         top = _reach(spec)[1]
@@ -233,7 +245,7 @@ def plan(model: dict, budgets: Budgets) -> dict:
 def _entry(model: dict, method: str, B: float, budgets: Budgets) -> dict:
     spec = model["methods"][method]
     p = predict(model, method, B, budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token,
-                features=budgets.features)
+                features=budgets.features, follow_slopes=budgets.follow_slopes)
     c = costs(model, method, B, budgets.domain_tokens)
     n = budgets.domains
     return {"method": method, "label": LABEL.get(method, method),
@@ -278,7 +290,7 @@ def _difference(model: dict, first: dict, second: dict, budgets: Budgets) -> dic
     on the user's domain, or over the study's targets where none was given."""
     return difference(model, first["method"], second["method"], first["pretrain_flops"] or model["B0"],
                       second["pretrain_flops"] or model["B0"], budgets.domain_tokens, budgets.features,
-                      macro=budgets.floor is None)
+                      macro=budgets.floor is None, follow_slopes=budgets.follow_slopes)
 
 
 def _cheaper_alternative(model: dict, fitting: list[dict], budgets: Budgets) -> dict | None:
@@ -414,6 +426,10 @@ def _make_plan(pretrain, specialize, inference, domain_tokens, domains, domain, 
                       domains=domains, pretrain_unit=pre_unit, specialize_unit=spec_unit,
                       pretrain_tokens=pre / per_token if pre_unit == "flops" else None,
                       specialize_tokens=spec_ / per_token if spec_unit == "flops" else None)
+    reference = PRESETS[model["methods"][REFERENCE]["preset"]]
+    if domain_tokens is not None and domain_tokens < reference.context + 1:  # as `specialize` refuses it
+        raise SpecializeError(f"--domain-tokens: {domain_tokens:,} tokens are fewer than one training window of "
+                              f"the '{model['methods'][REFERENCE]['preset']}' preset ({reference.context + 1} tokens)")
     if (tokenizer or clusters) and not domain:
         raise SpecializeError(f"{'--tokenizer' if tokenizer else '--clusters'} goes with --domain (it reads the "
                               "domain)")
