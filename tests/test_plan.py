@@ -221,42 +221,60 @@ def test_a_budget_or_size_never_measured_is_held_and_said():
     assert predict(model, "mix", BUDGETS[1] * FLOPS_PER_TOKEN, 100_000)["notes"] == []
 
 
-def test_a_domain_set_beyond_every_method_s_reach_ranks_them_where_they_were_measured():
+def test_a_domain_set_smaller_than_some_method_was_measured_with_is_predicted_for_all_at_one_size():
     """A session's note: `plan --domain-tokens 1000` held the methods with a slope along
-    the domain-set size at half the smallest size measured (as far as their fits reach)
-    and the others at it, so the ranking mixed two sizes, neither the one given."""
+    the domain-set size at half the smallest size measured (as far as their fits reach),
+    and the methods measured at 100k only at 100k: the ranking credited those with 100x
+    the data the user has, and SLM with 50x."""
     rows = [r for r in _study() if r["method"] in ("finetune", "nopt") or r["domain_tokens"] == SIZES[0]]
-    model = fit_results(rows, FLOOR)  # SLM and SLM-nopt measured at 3 sizes, the rest at 100k
+    model = fit_results(rows, FLOOR)  # SLM and SLM-nopt measured at 3 sizes, the rest at 100k only
 
-    def ranked(size):
-        result = plan(model, Budgets(pretrain=1e15, specialize=1e15, inference=2e6, domain_tokens=size))
-        return result, [(e["method"], round(e["bpb"], 6)) for e in result["methods"]]
+    def planned(size):
+        budgets = Budgets(pretrain=1e15, specialize=1e15, inference=2e6, domain_tokens=size)
+        return plan(model, budgets), budgets
 
-    (tiny, order), (measured, at_measured) = ranked(1_000), ranked(SIZES[0])
-    assert not tiny["budgets"]["follow_slopes"] and measured["budgets"]["follow_slopes"]
-    # every method predicted at the 100k all were measured at: the ranking there, exactly
-    assert {e["predicted_domain_tokens"] for e in tiny["methods"]} == {SIZES[0]}
-    assert order == at_measured and "not like for like" not in tiny["reason"]
-    slm = next(e for e in tiny["methods"] if e["method"] == "finetune")
-    assert any(n.startswith("domain set held at 100,000 tokens: the nearest of the measured 100,000-3,000,000")
-               and n.endswith("more than the 1,000 given: likely optimistic") for n in slm["notes"]), slm["notes"]
-    # within SLM's reach (its slope followed to half its smallest size), nothing is held for it
-    near = ranked(SIZES[0] // 2 + 1)[0]
-    assert near["budgets"]["follow_slopes"]
-    assert {e["method"]: e["predicted_domain_tokens"] for e in near["methods"]}["finetune"] == SIZES[0] // 2 + 1
-    # beyond the largest measured: SLM held at its 3M, the others at their only 100k
-    far = ranked(10 * SIZES[2])[0]
-    assert not far["budgets"]["follow_slopes"]
-    assert {e["method"]: e["predicted_domain_tokens"] for e in far["methods"]}["finetune"] == SIZES[2]
+    (measured, _), (tiny, given) = planned(SIZES[0]), planned(1_000)
+    assert measured["budgets"]["lifted_domain_tokens"] is None
+    assert tiny["budgets"]["lifted_domain_tokens"] == SIZES[0] and given.lifted_domain_tokens is None  # a copy
+    assert tiny["budgets"]["domain_tokens"] == 1_000
+    # every method predicted at the 100k all were measured at: the plan there, to the digit,
+    # the reason's differences included; the costs those of 1,000 tokens
+    for key in ("method", "bpb", "bpb_interval", "predicted_domain_tokens", "pretrain_flops"):
+        assert [e[key] for e in tiny["methods"]] == [e[key] for e in measured["methods"]], key
+    from mlx_specialize.plan.planner import _reason
+
+    for pair in itertools.combinations(range(len(tiny["methods"])), 2):  # every pair's difference, as at 100k
+        said = [_reason(model, [r["methods"][i] for i in pair], [], Budgets(**r["budgets"])).split("; for 1")[0]
+                for r in (tiny, measured)]
+        assert said[0] == said[1], said
+    slm = {e["method"]: e for e in tiny["methods"]}["finetune"]
+    assert slm["per_domain_flops"] < {e["method"]: e for e in measured["methods"]}["finetune"]["per_domain_flops"]
+    # continuous: between SLM's reach (50k) and 100k, as at 100k and at 1,000
+    between = planned(70_000)[0]
+    assert [(e["method"], e["bpb"]) for e in between["methods"]] == [(e["method"], e["bpb"])
+                                                                      for e in measured["methods"]]
+    # the clustered methods measured at 3 sizes too: each follows its own slope down to the size given
+    full = fit_results(_study(), FLOOR)
+    result = plan(full, Budgets(pretrain=1e15, specialize=1e15, inference=2e6, domain_tokens=70_000))
+    assert result["budgets"]["lifted_domain_tokens"] is None
+    assert {e["predicted_domain_tokens"] for e in result["methods"]} == {70_000}
+    lifted = plan(full, Budgets(pretrain=1e15, specialize=1e15, inference=2e6, domain_tokens=1_000))
+    assert lifted["budgets"]["lifted_domain_tokens"] == SIZES[0] / 2  # as far as every fit reaches: 2x below
+    # above the measured sizes nothing changes: a method measured at 100k only is held there,
+    # likely pessimistic, against SLM followed up its slope
+    far = planned(10 * SIZES[2])[0]
+    assert far["budgets"]["lifted_domain_tokens"] is None
+    assert {e["method"]: e["predicted_domain_tokens"] for e in far["methods"]}["is"] == SIZES[0]
 
 
-def test_plan_says_a_domain_set_beyond_every_fit_is_predicted_where_measured(tmp_path):
-    out = _plan("--domain-tokens", "1000", "--json", cwd=tmp_path)
+def test_plan_says_a_domain_set_below_what_some_method_was_measured_with_is_predicted_at_it(tmp_path):
+    out = _plan("--domain-tokens", "1000", "--json", "--plot", "plan.png", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    said = [w for w in result["warnings"] if w.startswith("1,000 domain tokens lie beyond the reach of every")]
-    assert said and "each is predicted at its nearest measured domain-set size" in said[0], result["warnings"]
+    said = [w for w in result["warnings"] if w.startswith("1,000 domain tokens: fewer than ")]
+    assert said and "every method is predicted as with 100,000, likely optimistic" in said[0], result["warnings"]
     assert {e["predicted_domain_tokens"] for e in result["methods"]} == {100_000}  # the protocol's smallest set
+    assert (tmp_path / "plan.png").stat().st_size > 10_000
 
 
 def test_costs_scale_pre_training_with_the_budget_and_fine_tuning_with_the_domain():
@@ -737,6 +755,15 @@ def test_plan_warns_where_a_domain_s_floor_is_measured_on_little_text(tmp_path):
     out = _plan("--domain", few, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "no valid or test documents" in out.stderr and "name the split: a file or folder called test" in out.stderr
+    # splits named, but a train split shorter than one training window: refused before any warning
+    tiny = tmp_path / "tiny"
+    for split in ("train", "valid", "test"):
+        (tiny / split).mkdir(parents=True)
+        (tiny / split / "a.txt").write_text(f"{split}: a line of my own text\n" * (8 if split == "train" else 80))
+    out = _plan("--domain", tiny, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "its train split holds about " in out.stderr and "fewer than one training window of the 'small' preset (257" \
+        in out.stderr
 
 
 def test_plan_answers_alone_from_the_installed_package(tmp_path):

@@ -42,9 +42,8 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
         options = _affordable(model, method, budgets)[0]
 
         def at(B):
-            return predict(model, method, B, budgets.domain_tokens, budgets.floor,
-                           bytes_per_token=budgets.bytes_per_token, features=budgets.features,
-                           follow_slopes=budgets.follow_slopes)
+            return predict(model, method, B, budgets.quality_tokens, budgets.floor,
+                           bytes_per_token=budgets.bytes_per_token, features=budgets.features)
 
         if method in NO_PRETRAINING:
             p = at(options[0])
@@ -81,7 +80,8 @@ def plan_figure(model: dict, result: dict, path: Path) -> Path:
     left.set(xscale="log", yscale="log", xlabel=f"generic pre-training budget (tokens of {result['fit']['preset']})",
              ylabel="predicted test perplexity (band: the pick's 90%)",
              title=f"domain of {budgets.domain_tokens:,.0f} tokens" + (
-                 "\n(some held at a smaller set: see the notes)"
+                 f"\n(predicted as with {budgets.lifted_domain_tokens:,.0f}: see the warning)"
+                 if budgets.lifted_domain_tokens else "\n(some held at a smaller set: see the notes)"
                  if any(n.startswith("domain set held at") for e in result["methods"] for n in e["notes"]) else ""))
     left.title.set_fontsize(10)
     right.axvline(budgets.domains, color="grey", ls="-.", lw=0.8, label=f"your N = {budgets.domains:,}")

@@ -17,7 +17,7 @@ best among those both budgets afford; the one predicted best overall is recommen
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from ..errors import SpecializeError
 from ..study.report import LABEL, ORDER, size_label
 from .budgets import SMALL_CONTEXT_BYTES, SMALL_HELD_OUT_BYTES, within
 from .fit import DOMAIN_FEATURES, NO_PRETRAINING, REFERENCE, save_fitted
-from .predict import EXTRAPOLATE, beyond_reach, costs, difference, predict
+from .predict import EXTRAPOLATE, common_floor, costs, difference, predict
 
 GRID = 121  # budgets tried per method, evenly in log FLOPs over its reachable range
 CAP = "--pretrain-tokens"  # what rules out a budget above `Budgets.max_budget` (`specialize --method auto`)
@@ -60,9 +60,15 @@ class Budgets:
     # a FLOPs budget as tokens of the reference preset's generic pre-training (shown beside it)
     pretrain_tokens: float | None = None
     specialize_tokens: float | None = None
-    # False where domain_tokens lies beyond the reach of every method's fit: each is then held
-    # at its nearest measured domain-set size, no slope followed (predict.beyond_reach)
-    follow_slopes: bool = True
+    # where domain_tokens lies below the domain-set size some affordable method's fit reaches:
+    # the size every method's quality is predicted at instead (predict.common_floor); the
+    # costs stay those of domain_tokens
+    lifted_domain_tokens: float | None = None
+
+    @property
+    def quality_tokens(self) -> float:
+        """The domain tokens the methods' quality is predicted at."""
+        return self.lifted_domain_tokens or self.domain_tokens
 
     @property
     def features(self) -> dict:
@@ -207,16 +213,21 @@ def plan(model: dict, budgets: Budgets) -> dict:
                               "jointly": jointly, "needs": _closest_needed(model, method, budgets, rule)})
             continue
         affordable[method] = options
-    if beyond_reach(model, affordable, budgets.domain_tokens):
-        budgets.follow_slopes = False
-        ui.warn(f"{budgets.domain_tokens:,.0f} domain tokens lie beyond the reach of every method's fit: each is "
-                "predicted at its nearest measured domain-set size (its notes say which), no slope followed, so "
-                "methods measured at the same sizes compare like for like")
+    floor, binding = common_floor(model, affordable)
+    if budgets.domain_tokens < floor * (1 - 1e-9):
+        # held at its own edge, a method measured only with more data than the user has would
+        # be credited with it (optimistic) against one whose slope follows the size down: all
+        # are predicted at the smallest size every one reaches, so none is credited with more
+        budgets = replace(budgets, lifted_domain_tokens=floor)
+        whose = ("any method's fit reaches" if len(binding) == len(affordable) else
+                 "the fit reaches for " + ", ".join(LABEL.get(m, m) for m in binding))
+        ui.warn(f"{budgets.domain_tokens:,.0f} domain tokens: fewer than {whose}; every method is predicted as "
+                f"with {floor:,.0f}, likely optimistic, so that none is credited with more data than another")
     for method, options in affordable.items():
         spec = model["methods"][method]
         # the best predicted of the affordable budgets; a tie (held predictions) goes to the cheapest
-        scored = [(round(predict(model, method, B, budgets.domain_tokens, budgets.floor, features=budgets.features,
-                                 follow_slopes=budgets.follow_slopes)["fit_bpb"], 4), B) for B in options]
+        scored = [(round(predict(model, method, B, budgets.quality_tokens, budgets.floor,
+                                 features=budgets.features)["fit_bpb"], 4), B) for B in options]
         order[method], B = min(scored)
         fitting.append(_entry(model, method, B, budgets))
         top = _reach(spec)[1]
@@ -244,8 +255,8 @@ def plan(model: dict, budgets: Budgets) -> dict:
 
 def _entry(model: dict, method: str, B: float, budgets: Budgets) -> dict:
     spec = model["methods"][method]
-    p = predict(model, method, B, budgets.domain_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token,
-                features=budgets.features, follow_slopes=budgets.follow_slopes)
+    p = predict(model, method, B, budgets.quality_tokens, budgets.floor, bytes_per_token=budgets.bytes_per_token,
+                features=budgets.features)
     c = costs(model, method, B, budgets.domain_tokens)
     n = budgets.domains
     return {"method": method, "label": LABEL.get(method, method),
@@ -289,8 +300,8 @@ def _difference(model: dict, first: dict, second: dict, budgets: Budgets) -> dic
     """bpb(first) - bpb(second), two plan entries at their budgets, with its 90% interval:
     on the user's domain, or over the study's targets where none was given."""
     return difference(model, first["method"], second["method"], first["pretrain_flops"] or model["B0"],
-                      second["pretrain_flops"] or model["B0"], budgets.domain_tokens, budgets.features,
-                      macro=budgets.floor is None, follow_slopes=budgets.follow_slopes)
+                      second["pretrain_flops"] or model["B0"], budgets.quality_tokens, budgets.features,
+                      macro=budgets.floor is None)
 
 
 def _cheaper_alternative(model: dict, fitting: list[dict], budgets: Budgets) -> dict | None:
@@ -439,6 +450,12 @@ def _make_plan(pretrain, specialize, inference, domain_tokens, domains, domain, 
         early.append(f"--inference {inference}: the fit measured models of at most {largest / 1e6:.2f}M parameters"
                      f"{name}; no larger model's quality is predicted, so the plan compares only the measured sizes")
     features = domain_features(domain, tokenizer, clusters, cache_dir) if domain else None
+    if features and domain_tokens is None:
+        held = features.get("train_tokens") or features["train_bytes"] / model["bytes_per_token"]
+        if held < reference.context + 1:  # before any warning: the plan stops here
+            raise SpecializeError(f"--domain {domain}: its train split holds about {held:,.0f} tokens, fewer than "
+                                  f"one training window of the '{model['methods'][REFERENCE]['preset']}' preset "
+                                  f"({reference.context + 1} tokens)")
     for message in early:
         ui.warn(message)
     if features:

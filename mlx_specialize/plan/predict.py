@@ -22,16 +22,14 @@ EXTRAPOLATE = 2.0  # how far beyond its measured budgets and sizes a method's fi
 FEATURE_NAMES = {"entropy": "entropy", "kl_generic": "KL to the generic mix"}  # fit.DOMAIN_FEATURES, as said
 
 
-def held(model: dict, method: str, B: float, D: float, follow_slopes: bool = True) -> tuple[float, float, list[str]]:
-    """(B, D) where the method's fit is followed (see the module's note), and what was held;
-    `follow_slopes` False: D is held at the nearest measured size, no slope followed
-    (a domain set beyond every compared method's reach, `beyond_reach`)."""
+def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, list[str]]:
+    """(B, D) where the method's fit is followed (see the module's note), and what was held."""
     spec, notes = model["methods"][method], []
     if method in NO_PRETRAINING:
         B = spec["B"][0]
     for name, value, key, term, unit in (("budget", B, "B", "u", "FLOPs"), ("domain set", D, "D", "v", "tokens")):
         lo, hi = spec[key]
-        reach = EXTRAPOLATE if term in spec["terms"] and (follow_slopes or key == "B") else 1.0
+        reach = EXTRAPOLATE if term in spec["terms"] else 1.0
         inside = min(max(value, lo / reach), hi * reach)
         show = (lambda x: f"{x:.3g}") if key == "B" else (lambda x: f"{x:,.0f}")  # FLOPs; tokens
         measured = show(lo) + (f"-{show(hi)}" if hi != lo else "")
@@ -41,9 +39,8 @@ def held(model: dict, method: str, B: float, D: float, follow_slopes: bool = Tru
             way = (f"predicted as with less than the {show(value)} given: likely pessimistic" if inside < value else
                    f"predicted as with more than the {show(value)} given: likely optimistic")
             side = "below" if inside < lo * (1 - 1e-9) else "above"
-            notes.append(f"{name} held at {show(inside)} {unit}: " + (
-                f"{reach:g}x {side} the measured {measured}" if reach > 1 else "the only one measured" if hi == lo
-                else f"the nearest of the measured {measured}") + f"; {way}")
+            notes.append(f"{name} held at {show(inside)} {unit}: " + (f"{reach:g}x {side} the measured {measured}"
+                         if reach > 1 else "the only one measured") + f"; {way}")
         elif not lo * (1 - 1e-9) <= inside <= hi * (1 + 1e-9):
             side = "below" if inside < lo else "above"
             notes.append(f"{name} of {show(inside)} {unit} {side} the measured {measured}: its fitted slope followed "
@@ -55,20 +52,17 @@ def held(model: dict, method: str, B: float, D: float, follow_slopes: bool = Tru
     return B, D, notes
 
 
-def beyond_reach(model: dict, methods, D: float) -> bool:
-    """Whether D domain tokens lie beyond every one of `methods`' reach (EXTRAPOLATE times
-    past its measured sizes where its fit has a slope along them, its sizes where not) on
-    the same side: then the plan holds each at its nearest measured size rather than each
-    at the edge of its own reach, so that methods measured at the same sizes compare like
-    for like."""
-    below = above = 0
+def common_floor(model: dict, methods) -> tuple[float, list[str]]:
+    """The smallest domain-set size (tokens) that every one of `methods`' fits reaches
+    (EXTRAPOLATE times below its smallest measured size where its fit has a slope along
+    the size, that size where not), and the methods whose reach ends there (0 and none
+    for no methods)."""
+    edges = {}
     for method in methods:
         spec = model["methods"][method]
-        reach = EXTRAPOLATE if "v" in spec["terms"] else 1.0
-        lo, hi = spec["D"]
-        below += D < lo / reach * (1 - 1e-9)
-        above += D > hi * reach * (1 + 1e-9)
-    return bool(methods) and len(methods) in (below, above)
+        edges[method] = spec["D"][0] / (EXTRAPOLATE if "v" in spec["terms"] else 1.0)
+    floor = max(edges.values(), default=0.0)
+    return floor, [m for m, edge in edges.items() if edge >= floor * (1 - 1e-9)]
 
 
 def _uv(model: dict, method: str, B: float, D: float) -> tuple[float, float]:
@@ -110,7 +104,7 @@ def _row(model: dict, method: str, B: float, D: float, target: str | None = None
 
 
 def predict(model: dict, method: str, B: float, D: float, floor: float | None = None, target: str | None = None,
-            bytes_per_token: float | None = None, features: dict | None = None, follow_slopes: bool = True) -> dict:
+            bytes_per_token: float | None = None, features: dict | None = None) -> dict:
     """The method's bits per byte and perplexity after specialization at the generic
     budget B (FLOPs) with D domain tokens, each with its 90% prediction interval (None
     where the fit cannot measure a spread).
@@ -124,7 +118,7 @@ def predict(model: dict, method: str, B: float, D: float, floor: float | None = 
       methods (fit.CLUSTERED) where the fit has their terms;
     - neither: the study's targets on average (their macro perplexity, as the study
       reports it), the level and scatter averaged over them."""
-    B, D, notes = held(model, method, B, D, follow_slopes)
+    B, D, notes = held(model, method, B, D)
     theta, cov, s2, targets = np.array(model["theta"]), np.array(model["cov"]), model["s2"], model["targets"]
     if floor is None and target is None:
         out = {"method": method, "B": B, "D": D, "notes": notes, **_macro(model, method, B, D)}
@@ -240,14 +234,14 @@ def _level_var(model: dict) -> float | None:
 
 
 def difference(model: dict, first: str, second: str, B1: float, B2: float, D: float,
-               features: dict | None = None, macro: bool = False, follow_slopes: bool = True) -> dict:
+               features: dict | None = None, macro: bool = False) -> dict:
     """bpb(first at B1) - bpb(second at B2) on the same domain (of cluster histogram
     `features`, or unmeasured), with its 90% interval: the domain's level cancels; two
     cells' scatter does not (`macro`: two means over the study's targets, each of T
     cells)."""
     notes: list[str] = []
     features = None if macro else _held_features(model, features, notes)
-    at = [held(model, first, B1, D, follow_slopes)[:2], held(model, second, B2, D, follow_slopes)[:2]]
+    at = [held(model, first, B1, D)[:2], held(model, second, B2, D)[:2]]
     x = _row(model, first, *at[0], features=features) - _row(model, second, *at[1], features=features)
     theta, cov = np.array(model["theta"]), np.array(model["cov"])
     mean = float(x @ theta)
