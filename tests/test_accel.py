@@ -199,3 +199,38 @@ def test_cluster_sums_equal_a_scatter_add(monkeypatch):
         sums, counts = accel.cluster_sums(x, labels, 10)
         np.testing.assert_allclose(np.array(sums), np.array(want[0]), rtol=1e-5, atol=1e-5, err_msg=setting)
         assert mx.array_equal(counts, want[1]) and counts[9].item() == 0, setting
+
+
+_SUBNORMAL_PROBE = """
+import threading
+import mlx_specialize
+import mlx.core as mx
+import numpy as np
+tiny, scale = 1e-30, 1e-10  # their product, 1e-40, is subnormal in float32
+stream = mx.new_stream(mx.cpu)  # a worker thread MLX starts after the import
+got = [(mx.array(tiny) * mx.array(scale)).item(), mx.multiply(mx.array(tiny), mx.array(scale), stream=stream).item(),
+       float(np.float32(tiny) * np.float32(scale))]
+out = []
+worker = threading.Thread(target=lambda: out.append(float(np.float32(tiny) * np.float32(scale))))
+worker.start(); worker.join()
+print(got + out)
+"""
+
+
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_subnormals_are_flushed_to_zero_in_every_thread_on_x86_linux(setting):
+    """A trained model's activations and gradients hold subnormals, which x86 computes with
+    some hundred times slower: a LoRA step of the study's LLM twin took 5x as long after
+    1,400 steps (BENCHMARKS.md). Importing the package sets FTZ / DAZ for the threads MLX
+    and the BLAS start; MLXSPEC_FLUSH_SUBNORMALS=0 keeps subnormals."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLXSPEC_FLUSH_SUBNORMALS"}
+    if setting is not None:
+        env["MLXSPEC_FLUSH_SUBNORMALS"] = setting
+    out = subprocess.run([sys.executable, "-c", _SUBNORMAL_PROBE], capture_output=True, text=True, env=env, check=True)
+    values = [float(v) for v in out.stdout.strip().strip("[]").split(",")]
+    flushed = setting is None and sys.platform == "linux" and accel.is_x86()
+    assert values == ([0.0] * 4 if flushed else [pytest.approx(1e-40, rel=1e-3)] * 4), values

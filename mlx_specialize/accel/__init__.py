@@ -6,8 +6,9 @@ a wider evaluation order, parallel CPU streams, element-wise math MLX's CPU comp
 vectorizes, C++ kernels, bf16 products, a fused cross-entropy. The rest of the package
 uses it through these names only:
 
-    setup()                    before mlx.core is imported: the BLAS, the evaluation
-                               order. `mlx_specialize/__init__.py` calls it, once.
+    setup()                    before mlx.core is imported: subnormals flushed to zero,
+                               the BLAS, the evaluation order. `mlx_specialize/__init__.py`
+                               calls it, once.
     prepare(model, precision)  swap a model's layers for accelerated ones, in place
                                (the way `nn.quantize` swaps layers); unchanged where
                                nothing is faster
@@ -21,7 +22,7 @@ uses it through these names only:
     keep_freed_buffers, blas_threads, device_name, BLAS, slow_paths, warn_slow_paths
 
 What is in the files: backend.py (BLAS, device facts), blas_forward.py, streams.py,
-mode.py (the scope), modules.py (the accelerated layers), ops.py, fastmath.py, bf16.py, losses.py,
+mode.py (the scope), subnormals.py (FTZ / DAZ), modules.py (the accelerated layers), ops.py, fastmath.py, bf16.py, losses.py,
 native/ (C++ kernels), diagnose.py (slow paths said before work starts).
 
 Nothing here imports `mlx.core` before `setup()` has run: the names that need it are

@@ -169,8 +169,13 @@ EVAL_WIDTH = "1000000"  # no limit in practice: breadth-first
 
 def setup() -> None:
     """What must happen before anything imports `mlx.core`, and the one thing importing
-    `mlx_specialize` does: load an optimized BLAS (Linux), and on x86-64 Linux widen MLX's
-    evaluation order for parallel CPU streams. Nothing on a Mac."""
+    `mlx_specialize` does: on x86-64 Linux flush subnormal floats to zero (subnormals.py:
+    before the threads of MLX and the BLAS start, which take it from this one), load an
+    optimized BLAS (Linux), and widen MLX's evaluation order for parallel CPU streams.
+    Nothing on a Mac."""
+    from .subnormals import flush
+
+    flush()
     load_optimized_blas()
     widen_eval_order()
 

@@ -51,7 +51,7 @@ def platform_report() -> dict:
 
     import mlx.core as mx
 
-    from . import bf16, fastmath
+    from . import bf16, fastmath, subnormals
     from .backend import cpu_description, device_name, matmul_gflops, reference_matmul_gflops
 
     gflops = matmul_gflops()
@@ -71,5 +71,6 @@ def platform_report() -> dict:
         "cpu_fast_math": fastmath.status(),
         "cpu_kernels": fastmath.kernels_status(),
         "bf16_training": bf16.status(),
+        "subnormals": subnormals.status(),
         "slow_paths": slow_paths(),
     }
