@@ -17,7 +17,8 @@ two fused loops, one for the exponent bits, one for the polynomial times them. W
 so MLX's compile pass keeps it in two loops: see `_exp_bits` / `_exp_nonpositive`.
 
 Accuracy (float32, tests/test_fastmath.py): relative error < 4e-7 against `mx.exp` on
-[-87, 0]; exactly 0 below -87.7 (MLX's exp returns subnormals there, < 8.3e-39). Only
+[-87, 0]; exactly 0 below -87.7 (MLX's exp returns subnormals there, < 8.3e-39; with
+subnormals flushed, accel/subnormals.py, every result below 1.2e-38 is 0). Only
 inputs <= 0 are supported, which is all the softmax (x - max) and the sigmoid (of -|x|)
 need. Inputs must be finite and above -2e38; NaN gives NaN.
 
