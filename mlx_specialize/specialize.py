@@ -186,7 +186,9 @@ def _check_token_counts(**counts) -> None:
                                   "the most any budget here can train")
 
 
-def _check_domain_tokens(domain_tokens: int | None, preset: str) -> None:
+def check_domain_tokens(domain_tokens: int | None, preset: str) -> None:
+    """`--domain-tokens` at most MAX_TOKENS and at least one training window of `preset`
+    (`specialize` and `plan` refuse it alike)."""
     _check_token_counts(domain_tokens=domain_tokens)
     window_tokens = get_preset(preset).context + 1
     if domain_tokens is not None and domain_tokens < window_tokens:
@@ -219,7 +221,7 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
         distill_temperature=distill_temperature, distill_alpha=distill_alpha, soup_support=soup_support,
         tokenizer_sample=tokenizer_sample))
     if base is None:
-        _check_domain_tokens(domain_tokens, preset)
+        check_domain_tokens(domain_tokens, preset)
     from .runtime.distributed import world
 
     if world().size > 1:  # its reports and caches are written by one process
@@ -298,7 +300,7 @@ def specialize(
         if base is not None:
             raise SpecializeError("--method auto plans a pre-training; with --base there is none to plan")
         check_choice("--preset", preset, PRESETS)
-        _check_domain_tokens(domain_tokens, preset)
+        check_domain_tokens(domain_tokens, preset)
         from .plan.planner import auto_method
 
         decision = auto_method(domain, preset, pretrain_tokens, domain_tokens)

@@ -26,8 +26,8 @@ from .backend import is_x86
 
 ENV_VAR = "MLXSPEC_FLUSH_SUBNORMALS"
 FTZ_DAZ = 0x8040  # MXCSR bits: flush to zero (15), denormals are zero (6)
-# stmxcsr [rsp-4]; or dword [rsp-4], 0x8040; ldmxcsr [rsp-4]; ret (the System V red zone)
-_CODE = bytes.fromhex("0fae5c24fc" "814c24fc40800000" "0fae5424fc" "c3")
+# stmxcsr [rsp-4]; or dword [rsp-4], FTZ_DAZ; ldmxcsr [rsp-4]; ret (the System V red zone)
+_CODE = bytes.fromhex("0fae5c24fc" "814c24fc") + FTZ_DAZ.to_bytes(4, "little") + bytes.fromhex("0fae5424fc" "c3")
 
 STATE = {"flushed": False, "note": ""}  # what `flush()` did, for `mlxspec doctor`
 

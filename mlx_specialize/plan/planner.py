@@ -402,6 +402,7 @@ def make_plan(pretrain: str, specialize: str, inference: str, domain_tokens: int
 def _make_plan(pretrain, specialize, inference, domain_tokens, domains, domain, results, spec, save_fit, plot,
                tokenizer, fit, clusters, cache_dir) -> dict:
     from ..models.presets import PRESETS, describe
+    from ..specialize import check_domain_tokens
     from .budgets import compute_budget, domain_features, inference_budget
     from .fit import load_fitted, refit
 
@@ -437,10 +438,9 @@ def _make_plan(pretrain, specialize, inference, domain_tokens, domains, domain, 
                       domains=domains, pretrain_unit=pre_unit, specialize_unit=spec_unit,
                       pretrain_tokens=pre / per_token if pre_unit == "flops" else None,
                       specialize_tokens=spec_ / per_token if spec_unit == "flops" else None)
-    reference = PRESETS[model["methods"][REFERENCE]["preset"]]
-    if domain_tokens is not None and domain_tokens < reference.context + 1:  # as `specialize` refuses it
-        raise SpecializeError(f"--domain-tokens: {domain_tokens:,} tokens are fewer than one training window of "
-                              f"the '{model['methods'][REFERENCE]['preset']}' preset ({reference.context + 1} tokens)")
+    measured_preset = model["methods"][REFERENCE]["preset"]
+    check_domain_tokens(domain_tokens, measured_preset)  # as `specialize` refuses it
+    window = PRESETS[measured_preset].context + 1
     if (tokenizer or clusters) and not domain:
         raise SpecializeError(f"{'--tokenizer' if tokenizer else '--clusters'} goes with --domain (it reads the "
                               "domain)")
@@ -452,10 +452,9 @@ def _make_plan(pretrain, specialize, inference, domain_tokens, domains, domain, 
     features = domain_features(domain, tokenizer, clusters, cache_dir) if domain else None
     if features and domain_tokens is None:
         held = features.get("train_tokens") or features["train_bytes"] / model["bytes_per_token"]
-        if held < reference.context + 1:  # before any warning: the plan stops here
+        if held < window:  # before any warning: the plan stops here
             raise SpecializeError(f"--domain {domain}: its train split holds about {held:,.0f} tokens, fewer than "
-                                  f"one training window of the '{model['methods'][REFERENCE]['preset']}' preset "
-                                  f"({reference.context + 1} tokens)")
+                                  f"one training window of the '{measured_preset}' preset ({window} tokens)")
     for message in early:
         ui.warn(message)
     if features:

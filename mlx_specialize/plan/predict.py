@@ -22,6 +22,13 @@ EXTRAPOLATE = 2.0  # how far beyond its measured budgets and sizes a method's fi
 FEATURE_NAMES = {"entropy": "entropy", "kl_generic": "KL to the generic mix"}  # fit.DOMAIN_FEATURES, as said
 
 
+def _reach(spec: dict, term: str) -> float:
+    """How far beyond its measured range a method's fit is followed along a direction
+    (term "u": the budget, "v": the domain-set size): EXTRAPOLATE times where its cells
+    vary along it, not at all where not."""
+    return EXTRAPOLATE if term in spec["terms"] else 1.0
+
+
 def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, list[str]]:
     """(B, D) where the method's fit is followed (see the module's note), and what was held."""
     spec, notes = model["methods"][method], []
@@ -29,7 +36,7 @@ def held(model: dict, method: str, B: float, D: float) -> tuple[float, float, li
         B = spec["B"][0]
     for name, value, key, term, unit in (("budget", B, "B", "u", "FLOPs"), ("domain set", D, "D", "v", "tokens")):
         lo, hi = spec[key]
-        reach = EXTRAPOLATE if term in spec["terms"] else 1.0
+        reach = _reach(spec, term)
         inside = min(max(value, lo / reach), hi * reach)
         show = (lambda x: f"{x:.3g}") if key == "B" else (lambda x: f"{x:,.0f}")  # FLOPs; tokens
         measured = show(lo) + (f"-{show(hi)}" if hi != lo else "")
@@ -60,7 +67,7 @@ def common_floor(model: dict, methods) -> tuple[float, list[str]]:
     edges = {}
     for method in methods:
         spec = model["methods"][method]
-        edges[method] = spec["D"][0] / (EXTRAPOLATE if "v" in spec["terms"] else 1.0)
+        edges[method] = spec["D"][0] / _reach(spec, "v")
     floor = max(edges.values(), default=0.0)
     return floor, [m for m, edge in edges.items() if edge >= floor * (1 - 1e-9)]
 
