@@ -33,7 +33,8 @@ from mlx_specialize.train.lora import add_adapters
 from mlx_specialize.train.parallel import training_loss
 from mlx_specialize.accel import subnormals
 
-folder, corpus, rank, batch, steps, weights = sys.argv[1:3] + [int(a) for a in sys.argv[3:6]] + sys.argv[6:7]
+folder, corpus, rank, batch, steps = sys.argv[1:3] + [int(a) for a in sys.argv[3:6]]
+weights = sys.argv[6] if len(sys.argv) > 6 else None
 model, tokenizer, config = load_model(folder)
 context = config.get("max_position_embeddings", 256)
 tokens = []
