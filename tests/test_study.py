@@ -3,6 +3,8 @@ folder and reported; its spec's errors; the report's arithmetic on hand-made lin
 
 import json
 import math
+import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -77,6 +79,10 @@ def test_a_study_runs_each_cell_once_and_resumes(ran):
         assert {k: line["code"][k] for k in ("mlx_specialize", "mlx")} == {
             "mlx_specialize": version("mlx-specialize"), "mlx": mx.__version__}
         assert 0 < line["cpu_use"] <= 1  # a share of the machine's cores
+        # whether the seconds were measured with subnormals flushed (x86-64 Linux, by default)
+        x86_linux = sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
+        kept = os.environ.get("MLXSPEC_FLUSH_SUBNORMALS", "").strip().lower() in ("0", "off", "false", "no")
+        assert line["machine"]["subnormals"] == ("flushed" if x86_linux and not kept else "kept")
     used = {(line["target"], line["domain_tokens"]): line["domain_tokens_used"] for line in full}
     for target in ("python-docs", "python-code"):  # the bundled splits hold ~1M tokens at this vocabulary
         assert used[(target, 20000)] == 20000 and 200_000 < used[(target, None)] < 100_000_000

@@ -54,6 +54,7 @@ from ..errors import SpecializeError
 from ..study.report import REFERENCE_METHOD as REFERENCE, capped_training
 
 NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the generic budget
+SLM_PRETRAINING = (REFERENCE, "is")  # methods whose pre-training phase trains SLM's model and nothing else
 # the methods built on the generic clusters, whose gain the paper finds vanishing on domains
 # whose cluster histogram has high entropy: with enough targets, each gets a slope in it
 CLUSTERED = ("is", "mix", "pn", "soup")
@@ -119,10 +120,19 @@ def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
                     "params": int(r["costs"]["inference"]["params"]),
                     "inference_flops": float(r["costs"]["inference"]["flops_per_token"]),
                     "gen_tok_s": float(r["costs"]["inference"]["gen_tok_s"]), "preset": r["preset"],
-                    "capped": capped_training(r)})
+                    "capped": capped_training(r), "flushed": flushed(r),
+                    "pretraining_cached": bool(phase.get("cached"))})
     if not out:
         raise SpecializeError("the results hold no cell of a method's default recipe to fit the planner on")
     return out
+
+
+def flushed(line: dict) -> bool:
+    """Whether a result line's own runs had subnormal floats flushed to zero (x86,
+    accel/subnormals.py; lines before it say nothing: kept). With them kept, a run slowed
+    down the longer it trained, by up to 5x (BENCHMARKS.md): its seconds overstate what
+    the same run costs now. A phase taken from the cache keeps its first run's seconds."""
+    return line.get("machine", {}).get("subnormals") == "flushed"
 
 
 def _group(line: dict) -> tuple:
@@ -254,17 +264,25 @@ def _cost_fit(rows: list[dict], part: str) -> dict:
     than training's at its FLOP/s, but a slope fitted to seconds alone would fit the
     machine's noise as a trend (the same clustering 18 s at one budget, 45 s at another).
     Where a cell's training ran to its step bound, the largest such rest is kept
-    ({name}_cap): fine-tuning from a weaker base or on more data runs no more steps."""
+    ({name}_cap): fine-tuning from a weaker base or on more data runs no more steps.
+    Each FLOP/s comes from the cells whose runs flushed subnormals (`flushed`) where the
+    method has any (its pre-training's only where it ran in the cell, not from the cache),
+    else from all: {pretraining,rest}_subnormals say which."""
     ratio = float(np.mean([r[part + "_pretraining"] / r["B"] for r in rows]))
     fit = {"pretraining_ratio": ratio}
-    flops, seconds = (sum(r[part + "_pretraining" + unit] for r in rows) for unit in ("", "_s"))
+    ran = [r for r in rows if r["flushed"] and not r["pretraining_cached"] and r[part + "_pretraining_s"] > 0]
+    flops, seconds = (sum(r[part + "_pretraining" + unit] for r in ran or rows) for unit in ("", "_s"))
     if flops > 0 and seconds > 0:
         fit["pretraining_flops_per_second"] = flops / seconds
+        fit["pretraining_subnormals"] = "flushed" if ran else "kept"
     rest = {name: [r[part + unit] - r[part + "_pretraining" + unit] for r in rows]
             for name, unit in (("c", ""), ("s", "_s"))}
     fit.update(_log_linear(rows, rest["c"], "c"))
-    timed = [(c, s) for c, s in zip(rest["c"], rest["s"]) if c > 0 and s > 0]
+    pairs = [(r["flushed"], c, s) for r, c, s in zip(rows, rest["c"], rest["s"]) if c > 0 and s > 0]
+    fresh = any(f for f, _, _ in pairs)
+    timed = [(c, s) for f, c, s in pairs if f or not fresh]
     if timed:
+        fit["rest_subnormals"] = "flushed" if fresh else "kept"
         log_rate = float(np.mean([math.log(c / s) for c, s in timed]))  # the rest's FLOP/s, geometric mean
         fit.update({"s" + key[1:]: value - (log_rate if key == "c0" else 0.0)
                     for key, value in list(fit.items()) if key[0] == "c" and key[1:] in ("0", "u", "v")})
@@ -275,6 +293,8 @@ def _cost_fit(rows: list[dict], part: str) -> dict:
         capped = [value for r, value in zip(rows, rest[name]) if r["capped"] and value > 0]
         if capped:
             fit[f"{name}_cap"] = max(capped)
+    if timed and fresh and "c_cap" in fit:  # in seconds, those FLOPs at the flushed runs' FLOP/s
+        fit["s_cap"] = fit["c_cap"] / math.exp(log_rate)
     return fit
 
 
@@ -338,12 +358,17 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
         bpt[r["target"]].append(r["bytes_per_token"])
     per_target_bpt = [sum(v) / len(v) for v in bpt.values()]
 
-    # the study machine's pre-training speed (SLM's own, not from a cache), for time budgets (calibrate.py)
-    timed = [r["phases"]["pretrain"] for r in lines if r["method"] == REFERENCE
-             and r["phases"].get("pretrain", {}).get("cached") is False and r["phases"]["pretrain"].get("seconds")]
+    # the study machine's pre-training speed, for time budgets (calibrate.py): SLM's model's
+    # (its generic pre-training, or SLM-is's on the selected windows), run in the cell, not
+    # taken from the cache; from the runs that flushed subnormals where there are any, as
+    # the methods' own FLOP/s (`_cost_fit`)
+    ran = [(r["phases"]["pretrain"], flushed(r)) for r in lines if r["method"] in SLM_PRETRAINING
+           and r["phases"].get("pretrain", {}).get("cached") is False and r["phases"]["pretrain"].get("seconds")]
+    fresh = any(f for _, f in ran)
+    timed = [p for p, f in ran if f or not fresh]
     reference_rate = sum(p["flops"] for p in timed) / sum(p["seconds"] for p in timed) if timed else None
     model = {"format": FORMAT, "source": source, "cells": len(rows), "pending_cells": pending,
-             "reference_flops_per_second": reference_rate,
+             "reference_flops_per_second": reference_rate, "reference_subnormals": "flushed" if fresh else "kept",
              "targets": targets, "floors": floors, "anchored": anchored, "B0": B0, "D0": D0,
              # the fitted domain features (name: the targets' mean); a new domain's move the clustered methods
              "features": features, "domain_features": centres,

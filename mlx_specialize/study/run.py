@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import ui
+from ..accel import subnormals
 from ..accel.backend import cpu_description
 from ..errors import SpecializeError
 from ..methods import get_method
@@ -244,8 +245,10 @@ def _run_cell(study: Study, cell: Cell, key: str, runs: Path, cache_dir: Path, k
                 **{name: report[name] for name in ("ppl_before", "ppl_after", "bpb_before", "bpb_after",
                                                    "test_tokens", "params", "costs", "phases", "wall_seconds")},
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                # what the seconds were measured on: the CPU model and its vector extensions decide them
-                "machine": {"cpu": cpu_description(), "system": platform.system()},
+                # what the seconds were measured on: the CPU model and its vector extensions decide them,
+                # and on x86 whether subnormal floats were flushed (kept, long trainings slow down)
+                "machine": {"cpu": cpu_description(), "system": platform.system(),
+                            "subnormals": "flushed" if subnormals.STATE["flushed"] else "kept"},
                 # the share of the machine's cores this process used while it ran the cell: one
                 # well below its method's other cells says the machine was shared, its seconds slow
                 "cpu_use": round((time.process_time() - cpu0) / ((time.perf_counter() - wall0) * (os.cpu_count() or 1)),
