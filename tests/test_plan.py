@@ -7,6 +7,7 @@ the package's fitted model against a refit of the committed study results."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -422,44 +423,53 @@ def test_seconds_noise_is_not_fitted_as_a_trend_along_the_budget():
     assert seconds == pytest.approx([(45.0 * 30.0 * 18.0) ** (1 / 3)] * 2, rel=1e-9)
 
 
-def test_seconds_come_from_the_cells_that_flushed_subnormals_where_a_method_has_some():
-    """Cells measured with subnormal floats kept (lines from before the flush say nothing)
-    ran 3x slower than the same runs do now. At the largest budget SLM's and SLM-is's
-    cells ran again with them flushed, at the true FLOP/s (pre-training 2e11, the rest
-    1e11); SLM-mix's too, but its pre-training came from the cache with its first run's
-    seconds. Each phase's speed, and the study machine's reference speed, come from the
-    runs that flushed where there are some, from all cells where there are none."""
-    rows = _study(seeds=(0,))
+def _timed(r, pretrain_slow, rest_slow, cached=False, flushed=False):
+    """`r` timed: pre-training at 2e11 FLOP/s / pretrain_slow, the rest at 1e11 / rest_slow."""
+    pretrain = r["phases"]["pretrain"]
+    pretrain.update(seconds=pretrain["flops"] / 2e11 * pretrain_slow, cached=cached)
+    for cost in (r["costs"]["shared"], r["costs"]["per_domain"]):
+        own = pretrain["flops"] if "pretrain" in cost["phases"] else 0.0
+        cost["seconds"] = (cost["flops"] - own) / 1e11 * rest_slow + (pretrain["seconds"] if own else 0.0)
+    if flushed:
+        r["machine"] = {"cpu": "x86", "system": "Linux", "subnormals": "flushed"}
+    return r
+
+
+def test_seconds_measured_with_subnormals_flushed_are_put_on_the_kept_runs_scale():
+    """The study's first cells kept subnormal floats: SLM's and SLM-is's phases ran 3x
+    slower than they run now, SLM-mix's fine-tuning and clustering 9x (a LoRA step slowed
+    more than a whole model's). At the largest budget SLM ran again with them flushed, at
+    the true speed, and so did SLM-mix, its pre-training from the cache (its first run's
+    seconds). Seconds stay on the kept runs' scale, the calibration's reference: a flushed
+    phase's FLOP/s is scaled by SLM's kept over flushed FLOP/s (1/3), so SLM-mix's rest
+    costs 3x its true time, not 9x, and a calibration at the true speed gives it back."""
+    rows = [_timed(r, 3.0, 9.0 if r["method"] == "mix" else 3.0) for r in _study(seeds=(0,))]
+    rerun = [_timed({**copy.deepcopy(r), "seed": 1, "cell": r["cell"] + "-flushed"}, 1.0, 1.0, flushed=True)
+             for r in rows if r["method"] == "finetune" and r["budget"] == BUDGETS[-1]]
     for r in rows:
-        rerun = r["budget"] == BUDGETS[-1] and r["method"] in ("finetune", "is", "mix")
-        cached = rerun and r["method"] == "mix"
-        pretrain = r["phases"]["pretrain"]
-        pretrain.update(seconds=pretrain["flops"] / 2e11 * (3.0 if cached or not rerun else 1.0), cached=cached)
-        for cost in (r["costs"]["shared"], r["costs"]["per_domain"]):
-            own = pretrain["flops"] if "pretrain" in cost["phases"] else 0.0
-            cost["seconds"] = (cost["flops"] - own) / 1e11 * (1.0 if rerun else 3.0) + (
-                pretrain["seconds"] if own else 0.0)
-        if rerun:
-            r["machine"] = {"cpu": "x86", "system": "Linux", "subnormals": "flushed"}
+        if r["method"] == "mix" and r["budget"] == BUDGETS[-1]:
+            _timed(r, 3.0, 1.0, cached=True, flushed=True)
     B, D = BUDGETS[1] * FLOPS_PER_TOKEN, 1e6
     finetune = 40.0 * FLOPS_PER_TOKEN * D ** 0.8
-    model = fit_results(rows, FLOOR)
+    model = fit_results(rows + rerun, FLOOR)
+    assert (model["reference_flops_per_second"], model["reference_subnormals"], model["flushed_rate"]) == (
+        pytest.approx(2e11 / 3), "kept", pytest.approx(1 / 3))
     slm, sis, mix = (costs(model, m, B, D) for m in ("finetune", "is", "mix"))
-    assert slm["shared_seconds"] == pytest.approx(1.1 * B / 2e11, rel=1e-6)
-    assert slm["per_domain_seconds"] == pytest.approx(finetune / 1e11, rel=1e-6)
-    assert sis["per_domain_seconds"] == pytest.approx(1.1 * B / 2e11 + finetune / 1e11, rel=1e-6)
-    # the cached pre-training's seconds are all SLM-mix has: kept; its clustering's, rerun
-    assert mix["shared_seconds"] == pytest.approx(3 * 1.1 * B / 2e11 + 2e12 / 1e11, rel=1e-6)
-    assert mix["per_domain_seconds"] == pytest.approx(finetune / 1e11, rel=1e-6)
-    assert model["methods"]["mix"]["shared"]["pretraining_subnormals"] == "kept"
-    assert model["methods"]["mix"]["shared"]["rest_subnormals"] == "flushed"
-    assert (model["reference_flops_per_second"], model["reference_subnormals"]) == (pytest.approx(2e11), "flushed")
-    for r in rows:  # none flushed: every cell's seconds, as measured
-        r.pop("machine", None)
+    assert slm["shared_seconds"] == pytest.approx(3 * 1.1 * B / 2e11, rel=1e-6)
+    assert slm["per_domain_seconds"] == pytest.approx(3 * finetune / 1e11, rel=1e-6)
+    assert sis["per_domain_seconds"] == pytest.approx(3 * (1.1 * B / 2e11 + finetune / 1e11), rel=1e-6)
+    assert mix["shared_seconds"] == pytest.approx(3 * (1.1 * B / 2e11 + 2e12 / 1e11), rel=1e-6)
+    assert mix["per_domain_seconds"] == pytest.approx(3 * finetune / 1e11, rel=1e-6)
+    spec = model["methods"]["mix"]["shared"]
+    assert (spec["pretraining_subnormals"], spec["rest_subnormals"]) == ("kept", "flushed")
+    calibrated = plan(model, Budgets(pretrain=1e9, pretrain_unit="seconds", specialize=1e9, inference=2e6,
+                                     specialize_unit="seconds", domain_tokens=D, speed=3.0))
+    entry = next(e for e in calibrated["methods"] if e["method"] == "mix")
+    assert entry["per_domain_seconds"] == pytest.approx(finetune / 1e11, rel=1e-6)  # this machine: 2e11 FLOP/s
+    # no SLM pre-training measured both ways: nothing to scale by, every cell as measured
     model = fit_results(rows, FLOOR)
-    slow = (3 * BUDGETS[0] + 3 * BUDGETS[1] + BUDGETS[2]) / sum(BUDGETS)  # FLOPs and seconds summed over budgets
-    assert costs(model, "finetune", B, D)["shared_seconds"] == pytest.approx(1.1 * B / 2e11 * slow, rel=1e-6)
-    assert model["reference_subnormals"] == "kept"
+    assert model["flushed_rate"] is None and model["methods"]["mix"]["shared"]["rest_subnormals"] == "kept"
+    assert costs(model, "mix", B, D)["per_domain_seconds"] > 3 * finetune / 1e11
 
 
 def test_the_plan_rules_methods_out_by_the_budget_that_binds_and_picks_the_best_affordable():

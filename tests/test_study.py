@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mlx_specialize.accel import subnormals
 from mlx_specialize.data.corpus import DEMO_DIR
 from mlx_specialize.errors import SpecializeError
 from mlx_specialize.study import load_study, report_study, run_study, study_status
@@ -82,7 +83,8 @@ def test_a_study_runs_each_cell_once_and_resumes(ran):
         # whether the seconds were measured with subnormals flushed (x86-64 Linux, by default)
         x86_linux = sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
         kept = os.environ.get("MLXSPEC_FLUSH_SUBNORMALS", "").strip().lower() in ("0", "off", "false", "no")
-        assert line["machine"]["subnormals"] == ("flushed" if x86_linux and not kept else "kept")
+        refused = subnormals.STATE["note"].startswith("could not")  # a kernel without writable executable pages
+        assert line["machine"]["subnormals"] == ("flushed" if x86_linux and not kept and not refused else "kept")
     used = {(line["target"], line["domain_tokens"]): line["domain_tokens_used"] for line in full}
     for target in ("python-docs", "python-code"):  # the bundled splits hold ~1M tokens at this vocabulary
         assert used[(target, 20000)] == 20000 and 200_000 < used[(target, None)] < 100_000_000

@@ -3,7 +3,9 @@ turns the study's seconds into this machine's, for budgets given as time.
 
 A short pre-training of the study's preset on random tokens (the same model, batch and
 context as its pre-training; the first steps, which compile, are not timed); the study
-machine's rate is its SLM pre-trainings' FLOPs over their seconds (`fit_results`).
+machine's rate is its pre-trainings of SLM's model (SLM's and SLM-is's, run in their
+cells, with subnormals kept as the first cells ran) FLOPs over their seconds, the scale
+every method's seconds are fitted on (`fit_results`).
 """
 
 from __future__ import annotations

@@ -120,19 +120,33 @@ def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
                     "params": int(r["costs"]["inference"]["params"]),
                     "inference_flops": float(r["costs"]["inference"]["flops_per_token"]),
                     "gen_tok_s": float(r["costs"]["inference"]["gen_tok_s"]), "preset": r["preset"],
-                    "capped": capped_training(r), "flushed": flushed(r),
-                    "pretraining_cached": bool(phase.get("cached"))})
+                    "capped": capped_training(r), **_ran_flushed(r)})
     if not out:
         raise SpecializeError("the results hold no cell of a method's default recipe to fit the planner on")
     return out
 
 
 def flushed(line: dict) -> bool:
-    """Whether a result line's own runs had subnormal floats flushed to zero (x86,
-    accel/subnormals.py; lines before it say nothing: kept). With them kept, a run slowed
-    down the longer it trained, by up to 5x (BENCHMARKS.md): its seconds overstate what
-    the same run costs now. A phase taken from the cache keeps its first run's seconds."""
+    """Whether the process that finished a result line's cell had subnormal floats flushed
+    to zero (x86, accel/subnormals.py; lines from before it say nothing: kept). With them
+    kept, a run slowed down the longer it trained (late in the study's largest budget a
+    LoRA step took 6.6x as long, BENCHMARKS.md): its seconds overstate the same run now."""
     return line.get("machine", {}).get("subnormals") == "flushed"
+
+
+def _ran_flushed(line: dict) -> dict:
+    """Which of a line's timed parts ran in its own flushed process: {part}_flushed for
+    each part's phases besides pre-training, pretraining_flushed for the pre-training. A
+    phase taken from the cache keeps its first run's seconds, and SLM-d's pre-training
+    phase holds its teacher's (the LLM's, from the cache where the LLM cells made it)."""
+    ran = flushed(line)
+    phases = line["phases"]
+    out = {part + "_flushed": ran and not any(phases.get(name, {}).get("cached") for name in cost["phases"]
+                                              if name != "pretrain")
+           for part, cost in ((part, line["costs"][part]) for part in ("shared", "per_domain"))}
+    pretrain = phases.get("pretrain", {})
+    out["pretraining_flushed"] = ran and not pretrain.get("cached") and "teacher" not in pretrain
+    return out
 
 
 def _group(line: dict) -> tuple:
@@ -253,7 +267,7 @@ def _target_slopes(cols: list[tuple], theta: np.ndarray, targets: list[str]) -> 
     return out
 
 
-def _cost_fit(rows: list[dict], part: str) -> dict:
+def _cost_fit(rows: list[dict], part: str, flushed_rate: float | None = None) -> dict:
     """One method's shared or per-domain FLOPs and seconds as functions of the budgets:
     its pre-training is the budget's FLOPs times a measured ratio (validation passes, a
     teacher's pre-training), taking seconds at its measured FLOP/s; the rest (fine-tuning
@@ -265,25 +279,29 @@ def _cost_fit(rows: list[dict], part: str) -> dict:
     machine's noise as a trend (the same clustering 18 s at one budget, 45 s at another).
     Where a cell's training ran to its step bound, the largest such rest is kept
     ({name}_cap): fine-tuning from a weaker base or on more data runs no more steps.
-    Each FLOP/s comes from the cells whose runs flushed subnormals (`flushed`) where the
-    method has any (its pre-training's only where it ran in the cell, not from the cache),
-    else from all: {pretraining,rest}_subnormals say which."""
+    Seconds are the study machine's with subnormals kept (`fit_results`): where the
+    method's cells ran a phase with them flushed (`_ran_flushed`) and `flushed_rate` is
+    known (kept over flushed FLOP/s, of SLM's pre-training), that phase's FLOP/s is
+    taken from those runs and scaled by it, else from all cells as measured:
+    {pretraining,rest}_subnormals say which."""
     ratio = float(np.mean([r[part + "_pretraining"] / r["B"] for r in rows]))
     fit = {"pretraining_ratio": ratio}
-    ran = [r for r in rows if r["flushed"] and not r["pretraining_cached"] and r[part + "_pretraining_s"] > 0]
+    ran = [r for r in rows if flushed_rate and r["pretraining_flushed"] and r[part + "_pretraining_s"] > 0]
     flops, seconds = (sum(r[part + "_pretraining" + unit] for r in ran or rows) for unit in ("", "_s"))
     if flops > 0 and seconds > 0:
-        fit["pretraining_flops_per_second"] = flops / seconds
+        fit["pretraining_flops_per_second"] = flops / seconds * (flushed_rate if ran else 1.0)
         fit["pretraining_subnormals"] = "flushed" if ran else "kept"
     rest = {name: [r[part + unit] - r[part + "_pretraining" + unit] for r in rows]
             for name, unit in (("c", ""), ("s", "_s"))}
     fit.update(_log_linear(rows, rest["c"], "c"))
-    pairs = [(r["flushed"], c, s) for r, c, s in zip(rows, rest["c"], rest["s"]) if c > 0 and s > 0]
+    pairs = [(bool(flushed_rate) and r[part + "_flushed"], c, s) for r, c, s in zip(rows, rest["c"], rest["s"])
+             if c > 0 and s > 0]
     fresh = any(f for f, _, _ in pairs)
     timed = [(c, s) for f, c, s in pairs if f or not fresh]
     if timed:
         fit["rest_subnormals"] = "flushed" if fresh else "kept"
-        log_rate = float(np.mean([math.log(c / s) for c, s in timed]))  # the rest's FLOP/s, geometric mean
+        # the rest's FLOP/s, geometric mean (flushed runs' on the kept scale)
+        log_rate = float(np.mean([math.log(c / s) for c, s in timed])) + (math.log(flushed_rate) if fresh else 0.0)
         fit.update({"s" + key[1:]: value - (log_rate if key == "c0" else 0.0)
                     for key, value in list(fit.items()) if key[0] == "c" and key[1:] in ("0", "u", "v")})
     else:  # seconds with no FLOPs beside them (a line that timed a phase it did not count): on their own
@@ -293,7 +311,7 @@ def _cost_fit(rows: list[dict], part: str) -> dict:
         capped = [value for r, value in zip(rows, rest[name]) if r["capped"] and value > 0]
         if capped:
             fit[f"{name}_cap"] = max(capped)
-    if timed and fresh and "c_cap" in fit:  # in seconds, those FLOPs at the flushed runs' FLOP/s
+    if timed and fresh and "c_cap" in fit:  # in seconds, those FLOPs at the flushed runs' (scaled) FLOP/s
         fit["s_cap"] = fit["c_cap"] / math.exp(log_rate)
     return fit
 
@@ -360,15 +378,20 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
 
     # the study machine's pre-training speed, for time budgets (calibrate.py): SLM's model's
     # (its generic pre-training, or SLM-is's on the selected windows), run in the cell, not
-    # taken from the cache; from the runs that flushed subnormals where there are any, as
-    # the methods' own FLOP/s (`_cost_fit`)
-    ran = [(r["phases"]["pretrain"], flushed(r)) for r in lines if r["method"] in SLM_PRETRAINING
-           and r["phases"].get("pretrain", {}).get("cached") is False and r["phases"]["pretrain"].get("seconds")]
-    fresh = any(f for _, f in ran)
-    timed = [p for p, f in ran if f or not fresh]
-    reference_rate = sum(p["flops"] for p in timed) / sum(p["seconds"] for p in timed) if timed else None
+    # taken from the cache, with subnormals kept as the study's first cells ran. Every
+    # method's seconds are on that kept scale: a phase measured with them flushed has its
+    # FLOP/s scaled by SLM's pre-training's kept over flushed FLOP/s at the budgets measured
+    # both ways (`flushed_rate`, `_cost_fit`), so that a calibration against this reference
+    # gives back the flushed run's speed, and a kept one's loses SLM's slowdown.
+    speed = _pretraining_speed(lines)
+    reference_rate = _rate(speed["kept"]) or _rate(speed["flushed"])
+    both = set(speed["kept"]) & set(speed["flushed"])
+    flushed_rate = (_rate(speed["kept"], both) / _rate(speed["flushed"], both) if both
+                    else 1.0 if speed["flushed"] and not speed["kept"] else None)
     model = {"format": FORMAT, "source": source, "cells": len(rows), "pending_cells": pending,
-             "reference_flops_per_second": reference_rate, "reference_subnormals": "flushed" if fresh else "kept",
+             "reference_flops_per_second": reference_rate,
+             "reference_subnormals": "kept" if speed["kept"] else "flushed" if speed["flushed"] else None,
+             "flushed_rate": flushed_rate,
              "targets": targets, "floors": floors, "anchored": anchored, "B0": B0, "D0": D0,
              # the fitted domain features (name: the targets' mean); a new domain's move the clustered methods
              "features": features, "domain_features": centres,
@@ -388,11 +411,30 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
             "cells": len(own), "terms": [kind for kind, name in cols if name == m and kind in ("u", "v", "uv")],
             "budgets": sorted({r["budget"] for r in own}), "B": [min(r["B"] for r in own), max(r["B"] for r in own)],
             "D": [min(r["D"] for r in own), max(r["D"] for r in own)],
-            "shared": _cost_fit(own, "shared"), "per_domain": _cost_fit(own, "per_domain"),
+            "shared": _cost_fit(own, "shared", flushed_rate), "per_domain": _cost_fit(own, "per_domain", flushed_rate),
             "params": own[0]["params"], "inference_flops": own[0]["inference_flops"],
             "gen_tok_s": float(np.mean([r["gen_tok_s"] for r in own])), "preset": own[0]["preset"],
             "tokens_per_budget_flop": own[0]["budget"] / own[0]["B"]}
     return model
+
+
+def _pretraining_speed(lines: list[dict]) -> dict:
+    """SLM's model's pre-trainings run in their cells (not from the cache), by whether
+    subnormals were flushed: {"kept"/"flushed": {budget: [FLOPs, seconds]}}."""
+    speed = {"kept": defaultdict(lambda: [0.0, 0.0]), "flushed": defaultdict(lambda: [0.0, 0.0])}
+    for r in lines:
+        phase = r["phases"].get("pretrain", {})
+        if r["method"] in SLM_PRETRAINING and phase.get("cached") is False and phase.get("seconds"):
+            total = speed["flushed" if flushed(r) else "kept"][r["budget"]]
+            total[0] += float(phase["flops"])
+            total[1] += float(phase["seconds"])
+    return speed
+
+
+def _rate(by_budget: dict, budgets=None) -> float | None:
+    """FLOPs over seconds, summed over `budgets` (all by default); None where none."""
+    kept = [v for b, v in by_budget.items() if budgets is None or b in budgets]
+    return sum(f for f, _ in kept) / sum(s for _, s in kept) if kept else None
 
 
 def results_digest(paths) -> str:
