@@ -267,7 +267,7 @@ def _target_slopes(cols: list[tuple], theta: np.ndarray, targets: list[str]) -> 
     return out
 
 
-def _cost_fit(rows: list[dict], part: str, flushed_rate: float | None = None) -> dict:
+def _cost_fit(rows: list[dict], part: str, flushed_rate: float = 1.0) -> dict:
     """One method's shared or per-domain FLOPs and seconds as functions of the budgets:
     its pre-training is the budget's FLOPs times a measured ratio (validation passes, a
     teacher's pre-training), taking seconds at its measured FLOP/s; the rest (fine-tuning
@@ -280,13 +280,13 @@ def _cost_fit(rows: list[dict], part: str, flushed_rate: float | None = None) ->
     Where a cell's training ran to its step bound, the largest such rest is kept
     ({name}_cap): fine-tuning from a weaker base or on more data runs no more steps.
     Seconds are the study machine's with subnormals kept (`fit_results`): where the
-    method's cells ran a phase with them flushed (`_ran_flushed`) and `flushed_rate` is
-    known (kept over flushed FLOP/s, of SLM's pre-training), that phase's FLOP/s is
-    taken from those runs and scaled by it, else from all cells as measured:
+    method's cells ran a phase with them flushed (`_ran_flushed`), that phase's FLOP/s is
+    taken from those runs and scaled by `flushed_rate` (kept over flushed FLOP/s, of
+    SLM's pre-training), else from all cells as measured:
     {pretraining,rest}_subnormals say which."""
     ratio = float(np.mean([r[part + "_pretraining"] / r["B"] for r in rows]))
     fit = {"pretraining_ratio": ratio}
-    ran = [r for r in rows if flushed_rate and r["pretraining_flushed"] and r[part + "_pretraining_s"] > 0]
+    ran = [r for r in rows if r["pretraining_flushed"] and r[part + "_pretraining_s"] > 0]
     flops, seconds = (sum(r[part + "_pretraining" + unit] for r in ran or rows) for unit in ("", "_s"))
     if flops > 0 and seconds > 0:
         fit["pretraining_flops_per_second"] = flops / seconds * (flushed_rate if ran else 1.0)
@@ -294,8 +294,7 @@ def _cost_fit(rows: list[dict], part: str, flushed_rate: float | None = None) ->
     rest = {name: [r[part + unit] - r[part + "_pretraining" + unit] for r in rows]
             for name, unit in (("c", ""), ("s", "_s"))}
     fit.update(_log_linear(rows, rest["c"], "c"))
-    pairs = [(bool(flushed_rate) and r[part + "_flushed"], c, s) for r, c, s in zip(rows, rest["c"], rest["s"])
-             if c > 0 and s > 0]
+    pairs = [(r[part + "_flushed"], c, s) for r, c, s in zip(rows, rest["c"], rest["s"]) if c > 0 and s > 0]
     fresh = any(f for f, _, _ in pairs)
     timed = [(c, s) for f, c, s in pairs if f or not fresh]
     if timed:
@@ -380,18 +379,19 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
     # (its generic pre-training, or SLM-is's on the selected windows), run in the cell, not
     # taken from the cache, with subnormals kept as the study's first cells ran. Every
     # method's seconds are on that kept scale: a phase measured with them flushed has its
-    # FLOP/s scaled by SLM's pre-training's kept over flushed FLOP/s at the budgets measured
-    # both ways (`flushed_rate`, `_cost_fit`), so that a calibration against this reference
-    # gives back the flushed run's speed, and a kept one's loses SLM's slowdown.
+    # FLOP/s scaled by SLM's pre-training's kept over flushed FLOP/s, at the budgets
+    # measured both ways on one CPU (`flushed_rate`, `_cost_fit`), so that a calibration
+    # against this reference gives back the flushed run's speed, and a kept one's loses
+    # SLM's slowdown. Where none was, the two are taken as equal (1): a whole model's step
+    # slows far less than a LoRA step (BENCHMARKS.md), and the flushed runs are the truer.
     speed = _pretraining_speed(lines)
     reference_rate = _rate(speed["kept"]) or _rate(speed["flushed"])
     both = set(speed["kept"]) & set(speed["flushed"])
-    flushed_rate = (_rate(speed["kept"], both) / _rate(speed["flushed"], both) if both
-                    else 1.0 if speed["flushed"] and not speed["kept"] else None)
+    flushed_rate = _rate(speed["kept"], both) / _rate(speed["flushed"], both) if both else 1.0
     model = {"format": FORMAT, "source": source, "cells": len(rows), "pending_cells": pending,
              "reference_flops_per_second": reference_rate,
              "reference_subnormals": "kept" if speed["kept"] else "flushed" if speed["flushed"] else None,
-             "flushed_rate": flushed_rate,
+             "flushed_rate": flushed_rate, "flushed_rate_measured": bool(both),
              "targets": targets, "floors": floors, "anchored": anchored, "B0": B0, "D0": D0,
              # the fitted domain features (name: the targets' mean); a new domain's move the clustered methods
              "features": features, "domain_features": centres,
@@ -420,12 +420,13 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
 
 def _pretraining_speed(lines: list[dict]) -> dict:
     """SLM's model's pre-trainings run in their cells (not from the cache), by whether
-    subnormals were flushed: {"kept"/"flushed": {budget: [FLOPs, seconds]}}."""
+    subnormals were flushed: {"kept"/"flushed": {(budget, CPU): [FLOPs, seconds]}} (the
+    study may have run on several machines: a CPU's speed is not the flush's)."""
     speed = {"kept": defaultdict(lambda: [0.0, 0.0]), "flushed": defaultdict(lambda: [0.0, 0.0])}
     for r in lines:
         phase = r["phases"].get("pretrain", {})
         if r["method"] in SLM_PRETRAINING and phase.get("cached") is False and phase.get("seconds"):
-            total = speed["flushed" if flushed(r) else "kept"][r["budget"]]
+            total = speed["flushed" if flushed(r) else "kept"][r["budget"], r.get("machine", {}).get("cpu")]
             total[0] += float(phase["flops"])
             total[1] += float(phase["seconds"])
     return speed
