@@ -424,18 +424,19 @@ def _pretraining_speed(lines: list[dict]) -> dict:
     study may have run on several machines: a CPU's speed is not the flush's)."""
     speed = {"kept": defaultdict(lambda: [0.0, 0.0]), "flushed": defaultdict(lambda: [0.0, 0.0])}
     for r in lines:
-        phase = r["phases"].get("pretrain", {})
-        if r["method"] in SLM_PRETRAINING and phase.get("cached") is False and phase.get("seconds"):
+        phase = r.get("phases", {}).get("pretrain", {})
+        if r.get("method") in SLM_PRETRAINING and phase.get("cached") is False and phase.get("seconds"):
             total = speed["flushed" if flushed(r) else "kept"][r["budget"], r.get("machine", {}).get("cpu")]
             total[0] += float(phase["flops"])
             total[1] += float(phase["seconds"])
     return speed
 
 
-def _rate(by_budget: dict, budgets=None) -> float | None:
-    """FLOPs over seconds, summed over `budgets` (all by default); None where none."""
-    kept = [v for b, v in by_budget.items() if budgets is None or b in budgets]
-    return sum(f for f, _ in kept) / sum(s for _, s in kept) if kept else None
+def _rate(totals: dict, keys=None) -> float | None:
+    """FLOPs over seconds of `_pretraining_speed`'s totals, summed over `keys` (all by
+    default); None where there are none."""
+    chosen = [v for k, v in totals.items() if keys is None or k in keys]
+    return sum(f for f, _ in chosen) / sum(s for _, s in chosen) if chosen else None
 
 
 def results_digest(paths) -> str:
