@@ -284,6 +284,24 @@ def test_the_time_left_is_read_from_the_finished_cells_by_hand():
                                      "unknown": 2, "same": 1}
 
 
+def test_the_time_left_is_read_from_the_cells_that_flushed_subnormals_where_some_did():
+    """LLM + LoRA's 1M cell on a took 3,000 s with subnormals kept (it slowed as it
+    trained), on b 1,300 s with them flushed: the cell left on c is estimated at 1,300."""
+    from mlx_specialize.study.run import time_left
+    from mlx_specialize.study.spec import Cell
+
+    def line(target, wall, machine):
+        return {"method": "llm-lora", "budget": 1, "domain_tokens": 10**6, "target": target, "seed": 0,
+                "options": {}, "wall_seconds": wall, "machine": machine, "costs": {"shared": {"phases": []}},
+                "phases": {"finetune": {"seconds": wall}}}
+
+    done = {"ka": line("a", 3000.0, {"cpu": "x86"}), "kb": line("b", 1300.0, {"cpu": "x86", "subnormals": "flushed"})}
+    plan = [(Cell("llm-lora", 1, 10**6, t, 0), k, None) for t, k in (("a", "ka"), ("b", "kb"), ("c", "kc"))]
+    assert time_left(plan, done)["seconds"] == pytest.approx(1300.0)
+    done["kb"]["machine"].pop("subnormals")  # neither flushed: their mean
+    assert time_left(plan, done)["seconds"] == pytest.approx(2150.0)
+
+
 def test_a_tokenizer_drawn_otherwise_makes_other_cells(study_dir, tmp_path):
     """The standard study's tokenizer was trained on its mix's first characters
     (`tokenizer_sample = "leading"`); its cells keep their keys under that spec, and a

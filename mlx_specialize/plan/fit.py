@@ -52,6 +52,7 @@ import numpy as np
 from ..errors import SpecializeError
 # SLM: the method the others' offsets are measured from, as the study's tables set the others against it
 from ..study.report import REFERENCE_METHOD as REFERENCE, capped_training
+from ..study.run import flushed
 
 NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the generic budget
 SLM_PRETRAINING = (REFERENCE, "is")  # methods whose pre-training phase trains SLM's model and nothing else
@@ -124,14 +125,6 @@ def cell_rows(rows: list[dict], complete_only: bool = True) -> list[dict]:
     if not out:
         raise SpecializeError("the results hold no cell of a method's default recipe to fit the planner on")
     return out
-
-
-def flushed(line: dict) -> bool:
-    """Whether the process that finished a result line's cell had subnormal floats flushed
-    to zero (x86, accel/subnormals.py; lines from before it say nothing: kept). With them
-    kept, a run slowed down the longer it trained (late in the study's largest budget a
-    LoRA step took 6.6x as long, BENCHMARKS.md): its seconds overstate the same run now."""
-    return line.get("machine", {}).get("subnormals") == "flushed"
 
 
 def _ran_flushed(line: dict) -> dict:

@@ -138,6 +138,20 @@ def study_status(study: Study, cache_dir=None) -> dict:
             "pending": pending, "time_left": time_left(plan, done)}
 
 
+def flushed(line: dict) -> bool:
+    """Whether the process that finished a result line's cell had subnormal floats flushed
+    to zero (x86, accel/subnormals.py; lines from before it say nothing: kept). With them
+    kept, a run slowed down the longer it trained (late in the study's largest budget a
+    LoRA step took 6.6x as long, BENCHMARKS.md): its seconds overstate the same run now."""
+    return line.get("machine", {}).get("subnormals") == "flushed"
+
+
+def _mean_time(measured: list[tuple[bool, float]]) -> float:
+    """The mean of (flushed, seconds) measurements: of the flushed ones where there are any."""
+    chosen = [s for f, s in measured if f] or [s for _, s in measured]
+    return sum(chosen) / len(chosen)
+
+
 def time_left(plan: list[tuple[Cell, str, str | None]], done: dict[str, dict]) -> dict:
     """The seconds the pending cells of `plan` would take, from what the finished cells
     took (their `wall_seconds`: what ran, not what a cache entry gave them). A cell's own
@@ -148,7 +162,8 @@ def time_left(plan: list[tuple[Cell, str, str | None]], done: dict[str, dict]) -
     the seed costs the cells that reuse it nothing, as in the finished ones). Cells without
     a measured peer are counted apart, not guessed: how long a larger domain set
     fine-tunes until early stopping is not a multiple of a smaller one's. Seconds are those
-    of the machines that measured them. Returns {"seconds", "cells" (estimated), "unknown"
+    of the machines that measured them, of the cells that flushed subnormals where some
+    did (`flushed`). Returns {"seconds", "cells" (estimated), "unknown"
     (cells with no peer), "same" (cells that are another size's whole-split cell)}."""
     own, built, paid = {}, {}, set()
     for line in done.values():
@@ -158,8 +173,8 @@ def time_left(plan: list[tuple[Cell, str, str | None]], done: dict[str, dict]) -
         fresh = sum(line["phases"][name].get("seconds") or 0.0 for name in line["costs"]["shared"]["phases"]
                     if name in line["phases"] and not line["phases"][name].get("cached"))
         own.setdefault((line["method"], line["budget"], line["domain_tokens"], options),
-                       []).append(line["wall_seconds"] - fresh)
-        built.setdefault((line["method"], line["budget"], options), []).append(fresh)
+                       []).append((flushed(line), line["wall_seconds"] - fresh))
+        built.setdefault((line["method"], line["budget"], options), []).append((flushed(line), fresh))
         paid.add((line["method"], line["budget"], line["seed"], options))
     seconds, estimated, unknown, same, counted = 0.0, 0, 0, 0, set()
     for cell, key, whole_key in plan:
@@ -175,10 +190,10 @@ def time_left(plan: list[tuple[Cell, str, str | None]], done: dict[str, dict]) -
         if not peers:
             unknown += 1
             continue
-        seconds += sum(peers) / len(peers)
+        seconds += _mean_time(peers)
         if (cell.method, cell.budget, cell.seed, options) not in paid:  # the first of its seed builds them
-            fresh = [t for t in built[(cell.method, cell.budget, options)] if t > 0]
-            seconds += sum(fresh) / len(fresh) if fresh else 0.0
+            fresh = [(f, t) for f, t in built[(cell.method, cell.budget, options)] if t > 0]
+            seconds += _mean_time(fresh) if fresh else 0.0
             paid.add((cell.method, cell.budget, cell.seed, options))
         estimated += 1
     return {"seconds": seconds, "cells": estimated, "unknown": unknown, "same": same}
