@@ -1075,6 +1075,22 @@ def test_a_cell_recorded_under_two_domain_set_sizes_is_fitted_once():
     assert len(cell_rows(rows + [alias])) == len(cell_rows(rows)) == len(rows)
 
 
+def test_the_targets_features_come_from_the_largest_domain_set_measured_on_every_target():
+    """SLM-is's selection measures a target's cluster histogram on its domain set, and a
+    histogram of more windows has a larger entropy. With the 3M-token sets measured on t1
+    only (a study under way), every target's features are those of its 1M set."""
+    from mlx_specialize.plan.fit import target_features
+
+    lines = _study(seeds=(0,))
+    for line in lines:
+        if line["method"] == "is" and (line["domain_tokens"] < SIZES[2] or line["target"] == "t1"):
+            h = {"t1": 3.0, "t2": 3.5, "t3": 4.0}[line["target"]] + SIZES.index(line["domain_tokens"]) / 10
+            line["phases"]["select"] = {"entropy_domain": h, "kl_generic": h / 10, "k": 64}
+    found = target_features(lines)
+    assert {t: f["entropy"] for t, f in found.items()} == pytest.approx({"t1": 3.1, "t2": 3.6, "t3": 4.1})
+    assert {f["domain_tokens"] for f in found.values()} == {SIZES[1]}
+
+
 def test_with_four_targets_the_clustered_methods_get_an_entropy_slope():
     """The paper: SLM-mix's gain over SLM vanishes on high-entropy domains. Cells drawn with
     that effect on four targets: the fit measures it (from SLM-is's selections' entropies)

@@ -148,13 +148,27 @@ def _group(line: dict) -> tuple:
 
 def target_features(lines: list[dict]) -> dict:
     """Each target's cluster histogram entropy and KL divergence to the generic mix (nats),
-    as its SLM-is cells' selections measured them (on the largest domain set)."""
+    as its SLM-is cells' selections measured them, on the largest domain set measured on
+    every target (a histogram drawn from more windows has a larger entropy: a study under
+    way, with one target's larger set measured first, would compare unlike estimates);
+    where no size is measured on every target, each target's largest."""
+    by_key = {r["cell"]: r for r in lines if "cell" in r}
+    sizes = defaultdict(dict)  # domain set asked for (None: the whole split) -> target -> features
+    for r in lines:
+        measured = by_key.get(r["same_as"], {}) if "same_as" in r else r  # a size that is the whole split
+        select = measured.get("phases", {}).get("select", {})
+        if r.get("method") == "is" and "entropy_domain" in select:
+            sizes[r.get("domain_tokens")][r["target"]] = {
+                "entropy": float(select["entropy_domain"]), "kl_generic": float(select["kl_generic"]),
+                "k": int(select["k"]), "domain_tokens": measured.get("domain_tokens_used")}
+    order = sorted(sizes, key=lambda d: math.inf if d is None else d)  # the whole split is the largest
+    targets = {r["target"] for r in lines}
+    complete = [d for d in order if set(sizes[d]) == targets]
+    if complete:
+        return sizes[complete[-1]]
     found = {}
-    for r in sorted(lines, key=lambda r: r.get("domain_tokens_used") or 0):
-        select = r.get("phases", {}).get("select", {})
-        if r["method"] == "is" and "entropy_domain" in select:
-            found[r["target"]] = {"entropy": float(select["entropy_domain"]),
-                                  "kl_generic": float(select["kl_generic"]), "k": int(select["k"])}
+    for d in order:
+        found.update(sizes[d])
     return found
 
 
@@ -375,8 +389,8 @@ def fit_results(rows: list[dict], floors: dict | None = None, source: str = "",
     # FLOP/s scaled by SLM's pre-training's kept over flushed FLOP/s, at the budgets
     # measured both ways on one CPU (`flushed_rate`, `_cost_fit`), so that a calibration
     # against this reference gives back the flushed run's speed, and a kept one's loses
-    # SLM's slowdown. Where none was, the two are taken as equal (1): a whole model's step
-    # slows far less than a LoRA step (BENCHMARKS.md), and the flushed runs are the truer.
+    # SLM's slowdown. Where none was, the two are taken as equal (1): a trained SLM's step
+    # took as long with subnormals kept as flushed (BENCHMARKS.md), and the flushed runs are the truer.
     speed = _pretraining_speed(lines)
     reference_rate = _rate(speed["kept"]) or _rate(speed["flushed"])
     both = set(speed["kept"]) & set(speed["flushed"])
