@@ -51,8 +51,7 @@ import numpy as np
 
 from ..errors import SpecializeError
 # SLM: the method the others' offsets are measured from, as the study's tables set the others against it
-from ..study.report import REFERENCE_METHOD as REFERENCE, capped_training
-from ..study.run import flushed
+from ..study.report import REFERENCE_METHOD as REFERENCE, capped_training, flushed
 
 NO_PRETRAINING = ("nopt",)  # methods whose quality does not depend on the generic budget
 SLM_PRETRAINING = (REFERENCE, "is")  # methods whose pre-training phase trains SLM's model and nothing else
@@ -134,9 +133,9 @@ def _ran_flushed(line: dict) -> dict:
     phase holds its teacher's (the LLM's, from the cache where the LLM cells made it)."""
     ran = flushed(line)
     phases = line["phases"]
-    out = {part + "_flushed": ran and not any(phases.get(name, {}).get("cached") for name in cost["phases"]
-                                              if name != "pretrain")
-           for part, cost in ((part, line["costs"][part]) for part in ("shared", "per_domain"))}
+    out = {part + "_flushed": ran and not any(phases.get(name, {}).get("cached")
+                                              for name in line["costs"][part]["phases"] if name != "pretrain")
+           for part in ("shared", "per_domain")}
     pretrain = phases.get("pretrain", {})
     out["pretraining_flushed"] = ran and not pretrain.get("cached") and "teacher" not in pretrain
     return out

@@ -286,6 +286,14 @@ def capped_training(line: dict) -> bool:
                and p.get("steps", 0) >= p["max_steps"] for p in line.get("phases", {}).values())
 
 
+def flushed(line: dict) -> bool:
+    """Whether the process that finished a result line's cell had subnormal floats flushed
+    to zero (x86, accel/subnormals.py; lines from before it say nothing: kept). With them
+    kept, a run slowed down the longer it trained (late in the study's largest budget a
+    LoRA step took 6.6x as long, BENCHMARKS.md): its seconds overstate the same run now."""
+    return line.get("machine", {}).get("subnormals") == "flushed"
+
+
 def cost_table(table: dict) -> list[str]:
     """Every measured method, budget and domain set's costs (seed means): where each is
     paid (shared once, per domain), C(1) and C(3), and what serving it costs."""

@@ -31,6 +31,7 @@ from ..models.dense import flops_per_token
 from ..models.presets import get_preset
 from ..runtime.cache import default_cache_dir, locked
 from ..runtime.provenance import code_version
+from .report import flushed
 from .spec import Cell, Study
 
 LLM_METHODS = ("llm", "llm-lora")  # pre-train the preset's large twin: fewer tokens for the same FLOPs
@@ -136,14 +137,6 @@ def study_status(study: Study, cache_dir=None) -> dict:
     pending = [cell.label_beside(study.options) for cell, key, _ in plan if key not in done]
     return {"study": study.name, "results": str(study.results), "cells": len(plan), "done": len(plan) - len(pending),
             "pending": pending, "time_left": time_left(plan, done)}
-
-
-def flushed(line: dict) -> bool:
-    """Whether the process that finished a result line's cell had subnormal floats flushed
-    to zero (x86, accel/subnormals.py; lines from before it say nothing: kept). With them
-    kept, a run slowed down the longer it trained (late in the study's largest budget a
-    LoRA step took 6.6x as long, BENCHMARKS.md): its seconds overstate the same run now."""
-    return line.get("machine", {}).get("subnormals") == "flushed"
 
 
 def _mean_time(measured: list[tuple[bool, float]]) -> float:
