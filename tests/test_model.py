@@ -137,3 +137,19 @@ def test_paper_presets_have_the_papers_sizes():
         ratio = (count_params(ms.get_preset(f"{name}-llm").model_args())["total"]
                  / count_params(ms.get_preset(name).model_args())["total"])
         assert 5.0 < ratio < 7.0, (name, ratio)
+
+
+def test_the_library_and_our_own_models_start_without_transformers():
+    """Importing mlx-lm loads `transformers` (seconds at every command's start): the
+    library and a model of ours (plain RoPE) run without it; only a checkpoint declaring
+    a `rope_scaling` takes mlx-lm's constructor (tested with a llama3 one in test_interop)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mlx.core as mx, mlx_specialize as ms, mlxspec.app\n"
+            "model = ms.Model(ms.get_preset('tiny').model_args(vocab_size=300))\n"
+            "mx.eval(model(mx.array([[1, 2, 3]])))\n"
+            "print(sorted(m for m in ('transformers', 'mlx_lm') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

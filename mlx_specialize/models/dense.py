@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.rope_utils import initialize_rope
 
 from ..layers import ScaledDotProductAttention, SwiGLU
 
@@ -138,6 +137,20 @@ def attention_mask(n_queries: int, cache: list | None):
     return "causal" if n_queries > 1 else None
 
 
+def rope(dims: int, args: ModelArgs) -> nn.Module:
+    """Rotary positions over `dims` features: plain RoPE, or the linear / llama3 / yarn
+    scalings that llama-style checkpoints declare in `rope_scaling`, built by mlx-lm's
+    constructor. Plain RoPE is what that constructor returns without a scaling, made here
+    because importing mlx-lm loads `transformers` (a second or more): every command that
+    builds one of our models, and any that never builds one, would pay it at start."""
+    if args.rope_scaling is None:
+        return nn.RoPE(dims, traditional=args.rope_traditional, base=args.rope_theta, scale=1.0)
+    from mlx_lm.models.rope_utils import initialize_rope
+
+    return initialize_rope(dims, args.rope_theta, args.rope_traditional, args.rope_scaling,
+                           args.max_position_embeddings)
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -148,10 +161,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(D, Hkv * Dh, bias=bias)
         self.v_proj = nn.Linear(D, Hkv * Dh, bias=bias)
         self.o_proj = nn.Linear(H * Dh, D, bias=bias)
-        # mlx-lm's constructor: plain RoPE, or the linear / llama3 / yarn scalings that
-        # llama-style checkpoints declare in `rope_scaling`.
-        self.rope = initialize_rope(Dh, args.rope_theta, args.rope_traditional, args.rope_scaling,
-                                    args.max_position_embeddings)
+        self.rope = rope(Dh, args)
         self.attend = ScaledDotProductAttention(self.scale)
 
     def __call__(self, x: mx.array, mask, cache: KVCache | None = None) -> mx.array:
