@@ -15,6 +15,19 @@ import pytest  # noqa: E402
 from helpers import GENERIC, VOCAB  # noqa: E402
 
 
+@pytest.fixture
+def on_cpu():
+    """MLX's default device set to the CPU for one test: for the platform speed-ups
+    (accel), which are swapped in on a CPU device only, tested there on a Mac too (where
+    the default device is the GPU, with its own float rounding)."""
+    import mlx.core as mx
+
+    before = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(before)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")

@@ -133,7 +133,7 @@ def test_every_linear_product_is_in_bf16_inside_a_bf16_scope(name, monkeypatch):
 
 
 @pytest.mark.parametrize("kernels", ["1", "0"])
-def test_the_fast_gelu_and_padded_attention_equal_mlx_in_value_and_gradient(kernels, monkeypatch):
+def test_the_fast_gelu_and_padded_attention_equal_mlx_in_value_and_gradient(kernels, monkeypatch, on_cpu):
     """BERT's layers (data/minilm.py): the exact GELU (the C++ kernel, or fastmath's erf
     from vectorizable ops) and attention over padded keys (an additive mask, the fast
     softmax) give MLX's values and gradients."""
@@ -172,7 +172,7 @@ def test_the_fast_gelu_and_padded_attention_equal_mlx_in_value_and_gradient(kern
         np.testing.assert_allclose(np.array(g), np.array(w), rtol=1e-4, atol=1e-5)
 
 
-def test_the_nearest_centre_equals_mlx_argmin_ties_included(monkeypatch):
+def test_the_nearest_centre_equals_mlx_argmin_ties_included(monkeypatch, on_cpu):
     """accel.nearest (k-means' assignment; the C++ kernel where built): the index and value
     of min_j ||c_j||^2 - 2 x.c_j of each row, the first index on ties, as MLX's argmin."""
     x = mx.random.normal((300, 16), key=mx.random.key(7))
@@ -188,7 +188,7 @@ def test_the_nearest_centre_equals_mlx_argmin_ties_included(monkeypatch):
     assert int(want_index[3]) == 3  # row 3 is centre 3 and centre 43: the first wins
 
 
-def test_cluster_sums_equal_a_scatter_add(monkeypatch):
+def test_cluster_sums_equal_a_scatter_add(monkeypatch, on_cpu):
     """accel.cluster_sums (k-means' update; the C++ kernel where built) adds up each
     cluster's rows and counts them as MLX's scatter-add does, empty clusters zero."""
     x = mx.random.normal((500, 24), key=mx.random.key(8))
@@ -208,8 +208,9 @@ import mlx.core as mx
 import numpy as np
 tiny, scale = 1e-30, 1e-10  # their product, 1e-40, is subnormal in float32
 stream = mx.new_stream(mx.cpu)  # a worker thread MLX starts after the import
-got = [(mx.array(tiny) * mx.array(scale)).item(), mx.multiply(mx.array(tiny), mx.array(scale), stream=stream).item(),
-       float(np.float32(tiny) * np.float32(scale))]
+# the CPU's default stream and a new one (a Mac's GPU flushes subnormals in any case)
+got = [mx.multiply(mx.array(tiny), mx.array(scale), stream=s).item() for s in (mx.cpu, stream)]
+got.append(float(np.float32(tiny) * np.float32(scale)))
 out = []
 worker = threading.Thread(target=lambda: out.append(float(np.float32(tiny) * np.float32(scale))))
 worker.start(); worker.join()

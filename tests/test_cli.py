@@ -132,16 +132,21 @@ def _bad_inputs(tmp_path, model_dir, other_tokenizer):
         "truncated weights": (["eval", truncated, "--cache-dir", tmp_path / "cache"], "corrupt or truncated"),
         "missing model": (["eval", tmp_path / "no-model"], "no model"),
         "unknown precision": (["pretrain", tmp_path / "out", "--precision", "fp8"], "--precision: 'fp8' is not one of"),
-        **({} if _has_bf16_gemm() else {  # refused before any work (builds the extension first)
+        **({} if not _bf16_needs_mkl() else {  # refused before any work (builds the extension first)
             "bf16 without MKL": (["finetune", model_dir, tmp_path / "out", "--precision", "bf16"],
                                  "pip install 'mlx-specialize[bf16]'")}),  # brackets printed as text
     }
 
 
-def _has_bf16_gemm() -> bool:
+def _bf16_needs_mkl() -> bool:
+    """Whether bf16 training is refused here for want of MKL: on a Linux CPU device whose
+    BLAS is not MKL (a GPU trains in bf16 with MLX's own matmul)."""
+    import mlx.core as mx
+
     from mlx_specialize.accel import bf16
 
-    return bf16._emulate() or bf16._has_bf16_gemm()
+    on_linux_cpu = mx.default_device().type == mx.cpu and sys.platform == "linux"
+    return on_linux_cpu and not (bf16._emulate() or bf16._has_bf16_gemm())
 
 
 def _message_lines(stderr: str) -> list[str]:

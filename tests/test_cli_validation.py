@@ -69,7 +69,7 @@ def demo_lines(name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory):
-    """Every bad input run at once: {case: (exit code, stderr, wall seconds, its folder)}."""
+    """Every bad input run at once: {case: (exit code, stderr, its folder)}."""
     root = tmp_path_factory.mktemp("bad")
     whole = (DEMO_DIR / "python-docs.jsonl.gz").read_bytes()
     (root / "truncated.jsonl.gz").write_bytes(whole[: len(whole) * 3 // 4])  # cut mid-stream
@@ -100,20 +100,21 @@ def bad(tmp_path_factory):
         args = [folder / "out" if a == "OUT" else a for a in args]
         if args[0] != "generate":
             args += ["--cache-dir", folder / "cache"]
-        procs[name] = (start_cli(args, folder), time.perf_counter(), folder)
+        procs[name] = (start_cli(args, folder), folder)
     results = {}
-    for name, (proc, t0, folder) in procs.items():
+    for name, (proc, folder) in procs.items():
         stdout, stderr = proc.communicate(timeout=120)
-        results[name] = (proc.returncode, stderr, time.perf_counter() - t0, folder)
+        results[name] = (proc.returncode, stderr, folder)
     results["existing"] = existing
     results["root"] = root
     return results
 
 
 def assert_refused(bad, case: str, *expected: str) -> str:
-    """The case exited 2 with one `error:` line holding `expected`, quickly, having
-    written no run folder and no cache; returns the line."""
-    code, stderr, seconds, folder = bad[case]
+    """The case exited 2 with one `error:` line holding `expected`, having written no run
+    folder and no cache (so before any work: no timing, which a loaded machine stretches);
+    returns the line."""
+    code, stderr, folder = bad[case]
     lines = message_lines(stderr)
     assert code == 2, (case, stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), (case, stderr)
@@ -121,7 +122,6 @@ def assert_refused(bad, case: str, *expected: str) -> str:
     for text in expected:
         assert text in lines[0], (case, text, lines[0])
     assert sorted(p.name for p in folder.iterdir()) == [], (case, "wrote", list(folder.iterdir()))  # no out/, cache/, runs/
-    assert seconds < 60, (case, seconds)  # the imports, under the load of the other cases; no training
     return lines[0]
 
 

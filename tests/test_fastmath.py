@@ -17,9 +17,9 @@ from helpers import calls_in_the_training_loss, tiny_loss_curve
 
 
 @pytest.fixture(autouse=True)
-def _without_the_cpp_kernels(monkeypatch):
-    """These tests are of fastmath's own ops: the C++ kernels that replace some of them
-    where built are tested in test_native_kernels.py."""
+def _without_the_cpp_kernels(monkeypatch, on_cpu):
+    """These tests are of fastmath's own ops, on the CPU device they are used on: the C++
+    kernels that replace some of them where built are tested in test_native_kernels.py."""
     monkeypatch.setenv("MLXSPEC_NATIVE_KERNELS", "0")
 
 

@@ -106,7 +106,10 @@ def test_ctrl_c_while_fine_tuning_then_the_same_command_ends_as_an_uninterrupted
         seen.append(line)
         if "fine-tuning" in line:
             break
-    time.sleep(1.0)
+    deadline = time.monotonic() + 300  # a logged step, not a time: machines differ in speed
+    while not _logged_past(out / "metrics.jsonl", 10):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before fine-tuning 10 steps"
+        time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=300)
     said = " ".join(("".join(seen) + rest).split())
