@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import ui
 from .accel import warn_slow_paths
-from .data.corpus import bundled_names, default_generic, load_corpus
+from .data.corpus import bundled_names, default_generic, load_corpus, split_hint
 from .data.tokenizer import TOKENIZER_SAMPLES
 from .errors import Interrupted, SpecializeError, check_choice
 from .costs import split_costs
@@ -196,6 +196,21 @@ def check_domain_tokens(domain_tokens: int | None, preset: str) -> None:
                               f"'{preset}' preset ({window_tokens} tokens)")
 
 
+SMALL_HELD_OUT_CHARS = 20_000  # about 5,000 tokens: under it a split's perplexity is noisy
+
+
+def _warn_small_held_out(domain: str, sizes: dict[str, tuple[int, int]]) -> None:
+    """A warning, before any training, where the domain's valid split (early stopping, the
+    best model) or test split (the reported perplexity) holds little text: a folder of a
+    few dozen documents, split 90/5/5 by hash, leaves one or two documents in each."""
+    small = [f"{split} split holds {chars:,} characters ({documents} document{'s' * (documents != 1)})"
+             for split in ("valid", "test") for documents, chars in [sizes[split]]
+             if 0 < chars < SMALL_HELD_OUT_CHARS]
+    if small:
+        ui.warn(f"--domain {domain}: its {' and its '.join(small)}: a perplexity measured on so little text is "
+                f"noisy ({SMALL_HELD_OUT_CHARS:,} characters or more each is advised); {split_hint('test')}")
+
+
 def resolve_run(domain: str, generic: str | None, method: str, base, preset: str, out_dir, domain_tokens,
                 pretrain_tokens: int, finetune_tokens: int | None, vocab_size, lr, seed: int, overwrite: bool, k,
                 embedder: str,
@@ -228,10 +243,11 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
         raise SpecializeError("specialize runs as one process; under mlx.launch run its steps (mlxspec data, "
                               "pretrain, finetune) instead")
     domain_corpus = load_corpus(domain)
-    counts = domain_corpus.check(("train", "valid", "test"))  # fine-tune, early stopping, the report
-    for split, documents in counts.items():  # a hub dataset is only opened by check: its first document
+    sizes = domain_corpus.check_sizes(("train", "valid", "test"))  # fine-tune, early stopping, the report
+    for split, (documents, _) in sizes.items():  # a hub dataset is only opened by check: its first document
         if not documents and next(domain_corpus.documents(split), None) is None:
             raise SpecializeError(f"domain corpus '{domain_corpus.spec}' has no documents in its {split} split")
+    _warn_small_held_out(domain_corpus.spec, sizes)
     settings.domain = domain_corpus.spec  # as the corpus reads it: ' go-code\n' is the command 'go-code'
     generic = generic or default_generic(settings.domain)
     if not generic:

@@ -81,6 +81,12 @@ def bad(tmp_path_factory):
     (existing / "summary.json").write_text('{"steps": 1}')
     (existing / "model.safetensors").write_bytes(b"weights")
     model = root / "no-model-needed"  # every case must fail before a model is loaded
+    # a domain whose test split is one short document (its split named), run into a
+    # folder that holds another run: the warning comes before the refusal
+    texts = [json.loads(line)["text"] for line in demo_lines("python-docs")[:110]]
+    (root / "small-test.jsonl").write_text("".join(
+        json.dumps({"text": text, "split": "valid" if i >= 100 else "train"}) + "\n" for i, text in enumerate(texts))
+        + json.dumps({"text": "One short document.", "split": "test"}) + "\n")
     cases = {  # OUT: a run folder in the case's own folder, which must stay empty
         "truncated domain": ["specialize", "--domain", root / "truncated.jsonl.gz", "--preset", "tiny", "--out", "OUT"],
         "truncated generic (pretrain)": ["pretrain", "OUT", "--generic", root / "truncated.jsonl.gz"],
@@ -92,6 +98,7 @@ def bad(tmp_path_factory):
         "generate --max-tokens -1": ["generate", model, "--max-tokens", -1],
         "generate --max-tokens 0": ["generate", model, "--max-tokens", 0],
         "specialize --out EXISTING": ["specialize", "--out", existing, "--preset", "tiny"],
+        "small test split": ["specialize", "--domain", root / "small-test.jsonl", "--out", existing, "--preset", "tiny"],
     }
     procs = {}
     for name, args in cases.items():
@@ -157,6 +164,18 @@ def test_specialize_into_an_existing_run_says_what_specialize_can_do(bad):
     assert "--resume" not in line  # specialize has no such option
     assert (bad["existing"] / "model.safetensors").read_bytes() == b"weights"  # untouched
     assert sorted(p.name for p in bad["existing"].iterdir()) == ["model.safetensors", "summary.json"]
+
+
+def test_a_domain_whose_test_split_holds_little_text_is_warned_about_before_any_work(bad):
+    """A folder of a few dozen documents, split 90/5/5 by hash, can leave a test split of
+    one short document: its perplexity says little, so `specialize` says so first."""
+    code, stderr, folder = bad["small test split"]
+    warning, error = message_lines(stderr)
+    assert code == 2 and error.startswith("error: ") and str(bad["existing"]) in error, stderr
+    domain = bad["root"] / "small-test.jsonl"
+    assert warning.startswith(f"warning: --domain {domain}: its test split holds 19 characters (1 document): "), warning
+    assert "valid split" not in warning and "a `split` field" in warning  # valid holds 10 documents of the demo
+    assert sorted(p.name for p in folder.iterdir()) == []
 
 
 @pytest.mark.parametrize("args, option", [
@@ -388,6 +407,10 @@ def test_ctrl_c_exits_130_with_one_error_line(tmp_path, marker, then):
 def test_check_reads_the_whole_file_and_counts_documents_per_split(tmp_path):
     counts = load_corpus("python-docs").check(("train", "valid", "test"))
     assert sum(counts.values()) == len(demo_lines("python-docs")) and min(counts.values()) > 0
+    sizes = load_corpus("python-docs").check_sizes()  # and the characters, counted by hand
+    texts = [json.loads(line)["text"] for line in demo_lines("python-docs")]
+    assert {split: n for split, (n, _) in sizes.items()} == counts
+    assert sum(chars for _, chars in sizes.values()) == sum(len(t) for t in texts if t.strip())
     whole = (DEMO_DIR / "python-docs.jsonl.gz").read_bytes()
     (tmp_path / "cut.jsonl.gz").write_bytes(whole[:-200])  # only the last bytes missing
     corpus = load_corpus(str(tmp_path / "cut.jsonl.gz"))

@@ -342,10 +342,15 @@ class Corpus:
 
         A hub dataset (`hf:`) is only opened: reading it through would download it, and
         its splits are then not counted."""
+        return {split: documents for split, (documents, _) in self.check_sizes(splits).items()}
+
+    def check_sizes(self, splits=SPLITS) -> dict[str, tuple[int, int]]:
+        """`check`, returning (documents, characters) per split, counted in the local
+        files (a hub dataset's are not: it is not read through)."""
         for split in splits:
             if split not in SPLITS:
                 raise SpecializeError(f"unknown split '{split}' (use one of {', '.join(SPLITS)})")
-        counts = dict.fromkeys(SPLITS, 0)
+        documents, characters = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
         streamed = False
         for source in self.sources:
             if isinstance(source, HFDataset):
@@ -354,12 +359,14 @@ class Corpus:
                 continue
             for text, own_split in source.records():  # every record, whatever its split: all are parsed
                 if isinstance(text, str) and text.strip():
-                    counts[own_split or hash_split(text)] += 1
+                    split = own_split or hash_split(text)
+                    documents[split] += 1
+                    characters[split] += len(text)
         for split in splits:
-            if counts[split] == 0 and not streamed:
+            if documents[split] == 0 and not streamed:
                 raise SpecializeError(f"corpus '{self.name}' has no documents in its {split} split; "
                                       f"{split_hint(split)}")
-        return counts
+        return {split: (documents[split], characters[split]) for split in SPLITS}
 
     def fingerprint(self) -> str:
         """A hash of the corpus content and options: the key of tokenized caches.
