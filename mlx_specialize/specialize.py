@@ -176,6 +176,7 @@ class RunPlan:
     command: dict
     verdict: str  # "new", "resume" or "finished": see run_folder_state
     plan: dict | None = None  # `--method auto`'s decision (plan.auto_method), kept in the report
+    warnings: tuple[str, ...] = ()  # said before the run starts (not before a finished run's report)
 
 
 def _check_token_counts(**counts) -> None:
@@ -199,16 +200,17 @@ def check_domain_tokens(domain_tokens: int | None, preset: str) -> None:
 SMALL_HELD_OUT_CHARS = 20_000  # about 5,000 tokens: under it a split's perplexity is noisy
 
 
-def _warn_small_held_out(domain: str, sizes: dict[str, tuple[int, int]]) -> None:
-    """A warning, before any training, where the domain's valid split (early stopping, the
-    best model) or test split (the reported perplexity) holds little text: a folder of a
-    few dozen documents, split 90/5/5 by hash, leaves one or two documents in each."""
+def _small_held_out(domain: str, sizes: dict[str, tuple[int, int]]) -> str | None:
+    """A warning where the domain's valid split (early stopping, the best model) or test
+    split (the reported perplexity) holds little text, or None: a folder of a few dozen
+    documents, split 90/5/5 by hash, leaves one or two documents in each."""
     small = [f"{split} split holds {chars:,} characters ({documents} document{'s' * (documents != 1)})"
              for split in ("valid", "test") for documents, chars in [sizes[split]]
              if 0 < chars < SMALL_HELD_OUT_CHARS]
-    if small:
-        ui.warn(f"--domain {domain}: its {' and its '.join(small)}: a perplexity measured on so little text is "
-                f"noisy ({SMALL_HELD_OUT_CHARS:,} characters or more each is advised); {split_hint('test')}")
+    if not small:
+        return None
+    return (f"--domain {domain}: its {' and its '.join(small)}: a perplexity measured on so little text is noisy "
+            f"({SMALL_HELD_OUT_CHARS:,} characters or more each is advised); {split_hint('test')}")
 
 
 def resolve_run(domain: str, generic: str | None, method: str, base, preset: str, out_dir, domain_tokens,
@@ -247,7 +249,6 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
     for split, (documents, _) in sizes.items():  # a hub dataset is only opened by check: its first document
         if not documents and next(domain_corpus.documents(split), None) is None:
             raise SpecializeError(f"domain corpus '{domain_corpus.spec}' has no documents in its {split} split")
-    _warn_small_held_out(domain_corpus.spec, sizes)
     settings.domain = domain_corpus.spec  # as the corpus reads it: ' go-code\n' is the command 'go-code'
     generic = generic or default_generic(settings.domain)
     if not generic:
@@ -263,7 +264,9 @@ def resolve_run(domain: str, generic: str | None, method: str, base, preset: str
         load_model(base)
     command = run_command(settings)
     out_dir = Path(out_dir) if out_dir else default_run_dir(command)
-    return RunPlan(chosen, settings, out_dir, command, run_folder_state(out_dir, command, overwrite))
+    small = _small_held_out(domain_corpus.spec, sizes)
+    return RunPlan(chosen, settings, out_dir, command, run_folder_state(out_dir, command, overwrite),
+                   warnings=(small,) if small else ())
 
 
 def specialize(
@@ -333,7 +336,8 @@ def specialize(
 
 def run_plan(run: RunPlan, overwrite: bool = False) -> dict:
     """`specialize` for a call `resolve_run` has checked: warns of this platform's slow
-    paths unless the run is already finished, then carries it out in its folder."""
+    paths and of the run's own `warnings` unless the run is already finished, then
+    carries it out in its folder."""
     # One process at a time in a run folder (a second run of the same command waits,
     # then finds the run finished); its state is read again once the lock is held. The
     # lock is a hidden file inside the folder: nothing is written beside it.
@@ -348,6 +352,8 @@ def run_plan(run: RunPlan, overwrite: bool = False) -> dict:
                 atomic_write_bytes(run.out_dir / "report.json", json.dumps(report, indent=2).encode())
             return report
         warn_slow_paths()
+        for message in run.warnings:
+            ui.warn(message)
         try:
             return _carry_out(run, verdict)
         except Interrupted as err:  # a training's checkpoint is saved; say how to go on

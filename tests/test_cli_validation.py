@@ -166,16 +166,24 @@ def test_specialize_into_an_existing_run_says_what_specialize_can_do(bad):
     assert sorted(p.name for p in bad["existing"].iterdir()) == ["model.safetensors", "summary.json"]
 
 
-def test_a_domain_whose_test_split_holds_little_text_is_warned_about_before_any_work(bad):
+def test_a_domain_whose_test_split_holds_little_text_is_warned_about_before_any_work(bad, tmp_path):
     """A folder of a few dozen documents, split 90/5/5 by hash, can leave a test split of
-    one short document: its perplexity says little, so `specialize` says so first."""
-    code, stderr, folder = bad["small test split"]
-    warning, error = message_lines(stderr)
-    assert code == 2 and error.startswith("error: ") and str(bad["existing"]) in error, stderr
-    domain = bad["root"] / "small-test.jsonl"
-    assert warning.startswith(f"warning: --domain {domain}: its test split holds 19 characters (1 document): "), warning
-    assert "valid split" not in warning and "a `split` field" in warning  # valid holds 10 documents of the demo
-    assert sorted(p.name for p in folder.iterdir()) == []
+    one short document: its perplexity says little, so `specialize` says so before it
+    trains; a run refused for another reason still says one line, its error."""
+    assert_refused(bad, "small test split", str(bad["existing"]))
+    texts = [json.loads(line)["text"] for line in demo_lines("python-docs")[:40]]
+    domain = tmp_path / "notes.jsonl"
+    domain.write_text("".join(json.dumps({"text": text, "split": "valid" if i >= 30 else "train"}) + "\n"
+                              for i, text in enumerate(texts)) + json.dumps({"text": "A short one.", "split": "test"}))
+    args = ["specialize", "--domain", domain, "--method", "nopt", "--preset", "tiny", "--vocab-size", 512,
+            "--finetune-tokens", 2048, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "run", "--json"]
+    proc = start_cli(args, tmp_path)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    first = message_lines(stderr)[0]
+    assert first.startswith(f"warning: --domain {domain}: its test split holds 12 characters (1 document): "), first
+    assert "valid split" not in first and "a `split` field" in first  # valid holds 10 of the demo's documents
+    assert json.loads(stdout.strip().splitlines()[-1])["ppl_after"] > 0  # and the run goes on
 
 
 @pytest.mark.parametrize("args, option", [
