@@ -1058,6 +1058,10 @@ def test_auto_runs_what_the_plan_recommends(tmp_path):
     # and where the generic budget would have to start (the study's smallest, 500k, its fit followed 2x below)
     assert "SLM by the pretrain budget (its fit starts at 250k tokens)" in small["reason"], small["reason"]
     assert "SLM by the pretrain budget" in small["reason"]
+    # and says what --pretrain-tokens would bring them in (the study's smallest budget, 500k, / 2)
+    assert small["notes"][-1].startswith("--pretrain-tokens 250k or more, where the study's fits start, weighs ")
+    assert {"SLM", "SLM-mix", "SLM-pn"} <= set(small["notes"][-1].split(" weighs ")[1][:-len(" too")].split(", "))
+    assert not any("--pretrain-tokens" in note for note in big["notes"])
     report = specialize("python-docs", method="auto", preset="small", pretrain_tokens=1000, domain_tokens=20_000,
                         finetune_tokens=8192, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache")
     assert report["method"] == "nopt" and report["plan"]["method"] == "nopt"

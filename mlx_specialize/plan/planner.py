@@ -541,6 +541,17 @@ def run_tokens(chosen: int | None, given: int, preset: str, method: str) -> int:
     return given if steps[0] == steps[1] else chosen
 
 
+def _more_pretraining(result: dict) -> str | None:
+    """For `--method auto`: the `--pretrain-tokens` that would weigh the methods its
+    budget rules out below where their fits start, or None."""
+    starts = {r["label"]: r["needs"]["fit_starts_tokens"] for r in result["ruled_out"] if _from(r)}
+    if not starts:
+        return None
+    least = min(starts.values())
+    named = [label for label, tokens in starts.items() if tokens <= least * (1 + 1e-9)]
+    return f"--pretrain-tokens {size_label(least)} or more, where the study's fits start, weighs {', '.join(named)} too"
+
+
 def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: int | None = None) -> dict:
     """`specialize --method auto`: the plan for a pre-training budget of `pretrain_tokens`
     tokens of `preset` (the preset the package's fit was measured with; no method
@@ -566,11 +577,13 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
                       floor=features["floor"], bytes_per_token=features["bytes_per_token"],
                       domain_tokens=domain_tokens or features["train_tokens"])
     result = plan(model, budgets)
+    hint = _more_pretraining(result)
     if result["recommended"] is None:
-        raise SpecializeError(f"--method auto: {result['reason']}")
+        raise SpecializeError(f"--method auto: {result['reason']}" + (f" ({hint})" if hint else ""))
     best = result["methods"][0]
     tokens = run_tokens(best["budget_tokens"], pretrain_tokens, preset, best["method"])
     return {"method": best["method"], "pretrain_tokens": tokens,
-            "budget_flops": best["pretrain_flops"], "reason": result["reason"], "notes": best["notes"],
+            "budget_flops": best["pretrain_flops"], "reason": result["reason"],
+            "notes": best["notes"] + ([hint] if hint else []),
             "predicted_bpb": best["bpb"], "predicted_bpb_interval": best["bpb_interval"],
             "floor": features["floor"], "fit": result["fit"]}
