@@ -251,7 +251,7 @@ def test_a_corpus_path_holding_train_between_colons_prints_as_written(tmp_path):
     assert proc.returncode == 0, stderr
     assert TRAIN_EMOJI not in stderr + stdout
     assert f"tokenizer on {corpus}\n" in stderr  # an info line
-    assert f"tokenizing {corpus}:train " in stderr  # a progress bar's description
+    assert f"tokenizing {corpus}:train (characters) " in stderr  # a progress bar's description, its unit
     assert f"embedded {corpus}" in stdout  # a table title
 
 

@@ -58,7 +58,7 @@ def finetune_lr(base_lr: float, domain_tokens: int) -> float:
 
 def tokenize(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir=None, max_tokens: int | None = None) -> TokenizedSplit:
     """`tokenize_split` with a progress bar (cache hits are instant and silent)."""
-    with ui.task(f"tokenizing {corpus.name}:{split}", None) as advance:
+    with ui.task(f"tokenizing {corpus.name}:{split} (characters)", None) as advance:
         return tokenize_split(corpus, split, tokenizer, cache_dir, max_tokens, on_progress=advance)
 
 
