@@ -36,9 +36,10 @@ def set_quiet(quiet: bool) -> None:
 
 
 def info(message: str) -> None:
-    """Print a plain-text line (brackets in it are text, not rich markup)."""
+    """Print a plain-text line (brackets in it are text, not rich markup), wrapped at
+    words in a terminal, whole where stderr is a file or a pipe (a log read with grep)."""
     if not QUIET:
-        console.print(escape(message))
+        console.print(escape(message), soft_wrap=not console.is_terminal)
 
 
 _COLLECTORS: list[list[str]] = []  # open `collected_warnings` lists, innermost last

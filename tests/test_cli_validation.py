@@ -346,6 +346,22 @@ def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path, json_out):
     assert proc.wait(timeout=120) == 141 and stderr.strip() == "", stderr
 
 
+def test_an_info_line_in_a_log_is_whole_and_wrapped_at_words_in_a_terminal(monkeypatch):
+    from mlx_specialize import ui
+
+    message = "pre-training 'small' (1.85M params) on selected:selection: 6104 steps x 2,048 tokens [12,500,224]"
+    monkeypatch.setattr(ui, "QUIET", False)
+    for terminal in (False, True):
+        monkeypatch.setattr(ui, "console", Console(file=StringIO(), width=80, emoji=False, force_terminal=terminal,
+                                                   color_system=None))
+        ui.info(message)
+        lines = ui.console.file.getvalue().splitlines()
+        if terminal:  # at a space, never inside a word or number
+            assert len(lines) == 2 and max(map(len, lines)) <= 80 and " ".join(map(str.rstrip, lines)) == message, lines
+        else:
+            assert lines == [message]
+
+
 def test_progress_written_to_a_log_is_plain_lines_as_it_goes(monkeypatch):
     """Where stderr is a file (`mlxspec study ... 2> log`) a bar would show only its last
     frame, at the end: a log gets a plain line every LINE_EVERY seconds and one at the
