@@ -336,7 +336,7 @@ def headline(table: dict, expected: list[str] | None = None) -> str:
     top = max(common) if common else max(k[1] for k in table if k[2] == size and not k[0].startswith("nopt"))
     ahead = {m: max(bs) for m, bs in reached.items() if max(bs) > top}
     where = "the largest budget every method has reached" if ahead else "the largest budget"
-    out = [f"At {where}, {size_label(top)} generic tokens ({_flops_of(table, top):.2e} FLOPs), domain set "
+    out = [f"At {where}, {size_label(top)} generic tokens ({_flops_of(table, top):.2e} training FLOPs), domain set "
            f"{size_label(size)}: macro test perplexity before / after fine-tuning and bits per byte (mean ± std over "
            "seeds where more than one); costs in FLOPs (seconds on the machine that ran it), validation passes "
            "included, C(N) = shared + N x per domain", "",
