@@ -197,20 +197,21 @@ def check_domain_tokens(domain_tokens: int | None, preset: str) -> None:
                               f"'{preset}' preset ({window_tokens} tokens)")
 
 
-SMALL_HELD_OUT_CHARS = 20_000  # about 5,000 tokens: under it a split's perplexity is noisy
+SMALL_HELD_OUT_CHARS = 20_000  # a few thousand tokens: under it a split's perplexity is noisy
 
 
-def _small_held_out(domain: str, sizes: dict[str, tuple[int, int]]) -> str | None:
+def _small_held_out(domain: str, sizes: dict[str, tuple[int, int | None]]) -> str | None:
     """A warning where the domain's valid split (early stopping, the best model) or test
-    split (the reported perplexity) holds little text, or None: a folder of a few dozen
-    documents, split 90/5/5 by hash, leaves one or two documents in each."""
-    small = [f"{split} split holds {chars:,} characters ({documents} document{'s' * (documents != 1)})"
-             for split in ("valid", "test") for documents, chars in [sizes[split]]
-             if 0 < chars < SMALL_HELD_OUT_CHARS]
+    split (the reported perplexity) holds little text, or None (also where a hub dataset
+    leaves the sizes unknown): a folder of a few dozen documents, split 90/5/5 by hash,
+    leaves one or two documents in each."""
+    small = [split for split in ("valid", "test") if 0 < (sizes[split][1] or 0) < SMALL_HELD_OUT_CHARS]
     if not small:
         return None
-    return (f"--domain {domain}: its {' and its '.join(small)}: a perplexity measured on so little text is noisy "
-            f"({SMALL_HELD_OUT_CHARS:,} characters or more each is advised); {split_hint('test')}")
+    said = [f"{split} split holds {sizes[split][1]:,} characters ({sizes[split][0]} "
+            f"document{'s' * (sizes[split][0] != 1)})" for split in small]
+    return (f"--domain {domain}: its {' and its '.join(said)}: a perplexity measured on so little text is noisy "
+            f"({SMALL_HELD_OUT_CHARS:,} characters or more each is advised); {split_hint(small[-1])}")
 
 
 def resolve_run(domain: str, generic: str | None, method: str, base, preset: str, out_dir, domain_tokens,

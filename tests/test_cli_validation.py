@@ -82,7 +82,7 @@ def bad(tmp_path_factory):
     (existing / "model.safetensors").write_bytes(b"weights")
     model = root / "no-model-needed"  # every case must fail before a model is loaded
     # a domain whose test split is one short document (its split named), run into a
-    # folder that holds another run: the warning comes before the refusal
+    # folder that holds another run: refused in one line, without the small-split warning
     texts = [json.loads(line)["text"] for line in demo_lines("python-docs")[:110]]
     (root / "small-test.jsonl").write_text("".join(
         json.dumps({"text": text, "split": "valid" if i >= 100 else "train"}) + "\n" for i, text in enumerate(texts))
@@ -98,7 +98,8 @@ def bad(tmp_path_factory):
         "generate --max-tokens -1": ["generate", model, "--max-tokens", -1],
         "generate --max-tokens 0": ["generate", model, "--max-tokens", 0],
         "specialize --out EXISTING": ["specialize", "--out", existing, "--preset", "tiny"],
-        "small test split": ["specialize", "--domain", root / "small-test.jsonl", "--out", existing, "--preset", "tiny"],
+        "small test split": ["specialize", "--domain", root / "small-test.jsonl", "--out", existing,
+                             "--preset", "tiny"],
     }
     procs = {}
     for name, args in cases.items():
@@ -184,6 +185,17 @@ def test_a_domain_whose_test_split_holds_little_text_is_warned_about_before_any_
     assert first.startswith(f"warning: --domain {domain}: its test split holds 12 characters (1 document): "), first
     assert "valid split" not in first and "a `split` field" in first  # valid holds 10 of the demo's documents
     assert json.loads(stdout.strip().splitlines()[-1])["ppl_after"] > 0  # and the run goes on
+
+
+def test_the_small_split_warning_names_the_split_it_is_about():
+    from mlx_specialize.specialize import _small_held_out
+
+    sizes = {"train": (90, 900_000), "valid": (2, 3_000), "test": (5, 50_000)}
+    said = _small_held_out("notes/", sizes)
+    assert said.startswith("--domain notes/: its valid split holds 3,000 characters (2 documents): "), said
+    assert "test split" not in said and "called valid (or validation, dev)" in said
+    # with a hub dataset among the sources, not read through, the sizes are unknown: no warning
+    assert _small_held_out("notes/,hf:x", {split: (n, None) for split, (n, _) in sizes.items()}) is None
 
 
 @pytest.mark.parametrize("args, option", [

@@ -146,7 +146,7 @@ def test_the_library_and_our_own_models_start_without_transformers():
     import subprocess
     import sys
 
-    code = ("import sys, mlx.core as mx, mlx_specialize as ms, mlxspec.app\n"
+    code = ("import sys, mlx.core as mx, mlx_specialize as ms, mlxspec.main\n"
             "model = ms.Model(ms.get_preset('tiny').model_args(vocab_size=300))\n"
             "mx.eval(model(mx.array([[1, 2, 3]])))\n"
             "print(sorted(m for m in ('transformers', 'mlx_lm') if m in sys.modules))")

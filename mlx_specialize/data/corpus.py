@@ -344,9 +344,10 @@ class Corpus:
         its splits are then not counted."""
         return {split: documents for split, (documents, _) in self.check_sizes(splits).items()}
 
-    def check_sizes(self, splits=SPLITS) -> dict[str, tuple[int, int]]:
+    def check_sizes(self, splits=SPLITS) -> dict[str, tuple[int, int | None]]:
         """`check`, returning (documents, characters) per split, counted in the local
-        files (a hub dataset's are not: it is not read through)."""
+        files; characters are None where a hub dataset is among the sources (it is not
+        read through, so they are unknown)."""
         for split in splits:
             if split not in SPLITS:
                 raise SpecializeError(f"unknown split '{split}' (use one of {', '.join(SPLITS)})")
@@ -366,7 +367,7 @@ class Corpus:
             if documents[split] == 0 and not streamed:
                 raise SpecializeError(f"corpus '{self.name}' has no documents in its {split} split; "
                                       f"{split_hint(split)}")
-        return {split: (documents[split], characters[split]) for split in SPLITS}
+        return {split: (documents[split], None if streamed else characters[split]) for split in SPLITS}
 
     def fingerprint(self) -> str:
         """A hash of the corpus content and options: the key of tokenized caches.

@@ -541,15 +541,23 @@ def run_tokens(chosen: int | None, given: int, preset: str, method: str) -> int:
     return given if steps[0] == steps[1] else chosen
 
 
-def _more_pretraining(result: dict) -> str | None:
-    """For `--method auto`: the `--pretrain-tokens` that would weigh the methods its
-    budget rules out below where their fits start, or None."""
-    starts = {r["label"]: r["needs"]["fit_starts_tokens"] for r in result["ruled_out"] if _from(r)}
-    if not starts:
-        return None
-    least = min(starts.values())
-    named = [label for label, tokens in starts.items() if tokens <= least * (1 + 1e-9)]
-    return f"--pretrain-tokens {size_label(least)} or more, where the study's fits start, weighs {', '.join(named)} too"
+def _more_pretraining(result: dict, pretrain_tokens: int, per_token: float, plan_at) -> str | None:
+    """For `--method auto`: the least `--pretrain-tokens` (two figures, rounded up) at
+    which the plan `plan_at(tokens)` affords a method that `pretrain_tokens` does not,
+    and those methods; None where a larger budget brings none in (a method ruled out by
+    the per-domain or the inference budget gains nothing from more)."""
+    affords = {m["label"] for m in result["methods"]}
+    candidates = set()
+    for r in result["ruled_out"]:  # where each ruled-out method's pre-training would start to fit
+        for need in (r["needs"].get("pretrain", 0) / per_token, r["needs"].get("fit_starts_tokens") or 0):
+            if need > pretrain_tokens:
+                scale = 10 ** (math.floor(math.log10(need)) - 1)
+                candidates.add(math.ceil(need / scale) * scale)
+    for tokens in sorted(candidates):
+        gained = [m["label"] for m in plan_at(tokens)["methods"] if m["label"] not in affords]
+        if gained:
+            return f"--pretrain-tokens {size_label(tokens)} or more would weigh {', '.join(gained)} too"
+    return None
 
 
 def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: int | None = None) -> dict:
@@ -570,14 +578,17 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
     per_token = shared_flops_per_token(model)
     features = domain_features(domain, _study_tokenizer(None))  # its size in the study's tokens
     _warn_small_floor(domain, features)
-    budgets = Budgets(pretrain=pretrain_tokens * per_token, pretrain_tokens=pretrain_tokens,
-                      inference=model["methods"][REFERENCE]["params"],
-                      max_budget=pretrain_tokens / model["methods"][REFERENCE]["tokens_per_budget_flop"],
-                      specialize=compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0],
-                      floor=features["floor"], bytes_per_token=features["bytes_per_token"],
-                      domain_tokens=domain_tokens or features["train_tokens"])
-    result = plan(model, budgets)
-    hint = _more_pretraining(result)
+
+    def plan_at(tokens: int) -> dict:
+        return plan(model, Budgets(pretrain=tokens * per_token, pretrain_tokens=tokens,
+                                   inference=model["methods"][REFERENCE]["params"],
+                                   max_budget=tokens / model["methods"][REFERENCE]["tokens_per_budget_flop"],
+                                   specialize=compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0],
+                                   floor=features["floor"], bytes_per_token=features["bytes_per_token"],
+                                   domain_tokens=domain_tokens or features["train_tokens"]))
+
+    result = plan_at(pretrain_tokens)
+    hint = _more_pretraining(result, pretrain_tokens, per_token, plan_at)
     if result["recommended"] is None:
         raise SpecializeError(f"--method auto: {result['reason']}" + (f" ({hint})" if hint else ""))
     best = result["methods"][0]
