@@ -83,9 +83,9 @@ def bad(tmp_path_factory):
     model = root / "no-model-needed"  # every case must fail before a model is loaded
     # a domain whose test split is one short document (its split named), run into a
     # folder that holds another run: refused in one line, without the small-split warning
-    texts = [json.loads(line)["text"] for line in demo_lines("python-docs")[:110]]
+    texts = [json.loads(line)["text"] for line in demo_lines("python-docs")[:40]]
     (root / "small-test.jsonl").write_text("".join(
-        json.dumps({"text": text, "split": "valid" if i >= 100 else "train"}) + "\n" for i, text in enumerate(texts))
+        json.dumps({"text": text, "split": "valid" if i >= 30 else "train"}) + "\n" for i, text in enumerate(texts))
         + json.dumps({"text": "One short document.", "split": "test"}) + "\n")
     cases = {  # OUT: a run folder in the case's own folder, which must stay empty
         "truncated domain": ["specialize", "--domain", root / "truncated.jsonl.gz", "--preset", "tiny", "--out", "OUT"],
@@ -172,17 +172,14 @@ def test_a_domain_whose_test_split_holds_little_text_is_warned_about_before_any_
     one short document: its perplexity says little, so `specialize` says so before it
     trains; a run refused for another reason still says one line, its error."""
     assert_refused(bad, "small test split", str(bad["existing"]))
-    texts = [json.loads(line)["text"] for line in demo_lines("python-docs")[:40]]
-    domain = tmp_path / "notes.jsonl"
-    domain.write_text("".join(json.dumps({"text": text, "split": "valid" if i >= 30 else "train"}) + "\n"
-                              for i, text in enumerate(texts)) + json.dumps({"text": "A short one.", "split": "test"}))
+    domain = bad["root"] / "small-test.jsonl"  # the same domain, its run accepted
     args = ["specialize", "--domain", domain, "--method", "nopt", "--preset", "tiny", "--vocab-size", 512,
             "--finetune-tokens", 2048, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "run", "--json"]
     proc = start_cli(args, tmp_path)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     first = message_lines(stderr)[0]
-    assert first.startswith(f"warning: --domain {domain}: its test split holds 12 characters (1 document): "), first
+    assert first.startswith(f"warning: --domain {domain}: its test split holds 19 characters (1 document): "), first
     assert "valid split" not in first and "a `split` field" in first  # valid holds 10 of the demo's documents
     assert json.loads(stdout.strip().splitlines()[-1])["ppl_after"] > 0  # and the run goes on
 

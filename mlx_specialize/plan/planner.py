@@ -578,13 +578,14 @@ def auto_method(domain: str, preset: str, pretrain_tokens: int, domain_tokens: i
     per_token = shared_flops_per_token(model)
     features = domain_features(domain, _study_tokenizer(None))  # its size in the study's tokens
     _warn_small_floor(domain, features)
+    specialize = compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0]
 
     def plan_at(tokens: int) -> dict:
         return plan(model, Budgets(pretrain=tokens * per_token, pretrain_tokens=tokens,
                                    inference=model["methods"][REFERENCE]["params"],
                                    max_budget=tokens / model["methods"][REFERENCE]["tokens_per_budget_flop"],
-                                   specialize=compute_budget(DEFAULT_SPECIALIZE, "--specialize", per_token)[0],
-                                   floor=features["floor"], bytes_per_token=features["bytes_per_token"],
+                                   specialize=specialize, floor=features["floor"],
+                                   bytes_per_token=features["bytes_per_token"],
                                    domain_tokens=domain_tokens or features["train_tokens"]))
 
     result = plan_at(pretrain_tokens)
